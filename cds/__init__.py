@@ -1,0 +1,58 @@
+"""The decision core of movement-cds: knowledge base, rule engine, plan.
+
+It knows nothing of FHIR or HTTP; ``fhir_adapters`` turns FHIR into ``PatientFacts`` and a
+``Plan`` back into FHIR.
+"""
+
+from cds._compiler import CompiledKnowledgeBase, compile_knowledge_base
+from cds._engine_result import EngineResult
+from cds._errors import (
+    EngineError,
+    InputIssue,
+    InvalidInputError,
+    KnowledgeBaseError,
+    KnowledgeBaseProblem,
+    MovementCDSError,
+)
+from cds._evaluator import Evaluator
+from cds._facts import Derivation, DerivedFact, Fact, PatientFacts
+from cds._knowledge_base import KnowledgeBase, load_knowledge_base
+from cds._plan import (
+    AvoidedExercise,
+    DataGap,
+    EvidenceRef,
+    ExerciseDose,
+    Plan,
+    PlanAlert,
+    PlannedExercise,
+    Referral,
+)
+from cds._reference import evaluate_reference
+
+__all__ = [
+    "AvoidedExercise",
+    "CompiledKnowledgeBase",
+    "DataGap",
+    "Derivation",
+    "DerivedFact",
+    "EngineError",
+    "EngineResult",
+    "Evaluator",
+    "EvidenceRef",
+    "ExerciseDose",
+    "Fact",
+    "InputIssue",
+    "InvalidInputError",
+    "KnowledgeBase",
+    "KnowledgeBaseError",
+    "KnowledgeBaseProblem",
+    "MovementCDSError",
+    "PatientFacts",
+    "Plan",
+    "PlanAlert",
+    "PlannedExercise",
+    "Referral",
+    "compile_knowledge_base",
+    "evaluate_reference",
+    "load_knowledge_base",
+]

@@ -1,0 +1,191 @@
+"""Compiling a knowledge base into durable-rules rulesets (and the form the oracle reads).
+
+Conditions become disjunctive normal form: each rule is one or more *terms*, each a
+conjunction of *literals* on single facts. ``not`` is pushed down to the leaves with the
+three-valued reading the authors are promised: a test on a missing fact is never true, so
+``not (pain > 5)`` becomes ``pain <= 5`` and still needs ``pain`` to be present. The only
+tests that need a fact to be absent are ``missing`` (and a negated ``present``); they compile
+to durable-rules negation, which is gated on a stratum marker (engine safety rule 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+from typing import Any
+
+from cds._errors import KnowledgeBaseError, KnowledgeBaseProblem
+from cds._kb_schema import AllOf, AnyOf, Condition, FactTest, NoneOf, Param
+from cds._knowledge_base import KnowledgeBase, derived_names
+
+__all__ = ["CompiledKnowledgeBase", "CompiledRule", "Literal", "compile_knowledge_base"]
+
+_NEGATE = {
+    "is": "is-not", "is-not": "is", "lt": "ge", "le": "gt", "gt": "le", "ge": "lt",
+    "in": "not-in", "not-in": "in", "present": "missing", "missing": "present",
+}
+_MAX_TERMS = 64
+
+
+@dataclass(frozen=True)
+class Literal:
+    fact: str
+    op: str
+    value: Any = None
+
+    def describe(self) -> str:
+        if self.op in ("present", "missing"):
+            return f"{self.fact} {self.op}"
+        return f"{self.fact} {self.op} {self.value!r}"
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    rule_id: str
+    stratum: int
+    priority: int
+    terms: tuple[tuple[Literal, ...], ...]
+    derives: tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class CompiledKnowledgeBase:
+    name: str
+    strata: tuple[str, ...]
+    rules: tuple[CompiledRule, ...]
+    fact_names: frozenset[str]
+
+    def durable_definition(self) -> dict[str, dict[str, Any]]:
+        """The durable-rules ruleset definition, without actions (the runner adds them)."""
+        out: dict[str, dict[str, Any]] = {}
+        for ri, rule in enumerate(self.rules):
+            for ti, term in enumerate(rule.terms):
+                patterns: list[dict[str, Any]] = [
+                    {"ctl": {"$and": [{"t": "stratum"}, {"s": rule.stratum}]}}
+                ]
+                for pi, (fact, lits) in enumerate(_group(term)):
+                    base: list[dict[str, Any]] = [{"t": "fact"}, {"n": fact}]
+                    if lits[0].op == "missing":
+                        patterns.append({f"a{pi}$not": {"$and": base}})
+                    else:
+                        tests = [t for lit in lits for t in _durable_tests(lit)]
+                        patterns.append({f"p{pi}": {"$and": base + tests}})
+                # pri: lower fires first, stored unsigned; explicit multiples of 10 (rule 8)
+                out[f"{ri}:{ti}"] = {"all": patterns, "pri": 10 * (rule.stratum * 100 + rule.priority)}
+        # sinks: every fact type is handled, but the sinks never complete, so never fire
+        for t in ("fact", "stratum"):
+            out[f"sink:{t}"] = {
+                "all": [{"m": {"t": t}}, {"never": {"t": "never-asserted"}}],
+                "pri": 10 * 10_000,
+            }
+        return out
+
+
+def _group(term: tuple[Literal, ...]) -> list[tuple[str, list[Literal]]]:
+    groups: dict[str, list[Literal]] = {}
+    for lit in term:
+        groups.setdefault(lit.fact, []).append(lit)
+    return sorted(groups.items())
+
+
+def _durable_tests(lit: Literal) -> list[dict[str, Any]]:
+    v = lit.value
+    match lit.op:
+        case "present":
+            return []
+        case "is":
+            return [{"v": v}]
+        case "is-not":
+            return [{"$neq": {"v": v}}]
+        case "lt":
+            return [{"$lt": {"v": v}}]
+        case "le":
+            return [{"$lte": {"v": v}}]
+        case "gt":
+            return [{"$gt": {"v": v}}]
+        case "ge":
+            return [{"$gte": {"v": v}}]
+        case "in":
+            return [{"$or": [{"v": x} for x in v]}] if len(v) > 1 else [{"v": v[0]}]
+        case "not-in":
+            return [{"$neq": {"v": x}} for x in v]
+    raise AssertionError(lit.op)
+
+
+def _dnf(cond: Condition, neg: bool, resolve: Any) -> list[tuple[Literal, ...]]:
+    if isinstance(cond, FactTest):
+        op, operand = cond.operator()
+        if isinstance(operand, Param):
+            operand = resolve(operand.param)
+        if neg:
+            op = _NEGATE[op]
+        if op in ("present", "missing"):
+            operand = None
+        return [(Literal(cond.fact, op, operand),)]
+    if isinstance(cond, NoneOf):
+        return _dnf(cond.not_, not neg, resolve)
+    children = cond.all if isinstance(cond, AllOf) else cond.any
+    conjunctive = isinstance(cond, AllOf) != neg
+    parts = [_dnf(c, neg, resolve) for c in children]
+    if not conjunctive:
+        return [t for p in parts for t in p]
+    out = []
+    for combo in product(*parts):
+        out.append(tuple(lit for term in combo for lit in term))
+        if len(out) > _MAX_TERMS:
+            break
+    return out
+
+
+def _satisfiable(term: tuple[Literal, ...]) -> bool:
+    for _, lits in _group(term):
+        ops = {lit.op for lit in lits}
+        if "missing" in ops and ops != {"missing"}:
+            return False
+    return True
+
+
+def _canonical(term: tuple[Literal, ...]) -> tuple[Literal, ...]:
+    uniq = {(lit.fact, lit.op, repr(lit.value)): lit for lit in term}
+    return tuple(uniq[k] for k in sorted(uniq))
+
+
+def compile_knowledge_base(kb: KnowledgeBase) -> CompiledKnowledgeBase:
+    order = {s: i for i, s in enumerate(kb.manifest.strata)}
+    rules: list[CompiledRule] = []
+    problems: list[KnowledgeBaseProblem] = []
+    for rule in kb.rules:
+        terms_raw = _dnf(rule.when, False, kb.parameter)
+        if len(terms_raw) > _MAX_TERMS:
+            loc = kb.locations.get(f"rules:{rule.id}")
+            problems.append(
+                KnowledgeBaseProblem(
+                    loc.file if loc else "rules/", loc.line if loc else None, None,
+                    f"rule {rule.id}: condition expands to more than {_MAX_TERMS} cases; "
+                    "split it into several rules",
+                )
+            )
+            continue
+        seen: list[tuple[Literal, ...]] = []
+        for t in terms_raw:
+            c = _canonical(t)
+            if _satisfiable(c) and c not in seen:
+                seen.append(c)
+        derives = []
+        for a, name in zip(rule.then, derived_names(rule), strict=True):
+            value: Any = True
+            if a.finding is not None:
+                value = a.finding.value
+            elif a.classification is not None:
+                value = a.classification.value
+            derives.append((name, value))
+        rules.append(
+            CompiledRule(rule.id, order[rule.stratum], rule.priority, tuple(seen), tuple(derives))
+        )
+    if problems:
+        raise KnowledgeBaseError(problems)
+    names = set(kb.facts)
+    for r in rules:
+        names.update(n for n, _ in r.derives)
+    return CompiledKnowledgeBase(kb.ruleset_name, tuple(kb.manifest.strata), tuple(rules),
+                                 frozenset(names))

@@ -1,0 +1,413 @@
+"""The knowledge-base file format, v1, as pydantic models.
+
+Rule authors write YAML; these models are the single definition of what is allowed, and
+``movement-cds kb schema`` exports them as JSON Schema so editors can complete and check
+the files while they are typed.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+__all__ = [
+    "AlertAction",
+    "AlertDefinition",
+    "AllOf",
+    "AnyOf",
+    "Condition",
+    "DataGapAction",
+    "DoseSpec",
+    "Evidence",
+    "ExerciseDefinition",
+    "FactDefinition",
+    "FactTest",
+    "FindingAction",
+    "Manifest",
+    "NoneOf",
+    "Param",
+    "ParameterDefinition",
+    "RecommendAction",
+    "Rule",
+    "SafetyNetAction",
+    "VetoAction",
+]
+
+Value = bool | int | float | str
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Direction(StrEnum):
+    flexion = "flexion"
+    extension = "extension"
+    rotation = "rotation"
+    lateral_flexion = "lateral-flexion"
+    neutral = "neutral"
+
+
+class Load(StrEnum):
+    unloaded = "unloaded"
+    bodyweight = "bodyweight"
+    external = "external"
+
+
+class Surface(StrEnum):
+    stable = "stable"
+    unstable = "unstable"
+
+
+class EvidenceTag(StrEnum):
+    R = "R"  # read in the primary source
+    S = "S"  # read in a secondary summary only
+    M = "M"  # unverified: configurable, and said so in the rationale
+
+
+class Strength(StrEnum):
+    strong = "strong"
+    moderate = "moderate"
+    weak = "weak"
+    expert_opinion = "expert-opinion"
+
+
+class AlertLevel(StrEnum):
+    emergency = "emergency"
+    urgent = "urgent"
+    caution = "caution"
+    information = "information"
+
+
+class ReferralPriority(StrEnum):
+    stat = "stat"
+    asap = "asap"
+    urgent = "urgent"
+    routine = "routine"
+
+
+# --- manifest -----------------------------------------------------------------------------
+
+
+class ParameterDefinition(_Model):
+    """A threshold a deployment may change (clinical governance), with its evidence tag."""
+
+    value: Value
+    description: str
+    tag: EvidenceTag
+    min: float | None = None
+    max: float | None = None
+
+
+class Manifest(_Model):
+    id: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")]
+    version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$")]
+    title: str
+    status: Literal["draft", "active", "retired"]
+    description: str | None = None
+    publisher: str | None = None
+    strata: list[str] = Field(
+        min_length=1,
+        description="Evaluation order. A rule may test for the absence of a derived fact only "
+        "when every rule that can produce it is in an earlier stratum.",
+    )
+    parameters: dict[str, ParameterDefinition] = Field(default_factory=dict)
+    safety_net: list[str] = Field(
+        default_factory=list,
+        alias="safety-net",
+        description="Safety-netting advice carried by every plan.",
+    )
+
+
+# --- fact catalog -------------------------------------------------------------------------
+
+
+class Coding(_Model):
+    system: str
+    code: str
+    display: str | None = None
+
+
+class FactDefinition(_Model):
+    """A fact the rules may read: an input item (with the code that carries it) or a
+    finding/classification that rules derive."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*(\.[a-z0-9-]+)?$")]
+    type: Literal["boolean", "integer", "decimal", "code"]
+    description: str
+    derived: bool = False
+    min: float | None = None
+    max: float | None = None
+    codes: list[str] | None = Field(default=None, description="Allowed values for type code.")
+    unit: str | None = None
+    bilateral: bool = False
+    coding: Coding | None = Field(default=None, description="The input code that carries it.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FactDefinition:
+        if self.type == "code" and not self.codes:
+            raise ValueError("a fact of type code lists its allowed codes")
+        if self.type != "code" and self.codes:
+            raise ValueError("codes are only for facts of type code")
+        return self
+
+
+# --- exercise catalog ---------------------------------------------------------------------
+
+
+class DoseSpec(_Model):
+    """How much: machine-readable, and also said in words by the plan."""
+
+    sets: int | None = Field(default=None, ge=1, le=10)
+    repetitions: int | None = Field(default=None, ge=1, le=100)
+    hold_seconds: int | None = Field(default=None, alias="hold-seconds", ge=1, le=600)
+    tempo: str | None = Field(default=None, description="e.g. '3 s lowering, 1 s lifting'")
+    frequency: int | None = Field(default=None, ge=1, le=14, description="sessions per period")
+    period: int | None = Field(default=None, ge=1, le=14)
+    period_unit: Literal["d", "wk"] | None = Field(default=None, alias="period-unit")
+    load: str | None = Field(default=None, description="e.g. 'light resistance band'")
+    pain_monitoring: str | None = Field(default=None, alias="pain-monitoring")
+
+
+class ExerciseDefinition(_Model):
+    id: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")]
+    title: str
+    purpose: str = Field(description="The goal family; a plan holds one exercise per purpose.")
+    instructions: str = Field(description="Plain-language instructions for the patient.")
+    direction: list[Direction] = Field(min_length=1)
+    load: Load
+    surface: Surface
+    position: str
+    equipment: list[str] = Field(default_factory=list)
+    dose: DoseSpec
+    easier: str | None = Field(default=None, description="Regression: id of the easier exercise.")
+    harder: str | None = Field(default=None, description="Progression: id of the harder one.")
+
+    @model_validator(mode="after")
+    def _dose_complete(self) -> ExerciseDefinition:
+        d = self.dose
+        missing = [
+            k
+            for k, v in (("sets", d.sets), ("frequency", d.frequency), ("period", d.period),
+                         ("period-unit", d.period_unit), ("pain-monitoring", d.pain_monitoring))
+            if v is None
+        ]
+        if missing:
+            raise ValueError(f"default dose lacks {', '.join(missing)}")
+        if d.repetitions is None and d.hold_seconds is None:
+            raise ValueError("default dose needs repetitions or hold-seconds")
+        return self
+
+
+class AlertDefinition(_Model):
+    code: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")]
+    display: str
+    definition: str
+
+
+# --- conditions ---------------------------------------------------------------------------
+
+
+class Param(_Model):
+    """A reference to a manifest parameter, resolved when the knowledge base is compiled."""
+
+    param: str
+
+
+Operand = Value | Param
+
+_OP_ATTRS = (
+    ("is", "is_"), ("is-not", "is_not"), ("lt", "lt"), ("le", "le"), ("gt", "gt"), ("ge", "ge"),
+    ("in", "in_"), ("not-in", "not_in"), ("present", "present"), ("missing", "missing"),
+)
+_OPS = tuple(op for op, _ in _OP_ATTRS)
+
+
+class FactTest(_Model):
+    """A test on one fact. A test on a fact that is missing is never true (not even under
+    ``not``): missing data is never read as normal. Use ``missing: true`` to act on absence."""
+
+    fact: str
+    is_: Operand | None = Field(default=None, alias="is")
+    is_not: Operand | None = Field(default=None, alias="is-not")
+    lt: float | Param | None = None
+    le: float | Param | None = None
+    gt: float | Param | None = None
+    ge: float | Param | None = None
+    in_: list[Value] | None = Field(default=None, alias="in", min_length=1)
+    not_in: list[Value] | None = Field(default=None, alias="not-in", min_length=1)
+    present: Literal[True] | None = None
+    missing: Literal[True] | None = None
+
+    @model_validator(mode="after")
+    def _one_operator(self) -> FactTest:
+        given = [op for op, attr in _OP_ATTRS if getattr(self, attr) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"a fact test takes exactly one of {', '.join(_OPS)}; got {given or 'none'}"
+            )
+        return self
+
+    def operator(self) -> tuple[str, Any]:
+        for op, attr in _OP_ATTRS:
+            v = getattr(self, attr)
+            if v is not None:
+                return op, v
+        raise AssertionError("validated to have one operator")
+
+
+class AllOf(_Model):
+    all: list[Condition] = Field(min_length=1)
+
+
+class AnyOf(_Model):
+    any: list[Condition] = Field(min_length=1)
+
+
+class NoneOf(_Model):
+    """True when the inner condition is definitely false (three-valued: unknown stays unknown)."""
+
+    not_: Condition = Field(alias="not")
+
+
+def _condition_tag(v: Any) -> str | None:
+    if isinstance(v, dict):
+        keys = set(v)
+    elif isinstance(v, BaseModel):
+        return {FactTest: "fact", AllOf: "all", AnyOf: "any", NoneOf: "not"}.get(type(v))
+    else:
+        return None
+    for k in ("fact", "all", "any", "not"):
+        if k in keys:
+            return k
+    return None
+
+
+Condition = Annotated[
+    Annotated[FactTest, Tag("fact")]
+    | Annotated[AllOf, Tag("all")]
+    | Annotated[AnyOf, Tag("any")]
+    | Annotated[NoneOf, Tag("not")],
+    Discriminator(
+        _condition_tag,
+        custom_error_type="condition",
+        custom_error_message="a condition is one of: {fact: ...}, {all: [...]}, {any: [...]}, "
+        "{not: ...}",
+    ),
+]
+
+AllOf.model_rebuild()
+AnyOf.model_rebuild()
+NoneOf.model_rebuild()
+
+
+# --- actions ------------------------------------------------------------------------------
+
+
+class FindingAction(_Model):
+    name: str
+    value: Value = True
+
+
+class Referral(_Model):
+    priority: ReferralPriority
+    to: str = Field(description="Who the patient is sent to, in the clinic's words.")
+
+
+class AlertAction(_Model):
+    code: str
+    level: AlertLevel
+    detail: str = Field(description="What the clinician is told, in plain words.")
+    mitigation: str = Field(description="What the plan does about it.")
+    referral: Referral | None = None
+    holds_exercise: bool | None = Field(
+        default=None,
+        alias="holds-exercise",
+        description="Defaults to true for stat, asap and urgent referrals. An alert that "
+        "calls for such a referral always holds exercise, whatever this says.",
+    )
+
+
+class RecommendAction(_Model):
+    exercise: str
+    why: str = Field(description="Plain-language reason, naming the findings behind it.")
+    dose: DoseSpec | None = None
+
+
+class VetoAction(_Model):
+    """Avoid every exercise whose properties match (all given properties must match)."""
+
+    direction: list[Direction] | None = None
+    load: list[Load] | None = None
+    surface: list[Surface] | None = None
+    why: str
+
+    @model_validator(mode="after")
+    def _some_property(self) -> VetoAction:
+        if not (self.direction or self.load or self.surface):
+            raise ValueError("a veto names at least one of direction, load, surface")
+        return self
+
+
+class DataGapAction(_Model):
+    facts: list[str] = Field(min_length=1)
+    detail: str
+
+
+class SafetyNetAction(_Model):
+    text: str
+
+
+class Action(_Model):
+    finding: FindingAction | None = None
+    classification: FindingAction | None = None
+    alert: AlertAction | None = None
+    recommend: RecommendAction | None = None
+    veto: VetoAction | None = None
+    data_gap: DataGapAction | None = Field(default=None, alias="data-gap")
+    safety_net: SafetyNetAction | None = Field(default=None, alias="safety-net")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Action:
+        n = sum(1 for v in self.__dict__.values() if v is not None)
+        if n != 1:
+            raise ValueError(
+                "each item of then is exactly one of finding, classification, alert, "
+                "recommend, veto, data-gap, safety-net"
+            )
+        return self
+
+    def kind(self) -> str:
+        for k, v in self.__dict__.items():
+            if v is not None:
+                return k.replace("_", "-")
+        raise AssertionError("validated")
+
+
+class Evidence(_Model):
+    id: Annotated[
+        str,
+        Field(
+            pattern=r"^(PMID:\d+|PMCID:PMC\d+|DOI:10\.\S+|ISBN:[0-9X-]+|URL:https?://\S+"
+            r"|GUIDELINE:[A-Za-z0-9._-]+)$",
+            description="Stable identifier: PMID:…, PMCID:PMC…, DOI:10.…, URL:…, GUIDELINE:…",
+        ),
+    ]
+    citation: str
+    tag: EvidenceTag
+    strength: Strength
+    grade: str | None = Field(default=None, description="e.g. the guideline's own grade 'A'")
+    note: str | None = None
+
+
+class Rule(_Model):
+    id: Annotated[str, Field(pattern=r"^[A-Z]{2,3}-[0-9]{2}[A-Za-z0-9-]*$")]
+    title: str
+    stratum: str
+    priority: int = Field(default=50, ge=0, le=99, description="Lower fires first.")
+    description: str | None = None
+    when: Condition
+    then: list[Action] = Field(min_length=1)
+    evidence: list[Evidence] = Field(min_length=1)

@@ -1,0 +1,330 @@
+"""The plan: what the clinician is shown, resolved from what the rules derived.
+
+The safety policy lives here, not in the rules, so no knowledge base can switch it off:
+- an alert that calls for a ``stat``, ``asap`` or ``urgent`` referral (or says it holds
+  exercise) puts every exercise on hold: the referral is the plan;
+- an exercise whose properties match any veto is never proposed; it is listed as "avoid";
+- a data gap is reported as missing, never read as normal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from cds._engine_result import EngineResult
+from cds._errors import InputIssue
+from cds._facts import Derivation, Fact, PatientFacts
+from cds._kb_schema import DoseSpec, Evidence, ExerciseDefinition, VetoAction
+from cds._knowledge_base import KnowledgeBase
+
+__all__ = [
+    "AvoidedExercise",
+    "DataGap",
+    "EvidenceRef",
+    "ExerciseDose",
+    "Plan",
+    "PlanAlert",
+    "PlannedExercise",
+    "Referral",
+    "resolve_plan",
+]
+
+HOLDING_PRIORITIES = frozenset({"stat", "asap", "urgent"})
+_LEVEL_ORDER = {"emergency": 0, "urgent": 1, "caution": 2, "information": 3}
+_PRIORITY_ORDER = {"stat": 0, "asap": 1, "urgent": 2, "routine": 3}
+
+
+@dataclass(frozen=True)
+class EvidenceRef:
+    id: str
+    citation: str
+    tag: str
+    strength: str
+    grade: str | None = None
+
+    @staticmethod
+    def of(e: Evidence) -> EvidenceRef:
+        return EvidenceRef(e.id, e.citation, e.tag.value, e.strength.value, e.grade)
+
+
+@dataclass(frozen=True)
+class Referral:
+    priority: str  # stat | asap | urgent | routine
+    to: str
+
+
+@dataclass(frozen=True)
+class ExerciseDose:
+    """How much of an exercise: sets, repetitions or hold, tempo, how often, pain guidance."""
+
+    sets: int | None
+    repetitions: int | None
+    hold_seconds: int | None
+    tempo: str | None
+    frequency: int
+    period: int
+    period_unit: str  # "d" | "wk"
+    load: str | None
+    pain_monitoring: str
+
+    @staticmethod
+    def of(default: DoseSpec, override: DoseSpec | None = None) -> ExerciseDose:
+        o = override.model_dump(exclude_none=True) if override else {}
+        d = {**default.model_dump(exclude_none=True), **o}
+        return ExerciseDose(
+            sets=d.get("sets"),
+            repetitions=d.get("repetitions"),
+            hold_seconds=d.get("hold_seconds"),
+            tempo=d.get("tempo"),
+            frequency=d["frequency"],
+            period=d["period"],
+            period_unit=d["period_unit"],
+            load=d.get("load"),
+            pain_monitoring=d["pain_monitoring"],
+        )
+
+    def describe(self) -> str:
+        parts = []
+        if self.sets and self.repetitions:
+            parts.append(f"{self.sets} sets of {self.repetitions} repetitions")
+        elif self.sets and self.hold_seconds:
+            parts.append(f"{self.sets} sets")
+        elif self.repetitions:
+            parts.append(f"{self.repetitions} repetitions")
+        if self.hold_seconds:
+            parts.append(f"hold {self.hold_seconds} seconds")
+        if self.tempo:
+            parts.append(f"tempo: {self.tempo}")
+        if self.load:
+            parts.append(f"load: {self.load}")
+        unit = {"d": "day", "wk": "week"}[self.period_unit]
+        per = unit if self.period == 1 else f"{self.period} {unit}s"
+        times = {1: "once", 2: "twice"}.get(self.frequency, f"{self.frequency} times")
+        parts.append(f"{times} per {per}")
+        return ", ".join(parts) + f". Pain: {self.pain_monitoring}"
+
+
+@dataclass(frozen=True)
+class PlanAlert:
+    code: str
+    display: str
+    level: str  # emergency | urgent | caution | information
+    detail: str
+    mitigation: str
+    referral: Referral | None
+    holds_exercise: bool
+    rule_ids: tuple[str, ...]
+    sources: tuple[str, ...]
+    evidence: tuple[EvidenceRef, ...]
+
+
+@dataclass(frozen=True)
+class PlannedExercise:
+    exercise_id: str
+    title: str
+    purpose: str
+    instructions: str
+    direction: tuple[str, ...]
+    load: str
+    surface: str
+    dose: ExerciseDose
+    status: str  # "proposed" | "on-hold"
+    rationale: str
+    rule_ids: tuple[str, ...]
+    sources: tuple[str, ...]
+    evidence: tuple[EvidenceRef, ...]
+
+
+@dataclass(frozen=True)
+class AvoidedExercise:
+    exercise_id: str
+    title: str
+    direction: tuple[str, ...]
+    load: str
+    surface: str
+    reason: str
+    rule_ids: tuple[str, ...]
+    sources: tuple[str, ...]
+    evidence: tuple[EvidenceRef, ...]
+
+
+@dataclass(frozen=True)
+class DataGap:
+    rule_id: str
+    missing: tuple[str, ...]  # fact names
+    detail: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    subject: str
+    as_of: datetime
+    kb_id: str
+    kb_version: str
+    kb_title: str
+    alerts: tuple[PlanAlert, ...]
+    exercises: tuple[PlannedExercise, ...]
+    avoid: tuple[AvoidedExercise, ...]
+    data_gaps: tuple[DataGap, ...]
+    safety_net: tuple[str, ...]
+    issues: tuple[InputIssue, ...]
+    facts: tuple[Fact, ...]
+    firings: tuple[Derivation, ...]
+    fact_descriptions: dict[str, str]
+
+    @property
+    def knowledge_base(self) -> str:
+        return f"{self.kb_id}@{self.kb_version}"
+
+    @property
+    def exercise_held(self) -> bool:
+        return any(a.holds_exercise for a in self.alerts)
+
+    @property
+    def referrals(self) -> tuple[PlanAlert, ...]:
+        return tuple(a for a in self.alerts if a.referral is not None)
+
+
+def _matches(veto: VetoAction, ex: ExerciseDefinition) -> bool:
+    if veto.direction and not set(veto.direction) & set(ex.direction):
+        return False
+    if veto.load and ex.load not in veto.load:
+        return False
+    return not (veto.surface and ex.surface not in veto.surface)
+
+
+def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult) -> Plan:
+    """Turn derived facts into a Plan under the safety policy above."""
+    facts = {f.name: f for f in patient.facts}
+    derived = result.derived
+
+    def sources_of(ds: tuple[Derivation, ...], seen: frozenset[str] = frozenset()) -> set[str]:
+        out: set[str] = set()
+        for d in ds:
+            for name in d.used:
+                if name in facts:
+                    out.update(facts[name].sources)
+                elif name in derived and name not in seen:
+                    out |= sources_of(derived[name].derivations, seen | {name})
+        return out
+
+    def rule_evidence(rule_ids: tuple[str, ...]) -> tuple[EvidenceRef, ...]:
+        refs = {e.id: EvidenceRef.of(e) for rid in rule_ids for e in kb.rule(rid).evidence}
+        return tuple(refs[k] for k in sorted(refs))
+
+    def firing_of(name: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[Derivation, ...]]:
+        ds = derived[name].derivations
+        rids = tuple(sorted({d.rule_id for d in ds}))
+        return rids, tuple(sorted(sources_of(ds))), ds
+
+    # data gaps: which of the named facts are actually missing
+    gaps: list[DataGap] = []
+    gap_by_rule: dict[str, DataGap] = {}
+    for rule in kb.rules:
+        for a in rule.then:
+            if a.data_gap and f"gap.{rule.id}" in derived:
+                missing = tuple(f for f in a.data_gap.facts if f not in facts)
+                g = DataGap(rule.id, missing, a.data_gap.detail)
+                gaps.append(g)
+                gap_by_rule[rule.id] = g
+
+    # alerts: one per code; the most severe firing's wording wins, rules and sources merge
+    alerts: list[PlanAlert] = []
+    for code in sorted({n.split(".", 1)[1] for n in derived if n.startswith("alert.")}):
+        rids, srcs, _ = firing_of(f"alert.{code}")
+        actions = [
+            (rid, a.alert) for rid in rids for a in kb.rule(rid).then
+            if a.alert is not None and a.alert.code == code
+        ]
+        actions.sort(key=lambda ra: (
+            _LEVEL_ORDER[ra[1].level.value],
+            _PRIORITY_ORDER[ra[1].referral.priority.value] if ra[1].referral else 9,
+            ra[0],
+        ))
+        rid, act = actions[0]
+        referral = Referral(act.referral.priority.value, act.referral.to) if act.referral else None
+        holds = any(
+            (x.referral is not None and x.referral.priority.value in HOLDING_PRIORITIES)
+            or bool(x.holds_exercise)
+            for _, x in actions
+        )
+        detail = act.detail
+        gap_missing = sorted({m for r, _ in actions if r in gap_by_rule
+                              for m in gap_by_rule[r].missing})
+        if gap_missing:
+            names = ", ".join(kb.facts[m].description.split(" (")[0] for m in gap_missing)
+            detail = f"{detail} Unanswered: {names}."
+        alerts.append(
+            PlanAlert(code, kb.alerts[code].display, act.level.value, detail, act.mitigation,
+                      referral, holds, rids, srcs, rule_evidence(rids))
+        )
+    alerts.sort(key=lambda a: (_LEVEL_ORDER[a.level],
+                               _PRIORITY_ORDER[a.referral.priority] if a.referral else 9, a.code))
+    held = any(a.holds_exercise for a in alerts)
+
+    # vetoes: by properties, over the whole catalog
+    vetoes: list[tuple[str, VetoAction]] = [
+        (rule.id, a.veto) for rule in kb.rules for a in rule.then
+        if a.veto is not None and f"veto.{rule.id}" in derived
+    ]
+    avoid: list[AvoidedExercise] = []
+    vetoed: set[str] = set()
+    for ex in sorted(kb.exercises.values(), key=lambda e: e.id):
+        hits = [(rid, v) for rid, v in vetoes if _matches(v, ex)]
+        if not hits:
+            continue
+        vetoed.add(ex.id)
+        rids = tuple(sorted({rid for rid, _ in hits}))
+        srcs = tuple(sorted({s for rid in rids for s in sources_of(derived[f"veto.{rid}"].derivations)}))
+        avoid.append(
+            AvoidedExercise(ex.id, ex.title, tuple(d.value for d in ex.direction), ex.load.value,
+                            ex.surface.value, " ".join(dict.fromkeys(v.why for _, v in hits)),
+                            rids, srcs, rule_evidence(rids))
+        )
+
+    # recommendations: ordered by the best-priority rule that recommended them
+    rank = {r.id: (i, r.priority) for i, r in enumerate(kb.rules)}
+    proposed: list[tuple[tuple[int, int], PlannedExercise]] = []
+    for name in sorted(n for n in derived if n.startswith("recommend.")):
+        ex_id = name.split(".", 1)[1]
+        if ex_id in vetoed:
+            continue
+        ex = kb.exercises[ex_id]
+        rids, srcs, _ = firing_of(name)
+        recs = [(rid, a.recommend) for rid in rids for a in kb.rule(rid).then
+                if a.recommend is not None and a.recommend.exercise == ex_id]
+        recs.sort(key=lambda ra: rank[ra[0]])
+        dose = ExerciseDose.of(ex.dose, recs[0][1].dose)
+        rationale = " ".join(dict.fromkeys(r.why for _, r in recs))
+        proposed.append((
+            min(rank[r] for r in rids),
+            PlannedExercise(ex.id, ex.title, ex.purpose, ex.instructions,
+                            tuple(d.value for d in ex.direction), ex.load.value, ex.surface.value,
+                            dose, "on-hold" if held else "proposed", rationale, rids, srcs,
+                            rule_evidence(rids)),
+        ))
+    proposed.sort(key=lambda p: (p[0], p[1].exercise_id))
+
+    notes = list(kb.manifest.safety_net)
+    for rule in kb.rules:
+        for a in rule.then:
+            if a.safety_net and f"note.{rule.id}" in derived:
+                notes.append(a.safety_net.text)
+
+    return Plan(
+        subject=patient.subject,
+        as_of=patient.as_of,
+        kb_id=kb.manifest.id,
+        kb_version=kb.manifest.version,
+        kb_title=kb.manifest.title,
+        alerts=tuple(alerts),
+        exercises=tuple(p for _, p in proposed),
+        avoid=tuple(avoid),
+        data_gaps=tuple(gaps),
+        safety_net=tuple(dict.fromkeys(notes)),
+        issues=patient.issues,
+        facts=patient.facts,
+        firings=result.firings,
+        fact_descriptions={n: d.description for n, d in kb.facts.items()},
+    )
