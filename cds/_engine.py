@@ -138,7 +138,7 @@ class RuleEngine:
                 except Exception:  # pragma: no cover - nothing left to clean
                     pass
                 if errors:
-                    raise EngineError("rule action failed", errors)
+                    raise EngineError(f"rule action failed: {errors[0]}", errors)
 
     @staticmethod
     def _check(state: Any) -> None:

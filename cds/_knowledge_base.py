@@ -12,6 +12,8 @@ A knowledge base is a directory::
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +73,13 @@ class KnowledgeBase:
 
     @property
     def ruleset_name(self) -> str:
-        return f"{self.manifest.id}@{self.manifest.version}"
+        """``{kb-id}@{version}``; with parameter overrides, ``+p`` and a digest of them, so a
+        plan made with changed thresholds is never mistaken for one made with the defaults."""
+        name = f"{self.manifest.id}@{self.manifest.version}"
+        if self.parameter_overrides:
+            canon = json.dumps(self.parameter_overrides, sort_keys=True)
+            name += "+p" + hashlib.sha256(canon.encode()).hexdigest()[:8]
+        return name
 
     def rule(self, rule_id: str) -> Rule:
         for r in self.rules:

@@ -1,0 +1,36 @@
+"""movement-cds: exercise decision support for persistent low back pain.
+
+FHIR R4 Observations in; a draft CarePlan with referrals and alerts out. Every output is a
+proposal for a licensed clinician.
+
+    >>> import movement_cds
+    >>> result = movement_cds.evaluate(bundle_json, as_of="2026-11-02T09:00:00Z")
+    >>> result.bundle        # the output FHIR Bundle (dict)
+    >>> print(result.summary)  # the plan in plain words
+
+Errors (all subclass built-in types)::
+
+    MovementCDSError (Exception)
+    ├── InvalidInputError (ValueError)
+    │   └── InvalidBundleError      .operation_outcome: the FHIR OperationOutcome
+    ├── KnowledgeBaseError (ValueError)
+    └── EngineError (RuntimeError)
+"""
+
+from cds import EngineError, InvalidInputError, KnowledgeBaseError, MovementCDSError, Plan
+from fhir_adapters import InvalidBundleError
+from movement_cds._api import DecisionSupport, Evaluation, evaluate
+from movement_cds._version import __version__
+
+__all__ = [
+    "DecisionSupport",
+    "EngineError",
+    "Evaluation",
+    "InvalidBundleError",
+    "InvalidInputError",
+    "KnowledgeBaseError",
+    "MovementCDSError",
+    "Plan",
+    "__version__",
+    "evaluate",
+]

@@ -1,0 +1,102 @@
+"""The public Python facade: FHIR in, FHIR and a plain-language summary out."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from cds import Evaluator, InputIssue, KnowledgeBase, Plan, load_knowledge_base
+from fhir_adapters import InvalidBundleError, read_bundle, write_bundle
+from knowledge_base import bundled_path
+from movement_cds._summary import render_summary
+
+__all__ = ["DecisionSupport", "Evaluation", "evaluate", "parse_instant"]
+
+
+def parse_instant(value: datetime | str | None) -> datetime | None:
+    """An as-of instant: an aware datetime or an ISO 8601 string with a time zone."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        dt = value
+    else:
+        try:
+            dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except (ValueError, AttributeError):
+            raise InvalidBundleError(
+                [InputIssue("error", "value", f"as-of is not an ISO 8601 instant: {value!r}")]
+            ) from None
+    if dt.tzinfo is None:
+        raise InvalidBundleError(
+            [InputIssue("error", "value", "as-of needs a time zone (for example 'Z' for UTC)")]
+        )
+    return dt.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The result of one evaluation."""
+
+    plan: Plan
+    bundle: dict[str, Any]
+
+    @property
+    def summary(self) -> str:
+        return render_summary(self.plan)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.bundle, indent=indent, sort_keys=True, ensure_ascii=False)
+
+
+class DecisionSupport:
+    """A loaded knowledge base, compiled once; evaluate any number of patients with it.
+
+    ``knowledge_base`` is a directory in the knowledge-base layout (default: the bundled one);
+    ``parameters`` override the manifest's configurable thresholds (clinical governance).
+    """
+
+    def __init__(
+        self,
+        knowledge_base: str | Path | KnowledgeBase | None = None,
+        *,
+        parameters: dict[str, Any] | None = None,
+        engine: Literal["durable", "reference"] = "durable",
+    ) -> None:
+        if isinstance(knowledge_base, KnowledgeBase):
+            self.kb = knowledge_base
+        else:
+            self.kb = load_knowledge_base(knowledge_base or bundled_path(), parameters)
+        self.evaluator = Evaluator(self.kb, engine)
+
+    def evaluate(
+        self, bundle: dict[str, Any] | str | bytes, *, as_of: datetime | str | None = None
+    ) -> Evaluation:
+        """Evaluate one patient's FHIR R4 Bundle (dict or JSON text).
+
+        Raises ``InvalidBundleError`` (a ``ValueError``) with an OperationOutcome when the
+        input cannot be evaluated, and ``EngineError`` if the engine fails; never returns
+        partial advice.
+        """
+        instant = parse_instant(as_of) or datetime.now(UTC)
+        patient = read_bundle(bundle, kb=self.kb, as_of=instant)
+        plan = self.evaluator.evaluate(patient)
+        return Evaluation(plan, write_bundle(plan, self.kb))
+
+
+_DEFAULT: DecisionSupport | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def evaluate(
+    bundle: dict[str, Any] | str | bytes, *, as_of: datetime | str | None = None
+) -> Evaluation:
+    """Evaluate with the bundled knowledge base (loaded once per process)."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = DecisionSupport()
+    return _DEFAULT.evaluate(bundle, as_of=as_of)

@@ -1,0 +1,182 @@
+"""The ``movement-cds`` command line.
+
+Exit status: 0 success; 2 unusable input (the OperationOutcome is printed on standard output,
+a one-line reason on standard error); 1 any other failure (knowledge base invalid, engine
+error), with a one-line reason and never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from cds import EngineError, InputIssue, KnowledgeBaseError, MovementCDSError, load_knowledge_base
+from fhir_adapters import InvalidBundleError, export_terminology
+from knowledge_base import bundled_path
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Exercise decision support for persistent low back pain (FHIR R4 in, CarePlan out).",
+)
+terminology_app = typer.Typer(no_args_is_help=True, help="The project's FHIR terminology.")
+kb_app = typer.Typer(no_args_is_help=True, help="Work with knowledge bases.")
+app.add_typer(terminology_app, name="terminology")
+app.add_typer(kb_app, name="kb")
+
+KbOption = Annotated[
+    Path | None,
+    typer.Option("--kb", help="Knowledge-base directory (default: the bundled one).",
+                 file_okay=False),
+]
+
+
+def _fail_input(err: InvalidBundleError) -> NoReturn:
+    sys.stdout.write(json.dumps(err.operation_outcome, indent=2, sort_keys=True) + "\n")
+    first = err.issues[0].message if err.issues else "invalid input"
+    typer.echo(f"movement-cds: input cannot be evaluated: {first}", err=True)
+    raise typer.Exit(2)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"movement-cds: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _read_input(file: str) -> bytes:
+    try:
+        if file == "-":
+            return sys.stdin.buffer.read()
+        return Path(file).read_bytes()
+    except OSError as e:
+        raise InvalidBundleError(
+            [InputIssue("fatal", "not-found", f"cannot read {file}: {e.strerror or e}")]
+        ) from None
+
+
+@app.command()
+def evaluate(
+    file: Annotated[str, typer.Argument(help="FHIR R4 Bundle (JSON); '-' for standard input.")],
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Evaluation instant, ISO 8601 with a time zone "
+                     "(default: now). Ages and 'how old is this finding' use it."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the output Bundle here, not stdout.")
+    ] = None,
+    kb: KbOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No summary on stderr.")] = False,
+) -> None:
+    """Evaluate one patient: output Bundle as JSON on stdout (or --out), summary on stderr."""
+    from movement_cds._api import DecisionSupport
+
+    try:
+        support = DecisionSupport(kb)
+        result = support.evaluate(_read_input(file), as_of=as_of)
+    except InvalidBundleError as e:
+        _fail_input(e)
+    except KnowledgeBaseError as e:
+        _fail(str(e))
+    except EngineError as e:
+        _fail(f"rule engine failed; no advice returned: {e}")
+    text = result.to_json()
+    if out is None:
+        sys.stdout.write(text + "\n")
+    else:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text + "\n", encoding="utf-8")
+        except OSError as e:
+            _fail(f"cannot write {out}: {e.strerror or e}")
+    if not quiet:
+        sys.stderr.write(result.summary)
+        if out is not None:
+            sys.stderr.write(f"\nFHIR output written to {out}\n")
+
+
+@terminology_app.command("export")
+def terminology_export(
+    directory: Annotated[Path, typer.Argument(help="Directory to write CodeSystem-*.json into.")],
+    kb: KbOption = None,
+) -> None:
+    """Write the project's CodeSystems (screen, exercise, alert) as FHIR R4 JSON."""
+    try:
+        base = load_knowledge_base(kb or bundled_path())
+        paths = export_terminology(base, directory)
+    except KnowledgeBaseError as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"cannot write {directory}: {e.strerror or e}")
+    for p in paths:
+        typer.echo(str(p))
+
+
+@kb_app.command("schema")
+def kb_schema(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the JSON Schemas into this directory.")
+    ] = None,
+) -> None:
+    """Export the knowledge-base file format as JSON Schema (for editors)."""
+    from cds._schema_export import schemas
+
+    docs = schemas()
+    if out is None:
+        sys.stdout.write(json.dumps(docs, indent=2, sort_keys=True) + "\n")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in docs.items():
+        path = out / f"{name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        typer.echo(str(path))
+
+
+@kb_app.command("validate")
+def kb_validate(
+    directory: Annotated[
+        Path | None, typer.Argument(help="Knowledge-base directory (default: bundled).")
+    ] = None,
+) -> None:
+    """Load and cross-check a knowledge base; every problem with file:line:column."""
+    from cds import compile_knowledge_base
+
+    root = directory or bundled_path()
+    try:
+        base = load_knowledge_base(root)
+        compile_knowledge_base(base)
+    except KnowledgeBaseError as e:
+        for p in e.problems:
+            typer.echo(str(p), err=True)
+        n = sum(1 for p in e.problems if p.severity == "error")
+        _fail(f"{n} error(s) in {root}")
+    for w in base.warnings:
+        typer.echo(str(w), err=True)
+    typer.echo(
+        f"{base.ruleset_name}: {len(base.rules)} rules, {len(base.exercises)} exercises, "
+        f"{len(base.facts)} facts, {len(base.warnings)} warning(s)"
+    )
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: never a traceback, whatever goes wrong."""
+    try:
+        return app(args=argv, standalone_mode=True)
+    except SystemExit:
+        raise
+    except MovementCDSError as e:
+        typer.echo(f"movement-cds: {e}", err=True)
+        sys.exit(1)
+    except Exception as e:  # a bug: say so in one line, not a traceback
+        typer.echo(f"movement-cds: internal error ({type(e).__name__}); please report it",
+                   err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

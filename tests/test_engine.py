@@ -1,0 +1,175 @@
+"""The compiler, the durable-rules runner and the reference evaluator."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cds import (
+    EngineError,
+    Evaluator,
+    Fact,
+    KnowledgeBase,
+    KnowledgeBaseError,
+    PatientFacts,
+    compile_knowledge_base,
+    load_knowledge_base,
+)
+from cds._compiler import Literal, _dnf
+from cds._kb_schema import Rule
+from tests.patients import AS_OF, fact_strategy
+
+SETTINGS = settings(max_examples=150, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _when(cond: object) -> list[tuple[Literal, ...]]:
+    rule = Rule.model_validate({
+        "id": "XX-01", "title": "t", "stratum": "s", "when": cond,
+        "then": [{"finding": {"name": "f"}}],
+        "evidence": [{"id": "PMID:1", "citation": "c", "tag": "M", "strength": "weak"}],
+    })
+    return _dnf(rule.when, False, lambda name: 7)
+
+
+def test_not_is_three_valued_and_keeps_presence() -> None:
+    assert _when({"not": {"fact": "pain-now", "gt": 5}}) == [(Literal("pain-now", "le", 5.0),)]
+    assert _when({"not": {"fact": "x", "present": True}}) == [(Literal("x", "missing", None),)]
+
+
+def test_de_morgan_and_distribution() -> None:
+    terms = _when({"not": {"any": [{"fact": "a", "is": True},
+                                   {"all": [{"fact": "b", "lt": 2}, {"fact": "c", "in": ["x"]}]}]}})
+    assert terms == [
+        (Literal("a", "is-not", True), Literal("b", "ge", 2.0)),
+        (Literal("a", "is-not", True), Literal("c", "not-in", ["x"])),
+    ]
+
+
+def test_parameters_are_resolved_at_compile_time(kb: KnowledgeBase) -> None:
+    compiled = compile_knowledge_base(kb)
+    rule = next(r for r in compiled.rules if r.rule_id == "MV-01-ROTARY")
+    assert rule.terms == ((Literal("fms-rotary-stability", "le", 1),),)
+
+
+def _patient(*facts: Fact) -> PatientFacts:
+    return PatientFacts.build("Patient/p", AS_OF, facts)
+
+
+def test_missing_is_never_normal(durable: Evaluator, reference: Evaluator) -> None:
+    # nothing answered: the gap alert fires, no emergency, nothing proposed from thin air
+    for ev in (durable, reference):
+        plan = ev.evaluate(_patient())
+        assert [a.code for a in plan.alerts] == ["core-red-flags-unanswered"]
+        assert plan.data_gaps[0].missing  # every core item named
+        assert len(plan.data_gaps[0].missing) == 10
+
+
+def test_durable_and_reference_agree_on_a_busy_patient(
+    durable: Evaluator, reference: Evaluator
+) -> None:
+    p = durable.prepare(_patient(
+        Fact("rf-saddle-anaesthesia", True, ("Observation/1",)),
+        Fact("fms-rotary-stability.left", 1, ("Observation/2",)),
+        Fact("fms-rotary-stability.right", 3, ("Observation/2",)),
+        Fact("repeated-flexion-response", "peripheralizes", ("Observation/3",)),
+        Fact("pattern-lateral-bend", 1, ("Observation/4",)),
+        Fact("pain-now", 4, ("Observation/5",)),
+    ))
+    a, b = durable.derive(p), reference.derive(p)
+    assert a == b
+    assert "alert.suspected-cauda-equina" in a.derived
+    assert a.derived["recommend.loaded-spinal-rotation"].derivations[0].used == (
+        "finding.lateral-bend-deficit", "pain-now")
+
+
+def test_no_background_threads_and_sessions_are_deleted(durable: Evaluator) -> None:
+    before = threading.active_count()
+    p = durable.prepare(_patient(Fact("rf-fever", False, ("Observation/1",))))
+    # durable-rules raises MemoryError past 1,024 live sessions: 1,500 proves delete_state
+    for _ in range(1500):
+        durable.derive(p)
+    assert threading.active_count() == before
+
+
+def _write_conflicting_kb(kb_copy: Path, version: str) -> KnowledgeBase:
+    manifest = kb_copy / "manifest.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 0.1.0", f"version: {version}"))
+    facts = kb_copy / "facts.yaml"
+    facts.write_text(facts.read_text() + """  - name: finding.severity
+    type: code
+    description: test-only finding with two values
+    derived: true
+    codes: [low, high]
+""")
+    rules = kb_copy / "rules" / "conflict.yaml"
+    rules.write_text("""rules:
+  - id: XX-01
+    title: one value
+    stratum: classification
+    when: {fact: pain-now, ge: 0}
+    then: [{classification: {name: finding.severity, value: low}}]
+    evidence: [{id: "PMID:1", citation: c, tag: M, strength: weak}]
+  - id: XX-02
+    title: another value
+    stratum: classification
+    when: {fact: pain-now, ge: 5}
+    then: [{classification: {name: finding.severity, value: high}}]
+    evidence: [{id: "PMID:1", citation: c, tag: M, strength: weak}]
+""")
+    return load_knowledge_base(kb_copy)
+
+
+def test_errors_inside_actions_fail_the_evaluation(kb_copy: Path) -> None:
+    kb = _write_conflicting_kb(kb_copy, "0.1.0-conflict")
+    for engine in ("durable", "reference"):
+        ev = Evaluator(kb, engine)  # type: ignore[arg-type]
+        ev.evaluate(_patient(Fact("pain-now", 2, ("Observation/1",))))  # one value: fine
+        with pytest.raises(EngineError, match="rules disagree on 'finding.severity'"):
+            ev.evaluate(_patient(Fact("pain-now", 7, ("Observation/1",))))
+    # and the engine is usable afterwards (its session was cleaned up)
+    plan = Evaluator(kb).evaluate(_patient(Fact("pain-now", 1, ("Observation/1",))))
+    assert plan.kb_version == "0.1.0-conflict"
+
+
+def test_a_changed_knowledge_base_needs_a_new_version(kb_copy: Path, kb: KnowledgeBase) -> None:
+    Evaluator(kb)
+    rules = kb_copy / "rules" / "precautions.yaml"
+    rules.write_text(rules.read_text().replace("priority: 5", "priority: 6"))
+    changed = load_knowledge_base(kb_copy)
+    assert changed.ruleset_name == kb.ruleset_name
+    with pytest.raises(KnowledgeBaseError, match="new version"):
+        Evaluator(changed)
+
+
+def test_unknown_fact_is_refused_not_ignored(durable: Evaluator) -> None:
+    with pytest.raises(ValueError, match="unknown fact 'made-up'"):
+        durable.derive(_patient(Fact("made-up", True, ())))
+
+
+@SETTINGS
+@given(data=st.data())
+def test_durable_agrees_with_reference_on_random_patients(
+    data: st.DataObject, durable: Evaluator, reference: Evaluator, kb: KnowledgeBase
+) -> None:
+    facts = data.draw(fact_strategy(kb))
+    p = durable.prepare(_patient(*facts))
+    assert durable.derive(p) == reference.derive(p)
+
+
+@SETTINGS
+@given(data=st.data(), seed=st.integers())
+def test_fact_order_never_changes_the_result(
+    data: st.DataObject, seed: int, durable: Evaluator, kb: KnowledgeBase
+) -> None:
+    facts = data.draw(fact_strategy(kb))
+    shuffled = list(facts)
+    random.Random(seed).shuffle(shuffled)
+    a = durable.evaluate(PatientFacts.build("Patient/p", AS_OF, facts))
+    b = durable.evaluate(PatientFacts.build("Patient/p", AS_OF, shuffled))
+    assert a == b
