@@ -15,7 +15,7 @@ from itertools import product
 from typing import Any
 
 from cds._errors import KnowledgeBaseError, KnowledgeBaseProblem
-from cds._kb_schema import AllOf, AnyOf, Condition, FactTest, NoneOf, Param
+from cds._kb_schema import AllOf, Condition, FactTest, NoneOf, Param
 from cds._knowledge_base import KnowledgeBase, derived_names
 
 __all__ = ["CompiledKnowledgeBase", "CompiledRule", "Literal", "compile_knowledge_base"]
@@ -71,7 +71,8 @@ class CompiledKnowledgeBase:
                         tests = [t for lit in lits for t in _durable_tests(lit)]
                         patterns.append({f"p{pi}": {"$and": base + tests}})
                 # pri: lower fires first, stored unsigned; explicit multiples of 10 (rule 8)
-                out[f"{ri}:{ti}"] = {"all": patterns, "pri": 10 * (rule.stratum * 100 + rule.priority)}
+                pri = 10 * (rule.stratum * 100 + rule.priority)
+                out[f"{ri}:{ti}"] = {"all": patterns, "pri": pri}
         # sinks: every fact type is handled, but the sinks never complete, so never fire
         for t in ("fact", "stratum"):
             out[f"sink:{t}"] = {

@@ -112,7 +112,7 @@ class RuleEngine:
             log = FiringLog(self.compiled)
             _ACTIVE.update(ruleset=self.name, log=log, errors=[])
             try:
-                messages = [
+                messages: list[dict[str, Any]] = [
                     {"sid": sid, "id": f"f:{f.name}", "t": "fact", "n": f.name, "v": f.value}
                     for f in facts
                 ]
@@ -122,7 +122,7 @@ class RuleEngine:
                     marker = {"sid": sid, "id": f"s:{k}", "t": "stratum", "s": k}
                     self._check(host.assert_fact(self.name, marker))
                 present = {m["id"] for m in host.get_facts(self.name, sid)}
-                lost = sorted(m["id"] for m in messages if m["id"] not in present)
+                lost = sorted(str(m["id"]) for m in messages if m["id"] not in present)
                 if lost:
                     raise EngineError("input facts lost inside the engine", lost)
                 return log.result()

@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=BaseModel)
+_VALUE_OPS = ("is", "is-not", "in", "not-in")
 
 
 @dataclass(frozen=True)
@@ -133,14 +134,14 @@ def _position(node: Any, loc: tuple[Any, ...]) -> tuple[int | None, int | None]:
     for step in loc:
         if isinstance(cur, dict) and step in cur:
             try:
-                line, col = cur.lc.key(step)
+                line, col = cur.lc.key(step)  # type: ignore[attr-defined]
                 line, col = line + 1, col + 1
             except Exception:
                 pass
             cur = cur[step]
         elif isinstance(cur, list) and isinstance(step, int) and 0 <= step < len(cur):
             try:
-                line, col = cur.lc.item(step)
+                line, col = cur.lc.item(step)  # type: ignore[attr-defined]
                 line, col = line + 1, col + 1
             except Exception:
                 pass
@@ -270,7 +271,8 @@ def load_knowledge_base(
             problems.append(KnowledgeBaseProblem(name, None, None, "file is missing"))
         return p
 
-    manifest_doc = _read(need("manifest.yaml"), root, problems) if (root / "manifest.yaml").is_file() else None
+    manifest_path = need("manifest.yaml")
+    manifest_doc = _read(manifest_path, root, problems) if manifest_path.is_file() else None
     manifest = (
         _validate(Manifest, manifest_doc, "manifest.yaml", (), manifest_doc, problems)
         if manifest_doc is not None
@@ -431,7 +433,7 @@ def _cross_check(kb: KnowledgeBase, rules: list[Rule]) -> list[KnowledgeBaseProb
             if isinstance(operand, Param):
                 if operand.param not in kb.manifest.parameters:
                     at(r, f"rule {r.id}: unknown parameter '{operand.param}'")
-            elif defn is not None and defn.type == "code" and op in ("is", "is-not", "in", "not-in"):
+            elif defn is not None and defn.type == "code" and op in _VALUE_OPS:
                 values = operand if isinstance(operand, list) else [operand]
                 bad = [v for v in values if v not in (defn.codes or [])]
                 if bad:

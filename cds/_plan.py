@@ -172,10 +172,13 @@ class Plan:
     facts: tuple[Fact, ...]
     firings: tuple[Derivation, ...]
     fact_descriptions: dict[str, str]
+    ruleset: str = ""
 
     @property
     def knowledge_base(self) -> str:
-        return f"{self.kb_id}@{self.kb_version}"
+        """The exact rules that made this plan: ``{kb-id}@{version}`` (``+p…`` when a
+        deployment overrode thresholds)."""
+        return self.ruleset or f"{self.kb_id}@{self.kb_version}"
 
     @property
     def exercise_held(self) -> bool:
@@ -242,7 +245,7 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
             _PRIORITY_ORDER[ra[1].referral.priority.value] if ra[1].referral else 9,
             ra[0],
         ))
-        rid, act = actions[0]
+        _rid, act = actions[0]
         referral = Referral(act.referral.priority.value, act.referral.to) if act.referral else None
         holds = any(
             (x.referral is not None and x.referral.priority.value in HOLDING_PRIORITIES)
@@ -276,7 +279,9 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
             continue
         vetoed.add(ex.id)
         rids = tuple(sorted({rid for rid, _ in hits}))
-        srcs = tuple(sorted({s for rid in rids for s in sources_of(derived[f"veto.{rid}"].derivations)}))
+        srcs = tuple(sorted(
+            {s for rid in rids for s in sources_of(derived[f"veto.{rid}"].derivations)}
+        ))
         avoid.append(
             AvoidedExercise(ex.id, ex.title, tuple(d.value for d in ex.direction), ex.load.value,
                             ex.surface.value, " ".join(dict.fromkeys(v.why for _, v in hits)),
@@ -327,4 +332,5 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
         facts=patient.facts,
         firings=result.firings,
         fact_descriptions={n: d.description for n, d in kb.facts.items()},
+        ruleset=kb.ruleset_name,
     )

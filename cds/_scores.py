@@ -7,7 +7,7 @@ items. Keeping them here means the rules compare plain numbers.
 
 from __future__ import annotations
 
-from cds._facts import Fact
+from cds._facts import Fact, Scalar
 
 __all__ = ["derive_scores"]
 
@@ -30,7 +30,7 @@ def _src(*facts: Fact | None) -> tuple[str, ...]:
 def derive_scores(facts: list[Fact], bilateral: set[str]) -> list[Fact]:
     by = {f.name: f for f in facts}
 
-    def put(name: str, value: int | float | bool, *src: Fact | None) -> None:
+    def put(name: str, value: Scalar, *src: Fact | None) -> None:
         prelim = any(f.preliminary for f in src if f is not None)
         by[name] = Fact(name, value, _src(*src), prelim)
 

@@ -130,7 +130,7 @@ def test_errors_inside_actions_fail_the_evaluation(kb_copy: Path) -> None:
     for engine in ("durable", "reference"):
         ev = Evaluator(kb, engine)  # type: ignore[arg-type]
         ev.evaluate(_patient(Fact("pain-now", 2, ("Observation/1",))))  # one value: fine
-        with pytest.raises(EngineError, match="rules disagree on 'finding.severity'"):
+        with pytest.raises(EngineError, match=r"rules disagree on 'finding\.severity'"):
             ev.evaluate(_patient(Fact("pain-now", 7, ("Observation/1",))))
     # and the engine is usable afterwards (its session was cleaned up)
     plan = Evaluator(kb).evaluate(_patient(Fact("pain-now", 1, ("Observation/1",))))

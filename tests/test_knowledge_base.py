@@ -49,7 +49,7 @@ def test_yaml_syntax_error_has_line_and_column(kb_copy: Path) -> None:
     rules.write_text("\n".join(lines) + "\n")
     (msg,) = _problems(kb_copy)
     assert msg.startswith("rules/red-flags.yaml:")
-    file, line, col, *_ = msg.split(":")
+    _file, line, col, *_ = msg.split(":")
     assert int(line) >= 7 and int(col) >= 1
 
 
@@ -128,7 +128,8 @@ def test_unknown_parameter_and_unknown_override(kb_copy: Path) -> None:
 
 def test_exercise_regression_must_exist_and_dose_be_complete(kb_copy: Path) -> None:
     _replace(kb_copy / "exercises.yaml", "easier: hip-hinge-dowel", "easier: hip-hinge-stick")
-    _replace(kb_copy / "exercises.yaml", "      frequency: 5\n      period: 1\n      period-unit: d",
+    _replace(kb_copy / "exercises.yaml",
+             "      frequency: 5\n      period: 1\n      period-unit: d",
              "      period: 1\n      period-unit: d")
     msgs = _problems(kb_copy)
     assert any("unknown exercise 'hip-hinge-stick'" in m for m in msgs)

@@ -1,0 +1,34 @@
+# One-command entry points. Each target sets up .venv itself when needed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+AS_OF ?= 2026-11-02T09:00:00Z
+
+.PHONY: example test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,service]'
+	touch $(STAMP)
+
+## Evaluate the bundled example patient: readable plan on the terminal, FHIR in out/.
+example: $(STAMP)
+	$(BIN)/movement-cds evaluate examples/example-patient.json --as-of $(AS_OF) \
+		--out out/example-careplan.json
+
+## Lint, type-check (mypy strict) and run the test suite.
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+## Benchmarks (figures, not pass/fail): see docs/performance.md.
+bench: $(STAMP)
+	$(BIN)/python bench/pipeline.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,72 @@
+"""The public API is small and explicit; changing it is a decision, so it is pinned here."""
+
+from __future__ import annotations
+
+import cds
+import fhir_adapters
+import movement_cds
+
+
+def test_movement_cds_exports() -> None:
+    assert sorted(movement_cds.__all__) == [
+        "DecisionSupport",
+        "EngineError",
+        "Evaluation",
+        "InvalidBundleError",
+        "InvalidInputError",
+        "KnowledgeBaseError",
+        "MovementCDSError",
+        "Plan",
+        "__version__",
+        "evaluate",
+    ]
+
+
+def test_fhir_adapters_exports() -> None:
+    assert sorted(fhir_adapters.__all__) == [
+        "InvalidBundleError",
+        "code_systems",
+        "export_terminology",
+        "operation_outcome",
+        "read_bundle",
+        "write_bundle",
+    ]
+
+
+def test_cds_exports() -> None:
+    assert sorted(cds.__all__) == sorted([
+        "AvoidedExercise", "CompiledKnowledgeBase", "DataGap", "Derivation", "DerivedFact",
+        "EngineError", "EngineResult", "Evaluator", "EvidenceRef", "ExerciseDose", "Fact",
+        "InputIssue", "InvalidInputError", "KnowledgeBase", "KnowledgeBaseError",
+        "KnowledgeBaseProblem", "MovementCDSError", "PatientFacts", "Plan", "PlanAlert",
+        "PlannedExercise", "Referral", "compile_knowledge_base", "evaluate_reference",
+        "load_knowledge_base",
+    ])
+
+
+def test_every_export_exists_and_errors_subclass_builtins() -> None:
+    for mod in (cds, fhir_adapters, movement_cds):
+        for name in mod.__all__:
+            assert hasattr(mod, name), f"{mod.__name__}.{name}"
+    assert issubclass(movement_cds.InvalidBundleError, ValueError)
+    assert issubclass(movement_cds.KnowledgeBaseError, ValueError)
+    assert issubclass(movement_cds.EngineError, RuntimeError)
+    assert issubclass(movement_cds.InvalidBundleError, movement_cds.MovementCDSError)
+
+
+def test_cds_knows_nothing_of_fhir_or_http() -> None:
+    import ast
+    from pathlib import Path
+
+    root = Path(cds.__file__).parent
+    banned = ("fhir_adapters", "fhir", "fastapi", "httpx", "uvicorn", "starlette")
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for n in names:
+                assert n.split(".")[0] not in banned, f"{path.name} imports {n}"
