@@ -173,12 +173,18 @@ class Plan:
     firings: tuple[Derivation, ...]
     fact_descriptions: dict[str, str]
     ruleset: str = ""
+    derived: tuple[tuple[str, object], ...] = ()
 
     @property
     def knowledge_base(self) -> str:
         """The exact rules that made this plan: ``{kb-id}@{version}`` (``+p…`` when a
         deployment overrode thresholds)."""
         return self.ruleset or f"{self.kb_id}@{self.kb_version}"
+
+    @property
+    def derived_values(self) -> dict[str, object]:
+        """Findings and classifications the rules derived, by name."""
+        return dict(self.derived)
 
     @property
     def exercise_held(self) -> bool:
@@ -333,4 +339,5 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
         firings=result.firings,
         fact_descriptions={n: d.description for n, d in kb.facts.items()},
         ruleset=kb.ruleset_name,
+        derived=tuple((n, d.value) for n, d in sorted(derived.items())),
     )

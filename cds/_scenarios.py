@@ -1,0 +1,250 @@
+"""Scenario tests: what a rule set must do for a given patient, written as YAML.
+
+Informaticists write them next to the rules (``scenarios/*.yaml``), named after what they
+specify. A scenario gives the patient either as facts (``facts:``) or as a FHIR file
+(``bundle:``, read by a reader the caller supplies, since this package knows no FHIR) and
+says what must come out::
+
+    scenarios:
+      - id: bladder-dysfunction-alone-is-an-emergency
+        covers: [RF-01-CES]
+        facts:
+          rf-bladder-dysfunction: true
+          fms-hurdle-step: {left: 3, right: 1}     # a bilateral test, per side
+        expect:
+          alerts-include: [suspected-cauda-equina]
+          referral: stat
+          exercise-held: true
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cds._errors import KnowledgeBaseError, KnowledgeBaseProblem, MovementCDSError
+from cds._evaluator import Evaluator
+from cds._facts import Fact, PatientFacts
+from cds._knowledge_base import _items, _position, _read, _validate
+from cds._plan import Plan
+
+__all__ = [
+    "Scenario",
+    "ScenarioOutcome",
+    "check_scenario",
+    "load_scenarios",
+    "run_scenarios",
+]
+
+DEFAULT_AS_OF = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+_PRIORITY = ["stat", "asap", "urgent", "routine"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Properties(_Model):
+    direction: list[str] | None = None
+    load: list[str] | None = None
+    surface: list[str] | None = None
+
+
+class Expectation(_Model):
+    alerts: list[str] | None = Field(default=None, description="exactly these alert codes")
+    alerts_include: list[str] | None = Field(default=None, alias="alerts-include")
+    alerts_exclude: list[str] | None = Field(default=None, alias="alerts-exclude")
+    referral: Literal["stat", "asap", "urgent", "routine", "none"] | None = Field(
+        default=None, description="the most urgent referral priority, or none"
+    )
+    exercise_held: bool | None = Field(default=None, alias="exercise-held")
+    exercises: list[str] | None = Field(default=None, description="exactly these proposed")
+    exercises_include: list[str] | None = Field(default=None, alias="exercises-include")
+    exercises_exclude: list[str] | None = Field(default=None, alias="exercises-exclude")
+    exercise_count: tuple[int, int] | None = Field(
+        default=None, alias="exercise-count", description="[min, max] proposed exercises"
+    )
+    avoid_include: list[str] | None = Field(default=None, alias="avoid-include")
+    forbidden_properties: Properties | None = Field(
+        default=None, alias="forbidden-properties",
+        description="no proposed exercise has any of these properties",
+    )
+    required_properties: Properties | None = Field(
+        default=None, alias="required-properties",
+        description="for each property listed, some proposed exercise has one of the values",
+    )
+    fires: list[str] | None = None
+    does_not_fire: list[str] | None = Field(default=None, alias="does-not-fire")
+    missing: list[str] | None = Field(default=None, description="data-gap items reported")
+    findings: dict[str, Any] | None = Field(default=None, description="derived fact values")
+
+
+class Scenario(_Model):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    description: str | None = None
+    covers: list[str] = Field(default_factory=list, description="rule ids it specifies")
+    as_of: datetime | None = Field(default=None, alias="as-of")
+    facts: dict[str, Any] | None = None
+    bundle: str | None = Field(default=None, description="FHIR file, relative to the scenario")
+    expect: Expectation
+
+
+@dataclass
+class ScenarioOutcome:
+    scenario: Scenario
+    file: str
+    line: int | None
+    failures: list[str] = field(default_factory=list)
+    plan: Plan | None = None
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures and self.error is None
+
+
+BundleReader = Callable[[Path, datetime], PatientFacts]
+
+
+def load_scenarios(root: Path) -> list[tuple[Scenario, str, int | None]]:
+    """Every scenario under ``root/scenarios``, with its file and line."""
+    problems: list[KnowledgeBaseProblem] = []
+    out: list[tuple[Scenario, str, int | None]] = []
+    seen: dict[str, str] = {}
+    for path in sorted((root / "scenarios").glob("*.yaml")):
+        rel = str(path.relative_to(root))
+        doc = _read(path, root, problems)
+        for i, node in _items(doc, "scenarios", rel, problems):
+            sc = _validate(Scenario, node, rel, ("scenarios", i), doc, problems)
+            line, col = _position(doc, ("scenarios", i))
+            if sc is None:
+                continue
+            if sc.id in seen:
+                problems.append(KnowledgeBaseProblem(
+                    rel, line, col, f"duplicate scenario id '{sc.id}' (first in {seen[sc.id]})"))
+                continue
+            if (sc.facts is None) == (sc.bundle is None):
+                problems.append(KnowledgeBaseProblem(
+                    rel, line, col, f"scenario '{sc.id}': give exactly one of facts or bundle"))
+                continue
+            seen[sc.id] = rel
+            out.append((sc, rel, line))
+    if problems:
+        raise KnowledgeBaseError(problems)
+    return out
+
+
+def _facts_of(sc: Scenario, evaluator: Evaluator) -> list[Fact]:
+    facts: list[Fact] = []
+    for name, value in sorted((sc.facts or {}).items()):
+        src = (f"scenario:{sc.id}#{name}",)
+        if isinstance(value, dict):
+            for side, v in sorted(value.items()):
+                facts.append(Fact(f"{name}.{side}", v, src))
+        else:
+            facts.append(Fact(name, value, src))
+    return facts
+
+
+def check_scenario(sc: Scenario, plan: Plan) -> list[str]:
+    """What differs between the expectation and the plan, one line each (empty: passed)."""
+    e = sc.expect
+    fails: list[str] = []
+    alerts = {a.code for a in plan.alerts}
+    proposed = [x for x in plan.exercises if x.status == "proposed"]
+    listed = {x.exercise_id for x in plan.exercises}
+    fired = {d.rule_id for d in plan.firings}
+
+    def need(cond: bool, what: str, expected: Any, actual: Any) -> None:
+        if not cond:
+            fails.append(f"{what}: expected {expected}, got {actual}")
+
+    if e.alerts is not None:
+        need(alerts == set(e.alerts), "alerts", sorted(e.alerts), sorted(alerts))
+    for code in e.alerts_include or []:
+        need(code in alerts, f"alert {code}", "present", sorted(alerts))
+    for code in e.alerts_exclude or []:
+        need(code not in alerts, f"alert {code}", "absent", "present")
+    if e.referral is not None:
+        prios = sorted((a.referral.priority for a in plan.alerts if a.referral),
+                       key=_PRIORITY.index)
+        top = prios[0] if prios else "none"
+        need(top == e.referral, "most urgent referral", e.referral, top)
+    if e.exercise_held is not None:
+        need(plan.exercise_held == e.exercise_held, "exercise held", e.exercise_held,
+             plan.exercise_held)
+    if e.exercises is not None:
+        need(listed == set(e.exercises), "exercises", sorted(e.exercises), sorted(listed))
+    for ex in e.exercises_include or []:
+        need(ex in listed, f"exercise {ex}", "proposed", sorted(listed))
+    for ex in e.exercises_exclude or []:
+        need(ex not in listed, f"exercise {ex}", "not proposed", "proposed")
+    if e.exercise_count is not None:
+        lo, hi = e.exercise_count
+        need(lo <= len(listed) <= hi, "number of exercises", f"{lo}-{hi}", len(listed))
+    avoided = {a.exercise_id for a in plan.avoid}
+    for ex in e.avoid_include or []:
+        need(ex in avoided, f"avoid {ex}", "listed as do-not-perform", sorted(avoided))
+    if e.forbidden_properties is not None:
+        fp = e.forbidden_properties
+        for x in proposed:
+            bad = (set(fp.direction or []) & set(x.direction)) | (
+                {x.load} & set(fp.load or [])) | ({x.surface} & set(fp.surface or []))
+            need(not bad, f"exercise {x.exercise_id}", f"none of {sorted(bad)}", "has them")
+    if e.required_properties is not None:
+        rp = e.required_properties
+        for prop, wanted in (("direction", rp.direction), ("load", rp.load),
+                             ("surface", rp.surface)):
+            if not wanted:
+                continue
+            have = {v for x in proposed for v in (
+                x.direction if prop == "direction" else (getattr(x, prop),))}
+            need(bool(have & set(wanted)), f"some proposed exercise with {prop}",
+                 f"one of {wanted}", sorted(have))
+    for rid in e.fires or []:
+        need(rid in fired, f"rule {rid}", "fires", "does not fire")
+    for rid in e.does_not_fire or []:
+        need(rid not in fired, f"rule {rid}", "does not fire", "fires")
+    if e.missing is not None:
+        got = sorted({m for g in plan.data_gaps for m in g.missing})
+        need(got == sorted(e.missing), "missing items", sorted(e.missing), got)
+    if e.findings:
+        facts = {f.name: f.value for f in plan.facts}
+        derived = plan.derived_values
+        for name, value in e.findings.items():
+            actual = derived.get(name, facts.get(name, "(absent)"))
+            need(actual == value, f"finding {name}", value, actual)
+    return fails
+
+
+def run_scenarios(
+    evaluator: Evaluator,
+    root: Path,
+    reader: BundleReader | None = None,
+    only: set[str] | None = None,
+) -> list[ScenarioOutcome]:
+    """Run every scenario of the knowledge base at ``root``; never raises for one scenario."""
+    outcomes = []
+    for sc, rel, line in load_scenarios(root):
+        if only and sc.id not in only:
+            continue
+        out = ScenarioOutcome(sc, rel, line)
+        as_of = sc.as_of or DEFAULT_AS_OF
+        try:
+            if sc.bundle is not None:
+                if reader is None:
+                    raise MovementCDSError("this runner cannot read FHIR bundles")
+                patient = reader((root / rel).parent / sc.bundle, as_of)
+            else:
+                patient = PatientFacts.build(f"Patient/{sc.id}", as_of, _facts_of(sc, evaluator))
+            out.plan = evaluator.evaluate(patient)
+            out.failures = check_scenario(sc, out.plan)
+        except MovementCDSError as err:
+            out.error = f"{type(err).__name__}: {err}"
+        outcomes.append(out)
+    return outcomes
