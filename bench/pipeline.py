@@ -61,7 +61,7 @@ def timed(fn: Callable[[], Any], n: int) -> list[float]:
 
 def pct(xs: list[float], p: float) -> float:
     s = sorted(xs)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def row(name: str, xs: list[float]) -> str:
@@ -96,7 +96,8 @@ def bench_one(path: Path, n: int, ev: Evaluator, ref: DecisionSupport,
     r4b = statistics.median(stages["R4B Bundle.validate_json"])
     print(f"  ratio whole / R4B Bundle.model_validate_json (medians): {whole / r4b:.3f}"
           "  (goal <= 0.5)")
-    print(f"  evaluations per second on one core: {1000 / statistics.mean(stages['whole evaluation']):.0f}")
+    per_second = 1000 / statistics.mean(stages["whole evaluation"])
+    print(f"  evaluations per second on one core: {per_second:.0f}")
     return {"whole": whole, "r4b": r4b}
 
 

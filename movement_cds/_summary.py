@@ -50,8 +50,8 @@ def render_summary(plan: Plan) -> str:
         out.append("")
     if plan.exercises:
         out.append("EXERCISES" + (" (on hold)" if plan.exercise_held else ""))
-        for i, e in enumerate(plan.exercises, 1):
-            out.append(f"  {i}. {e.title}")
+        for n, e in enumerate(plan.exercises, 1):
+            out.append(f"  {n}. {e.title}")
             out.append(_wrap(f"Dose: {e.dose.describe()}"))
             out.append(_wrap(f"How: {e.instructions}"))
             out.append(_wrap(f"Why: {e.rationale}"))

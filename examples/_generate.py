@@ -1,0 +1,318 @@
+"""Write the example input Bundles (examples/*.json), deterministically.
+
+    python examples/_generate.py            # rewrite the files next to this script
+    python examples/_generate.py --check    # exit 1 if any file is out of date
+
+Codes and displays come from the bundled knowledge base's fact catalog, so the examples stay
+in step with it. Every file is a FHIR R4 Bundle of type ``collection`` with one Patient; ids
+and ``urn:uuid`` fullUrls are derived from the file and resource names, so regenerating gives
+byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from cds import load_knowledge_base  # noqa: E402
+from knowledge_base import bundled_path  # noqa: E402
+
+KB = load_knowledge_base(bundled_path())
+SCREEN = "http://movement-cds.org/fhir/CodeSystem/screen"
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+UCUM = "http://unitsofmeasure.org"
+OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+NAMESPACE = uuid.UUID("6f0b8a52-5d0e-4c36-9a55-0d1e6a3b7c11")
+
+RED_FLAGS = (
+    "rf-saddle-anaesthesia", "rf-bladder-dysfunction", "rf-bowel-dysfunction",
+    "rf-bilateral-leg-symptoms", "rf-progressive-weakness", "rf-foot-drop",
+    "rf-sexual-dysfunction", "rf-fever", "rf-unexplained-weight-loss", "rf-cancer-history",
+    "rf-night-pain", "rf-significant-trauma", "rf-corticosteroid-use", "rf-iv-drug-use",
+    "rf-immunosuppression", "rf-recent-infection", "rf-pulsatile-abdominal-mass",
+    "rf-not-improving",
+)
+SURVEY_PREFIXES = ("rf-", "startback-", "phq2-", "odi-", "pain-", "episode-", "symptom-")
+SIDES = {"left": ("7771000", "Left"), "right": ("24028007", "Right")}
+
+
+class Builder:
+    """Resources of one example Bundle, all about one Patient."""
+
+    def __init__(self, name: str, patient_id: str, *, birth_date: str, gender: str,
+                 family: str, given: str) -> None:
+        self.name = name
+        self.patient_id = patient_id
+        self.subject = {"reference": f"Patient/{patient_id}"}
+        self.resources: list[dict[str, Any]] = [{
+            "resourceType": "Patient",
+            "id": patient_id,
+            "identifier": [{"system": "https://example.org/fhir/mrn", "value": f"MRN-{name}"}],
+            "name": [{"family": family, "given": [given]}],
+            "gender": gender,
+            "birthDate": birth_date,
+        }]
+
+    def add(self, resource: dict[str, Any]) -> dict[str, Any]:
+        self.resources.append(resource)
+        return resource
+
+    def obs(self, fact: str, value: Any = None, *, when: str = "2026-11-01T09:30:00Z",
+            status: str = "final", left: Any = None, right: Any = None,
+            provoked: bool | None = None, oid: str | None = None,
+            raw_value: dict[str, Any] | None = None) -> dict[str, Any]:
+        d = KB.facts[fact]
+        assert d.coding is not None, fact
+        category = "survey" if fact.startswith(SURVEY_PREFIXES) else "exam"
+        res: dict[str, Any] = {
+            "resourceType": "Observation",
+            "id": oid or f"obs-{fact}",
+            "status": status,
+            "category": [{"coding": [{"system": OBS_CATEGORY, "code": category}]}],
+            "code": {"coding": [{"system": d.coding.system, "code": d.coding.code,
+                                 "display": d.coding.display}]},
+            "subject": self.subject,
+            "effectiveDateTime": when,
+        }
+        if raw_value is not None:
+            res.update(raw_value)
+        elif value is not None:
+            res.update(encode(fact, value))
+        components = []
+        for side, v in (("left", left), ("right", right)):
+            if v is not None:
+                code, display = SIDES[side]
+                components.append({"code": {"coding": [{"system": SNOMED, "code": code,
+                                                        "display": display}]},
+                                   **encode(fact, v)})
+        if provoked is not None:
+            components.append({
+                "code": {"coding": [{"system": SCREEN, "code": "lbp-provoked",
+                                     "display": "Test reproduced or increased low back pain"}]},
+                "valueBoolean": provoked,
+            })
+        if components:
+            res["component"] = components
+        return self.add(res)
+
+    def red_flags(self, present: tuple[str, ...] = (), omit: tuple[str, ...] = (),
+                  when: str = "2026-11-01T09:05:00Z") -> None:
+        for rf in RED_FLAGS:
+            if rf not in omit:
+                self.obs(rf, rf in present, when=when)
+
+    def condition(self, fact: str, *, cid: str, clinical: str = "active",
+                  onset: str = "2025-06-01") -> dict[str, Any]:
+        d = KB.facts[fact]
+        assert d.coding is not None
+        return self.add({
+            "resourceType": "Condition",
+            "id": cid,
+            "clinicalStatus": {"coding": [{"system": CLINICAL, "code": clinical}]},
+            "verificationStatus": {"coding": [{"system": VERIFICATION, "code": "confirmed"}]},
+            "category": [{"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                "code": "problem-list-item"}]}],
+            "code": {"coding": [{"system": d.coding.system, "code": d.coding.code,
+                                 "display": d.coding.display}]},
+            "subject": self.subject,
+            "onsetDateTime": onset,
+        })
+
+    def bundle(self) -> dict[str, Any]:
+        def full_url(r: dict[str, Any]) -> str:
+            key = f"{self.name}/{r['resourceType']}/{r['id']}"
+            return f"urn:uuid:{uuid.uuid5(NAMESPACE, key)}"
+
+        return {
+            "resourceType": "Bundle",
+            "id": f"example-{self.name}",
+            "type": "collection",
+            "timestamp": "2026-11-01T10:00:00Z",
+            "entry": [{"fullUrl": full_url(r), "resource": r} for r in self.resources],
+        }
+
+
+def encode(fact: str, value: Any) -> dict[str, Any]:
+    """The value[x] of a fact, in the form the input contract asks for."""
+    d = KB.facts[fact]
+    if d.type == "boolean":
+        return {"valueBoolean": value}
+    if d.type == "code":
+        return {"valueCodeableConcept": {"coding": [{"system": SCREEN, "code": value}]}}
+    if d.type == "integer":
+        return {"valueInteger": value}
+    unit = d.unit or "1"
+    return {"valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit}}
+
+
+def fms(b: Builder, *, squat: int = 2, hurdle: tuple[int, int] = (2, 2),
+        lunge: tuple[int, int] = (2, 2), shoulder: tuple[int, int] = (3, 3),
+        aslr: tuple[int, int] = (2, 2), pushup: int = 2, rotary: tuple[int, int] = (2, 2),
+        when: str = "2026-11-01T10:00:00Z") -> None:
+    b.obs("fms-deep-squat", squat, when=when, provoked=False)
+    b.obs("fms-hurdle-step", left=hurdle[0], right=hurdle[1], when=when, provoked=False)
+    b.obs("fms-inline-lunge", left=lunge[0], right=lunge[1], when=when, provoked=False)
+    b.obs("fms-shoulder-mobility", left=shoulder[0], right=shoulder[1], when=when)
+    b.obs("fms-active-slr", left=aslr[0], right=aslr[1], when=when, provoked=False)
+    b.obs("fms-trunk-stability-pushup", pushup, when=when, provoked=False)
+    b.obs("fms-rotary-stability", left=rotary[0], right=rotary[1], when=when, provoked=False)
+
+
+def no_red_flags() -> Builder:
+    b = Builder("no-red-flags", "pat-nrf", birth_date="1978-03-14", gender="female",
+                family="Okafor", given="Ada")
+    b.red_flags()
+    b.obs("pain-now", 4)
+    b.obs("odi-score", 28.0)
+    fms(b, rotary=(1, 1), aslr=(1, 2))
+    b.obs("pattern-hinge", 1, when="2026-11-01T10:20:00Z", provoked=False)
+    b.obs("directional-preference", "extension", when="2026-11-01T10:30:00Z")
+    b.condition("condition-low-back-pain", cid="cond-lbp")
+    return b
+
+
+def cauda_equina() -> Builder:
+    b = Builder("cauda-equina", "pat-ces", birth_date="1969-09-02", gender="male",
+                family="Lindqvist", given="Per")
+    b.red_flags(present=("rf-bladder-dysfunction", "rf-saddle-anaesthesia"),
+                omit=("rf-iv-drug-use", "rf-pulsatile-abdominal-mass", "rf-not-improving"))
+    b.obs("pain-now", 8)
+    b.obs("symptom-distribution", "both-legs")
+    b.condition("condition-sciatica", cid="cond-sciatica", onset="2026-10-20")
+    return b
+
+
+def flexion_precaution() -> Builder:
+    b = Builder("flexion-precaution", "pat-flex", birth_date="1985-11-23", gender="male",
+                family="Moreau", given="Luc")
+    b.red_flags()
+    b.obs("pain-now", 5)
+    b.obs("symptom-distribution", "below-knee")
+    b.obs("repeated-flexion-response", "peripheralizes", when="2026-11-01T10:10:00Z")
+    b.obs("repeated-extension-response", "centralizes", when="2026-11-01T10:15:00Z")
+    b.obs("directional-preference", "extension", when="2026-11-01T10:20:00Z")
+    b.obs("slr-angle", left=55.0, right=80.0, when="2026-11-01T10:25:00Z")
+    b.condition("condition-sciatica", cid="cond-sciatica", onset="2026-09-15")
+    return b
+
+
+def red_flags_missing() -> Builder:
+    b = Builder("red-flags-missing", "pat-rfm", birth_date="1958-01-30", gender="female",
+                family="Haddad", given="Mira")
+    b.red_flags(omit=("rf-fever", "rf-cancer-history", "rf-significant-trauma"))
+    # an earlier answer entered by mistake: ignored, and reported
+    b.obs("rf-cancer-history", True, status="entered-in-error", oid="obs-rf-cancer-history-eie",
+          when="2026-11-01T09:00:00Z")
+    # pain recorded by a student, not yet signed off: used, and flagged as preliminary
+    b.obs("pain-now", 6, status="preliminary")
+    b.obs("odi-score", 36.0)
+    return b
+
+
+def bilateral_asymmetry() -> Builder:
+    b = Builder("bilateral-asymmetry", "pat-bil", birth_date="1990-07-08", gender="female",
+                family="Tanaka", given="Yui")
+    b.red_flags()
+    b.obs("pain-now", 3)
+    fms(b, hurdle=(3, 1), lunge=(2, 2))
+    b.obs("pattern-lateral-bend", left=3, right=1, when="2026-11-01T10:20:00Z")
+    b.obs("clear-shoulder", left=False, right=True, when="2026-11-01T10:05:00Z")
+    return b
+
+
+def invalid_other_patient() -> Builder:
+    b = Builder("invalid-other-patient", "pat-one", birth_date="1975-05-05", gender="male",
+                family="Novak", given="Jan")
+    b.red_flags()
+    b.obs("pain-now", 5)
+    stray = b.obs("odi-score", 30.0, oid="obs-odi-other-patient")
+    stray["subject"] = {"reference": "Patient/pat-two"}  # recorded for someone else
+    return b
+
+
+def invalid_values() -> Builder:
+    b = Builder("invalid-values", "pat-inv", birth_date="1981-12-12", gender="other",
+                family="Rossi", given="Sam")
+    b.red_flags()
+    b.obs("pain-now", 14)  # NRS is 0-10
+    b.obs("fms-deep-squat", raw_value={"valueString": "seven"}, when="2026-11-01T10:00:00Z")
+    b.obs("odi-score", 22.0)
+    b.obs("fms-rotary-stability", left=1, right=2, when="2026-11-01T10:00:00Z")
+    return b
+
+
+def example_patient() -> Builder:
+    b = Builder("example-patient", "example-patient", birth_date="1974-06-21",
+                gender="female", family="Example", given="Alex")
+    b.red_flags()
+    b.obs("pain-now", 4)
+    b.obs("odi-score", 32.0)
+    b.obs("episode-duration", 120.0)
+    b.obs("symptom-distribution", "above-knee")
+    for i, agree in enumerate((True, False, True, False, False, True, False, False, False), 1):
+        b.obs(f"startback-item-{i}", agree, when="2026-11-01T09:15:00Z")
+    b.obs("phq2-total", 1, when="2026-11-01T09:20:00Z")
+    fms(b, squat=2, hurdle=(2, 2), lunge=(3, 2), shoulder=(3, 2), aslr=(1, 2), pushup=2,
+        rotary=(1, 1))
+    for clear in ("clear-spinal-extension", "clear-spinal-flexion"):
+        b.obs(clear, False, when="2026-11-01T10:00:00Z")
+    b.obs("clear-shoulder", left=False, right=False, when="2026-11-01T10:00:00Z")
+    b.obs("pattern-squat", 2, when="2026-11-01T10:20:00Z", provoked=False)
+    b.obs("pattern-hinge", 1, when="2026-11-01T10:20:00Z", provoked=True)
+    b.obs("pattern-lateral-bend", left=3, right=1, when="2026-11-01T10:20:00Z")
+    b.obs("slr-angle", left=75.0, right=80.0, when="2026-11-01T10:30:00Z")
+    b.obs("prone-instability-test", True, when="2026-11-01T10:30:00Z")
+    b.obs("aberrant-movement", True, when="2026-11-01T10:30:00Z")
+    b.obs("directional-preference", "none", when="2026-11-01T10:35:00Z")
+    b.condition("condition-chronic-low-back-pain", cid="cond-clbp", onset="2026-07-04")
+    return b
+
+
+EXAMPLES: dict[str, Callable[[], Builder]] = {
+    "no-red-flags": no_red_flags,
+    "cauda-equina": cauda_equina,
+    "flexion-precaution": flexion_precaution,
+    "red-flags-missing": red_flags_missing,
+    "bilateral-asymmetry": bilateral_asymmetry,
+    "invalid-other-patient": invalid_other_patient,
+    "invalid-values": invalid_values,
+    "example-patient": example_patient,
+}
+
+
+def render() -> dict[str, str]:
+    """File name -> exact file text."""
+    return {
+        f"{name}.json": json.dumps(make().bundle(), indent=2, ensure_ascii=False) + "\n"
+        for name, make in EXAMPLES.items()
+    }
+
+
+def main(argv: list[str]) -> int:
+    stale = []
+    for fname, text in render().items():
+        path = HERE / fname
+        if "--check" in argv:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(fname)
+        else:
+            path.write_text(text, encoding="utf-8")
+    if stale:
+        print("out of date (run python examples/_generate.py):", ", ".join(stale))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,1087 @@
+"""Inbound mapping: a FHIR R4 Bundle in, ``cds.PatientFacts`` out.
+
+``read_bundle`` implements the input contract (``shared/spec/input-contract.md``). It either
+returns the facts (with every ignored, preliminary, superseded or unusable item listed in
+``PatientFacts.issues``) or raises ``InvalidBundleError``, whose OperationOutcome says why the
+input cannot be evaluated at all. It never raises anything else for any input: an unexpected
+failure while reading the input becomes an ``InvalidBundleError`` with one issue of code
+``exception``.
+
+Input
+    A ``dict`` (already parsed JSON), or JSON text as ``str`` or ``bytes``. The Bundle must be
+    of type ``collection``, ``searchset``, ``transaction`` or ``batch``. JSON text is parsed
+    with ``json.loads``; ``NaN``/``Infinity`` are rejected (they are not JSON).
+
+R4 validation
+    Each Patient, Observation, Condition and CarePlan is validated on its own with the
+    ``fhir.resources.R4B`` model, and the Bundle envelope (without the entry resources) with
+    the R4B Bundle model; this is much cheaper than validating the whole Bundle at once. An
+    invalid Patient or envelope makes the input invalid; an invalid Observation, Condition or
+    CarePlan is reported (warning, ``structure``) and ignored. Those models are lax in places
+    (``valueInteger: "7"`` or ``true`` passes), so the mapper checks every value it reads
+    itself, by its JSON type. The R4B models cost about 0.1-0.2 ms per resource (a
+    30-Observation Bundle: ~4 ms with them, ~0.5 ms without). ``validate=False`` skips them,
+    for trusted high-volume sources; the mapper's own checks still apply and nothing
+    malformed that it reads is ever used, but unread parts of a resource are not checked.
+
+Locations
+    A non-fatal issue's ``location`` is the resource's reference as given (``Observation/{id}``
+    when the resource has an id, else the entry's ``fullUrl``), and ``Bundle.entry[i]`` only
+    for a resource with neither. References do not change when entries are reordered, so the
+    same data in any order gives an equal ``PatientFacts`` (as long as every resource has an
+    id or a fullUrl). Issues of an ``InvalidBundleError`` name the entry as
+    ``Bundle.entry[i]`` (a FHIRPath expression for OperationOutcome.issue.expression) and
+    their message gives the resource's reference. Messages never echo clinical values: an
+    invalid value is described by its type or its allowed range.
+
+One patient
+    Exactly one Patient. Every Observation, Condition and CarePlan (the contract's "a
+    resource about any other subject") must have ``subject.reference`` equal to
+    ``Patient/{id}``, the Patient entry's ``fullUrl``, or an absolute ``{base}/Patient/{id}``
+    (a ``/_history/{version}`` suffix is accepted on all forms). When the Patient's fullUrl is
+    itself a RESTful URL, an absolute reference must use that same base. A missing subject,
+    a logical (identifier-only) reference or any other reference makes the input invalid.
+    The Patient needs an id or a fullUrl (otherwise nothing can refer to it).
+
+Observations
+    - ``status``: final, amended, corrected used; preliminary used, reported, and the fact is
+      marked ``preliminary``; registered, cancelled, entered-in-error, unknown (or any other
+      status) ignored and reported.
+    - Latest wins per code: the date is ``effectiveDateTime`` (or ``effectiveInstant``), else
+      ``effectivePeriod.end``, else ``issued``. Partial dates and date-only values count from
+      the start of their period in UTC; when two start at the same instant the more precise
+      wins. Undated lose to dated. Remaining ties go to the greatest reference, then the
+      greatest canonical JSON, so input order never matters. Each loser is reported.
+    - The winner is the clinician's current answer: when its value is unusable (wrong type,
+      out of range, wrong unit, no value) the fact counts as missing; an older Observation
+      is never used in its place (missing data must not read as an older "normal").
+    - Integer facts: ``valueInteger``, or ``valueQuantity`` with an integral value. Decimal
+      facts: ``valueQuantity`` or ``valueInteger``. Units are UCUM (``Quantity.code``, or
+      ``Quantity.unit`` when there is no code). Score-like facts (catalog unit ``{score}``,
+      ``%`` or none) accept no unit, ``1`` or ``{score}`` besides their own. Facts with a
+      physical unit need it: ``deg`` for ``slr-angle``; ``episode-duration`` takes ``d`` and
+      also converts ``h``, ``wk``, ``mo`` (30.4375 d) and ``a`` (365.25 d) to days. A
+      ``Quantity.comparator`` (``<5 d``) is not an exact value and is not used.
+    - Code facts: ``valueCodeableConcept`` with a coding in the screen CodeSystem whose code
+      the catalog allows. Boolean facts: ``valueBoolean``.
+    - Bilateral tests: components coded SNOMED 7771000 (left) / 24028007 (right) give
+      ``NAME.left`` / ``NAME.right``; a top-level value gives ``NAME``; a component coded
+      ``screen#lbp-provoked`` (FMS and loaded-pattern tests) gives ``NAME.lbp-provoked``.
+      Lower side and asymmetry are computed by the core, not here. A side component without
+      a value leaves that side missing (warning); any invalid value makes the whole
+      Observation unusable.
+    - Pregnancy status (LOINC 82810-3): answer LA15173-0 (pregnant) gives
+      ``condition-pregnancy = true``, LA26683-5 (not pregnant) gives no fact, other answers
+      give no fact and are reported.
+    - Codes not in the catalog are reported (``not-supported``) and ignored.
+
+Patient
+    ``birthDate`` gives ``age`` in whole years at the as-of date (the as-of instant's date in
+    its own UTC offset). A partial birthDate (``1970``, ``1970-05``) gives the age that is
+    certain: the minimum possible, computed from the last possible birth day; this is
+    reported. ``gender`` gives ``sex`` (``unknown`` is a value too). Missing ones give no fact.
+
+Conditions
+    Active when ``clinicalStatus`` is active, recurrence or relapse. Inactive, remission and
+    resolved are not active. With no ``clinicalStatus`` a Condition counts as active unless
+    it has an ``abatement[x]`` (FHIR con-4); an unrecognised ``clinicalStatus`` also counts
+    as active (precautions err towards present) and is reported. ``verificationStatus``
+    refuted or entered-in-error removes it; unconfirmed, provisional and differential count
+    and are reported.
+
+Follow-up
+    ``screen#exercise-*`` Observations and the previous CarePlan are not evaluated by this
+    version; they are reported. The CarePlan (the latest by ``created`` when several) is
+    kept in ``extras["previous_careplan"]`` and the follow-up Observations in
+    ``extras["follow_up_observations"]`` (a tuple sorted by reference).
+
+Issue codes
+    ``InvalidBundleError`` (severity error): ``invalid`` not JSON; ``structure`` not a Bundle
+    or not valid R4; ``not-supported`` Bundle.type; ``required`` no Patient, or a Patient
+    nothing can refer to; ``business-rule`` several Patients, or a resource about another
+    subject; ``exception`` an unexpected failure. In ``PatientFacts.issues``:
+    information/``informational`` (status, preliminary, superseded, inactive or tentative
+    Condition, follow-up), information/``not-supported`` (unknown code, resource type or
+    component), warning/``value`` (unusable value, unit or status), warning/``required`` (no
+    value), warning/``structure`` (resource not valid R4).
+
+``as_of`` defaults to now (UTC). A naive datetime is taken to be UTC.
+"""
+
+from __future__ import annotations
+
+import calendar
+import copy
+import dataclasses
+import json
+import math
+import re
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any, Final, Literal, NoReturn
+
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.careplan import CarePlan
+from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.patient import Patient
+from pydantic import BaseModel, ValidationError
+
+from cds import Fact, InputIssue, KnowledgeBase, PatientFacts
+from fhir_adapters._errors import InvalidBundleError
+
+__all__ = ["read_bundle"]
+
+SCREEN: Final = "http://movement-cds.org/fhir/CodeSystem/screen"
+LOINC: Final = "http://loinc.org"
+SNOMED: Final = "http://snomed.info/sct"
+UCUM: Final = "http://unitsofmeasure.org"
+CLINICAL_STATUS: Final = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+VERIFICATION_STATUS: Final = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+
+LEFT: Final = (SNOMED, "7771000")
+RIGHT: Final = (SNOMED, "24028007")
+LBP_PROVOKED: Final = (SCREEN, "lbp-provoked")
+PREGNANCY_STATUS: Final = (LOINC, "82810-3")
+PREGNANT: Final = (LOINC, "LA15173-0")
+NOT_PREGNANT: Final = (LOINC, "LA26683-5")
+PREGNANCY_CONDITION: Final = (SNOMED, "77386006")
+FOLLOW_UP_PREFIX: Final = "exercise-"
+
+BUNDLE_TYPES: Final = frozenset({"collection", "searchset", "transaction", "batch"})
+USED_STATUS: Final = frozenset({"final", "amended", "corrected", "preliminary"})
+IGNORED_STATUS: Final = frozenset({"registered", "cancelled", "entered-in-error", "unknown"})
+ACTIVE_CLINICAL: Final = frozenset({"active", "recurrence", "relapse"})
+INACTIVE_CLINICAL: Final = frozenset({"inactive", "remission", "resolved"})
+REMOVED_VERIFICATION: Final = frozenset({"refuted", "entered-in-error"})
+TENTATIVE_VERIFICATION: Final = frozenset({"unconfirmed", "provisional", "differential"})
+
+# units a score-like fact accepts besides its own; conversions to days for durations
+DIMENSIONLESS: Final = frozenset({"1", "{score}"})
+SCORE_UNITS: Final = frozenset({"{score}", "%"})
+TO_DAYS: Final[Mapping[str, float]] = {"d": 1.0, "h": 1 / 24, "wk": 7.0, "mo": 30.4375,
+                                       "a": 365.25}
+
+MODELS: Final[Mapping[str, type[BaseModel]]] = {
+    "Patient": Patient,
+    "Observation": Observation,
+    "Condition": Condition,
+    "CarePlan": CarePlan,
+}
+SUBJECT_TYPES: Final = frozenset({"Observation", "Condition", "CarePlan"})
+
+_DATE_TIME = re.compile(
+    r"(\d{4})(?:-(\d{2})(?:-(\d{2})"
+    r"(?:T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2}))?)?)?"
+)
+_BIRTH_DATE = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+_UNDATED: Final = datetime.min.replace(tzinfo=UTC)
+
+Kind = Literal["boolean", "integer", "decimal", "code", "pregnancy"]
+Scalar = bool | int | float | str
+Coded = tuple[str, str]
+
+
+# --- the catalog, indexed by input code ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What the catalog says about one input fact, in the shape the mapper needs."""
+
+    name: str
+    kind: Kind
+    minimum: float | None = None
+    maximum: float | None = None
+    codes: frozenset[str] = frozenset()
+    unit: str | None = None
+    bilateral: bool = False
+    provoked: bool = False  # accepts a screen#lbp-provoked component
+
+
+@dataclass(frozen=True)
+class InputMap:
+    """The fact catalog indexed by the codes that carry each fact (built once per KB)."""
+
+    observations: Mapping[Coded, _Spec]
+    conditions: Mapping[Coded, str]
+    age: _Spec | None
+    sex: _Spec | None
+
+    @staticmethod
+    def from_knowledge_base(kb: KnowledgeBase) -> InputMap:
+        observations: dict[Coded, _Spec] = {}
+        conditions: dict[Coded, str] = {}
+        age: _Spec | None = None
+        sex: _Spec | None = None
+        for name, d in kb.facts.items():
+            if d.derived:
+                continue
+            spec = _Spec(
+                name=name,
+                kind=d.type,
+                minimum=d.min,
+                maximum=d.max,
+                codes=frozenset(d.codes or ()),
+                unit=d.unit,
+                bilateral=d.bilateral,
+                provoked=name.startswith(("fms-", "pattern-")),
+            )
+            if name == "age":
+                age = spec
+            elif name == "sex":
+                sex = spec
+            if d.coding is None:
+                continue
+            key = (d.coding.system, d.coding.code)
+            if name.startswith("condition-"):
+                conditions[key] = name
+                if key == PREGNANCY_CONDITION:
+                    observations[PREGNANCY_STATUS] = _Spec(name=name, kind="pregnancy")
+            else:
+                observations[key] = spec
+        return InputMap(observations, conditions, age, sex)
+
+
+_MAPS: dict[int, tuple[weakref.ref[KnowledgeBase], object, InputMap]] = {}
+
+
+def _input_map(kb: KnowledgeBase) -> InputMap:
+    """The cached InputMap of ``kb`` (rebuilt if ``kb.facts`` was replaced)."""
+    hit = _MAPS.get(id(kb))
+    if hit is not None and hit[0]() is kb and hit[1] is kb.facts:
+        return hit[2]
+    imap = InputMap.from_knowledge_base(kb)
+    key = id(kb)
+    _MAPS[key] = (weakref.ref(kb, lambda _r: _MAPS.pop(key, None)), kb.facts, imap)
+    return imap
+
+
+# --- small, defensive readers of raw JSON ---------------------------------------------------
+
+
+def _dict(x: object) -> dict[str, Any] | None:
+    return x if isinstance(x, dict) else None
+
+
+def _list(x: object) -> list[Any]:
+    return x if isinstance(x, list) else []
+
+
+def _str(x: object) -> str | None:
+    return x if isinstance(x, str) and x else None
+
+
+def _number(x: object) -> int | float | None:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _codings(concept: object) -> list[Coded]:
+    """(system, code) of every well-formed coding of a CodeableConcept."""
+    c = _dict(concept)
+    if c is None:
+        return []
+    out: list[Coded] = []
+    for coding in _list(c.get("coding")):
+        cd = _dict(coding)
+        if cd is None:
+            continue
+        system, code = _str(cd.get("system")), _str(cd.get("code"))
+        if system is not None and code is not None:
+            out.append((system, code))
+    return out
+
+
+def _status_code(concept: object, system: str) -> str | None:
+    """The single code of ``system`` (or with no system) in a status CodeableConcept;
+    ``"?"`` when present but unreadable or contradictory."""
+    c = _dict(concept)
+    if c is None:
+        return None
+    codes: set[str] = set()
+    for coding in _list(c.get("coding")):
+        cd = _dict(coding)
+        if cd is None:
+            continue
+        code = _str(cd.get("code"))
+        if code is not None and cd.get("system", system) == system:
+            codes.add(code)
+    return codes.pop() if len(codes) == 1 else "?"
+
+
+def _value_key(holder: Mapping[str, Any]) -> str | Literal[False] | None:
+    """The one ``value[x]`` key present, None when there is none, False when several."""
+    keys = [k for k in holder
+            if isinstance(k, str) and k.startswith("value") and k[5:6].isupper()]
+    if not keys:
+        return None
+    return keys[0] if len(keys) == 1 else False
+
+
+def _parse_instant(text: object) -> tuple[datetime, int] | None:
+    """A FHIR date/dateTime/instant as (start of its period in UTC, precision 1-4)."""
+    if not isinstance(text, str):
+        return None
+    m = _DATE_TIME.fullmatch(text)
+    if m is None:
+        return None
+    y, mo, d, hh, mi, ss, frac, tz = m.groups()
+    try:
+        if hh is None:
+            start = datetime(int(y), int(mo or 1), int(d or 1), tzinfo=UTC)
+            return start, 1 + (mo is not None) + (d is not None)
+        offset = timedelta(0)
+        if tz != "Z":
+            sign = -1 if tz[0] == "-" else 1
+            offset = sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
+        micro = int((frac or "0")[:6].ljust(6, "0"))
+        local = datetime(int(y), int(mo), int(d), int(hh), int(mi), min(int(ss), 59), micro,
+                         tzinfo=timezone(offset))
+        return local.astimezone(UTC), 4
+    except (ValueError, OverflowError):
+        return None
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:g}"
+
+
+# --- internal records ------------------------------------------------------------------------
+
+
+class _Unusable(Exception):
+    """The winning Observation cannot supply its fact(s)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Fatal(Exception):
+    """The input cannot be evaluated; carries the issues."""
+
+    def __init__(self, issues: list[InputIssue]) -> None:
+        super().__init__("invalid input")
+        self.issues = issues
+
+
+@dataclass
+class _Entry:
+    index: int
+    resource: dict[str, Any]
+    rtype: str
+    ref: str | None  # Type/id, else fullUrl
+    full_url: str | None
+    valid: bool = True
+
+    @property
+    def location(self) -> str:
+        return self.ref if self.ref is not None else f"Bundle.entry[{self.index}]"
+
+    @property
+    def entry_path(self) -> str:
+        return f"Bundle.entry[{self.index}]"
+
+    @property
+    def named(self) -> str:
+        return self.ref if self.ref is not None else f"{self.rtype} without id or fullUrl"
+
+
+@dataclass
+class _Candidate:
+    entry: _Entry
+    spec: _Spec
+    key: tuple[int, datetime, int, str]
+    _canonical: str | None = field(default=None, repr=False)
+
+    @property
+    def canonical(self) -> str:
+        if self._canonical is None:
+            self._canonical = _canonical(self.entry)
+        return self._canonical
+
+
+# --- the reader ---------------------------------------------------------------------------
+
+
+class _Reader:
+    def __init__(self, imap: InputMap, as_of: datetime, validate: bool) -> None:
+        self.imap = imap
+        self.as_of = as_of
+        self.validate = validate
+        self.issues: list[InputIssue] = []
+        self.facts: dict[str, Fact] = {}
+        self.condition_sources: dict[str, set[str]] = {}
+        self.preliminary_sources: set[str] = set()
+        self.not_pregnant: list[_Entry] = []
+        self.extras: dict[str, object] = {}
+
+    # reporting
+    def note(self, entry: _Entry | None, severity: str, code: str, message: str) -> None:
+        self.issues.append(InputIssue(severity, code, message,
+                                      entry.location if entry is not None else None))
+
+    @staticmethod
+    def fatal(message: str, code: str = "structure", location: str | None = None) -> NoReturn:
+        raise _Fatal([InputIssue("error", code, message, location)])
+
+    # --- top level
+    def read(self, data: object) -> PatientFacts:
+        bundle = self.load(data)
+        entries = self.entries(bundle)
+        patient = self.one_patient(entries)
+        subject = patient.ref
+        assert subject is not None  # one_patient guarantees it
+        self.check_subjects(entries, patient)
+
+        self.patient_facts(patient)
+        observations = [e for e in entries if e.rtype == "Observation" and e.valid]
+        self.observation_facts(observations)
+        self.condition_facts([e for e in entries if e.rtype == "Condition" and e.valid])
+        self.careplans([e for e in entries if e.rtype == "CarePlan" and e.valid])
+        self.merge_conditions()
+
+        result = PatientFacts.build(subject, self.as_of, self.facts.values(), self.issues)
+        if self.extras:
+            result = dataclasses.replace(result, extras=self.extras)
+        return result
+
+    def load(self, data: object) -> dict[str, Any]:
+        if isinstance(data, str | bytes | bytearray):
+            try:
+                data = json.loads(data, parse_constant=_reject_constant)
+            except (ValueError, RecursionError):
+                self.fatal("the input is not JSON", code="invalid")
+        if not isinstance(data, dict):
+            self.fatal(f"expected a FHIR Bundle (a JSON object); got a JSON {_json_type(data)}")
+        rtype = data.get("resourceType")
+        if rtype != "Bundle":
+            got = (f"a {rtype[:64]} resource" if isinstance(rtype, str) and rtype
+                   else "an object without resourceType")
+            self.fatal(f"expected a FHIR Bundle; got {got}")
+        btype = data.get("type")
+        if not isinstance(btype, str) or btype not in BUNDLE_TYPES:
+            shown = f"'{btype}'" if isinstance(btype, str) else "missing or not a code"
+            self.fatal(
+                f"Bundle.type {shown} is not accepted; send a collection, searchset, "
+                "transaction or batch Bundle",
+                code="not-supported", location="Bundle.type",
+            )
+        if "entry" in data and not isinstance(data["entry"], list):
+            self.fatal("Bundle.entry must be a list", location="Bundle.entry")
+        if self.validate:
+            shell = {k: v for k, v in data.items() if k != "entry"}
+            if "entry" in data:
+                shell["entry"] = [
+                    {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
+                    for e in data["entry"]
+                ]
+            problem = _validation_problem(Bundle, shell)
+            if problem is not None:
+                self.fatal(f"the Bundle is not valid FHIR R4: {problem}", location="Bundle")
+        return data
+
+    def entries(self, bundle: dict[str, Any]) -> list[_Entry]:
+        out: list[_Entry] = []
+        fatal: list[InputIssue] = []
+        for i, raw in enumerate(_list(bundle.get("entry"))):
+            path = f"Bundle.entry[{i}]"
+            if not isinstance(raw, dict):
+                fatal.append(InputIssue("error", "structure", f"{path} is not an object", path))
+                continue
+            full_url = _str(raw.get("fullUrl"))
+            res = raw.get("resource")
+            if not isinstance(res, dict):
+                where = full_url or path
+                self.issues.append(InputIssue("information", "not-supported",
+                                              "entry has no resource; ignored", where))
+                continue
+            rtype = _str(res.get("resourceType"))
+            rid = _str(res.get("id"))
+            ref = f"{rtype}/{rid}" if rtype is not None and rid is not None else full_url
+            entry = _Entry(i, res, rtype or "resource", ref, full_url)
+            if rtype is None:
+                self.note(entry, "warning", "structure",
+                          "entry resource has no resourceType; ignored")
+                continue
+            model = MODELS.get(rtype)
+            if model is None:
+                self.note(entry, "information", "not-supported",
+                          f"{rtype[:64]} resources are not used by this version; ignored")
+                continue
+            if self.validate:
+                problem = _validation_problem(model, res)
+                if problem is not None:
+                    entry.valid = False
+                    if rtype == "Patient":
+                        fatal.append(InputIssue(
+                            "error", "structure",
+                            f"the Patient ({entry.named}) is not valid FHIR R4: {problem}",
+                            entry.entry_path))
+                    else:
+                        self.note(entry, "warning", "structure",
+                                  f"not valid FHIR R4, ignored: {problem}")
+            out.append(entry)
+        if fatal:
+            raise _Fatal(fatal)
+        return out
+
+    def one_patient(self, entries: list[_Entry]) -> _Entry:
+        patients = [e for e in entries if e.rtype == "Patient"]
+        if not patients:
+            self.fatal("the Bundle has no Patient; exactly one is required", code="required",
+                       location="Bundle.entry")
+        if len(patients) > 1:
+            raise _Fatal([
+                InputIssue("error", "business-rule",
+                           f"the Bundle has {len(patients)} Patients ({p.named} is one); "
+                           "exactly one is required", p.entry_path)
+                for p in patients
+            ])
+        patient = patients[0]
+        if patient.ref is None:
+            self.fatal("the Patient has neither an id nor a fullUrl, so nothing can refer "
+                       "to it", code="required", location=patient.entry_path)
+        return patient
+
+    def check_subjects(self, entries: list[_Entry], patient: _Entry) -> None:
+        accepts = _SubjectMatcher(_str(patient.resource.get("id")), patient.full_url)
+        fatal: list[InputIssue] = []
+        for e in entries:
+            if e.rtype not in SUBJECT_TYPES:
+                continue
+            subject = _dict(e.resource.get("subject"))
+            reference = _str(subject.get("reference")) if subject is not None else None
+            if reference is None:
+                if e.valid:
+                    fatal.append(InputIssue(
+                        "error", "business-rule",
+                        f"{e.named} has no subject reference, so it cannot be tied to the "
+                        f"Bundle's Patient ({patient.ref})", e.entry_path))
+            elif not accepts(reference):
+                fatal.append(InputIssue(
+                    "error", "business-rule",
+                    f"{e.named} is about another subject, not the Bundle's Patient "
+                    f"({patient.ref}); resources about different patients are never "
+                    "evaluated together", e.entry_path))
+        if fatal:
+            raise _Fatal(fatal)
+
+    # --- Patient
+    def patient_facts(self, patient: _Entry) -> None:
+        res, src = patient.resource, _sources(patient)
+        spec = self.imap.age
+        birth = res.get("birthDate")
+        if spec is not None and birth is not None:
+            age, partial = _age(birth, self.as_of)
+            if age is None:
+                self.note(patient, "warning", "value", "birthDate is not a valid date; age "
+                          "is unknown")
+            elif not _in_range(spec, age):
+                self.note(patient, "warning", "value",
+                          f"birthDate gives an age outside {_fmt(spec.minimum)}-"
+                          f"{_fmt(spec.maximum)} at the as-of instant; age is unknown")
+            else:
+                if partial:
+                    self.note(patient, "information", "informational",
+                              "birthDate is a partial date; age is the minimum possible")
+                self.facts[spec.name] = Fact(spec.name, age, src)
+        spec = self.imap.sex
+        gender = res.get("gender")
+        if spec is not None and gender is not None:
+            if isinstance(gender, str) and gender in spec.codes:
+                self.facts[spec.name] = Fact(spec.name, gender, src)
+            else:
+                self.note(patient, "warning", "value",
+                          f"gender is not one of {', '.join(sorted(spec.codes))}; sex is "
+                          "unknown")
+
+    # --- Observations
+    def observation_facts(self, entries: list[_Entry]) -> None:
+        groups: dict[str, list[_Candidate]] = {}
+        follow_ups: list[_Entry] = []
+        for e in entries:
+            res = e.resource
+            status = _str(res.get("status"))
+            if status is None or status not in USED_STATUS:
+                if status is not None and status in IGNORED_STATUS:
+                    self.note(e, "information", "informational",
+                              f"status '{status}': ignored")
+                else:
+                    self.note(e, "warning", "value",
+                              "status is missing or not an Observation status; ignored")
+                continue
+            codes = _codings(res.get("code"))
+            specs = {self.imap.observations[c] for c in codes if c in self.imap.observations}
+            if not specs:
+                if any(s == SCREEN and c.startswith(FOLLOW_UP_PREFIX) for s, c in codes):
+                    follow_ups.append(e)
+                else:
+                    shown = ", ".join(f"{s}|{c}" for s, c in sorted(codes)) or "no coding"
+                    self.note(e, "information", "not-supported",
+                              f"code ({shown}) is not in the knowledge base; ignored")
+                continue
+            if len(specs) > 1:
+                names = ", ".join(sorted(s.name for s in specs))
+                self.note(e, "warning", "value",
+                          f"code maps to several facts ({names}); ignored")
+                continue
+            (spec,) = specs
+            key = (*self.when(e), e.ref or "")
+            groups.setdefault(spec.name, []).append(_Candidate(e, spec, key))
+        for name in sorted(groups):
+            self.use_latest(groups[name])
+        if follow_ups:
+            for e in follow_ups:
+                self.note(e, "information", "informational",
+                          "follow-up responses are not evaluated by this version")
+            self.extras["follow_up_observations"] = tuple(
+                copy.deepcopy(e.resource)
+                for e in sorted(follow_ups, key=lambda e: (e.ref or "", _canonical(e)))
+            )
+
+    def when(self, e: _Entry) -> tuple[int, datetime, int]:
+        """(dated, start instant, precision) of an Observation, for latest-wins."""
+        res = e.resource
+        period = _dict(res.get("effectivePeriod"))
+        for label, raw in (
+            ("effectiveDateTime", res.get("effectiveDateTime")),
+            ("effectiveInstant", res.get("effectiveInstant")),
+            ("effectivePeriod.end", period.get("end") if period is not None else None),
+            ("issued", res.get("issued")),
+        ):
+            if raw is None:
+                continue
+            parsed = _parse_instant(raw)
+            if parsed is not None:
+                return 1, parsed[0], parsed[1]
+            self.note(e, "warning", "value", f"{label} is not a valid FHIR date; not used")
+        return 0, _UNDATED, 0
+
+    def use_latest(self, candidates: list[_Candidate]) -> None:
+        top = max(c.key for c in candidates)
+        tied = [c for c in candidates if c.key == top]
+        winner = max(tied, key=lambda c: c.canonical) if len(tied) > 1 else tied[0]
+        for c in candidates:
+            if c is winner:
+                continue
+            if c.key[:3] == winner.key[:3] and c.key[0]:
+                why = f"has the same date as {winner.entry.named}, which is used instead"
+            elif c.key[:3] == winner.key[:3]:
+                why = f"is undated, like {winner.entry.named}, which is used instead"
+            else:
+                why = f"superseded by newer {winner.entry.named}"
+            if c.entry.ref is not None and c.entry.ref == winner.entry.ref:
+                why = "duplicate entry of the same resource; one copy is used"
+            self.note(c.entry, "information", "informational", f"{why}; ignored")
+        self.use(winner)
+
+    def use(self, c: _Candidate) -> None:
+        e, spec = c.entry, c.spec
+        side_issues: list[tuple[str, str, str]] = []
+        try:
+            if spec.kind == "pregnancy":
+                values = self.pregnancy(e)
+            else:
+                values = _extract(spec, e.resource, side_issues)
+        except _Unusable as bad:
+            self.note(e, "warning", bad.code, f"{bad.message}; {spec.name} counts as missing")
+            return
+        for severity, code, message in side_issues:
+            self.note(e, severity, code, message)
+        if spec.kind == "pregnancy":
+            return
+        preliminary = e.resource.get("status") == "preliminary"
+        if preliminary:
+            self.note(e, "information", "informational",
+                      "status 'preliminary': used, but the result is not final")
+        src = _sources(e)
+        for name, value in values:
+            self.facts[name] = Fact(name, value, src, preliminary)
+
+    def pregnancy(self, e: _Entry) -> list[tuple[str, Scalar]]:
+        res = e.resource
+        key = _value_key(res)
+        if key is None:
+            raise _Unusable("required", _no_value(res))
+        if key != "valueCodeableConcept":
+            raise _Unusable("value", f"pregnancy status must be a valueCodeableConcept; got "
+                            f"{key or 'several value[x]'}")
+        codes = set(_codings(res[key]))
+        if PREGNANT in codes and NOT_PREGNANT not in codes:
+            self.condition_sources.setdefault(
+                self.imap.observations[PREGNANCY_STATUS].name, set()
+            ).update(_sources(e))
+            if res.get("status") == "preliminary":
+                self.preliminary_sources.update(_sources(e))
+                self.note(e, "information", "informational",
+                          "status 'preliminary': used, but the result is not final")
+        elif NOT_PREGNANT in codes and PREGNANT not in codes:
+            self.not_pregnant.append(e)
+        else:
+            self.note(e, "information", "informational",
+                      "pregnancy status answer is neither LA15173-0 (pregnant) nor "
+                      "LA26683-5 (not pregnant); pregnancy is not recorded from it")
+        return []
+
+    # --- Conditions
+    def condition_facts(self, entries: list[_Entry]) -> None:
+        for e in entries:
+            res = e.resource
+            codes = _codings(res.get("code"))
+            names = sorted({self.imap.conditions[c] for c in codes if c in self.imap.conditions})
+            if not names:
+                shown = ", ".join(f"{s}|{c}" for s, c in sorted(codes)) or "no coding"
+                self.note(e, "information", "not-supported",
+                          f"code ({shown}) is not in the knowledge base; ignored")
+                continue
+            verification = _status_code(res.get("verificationStatus"), VERIFICATION_STATUS)
+            if verification in REMOVED_VERIFICATION:
+                self.note(e, "information", "informational",
+                          f"verificationStatus '{verification}': not counted")
+                continue
+            clinical = _status_code(res.get("clinicalStatus"), CLINICAL_STATUS)
+            if clinical in INACTIVE_CLINICAL:
+                self.note(e, "information", "informational",
+                          f"clinicalStatus '{clinical}': not active, not counted")
+                continue
+            if clinical is None and any(str(k).startswith("abatement") for k in res):
+                self.note(e, "information", "informational",
+                          "no clinicalStatus but an abatement: not active, not counted")
+                continue
+            if clinical is not None and clinical not in ACTIVE_CLINICAL:
+                self.note(e, "warning", "value",
+                          "clinicalStatus not recognised; counted as active")
+            if verification in TENTATIVE_VERIFICATION:
+                self.note(e, "information", "informational",
+                          f"verificationStatus '{verification}': counted as present")
+            elif verification == "?":
+                self.note(e, "warning", "value",
+                          "verificationStatus not recognised; counted as present")
+            for name in names:
+                self.condition_sources.setdefault(name, set()).update(_sources(e))
+
+    def merge_conditions(self) -> None:
+        for name, sources in self.condition_sources.items():
+            preliminary = bool(sources) and sources <= self.preliminary_sources
+            self.facts[name] = Fact(name, True, tuple(sorted(sources)), preliminary)
+        if self.not_pregnant:
+            pregnancy = self.imap.observations[PREGNANCY_STATUS].name
+            for e in self.not_pregnant:
+                if pregnancy in self.condition_sources:
+                    self.note(e, "warning", "business-rule",
+                              "says not pregnant, but an active pregnancy Condition is "
+                              "recorded; pregnancy is counted")
+
+    # --- previous plan
+    def careplans(self, entries: list[_Entry]) -> None:
+        if not entries:
+            return
+
+        def created(e: _Entry) -> tuple[int, datetime, int, str, str]:
+            parsed = _parse_instant(e.resource.get("created"))
+            dated = (1, *parsed) if parsed is not None else (0, _UNDATED, 0)
+            return (*dated, e.ref or "", _canonical(e))
+
+        ranked = sorted(entries, key=created)
+        for e in ranked[:-1]:
+            self.note(e, "information", "informational",
+                      f"an older CarePlan than {ranked[-1].named}; ignored")
+        latest = ranked[-1]
+        self.note(latest, "information", "informational",
+                  "previous CarePlan kept, but follow-up responses are not evaluated by this "
+                  "version")
+        self.extras["previous_careplan"] = copy.deepcopy(latest.resource)
+
+
+# --- helpers of the reader -------------------------------------------------------------------
+
+
+class _SubjectMatcher:
+    """Whether a subject reference names the Bundle's one Patient."""
+
+    def __init__(self, pid: str | None, full_url: str | None) -> None:
+        self.local = f"Patient/{pid}" if pid is not None else None
+        self.full_url = full_url
+        self.base: str | None = None  # the server base when the fullUrl is RESTful
+        if full_url is not None and self.local is not None and full_url.endswith(
+            "/" + self.local
+        ) and full_url.startswith(("http://", "https://")):
+            self.base = full_url[: -len(self.local)]
+
+    def __call__(self, reference: str) -> bool:
+        ref = reference
+        if "/_history/" in ref:
+            ref = ref.split("/_history/", 1)[0]
+        if self.full_url is not None and ref == self.full_url:
+            return True
+        if self.local is None:
+            return False
+        if ref == self.local:
+            return True
+        if ref.startswith(("http://", "https://")) and ref.endswith("/" + self.local):
+            return self.base is None or ref == self.base + self.local
+        return False
+
+
+def _sources(e: _Entry) -> tuple[str, ...]:
+    return (e.ref,) if e.ref is not None else ()
+
+
+def _canonical(e: _Entry) -> str:
+    """The resource as canonical JSON: the last tie-breaker, so that order never matters."""
+    try:
+        return json.dumps(e.resource, sort_keys=True, default=repr)
+    except (TypeError, ValueError, RecursionError):  # not JSON-like (only from a dict input)
+        return ""
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_type(x: object) -> str:
+    if isinstance(x, list):
+        return "array"
+    if isinstance(x, str):
+        return "string"
+    if isinstance(x, bool):
+        return "boolean"
+    if isinstance(x, int | float):
+        return "number"
+    if x is None:
+        return "null"
+    return type(x).__name__
+
+
+def _validation_problem(model: type[BaseModel], data: dict[str, Any]) -> str | None:
+    """None when ``data`` is a valid R4 resource; else a short, value-free summary."""
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        parts = []
+        for err in errors[:3]:
+            loc = ".".join(str(p) for p in err["loc"]) or "(resource)"
+            msg = " ".join(str(err["msg"]).split())
+            parts.append(f"{loc}: {msg[:120]}")
+        more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+        return "; ".join(parts) + more
+    except Exception as exc:  # the model itself failed on junk: still "not valid"
+        return f"could not be validated ({type(exc).__name__})"
+    return None
+
+
+def _age(birth: object, as_of: datetime) -> tuple[int | None, bool]:
+    """Whole years at the as-of date, from the last possible birth day; (age, partial)."""
+    if not isinstance(birth, str):
+        return None, False
+    m = _BIRTH_DATE.fullmatch(birth)
+    if m is None:
+        return None, False
+    y, mo, d = m.groups()
+    try:
+        year = int(y)
+        month = int(mo) if mo else 12
+        day = int(d) if d else calendar.monthrange(year, month)[1]
+        born = date(year, month, day)
+    except ValueError:
+        return None, False
+    today = as_of.date()
+    age = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+    return age, d is None
+
+
+def _in_range(spec: _Spec, x: float) -> bool:
+    return (spec.minimum is None or x >= spec.minimum) and (
+        spec.maximum is None or x <= spec.maximum
+    )
+
+
+def _no_value(holder: Mapping[str, Any]) -> str:
+    reason = _dict(holder.get("dataAbsentReason"))
+    codes = sorted(c for _, c in _codings(reason)) if reason is not None else []
+    if codes:
+        return f"no value (dataAbsentReason: {', '.join(codes)})"
+    if reason is not None:
+        return "no value (dataAbsentReason given)"
+    return "no value"
+
+
+def _extract(
+    spec: _Spec, res: Mapping[str, Any], side_issues: list[tuple[str, str, str]]
+) -> list[tuple[str, Scalar]]:
+    """The facts one Observation supplies, or ``_Unusable``."""
+    out: list[tuple[str, Scalar]] = []
+    top = _read_value(spec, res, "")
+    if top is not None:
+        out.append((spec.name, top))
+    seen: set[str] = set()
+    for i, raw in enumerate(_list(res.get("component"))):
+        comp = _dict(raw)
+        if comp is None:
+            continue
+        codes = set(_codings(comp.get("code")))
+        sides = [s for s, c in (("left", LEFT), ("right", RIGHT)) if c in codes]
+        if LBP_PROVOKED in codes and spec.provoked and not sides:
+            name, label = f"{spec.name}.lbp-provoked", "lbp-provoked component"
+            if _value_key(comp) != "valueBoolean" or not isinstance(comp["valueBoolean"], bool):
+                if _value_key(comp) is None:
+                    side_issues.append(("warning", "required",
+                                        f"lbp-provoked component has {_no_value(comp)}"))
+                    continue
+                raise _Unusable("value", "the lbp-provoked component must be a valueBoolean")
+            value: Scalar = comp["valueBoolean"]
+        elif sides:
+            if len(sides) > 1:
+                raise _Unusable("value", f"component[{i}] is coded both left and right")
+            if not spec.bilateral:
+                raise _Unusable("value", f"{spec.name} is not a bilateral test, but a "
+                                f"{sides[0]}-side component was sent")
+            name, label = f"{spec.name}.{sides[0]}", f"{sides[0]}-side component"
+            side_value = _read_value(spec, comp, f"{label}: ")
+            if side_value is None:
+                side_issues.append(("warning", "required",
+                                    f"{label} has {_no_value(comp)}; that side is missing"))
+                continue
+            value = side_value
+        else:
+            side_issues.append(("information", "not-supported",
+                                f"component[{i}] has a code this test does not use; ignored"))
+            continue
+        if name in seen:
+            raise _Unusable("value", f"more than one {label}")
+        seen.add(name)
+        out.append((name, value))
+    if not out:
+        raise _Unusable("required", _no_value(res))
+    return out
+
+
+def _read_value(spec: _Spec, holder: Mapping[str, Any], label: str) -> Scalar | None:
+    """The checked value in ``holder`` (an Observation or a component), None if absent."""
+    key = _value_key(holder)
+    if key is None:
+        return None
+    if key is False:
+        raise _Unusable("structure", f"{label}more than one value[x]")
+    raw = holder[key]
+    kind = spec.kind
+    if kind == "boolean":
+        if key == "valueBoolean" and isinstance(raw, bool):
+            return raw
+        raise _Unusable("value", f"{label}expected valueBoolean; got {_got(key, raw)}")
+    if kind == "code":
+        if key != "valueCodeableConcept":
+            raise _Unusable("value", f"{label}expected valueCodeableConcept; got {key}")
+        found = {c for s, c in _codings(raw) if s == SCREEN and c in spec.codes}
+        if len(found) != 1:
+            allowed = ", ".join(sorted(spec.codes))
+            what = "several allowed codes" if found else "no allowed code"
+            raise _Unusable("value", f"{label}valueCodeableConcept has {what} of the screen "
+                            f"CodeSystem (allowed: {allowed})")
+        return found.pop()
+    # integer and decimal
+    number: int | float
+    if key == "valueInteger":
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise _Unusable("value", f"{label}valueInteger is not a JSON integer "
+                            f"({_json_type(raw)})")
+        number = raw
+    elif key == "valueQuantity":
+        number = _quantity(spec, raw, label)
+    else:
+        expected = "valueInteger or valueQuantity" if kind == "integer" else (
+            "valueQuantity or valueInteger")
+        raise _Unusable("value", f"{label}expected {expected}; got {_got(key, raw)}")
+    if kind == "integer":
+        if isinstance(number, float):
+            if not number.is_integer():
+                raise _Unusable("value", f"{label}expected a whole number")
+            number = int(number)
+    else:
+        number = float(number)
+    if not _in_range(spec, number):
+        raise _Unusable("value", f"{label}value out of range "
+                        f"{_fmt(spec.minimum)}-{_fmt(spec.maximum)}")
+    return number
+
+
+def _quantity(spec: _Spec, raw: object, label: str) -> int | float:
+    q = _dict(raw)
+    if q is None:
+        raise _Unusable("value", f"{label}valueQuantity is not an object")
+    number = _number(q.get("value"))
+    if number is None:
+        raise _Unusable("value", f"{label}valueQuantity has no numeric value")
+    if "comparator" in q:
+        raise _Unusable("value", f"{label}valueQuantity has a comparator; only exact values "
+                        "are used")
+    code, system = q.get("code"), q.get("system")
+    if code is not None:
+        if system is not None and system != UCUM:
+            raise _Unusable("value", f"{label}valueQuantity unit is not UCUM")
+        unit = code
+    else:
+        unit = q.get("unit")
+    if unit is not None and not isinstance(unit, str):
+        raise _Unusable("value", f"{label}valueQuantity unit is not a string")
+    want = spec.unit
+    if want is None or want in SCORE_UNITS:
+        if unit is None or unit in DIMENSIONLESS or unit == want:
+            return number
+    elif want == "d" and unit is not None and unit in TO_DAYS:
+        return number * TO_DAYS[unit]
+    elif unit == want:
+        return number
+    need = f"UCUM '{want}'" if want is not None else "no unit"
+    if want == "d":
+        need = "UCUM 'd' (or h, wk, mo, a)"
+    shown = f"'{unit}'" if unit is not None else "none"
+    raise _Unusable("value", f"{label}unit must be {need}; got {shown}")
+
+
+def _got(key: str, raw: object) -> str:
+    return f"{key} ({_json_type(raw)})" if key in ("valueBoolean", "valueInteger") else key
+
+
+# --- public entry point --------------------------------------------------------------------
+
+
+def read_bundle(
+    data: dict[str, Any] | str | bytes | bytearray,
+    *,
+    kb: KnowledgeBase,
+    as_of: datetime | None = None,
+    validate: bool = True,
+) -> PatientFacts:
+    """Map a FHIR R4 Bundle to ``PatientFacts`` (see the module docstring for every rule).
+
+    ``as_of`` is the evaluation instant (default: now, UTC; a naive datetime is taken as
+    UTC). ``validate=False`` skips the ``fhir.resources.R4B`` model validation. Raises
+    ``InvalidBundleError`` (and nothing else, whatever ``data`` holds) when the input cannot
+    be evaluated.
+    """
+    imap = _input_map(kb)
+    if as_of is None:
+        when = datetime.now(UTC)
+    elif as_of.tzinfo is None or as_of.utcoffset() is None:
+        when = as_of.replace(tzinfo=UTC)
+    else:
+        when = as_of
+    try:
+        return _Reader(imap, when, validate).read(data)
+    except _Fatal as fatal:
+        raise InvalidBundleError(fatal.issues) from None
+    except Exception as exc:
+        raise InvalidBundleError([InputIssue(
+            "error", "exception",
+            f"the input could not be processed ({type(exc).__name__})", None,
+        )]) from exc

@@ -1,0 +1,470 @@
+"""Plan -> output Bundle (shared/spec/output-contract.md): structure, safety rules, stable ids,
+no empty elements, FHIR R4 validity (re-validated here, resource by resource)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import random
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cds import Evaluator, Fact, InputIssue, KnowledgeBase, PatientFacts, Plan
+from fhir_adapters._outbound import (
+    ALERT_SYSTEM,
+    EXERCISE_SYSTEM,
+    EXT_EVIDENCE,
+    EXT_EXERCISE_DOSE,
+    EXT_SOURCE_RULE,
+    OutputValidationError,
+    write_bundle,
+)
+from tests.patients import AS_OF, fact_strategy
+
+CORE_RED_FLAGS = (
+    "rf-saddle-anaesthesia", "rf-bladder-dysfunction", "rf-bowel-dysfunction",
+    "rf-bilateral-leg-symptoms", "rf-progressive-weakness", "rf-foot-drop", "rf-fever",
+    "rf-cancer-history", "rf-significant-trauma", "rf-unexplained-weight-loss",
+)
+HOLDING = {"stat", "asap", "urgent"}
+SETTINGS = settings(max_examples=120, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def all_clear(*skip: str) -> list[Fact]:
+    return [Fact(n, False, (f"Observation/{n}",)) for n in CORE_RED_FLAGS if n not in skip]
+
+
+def evaluate(ev: Evaluator, facts: Iterable[Fact], issues: Iterable[InputIssue] = (),
+             as_of: datetime = AS_OF, subject: str = "Patient/p1") -> Plan:
+    return ev.evaluate(PatientFacts.build(subject, as_of, list(facts), list(issues)))
+
+
+def empties(node: Any, path: str = "$") -> list[str]:
+    """Every null, blank string, empty array or empty object, by path."""
+    found: list[str] = []
+    if node is None:
+        found.append(path)
+    elif isinstance(node, str):
+        if not node.strip():
+            found.append(path)
+    elif isinstance(node, dict):
+        if not node:
+            found.append(path)
+        for k, v in node.items():
+            found += empties(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        if not node:
+            found.append(path)
+        for i, v in enumerate(node):
+            found += empties(v, f"{path}[{i}]")
+    return found
+
+
+def revalidate(bundle: dict[str, Any]) -> None:
+    """Validate each resource with its own R4B model, then the Bundle."""
+    for entry in bundle["entry"]:
+        r = entry["resource"]
+        module = importlib.import_module(f"fhir.resources.R4B.{r['resourceType'].lower()}")
+        getattr(module, r["resourceType"]).model_validate(r)
+        assert entry["fullUrl"] == f"urn:uuid:{r['id']}"
+    Bundle.model_validate(bundle)
+
+
+def resources(bundle: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == kind]
+
+
+def careplan(bundle: dict[str, Any]) -> dict[str, Any]:
+    (cp,) = resources(bundle, "CarePlan")
+    return cp
+
+
+def exercise_details(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for act in careplan(bundle).get("activity", []):
+        d = act.get("detail")
+        if d and any(c["system"] == EXERCISE_SYSTEM for c in d["code"]["coding"]):
+            out.append(d)
+    return out
+
+
+def code_of(detail: dict[str, Any]) -> str:
+    (c,) = [c["code"] for c in detail["code"]["coding"] if c["system"] == EXERCISE_SYSTEM]
+    return str(c)
+
+
+def ext_values(node: dict[str, Any], url: str) -> list[Any]:
+    return [e.get("valueString") for e in node.get("extension", []) if e["url"] == url]
+
+
+def refs(items: list[dict[str, Any]] | None) -> list[str]:
+    return [r["reference"] for r in items or []]
+
+
+def check_safety(plan: Plan, bundle: dict[str, Any]) -> None:
+    """The output contract's safety rules, judged from the Bundle (and the plan's avoid list)."""
+    details = exercise_details(bundle)
+    held = any(sr["priority"] in HOLDING for sr in resources(bundle, "ServiceRequest")) or any(
+        a.holds_exercise for a in plan.alerts)
+    if held:
+        assert all(d["status"] != "not-started" for d in details)
+        assert all(d["status"] == "on-hold" for d in details)
+    vetoed = {a.exercise_id for a in plan.avoid}
+    for d in details:
+        if code_of(d) in vetoed:
+            assert d.get("doNotPerform") is True
+            assert d["status"] != "not-started"
+        if d.get("doNotPerform"):
+            assert d["status"] != "not-started"
+            assert d["statusReason"]["text"].startswith("Do not perform")
+    for ex in plan.exercises:
+        assert ex.exercise_id not in vetoed
+
+
+def check_common(plan: Plan, bundle: dict[str, Any]) -> None:
+    assert empties(bundle) == []
+    revalidate(bundle)
+    check_safety(plan, bundle)
+    kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    order = ["CarePlan", "ServiceRequest", "DetectedIssue", "OperationOutcome", "Provenance"]
+    assert kinds == sorted(kinds, key=order.index)
+    assert kinds.count("CarePlan") == 1 and kinds[-1] == "Provenance"
+    assert kinds.count("ServiceRequest") == len(plan.referrals)
+    assert kinds.count("DetectedIssue") == len(plan.alerts)
+    assert kinds.count("OperationOutcome") == (
+        1 if plan.issues or any(g.missing for g in plan.data_gaps) else 0)
+    # every reference inside the Bundle resolves to an entry
+    urls = {e["fullUrl"] for e in bundle["entry"]}
+    sources = {s for f in plan.facts for s in f.sources}
+    text = json.dumps(bundle)
+    for part in text.split('"reference": "urn:uuid:')[1:]:
+        ref = "urn:uuid:" + part.split('"', 1)[0]
+        assert ref in urls or ref in sources or ref == plan.subject
+    # every input reference used is one the plan's facts came from
+    for d in exercise_details(bundle):
+        assert set(refs(d.get("reasonReference"))) <= sources
+
+
+# --- plan kinds ---------------------------------------------------------------------------
+
+
+def test_plan_without_alerts(durable: Evaluator) -> None:
+    facts = [*all_clear(), Fact("fms-rotary-stability", 1, ("Observation/rot",)),
+             Fact("pattern-hinge", 1, ("Observation/hinge",)),
+             Fact("pain-now", 3, ("Observation/p",))]
+    plan = evaluate(durable, facts)
+    assert not plan.alerts and plan.exercises
+    b = write_bundle(plan, durable.kb)
+    check_common(plan, b)
+    assert b["type"] == "collection" and b["timestamp"] == AS_OF.isoformat()
+    assert [e["resource"]["resourceType"] for e in b["entry"]] == ["CarePlan", "Provenance"]
+
+    cp = careplan(b)
+    assert (cp["status"], cp["intent"]) == ("draft", "proposal")
+    assert cp["subject"] == {"reference": "Patient/p1"}
+    assert cp["created"] == AS_OF.isoformat()
+    kb = durable.kb
+    assert cp["instantiatesUri"] == [
+        f"http://movement-cds.org/fhir/KnowledgeBase/{kb.manifest.id}|{kb.manifest.version}"]
+    assert "supportingInfo" not in cp
+    assert [n["text"] for n in cp["note"]] == [s.strip() for s in plan.safety_net]
+
+    details = exercise_details(b)
+    assert [code_of(d) for d in details] == [ex.exercise_id for ex in plan.exercises]
+    for d, ex in zip(details, plan.exercises, strict=True):
+        assert d["status"] == "not-started"
+        assert "statusReason" not in d
+        assert d["code"]["coding"][0]["display"] == ex.title
+        assert refs(d["reasonReference"]) == list(ex.sources)
+        assert ext_values(d, EXT_SOURCE_RULE) == list(ex.rule_ids)
+        assert ext_values(d, EXT_EVIDENCE) == [e.id for e in ex.evidence]
+        rep = d["scheduledTiming"]["repeat"]
+        assert (rep["frequency"], rep["period"], rep["periodUnit"]) == (
+            ex.dose.frequency, ex.dose.period, ex.dose.period_unit)
+        (dose,) = [e for e in d["extension"] if e["url"] == EXT_EXERCISE_DOSE]
+        sub = {e["url"]: e for e in dose["extension"]}
+        assert sub["sets"]["valueInteger"] == ex.dose.sets
+        if ex.dose.repetitions:
+            assert sub["repetitions"]["valueInteger"] == ex.dose.repetitions
+        if ex.dose.hold_seconds:
+            assert sub["hold-seconds"]["valueQuantity"]["value"] == ex.dose.hold_seconds
+            assert sub["hold-seconds"]["valueQuantity"]["code"] == "s"
+        if ex.dose.tempo:
+            assert sub["tempo"]["valueString"] == ex.dose.tempo
+        assert ex.dose.describe().split(".")[0] in d["description"]
+        assert ex.rationale.strip() in d["description"]
+        assert ex.instructions.strip() in d["description"]
+
+    (prov,) = resources(b, "Provenance")
+    assert refs(prov["target"]) == [b["entry"][0]["fullUrl"]]
+    assert prov["recorded"] == AS_OF.isoformat()
+    assert prov["agent"][0]["who"]["display"].startswith("movement-cds ")
+    whats = [e["what"] for e in prov["entity"]]
+    assert whats[0]["identifier"]["value"] == plan.knowledge_base
+    assert {w["reference"] for w in whats[1:]} == {s for f in plan.facts for s in f.sources}
+
+
+def test_cauda_equina_emergency_holds_every_exercise(durable: Evaluator) -> None:
+    facts = [Fact("rf-bladder-dysfunction", True, ("Observation/o1",)),
+             Fact("fms-rotary-stability", 1, ("Observation/o2",)),
+             Fact("repeated-flexion-response", "peripheralizes", ("Observation/o3",))]
+    plan = evaluate(durable, facts)
+    assert plan.exercise_held and plan.exercises
+    b = write_bundle(plan, durable.kb)
+    check_common(plan, b)
+
+    (sr,) = resources(b, "ServiceRequest")
+    assert (sr["status"], sr["intent"], sr["priority"]) == ("draft", "proposal", "stat")
+    assert sr["category"][0]["coding"][0] == {
+        "system": "http://snomed.info/sct", "code": "3457005", "display": "Patient referral"}
+    assert sr["subject"] == {"reference": "Patient/p1"}
+    assert sr["authoredOn"] == AS_OF.isoformat()
+    assert "Emergency department" in sr["code"]["text"]
+    assert ext_values(sr, EXT_SOURCE_RULE) == ["RF-01-CES"]
+
+    dis = {d["code"]["coding"][0]["code"]: d for d in resources(b, "DetectedIssue")}
+    ces = dis["suspected-cauda-equina"]
+    assert (ces["status"], ces["severity"]) == ("preliminary", "high")
+    assert ces["code"]["coding"][0]["system"] == ALERT_SYSTEM
+    assert ces["patient"] == {"reference": "Patient/p1"}
+    assert ces["identifiedDateTime"] == AS_OF.isoformat()
+    assert refs(ces["evidence"][0]["detail"]) == ["Observation/o1"]
+    assert ces["mitigation"][0]["action"]["text"].startswith("All exercise is held")
+    assert ext_values(ces, EXT_SOURCE_RULE) == ["RF-01-CES"]
+
+    url = {e["resource"]["id"]: e["fullUrl"] for e in b["entry"]}
+    assert set(refs(sr["reasonReference"])) == {url[ces["id"]], "Observation/o1"}
+
+    cp = careplan(b)
+    assert cp["activity"][0]["reference"]["reference"] == url[sr["id"]]
+    assert set(refs(cp["supportingInfo"])) == {url[d["id"]] for d in dis.values()}
+    held = [d for d in exercise_details(b) if not d.get("doNotPerform")]
+    assert len(held) == len(plan.exercises)
+    for d in held:
+        assert d["status"] == "on-hold"
+        assert "Suspected cauda equina syndrome" in d["statusReason"]["text"]
+        assert d["description"].startswith("On hold")
+
+
+def test_vetoed_exercise_appears_only_as_do_not_perform(durable: Evaluator) -> None:
+    facts = [*all_clear(), Fact("fms-active-slr", 1, ("Observation/aslr",)),
+             Fact("fms-rotary-stability", 1, ("Observation/rot",)),
+             Fact("repeated-flexion-response", "peripheralizes", ("Observation/rfr",))]
+    plan = evaluate(durable, facts)
+    avoided = {a.exercise_id for a in plan.avoid}
+    assert "controlled-pelvic-tilt" in avoided  # recommended by SE-02, vetoed by PR-01
+    assert not plan.exercise_held
+    b = write_bundle(plan, durable.kb)
+    check_common(plan, b)
+
+    details = exercise_details(b)
+    for d in details:
+        if code_of(d) in avoided:
+            assert d["doNotPerform"] is True
+            assert d["status"] == "on-hold"
+            assert refs(d["reasonReference"]) == ["Observation/rfr"]
+            assert ext_values(d, EXT_SOURCE_RULE) == ["PR-01-NO-FLEXION"]
+            assert "scheduledTiming" not in d
+        else:
+            assert d["status"] == "not-started" and d["doNotPerform"] is False
+    assert sorted(code_of(d) for d in details if d.get("doNotPerform")) == sorted(avoided)
+    (di,) = resources(b, "DetectedIssue")
+    assert di["severity"] == "moderate"
+    assert refs(di["evidence"][0]["detail"]) == ["Observation/rfr"]
+
+
+def test_unanswered_red_flags_are_reported_missing(durable: Evaluator) -> None:
+    facts = [*all_clear("rf-fever", "rf-foot-drop"), Fact("fms-rotary-stability", 1, ("O/r",))]
+    plan = evaluate(durable, facts)
+    b = write_bundle(plan, durable.kb)
+    check_common(plan, b)
+    (di,) = resources(b, "DetectedIssue")
+    assert di["code"]["coding"][0]["code"] == "core-red-flags-unanswered"
+    assert di["severity"] == "moderate"
+    missing = {c["coding"][0]["code"] for c in di["evidence"][0]["code"]}
+    assert missing == {"rf-fever", "rf-foot-drop"}
+    assert "detail" not in di["evidence"][0]  # no sources: omitted, never empty
+    (oo,) = resources(b, "OperationOutcome")
+    assert len(oo["issue"]) == 2
+    for issue in oo["issue"]:
+        assert (issue["severity"], issue["code"]) == ("warning", "required")
+        code = issue["details"]["coding"][0]["code"]
+        assert code in missing and code in issue["expression"][0]
+    # a caution does not hold exercise
+    assert all(d["status"] == "not-started" for d in exercise_details(b))
+
+
+def test_input_issues_go_to_the_operation_outcome(durable: Evaluator) -> None:
+    issue = InputIssue("warning", "value", "pain-now of 14 is out of range",
+                       "Bundle.entry[3] Observation/nrs")
+    plan = evaluate(durable, all_clear(), [issue])
+    b = write_bundle(plan, durable.kb)
+    check_common(plan, b)
+    (oo,) = resources(b, "OperationOutcome")
+    assert oo["issue"] == [{"severity": "warning", "code": "value",
+                            "diagnostics": "pain-now of 14 is out of range",
+                            "expression": ["Bundle.entry[3] Observation/nrs"]}]
+
+
+@pytest.mark.parametrize(("facts", "issues", "expected"), [
+    (all_clear(), [], False),
+    (all_clear("rf-fever"), [], True),
+    (all_clear(), [InputIssue("information", "informational", "preliminary", "Observation/x")],
+     True),
+])
+def test_operation_outcome_iff_issues_or_gaps(
+    durable: Evaluator, facts: list[Fact], issues: list[InputIssue], expected: bool
+) -> None:
+    plan = evaluate(durable, facts, issues)
+    b = write_bundle(plan, durable.kb)
+    assert bool(resources(b, "OperationOutcome")) is expected
+
+
+# --- stable ids ---------------------------------------------------------------------------
+
+
+def busy_facts() -> list[Fact]:
+    return [Fact("rf-bladder-dysfunction", True, ("Observation/o1",)),
+            Fact("fms-rotary-stability", 1, ("Observation/o2",)),
+            Fact("fms-active-slr", 1, ("Observation/o4",)),
+            Fact("repeated-flexion-response", "peripheralizes", ("Observation/o3",))]
+
+
+def test_same_plan_gives_byte_identical_bundle(durable: Evaluator) -> None:
+    facts = busy_facts()
+    issues = [InputIssue("warning", "value", "a", "Observation/x"),
+              InputIssue("information", "informational", "b", "Observation/y")]
+    one = json.dumps(write_bundle(evaluate(durable, facts, issues), durable.kb), sort_keys=True)
+    again = json.dumps(write_bundle(evaluate(durable, facts, issues), durable.kb),
+                       sort_keys=True)
+    random.Random(7).shuffle(facts)
+    shuffled = json.dumps(
+        write_bundle(evaluate(durable, facts, list(reversed(issues))), durable.kb),
+        sort_keys=True)
+    assert one == again == shuffled
+
+
+def _ids(bundle: dict[str, Any]) -> set[str]:
+    return {bundle["id"]} | {e["resource"]["id"] for e in bundle["entry"]}
+
+
+def test_ids_change_with_as_of_subject_and_content(durable: Evaluator) -> None:
+    base = write_bundle(evaluate(durable, busy_facts()), durable.kb)
+    later = write_bundle(evaluate(durable, busy_facts(), as_of=AS_OF + timedelta(seconds=1)),
+                         durable.kb)
+    other = write_bundle(evaluate(durable, busy_facts(), subject="Patient/p2"), durable.kb)
+    more = write_bundle(evaluate(durable, [*busy_facts(), Fact("pain-now", 2, ("O/p",))]),
+                        durable.kb)
+    ids = _ids(base)
+    assert len(ids) == len(base["entry"]) + 1  # all distinct
+    for b in (later, other, more):
+        assert not ids & _ids(b)
+    assert later["timestamp"] == (AS_OF + timedelta(seconds=1)).isoformat()
+
+
+def test_timestamp_is_the_as_of_instant_in_its_zone(durable: Evaluator) -> None:
+    as_of = datetime(2027, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=2)))
+    b = write_bundle(evaluate(durable, all_clear(), as_of=as_of), durable.kb)
+    assert b["timestamp"] == "2027-03-04T05:06:07+02:00"
+    assert careplan(b)["created"] == b["timestamp"]
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+def test_invalid_output_raises_instead_of_returning(durable: Evaluator) -> None:
+    plan = evaluate(durable, all_clear(), [InputIssue("warning", "no-such-issue-type", "x")])
+    with pytest.raises(OutputValidationError):
+        write_bundle(plan, durable.kb)
+    assert issubclass(OutputValidationError, RuntimeError)
+
+
+def test_naive_as_of_is_refused(durable: Evaluator) -> None:
+    plan = evaluate(durable, all_clear())
+    naive = Plan(**{**plan.__dict__, "as_of": datetime(2026, 1, 1)})
+    with pytest.raises(ValueError, match="timezone"):
+        write_bundle(naive, durable.kb)
+
+
+def test_the_checkers_can_fail() -> None:
+    assert empties({"a": [{"b": ""}], "c": {}, "d": [], "e": None, "f": "  ", "g": 0}) == [
+        "$.a[0].b", "$.c", "$.d", "$.e", "$.f"]
+    bad = {"resourceType": "Bundle", "type": "collection", "entry": [{
+        "fullUrl": "urn:uuid:1", "resource": {
+            "resourceType": "CarePlan", "id": "1", "intent": "proposal",
+            "subject": {"reference": "Patient/p"}}}]}
+    with pytest.raises(ValueError):
+        revalidate(bad)  # CarePlan.status is required
+
+
+# --- properties ---------------------------------------------------------------------------
+
+_PLAUSIBLE: list[tuple[str, st.SearchStrategy[Any]]] = [
+    *((n, st.sampled_from([False, False, False, True])) for n in CORE_RED_FLAGS),
+    ("rf-night-pain", st.booleans()),
+    ("rf-not-improving", st.booleans()),
+    *((n, st.integers(0, 3)) for n in (
+        "fms-deep-squat", "fms-hurdle-step", "fms-inline-lunge", "fms-active-slr",
+        "fms-trunk-stability-pushup", "fms-rotary-stability", "pattern-hinge",
+        "pattern-lateral-bend", "pattern-squat")),
+    ("repeated-flexion-response",
+     st.sampled_from(["centralizes", "peripheralizes", "no-effect", "increases-back-pain"])),
+    ("repeated-extension-response",
+     st.sampled_from(["centralizes", "peripheralizes", "no-effect", "increases-back-pain"])),
+    ("directional-preference",
+     st.sampled_from(["extension", "flexion", "lateral-shift-left", "lateral-shift-right",
+                      "none"])),
+    ("pain-now", st.integers(0, 10)),
+    ("aberrant-movement", st.booleans()),
+    ("clear-spinal-extension", st.booleans()),
+]
+
+
+@st.composite
+def plausible_patient(draw: st.DrawFn) -> PatientFacts:
+    facts = []
+    for name, values in _PLAUSIBLE:
+        if draw(st.booleans()):
+            facts.append(Fact(name, draw(values), (f"Observation/{name}",)))
+    issues = draw(st.lists(st.builds(
+        InputIssue, st.sampled_from(["warning", "information"]),
+        st.sampled_from(["value", "informational", "processing"]),
+        st.text("abcdefgh ", min_size=1, max_size=12).filter(str.strip),
+        st.one_of(st.none(), st.just("Bundle.entry[1] Observation/z"))), max_size=2))
+    as_of = draw(st.datetimes(datetime(2020, 1, 1), datetime(2030, 1, 1),
+                              timezones=st.just(UTC)))
+    return PatientFacts.build("Patient/h", as_of, facts, issues)
+
+
+@SETTINGS
+@given(patient=plausible_patient())
+def test_any_plausible_plan_gives_valid_safe_output(
+    durable: Evaluator, kb: KnowledgeBase, patient: PatientFacts
+) -> None:
+    plan = durable.evaluate(patient)
+    b = write_bundle(plan, kb)
+    check_common(plan, b)
+    assert json.dumps(b, sort_keys=True) == json.dumps(write_bundle(plan, kb), sort_keys=True)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_any_catalog_patient_gives_valid_safe_output(
+    durable: Evaluator, kb: KnowledgeBase, data: st.DataObject
+) -> None:
+    facts = data.draw(fact_strategy(kb))
+    plan = durable.evaluate(PatientFacts.build("urn:uuid:0f6f7c1e-0000-4000-8000-000000000001",
+                                               AS_OF, facts))
+    b = write_bundle(plan, kb)
+    check_common(plan, b)
