@@ -13,16 +13,17 @@ Input
     with ``json.loads``; ``NaN``/``Infinity`` are rejected (they are not JSON).
 
 R4 validation
-    Each Patient, Observation, Condition and CarePlan is validated on its own with the
-    ``fhir.resources.R4B`` model, and the Bundle envelope (without the entry resources) with
-    the R4B Bundle model; this is much cheaper than validating the whole Bundle at once. An
-    invalid Patient or envelope makes the input invalid; an invalid Observation, Condition or
-    CarePlan is reported (warning, ``structure``) and ignored. Those models are lax in places
-    (``valueInteger: "7"`` or ``true`` passes), so the mapper checks every value it reads
-    itself, by its JSON type. The R4B models cost about 0.1-0.2 ms per resource (a
-    30-Observation Bundle: ~4 ms with them, ~0.5 ms without). ``validate=False`` skips them,
-    for trusted high-volume sources; the mapper's own checks still apply and nothing
-    malformed that it reads is ever used, but unread parts of a resource are not checked.
+    The mapper checks every element it reads, by its JSON type, against the input contract
+    and the fact catalog (status codes, subjects, value types and ranges, units, codes), and
+    uses nothing malformed. With ``strict_fhir=True`` each Patient, Observation, Condition
+    and CarePlan is also validated on its own with its ``fhir.resources.R4B`` model, and the
+    Bundle envelope (without the entry resources) with the R4B Bundle model, so that parts
+    the rules never read are checked too: an invalid Patient or envelope makes the input
+    invalid; an invalid Observation, Condition or CarePlan is reported (warning,
+    ``structure``) and ignored. It is off by default because it costs about 0.1-0.2 ms per
+    resource (a 30-Observation Bundle: ~4 ms with it, ~0.5 ms without; the whole evaluation
+    is ~4 ms), and the R4B models are laxer than the mapper on what it reads
+    (``valueInteger: "7"`` passes them).
 
 Locations
     A non-fatal issue's ``location`` is the resource's reference as given (``Observation/{id}``
@@ -1060,12 +1061,13 @@ def read_bundle(
     *,
     kb: KnowledgeBase,
     as_of: datetime | None = None,
-    validate: bool = True,
+    strict_fhir: bool = False,
 ) -> PatientFacts:
     """Map a FHIR R4 Bundle to ``PatientFacts`` (see the module docstring for every rule).
 
     ``as_of`` is the evaluation instant (default: now, UTC; a naive datetime is taken as
-    UTC). ``validate=False`` skips the ``fhir.resources.R4B`` model validation. Raises
+    UTC). ``strict_fhir=True`` also validates every resource with its ``fhir.resources.R4B``
+    model (see "R4 validation" above). Raises
     ``InvalidBundleError`` (and nothing else, whatever ``data`` holds) when the input cannot
     be evaluated.
     """
@@ -1077,7 +1079,7 @@ def read_bundle(
     else:
         when = as_of
     try:
-        return _Reader(imap, when, validate).read(data)
+        return _Reader(imap, when, strict_fhir).read(data)
     except _Fatal as fatal:
         raise InvalidBundleError(fatal.issues) from None
     except Exception as exc:

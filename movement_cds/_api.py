@@ -57,6 +57,8 @@ class DecisionSupport:
 
     ``knowledge_base`` is a directory in the knowledge-base layout (default: the bundled one);
     ``parameters`` override the manifest's configurable thresholds (clinical governance).
+    ``strict_fhir`` also validates every input resource with its ``fhir.resources.R4B`` model,
+    including the parts the rules never read (slower; see ``fhir_adapters.read_bundle``).
     """
 
     def __init__(
@@ -65,12 +67,14 @@ class DecisionSupport:
         *,
         parameters: dict[str, Any] | None = None,
         engine: Literal["durable", "reference"] = "durable",
+        strict_fhir: bool = False,
     ) -> None:
         if isinstance(knowledge_base, KnowledgeBase):
             self.kb = knowledge_base
         else:
             self.kb = load_knowledge_base(knowledge_base or bundled_path(), parameters)
         self.evaluator = Evaluator(self.kb, engine)
+        self.strict_fhir = strict_fhir
 
     def evaluate(
         self, bundle: dict[str, Any] | str | bytes, *, as_of: datetime | str | None = None
@@ -82,7 +86,7 @@ class DecisionSupport:
         partial advice.
         """
         instant = parse_instant(as_of) or datetime.now(UTC)
-        patient = read_bundle(bundle, kb=self.kb, as_of=instant)
+        patient = read_bundle(bundle, kb=self.kb, as_of=instant, strict_fhir=self.strict_fhir)
         plan = self.evaluator.evaluate(patient)
         return Evaluation(plan, write_bundle(plan, self.kb))
 

@@ -72,12 +72,17 @@ def evaluate(
     ] = None,
     kb: KbOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No summary on stderr.")] = False,
+    strict_fhir: Annotated[
+        bool,
+        typer.Option("--strict-fhir", help="Also validate every input resource with the "
+                     "fhir.resources R4B models, including parts the rules never read."),
+    ] = False,
 ) -> None:
     """Evaluate one patient: output Bundle as JSON on stdout (or --out), summary on stderr."""
     from movement_cds._api import DecisionSupport
 
     try:
-        support = DecisionSupport(kb)
+        support = DecisionSupport(kb, strict_fhir=strict_fhir)
         result = support.evaluate(_read_input(file), as_of=as_of)
     except InvalidBundleError as e:
         _fail_input(e)

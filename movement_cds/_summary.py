@@ -24,7 +24,7 @@ _PRIORITY = {
 
 def _wrap(text: str, indent: str = "    ") -> str:
     return textwrap.fill(" ".join(text.split()), width=92, initial_indent=indent,
-                         subsequent_indent=indent)
+                         subsequent_indent=" " * len(indent))
 
 
 def render_summary(plan: Plan) -> str:
@@ -78,12 +78,12 @@ def render_summary(plan: Plan) -> str:
         out.append("")
     if plan.issues:
         out.append("INPUT NOTES")
-        for i in plan.issues:
-            where = f"{i.location}: " if i.location else ""
-            out.append(_wrap(f"{i.severity}: {where}{i.message}", "  - "))
+        for issue in plan.issues:
+            where = f"{issue.location}: " if issue.location else ""
+            out.append(_wrap(f"{issue.severity}: {where}{issue.message}", "  - "))
         out.append("")
     if plan.safety_net:
         out.append("SAFETY-NETTING")
-        for n in plan.safety_net:
-            out.append(_wrap(n, "  - "))
+        for note in plan.safety_net:
+            out.append(_wrap(note, "  - "))
     return "\n".join(out).rstrip() + "\n"

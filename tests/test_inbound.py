@@ -107,7 +107,7 @@ def test_deeply_nested_resource_is_reported_not_a_crash(kb: KnowledgeBase) -> No
         deep = {"url": "http://example.org/x", "extension": [deep]}
     twin = pain(4, extension=[deep])
     for validate in (True, False):
-        pf = read(kb, patient(), pain(4), twin, validate=validate)
+        pf = read(kb, patient(), pain(4), twin, strict_fhir=validate)
         assert all(i.code != "exception" for i in pf.issues)
 
 
@@ -130,7 +130,7 @@ def test_wrong_bundle_type_is_invalid(kb: KnowledgeBase, btype: Any) -> None:
         del b["type"]
     else:
         b["type"] = btype
-    (issue,) = invalid(kb, b)
+    (issue,) = invalid(kb, b, strict_fhir=True)
     assert issue.location == "Bundle.type"
 
 
@@ -143,10 +143,10 @@ def test_accepted_bundle_types(kb: KnowledgeBase, btype: str) -> None:
 def test_bundle_envelope_is_validated_as_r4(kb: KnowledgeBase) -> None:
     b = bundle(patient())
     b["entries"] = []  # not an element of Bundle
-    (issue,) = invalid(kb, b)
+    (issue,) = invalid(kb, b, strict_fhir=True)
     assert issue.code == "structure" and "entries" in issue.message
     # skipping validation skips the envelope check too
-    read_bundle(b, kb=kb, as_of=AS_OF, validate=False)
+    read_bundle(b, kb=kb, as_of=AS_OF, strict_fhir=False)
 
 
 def test_entry_that_is_not_a_list_is_invalid(kb: KnowledgeBase) -> None:
@@ -177,7 +177,7 @@ def test_the_same_patient_twice_is_still_two_patients(kb: KnowledgeBase) -> None
 
 
 def test_invalid_patient_makes_the_input_invalid(kb: KnowledgeBase) -> None:
-    (issue,) = invalid(kb, bundle(pain(4), patient(birth_date="1970-02-30")))
+    (issue,) = invalid(kb, bundle(pain(4), patient(birth_date="1970-02-30")), strict_fhir=True)
     assert issue.location == "Bundle.entry[1]"
     assert "Patient/pat-1" in issue.message and "birthDate" in issue.message
 
@@ -204,7 +204,7 @@ def test_resource_about_another_patient_rejects_the_whole_input(
     assert f"{resource['resourceType']}/abc" in issue.message
     assert issue.code == "business-rule"
     # and with validation off too
-    assert invalid(kb, b, validate=False) == issues
+    assert invalid(kb, b, strict_fhir=False) == issues
 
 
 def test_missing_subject_rejects_the_whole_input(kb: KnowledgeBase) -> None:
@@ -281,7 +281,7 @@ def test_entry_without_resource_is_reported(kb: KnowledgeBase) -> None:
 
 def test_invalid_observation_is_reported_and_ignored(kb: KnowledgeBase) -> None:
     bad = observation("fms-deep-squat", oid="o1", value_fields_={"valueInteger": "seven"})
-    pf = read(kb, patient(), bad, pain(4))
+    pf = read(kb, patient(), bad, pain(4), strict_fhir=True)
     issue = one_issue(pf, "Observation/o1")
     assert (issue.severity, issue.code) == ("warning", "structure")
     assert "valueInteger" in issue.message and "seven" not in issue.message
@@ -290,7 +290,7 @@ def test_invalid_observation_is_reported_and_ignored(kb: KnowledgeBase) -> None:
 
 def test_invalid_condition_is_reported_and_ignored(kb: KnowledgeBase) -> None:
     bad = condition("condition-osteoporosis", cid="c1", onsetDateTime="yesterday")
-    pf = read(kb, patient(), bad)
+    pf = read(kb, patient(), bad, strict_fhir=True)
     assert one_issue(pf, "Condition/c1").code == "structure"
     assert "condition-osteoporosis" not in facts(pf)
 
@@ -326,7 +326,7 @@ def test_ignored_statuses_are_reported(kb: KnowledgeBase, status: str) -> None:
 
 @pytest.mark.parametrize("status", ["signed", ["final"], {"code": "final"}, None])
 def test_unrecognised_status_is_ignored_with_a_warning(kb: KnowledgeBase, status: Any) -> None:
-    pf = read(kb, patient(), pain(4, status=status), validate=False)
+    pf = read(kb, patient(), pain(4, status=status), strict_fhir=False)
     assert "pain-now" not in facts(pf)
     assert one_issue(pf, "Observation/obs-pain-now").severity == "warning"
 
@@ -420,7 +420,7 @@ def test_duplicate_entries_of_one_resource_are_used_once(kb: KnowledgeBase) -> N
 def test_unreadable_date_is_reported_and_treated_as_undated(kb: KnowledgeBase) -> None:
     odd = pain(9, oid="odd", effective="2026-13-01")
     good = pain(2, oid="good", effective="2020-01-01")
-    pf = read(kb, patient(), odd, good, validate=False)
+    pf = read(kb, patient(), odd, good, strict_fhir=False)
     assert facts(pf)["pain-now"] == 2
     assert any("effectiveDateTime" in i.message for i in issues_at(pf, "Observation/odd"))
 
@@ -459,7 +459,7 @@ def test_pain_accepts_integer_and_score_quantity(kb: KnowledgeBase, fields: dict
 def test_wrong_values_are_warnings_and_the_fact_is_missing(
     kb: KnowledgeBase, fields: dict[str, Any], words: str
 ) -> None:
-    pf = read(kb, patient(), pain(value_fields_=fields), validate=False)
+    pf = read(kb, patient(), pain(value_fields_=fields), strict_fhir=False)
     assert "pain-now" not in facts(pf)
     issue = one_issue(pf, "Observation/obs-pain-now")
     assert (issue.severity, issue.code) == ("warning", "value")
@@ -717,7 +717,7 @@ def test_missing_birth_date_and_gender_give_no_facts(kb: KnowledgeBase) -> None:
 
 
 def test_unrecognised_gender_is_a_warning(kb: KnowledgeBase) -> None:
-    pf = read(kb, patient(gender="f"), validate=False)
+    pf = read(kb, patient(gender="f"), strict_fhir=False)
     assert "sex" not in facts(pf)
     assert one_issue(pf, "Patient/pat-1").code == "value"
 
@@ -1018,7 +1018,7 @@ json_values = st.recursive(
 
 def _only_invalid_bundle_error(kb: KnowledgeBase, data: Any, validate: bool = True) -> None:
     try:
-        pf = read_bundle(data, kb=kb, as_of=AS_OF, validate=validate)
+        pf = read_bundle(data, kb=kb, as_of=AS_OF, strict_fhir=validate)
     except InvalidBundleError as err:
         # an "exception" issue means the reader crashed on something: a bug to fix
         assert all(i.code != "exception" for i in err.issues), err.issues

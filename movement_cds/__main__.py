@@ -1,0 +1,3 @@
+from movement_cds._cli import main
+
+main()
