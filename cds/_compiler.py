@@ -55,6 +55,11 @@ class CompiledKnowledgeBase:
     rules: tuple[CompiledRule, ...]
     fact_names: frozenset[str]
 
+    @property
+    def read_names(self) -> frozenset[str]:
+        """Facts some rule reads; no other fact can change a result."""
+        return frozenset(lit.fact for r in self.rules for t in r.terms for lit in t)
+
     def durable_definition(self) -> dict[str, dict[str, Any]]:
         """The durable-rules ruleset definition, without actions (the runner adds them)."""
         out: dict[str, dict[str, Any]] = {}

@@ -81,6 +81,7 @@ class RuleEngine:
     def __init__(self, compiled: CompiledKnowledgeBase) -> None:
         self.compiled = compiled
         self.name = compiled.name
+        self._read = compiled.read_names
         definition = compiled.durable_definition()
         canonical = json.dumps(definition, sort_keys=True)
         with _LOCK:
@@ -106,7 +107,14 @@ class RuleEngine:
                 )
 
     def evaluate(self, facts: list[Fact]) -> EngineResult:
+        """Derive everything the rules derive from ``facts``.
+
+        Only the facts some rule reads are asserted: each asserted fact costs the engine
+        about 15 us, and a fact no rule reads cannot change a result (the reference
+        evaluator, which sees every fact, checks this on every property test).
+        """
         host = _host()
+        read = self._read
         with _LOCK:
             sid = f"s{next(_SIDS)}"
             log = FiringLog(self.compiled)
@@ -115,6 +123,7 @@ class RuleEngine:
                 messages: list[dict[str, Any]] = [
                     {"sid": sid, "id": f"f:{f.name}", "t": "fact", "n": f.name, "v": f.value}
                     for f in facts
+                    if f.name in read
                 ]
                 if messages:
                     self._check(host.assert_facts(self.name, messages))
