@@ -35,6 +35,7 @@ from cds._kb_schema import (
     Manifest,
     NoneOf,
     Param,
+    ParameterDefinition,
     Rule,
 )
 
@@ -71,6 +72,7 @@ class KnowledgeBase:
     locations: dict[str, Located] = field(default_factory=dict)
     warnings: list[KnowledgeBaseProblem] = field(default_factory=list)
     parameter_overrides: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, ParameterDefinition] = field(default_factory=dict)
 
     @property
     def ruleset_name(self) -> str:
@@ -91,7 +93,7 @@ class KnowledgeBase:
     def parameter(self, name: str) -> Any:
         if name in self.parameter_overrides:
             return self.parameter_overrides[name]
-        return self.manifest.parameters[name].value
+        return self.parameters[name].value
 
 
 # --- YAML with positions ------------------------------------------------------------------
@@ -288,9 +290,16 @@ def load_knowledge_base(
     def collect(
         fname: str, key: str, model: type[M], id_attr: str, into: dict[str, M]
     ) -> None:
-        path = need(fname)
-        if not path.is_file():
-            return
+        # NAME.yaml, plus any NAME/*.yaml (one file per pathway, so authors don't collide)
+        extra = sorted((root / key).glob("*.yaml")) if (root / key).is_dir() else []
+        main = need(fname) if not extra else root / fname
+        for path in ([main] if main.is_file() else []) + extra:
+            collect_file(path, key, model, id_attr, into)
+
+    def collect_file(
+        path: Path, key: str, model: type[M], id_attr: str, into: dict[str, M]
+    ) -> None:
+        fname = str(path.relative_to(root))
         doc = _read(path, root, problems)
         for i, node in _items(doc, key, fname, problems):
             item = _validate(model, node, fname, (key, i), doc, problems)
@@ -343,9 +352,39 @@ def load_knowledge_base(
         problems.append(KnowledgeBaseProblem("manifest.yaml", None, None, "no usable manifest"))
         raise KnowledgeBaseError(problems)
 
+    parameters = dict(manifest.parameters)
+    pdir = root / "parameters"
+    for path in sorted(pdir.glob("*.yaml")) if pdir.is_dir() else []:
+        rel = str(path.relative_to(root))
+        doc = _read(path, root, problems)
+        table = doc.get("parameters") if isinstance(doc, dict) else None
+        if not isinstance(table, dict):
+            problems.append(
+                KnowledgeBaseProblem(rel, 1, 1, "expected a top-level 'parameters:' map")
+            )
+            continue
+        for pname, node in table.items():
+            pdef = _validate(ParameterDefinition, node, rel, ("parameters", pname), doc, problems)
+            if pdef is None:
+                continue
+            if pname in parameters:
+                line, col = _position(doc, ("parameters", pname))
+                problems.append(
+                    KnowledgeBaseProblem(rel, line, col, f"duplicate parameter '{pname}'")
+                )
+                continue
+            parameters[str(pname)] = pdef
+
     overrides = dict(parameter_overrides or {})
-    for name in overrides:
-        if name not in manifest.parameters:
+    for name, value in overrides.items():
+        pd = parameters.get(name)
+        if pd is not None and isinstance(value, int | float) and not isinstance(value, bool) and (
+            (pd.min is not None and value < pd.min) or (pd.max is not None and value > pd.max)
+        ):
+            problems.append(KnowledgeBaseProblem(
+                "(configuration)", None, None,
+                f"parameter '{name}' = {value} is outside its range [{pd.min}, {pd.max}]"))
+        if name not in parameters:
             problems.append(
                 KnowledgeBaseProblem("(configuration)", None, None, f"unknown parameter '{name}'")
             )
@@ -359,6 +398,7 @@ def load_knowledge_base(
         rules=[],
         locations={**locations, **{f"rules:{k}": v for k, v in seen_rules.items()}},
         parameter_overrides=overrides,
+        parameters=parameters,
     )
     problems.extend(_cross_check(kb, rules))
     errors = [p for p in problems if p.severity == "error"]
@@ -431,7 +471,7 @@ def _cross_check(kb: KnowledgeBase, rules: list[Rule]) -> list[KnowledgeBaseProb
             op, operand = test.operator()
             defn = kb.facts.get(test.fact)
             if isinstance(operand, Param):
-                if operand.param not in kb.manifest.parameters:
+                if operand.param not in kb.parameters:
                     at(r, f"rule {r.id}: unknown parameter '{operand.param}'")
             elif defn is not None and defn.type == "code" and op in _VALUE_OPS:
                 values = operand if isinstance(operand, list) else [operand]

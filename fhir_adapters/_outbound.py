@@ -210,7 +210,7 @@ def _json_default(v: Any) -> Any:
 def _digest(plan: Plan, kb: KnowledgeBase) -> str:
     content = {
         "kb": [plan.kb_id, plan.kb_version],
-        "parameters": {n: kb.parameter(n) for n in sorted(kb.manifest.parameters)},
+        "parameters": {n: kb.parameter(n) for n in sorted(kb.parameters)},
         "as_of": _instant(plan.as_of),
         "subject": plan.subject,
         "facts": sorted(

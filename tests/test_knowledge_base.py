@@ -162,3 +162,23 @@ def test_json_schema_export_covers_every_file_kind() -> None:
     rule = docs["rules"]["$defs"]["Rule"]
     assert {"id", "when", "then", "evidence"} <= set(rule["properties"])
     assert set(rule["required"]) >= {"id", "when", "then", "evidence"}
+
+
+def test_catalogs_may_be_split_into_one_file_per_pathway(kb_copy: Path) -> None:
+    (kb_copy / "alerts").mkdir()
+    (kb_copy / "alerts" / "extra.yaml").write_text(
+        "alerts:\n  - code: extra-alert\n    display: Extra\n    definition: d\n")
+    (kb_copy / "parameters").mkdir()
+    (kb_copy / "parameters" / "extra.yaml").write_text(
+        "parameters:\n  extra-threshold: {value: 3, tag: M, description: d, min: 0, max: 5}\n")
+    kb = load_knowledge_base(kb_copy)
+    assert "extra-alert" in kb.alerts and kb.parameter("extra-threshold") == 3
+    (kb_copy / "alerts" / "dup.yaml").write_text(
+        "alerts:\n  - code: extra-alert\n    display: Again\n    definition: d\n")
+    (msg,) = _problems(kb_copy)
+    assert msg.startswith("alerts/dup.yaml:2:5") and "duplicate code 'extra-alert'" in msg
+
+
+def test_parameter_override_outside_its_range_is_refused() -> None:
+    with pytest.raises(KnowledgeBaseError, match="outside its range"):
+        load_knowledge_base(bundled_path(), {"fms-deficit-max-score": 7})
