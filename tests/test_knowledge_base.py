@@ -176,7 +176,9 @@ def test_catalogs_may_be_split_into_one_file_per_pathway(kb_copy: Path) -> None:
     (kb_copy / "alerts" / "dup.yaml").write_text(
         "alerts:\n  - code: extra-alert\n    display: Again\n    definition: d\n")
     (msg,) = _problems(kb_copy)
-    assert msg.startswith("alerts/dup.yaml:2:5") and "duplicate code 'extra-alert'" in msg
+    # files are read in name order, so the second one is the one reported
+    assert msg.startswith("alerts/extra.yaml:2:5") and "duplicate code 'extra-alert'" in msg
+    assert "first at alerts/dup.yaml:2" in msg
 
 
 def test_parameter_override_outside_its_range_is_refused() -> None:
