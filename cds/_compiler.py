@@ -11,11 +11,11 @@ to durable-rules negation, which is gated on a stratum marker (engine safety rul
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import product
+from itertools import combinations, product
 from typing import Any
 
 from cds._errors import KnowledgeBaseError, KnowledgeBaseProblem
-from cds._kb_schema import AllOf, Condition, FactTest, NoneOf, Param
+from cds._kb_schema import AllOf, AtLeast, Condition, FactTest, NoneOf, Param
 from cds._knowledge_base import KnowledgeBase, derived_names
 
 __all__ = ["CompiledKnowledgeBase", "CompiledRule", "Literal", "compile_knowledge_base"]
@@ -24,7 +24,7 @@ _NEGATE = {
     "is": "is-not", "is-not": "is", "lt": "ge", "le": "gt", "gt": "le", "ge": "lt",
     "in": "not-in", "not-in": "in", "present": "missing", "missing": "present",
 }
-_MAX_TERMS = 64
+_MAX_TERMS = 128
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,8 @@ def _dnf(cond: Condition, neg: bool, resolve: Any) -> list[tuple[Literal, ...]]:
         return [(Literal(cond.fact, op, operand),)]
     if isinstance(cond, NoneOf):
         return _dnf(cond.not_, not neg, resolve)
+    if isinstance(cond, AtLeast):
+        return _at_least(cond, neg, resolve)
     children = cond.all if isinstance(cond, AllOf) else cond.any
     conjunctive = isinstance(cond, AllOf) != neg
     parts = [_dnf(c, neg, resolve) for c in children]
@@ -140,6 +142,26 @@ def _dnf(cond: Condition, neg: bool, resolve: Any) -> list[tuple[Literal, ...]]:
         out.append(tuple(lit for term in combo for lit in term))
         if len(out) > _MAX_TERMS:
             break
+    return out
+
+
+def _at_least(cond: AtLeast, neg: bool, resolve: Any) -> list[tuple[Literal, ...]]:
+    """k of n definitely true; negated: definitely fewer than k, i.e. n-k+1 definitely false."""
+    k = int(resolve(cond.at_least.param)) if isinstance(cond.at_least, Param) else cond.at_least
+    n = len(cond.of)
+    if neg:
+        k = n - k + 1
+    if k <= 0:
+        return [()]
+    if k > n:
+        return []
+    parts = [_dnf(c, neg, resolve) for c in cond.of]
+    out: list[tuple[Literal, ...]] = []
+    for chosen in combinations(range(n), k):
+        for combo in product(*(parts[i] for i in chosen)):
+            out.append(tuple(lit for term in combo for lit in term))
+            if len(out) > _MAX_TERMS:
+                return out
     return out
 
 

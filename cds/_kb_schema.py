@@ -17,6 +17,7 @@ __all__ = [
     "AlertDefinition",
     "AllOf",
     "AnyOf",
+    "AtLeast",
     "Condition",
     "DataGapAction",
     "DoseSpec",
@@ -29,6 +30,7 @@ __all__ = [
     "NoneOf",
     "Param",
     "ParameterDefinition",
+    "PlanLimitAction",
     "RecommendAction",
     "Rule",
     "SafetyNetAction",
@@ -266,6 +268,19 @@ class AnyOf(_Model):
     any: list[Condition] = Field(min_length=1)
 
 
+class AtLeast(_Model):
+    """True when at least ``at-least`` of the conditions are definitely true."""
+
+    at_least: int | Param = Field(alias="at-least")
+    of: list[Condition] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _sensible(self) -> AtLeast:
+        if isinstance(self.at_least, int) and not 1 <= self.at_least <= len(self.of):
+            raise ValueError(f"at-least must be between 1 and {len(self.of)}")
+        return self
+
+
 class NoneOf(_Model):
     """True when the inner condition is definitely false (three-valued: unknown stays unknown)."""
 
@@ -276,10 +291,11 @@ def _condition_tag(v: Any) -> str | None:
     if isinstance(v, dict):
         keys = set(v)
     elif isinstance(v, BaseModel):
-        return {FactTest: "fact", AllOf: "all", AnyOf: "any", NoneOf: "not"}.get(type(v))
+        return {FactTest: "fact", AllOf: "all", AnyOf: "any", NoneOf: "not",
+                AtLeast: "at-least"}.get(type(v))
     else:
         return None
-    for k in ("fact", "all", "any", "not"):
+    for k in ("fact", "all", "any", "not", "at-least"):
         if k in keys:
             return k
     return None
@@ -289,18 +305,20 @@ Condition = Annotated[
     Annotated[FactTest, Tag("fact")]
     | Annotated[AllOf, Tag("all")]
     | Annotated[AnyOf, Tag("any")]
-    | Annotated[NoneOf, Tag("not")],
+    | Annotated[NoneOf, Tag("not")]
+    | Annotated[AtLeast, Tag("at-least")],
     Discriminator(
         _condition_tag,
         custom_error_type="condition",
         custom_error_message="a condition is one of: {fact: ...}, {all: [...]}, {any: [...]}, "
-        "{not: ...}",
+        "{not: ...}, {at-least: N, of: [...]}",
     ),
 ]
 
 AllOf.model_rebuild()
 AnyOf.model_rebuild()
 NoneOf.model_rebuild()
+AtLeast.model_rebuild()
 
 
 # --- actions ------------------------------------------------------------------------------
@@ -360,6 +378,13 @@ class SafetyNetAction(_Model):
     text: str
 
 
+class PlanLimitAction(_Model):
+    """Caps the number of exercises proposed (e.g. a minimal programme for low risk)."""
+
+    max_exercises: int | Param = Field(alias="max-exercises")
+    why: str
+
+
 class Action(_Model):
     finding: FindingAction | None = None
     classification: FindingAction | None = None
@@ -368,6 +393,7 @@ class Action(_Model):
     veto: VetoAction | None = None
     data_gap: DataGapAction | None = Field(default=None, alias="data-gap")
     safety_net: SafetyNetAction | None = Field(default=None, alias="safety-net")
+    plan_limit: PlanLimitAction | None = Field(default=None, alias="plan-limit")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Action:
@@ -375,7 +401,7 @@ class Action(_Model):
         if n != 1:
             raise ValueError(
                 "each item of then is exactly one of finding, classification, alert, "
-                "recommend, veto, data-gap, safety-net"
+                "recommend, veto, data-gap, safety-net, plan-limit"
             )
         return self
 

@@ -28,6 +28,7 @@ from cds._kb_schema import (
     AlertDefinition,
     AllOf,
     AnyOf,
+    AtLeast,
     Condition,
     ExerciseDefinition,
     FactDefinition,
@@ -221,6 +222,9 @@ def condition_facts(cond: Condition) -> Iterator[tuple[FactTest, bool]]:
                 yield from walk(x, neg)
         elif isinstance(c, NoneOf):
             yield from walk(c.not_, not neg)
+        elif isinstance(c, AtLeast):
+            for x in c.of:
+                yield from walk(x, neg)
 
     yield from walk(cond, False)
 
@@ -249,6 +253,8 @@ def derived_names(rule: Rule) -> list[str]:
             out.append(f"gap.{rule.id}")
         elif a.safety_net:
             out.append(f"note.{rule.id}")
+        elif a.plan_limit:
+            out.append(f"limit.{rule.id}")
     return out
 
 
@@ -450,7 +456,7 @@ def _cross_check(kb: KnowledgeBase, rules: list[Rule]) -> list[KnowledgeBaseProb
             return rest in kb.alerts
         if prefix == "recommend":
             return rest in kb.exercises
-        if prefix in ("veto", "gap", "note"):
+        if prefix in ("veto", "gap", "note", "limit"):
             return any(r.id == rest for r in rules)
         base = kb.facts.get(prefix)
         if base is None:

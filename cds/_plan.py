@@ -15,12 +15,13 @@ from datetime import datetime
 from cds._engine_result import EngineResult
 from cds._errors import InputIssue
 from cds._facts import Derivation, Fact, PatientFacts
-from cds._kb_schema import DoseSpec, Evidence, ExerciseDefinition, VetoAction
+from cds._kb_schema import DoseSpec, Evidence, ExerciseDefinition, Param, VetoAction
 from cds._knowledge_base import KnowledgeBase
 
 __all__ = [
     "AvoidedExercise",
     "DataGap",
+    "DeferredExercise",
     "EvidenceRef",
     "ExerciseDose",
     "Plan",
@@ -150,6 +151,16 @@ class AvoidedExercise:
 
 
 @dataclass(frozen=True)
+class DeferredExercise:
+    """Recommended by a rule but left out of this plan, with the reason (never dropped)."""
+
+    exercise_id: str
+    title: str
+    reason: str
+    rule_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class DataGap:
     rule_id: str
     missing: tuple[str, ...]  # fact names
@@ -174,6 +185,7 @@ class Plan:
     fact_descriptions: dict[str, str]
     ruleset: str = ""
     derived: tuple[tuple[str, object], ...] = ()
+    deferred: tuple[DeferredExercise, ...] = ()
 
     @property
     def knowledge_base(self) -> str:
@@ -317,6 +329,34 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
         ))
     proposed.sort(key=lambda p: (p[0], p[1].exercise_id))
 
+    # a focused programme: one exercise per purpose, at most the smallest limit that applies
+    limits: list[tuple[int, str]] = []
+    if "plan-max-exercises" in kb.parameters:
+        limits.append((int(kb.parameter("plan-max-exercises")), "the programme size limit"))
+    for rule in kb.rules:
+        for a in rule.then:
+            if a.plan_limit and f"limit.{rule.id}" in derived:
+                m = a.plan_limit.max_exercises
+                n = int(kb.parameter(m.param)) if isinstance(m, Param) else m
+                limits.append((n, a.plan_limit.why))
+    limit, limit_why = min(limits) if limits else (len(proposed), "")
+    kept: list[PlannedExercise] = []
+    deferred: list[DeferredExercise] = []
+    by_purpose: dict[str, PlannedExercise] = {}
+    for _, pe in proposed:
+        first = by_purpose.get(pe.purpose)
+        if first is not None:
+            deferred.append(DeferredExercise(
+                pe.exercise_id, pe.title,
+                f"same purpose ({pe.purpose}) as {first.title}, which ranks higher",
+                pe.rule_ids))
+        elif len(kept) >= limit:
+            deferred.append(DeferredExercise(
+                pe.exercise_id, pe.title, f"beyond {limit} exercises: {limit_why}", pe.rule_ids))
+        else:
+            by_purpose[pe.purpose] = pe
+            kept.append(pe)
+
     notes = list(kb.manifest.safety_net)
     for rule in kb.rules:
         for a in rule.then:
@@ -330,7 +370,7 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
         kb_version=kb.manifest.version,
         kb_title=kb.manifest.title,
         alerts=tuple(alerts),
-        exercises=tuple(p for _, p in proposed),
+        exercises=tuple(kept),
         avoid=tuple(avoid),
         data_gaps=tuple(gaps),
         safety_net=tuple(dict.fromkeys(notes)),
@@ -340,4 +380,5 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
         fact_descriptions={n: d.description for n, d in kb.facts.items()},
         ruleset=kb.ruleset_name,
         derived=tuple((n, d.value) for n, d in sorted(derived.items())),
+        deferred=tuple(deferred),
     )

@@ -63,6 +63,11 @@ def render_summary(plan: Plan) -> str:
     elif not plan.exercise_held:
         out.append("EXERCISES: none proposed by the rules for these findings.")
         out.append("")
+    if plan.deferred:
+        out.append("ALSO SUGGESTED BY THE RULES, LEFT OUT TO KEEP THE PROGRAMME FOCUSED")
+        for d in plan.deferred:
+            out.append(_wrap(f"{d.title}: {d.reason}", "  - "))
+        out.append("")
     if plan.avoid:
         out.append("AVOID")
         for v in plan.avoid:

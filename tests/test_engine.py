@@ -173,3 +173,24 @@ def test_fact_order_never_changes_the_result(
     a = durable.evaluate(PatientFacts.build("Patient/p", AS_OF, facts))
     b = durable.evaluate(PatientFacts.build("Patient/p", AS_OF, shuffled))
     assert a == b
+
+
+def test_at_least_expands_to_combinations_and_negates_three_valued() -> None:
+    cond = {"at-least": 2, "of": [{"fact": "a", "is": True}, {"fact": "b", "is": True},
+                                  {"fact": "c", "is": True}]}
+    assert _when(cond) == [
+        (Literal("a", "is", True), Literal("b", "is", True)),
+        (Literal("a", "is", True), Literal("c", "is", True)),
+        (Literal("b", "is", True), Literal("c", "is", True)),
+    ]
+    # definitely fewer than 2 true: at least 2 definitely false (unknowns do not count)
+    assert _when({"not": cond}) == [
+        (Literal("a", "is-not", True), Literal("b", "is-not", True)),
+        (Literal("a", "is-not", True), Literal("c", "is-not", True)),
+        (Literal("b", "is-not", True), Literal("c", "is-not", True)),
+    ]
+
+
+def test_at_least_must_be_possible() -> None:
+    with pytest.raises(ValueError, match="between 1 and 2"):
+        _when({"at-least": 3, "of": [{"fact": "a", "is": True}, {"fact": "b", "is": True}]})

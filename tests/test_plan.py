@@ -116,3 +116,31 @@ def test_parameters_change_thresholds(kb_copy: Path) -> None:
     # both live in one process: the overridden one is a distinct, traceable ruleset
     assert strict.ruleset_name.startswith(default.ruleset_name + "+p")
     assert Evaluator(default).evaluate(p).exercises == ()
+
+
+def test_one_exercise_per_purpose_and_programme_limit(kb_copy: Path) -> None:
+    manifest = kb_copy / "manifest.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 0.1.0", "version: 0.1.0-limit"))
+    (kb_copy / "rules" / "limit.yaml").write_text("""rules:
+  - id: XX-01-MINIMAL
+    title: minimal programme when pain is low
+    stratum: selection
+    when: {fact: pain-now, le: 2}
+    then:
+      - plan-limit: {max-exercises: 2, why: low pain needs only a minimal programme}
+    evidence: [{id: "PMID:1", citation: c, tag: M, strength: weak}]
+""")
+    ev = Evaluator(load_knowledge_base(kb_copy))
+    facts = [Fact("fms-rotary-stability", 1, ("Observation/r",)),   # bird-dog, dead-bug
+             Fact("fms-active-slr", 1, ("Observation/a",)),         # pelvic tilt
+             Fact("aberrant-movement", True, ("Observation/m",))]   # hinge
+    wide = ev.evaluate(PatientFacts.build("Patient/p", AS_OF, [*facts, Fact("pain-now", 5)]))
+    # dead-bug and the unstable bridge share a purpose with others only when both proposed
+    purposes = [e.purpose for e in wide.exercises]
+    assert len(purposes) == len(set(purposes))
+    narrow = ev.evaluate(PatientFacts.build("Patient/p", AS_OF, [*facts, Fact("pain-now", 1)]))
+    assert len(narrow.exercises) == 2
+    assert [e.exercise_id for e in narrow.exercises] == [e.exercise_id for e in wide.exercises][:2]
+    assert {d.exercise_id for d in narrow.deferred} == (
+        {e.exercise_id for e in wide.exercises} - {e.exercise_id for e in narrow.exercises})
+    assert all("minimal programme" in d.reason for d in narrow.deferred)
