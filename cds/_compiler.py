@@ -15,7 +15,7 @@ from itertools import combinations, product
 from typing import Any
 
 from cds._errors import KnowledgeBaseError, KnowledgeBaseProblem
-from cds._kb_schema import AllOf, AtLeast, Condition, FactTest, NoneOf, Param
+from cds._kb_schema import AllOf, AtLeast, Condition, FactTest, NoneOf, Param, ParamTest
 from cds._knowledge_base import KnowledgeBase, derived_names
 
 __all__ = ["CompiledKnowledgeBase", "CompiledRule", "Literal", "compile_knowledge_base"]
@@ -132,6 +132,9 @@ def _dnf(cond: Condition, neg: bool, resolve: Any) -> list[tuple[Literal, ...]]:
         return _dnf(cond.not_, not neg, resolve)
     if isinstance(cond, AtLeast):
         return _at_least(cond, neg, resolve)
+    if isinstance(cond, ParamTest):
+        holds = resolve(cond.param) == cond.is_
+        return [()] if holds != neg else []
     children = cond.all if isinstance(cond, AllOf) else cond.any
     conjunctive = isinstance(cond, AllOf) != neg
     parts = [_dnf(c, neg, resolve) for c in children]

@@ -29,6 +29,7 @@ __all__ = [
     "Manifest",
     "NoneOf",
     "Param",
+    "ParamTest",
     "ParameterDefinition",
     "PlanLimitAction",
     "RecommendAction",
@@ -268,6 +269,14 @@ class AnyOf(_Model):
     any: list[Condition] = Field(min_length=1)
 
 
+class ParamTest(_Model):
+    """A test on a manifest parameter, decided when the knowledge base is compiled (for
+    configurable variants, e.g. which FMS scoring a service uses)."""
+
+    param: str
+    is_: Value = Field(alias="is")
+
+
 class AtLeast(_Model):
     """True when at least ``at-least`` of the conditions are definitely true."""
 
@@ -292,10 +301,10 @@ def _condition_tag(v: Any) -> str | None:
         keys = set(v)
     elif isinstance(v, BaseModel):
         return {FactTest: "fact", AllOf: "all", AnyOf: "any", NoneOf: "not",
-                AtLeast: "at-least"}.get(type(v))
+                AtLeast: "at-least", ParamTest: "param"}.get(type(v))
     else:
         return None
-    for k in ("fact", "all", "any", "not", "at-least"):
+    for k in ("fact", "all", "any", "not", "at-least", "param"):
         if k in keys:
             return k
     return None
@@ -306,12 +315,13 @@ Condition = Annotated[
     | Annotated[AllOf, Tag("all")]
     | Annotated[AnyOf, Tag("any")]
     | Annotated[NoneOf, Tag("not")]
-    | Annotated[AtLeast, Tag("at-least")],
+    | Annotated[AtLeast, Tag("at-least")]
+    | Annotated[ParamTest, Tag("param")],
     Discriminator(
         _condition_tag,
         custom_error_type="condition",
         custom_error_message="a condition is one of: {fact: ...}, {all: [...]}, {any: [...]}, "
-        "{not: ...}, {at-least: N, of: [...]}",
+        "{not: ...}, {at-least: N, of: [...]}, {param: ..., is: ...}",
     ),
 ]
 

@@ -37,6 +37,7 @@ from cds._kb_schema import (
     NoneOf,
     Param,
     ParameterDefinition,
+    ParamTest,
     Rule,
 )
 
@@ -227,6 +228,19 @@ def condition_facts(cond: Condition) -> Iterator[tuple[FactTest, bool]]:
                 yield from walk(x, neg)
 
     yield from walk(cond, False)
+
+
+def _param_tests(cond: Condition) -> Iterator[ParamTest]:
+    if isinstance(cond, ParamTest):
+        yield cond
+    elif isinstance(cond, AllOf | AnyOf):
+        for x in cond.all if isinstance(cond, AllOf) else cond.any:
+            yield from _param_tests(x)
+    elif isinstance(cond, AtLeast):
+        for x in cond.of:
+            yield from _param_tests(x)
+    elif isinstance(cond, NoneOf):
+        yield from _param_tests(cond.not_)
 
 
 def tests_absence(test: FactTest, negated: bool) -> bool:
@@ -467,6 +481,9 @@ def _cross_check(kb: KnowledgeBase, rules: list[Rule]) -> list[KnowledgeBaseProb
         return rest == "lbp-provoked" and prefix.startswith(("fms-", "pattern-"))
 
     for r in rules:
+        for pt in _param_tests(r.when):
+            if pt.param not in kb.parameters:
+                at(r, f"rule {r.id}: unknown parameter '{pt.param}'")
         if r.stratum not in order:
             continue
         mine = order[r.stratum]

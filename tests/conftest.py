@@ -24,9 +24,29 @@ def reference(kb: KnowledgeBase) -> Evaluator:
     return Evaluator(kb, "reference")
 
 
+STARTER = Path(__file__).resolve().parent / "fixtures" / "starter-kb"
+
+
+@pytest.fixture(scope="session")
+def starter_kb() -> KnowledgeBase:
+    """A frozen small knowledge base (the foundation's starter rules) for tests that need
+    particular rules; the bundled clinical content may change without breaking them."""
+    return load_knowledge_base(STARTER)
+
+
+@pytest.fixture(scope="session")
+def starter(starter_kb: KnowledgeBase) -> Evaluator:
+    return Evaluator(starter_kb, "durable")
+
+
+@pytest.fixture(scope="session")
+def starter_reference(starter_kb: KnowledgeBase) -> Evaluator:
+    return Evaluator(starter_kb, "reference")
+
+
 @pytest.fixture
 def kb_copy(tmp_path: Path) -> Path:
-    """A writable copy of the bundled knowledge base, for breaking on purpose."""
+    """A writable copy of the starter knowledge base, for breaking on purpose."""
     dest = tmp_path / "kb"
-    shutil.copytree(bundled_path(), dest, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    shutil.copytree(STARTER, dest)
     return dest

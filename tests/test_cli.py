@@ -95,16 +95,16 @@ def test_terminology_export(tmp_path: Path) -> None:
 def test_kb_validate_reports_positions(tmp_path: Path) -> None:
     import shutil
 
-    from knowledge_base import bundled_path
+    from tests.conftest import STARTER
 
     kb = tmp_path / "kb"
-    shutil.copytree(bundled_path(), kb)
+    shutil.copytree(STARTER, kb)
     assert run("kb", "validate", str(kb)).returncode == 0
-    rules = kb / "rules" / "precautions.yaml"
+    rules = kb / "rules" / "classification.yaml"
     rules.write_text(rules.read_text().replace("is: peripheralizes", "is: peripheralises"))
     r = run("kb", "validate", str(kb))
     assert r.returncode == 1
-    assert b"rules/precautions.yaml:" in r.stderr and b"peripheralises" in r.stderr
+    assert b"rules/classification.yaml:" in r.stderr and b"peripheralises" in r.stderr
 
 
 def test_kb_schema_export(tmp_path: Path) -> None:

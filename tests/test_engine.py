@@ -51,8 +51,8 @@ def test_de_morgan_and_distribution() -> None:
     ]
 
 
-def test_parameters_are_resolved_at_compile_time(kb: KnowledgeBase) -> None:
-    compiled = compile_knowledge_base(kb)
+def test_parameters_are_resolved_at_compile_time(starter_kb: KnowledgeBase) -> None:
+    compiled = compile_knowledge_base(starter_kb)
     rule = next(r for r in compiled.rules if r.rule_id == "MV-01-ROTARY")
     assert rule.terms == ((Literal("fms-rotary-stability", "le", 1),),)
 
@@ -61,9 +61,9 @@ def _patient(*facts: Fact) -> PatientFacts:
     return PatientFacts.build("Patient/p", AS_OF, facts)
 
 
-def test_missing_is_never_normal(durable: Evaluator, reference: Evaluator) -> None:
+def test_missing_is_never_normal(starter: Evaluator, starter_reference: Evaluator) -> None:
     # nothing answered: the gap alert fires, no emergency, nothing proposed from thin air
-    for ev in (durable, reference):
+    for ev in (starter, starter_reference):
         plan = ev.evaluate(_patient())
         assert [a.code for a in plan.alerts] == ["core-red-flags-unanswered"]
         assert plan.data_gaps[0].missing  # every core item named
@@ -71,8 +71,9 @@ def test_missing_is_never_normal(durable: Evaluator, reference: Evaluator) -> No
 
 
 def test_durable_and_reference_agree_on_a_busy_patient(
-    durable: Evaluator, reference: Evaluator
+    starter: Evaluator, starter_reference: Evaluator
 ) -> None:
+    durable, reference = starter, starter_reference
     p = durable.prepare(_patient(
         Fact("rf-saddle-anaesthesia", True, ("Observation/1",)),
         Fact("fms-rotary-stability.left", 1, ("Observation/2",)),
@@ -137,7 +138,10 @@ def test_errors_inside_actions_fail_the_evaluation(kb_copy: Path) -> None:
     assert plan.kb_version == "0.1.0-conflict"
 
 
-def test_a_changed_knowledge_base_needs_a_new_version(kb_copy: Path, kb: KnowledgeBase) -> None:
+def test_a_changed_knowledge_base_needs_a_new_version(
+    kb_copy: Path, starter_kb: KnowledgeBase
+) -> None:
+    kb = starter_kb
     Evaluator(kb)
     rules = kb_copy / "rules" / "precautions.yaml"
     rules.write_text(rules.read_text().replace("priority: 5", "priority: 6"))

@@ -9,6 +9,7 @@ import pytest
 from cds import KnowledgeBaseError, load_knowledge_base
 from cds._schema_export import schemas
 from knowledge_base import bundled_path
+from tests.conftest import STARTER
 
 
 def test_bundled_knowledge_base_loads_clean() -> None:
@@ -62,11 +63,11 @@ def test_unknown_fact_is_reported_at_the_rule(kb_copy: Path) -> None:
 
 
 def test_bad_operator_points_into_the_condition(kb_copy: Path) -> None:
-    _replace(kb_copy / "rules" / "precautions.yaml", "      is: peripheralizes",
+    _replace(kb_copy / "rules" / "classification.yaml", "      is: peripheralizes",
              "      is: peripheralizes\n      gt: 2")
     (msg,) = _problems(kb_copy)
     assert "exactly one of" in msg and "['is', 'gt']" in msg
-    assert msg.startswith("rules/precautions.yaml:7:7:")
+    assert msg.startswith("rules/classification.yaml:3:7:")
 
 
 def test_duplicate_rule_id_names_the_first(kb_copy: Path) -> None:
@@ -76,7 +77,7 @@ def test_duplicate_rule_id_names_the_first(kb_copy: Path) -> None:
 
 
 def test_rule_without_evidence_is_an_error(kb_copy: Path) -> None:
-    p = kb_copy / "rules" / "precautions.yaml"
+    p = kb_copy / "rules" / "classification.yaml"
     text = p.read_text()
     start = text.index("  - id: CL-04-EXT-DP")
     block = text[start:]
@@ -89,7 +90,7 @@ def test_rule_without_evidence_is_an_error(kb_copy: Path) -> None:
 def test_unknown_exercise_and_alert_codes(kb_copy: Path) -> None:
     _replace(kb_copy / "rules" / "movement-screen.yaml", "exercise: hip-hinge-dowel",
              "exercise: hip-hinge-broom")
-    _replace(kb_copy / "rules" / "precautions.yaml", "code: flexion-peripheralizes",
+    _replace(kb_copy / "rules" / "classification.yaml", "code: flexion-peripheralizes",
              "code: flexion-peripheralises")
     msgs = _problems(kb_copy)
     assert any("unknown exercise 'hip-hinge-broom'" in m for m in msgs)
@@ -97,7 +98,8 @@ def test_unknown_exercise_and_alert_codes(kb_copy: Path) -> None:
 
 
 def test_code_value_not_in_catalog(kb_copy: Path) -> None:
-    _replace(kb_copy / "rules" / "precautions.yaml", "is: peripheralizes", "is: peripheralises")
+    _replace(kb_copy / "rules" / "classification.yaml", "is: peripheralizes",
+             "is: peripheralises")
     (msg,) = _problems(kb_copy)
     assert "has no code ['peripheralises']" in msg
 
@@ -123,7 +125,7 @@ def test_unknown_parameter_and_unknown_override(kb_copy: Path) -> None:
     msgs = _problems(kb_copy)
     assert any("unknown parameter 'fms-deficit-max'" in m for m in msgs)
     with pytest.raises(KnowledgeBaseError, match="unknown parameter 'nope'"):
-        load_knowledge_base(bundled_path(), {"nope": 3})
+        load_knowledge_base(STARTER, {"nope": 3})
 
 
 def test_exercise_regression_must_exist_and_dose_be_complete(kb_copy: Path) -> None:
@@ -183,4 +185,4 @@ def test_catalogs_may_be_split_into_one_file_per_pathway(kb_copy: Path) -> None:
 
 def test_parameter_override_outside_its_range_is_refused() -> None:
     with pytest.raises(KnowledgeBaseError, match="outside its range"):
-        load_knowledge_base(bundled_path(), {"fms-deficit-max-score": 7})
+        load_knowledge_base(STARTER, {"fms-deficit-max-score": 7})

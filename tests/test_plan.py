@@ -70,8 +70,8 @@ def test_bilateral_leg_symptoms_alone_are_not_cauda_equina(durable: Evaluator) -
     assert "suspected-cauda-equina" not in [a.code for a in plan.alerts]
 
 
-def test_recommendation_names_its_rule_and_observations(durable: Evaluator) -> None:
-    plan = durable.evaluate(PatientFacts.build("Patient/p", AS_OF, [
+def test_recommendation_names_its_rule_and_observations(starter: Evaluator) -> None:
+    plan = starter.evaluate(PatientFacts.build("Patient/p", AS_OF, [
         Fact("pattern-lateral-bend.left", 3, ("Observation/lb",)),
         Fact("pattern-lateral-bend.right", 1, ("Observation/lb",)),
         Fact("pain-now", 3, ("Observation/pain",)),
