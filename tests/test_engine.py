@@ -143,8 +143,10 @@ def test_a_changed_knowledge_base_needs_a_new_version(
 ) -> None:
     kb = starter_kb
     Evaluator(kb)
-    rules = kb_copy / "rules" / "precautions.yaml"
-    rules.write_text(rules.read_text().replace("priority: 5", "priority: 6"))
+    rules = kb_copy / "rules" / "classification.yaml"
+    text = rules.read_text()
+    assert "priority: 5" in text
+    rules.write_text(text.replace("priority: 5", "priority: 6"))
     changed = load_knowledge_base(kb_copy)
     assert changed.ruleset_name == kb.ruleset_name
     with pytest.raises(KnowledgeBaseError, match="new version"):

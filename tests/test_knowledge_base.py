@@ -67,7 +67,7 @@ def test_bad_operator_points_into_the_condition(kb_copy: Path) -> None:
              "      is: peripheralizes\n      gt: 2")
     (msg,) = _problems(kb_copy)
     assert "exactly one of" in msg and "['is', 'gt']" in msg
-    assert msg.startswith("rules/classification.yaml:3:7:")
+    assert msg.startswith("rules/classification.yaml:8:7:")
 
 
 def test_duplicate_rule_id_names_the_first(kb_copy: Path) -> None:
@@ -167,10 +167,10 @@ def test_json_schema_export_covers_every_file_kind() -> None:
 
 
 def test_catalogs_may_be_split_into_one_file_per_pathway(kb_copy: Path) -> None:
-    (kb_copy / "alerts").mkdir()
+    (kb_copy / "alerts").mkdir(exist_ok=True)
     (kb_copy / "alerts" / "extra.yaml").write_text(
         "alerts:\n  - code: extra-alert\n    display: Extra\n    definition: d\n")
-    (kb_copy / "parameters").mkdir()
+    (kb_copy / "parameters").mkdir(exist_ok=True)
     (kb_copy / "parameters" / "extra.yaml").write_text(
         "parameters:\n  extra-threshold: {value: 3, tag: M, description: d, min: 0, max: 5}\n")
     kb = load_knowledge_base(kb_copy)
