@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 AS_OF ?= 2026-11-02T09:00:00Z
 
-.PHONY: example test lint bench clean
+.PHONY: example test lint bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+## Rebuild the generated clinical catalog in docs/clinical from the knowledge base.
+docs: $(STAMP)
+	$(BIN)/movement-cds kb docs
 
 ## Benchmarks (figures, not pass/fail): see docs/performance.md.
 bench: $(STAMP)

@@ -142,6 +142,29 @@ def kb_schema(
         typer.echo(str(path))
 
 
+@kb_app.command("docs")
+def kb_docs(
+    directory: Annotated[
+        Path | None, typer.Argument(help="Knowledge-base directory (default: bundled).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Where to write the pages.")] = Path(
+        "docs/clinical"
+    ),
+) -> None:
+    """Rebuild the clinical catalog (rules, exercises, parameters) from the knowledge base."""
+    from cds._catalog_docs import write_catalog
+    from movement_cds._docs import catalog_pages
+
+    try:
+        pages = catalog_pages(directory or bundled_path())
+    except KnowledgeBaseError as e:
+        for p in e.problems:
+            typer.echo(str(p), err=True)
+        _fail(f"knowledge base invalid: {directory or bundled_path()}")
+    for path in write_catalog(pages, out):
+        typer.echo(str(path))
+
+
 @kb_app.command("validate")
 def kb_validate(
     directory: Annotated[
