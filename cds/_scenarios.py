@@ -239,7 +239,10 @@ def run_scenarios(
             if sc.bundle is not None:
                 if reader is None:
                     raise MovementCDSError("this runner cannot read FHIR bundles")
-                patient = reader((root / rel).parent / sc.bundle, as_of)
+                path = (root / rel).parent / sc.bundle
+                if not path.is_file():
+                    raise MovementCDSError(f"bundle file not found: {sc.bundle}")
+                patient = reader(path, as_of)
             else:
                 patient = PatientFacts.build(f"Patient/{sc.id}", as_of, _facts_of(sc, evaluator))
             out.plan = evaluator.evaluate(patient)

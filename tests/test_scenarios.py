@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from cds import Evaluator, Fact, KnowledgeBase, PatientFacts, Plan
-from cds._scenarios import Scenario, check_scenario, load_scenarios, run_scenarios
+from cds._scenarios import Scenario, check_scenario, load_scenarios
 from knowledge_base import bundled_path
+from movement_cds._kbtools import run_all_scenarios
 from tests.patients import AS_OF
 
 SCENARIOS = load_scenarios(bundled_path())
@@ -17,7 +18,7 @@ SCENARIOS = load_scenarios(bundled_path())
 def test_scenario(scenario_id: str, engine: str, durable: Evaluator,
                   reference: Evaluator) -> None:
     ev = durable if engine == "durable" else reference
-    (outcome,) = run_scenarios(ev, bundled_path(), only={scenario_id})
+    (outcome,) = run_all_scenarios(ev, bundled_path(), only={scenario_id})
     assert outcome.error is None, outcome.error
     assert outcome.passed, "\n".join(outcome.failures)
 
