@@ -147,6 +147,12 @@ class FactDefinition(_Model):
     unit: str | None = None
     bilateral: bool = False
     coding: Coding | None = Field(default=None, description="The input code that carries it.")
+    max_age_days: float | Param | None = Field(
+        default=None,
+        alias="max-age-days",
+        description="An answer older than this (at the as-of instant) is stale and counts as "
+        "missing, so it is asked again; never read as current.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> FactDefinition:

@@ -442,6 +442,14 @@ def _cross_check(kb: KnowledgeBase, rules: list[Rule]) -> list[KnowledgeBaseProb
     if len(order) != len(strata):
         out.append(KnowledgeBaseProblem("manifest.yaml", None, None, "strata repeat a name"))
 
+    for fd in kb.facts.values():
+        if isinstance(fd.max_age_days, Param) and fd.max_age_days.param not in kb.parameters:
+            loc = kb.locations.get(f"facts:{fd.name}", Located("facts.yaml", None, None))
+            out.append(KnowledgeBaseProblem(
+                loc.file, loc.line, loc.column,
+                f"fact '{fd.name}': max-age-days names unknown parameter "
+                f"'{fd.max_age_days.param}'"))
+
     for ex in kb.exercises.values():
         for rel, target in (("easier", ex.easier), ("harder", ex.harder)):
             if target is not None and target not in kb.exercises:

@@ -131,6 +131,7 @@ from fhir.resources.R4B.patient import Patient
 from pydantic import BaseModel, ValidationError
 
 from cds import Fact, InputIssue, KnowledgeBase, PatientFacts
+from cds._kb_schema import Param
 from fhir_adapters._errors import InvalidBundleError
 
 __all__ = ["read_bundle"]
@@ -200,6 +201,7 @@ class _Spec:
     unit: str | None = None
     bilateral: bool = False
     provoked: bool = False  # accepts a screen#lbp-provoked component
+    max_age_days: float | None = None  # older answers are stale: they count as missing
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,7 @@ class InputMap:
                 unit=d.unit,
                 bilateral=d.bilateral,
                 provoked=name.startswith(("fms-", "pattern-")),
+                max_age_days=_max_age(kb, d.max_age_days),
             )
             if name == "age":
                 age = spec
@@ -244,6 +247,12 @@ class InputMap:
             else:
                 observations[key] = spec
         return InputMap(observations, conditions, age, sex)
+
+
+def _max_age(kb: KnowledgeBase, raw: float | Param | None) -> float | None:
+    if raw is None:
+        return None
+    return float(kb.parameter(raw.param)) if isinstance(raw, Param) else float(raw)
 
 
 _MAPS: dict[int, tuple[weakref.ref[KnowledgeBase], object, InputMap]] = {}
@@ -667,6 +676,17 @@ class _Reader:
         return 0, _UNDATED, 0
 
     def use_latest(self, candidates: list[_Candidate]) -> None:
+        # what was recorded after the as-of instant did not exist then (reproducible runs)
+        current = []
+        for c in candidates:
+            if c.key[0] and c.key[1] > self.as_of:
+                self.note(c.entry, "information", "informational",
+                          "recorded after the as-of instant; ignored")
+            else:
+                current.append(c)
+        if not current:
+            return
+        candidates = current
         top = max(c.key for c in candidates)
         tied = [c for c in candidates if c.key == top]
         winner = max(tied, key=lambda c: c.canonical) if len(tied) > 1 else tied[0]
@@ -682,6 +702,15 @@ class _Reader:
             if c.entry.ref is not None and c.entry.ref == winner.entry.ref:
                 why = "duplicate entry of the same resource; one copy is used"
             self.note(c.entry, "information", "informational", f"{why}; ignored")
+        limit = winner.spec.max_age_days
+        if limit is not None and winner.key[0]:
+            age_days = (self.as_of - winner.key[1]).total_seconds() / 86400
+            if age_days > limit:
+                self.note(winner.entry, "warning", "business-rule",
+                          f"recorded {age_days:.0f} days before the as-of instant, older than "
+                          f"the {limit:g}-day limit for {winner.spec.name} (configurable): "
+                          "stale, so it counts as missing and should be asked again")
+                return
         self.use(winner)
 
     def use(self, c: _Candidate) -> None:

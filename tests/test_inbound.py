@@ -332,7 +332,7 @@ def test_unrecognised_status_is_ignored_with_a_warning(kb: KnowledgeBase, status
 
 
 def test_entered_in_error_never_wins_even_when_newer(kb: KnowledgeBase) -> None:
-    pf = read(kb, patient(), pain(2, oid="old", effective="2026-10-01"),
+    pf = read(kb, patient(), pain(2, oid="old", effective="2026-10-20"),
               pain(9, oid="eie", status="entered-in-error", effective="2026-11-01"))
     assert pf.by_name()["pain-now"].value == 2
     assert pf.by_name()["pain-now"].sources == ("Observation/old",)
@@ -354,7 +354,7 @@ def test_latest_wins_and_the_older_one_is_reported(kb: KnowledgeBase) -> None:
 def test_undated_loses_to_dated(kb: KnowledgeBase) -> None:
     for order in (1, -1):
         obs = [pain(7, oid="undated", effective=None),
-               pain(2, oid="dated", effective="2020-01-01")][::order]
+               pain(2, oid="dated", effective="2026-10-20")][::order]
         pf = read(kb, patient(), *obs)
         assert pf.by_name()["pain-now"].value == 2
         assert "superseded" in one_issue(pf, "Observation/undated").message
@@ -384,7 +384,9 @@ def test_partial_dates_count_from_their_start_and_lose_ties_to_precise_ones(
     assert facts(read(kb, patient(), midnight, day, month))["pain-now"] == 7
     assert facts(read(kb, patient(), month, day))["pain-now"] == 6
     later_month = pain(8, oid="dec", effective="2026-12")
-    assert facts(read(kb, patient(), later_month, midnight))["pain-now"] == 8
+    december = datetime(2026, 12, 15, tzinfo=UTC)  # after both, so neither is in the future
+    pf = read_bundle(bundle(patient(), later_month, midnight), kb=kb, as_of=december)
+    assert facts(pf)["pain-now"] == 8
 
 
 def test_ties_are_broken_by_reference_whatever_the_order(kb: KnowledgeBase) -> None:
@@ -419,7 +421,7 @@ def test_duplicate_entries_of_one_resource_are_used_once(kb: KnowledgeBase) -> N
 
 def test_unreadable_date_is_reported_and_treated_as_undated(kb: KnowledgeBase) -> None:
     odd = pain(9, oid="odd", effective="2026-13-01")
-    good = pain(2, oid="good", effective="2020-01-01")
+    good = pain(2, oid="good", effective="2026-10-20")
     pf = read(kb, patient(), odd, good, strict_fhir=False)
     assert facts(pf)["pain-now"] == 2
     assert any("effectiveDateTime" in i.message for i in issues_at(pf, "Observation/odd"))
@@ -1116,3 +1118,44 @@ def test_examples_with_one_element_replaced_by_junk(
             node = node[step]
         node[path[-1]] = data.draw(fhirish | json_values)
     _only_invalid_bundle_error(kb, b, validate)
+
+
+# --- how old is this finding (as-of instant) ---------------------------------------------
+
+
+def test_stale_red_flag_answer_counts_as_missing(kb: KnowledgeBase) -> None:
+    limit = kb.parameter("red-flag-max-age-days")
+    old = observation("rf-fever", False, effective="2026-09-01T09:00:00Z")
+    fresh = observation("rf-foot-drop", False, effective="2026-10-30T09:00:00Z")
+    pf = read(kb, patient(), old, fresh)
+    assert "rf-fever" not in facts(pf) and facts(pf)["rf-foot-drop"] is False
+    issue = one_issue(pf, "Observation/obs-rf-fever")
+    assert issue.severity == "warning" and f"{limit:g}-day limit" in issue.message
+    # the same answer evaluated as of a date within the limit is current
+    pf = read_bundle(bundle(patient(), old), kb=kb,
+                     as_of=datetime(2026, 9, 5, tzinfo=UTC))
+    assert facts(pf)["rf-fever"] is False
+
+
+def test_stale_answer_is_not_replaced_by_an_even_older_one(kb: KnowledgeBase) -> None:
+    older = observation("pain-now", 2, oid="p-old", effective="2026-06-01T09:00:00Z")
+    old = observation("pain-now", 3, oid="p-new", effective="2026-08-01T09:00:00Z")
+    pf = read(kb, patient(), older, old)
+    assert "pain-now" not in facts(pf)
+
+
+def test_observation_after_the_as_of_instant_is_ignored(kb: KnowledgeBase) -> None:
+    before = observation("pain-now", 3, oid="p-before", effective="2026-11-01T09:00:00Z")
+    after = observation("pain-now", 9, oid="p-after", effective="2026-11-05T09:00:00Z")
+    pf = read(kb, patient(), before, after)
+    assert facts(pf)["pain-now"] == 3
+    assert "after the as-of instant" in one_issue(pf, "Observation/p-after").message
+
+
+def test_max_age_is_a_configurable_parameter() -> None:
+    from cds import load_knowledge_base
+    from knowledge_base import bundled_path
+
+    lenient = load_knowledge_base(bundled_path(), {"red-flag-max-age-days": 120})
+    old = observation("rf-fever", False, effective="2026-09-01T09:00:00Z")
+    assert facts(read(lenient, patient(), old))["rf-fever"] is False
