@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cds import Evaluator, Fact, KnowledgeBase, PatientFacts, Plan
-from cds._scenarios import Scenario, check_scenario, load_scenarios
+from cds._scenarios import Scenario, ScenarioOutcome, check_scenario, load_scenarios
 from knowledge_base import bundled_path
 from movement_cds._kbtools import run_all_scenarios
 from tests.patients import AS_OF
@@ -13,14 +13,30 @@ from tests.patients import AS_OF
 SCENARIOS = load_scenarios(bundled_path())
 
 
+@pytest.fixture(scope="module")
+def outcomes(durable: Evaluator, reference: Evaluator) -> dict[str, dict[str, ScenarioOutcome]]:
+    """Every scenario run once per engine."""
+    return {
+        name: {o.scenario.id: o for o in run_all_scenarios(ev, bundled_path())}
+        for name, ev in (("durable", durable), ("reference", reference))
+    }
+
+
 @pytest.mark.parametrize("engine", ["durable", "reference"])
 @pytest.mark.parametrize("scenario_id", [sc.id for sc, _, _ in SCENARIOS])
-def test_scenario(scenario_id: str, engine: str, durable: Evaluator,
-                  reference: Evaluator) -> None:
-    ev = durable if engine == "durable" else reference
-    (outcome,) = run_all_scenarios(ev, bundled_path(), only={scenario_id})
+def test_scenario(
+    scenario_id: str, engine: str, outcomes: dict[str, dict[str, ScenarioOutcome]]
+) -> None:
+    outcome = outcomes[engine][scenario_id]
     assert outcome.error is None, outcome.error
-    assert outcome.passed, "\n".join(outcome.failures)
+    assert outcome.passed, f"{outcome.file}:{outcome.line}\n" + "\n".join(outcome.failures)
+
+
+def test_both_engines_give_identical_plans(
+    outcomes: dict[str, dict[str, ScenarioOutcome]]
+) -> None:
+    for sid, o in outcomes["durable"].items():
+        assert o.plan == outcomes["reference"][sid].plan, sid
 
 
 def test_every_rule_has_a_scenario(kb: KnowledgeBase) -> None:
@@ -41,3 +57,11 @@ def test_a_wrong_expectation_fails_with_expected_and_actual(durable: Evaluator) 
     assert any(f.startswith("most urgent referral: expected routine, got stat") for f in fails)
     assert any(f.startswith("exercise held: expected False, got True") for f in fails)
     assert any(f.startswith("alerts: expected ['nope']") for f in fails)
+
+
+def test_starter_fixture_scenarios_pass(starter: Evaluator) -> None:
+    from tests.conftest import STARTER
+
+    failed = [(o.scenario.id, o.error or o.failures)
+              for o in run_all_scenarios(starter, STARTER) if not o.passed]
+    assert not failed
