@@ -27,10 +27,13 @@ def test_red_flags_always_hold_exercise(
     plan = durable.evaluate(PatientFacts.build("Patient/p", AS_OF, data.draw(fact_strategy(kb))))
     holding = [a for a in plan.alerts
                if a.referral is not None and a.referral.priority in HOLDING_PRIORITIES]
-    if holding:
+    for a in holding:
+        assert a.holds_exercise, a.code  # a holding referral always holds, whatever the KB says
+    if any(a.holds_exercise for a in plan.alerts):
         assert plan.exercise_held
         assert all(e.status == "on-hold" for e in plan.exercises)
     else:
+        assert not holding
         assert all(e.status == "proposed" for e in plan.exercises)
 
 
