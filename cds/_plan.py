@@ -1,5 +1,10 @@
 """The plan: what the clinician is shown, resolved from what the rules derived.
 
+Order and size: recommendations backed by evidence read in a source (tag R or S, strength
+moderate or strong) come before expert heuristics, then by rule order (stratum, priority);
+one exercise per purpose; at most the smallest programme limit that applies. What is left
+out is listed as deferred, with the reason.
+
 The safety policy lives here, not in the rules, so no knowledge base can switch it off:
 - an alert that calls for a ``stat``, ``asap`` or ``urgent`` referral (or says it holds
   exercise) puts every exercise on hold: the referral is the plan;
@@ -307,7 +312,15 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
         )
 
     # recommendations: ordered by the best-priority rule that recommended them
-    rank = {r.id: (i, r.priority) for i, r in enumerate(kb.rules)}
+    # evidence first: a recommendation backed by read evidence of moderate or strong
+    # strength ranks before expert heuristics; then rule order (stratum, priority)
+    def tier(rule_id: str) -> int:
+        ev = kb.rule(rule_id).evidence
+        backed = any(e.tag.value in ("R", "S") and e.strength.value in ("strong", "moderate")
+                     for e in ev)
+        return 0 if backed else 1
+
+    rank = {r.id: (tier(r.id), i) for i, r in enumerate(kb.rules)}
     proposed: list[tuple[tuple[int, int], PlannedExercise]] = []
     for name in sorted(n for n in derived if n.startswith("recommend.")):
         ex_id = name.split(".", 1)[1]

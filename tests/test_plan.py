@@ -147,3 +147,34 @@ def test_one_exercise_per_purpose_and_programme_limit(kb_copy: Path) -> None:
     assert {d.exercise_id for d in narrow.deferred} == (
         {e.exercise_id for e in wide.exercises} - {e.exercise_id for e in narrow.exercises})
     assert all("minimal programme" in d.reason for d in narrow.deferred)
+
+
+def test_evidence_backed_recommendations_outrank_heuristics(kb_copy: Path) -> None:
+    manifest = kb_copy / "manifest.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 0.1.0", "version: 0.1.0-tier"))
+    (kb_copy / "rules" / "tier.yaml").write_text("""rules:
+  - id: XX-01-HEURISTIC
+    title: heuristic first by priority
+    stratum: selection
+    priority: 0
+    when: {fact: pain-now, ge: 0}
+    then: [{recommend: {exercise: goblet-squat, why: heuristic}}]
+    evidence: [{id: "PMID:1", citation: c, tag: M, strength: expert-opinion}]
+  - id: XX-02-GRADED
+    title: graded recommendation later by priority
+    stratum: selection
+    priority: 90
+    when: {fact: pain-now, ge: 0}
+    then: [{recommend: {exercise: hip-hinge-dowel, why: graded}}]
+    evidence: [{id: "PMID:2", citation: c, tag: R, strength: strong, grade: A}]
+  - id: XX-03-ONE
+    title: room for one
+    stratum: selection
+    when: {fact: pain-now, ge: 0}
+    then: [{plan-limit: {max-exercises: 1, why: test}}]
+    evidence: [{id: "PMID:3", citation: c, tag: M, strength: weak}]
+""")
+    plan = Evaluator(load_knowledge_base(kb_copy)).evaluate(
+        PatientFacts.build("Patient/p", AS_OF, [Fact("pain-now", 2)]))
+    assert [e.exercise_id for e in plan.exercises] == ["hip-hinge-dowel"]
+    assert [d.exercise_id for d in plan.deferred] == ["goblet-squat"]
