@@ -1,15 +1,44 @@
 """Scores computed from the recorded items before the rules run.
 
 These are arithmetic, not judgement: the lower side of a bilateral test, the asymmetry
-between sides, a painful clearing test scoring its parent test 0, STarT Back totals from
-items. Keeping them here means the rules compare plain numbers.
+between sides, a painful clearing test scoring its parent test 0, the FMS total and the
+STarT Back totals from items. Keeping them here means the rules compare plain numbers.
+Which score *means* what (a deficit, a pain finding, the LBP-specific scoring) is for the
+rules to say.
+
+Bilateral facts (``NAME.left``, ``NAME.right``; ``NAME`` alone is a top-level value):
+
+- a numeric test's ``NAME`` is its final score, the *lower* of everything recorded: both
+  sides and any top-level value (the input contract reads a top-level value as the final,
+  lower-side score). ``NAME.asymmetry`` is ``|left - right|`` when both sides are numbers
+  and a side's real score is not in doubt;
+- with only one side recorded (and no top-level value) ``NAME`` is that side's value. It is
+  an *upper bound* of the lower side: a rule may read ``NAME <= x`` as "the lower side is at
+  most x", but ``NAME >= x`` does not show that both sides reach x (a "good enough" gate
+  must also ask for both sides, ``NAME.left`` and ``NAME.right``). No asymmetry then;
+- a boolean test (a clearing test, true = painful) is true when either side is true, false
+  only when both sides (or the top-level value) say false; it has no asymmetry.
+
+Clearing tests (true = painful) score their parent 0:
+
+- a sided clearing test (``clear-shoulder.left``) scores that side of the parent 0, and so
+  the parent's final score;
+- the same test sent without a side scores the parent's final score 0; which side hurt is
+  unknown, so no asymmetry is derived for the parent (never a made-up "symmetric");
+- a whole-test clearing test (spinal extension, spinal flexion) scores the parent 0: the
+  final score and each recorded side.
+
+The FMS total is the sum of the seven final scores, computed only when each of them is
+known (both sides, a top-level value, a painful clearing test, or one side at 0, the
+floor); a sum over an upper bound would overstate it. STarT Back totals are computed only
+from all nine items.
 """
 
 from __future__ import annotations
 
 from cds._facts import Fact, Scalar
 
-__all__ = ["derive_scores"]
+__all__ = ["CLEARING", "FMS_TESTS", "derive_scores"]
 
 # clearing test -> the FMS test it scores 0 when painful
 CLEARING = {
@@ -21,49 +50,103 @@ FMS_TESTS = (
     "fms-deep-squat", "fms-hurdle-step", "fms-inline-lunge", "fms-shoulder-mobility",
     "fms-active-slr", "fms-trunk-stability-pushup", "fms-rotary-stability",
 )
+SIDES = (".left", ".right")
 
 
 def _src(*facts: Fact | None) -> tuple[str, ...]:
     return tuple(sorted({s for f in facts if f is not None for s in f.sources}))
 
 
+def _number(f: Fact | None) -> bool:
+    return f is not None and isinstance(f.value, int | float) and not isinstance(f.value, bool)
+
+
+def _num(f: Fact) -> int | float:
+    v = f.value
+    assert isinstance(v, int | float) and not isinstance(v, bool)
+    return v
+
+
 def derive_scores(facts: list[Fact], bilateral: set[str]) -> list[Fact]:
     by = {f.name: f for f in facts}
+    sent = set(by)
 
     def put(name: str, value: Scalar, *src: Fact | None) -> None:
         prelim = any(f.preliminary for f in src if f is not None)
         by[name] = Fact(name, value, _src(*src), prelim)
 
-    # clearing tests: a painful one scores its parent 0 (per side when the clearing is sided)
+    # tests whose final score is known although a side is missing or in doubt (clearing)
+    final_known: set[str] = set()
+    # tests whose per-side scores no longer show the real asymmetry
+    no_asymmetry: set[str] = set()
+    # the clearing facts that zeroed each parent's final score
+    zeroed_by: dict[str, list[Fact]] = {}
+
+    # 1. clearing tests: a painful one scores its parent 0
     for clear, parent in CLEARING.items():
-        for side in ("", ".left", ".right"):
+        sided_clear = clear in bilateral
+        parent_sided = parent in bilateral
+        for side in ("", *SIDES):
             c = by.get(clear + side)
-            if c is not None and c.value is True:
-                if side and parent in bilateral:
-                    put(parent + side, 0, c, by.get(parent + side))
-                elif not side:
-                    if parent in bilateral:
-                        for s in (".left", ".right"):
-                            if parent + s in by:
-                                put(parent + s, 0, c, by[parent + s])
-                    put(parent, 0, c, by.get(parent))
-    # bilateral: lower side is the score; asymmetry is the difference
+            if c is None or c.value is not True:
+                continue
+            if side and parent_sided:
+                # that side only
+                put(parent + side, 0, c, by.get(parent + side))
+            elif not side and sided_clear and parent_sided:
+                # painful, side not given: the final score is 0; which side is unknown
+                no_asymmetry.add(parent)
+            elif parent_sided:
+                # a whole-test clearing test: the final score and every recorded side
+                for s in SIDES:
+                    if parent + s in by:
+                        put(parent + s, 0, c, by[parent + s])
+            zeroed_by.setdefault(parent, []).append(c)
+            final_known.add(parent)
+
+    # 2. bilateral facts: the final (lower-side) score and the asymmetry
     for name in sorted(bilateral):
-        left, right = by.get(name + ".left"), by.get(name + ".right")
-        if left is not None and right is not None:
-            lv, rv = left.value, right.value
-            if isinstance(lv, int | float) and isinstance(rv, int | float):
-                put(name, min(lv, rv), left, right, by.get(name))
-                put(name + ".asymmetry", abs(lv - rv), left, right)
-        elif (left or right) is not None and name not in by:
-            one = left or right
-            assert one is not None
-            put(name, one.value, one)
-    # FMS total from the seven tests when not sent
-    if "fms-total" not in by and all(t in by for t in FMS_TESTS):
+        left, right, top = by.get(name + ".left"), by.get(name + ".right"), by.get(name)
+        sides = [f for f in (left, right) if f is not None]
+        if not sides:
+            continue
+        if all(isinstance(f.value, bool) for f in sides) and (
+            top is None or isinstance(top.value, bool)
+        ):
+            # a boolean test (true = painful / positive): either side true makes it true
+            if any(f.value is True for f in sides):
+                put(name, True, *[f for f in sides if f.value is True])
+            elif top is None and len(sides) == 2:
+                put(name, False, *sides)
+            continue
+        if not all(_number(f) for f in sides) or (top is not None and not _number(top)):
+            continue  # mixed types: nothing sensible to compute
+        values = [_num(f) for f in sides] + ([_num(top)] if top is not None else [])
+        lowest = min(values)
+        put(name, lowest, *sides, top)
+        if left is not None and right is not None and name not in no_asymmetry:
+            put(name + ".asymmetry", abs(_num(left) - _num(right)), left, right)
+        if len(sides) == 2 or top is not None or lowest == 0:
+            final_known.add(name)  # 0 is the floor: one side at 0 settles the lower side
+
+    # 3. a painful clearing test: the final score is 0 whatever the sides say
+    for parent, clears in zeroed_by.items():
+        put(parent, 0, *clears, by.get(parent), by.get(parent + ".left"),
+            by.get(parent + ".right"))
+
+    # 4. the FMS total from the seven final scores, when each is known and it was not sent
+    def known_final(t: str) -> bool:
+        if not _number(by.get(t)):
+            return False
+        if t not in bilateral:
+            return True
+        return t in sent or t in final_known
+
+    if "fms-total" not in by and all(known_final(t) for t in FMS_TESTS):
         parts = [by[t] for t in FMS_TESTS]
         put("fms-total", sum(int(p.value) for p in parts), *parts)
-    # STarT Back totals from items when not sent
+
+    # 5. STarT Back totals from all nine items, when not sent
     items = [by.get(f"startback-item-{i}") for i in range(1, 10)]
     if all(i is not None for i in items):
         if "startback-total" not in by:
@@ -72,4 +155,3 @@ def derive_scores(facts: list[Fact], bilateral: set[str]) -> list[Fact]:
             sub = items[4:]
             put("startback-psychosocial", sum(1 for i in sub if i and i.value is True), *sub)
     return sorted(by.values(), key=lambda f: f.name)
-

@@ -3,19 +3,29 @@ no empty elements, FHIR R4 validity (re-validated here, resource by resource).""
 
 from __future__ import annotations
 
+import collections
+import copy
+import dataclasses
 import importlib
 import json
+import pkgutil
 import random
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.reference import Reference
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import model_validator
 
 from cds import Evaluator, Fact, InputIssue, KnowledgeBase, PatientFacts, Plan
+from fhir_adapters import InvalidBundleError, _outbound, read_bundle
 from fhir_adapters._outbound import (
     ALERT_SYSTEM,
     EXERCISE_SYSTEM,
@@ -161,7 +171,7 @@ def check_common(plan: Plan, bundle: dict[str, Any]) -> None:
 def test_plan_without_alerts(durable: Evaluator) -> None:
     facts = [*all_clear(), Fact("fms-rotary-stability", 1, ("Observation/rot",)),
              Fact("pattern-hinge", 1, ("Observation/hinge",)),
-             Fact("pain-now", 3, ("Observation/p",))]
+             Fact("pain-now", 3, ("Observation/p",)), Fact("odi-score", 20.0, ("Observation/o",))]
     plan = evaluate(durable, facts)
     assert not plan.alerts and plan.exercises
     b = write_bundle(plan, durable.kb)
@@ -468,3 +478,302 @@ def test_any_catalog_patient_gives_valid_safe_output(
                                                AS_OF, facts))
     b = write_bundle(plan, kb)
     check_common(plan, b)
+
+
+# --- validation: node by node (the default) == Bundle.model_validate (full_validation) --------
+#
+# write_bundle validates node by node: each node's shape (cached) and every primitive value
+# (every call); see "Validation" in fhir_adapters/_outbound.py. These tests hold it to the
+# verdict of Bundle.model_validate on the same output, valid or not.
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def example_plans(ev: Evaluator) -> list[Plan]:
+    plans = []
+    for path in sorted(EXAMPLES.glob("*.json")):
+        try:
+            patient = read_bundle(json.loads(path.read_text()), kb=ev.kb, as_of=AS_OF)
+        except InvalidBundleError:
+            continue
+        plans.append(ev.evaluate(patient))
+    assert len(plans) >= 5
+    return plans
+
+
+def outcome(plan: Plan, kb: KnowledgeBase, *, full: bool) -> str:
+    """The Bundle as sorted JSON, or the error type if there is none."""
+    try:
+        return json.dumps(write_bundle(plan, kb, full_validation=full), sort_keys=True)
+    except OutputValidationError:
+        return "OutputValidationError"
+
+
+def fast_verdict(bundle: Any) -> bool:
+    try:
+        _outbound._check_fast(bundle)
+    except Exception:
+        return False
+    return True
+
+
+def full_verdict(bundle: Any) -> bool:
+    try:
+        Bundle.model_validate(bundle)
+    except Exception:
+        return False
+    return True
+
+
+def test_examples_fast_and_full_validation_give_the_same_bundles(durable: Evaluator) -> None:
+    for plan in example_plans(durable):
+        fast = outcome(plan, durable.kb, full=False)
+        assert fast != "OutputValidationError"
+        assert fast == outcome(plan, durable.kb, full=True)
+        b = json.loads(fast)
+        assert fast_verdict(b) and full_verdict(b)
+
+
+_ISSUE_CODES = ["value", "informational", "processing", "no-such-issue-type", "two  spaces"]
+
+
+@SETTINGS
+@given(patient=plausible_patient(), codes=st.lists(st.sampled_from(_ISSUE_CODES), max_size=2))
+def test_any_plan_fast_and_full_validation_agree(
+    durable: Evaluator, kb: KnowledgeBase, patient: PatientFacts, codes: list[str]
+) -> None:
+    issues = [InputIssue("warning", c, f"issue {c}", None) for c in codes]
+    patient = PatientFacts.build(patient.subject, patient.as_of, list(patient.facts), issues)
+    plan = durable.evaluate(patient)
+    fast = outcome(plan, kb, full=False)
+    assert fast == outcome(plan, kb, full=True)
+    assert (fast == "OutputValidationError") == any(c not in _ISSUE_CODES[:3] for c in codes)
+
+
+def renamed(text: str, prefix: str) -> str:
+    """A FHIR Bundle's text with every resource id (and so every reference) changed."""
+    for rid in set(re.findall(r'"id": "([^"]+)"', text)):
+        text = text.replace(f'"id": "{rid}"', f'"id": "{prefix}-{rid}"').replace(
+            f'/{rid}"', f'/{prefix}-{rid}"')
+    return text
+
+
+def test_a_new_patient_needs_no_new_shape(durable: Evaluator) -> None:
+    """What varies per patient (ids, references, dates, texts) is checked as values, so a
+    patient never seen before hits the shape cache (the point of the cache)."""
+    text = (EXAMPLES / "example-patient.json").read_text()
+    first = durable.evaluate(read_bundle(json.loads(text), kb=durable.kb, as_of=AS_OF))
+    write_bundle(first, durable.kb)
+    seen = len(_outbound._SHAPES)
+    other = json.loads(renamed(text, "p-2"))
+    plan = durable.evaluate(read_bundle(other, kb=durable.kb, as_of=AS_OF + timedelta(days=3)))
+    b = write_bundle(plan, durable.kb)
+    assert careplan(b)["subject"]["reference"] == "Patient/p-2-example-patient"
+    sources = {s for f in plan.facts for s in f.sources}
+    assert sources and not sources & {s for f in first.facts for s in f.sources}
+    assert not _ids(b) & _ids(write_bundle(first, durable.kb))
+    assert len(_outbound._SHAPES) == seen
+
+
+# the values a mutation puts somewhere in a valid Bundle
+_JUNK: list[Any] = [
+    "", " ", "two  spaces", " lead", "trail\n", "\x00", "é", 0, -1, 1, 2**31, -(2**31) - 1, 1.5,
+    True, False, None, [], {}, {"x": 1}, ["a"], [None], [{}], "2026-02-30", "2026-11-02T09:00:00",
+    "2026-11-02T09:00:00Z", "2026", "not-a-date", "on  hold", {"reference": "x"},
+    [{"reference": 1}], {"text": "t"}, "12", "true", '{"reference": "Patient/p"}',
+    {"resourceType": "Basic", "code": {"text": "x"}}, {"resourceType": "NoSuchResource"},
+    {"url": "u", "valueString": "s"}, {"url": "u", "valueString": "s", "valueBoolean": True},
+]
+_KEYS = ["valueBoolean", "valueString", "valueInteger", "extension", "id", "resourceType",
+         "bogus", "_status", "status__ext", "fhir_comments", "reference", "display", "text",
+         "coding", "status", "url", "scheduledString", "scheduledPeriod"]
+
+
+def _nodes(x: Any, path: tuple[Any, ...] = ()) -> Iterable[tuple[tuple[Any, ...], Any]]:
+    yield path, x
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from _nodes(v, (*path, k))
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            yield from _nodes(v, (*path, i))
+
+
+@st.composite
+def mutated(draw: st.DrawFn, bases: list[dict[str, Any]]) -> dict[str, Any]:
+    b = copy.deepcopy(draw(st.sampled_from(bases)))
+    for _ in range(draw(st.integers(1, 3))):
+        path, node = draw(st.sampled_from(list(_nodes(b))))
+        junk = copy.deepcopy(draw(st.sampled_from(_JUNK)))
+        how = draw(st.sampled_from(["set", "delete", "append", "replace"]))
+        if isinstance(node, dict) and how == "set":
+            node[draw(st.sampled_from(_KEYS + sorted(node)))] = junk
+        elif isinstance(node, dict) and how == "delete" and node:
+            del node[draw(st.sampled_from(sorted(node)))]
+        elif isinstance(node, list) and how == "append":
+            node.append(copy.deepcopy(node[0]) if node and draw(st.booleans()) else junk)
+        elif path:
+            parent: Any = b
+            for k in path[:-1]:
+                parent = parent[k]
+            parent[path[-1]] = junk
+    return b
+
+
+@pytest.fixture(scope="module")
+def example_bundles(durable: Evaluator) -> list[dict[str, Any]]:
+    return [write_bundle(p, durable.kb) for p in example_plans(durable)]
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_fast_validation_has_the_verdict_of_bundle_model_validate(
+    example_bundles: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    """Any Bundle, valid or not, after the shape cache has seen the valid ones."""
+    b = data.draw(mutated(example_bundles))
+    assert fast_verdict(b) == full_verdict(b)
+
+
+# mutations of what write_bundle writes, per-call parts and knowledge-base constant parts: each
+# must be refused on the fast path, after the cache has seen the valid version
+
+
+def _wrap(monkeypatch: pytest.MonkeyPatch, name: str, change: Any) -> None:
+    original = getattr(_outbound._Writer, name)
+
+    def wrapped(self: Any, *args: Any) -> Any:
+        out = original(self, *args)
+        change(out)
+        return out
+
+    monkeypatch.setattr(_outbound._Writer, name, wrapped)
+
+
+def _first_detail(cp: dict[str, Any]) -> dict[str, Any]:
+    return next(a["detail"] for a in cp["activity"] if "detail" in a)
+
+
+def _set_period_unit(activity: dict[str, Any], unit: str) -> None:
+    activity["detail"]["scheduledTiming"]["repeat"]["periodUnit"] = unit
+
+
+PER_CALL_MUTATIONS: dict[str, tuple[str, Any]] = {
+    "status not a code": ("careplan", lambda cp: _first_detail(cp).update(status="on  hold")),
+    "reference not a string": ("careplan", lambda cp: cp["subject"].update(reference=42)),
+    "reason reference not a string": (
+        "careplan", lambda cp: _first_detail(cp)["reasonReference"][0].update(reference=7)),
+    "bad dateTime": ("careplan", lambda cp: cp.update(created="2026-02-30T09:00:00Z")),
+    "bad id": ("careplan", lambda cp: cp.update(id="not an id!")),
+    "text not a string": ("careplan", lambda cp: cp.update(title=["a", "b"])),
+    "status missing": ("careplan", lambda cp: _first_detail(cp).update(status=None)),
+    "provenance entity role": (
+        "provenance", lambda pr: pr["entity"][-1].update(role="source  x")),
+    "recorded not an instant": ("provenance", lambda pr: pr.update(recorded="2026-11-02")),
+    # the constant part of an exercise activity (the same for every patient)
+    "timing unit not a code": ("exercise_activity", lambda a: _set_period_unit(a, "w  k")),
+    "two value[x] in the dose": (
+        "exercise_activity",
+        lambda a: a["detail"]["extension"][0]["extension"][0].update(valueString="3")),
+    "exercise code not a code": (
+        "exercise_activity",
+        lambda a: a["detail"]["code"]["coding"][0].update(code="bird dog  x")),
+    "unknown element": ("exercise_activity", lambda a: a["detail"].update(dosage="daily")),
+    "activity with reference and detail": (
+        "exercise_activity", lambda a: a.update(reference={"reference": "ServiceRequest/x"})),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PER_CALL_MUTATIONS))
+def test_an_invalid_part_is_refused_after_the_valid_one_was_cached(
+    durable: Evaluator, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    text = (EXAMPLES / "example-patient.json").read_text()
+    plan = durable.evaluate(read_bundle(json.loads(text), kb=durable.kb, as_of=AS_OF))
+    assert plan.exercises
+    write_bundle(plan, durable.kb)  # warm: every shape of the valid Bundle is cached
+    method, change = PER_CALL_MUTATIONS[name]
+    _wrap(monkeypatch, method, change)
+    with pytest.raises(OutputValidationError):
+        write_bundle(plan, durable.kb)
+    with pytest.raises(OutputValidationError):
+        write_bundle(plan, durable.kb, full_validation=True)
+    monkeypatch.undo()
+    write_bundle(plan, durable.kb)  # and the valid one still passes
+
+
+@pytest.mark.parametrize("dose_change", [
+    {"frequency": 0},  # positiveInt
+    {"sets": 2**31},  # integer range
+    {"tempo": 5},  # a string element given a number
+    {"hold_seconds": float("nan")},  # decimal
+])
+def test_an_invalid_knowledge_base_dose_is_refused_after_the_valid_one_was_cached(
+    durable: Evaluator, dose_change: dict[str, Any]
+) -> None:
+    text = (EXAMPLES / "example-patient.json").read_text()
+    plan = durable.evaluate(read_bundle(json.loads(text), kb=durable.kb, as_of=AS_OF))
+    write_bundle(plan, durable.kb)
+    ex = plan.exercises[0]
+    bad = dataclasses.replace(ex, dose=dataclasses.replace(ex.dose, **dose_change))
+    broken = dataclasses.replace(plan, exercises=(bad, *plan.exercises[1:]))
+    for full in (False, True):
+        with pytest.raises(OutputValidationError):
+            write_bundle(broken, durable.kb, full_validation=full)
+
+
+def test_the_shape_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    small = _outbound._ShapeCache(8)
+    monkeypatch.setattr(_outbound, "_SHAPES", small)
+
+    def bundle(i: int) -> dict[str, Any]:  # a new shape each time (a verbatim comment)
+        return {"resourceType": "Bundle", "type": "collection", "fhir_comments": [f"c{i}"]}
+
+    for i in range(30):
+        _outbound._check_fast(bundle(i))
+        assert len(small) == min(i + 1, 8)
+    assert (Bundle, (("resourceType", '"Bundle"'), "type", ("fhir_comments", '["c29"]'))) \
+        in small.seen
+    full = _outbound._ShapeCache(_outbound._SHAPE_CACHE_SIZE)
+    for i in range(_outbound._SHAPE_CACHE_SIZE + 500):
+        full.add((Bundle, (i,)))
+    assert len(full) == _outbound._SHAPE_CACHE_SIZE == 4096
+    assert (Bundle, (0,)) not in full.seen and (Bundle, (4595,)) in full.seen
+
+
+def test_the_models_split_node_by_node_are_exactly_the_r4b_ones() -> None:
+    """Every R4B model validates field by field plus presence checks (else the split would not
+    be sound for it); a model with a validator of its own is validated whole."""
+    import fhir.resources.R4B as r4b
+
+    models = [
+        m for info in pkgutil.iter_modules(r4b.__path__)
+        for m in vars(importlib.import_module(f"fhir.resources.R4B.{info.name}")).values()
+        if isinstance(m, type) and issubclass(m, FHIRAbstractModel)
+        and m.__module__ == f"fhir.resources.R4B.{info.name}"
+    ]
+    assert len(models) > 600
+    assert all(_outbound._decomposable(m) for m in models)
+
+    class CheckedReference(Reference):
+        @model_validator(mode="after")
+        def _display_needs_reference(self) -> CheckedReference:
+            if self.display and not self.reference:
+                raise ValueError("display without reference")
+            return self
+
+    assert not _outbound._decomposable(CheckedReference)
+    assert _outbound._spec(CheckedReference) is None
+    leaves: Any = collections.defaultdict(list)
+    _outbound._split({"display": "x", "reference": "Patient/p"}, CheckedReference, leaves)
+    with pytest.raises(ValueError):
+        _outbound._split({"display": "x"}, CheckedReference, leaves)
+
+
+def test_non_json_output_is_refused() -> None:
+    ok = {"resourceType": "Bundle", "type": "collection"}
+    assert fast_verdict(ok)
+    assert not fast_verdict({**ok, "fhir_comments": ("a", "b")})
+    assert not fast_verdict({**ok, "timestamp": datetime(2026, 1, 1, tzinfo=UTC)})
+    assert not fast_verdict([ok])
