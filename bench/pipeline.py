@@ -107,6 +107,8 @@ def main() -> None:
     ap.add_argument("--evaluations", type=int, default=100_000,
                     help="whole evaluations for the memory check")
     ap.add_argument("--skip-examples", action="store_true", help="only the 30-Observation bundle")
+    ap.add_argument("--kb", type=Path, default=None,
+                    help="knowledge-base directory (default: the bundled one)")
     args = ap.parse_args()
     try:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -115,7 +117,10 @@ def main() -> None:
         pinned = "not pinned"
     print(f"movement-cds pipeline benchmark: Python {sys.version.split()[0]}, {pinned}, "
           f"{os.cpu_count()} CPUs")
-    kb = load_knowledge_base(bundled_path())
+    kb = load_knowledge_base(args.kb or bundled_path())
+    print(f"knowledge base {kb.ruleset_name}: {len(kb.rules)} rules, "
+          f"{sum(len(r.terms) for r in Evaluator(kb, 'reference').compiled.rules)} "
+          f"durable-rules terms; load average {os.getloadavg()[0]:.1f}")
     ev = Evaluator(kb)
     support = DecisionSupport(kb)
     ref = DecisionSupport(kb, engine="reference")

@@ -75,6 +75,8 @@ class KnowledgeBase:
     warnings: list[KnowledgeBaseProblem] = field(default_factory=list)
     parameter_overrides: dict[str, Any] = field(default_factory=dict)
     parameters: dict[str, ParameterDefinition] = field(default_factory=dict)
+    _by_id: dict[str, Rule] = field(default_factory=dict, repr=False, compare=False)
+    derived_cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def ruleset_name(self) -> str:
@@ -87,10 +89,11 @@ class KnowledgeBase:
         return name
 
     def rule(self, rule_id: str) -> Rule:
-        for r in self.rules:
-            if r.id == rule_id:
-                return r
-        raise KeyError(rule_id)
+        by_id = self._by_id
+        if len(by_id) != len(self.rules):
+            by_id.clear()
+            by_id.update((r.id, r) for r in self.rules)
+        return by_id[rule_id]
 
     def parameter(self, name: str) -> Any:
         if name in self.parameter_overrides:

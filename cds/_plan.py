@@ -220,6 +220,23 @@ def _matches(veto: VetoAction, ex: ExerciseDefinition) -> bool:
     return not (veto.surface and ex.surface not in veto.surface)
 
 
+def _ranks(kb: KnowledgeBase) -> dict[str, tuple[int, int]]:
+    """Evidence first: a recommendation backed by read evidence (R or S) of moderate or
+    strong strength ranks before expert heuristics; then rule order (stratum, priority).
+    Computed once per knowledge base."""
+    cached = kb.derived_cache.get("plan-ranks")
+    if cached is None:
+        def tier(rule_id: str) -> int:
+            backed = any(e.tag.value in ("R", "S") and e.strength.value in ("strong", "moderate")
+                         for e in kb.rule(rule_id).evidence)
+            return 0 if backed else 1
+
+        cached = {r.id: (tier(r.id), i) for i, r in enumerate(kb.rules)}
+        kb.derived_cache["plan-ranks"] = cached
+    ranks: dict[str, tuple[int, int]] = cached
+    return ranks
+
+
 def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult) -> Plan:
     """Turn derived facts into a Plan under the safety policy above."""
     facts = {f.name: f for f in patient.facts}
@@ -312,15 +329,7 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
         )
 
     # recommendations: ordered by the best-priority rule that recommended them
-    # evidence first: a recommendation backed by read evidence of moderate or strong
-    # strength ranks before expert heuristics; then rule order (stratum, priority)
-    def tier(rule_id: str) -> int:
-        ev = kb.rule(rule_id).evidence
-        backed = any(e.tag.value in ("R", "S") and e.strength.value in ("strong", "moderate")
-                     for e in ev)
-        return 0 if backed else 1
-
-    rank = {r.id: (tier(r.id), i) for i, r in enumerate(kb.rules)}
+    rank = _ranks(kb)
     proposed: list[tuple[tuple[int, int], PlannedExercise]] = []
     for name in sorted(n for n in derived if n.startswith("recommend.")):
         ex_id = name.split(".", 1)[1]
