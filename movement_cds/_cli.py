@@ -191,6 +191,116 @@ def kb_validate(
     )
 
 
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML configuration (see docs/integrators/cds-hooks.md)."),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.", min=0, max=65535)] = 8080,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Worker processes (one engine each).", min=1)
+    ] = 1,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option("--insecure-no-auth", help="Do not require client JWTs (demo and tests "
+                     "only); allows [auth] required = false."),
+    ] = False,
+) -> None:
+    """Start the CDS Hooks service under uvicorn (checks the config, the knowledge base and its
+    scenario tests first; any failure stops it with a one-line reason)."""
+    import os
+
+    try:
+        import uvicorn
+
+        from fhir_adapters._hooks_app import (
+            CONFIG_ENV,
+            INSECURE_ENV,
+            SCENARIOS_CHECKED_ENV,
+            StartupError,
+            create_app,
+            load_engine,
+        )
+        from fhir_adapters._hooks_config import ConfigError, load_config, parse_config
+    except ImportError as e:
+        _fail(f"the service needs the 'service' extra (pip install 'movement-cds[service]'): {e}")
+    try:
+        if config is not None:
+            cfg = load_config(config, insecure_no_auth=insecure_no_auth)
+        elif insecure_no_auth:
+            cfg = parse_config({"service": {"base_url": f"http://{host}:{port}"},
+                                "auth": {"required": False}}, insecure_no_auth=True)
+        else:
+            _fail("--config FILE is required (or --insecure-no-auth for a local demo)")
+        engine = load_engine(cfg, run_scenarios=True)
+        if workers == 1:
+            application = create_app(cfg, engine=engine)
+    except (ConfigError, StartupError) as e:
+        _fail(str(e))
+    if workers == 1:
+        uvicorn.run(application, host=host, port=port, log_level="info")
+        return
+    if config is None:
+        _fail("--workers above 1 needs --config FILE")
+    os.environ[CONFIG_ENV] = str(config.resolve())
+    os.environ[INSECURE_ENV] = "1" if insecure_no_auth else "0"
+    os.environ[SCENARIOS_CHECKED_ENV] = "1"
+    uvicorn.run("fhir_adapters._hooks_app:app_from_env", factory=True, host=host, port=port,
+                workers=workers, log_level="info")
+
+
+# --- feedback (CDS Hooks C16): what clinicians accepted and overrode, per rule ---------------
+
+feedback_app = typer.Typer(no_args_is_help=True, help="CDS Hooks card feedback.")
+app.add_typer(feedback_app, name="feedback")
+
+
+def _reason_text(system: str | None, code: str | None, display: str | None) -> str:
+    if code is None:
+        return "(no coded reason)"
+    return f"{display} [{code}]" if display else code
+
+
+@feedback_app.command("report")
+def feedback_report(
+    database: Annotated[
+        str, typer.Option("--database", help="Feedback store URL, e.g. "
+                          "sqlite:///feedback.db or sqlite:////abs/path/feedback.db.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+    top: Annotated[int, typer.Option("--top", min=1, help="Override reasons shown per "
+                                     "rule (text output).")] = 3,
+) -> None:
+    """Per rule: cards accepted, overridden, and the most frequent override reasons."""
+    from fhir_adapters._feedback_store import open_store
+
+    try:
+        store = open_store(database, create=False)
+    except ValueError as e:
+        _fail(str(e))
+    try:
+        summary = store.summary_by_rule()
+    finally:
+        store.close()
+    if as_json:
+        doc = {"rules": [r.to_json() for r in summary]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    if not summary:
+        typer.echo("no feedback recorded")
+        return
+    width = max(len("rule"), *(len(r.rule_id) for r in summary))
+    typer.echo(f"{'rule':<{width}}  {'accepted':>8}  {'overridden':>10}  top override reasons")
+    for r in summary:
+        reasons = "; ".join(
+            f"{_reason_text(x.system, x.code, x.display)} x{x.count}"
+            for x in r.override_reasons[:top]
+        ) or "-"
+        typer.echo(f"{r.rule_id:<{width}}  {r.accepted:>8}  {r.overridden:>10}  {reasons}")
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: never a traceback, whatever goes wrong."""
     try:

@@ -1,0 +1,630 @@
+"""The CDS Hooks service: a FastAPI app (``create_app(config)``).
+
+Routes (CDS Hooks 2.0; spec points C1-C22 in ``shared/spec/cds-hooks.md``):
+
+``GET  /cds-services``                 discovery (C2, C3)
+``POST /cds-services/{id}``            call a service (C5-C15)
+``POST /cds-services/{id}/feedback``   card feedback (C16), stored by ``FeedbackStore``
+
+Every call is authenticated by ``fhir_adapters._hooks_auth.TokenVerifier`` (C17-C19) with the
+audience ``base_url`` + the request path; a failure is a 401 whose OperationOutcome has no
+detail. Every non-2xx answer is an OperationOutcome (C21); nothing in any answer is null or
+empty (C1). Status codes: 400 a request that breaks C5 (not JSON, not an object, wrong
+``hook``, missing or malformed ``context``, ``hookInstance``, ``fhirServer`` or
+``fhirAuthorization``, or a malformed prefetch value), 401 authentication, 404 unknown
+service, 405 wrong method, 412 needed data cannot be had (C8), 413 body over
+``max_body_bytes``, 422 the data breaks the input contract (the OperationOutcome of
+``InvalidBundleError``, unchanged), 500 an engine failure (never partial advice), 503
+feedback storage not configured.
+
+Evaluation is CPU-bound and the rule engine allows one live session per process: each
+process has one engine, used under a lock in the thread pool. Scale with processes
+(``movement-cds serve --workers N``); each worker builds its app with ``app_from_env``,
+loads the knowledge base and warms up before it accepts requests.
+
+Logs name services, hook instances, alert codes, counts, statuses and timings; never tokens,
+patient ids or clinical values.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cds import EngineError, KnowledgeBaseError, MovementCDSError
+from fhir_adapters._errors import InvalidBundleError
+from fhir_adapters._hooks_cards import card_rules, plan_cards
+from fhir_adapters._hooks_config import ConfigError, ServiceConfig, load_config
+from fhir_adapters._hooks_prefetch import (
+    FHIR_ID,
+    PrefetchError,
+    PrefetchKey,
+    build_input_bundle,
+    prefetch_keys,
+)
+
+__all__ = [
+    "CONFIG_ENV",
+    "Engine",
+    "StartupError",
+    "app_from_env",
+    "create_app",
+    "load_engine",
+]
+
+log = logging.getLogger("movement_cds.service")
+
+CONFIG_ENV: Final = "MOVEMENT_CDS_CONFIG"
+INSECURE_ENV: Final = "MOVEMENT_CDS_INSECURE_NO_AUTH"
+SCENARIOS_CHECKED_ENV: Final = "MOVEMENT_CDS_SCENARIOS_CHECKED"
+
+# SNOMED CT codes that make a draft ServiceRequest a physiotherapy referral (order-sign)
+PHYSIO_CODES: Final = frozenset({
+    "91251008",   # Physical therapy procedure
+    "308447003",  # Referral to physiotherapist
+    "1079101000000101",  # Referral to physiotherapy service (UK extension)
+})
+_PHYSIO_TEXT: Final = re.compile(r"physio|physical therap", re.IGNORECASE)
+
+
+class StartupError(RuntimeError):
+    """The service cannot start: bad config, knowledge base or failing scenario tests."""
+
+
+@dataclass(frozen=True)
+class HookService:
+    id: str
+    hook: str
+    title: str
+    description: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+
+
+SERVICES: Final = (
+    HookService("movement-cds-patient-view", "patient-view",
+                "Low back pain: red flags and exercise plan",
+                "Checks the recorded red-flag answers and movement screen of a patient with "
+                "persistent low back pain and proposes a draft exercise CarePlan and any "
+                "referral, for clinician review.",
+                ("userId", "patientId"), ("encounterId",)),
+    HookService("movement-cds-encounter-start", "encounter-start",
+                "Low back pain: red flags before the visit",
+                "At the start of an encounter: red-flag alerts, missing red-flag answers and "
+                "the current draft exercise plan.",
+                ("userId", "patientId", "encounterId"), ()),
+    HookService("movement-cds-encounter-discharge", "encounter-discharge",
+                "Low back pain: exercise plan at discharge",
+                "At discharge: the draft exercise CarePlan (home programme) and any open "
+                "red-flag alert, for clinician review.",
+                ("userId", "patientId", "encounterId"), ()),
+    HookService("movement-cds-order-sign", "order-sign",
+                "Low back pain: check a physiotherapy referral",
+                "When a draft physiotherapy referral is signed: red flags that call for "
+                "another pathway first, and the proposed exercise plan.",
+                ("userId", "patientId", "draftOrders"), ("encounterId",)),
+)
+_BY_ID: Final = {s.id: s for s in SERVICES}
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, diagnostics: str | None = None,
+                 outcome: dict[str, Any] | None = None) -> None:
+        super().__init__(diagnostics or code)
+        self.status = status
+        self.code = code
+        self.diagnostics = diagnostics
+        self.outcome = outcome
+
+
+def _outcome(code: str, diagnostics: str | None, severity: str = "error") -> dict[str, Any]:
+    issue: dict[str, Any] = {"severity": severity, "code": code}
+    if diagnostics:
+        issue["diagnostics"] = diagnostics
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+_HTTP_CODES: Final = {401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
+                      413: "too-costly", 415: "not-supported"}
+
+
+def _error_response(exc: ApiError) -> JSONResponse:
+    body = exc.outcome or _outcome(exc.code, exc.diagnostics)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse(body, status_code=exc.status, headers=headers,
+                        media_type="application/fhir+json")
+
+
+# --- the engine -----------------------------------------------------------------------------
+
+
+class Engine:
+    """One process's knowledge base and rule engine; evaluations are serialised."""
+
+    def __init__(self, support: Any) -> None:
+        from movement_cds._api import DecisionSupport
+
+        assert isinstance(support, DecisionSupport)
+        self.support = support
+        self.kb = support.kb
+        self.keys: tuple[PrefetchKey, ...] = prefetch_keys(self.kb)
+        self._lock = threading.Lock()
+
+    def evaluate(self, bundle: dict[str, Any], as_of: datetime) -> Any:
+        with self._lock:
+            return self.support.evaluate(bundle, as_of=as_of)
+
+
+def _warm_up_bundle() -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000001",
+         "resource": {"resourceType": "Patient", "id": "warm-up", "gender": "unknown",
+                      "birthDate": "1980-01-01"}}]}
+
+
+def load_engine(config: ServiceConfig, *, run_scenarios: bool = True) -> Engine:
+    """Load the knowledge base, run its scenario tests, warm up; ``StartupError`` if any
+    of it fails."""
+    from knowledge_base import bundled_path
+    from movement_cds._api import DecisionSupport
+    from movement_cds._kbtools import run_all_scenarios
+
+    root = config.knowledge_base or bundled_path()
+    try:
+        support = DecisionSupport(root)
+    except KnowledgeBaseError as e:
+        lines = [str(p) for p in e.problems[:10]]
+        raise StartupError(f"knowledge base {root} does not load:\n  " + "\n  ".join(lines)
+                           ) from None
+    except MovementCDSError as e:
+        raise StartupError(f"knowledge base {root} does not load: {e}") from None
+    if run_scenarios:
+        try:
+            outcomes = run_all_scenarios(support.evaluator, Path(root))
+        except KnowledgeBaseError as e:
+            raise StartupError(f"scenario tests of {root} do not load: "
+                               + "; ".join(str(p) for p in e.problems[:5])) from None
+        failed = [o for o in outcomes if not o.passed]
+        if failed:
+            lines = [f"{o.file}:{o.line or 0} {o.scenario.id}: "
+                     + (o.error or "; ".join(o.failures)) for o in failed[:10]]
+            raise StartupError(
+                f"knowledge base {root}: {len(failed)} of {len(outcomes)} scenario tests "
+                "fail:\n  " + "\n  ".join(lines))
+    engine = Engine(support)
+    try:
+        result = engine.evaluate(_warm_up_bundle(), datetime.now(UTC))
+        plan_cards(result.plan, result.bundle, "warm-up")
+    except MovementCDSError as e:
+        raise StartupError(f"warm-up evaluation failed: {e}") from None
+    log.info("knowledge base %s loaded, warmed up", support.kb.ruleset_name)
+    return engine
+
+
+def _make_verifier(config: ServiceConfig) -> Any:
+    try:
+        auth = importlib.import_module("fhir_adapters._hooks_auth")
+    except ImportError:
+        if config.auth_required:
+            raise StartupError("authentication is required but fhir_adapters._hooks_auth is "
+                               "not available; use --insecure-no-auth for a demo") from None
+        return None
+    try:
+        return auth.TokenVerifier(list(config.issuers), config.auth_required)
+    except (ValueError, OSError) as e:
+        raise StartupError(f"[auth] configuration: {e}") from None
+
+
+def _open_store(config: ServiceConfig) -> Any:
+    if not config.database:
+        return None
+    try:
+        mod = importlib.import_module("fhir_adapters._feedback_store")
+    except ImportError:
+        log.warning("feedback store module not available: feedback answers 503")
+        return None
+    try:
+        return mod.open_store(config.database)
+    except Exception as e:  # a bad database URL stops the service at start
+        raise StartupError(f"[service] database: cannot open ({type(e).__name__}: {e})"
+                           ) from None
+
+
+# --- request checks -------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise ApiError(413, "too-costly", f"request body over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "too-costly", f"request body over {limit} bytes")
+    if not body.strip():
+        raise ApiError(400, "invalid", "the request body is empty")
+    try:
+        return json.loads(bytes(body), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid", "the request body is not JSON") from None
+
+
+def _is_uuid(v: Any) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        uuid.UUID(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _absolute_url(v: Any) -> bool:
+    if not isinstance(v, str):
+        return False
+    from urllib.parse import urlsplit
+
+    p = urlsplit(v)
+    return p.scheme in ("http", "https") and bool(p.netloc)
+
+
+def _check_request(service: HookService, body: Any) -> dict[str, Any]:
+    """The checks of C5 and the hook's context; ``ApiError`` 400 otherwise."""
+    def bad(msg: str, code: str = "invalid") -> ApiError:
+        return ApiError(400, code, msg)
+
+    if not isinstance(body, dict):
+        raise bad("the request must be a JSON object", "structure")
+    hook = body.get("hook")
+    if not isinstance(hook, str):
+        raise bad("hook is required", "required")
+    if hook != service.hook:
+        raise bad(f"this service answers the {service.hook} hook, not {hook[:40]!r}",
+                  "not-supported")
+    if "hookInstance" not in body:
+        raise bad("hookInstance is required", "required")
+    if not _is_uuid(body["hookInstance"]):
+        raise bad("hookInstance must be a UUID")
+    context = body.get("context")
+    if not isinstance(context, dict):
+        raise bad("context is required (an object)", "required")
+    for name in service.required:
+        if name not in context or context[name] is None:
+            raise bad(f"context.{name} is required for {service.hook}", "required")
+    for name in (*service.required, *service.optional):
+        if name not in context or name == "draftOrders":
+            continue
+        v = context[name]
+        if not isinstance(v, str) or not v.strip():
+            raise bad(f"context.{name} must be a non-empty string")
+    if not FHIR_ID.match(context["patientId"]):
+        raise bad("context.patientId must be a FHIR id")
+    if "encounterId" in context and not FHIR_ID.match(context["encounterId"]):
+        raise bad("context.encounterId must be a FHIR id")
+    if "draftOrders" in service.required:
+        d = context["draftOrders"]
+        if not isinstance(d, dict) or d.get("resourceType") != "Bundle":
+            raise bad("context.draftOrders must be a FHIR Bundle")
+        if not isinstance(d.get("entry", []), list):
+            raise bad("context.draftOrders.entry must be an array")
+    server = body.get("fhirServer")
+    if server is not None and not _absolute_url(server):
+        raise bad("fhirServer must be an absolute http(s) URL")
+    auth = body.get("fhirAuthorization")
+    if auth is not None:
+        if server is None:
+            raise bad("fhirServer is required when fhirAuthorization is present", "required")
+        if not isinstance(auth, dict):
+            raise bad("fhirAuthorization must be an object")
+        for name in ("access_token", "token_type", "scope", "subject"):
+            if not isinstance(auth.get(name), str) or not auth[name]:
+                raise bad(f"fhirAuthorization.{name} is required (a string)", "required")
+        if auth["token_type"] != "Bearer":
+            raise bad("fhirAuthorization.token_type must be Bearer")
+        exp = auth.get("expires_in")
+        if isinstance(exp, bool) or not isinstance(exp, int | float) or exp <= 0:
+            raise bad("fhirAuthorization.expires_in must be a positive number", "required")
+    prefetch = body.get("prefetch")
+    if prefetch is not None and not isinstance(prefetch, dict):
+        raise bad("prefetch must be an object")
+    return body
+
+
+def _has_physio_referral(draft_orders: dict[str, Any]) -> bool:
+    for e in draft_orders.get("entry") or []:
+        res = e.get("resource") if isinstance(e, dict) else None
+        if not isinstance(res, dict) or res.get("resourceType") != "ServiceRequest":
+            continue
+        if res.get("status") not in ("draft", None):
+            continue
+        concepts = [res.get("code"), *(res.get("category") or [])]
+        for c in concepts:
+            if not isinstance(c, dict):
+                continue
+            if isinstance(c.get("text"), str) and _PHYSIO_TEXT.search(c["text"]):
+                return True
+            for coding in c.get("coding") or []:
+                if isinstance(coding, dict) and (
+                    coding.get("code") in PHYSIO_CODES
+                    or (isinstance(coding.get("display"), str)
+                        and _PHYSIO_TEXT.search(coding["display"]))):
+                    return True
+    return False
+
+
+def _check_feedback(body: Any) -> list[dict[str, Any]]:
+    def bad(msg: str) -> ApiError:
+        return ApiError(400, "invalid", msg)
+
+    if not isinstance(body, dict) or not isinstance(body.get("feedback"), list) \
+            or not body["feedback"]:
+        raise bad("feedback must be a non-empty array")
+    items: list[dict[str, Any]] = body["feedback"]
+    for i, f in enumerate(items):
+        where = f"feedback[{i}]"
+        if not isinstance(f, dict):
+            raise bad(f"{where} must be an object")
+        if not isinstance(f.get("card"), str) or not f["card"]:
+            raise bad(f"{where}.card is required (the card's uuid)")
+        if f.get("outcome") not in ("accepted", "overridden"):
+            raise bad(f"{where}.outcome must be accepted or overridden")
+        if not isinstance(f.get("outcomeTimestamp"), str):
+            raise bad(f"{where}.outcomeTimestamp is required")
+        try:
+            datetime.fromisoformat(f["outcomeTimestamp"].replace("Z", "+00:00"))
+        except ValueError:
+            raise bad(f"{where}.outcomeTimestamp must be an ISO 8601 instant") from None
+        acc = f.get("acceptedSuggestions")
+        if f["outcome"] == "accepted":
+            if not isinstance(acc, list) or not acc or not all(
+                    isinstance(s, dict) and isinstance(s.get("id"), str) for s in acc):
+                raise bad(f"{where}.acceptedSuggestions (each with an id) is required when "
+                          "accepted")
+        elif acc is not None:
+            raise bad(f"{where}.acceptedSuggestions only goes with accepted")
+        reason = f.get("overrideReason")
+        if reason is not None:
+            if f["outcome"] != "overridden" or not isinstance(reason, dict):
+                raise bad(f"{where}.overrideReason goes only with overridden (an object)")
+            r = reason.get("reason")
+            if r is not None and not (isinstance(r, dict) and isinstance(r.get("code"), str)):
+                raise bad(f"{where}.overrideReason.reason must be a Coding")
+            c = reason.get("userComment")
+            if c is not None and not isinstance(c, str):
+                raise bad(f"{where}.overrideReason.userComment must be a string")
+    return items
+
+
+# --- OpenAPI (documentation and schemathesis) ------------------------------------------------
+
+_OO_SCHEMA: Final = {"type": "object", "required": ["resourceType", "issue"],
+                     "properties": {"resourceType": {"const": "OperationOutcome"},
+                                    "issue": {"type": "array"}}}
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"description": "OperationOutcome",
+                "content": {"application/fhir+json": {"schema": _OO_SCHEMA}}} for c in codes}
+
+
+_CALL_BODY: Final = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"type": "object", "required": ["hook", "hookInstance", "context"],
+               "properties": {
+                   "hook": {"type": "string"},
+                   "hookInstance": {"type": "string", "format": "uuid"},
+                   "fhirServer": {"type": "string", "format": "uri"},
+                   "fhirAuthorization": {"type": "object"},
+                   "context": {"type": "object"},
+                   "prefetch": {"type": "object"}}}}}}}
+_FEEDBACK_BODY: Final = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"type": "object", "required": ["feedback"],
+               "properties": {"feedback": {"type": "array", "items": {"type": "object"}}}}}}}}
+
+
+# --- the app --------------------------------------------------------------------------------
+
+
+def create_app(
+    config: ServiceConfig,
+    *,
+    engine: Engine | None = None,
+    verifier: Any = None,
+    store: Any = None,
+    http_client_factory: Callable[[], httpx.AsyncClient] | None = None,
+    run_scenarios: bool = True,
+) -> FastAPI:
+    """The CDS Hooks app. Loads (and warms up) the engine now unless one is given, so a
+    worker never takes a request before it is ready. ``StartupError`` if it cannot start.
+    ``verifier`` and ``store`` default to the ones the config describes."""
+    engine = engine or load_engine(config, run_scenarios=run_scenarios)
+    verifier = verifier if verifier is not None else _make_verifier(config)
+    store = store if store is not None else _open_store(config)
+    timeout = httpx.Timeout(config.fhir_timeout_seconds)
+
+    def new_client() -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
+
+    make_client = http_client_factory or new_client
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        state["http"] = make_client()
+        try:
+            yield
+        finally:
+            await state["http"].aclose()
+            close = getattr(verifier, "close", None)
+            if callable(close):
+                close()
+
+    app = FastAPI(title="movement-cds CDS Hooks service", version="1.0.0",
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                           allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type"])
+
+    @app.exception_handler(ApiError)
+    async def api_error(_r: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "processing")
+        resp = _error_response(ApiError(exc.status_code, code, str(exc.detail)))
+        if exc.headers:
+            resp.headers.update(exc.headers)
+        return resp
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_r: Request, _exc: RequestValidationError) -> JSONResponse:
+        return _error_response(ApiError(400, "invalid", "the request is malformed"))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_r: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected %s", type(exc).__name__, exc_info=exc)
+        return _error_response(ApiError(500, "exception", "internal error; no advice given"))
+
+    async def authenticate(request: Request) -> None:
+        if verifier is None:
+            return
+        audience = config.base_url + request.url.path
+        header = request.headers.get("authorization")
+        try:
+            result = await run_in_threadpool(verifier.verify, header, audience)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as e:
+            log.info("authentication refused on %s (%s)", request.url.path, type(e).__name__)
+            raise ApiError(401, "login") from None
+
+    def discovery() -> dict[str, Any]:
+        templates = {k.key: k.template for k in engine.keys}
+        return {"services": [
+            {"hook": s.hook, "id": s.id, "title": s.title, "description": s.description,
+             "prefetch": templates} for s in SERVICES]}
+
+    discovery_doc = discovery()
+
+    @app.get("/cds-services", responses=_responses(401))
+    async def get_discovery(request: Request) -> JSONResponse:
+        await authenticate(request)
+        return JSONResponse(discovery_doc)
+
+    @app.post("/cds-services/{service_id}", openapi_extra=_CALL_BODY,
+              responses=_responses(400, 401, 404, 412, 413, 422, 500))
+    async def call_service(service_id: str, request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        service = _BY_ID.get(service_id)
+        if service is None:
+            raise ApiError(404, "not-found", "no such CDS service")
+        await authenticate(request)
+        body = _check_request(service, await _read_json(request, config.max_body_bytes))
+        hook_instance = body["hookInstance"]
+        context = body["context"]
+        if service.hook == "order-sign" and not _has_physio_referral(context["draftOrders"]):
+            log.info("%s %s: no draft physiotherapy referral; no cards", service.id,
+                     hook_instance)
+            return JSONResponse({"cards": []})
+        auth = body.get("fhirAuthorization")
+        try:
+            bundle, situations = await build_input_bundle(
+                engine.keys, context=context, prefetch=body.get("prefetch") or {},
+                fhir_server=body.get("fhirServer"),
+                access_token=auth["access_token"] if auth else None,
+                client=state.get("http"), budget_seconds=config.fetch_budget_seconds,
+                max_pages=config.max_pages)
+        except PrefetchError as e:
+            log.info("%s %s: %d %s", service.id, hook_instance, e.status, e.code)
+            raise ApiError(e.status, e.code, e.diagnostics) from None
+        try:
+            result = await run_in_threadpool(engine.evaluate, bundle, datetime.now(UTC))
+        except InvalidBundleError as e:
+            log.info("%s %s: 422 input contract (%d issues)", service.id, hook_instance,
+                     len(e.issues))
+            raise ApiError(422, "invalid", outcome=e.operation_outcome) from None
+        except EngineError:
+            log.error("%s %s: engine failure", service.id, hook_instance)
+            raise ApiError(500, "exception", "the rule engine failed; no advice given"
+                           ) from None
+        cards = plan_cards(result.plan, result.bundle, service.id)
+        record = getattr(store, "record_cards", None)
+        if callable(record):
+            try:
+                rows = [(r["card"], r["rule_ids"], r["knowledge_base"])
+                        for r in card_rules(result.plan, cards)]
+                await run_in_threadpool(record, rows, datetime.now(UTC))
+            except Exception as e:  # feedback bookkeeping never blocks advice
+                log.warning("record_cards failed (%s)", type(e).__name__)
+        log.info("%s %s: 200, %d cards (%s), %d resources in, prefetch %s, %.0f ms",
+                 service.id, hook_instance, len(cards),
+                 ",".join(k["source"]["topic"]["code"] for k in cards),
+                 len(bundle["entry"]), ",".join(f"{k}={v}" for k, v in situations.items()),
+                 (time.perf_counter() - started) * 1000)
+        return JSONResponse({"cards": cards})
+
+    @app.post("/cds-services/{service_id}/feedback", openapi_extra=_FEEDBACK_BODY,
+              responses=_responses(400, 401, 404, 413, 503))
+    async def feedback(service_id: str, request: Request) -> JSONResponse:
+        if service_id not in _BY_ID:
+            raise ApiError(404, "not-found", "no such CDS service")
+        await authenticate(request)
+        items = _check_feedback(await _read_json(request, config.max_body_bytes))
+        if store is None:
+            raise ApiError(503, "not-supported", "feedback storage is not configured")
+        try:
+            n = await run_in_threadpool(store.add, service_id, items, datetime.now(UTC))
+        except ValueError as e:  # the store's own all-or-nothing validation names the item
+            raise ApiError(400, "invalid", str(e)) from None
+        except Exception as e:
+            log.error("feedback store failed (%s)", type(e).__name__)
+            raise ApiError(500, "exception", "feedback could not be stored") from None
+        log.info("%s feedback: %d item(s) stored", service_id, len(items))
+        return JSONResponse({"stored": int(n) if isinstance(n, int) else len(items)})
+
+    app.state.engine = engine
+    app.state.store = store
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` workers: the config path is in ``MOVEMENT_CDS_CONFIG``
+    (set by ``movement-cds serve``)."""
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        raise StartupError(f"{CONFIG_ENV} is not set")
+    try:
+        config = load_config(path, insecure_no_auth=os.environ.get(INSECURE_ENV) == "1")
+    except ConfigError as e:
+        raise StartupError(str(e)) from None
+    return create_app(config, run_scenarios=os.environ.get(SCENARIOS_CHECKED_ENV) != "1")
