@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Load benchmark of the CDS Hooks service. Prints figures; never asserts.
+#
+#     bench/load.sh [--workers N] [--duration 30s] [--connections 16] [--threads 2]
+#
+# Starts `movement-cds serve` (bundled knowledge base) on 127.0.0.1, POSTs patient-view
+# with a full prefetch built from examples/example-patient.json (patient, observations
+# searchset, conditions searchset, careplan null) with wrk, prints requests/s, latency
+# percentiles (wrk --latency) and non-2xx counts, then stops the service.
+#
+# AUTHENTICATION IS OFF for this run (--insecure-no-auth): every CDS Hooks JWT carries a
+# single-use jti, so one token cannot be replayed by wrk, and minting a fresh signed token
+# per request would measure the client, not the service. The JWT check itself (one ES384
+# or RS384 signature verification per call) is not in these figures.
+#
+# Needs wrk (Debian/Ubuntu: apt-get install wrk); installs nothing itself.
+set -euo pipefail
+
+WORKERS=1
+DURATION=30s
+CONNECTIONS=16
+THREADS=2
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --workers) WORKERS="$2"; shift 2 ;;
+        --duration) DURATION="$2"; shift 2 ;;
+        --connections) CONNECTIONS="$2"; shift 2 ;;
+        --threads) THREADS="$2"; shift 2 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        *) echo "load.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+if ! command -v wrk >/dev/null 2>&1; then
+    echo "load.sh: wrk not found; install it first (Debian/Ubuntu: apt-get install wrk)" >&2
+    exit 2
+fi
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+PY="$ROOT/.venv/bin/python"
+[[ -x "$PY" ]] || PY="$(command -v python3)"
+
+WORK="$(mktemp -d)"
+SERVICE_PID=""
+cleanup() {
+    if [[ -n "$SERVICE_PID" ]] && kill -0 "$SERVICE_PID" 2>/dev/null; then
+        kill -TERM "$SERVICE_PID" 2>/dev/null || true
+        for _ in $(seq 1 150); do
+            kill -0 "$SERVICE_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$SERVICE_PID" 2>/dev/null || true
+        wait "$SERVICE_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+BASE="http://127.0.0.1:$PORT"
+PATH_PV="/cds-services/movement-cds-patient-view"
+
+# The request body: a realistic full prefetch from the example patient.
+"$PY" - "$WORK/body.json" <<'EOF'
+import json, sys, uuid
+bundle = json.load(open("examples/example-patient.json"))
+res = [e["resource"] for e in bundle["entry"]]
+def of(t): return [r for r in res if r["resourceType"] == t]
+def searchset(items):
+    return {"resourceType": "Bundle", "type": "searchset", "total": len(items),
+            "entry": [{"resource": r, "search": {"mode": "match"}} for r in items]}
+patient = of("Patient")[0]
+body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
+        "context": {"userId": "Practitioner/load-test", "patientId": patient["id"]},
+        "prefetch": {"patient": patient, "observations": searchset(of("Observation")),
+                     "conditions": searchset(of("Condition")), "careplan": None}}
+json.dump(body, open(sys.argv[1], "w"), separators=(",", ":"))
+EOF
+
+cat > "$WORK/service.toml" <<EOF
+[service]
+base_url = "$BASE"
+
+[auth]
+required = false
+EOF
+
+cat > "$WORK/post.lua" <<EOF
+local f = assert(io.open("$WORK/body.json", "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "application/json"
+EOF
+
+echo "service: movement-cds serve --workers $WORKERS --insecure-no-auth on $BASE (auth OFF)"
+"$PY" -m movement_cds serve --config "$WORK/service.toml" --insecure-no-auth \
+    --host 127.0.0.1 --port "$PORT" --workers "$WORKERS" >"$WORK/service.log" 2>&1 &
+SERVICE_PID=$!
+
+ready=""
+for _ in $(seq 1 600); do  # up to 120 s: each worker loads and warms up the engine
+    if ! kill -0 "$SERVICE_PID" 2>/dev/null; then
+        echo "load.sh: the service exited:" >&2; cat "$WORK/service.log" >&2; exit 1
+    fi
+    if "$PY" -c "import httpx,sys; sys.exit(httpx.get('$BASE/cds-services', timeout=1).status_code != 200)" 2>/dev/null; then
+        ready=1; break
+    fi
+    sleep 0.2
+done
+[[ -n "$ready" ]] || { echo "load.sh: the service did not start in 120 s" >&2; exit 1; }
+
+# One checked call first: the body must get 200 with cards, or the figures mean nothing.
+"$PY" - "$BASE$PATH_PV" "$WORK/body.json" <<'EOF'
+import httpx, sys
+r = httpx.post(sys.argv[1], content=open(sys.argv[2], "rb").read(),
+               headers={"Content-Type": "application/json"}, timeout=30)
+if r.status_code != 200 or not r.json().get("cards"):
+    sys.exit(f"load.sh: warm-up call got {r.status_code}: {r.text[:300]}")
+print(f"warm-up call: 200, {len(r.json()['cards'])} cards, "
+      f"request body {len(r.request.content)} bytes")
+EOF
+
+echo "wrk --latency -t$THREADS -c$CONNECTIONS -d$DURATION --timeout 10s -s post.lua $BASE$PATH_PV"
+wrk --latency -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout 10s \
+    -s "$WORK/post.lua" "$BASE$PATH_PV" | tee "$WORK/wrk.out"
+
+echo "--- summary (workers=$WORKERS, auth OFF) ---"
+grep -E "Requests/sec" "$WORK/wrk.out" || true
+awk '/Latency Distribution/{on=1; next} on && /%/{print "latency p" $1 " " $2} on && !/%/{on=0}' \
+    "$WORK/wrk.out" | sed 's/%//'
+grep -E "Non-2xx or 3xx responses" "$WORK/wrk.out" || echo "Non-2xx or 3xx responses: 0"
+grep -E "Socket errors" "$WORK/wrk.out" || echo "Socket errors: none"
