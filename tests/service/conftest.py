@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -181,20 +181,28 @@ def write_config(path: Path, port: int, **service: Any) -> Path:
     return path
 
 
-def start_service(args: list[str], port: int, timeout: float = 60.0
+def start_service(args: list[str], port: int, timeout: float = 60.0, *,
+                  log: IO[bytes] | None = None, any_answer: bool = False
                   ) -> subprocess.Popen[bytes]:
+    """Start ``movement-cds serve`` on loopback and wait (bounded) until it answers.
+
+    ``log``: where its output goes (default: a pipe). ``any_answer``: ready on any HTTP
+    answer (a service requiring auth answers 401 without a token), not only on 200.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out: IO[bytes] | int = log if log is not None else subprocess.PIPE
     proc = subprocess.Popen(
         [sys.executable, "-m", "movement_cds", "serve", *args, "--host", "127.0.0.1",
          "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        cwd=ROOT, env=env, stdout=out, stderr=log if log is not None else subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            raise RuntimeError(f"service exited with {proc.returncode}:\n{out}")
+            text = proc.stdout.read().decode() if proc.stdout else ""
+            raise RuntimeError(f"service exited with {proc.returncode}:\n{text}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/cds-services", timeout=1).status_code == 200:
+            r = httpx.get(f"http://127.0.0.1:{port}/cds-services", timeout=1)
+            if any_answer or r.status_code == 200:
                 return proc
         except httpx.HTTPError:
             pass

@@ -7,18 +7,16 @@ contains a token that was sent."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.service.conftest import ROOT, STARTER_KB, free_port
+from tests.service.conftest import STARTER_KB, free_port, start_service, stop_service
 from tests.service.jwt_keys import (
     JWKSServer,
     SigningKey,
@@ -59,35 +57,6 @@ class Service:
         return self.client.request(method, path, headers=headers, **kw)
 
 
-def _start(config: Path, port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "movement_cds", "serve", "--config", str(config),
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=log)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited with {proc.returncode}")
-        try:  # any HTTP answer (401 without a token) means it is listening
-            httpx.get(f"http://127.0.0.1:{port}/cds-services", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    proc.wait(10)
-    raise RuntimeError("service did not start in time")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
 @pytest.fixture(scope="module")
 def jwks_server() -> Iterator[tuple[JWKSServer, SigningKey, SigningKey]]:
     es, rs = SigningKey("ES384"), SigningKey("RS384")
@@ -109,14 +78,15 @@ def service(tmp_path_factory: pytest.TempPathFactory,
         "[[auth.issuers]]", f'iss = "{ISS}"', f'jwks_url = "{server.url}"', ""]))
     log_path = tmp / "service.log"
     with open(log_path, "wb") as log:
-        proc = _start(cfg, port, log)
+        proc = start_service(["--config", str(cfg)], port, START_TIMEOUT, log=log,
+                             any_answer=True)
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20,
                               trust_env=False) as client:
                 svc = Service(f"http://127.0.0.1:{port}", log_path, es, rs, client)
                 yield svc
         finally:
-            _stop(proc)
+            stop_service(proc)
     text = log_path.read_text(errors="replace")
     assert svc.sent, "no token was sent"
     assert '"POST /cds-services/movement-cds-patient-view HTTP/1.1" 401' in text  # captured
