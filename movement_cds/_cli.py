@@ -10,53 +10,22 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-from cds import EngineError, InputIssue, KnowledgeBaseError, MovementCDSError, load_knowledge_base
+from cds import EngineError, KnowledgeBaseError, MovementCDSError, load_knowledge_base
 from fhir_adapters import InvalidBundleError, export_terminology
 from knowledge_base import bundled_path
-
-app = typer.Typer(
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    no_args_is_help=True,
-    help="Exercise decision support for persistent low back pain (FHIR R4 in, CarePlan out).",
+from movement_cds._cli_common import (
+    KbOption,
+    app,
+    fail,
+    fail_input,
+    kb_app,
+    read_input,
+    terminology_app,
 )
-terminology_app = typer.Typer(no_args_is_help=True, help="The project's FHIR terminology.")
-kb_app = typer.Typer(no_args_is_help=True, help="Work with knowledge bases.")
-app.add_typer(terminology_app, name="terminology")
-app.add_typer(kb_app, name="kb")
-
-KbOption = Annotated[
-    Path | None,
-    typer.Option("--kb", help="Knowledge-base directory (default: the bundled one).",
-                 file_okay=False),
-]
-
-
-def _fail_input(err: InvalidBundleError) -> NoReturn:
-    sys.stdout.write(json.dumps(err.operation_outcome, indent=2, sort_keys=True) + "\n")
-    first = err.issues[0].message if err.issues else "invalid input"
-    typer.echo(f"movement-cds: input cannot be evaluated: {first}", err=True)
-    raise typer.Exit(2)
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"movement-cds: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _read_input(file: str) -> bytes:
-    try:
-        if file == "-":
-            return sys.stdin.buffer.read()
-        return Path(file).read_bytes()
-    except OSError as e:
-        raise InvalidBundleError(
-            [InputIssue("fatal", "not-found", f"cannot read {file}: {e.strerror or e}")]
-        ) from None
 
 
 @app.command()
@@ -83,13 +52,13 @@ def evaluate(
 
     try:
         support = DecisionSupport(kb, strict_fhir=strict_fhir)
-        result = support.evaluate(_read_input(file), as_of=as_of)
+        result = support.evaluate(read_input(file), as_of=as_of)
     except InvalidBundleError as e:
-        _fail_input(e)
+        fail_input(e)
     except KnowledgeBaseError as e:
-        _fail(str(e))
+        fail(str(e))
     except EngineError as e:
-        _fail(f"rule engine failed; no advice returned: {e}")
+        fail(f"rule engine failed; no advice returned: {e}")
     text = result.to_json()
     if out is None:
         sys.stdout.write(text + "\n")
@@ -98,7 +67,7 @@ def evaluate(
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(text + "\n", encoding="utf-8")
         except OSError as e:
-            _fail(f"cannot write {out}: {e.strerror or e}")
+            fail(f"cannot write {out}: {e.strerror or e}")
     if not quiet:
         sys.stderr.write(result.summary)
         if out is not None:
@@ -115,9 +84,9 @@ def terminology_export(
         base = load_knowledge_base(kb or bundled_path())
         paths = export_terminology(base, directory)
     except KnowledgeBaseError as e:
-        _fail(str(e))
+        fail(str(e))
     except OSError as e:
-        _fail(f"cannot write {directory}: {e.strerror or e}")
+        fail(f"cannot write {directory}: {e.strerror or e}")
     for p in paths:
         typer.echo(str(p))
 
@@ -160,7 +129,7 @@ def kb_docs(
     except KnowledgeBaseError as e:
         for p in e.problems:
             typer.echo(str(p), err=True)
-        _fail(f"knowledge base invalid: {directory or bundled_path()}")
+        fail(f"knowledge base invalid: {directory or bundled_path()}")
     for path in write_catalog(pages, out):
         typer.echo(str(path))
 
@@ -182,7 +151,7 @@ def kb_validate(
         for p in e.problems:
             typer.echo(str(p), err=True)
         n = sum(1 for p in e.problems if p.severity == "error")
-        _fail(f"{n} error(s) in {root}")
+        fail(f"{n} error(s) in {root}")
     for w in base.warnings:
         typer.echo(str(w), err=True)
     typer.echo(
@@ -225,7 +194,7 @@ def serve(
         )
         from fhir_adapters._hooks_config import ConfigError, load_config, parse_config
     except ImportError as e:
-        _fail(f"the service needs the 'service' extra (pip install 'movement-cds[service]'): {e}")
+        fail(f"the service needs the 'service' extra (pip install 'movement-cds[service]'): {e}")
     try:
         if config is not None:
             cfg = load_config(config, insecure_no_auth=insecure_no_auth)
@@ -233,17 +202,17 @@ def serve(
             cfg = parse_config({"service": {"base_url": f"http://{host}:{port}"},
                                 "auth": {"required": False}}, insecure_no_auth=True)
         else:
-            _fail("--config FILE is required (or --insecure-no-auth for a local demo)")
+            fail("--config FILE is required (or --insecure-no-auth for a local demo)")
         engine = load_engine(cfg, run_scenarios=True)
         if workers == 1:
             application = create_app(cfg, engine=engine)
     except (ConfigError, StartupError) as e:
-        _fail(str(e))
+        fail(str(e))
     if workers == 1:
         uvicorn.run(application, host=host, port=port, log_level="info")
         return
     if config is None:
-        _fail("--workers above 1 needs --config FILE")
+        fail("--workers above 1 needs --config FILE")
     os.environ[CONFIG_ENV] = str(config.resolve())
     os.environ[INSECURE_ENV] = "1" if insecure_no_auth else "0"
     os.environ[SCENARIOS_CHECKED_ENV] = "1"
@@ -279,7 +248,7 @@ def feedback_report(
     try:
         store = open_store(database, create=False)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     try:
         summary = store.summary_by_rule()
     finally:
@@ -299,6 +268,11 @@ def feedback_report(
             for x in r.override_reasons[:top]
         ) or "-"
         typer.echo(f"{r.rule_id:<{width}}  {r.accepted:>8}  {r.overridden:>10}  {reasons}")
+
+
+# --- command modules: each registers its commands on ``app`` / ``kb_app`` when imported -------
+# One line per module; keep them sorted.
+from movement_cds import _cli_registry  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> Any:
