@@ -60,6 +60,19 @@ def prune(v: Any) -> Any:
     return v
 
 
+def _prune_card(v: Any) -> Any:
+    """``prune`` for a card, except the suggestions' FHIR resources: the output adapter
+    already wrote them without empty elements and validated them, and they are most of a
+    plan card's size, so walking them again on every call would be wasted work."""
+    if isinstance(v, dict):
+        out = {k: x if k == "resource" else _prune_card(x) for k, x in v.items()}
+        return {k: x for k, x in out.items() if x not in (None, "", [], {})}
+    if isinstance(v, list):
+        items = [_prune_card(x) for x in v]
+        return [x for x in items if x not in (None, "", [], {})]
+    return v
+
+
 def evidence_url(evidence_id: str) -> str | None:
     kind, _, value = evidence_id.partition(":")
     value = value.strip()
@@ -264,7 +277,7 @@ def plan_cards(plan: Plan, bundle: dict[str, Any], service_id: str) -> list[dict
     order = {"critical": 0, "warning": 1, "info": 2}
     cards.sort(key=lambda k: order[k["indicator"]])  # stable: keeps the plan's order
     cards.append(c.plan_card())
-    return [prune(k) for k in cards]
+    return [_prune_card(k) for k in cards]
 
 
 def card_rules(plan: Plan, cards: list[dict[str, Any]]) -> list[dict[str, Any]]:

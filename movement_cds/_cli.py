@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -160,6 +161,34 @@ def kb_validate(
     )
 
 
+class LogLevel(StrEnum):
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's own logging set-up, plus the service's loggers (``movement_cds``,
+    ``fhir_adapters``) on the same handler: otherwise their lines would go nowhere."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    cfg: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    cfg["formatters"]["service"] = {
+        "()": "uvicorn.logging.DefaultFormatter",
+        "fmt": "%(levelprefix)s %(name)s: %(message)s",
+    }
+    cfg["handlers"]["service"] = {"formatter": "service", "class": "logging.StreamHandler",
+                                  "stream": "ext://sys.stderr"}
+    for name in ("movement_cds", "fhir_adapters"):
+        cfg["loggers"][name] = {"handlers": ["service"], "level": level.upper(),
+                                "propagate": False}
+    return cfg
+
+
 @app.command()
 def serve(
     config: Annotated[
@@ -176,6 +205,11 @@ def serve(
         typer.Option("--insecure-no-auth", help="Do not require client JWTs (demo and tests "
                      "only); allows [auth] required = false."),
     ] = False,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option("--log-level", help="Service and access log level. Logs carry ids, "
+                     "codes and counts, never patient values or tokens."),
+    ] = LogLevel.info,
 ) -> None:
     """Start the CDS Hooks service under uvicorn (checks the config, the knowledge base and its
     scenario tests first; any failure stops it with a one-line reason)."""
@@ -209,7 +243,8 @@ def serve(
     except (ConfigError, StartupError) as e:
         fail(str(e))
     if workers == 1:
-        uvicorn.run(application, host=host, port=port, log_level="info")
+        uvicorn.run(application, host=host, port=port, log_level=log_level.value,
+                    log_config=_log_config(log_level.value))
         return
     if config is None:
         fail("--workers above 1 needs --config FILE")
@@ -217,7 +252,8 @@ def serve(
     os.environ[INSECURE_ENV] = "1" if insecure_no_auth else "0"
     os.environ[SCENARIOS_CHECKED_ENV] = "1"
     uvicorn.run("fhir_adapters._hooks_app:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level="info")
+                workers=workers, log_level=log_level.value,
+                log_config=_log_config(log_level.value))
 
 
 # --- feedback (CDS Hooks C16): what clinicians accepted and overrode, per rule ---------------
