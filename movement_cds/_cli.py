@@ -112,83 +112,6 @@ def kb_schema(
         typer.echo(str(path))
 
 
-@kb_app.command("docs")
-def kb_docs(
-    directory: Annotated[
-        Path | None, typer.Argument(help="Knowledge-base directory (default: bundled).")
-    ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Where to write the pages.")] = Path(
-        "docs/clinical"
-    ),
-) -> None:
-    """Rebuild the clinical catalog (rules, exercises, parameters) from the knowledge base."""
-    from cds._catalog_docs import write_catalog
-    from movement_cds._docs import catalog_pages
-
-    try:
-        pages = catalog_pages(directory or bundled_path())
-    except KnowledgeBaseError as e:
-        for p in e.problems:
-            typer.echo(str(p), err=True)
-        fail(f"knowledge base invalid: {directory or bundled_path()}")
-    for path in write_catalog(pages, out):
-        typer.echo(str(path))
-
-
-@kb_app.command("validate")
-def kb_validate(
-    directory: Annotated[
-        Path | None, typer.Argument(help="Knowledge-base directory (default: bundled).")
-    ] = None,
-) -> None:
-    """Load and cross-check a knowledge base; every problem with file:line:column."""
-    from cds import compile_knowledge_base
-
-    root = directory or bundled_path()
-    try:
-        base = load_knowledge_base(root)
-        compile_knowledge_base(base)
-    except KnowledgeBaseError as e:
-        for p in e.problems:
-            typer.echo(str(p), err=True)
-        n = sum(1 for p in e.problems if p.severity == "error")
-        fail(f"{n} error(s) in {root}")
-    for w in base.warnings:
-        typer.echo(str(w), err=True)
-    typer.echo(
-        f"{base.ruleset_name}: {len(base.rules)} rules, {len(base.exercises)} exercises, "
-        f"{len(base.facts)} facts, {len(base.warnings)} warning(s)"
-    )
-
-
-class LogLevel(StrEnum):
-    critical = "critical"
-    error = "error"
-    warning = "warning"
-    info = "info"
-    debug = "debug"
-
-
-def _log_config(level: str) -> dict[str, Any]:
-    """uvicorn's own logging set-up, plus the service's loggers (``movement_cds``,
-    ``fhir_adapters``) on the same handler: otherwise their lines would go nowhere."""
-    import copy
-
-    from uvicorn.config import LOGGING_CONFIG
-
-    cfg: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
-    cfg["formatters"]["service"] = {
-        "()": "uvicorn.logging.DefaultFormatter",
-        "fmt": "%(levelprefix)s %(name)s: %(message)s",
-    }
-    cfg["handlers"]["service"] = {"formatter": "service", "class": "logging.StreamHandler",
-                                  "stream": "ext://sys.stderr"}
-    for name in ("movement_cds", "fhir_adapters"):
-        cfg["loggers"][name] = {"handlers": ["service"], "level": level.upper(),
-                                "propagate": False}
-    return cfg
-
-
 @app.command()
 def serve(
     config: Annotated[
@@ -242,6 +165,8 @@ def serve(
             application = create_app(cfg, engine=engine)
     except (ConfigError, StartupError) as e:
         fail(str(e))
+    if not cfg.auth_required:
+        typer.echo(_NO_AUTH_BANNER, err=True)
     if workers == 1:
         uvicorn.run(application, host=host, port=port, log_level=log_level.value,
                     log_config=_log_config(log_level.value))

@@ -90,6 +90,7 @@ def service(tmp_path_factory: pytest.TempPathFactory,
     text = log_path.read_text(errors="replace")
     assert svc.sent, "no token was sent"
     assert '"POST /cds-services/movement-cds-patient-view HTTP/1.1" 401' in text  # captured
+    assert "AUTHENTICATION IS OFF" not in text  # auth on: no insecure banner
     for tok in svc.sent:
         assert tok not in text, "the service log contains a token"
         for part in tok.split("."):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,17 @@ from fastapi import FastAPI
 
 from fhir_adapters._hooks_app import create_app, load_engine
 from fhir_adapters._hooks_config import ConfigError, load_config, parse_config
-from tests.service.conftest import ROOT, STARTER_KB, check_response, free_port, write_config
+from tests.service.conftest import (
+    ROOT,
+    STARTER_KB,
+    check_response,
+    free_port,
+    resources,
+    searchset,
+    start_service,
+    stop_service,
+    write_config,
+)
 
 PV = "/cds-services/movement-cds-patient-view"
 
@@ -65,6 +76,45 @@ def test_serve_refuses_bad_config(tmp_path: Path) -> None:
     r = serve("--config", str(p), "--port", str(free_port()))
     assert r.returncode == 1
     assert "--insecure-no-auth" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_insecure_no_auth_warns_loudly_and_service_lines_are_logged(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path / "service.toml", port)
+    log_path = tmp_path / "service.log"
+    with open(log_path, "wb") as log:
+        proc = start_service(["--config", str(cfg), "--insecure-no-auth", "--log-level", "info"],
+                             port, log=log)
+        try:
+            patient = resources("no-red-flags.json", "Patient")[0]
+            body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
+                    "context": {"userId": "Practitioner/p1", "patientId": patient["id"]},
+                    "prefetch": {"patient": patient,
+                                 "observations": searchset(
+                                     resources("no-red-flags.json", "Observation")),
+                                 "conditions": searchset([]), "careplan": None}}
+            r = httpx.post(f"http://127.0.0.1:{port}{PV}", json=body, timeout=30)
+            assert r.status_code == 200, r.text
+        finally:
+            stop_service(proc)
+    text = log_path.read_text(errors="replace")
+    assert "WARNING: AUTHENTICATION IS OFF (--insecure-no-auth)" in text
+    # the service's own logger reaches the output (not only uvicorn's access lines)
+    assert "movement_cds.service: movement-cds-patient-view" in text
+    assert patient["id"] not in text  # ids of calls, not of patients
+
+
+def test_serve_log_level_warning_hides_access_lines(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path / "service.toml", port)
+    log_path = tmp_path / "service.log"
+    with open(log_path, "wb") as log:
+        proc = start_service(["--config", str(cfg), "--insecure-no-auth", "--log-level",
+                              "warning"], port, log=log)
+        stop_service(proc)
+    text = log_path.read_text(errors="replace")
+    assert "GET /cds-services" not in text and "INFO:" not in text
+    assert "AUTHENTICATION IS OFF" in text  # the banner is not a log line: always shown
 
 
 def test_serve_refuses_failing_scenarios(tmp_path: Path) -> None:
