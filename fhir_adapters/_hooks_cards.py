@@ -27,7 +27,8 @@ from cds import EvidenceRef, Plan, PlanAlert
 from fhir_adapters._outbound import ALERT_SYSTEM
 
 __all__ = [
-    "CARD_SYSTEM", "OVERRIDE_SYSTEM", "card_rules", "evidence_url", "plan_cards", "prune",
+    "CARD_SYSTEM", "NO_RULE", "OVERRIDE_SYSTEM", "card_rules", "evidence_url", "plan_cards",
+    "prune",
 ]
 
 CARD_SYSTEM: Final = "http://movement-cds.org/fhir/CodeSystem/card"
@@ -280,17 +281,29 @@ def plan_cards(plan: Plan, bundle: dict[str, Any], service_id: str) -> list[dict
     return [_prune_card(k) for k in cards]
 
 
+NO_RULE: Final = "(no rule fired)"
+
+
+def _plan_card_rules(plan: Plan) -> list[str]:
+    """The rules a plan card's feedback is about: those behind its exercises and "do not do"
+    items; when there are none, those that held exercise, then those that reported missing
+    data; a plan that no rule shaped is still counted, under ``NO_RULE``."""
+    for group in ([*plan.exercises, *plan.avoid],
+                  [a for a in plan.alerts if a.holds_exercise or a.referral is not None]):
+        rules = sorted({r for x in group for r in x.rule_ids})
+        if rules:
+            return rules
+    gaps = sorted({g.rule_id for g in plan.data_gaps})
+    return gaps or [NO_RULE]
+
+
 def card_rules(plan: Plan, cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """For the feedback store: which rules and alert code each card stands for."""
     by_code = {a.code: a for a in plan.alerts}
     out = []
     for k in cards:
         code = k["source"]["topic"]["code"]
-        if code in by_code:
-            rules = list(by_code[code].rule_ids)
-        else:
-            rules = sorted({r for x in plan.exercises for r in x.rule_ids}
-                           | {r for x in plan.avoid for r in x.rule_ids})
+        rules = list(by_code[code].rule_ids) if code in by_code else _plan_card_rules(plan)
         out.append({"card": k["uuid"], "code": code, "rule_ids": rules,
                     "knowledge_base": plan.knowledge_base})
     return out
