@@ -80,7 +80,8 @@ def terminology_export(
     directory: Annotated[Path, typer.Argument(help="Directory to write CodeSystem-*.json into.")],
     kb: KbOption = None,
 ) -> None:
-    """Write the project's CodeSystems (screen, exercise, alert) as FHIR R4 JSON."""
+    """Write the project's CodeSystems (screen, exercise, alert, plan-change) as FHIR R4
+    JSON."""
     try:
         base = load_knowledge_base(kb or bundled_path())
         paths = export_terminology(base, directory)
@@ -110,6 +111,41 @@ def kb_schema(
         path = out / f"{name}.schema.json"
         path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         typer.echo(str(path))
+
+
+class LogLevel(StrEnum):
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+
+
+_NO_AUTH_BANNER = """\
+************************************************************************************
+WARNING: AUTHENTICATION IS OFF (--insecure-no-auth). Any caller can read advice and
+post feedback. For a local demo or a test only; never expose this service to a network.
+************************************************************************************"""
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's own logging set-up, plus the service's loggers (``movement_cds``,
+    ``fhir_adapters``) on the same handler: otherwise their lines would go nowhere."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    cfg: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    cfg["formatters"]["service"] = {
+        "()": "uvicorn.logging.DefaultFormatter",
+        "fmt": "%(levelprefix)s %(name)s: %(message)s",
+    }
+    cfg["handlers"]["service"] = {"formatter": "service", "class": "logging.StreamHandler",
+                                  "stream": "ext://sys.stderr"}
+    for name in ("movement_cds", "fhir_adapters"):
+        cfg["loggers"][name] = {"handlers": ["service"], "level": level.upper(),
+                                "propagate": False}
+    return cfg
 
 
 @app.command()
@@ -175,9 +211,9 @@ def serve(
         fail("--workers above 1 needs --config FILE")
     os.environ[CONFIG_ENV] = str(config.resolve())
     os.environ[INSECURE_ENV] = "1" if insecure_no_auth else "0"
-    os.environ[SCENARIOS_CHECKED_ENV] = "1"
+    os.environ[SCENARIOS_CHECKED_ENV] = engine.release  # workers skip what was checked here
     uvicorn.run("fhir_adapters._hooks_app:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level=log_level.value,
+                workers=workers, log_level=log_level.value, timeout_worker_healthcheck=60,
                 log_config=_log_config(log_level.value))
 
 
