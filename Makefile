@@ -25,6 +25,7 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/movement-cds kb validate --strict
 
 ## Rebuild the generated clinical catalog in docs/clinical from the knowledge base.
 docs: $(STAMP)

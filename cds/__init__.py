@@ -16,6 +16,14 @@ from cds._errors import (
 )
 from cds._evaluator import Evaluator
 from cds._facts import Derivation, DerivedFact, Fact, PatientFacts
+from cds._followup import (
+    CheckIn,
+    ExerciseChange,
+    ExerciseResponse,
+    FollowUp,
+    PreviousExercise,
+    PreviousPlan,
+)
 from cds._knowledge_base import KnowledgeBase, load_knowledge_base
 from cds._plan import (
     AvoidedExercise,
@@ -31,6 +39,7 @@ from cds._reference import evaluate_reference
 
 __all__ = [
     "AvoidedExercise",
+    "CheckIn",
     "CompiledKnowledgeBase",
     "DataGap",
     "Derivation",
@@ -39,8 +48,11 @@ __all__ = [
     "EngineResult",
     "Evaluator",
     "EvidenceRef",
+    "ExerciseChange",
     "ExerciseDose",
+    "ExerciseResponse",
     "Fact",
+    "FollowUp",
     "InputIssue",
     "InvalidInputError",
     "KnowledgeBase",
@@ -51,6 +63,8 @@ __all__ = [
     "Plan",
     "PlanAlert",
     "PlannedExercise",
+    "PreviousExercise",
+    "PreviousPlan",
     "Referral",
     "compile_knowledge_base",
     "evaluate_reference",

@@ -22,37 +22,63 @@ _OP_WORDS = {
 }
 
 
-def _value(v: object) -> str:
+Segment = tuple[str, bool]  # (text, is a code/identifier)
+
+
+def value_segments(v: object) -> list[Segment]:
+    """A condition operand in words; identifiers and literal values are marked as code."""
     if isinstance(v, Param):
-        return f"parameter `{v.param}`"
+        return [("parameter ", False), (v.param, True)]
     if isinstance(v, list):
-        return ", ".join(f"`{x}`" for x in v)
+        out: list[Segment] = []
+        for i, x in enumerate(v):
+            out += [(", ", False)] if i else []
+            out.append((str(x), True))
+        return out
     if isinstance(v, bool):
-        return f"`{str(v).lower()}`"
+        return [(str(v).lower(), True)]
     if isinstance(v, float) and v.is_integer():
-        return f"`{int(v)}`"
-    return f"`{v}`"
+        return [(str(int(v)), True)]
+    return [(str(v), True)]
 
 
-def render_condition(cond: Condition, depth: int = 0) -> list[str]:
-    pad = "  " * depth
+def condition_parts(cond: Condition) -> tuple[list[Segment], list[Condition]]:
+    """One node of a condition in plain language, and its sub-conditions (shared by the
+    Markdown and HTML catalogs so they always say the same thing)."""
     if isinstance(cond, FactTest):
         op, v = cond.operator()
         if op == "present":
-            return [f"{pad}- `{cond.fact}` is recorded"]
+            return [(cond.fact, True), (" is recorded", False)], []
         if op == "missing":
-            return [f"{pad}- `{cond.fact}` has no usable value"]
-        return [f"{pad}- `{cond.fact}` {_OP_WORDS[op]} {_value(v)}"]
+            return [(cond.fact, True), (" has no usable value", False)], []
+        return [(cond.fact, True), (f" {_OP_WORDS[op]} ", False), *value_segments(v)], []
     if isinstance(cond, ParamTest):
-        return [f"{pad}- parameter `{cond.param}` is {_value(cond.is_)}"]
+        return [("parameter ", False), (cond.param, True), (" is ", False),
+                *value_segments(cond.is_)], []
     if isinstance(cond, NoneOf):
-        return [f"{pad}- not (definitely false):", *render_condition(cond.not_, depth + 1)]
+        return [("not (definitely false):", False)], [cond.not_]
     if isinstance(cond, AtLeast):
-        head = f"{pad}- at least {_value(cond.at_least)} of:"
-        return [head, *(x for c in cond.of for x in render_condition(c, depth + 1))]
-    word, items = ("all of", cond.all) if isinstance(cond, AllOf) else ("any of", cond.any)
+        return [("at least ", False), *value_segments(cond.at_least), (" of:", False)], cond.of
     assert isinstance(cond, AllOf | AnyOf)
-    return [f"{pad}- {word}:", *(x for c in items for x in render_condition(c, depth + 1))]
+    if isinstance(cond, AllOf):
+        return [("all of:", False)], cond.all
+    return [("any of:", False)], cond.any
+
+
+def _md(segments: list[Segment]) -> str:
+    return "".join(f"`{t}`" if code else t for t, code in segments)
+
+
+def _value(v: object) -> str:
+    return _md(value_segments(v))
+
+
+def render_condition(cond: Condition, depth: int = 0) -> list[str]:
+    segments, children = condition_parts(cond)
+    out = [f"{'  ' * depth}- {_md(segments)}"]
+    for c in children:
+        out += render_condition(c, depth + 1)
+    return out
 
 
 def _outputs(kb: KnowledgeBase, rule_id: str) -> list[str]:
@@ -85,6 +111,11 @@ def _outputs(kb: KnowledgeBase, rule_id: str) -> list[str]:
         elif a.plan_limit:
             out.append(f"- limits the programme to {_value(a.plan_limit.max_exercises)} "
                        f"exercises: {a.plan_limit.why.strip()}")
+        elif a.adjust:
+            told = (f" The patient is told: \"{' '.join(a.adjust.patient.split())}\""
+                    if a.adjust.patient else "")
+            out.append(f"- **{a.adjust.decision}** this exercise: "
+                       f"{' '.join(a.adjust.why.split())}{told}")
     return out
 
 
@@ -106,7 +137,9 @@ def _rules_page(kb: KnowledgeBase, scenarios: dict[str, list[str]]) -> str:
             if r.description:
                 lines += [" ".join(r.description.split()), ""]
             where = f"`{loc.file}:{loc.line}`" if loc else ""
-            lines += [f"Priority {r.priority}. Source {where}.", "", "**When**", ""]
+            scope = (" Evaluated once per exercise of the previous plan (scope "
+                     "`exercise-response`)." if r.scope != "patient" else "")
+            lines += [f"Priority {r.priority}. Source {where}.{scope}", "", "**When**", ""]
             lines += render_condition(r.when)
             lines += ["", "**Then**", "", *_outputs(kb, r.id), "", "**Evidence**", ""]
             for e in r.evidence:

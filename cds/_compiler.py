@@ -15,10 +15,18 @@ from itertools import combinations, product
 from typing import Any
 
 from cds._errors import KnowledgeBaseError, KnowledgeBaseProblem
-from cds._kb_schema import AllOf, AtLeast, Condition, FactTest, NoneOf, Param, ParamTest
+from cds._kb_schema import AllOf, AtLeast, Condition, FactTest, NoneOf, Param, ParamTest, Scope
 from cds._knowledge_base import KnowledgeBase, derived_names
 
-__all__ = ["CompiledKnowledgeBase", "CompiledRule", "Literal", "compile_knowledge_base"]
+__all__ = [
+    "FOLLOW_UP_SUFFIX",
+    "CompiledKnowledgeBase",
+    "CompiledRule",
+    "Literal",
+    "compile_knowledge_base",
+]
+
+FOLLOW_UP_SUFFIX = "/follow-up"
 
 _NEGATE = {
     "is": "is-not", "is-not": "is", "lt": "ge", "le": "gt", "gt": "le", "ge": "lt",
@@ -181,11 +189,16 @@ def _canonical(term: tuple[Literal, ...]) -> tuple[Literal, ...]:
     return tuple(uniq[k] for k in sorted(uniq))
 
 
-def compile_knowledge_base(kb: KnowledgeBase) -> CompiledKnowledgeBase:
+def compile_knowledge_base(kb: KnowledgeBase, scope: Scope = "patient") -> CompiledKnowledgeBase:
+    """Compile the rules of one scope: ``patient`` (the ruleset ``{kb}@{version}``) or
+    ``exercise-response`` (the per-exercise follow-up rules, ``{kb}@{version}/follow-up``,
+    run once per exercise of the previous plan)."""
     order = {s: i for i, s in enumerate(kb.manifest.strata)}
     rules: list[CompiledRule] = []
     problems: list[KnowledgeBaseProblem] = []
     for rule in kb.rules:
+        if rule.scope != scope:
+            continue
         terms_raw = _dnf(rule.when, False, kb.parameter)
         if len(terms_raw) > _MAX_TERMS:
             loc = kb.locations.get(f"rules:{rule.id}")
@@ -215,8 +228,10 @@ def compile_knowledge_base(kb: KnowledgeBase) -> CompiledKnowledgeBase:
         )
     if problems:
         raise KnowledgeBaseError(problems)
-    names = set(kb.facts)
+    names = {n for n, d in kb.facts.items()
+             if d.scope == scope or (scope == "exercise-response" and not d.derived)}
     for r in rules:
         names.update(n for n, _ in r.derives)
-    return CompiledKnowledgeBase(kb.ruleset_name, tuple(kb.manifest.strata), tuple(rules),
+    name = kb.ruleset_name + (FOLLOW_UP_SUFFIX if scope == "exercise-response" else "")
+    return CompiledKnowledgeBase(name, tuple(kb.manifest.strata), tuple(rules),
                                  frozenset(names))

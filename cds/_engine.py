@@ -12,7 +12,12 @@ The safety rules (docs/architecture.md) this module enforces:
 6. every fact has an explicit unique ``id``, and every input fact is checked to be present
    after evaluation;
 7. one ruleset per ``{kb-id}@{version}``, registered once, never replaced;
-8. ``pri`` is set explicitly in multiples of ten.
+8. ``pri`` is set explicitly in multiples of ten;
+9. a new ruleset's first session fires a rule: durable-rules 2.0.28 corrupts memory and
+   aborts the process (``free(): invalid pointer``) when the first session of a ruleset
+   fires nothing and is deleted (found with the per-exercise follow-up rules; the starter
+   knowledge base with only the ten core red-flag answers reproduces it), so registration
+   runs one warm-up evaluation on facts built to satisfy a rule.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 from durable import engine as _durable
 
-from cds._compiler import CompiledKnowledgeBase
+from cds._compiler import CompiledKnowledgeBase, Literal
 from cds._engine_result import EngineResult, FiringLog
 from cds._errors import EngineError, KnowledgeBaseError, KnowledgeBaseProblem
 from cds._facts import Fact
@@ -84,6 +89,7 @@ class RuleEngine:
         self._read = compiled.read_names
         definition = compiled.durable_definition()
         canonical = json.dumps(definition, sort_keys=True)
+        warm: list[Fact] | None = None
         with _LOCK:
             known = _REGISTERED.get(self.name)
             if known is None:
@@ -95,6 +101,7 @@ class RuleEngine:
                         rule["run"] = _action(self.name, ri, ti)
                 _host().register_rulesets({self.name: definition})
                 _REGISTERED[self.name] = canonical
+                warm = _firing_facts(compiled)
             elif known != canonical:
                 raise KnowledgeBaseError(
                     [
@@ -105,6 +112,8 @@ class RuleEngine:
                         )
                     ]
                 )
+        if warm is not None:  # safety rule 9
+            self.evaluate(warm)
 
     def evaluate(self, facts: list[Fact]) -> EngineResult:
         """Derive everything the rules derive from ``facts``.
@@ -153,6 +162,44 @@ class RuleEngine:
     def _check(state: Any) -> None:
         if isinstance(state, dict) and "exception" in state:
             raise EngineError("rule action failed inside the engine", [str(state["exception"])])
+
+
+def _satisfying(lit: Literal) -> Any:
+    v = lit.value
+    match lit.op:
+        case "is" | "ge" | "le":
+            return v
+        case "in":
+            return v[0]
+        case "gt":
+            return v + 1
+        case "lt":
+            return v - 1
+        case "present":
+            return True
+    return None  # is-not, not-in: no value known to satisfy; the caller checks
+
+
+def _firing_facts(compiled: CompiledKnowledgeBase) -> list[Fact] | None:
+    """Facts under which some rule fires (checked with the reference evaluator), for the
+    warm-up of safety rule 9; None when none is found (then nothing can be done)."""
+    from cds._reference import evaluate_reference  # the oracle: no engine involved
+
+    for rule in compiled.rules:
+        for term in rule.terms:
+            facts: dict[str, Any] = {}
+            for lit in term:
+                if lit.op == "missing":
+                    continue
+                value = _satisfying(lit)
+                if value is None:
+                    break
+                facts[lit.fact] = value
+            else:
+                candidate = [Fact(n, v) for n, v in sorted(facts.items())]
+                if evaluate_reference(compiled, candidate).firings:
+                    return candidate
+    return None
 
 
 def _noop(c: Any) -> None:  # pragma: no cover - sinks never complete their join

@@ -7,11 +7,18 @@ from typing import Literal
 from cds._compiler import CompiledKnowledgeBase, compile_knowledge_base
 from cds._engine import RuleEngine
 from cds._engine_result import EngineResult
-from cds._errors import InvalidInputError
+from cds._errors import InputIssue, InvalidInputError
 from cds._facts import PatientFacts
 from cds._knowledge_base import KnowledgeBase
 from cds._plan import Plan, resolve_plan
 from cds._reference import evaluate_reference
+from cds._revision import (
+    check_follow_up,
+    follow_up_patient_facts,
+    response_facts,
+    revise_plan,
+    with_check_in,
+)
 from cds._scores import derive_scores
 
 __all__ = ["Evaluator"]
@@ -21,7 +28,9 @@ class Evaluator:
     """Compiles a knowledge base once and evaluates patients against it.
 
     ``engine="durable"`` runs durable-rules (production); ``"reference"`` runs the plain-Python
-    oracle, which must give the same result.
+    oracle, which must give the same result. The per-exercise follow-up rules are compiled
+    into their own ruleset (``{kb}@{version}/follow-up``) and run once per exercise of the
+    previous plan, through the same engine.
     """
 
     def __init__(
@@ -29,22 +38,32 @@ class Evaluator:
     ) -> None:
         self.kb = kb
         self.compiled: CompiledKnowledgeBase = compile_knowledge_base(kb)
+        self.compiled_follow_up: CompiledKnowledgeBase = compile_knowledge_base(
+            kb, "exercise-response")
         self.engine_kind = engine
         self._engine = RuleEngine(self.compiled) if engine == "durable" else None
+        self._follow_up_engine = (RuleEngine(self.compiled_follow_up)
+                                  if engine == "durable" and self.compiled_follow_up.rules
+                                  else None)
         self._bilateral = {n for n, d in kb.facts.items() if d.bilateral}
 
     def prepare(self, patient: PatientFacts) -> PatientFacts:
-        """Add computed scores (lower side, asymmetry, clearing tests, totals)."""
+        """Add computed scores (lower side, asymmetry, clearing tests, totals) and, at a
+        follow-up, the patient-level response facts (adherence, peripheralisation)."""
         facts = derive_scores(list(patient.facts), self._bilateral)
+        if patient.follow_up is not None:
+            check_follow_up(patient.follow_up)
+            have = {f.name for f in facts}
+            facts += [f for f in follow_up_patient_facts(patient.follow_up)
+                      if f.name not in have and f.name in self.compiled.fact_names]
+            facts.sort(key=lambda f: f.name)
         return PatientFacts(patient.subject, patient.as_of, tuple(facts), patient.issues,
-                            patient.extras)
+                            patient.extras, patient.follow_up)
 
     def derive(self, patient: PatientFacts) -> EngineResult:
         unknown = sorted({f.name for f in patient.facts} - self.compiled.fact_names
                          - {f.name for f in patient.facts if "." in f.name})
         if unknown:
-            from cds._errors import InputIssue
-
             raise InvalidInputError(
                 [InputIssue("error", "not-supported", f"unknown fact '{n}'") for n in unknown]
             )
@@ -53,6 +72,30 @@ class Evaluator:
             return self._engine.evaluate(facts)
         return evaluate_reference(self.compiled, facts)
 
+    def derive_follow_up(self, patient: PatientFacts) -> dict[str, EngineResult]:
+        """The per-exercise rules' results, by exercise id of the previous plan (exercises the
+        previous plan had already stopped are not evaluated)."""
+        fu = patient.follow_up
+        if fu is None or not self.compiled_follow_up.rules:
+            return {}
+        responses = {r.exercise_id: r for r in fu.responses}
+        read = self.compiled_follow_up.read_names
+        shared = [f for f in patient.facts if f.name in read]
+        out: dict[str, EngineResult] = {}
+        for prev in sorted(fu.previous.exercises, key=lambda e: e.exercise_id):
+            if prev.status == "stopped":
+                continue
+            facts = shared + response_facts(prev, responses.get(prev.exercise_id),
+                                             patient.as_of)
+            if self._follow_up_engine is not None:
+                out[prev.exercise_id] = self._follow_up_engine.evaluate(facts)
+            else:
+                out[prev.exercise_id] = evaluate_reference(self.compiled_follow_up, facts)
+        return out
+
     def evaluate(self, patient: PatientFacts) -> Plan:
         prepared = self.prepare(patient)
-        return resolve_plan(self.kb, prepared, self.derive(prepared))
+        base = resolve_plan(self.kb, prepared, self.derive(prepared))
+        if prepared.follow_up is None:
+            return with_check_in(self.kb, base)
+        return revise_plan(self.kb, prepared, base, self.derive_follow_up(prepared))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cds._errors import InputIssue
+from cds._followup import FollowUp
 
 __all__ = ["Derivation", "DerivedFact", "Fact", "PatientFacts", "Scalar"]
 
@@ -63,6 +64,8 @@ class PatientFacts:
     facts: tuple[Fact, ...]
     issues: tuple[InputIssue, ...] = ()
     extras: Mapping[str, object] = field(default_factory=dict)
+    # the previous plan and the patient's responses to it, when this is a follow-up visit
+    follow_up: FollowUp | None = None
 
     def by_name(self) -> dict[str, Fact]:
         return {f.name: f for f in self.facts}
@@ -73,6 +76,7 @@ class PatientFacts:
         as_of: datetime,
         facts: Iterable[Fact],
         issues: Iterable[InputIssue] = (),
+        follow_up: FollowUp | None = None,
     ) -> PatientFacts:
         """Sort facts and issues so that the same data in any order is the same object."""
         ordered = tuple(sorted(facts, key=lambda f: f.name))
@@ -85,4 +89,5 @@ class PatientFacts:
             as_of=as_of,
             facts=ordered,
             issues=tuple(sorted(issues, key=lambda i: (i.location or "", i.code, i.message))),
+            follow_up=follow_up,
         )

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 __all__ = [
+    "AdjustAction",
     "AlertAction",
     "AlertDefinition",
     "AllOf",
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 Value = bool | int | float | str
+
+Scope = Literal["patient", "exercise-response"]
 
 
 class _Model(BaseModel):
@@ -152,6 +155,11 @@ class FactDefinition(_Model):
         alias="max-age-days",
         description="An answer older than this (at the as-of instant) is stale and counts as "
         "missing, so it is asked again; never read as current.",
+    )
+    scope: Scope = Field(
+        default="patient",
+        description="exercise-response: a fact about the patient's response to one exercise "
+        "of the previous plan (read only by rules of that scope, once per exercise).",
     )
 
     @model_validator(mode="after")
@@ -401,6 +409,17 @@ class PlanLimitAction(_Model):
     why: str
 
 
+class AdjustAction(_Model):
+    """What a follow-up rule proposes for one exercise of the previous plan. When several
+    fire, the most cautious wins: stop > swap > regress > hold > progress."""
+
+    decision: Literal["progress", "hold", "regress", "swap", "stop"]
+    why: str = Field(description="Plain-language reason for the clinician, naming the "
+                     "response values and the pain-monitoring model where it applies.")
+    patient: str | None = Field(default=None, description="What the patient is told, in "
+                                "plain words (second person).")
+
+
 class Action(_Model):
     finding: FindingAction | None = None
     classification: FindingAction | None = None
@@ -410,6 +429,7 @@ class Action(_Model):
     data_gap: DataGapAction | None = Field(default=None, alias="data-gap")
     safety_net: SafetyNetAction | None = Field(default=None, alias="safety-net")
     plan_limit: PlanLimitAction | None = Field(default=None, alias="plan-limit")
+    adjust: AdjustAction | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Action:
@@ -417,7 +437,7 @@ class Action(_Model):
         if n != 1:
             raise ValueError(
                 "each item of then is exactly one of finding, classification, alert, "
-                "recommend, veto, data-gap, safety-net, plan-limit"
+                "recommend, veto, data-gap, safety-net, plan-limit, adjust"
             )
         return self
 
@@ -426,6 +446,24 @@ class Action(_Model):
             if v is not None:
                 return k.replace("_", "-")
         raise AssertionError("validated")
+
+
+def evidence_url(evidence_id: str) -> str | None:
+    """Where a reader can look an evidence id up: PubMed, PMC, doi.org or the cited URL;
+    None for guideline and ISBN ids, which have none."""
+    kind, _, value = evidence_id.partition(":")
+    value = value.strip()
+    if not value:
+        return None
+    if kind == "PMID":
+        return f"https://pubmed.ncbi.nlm.nih.gov/{value}/"
+    if kind == "PMCID":
+        return f"https://www.ncbi.nlm.nih.gov/pmc/articles/{value}/"
+    if kind == "DOI":
+        return f"https://doi.org/{value}"
+    if kind == "URL" and value.startswith(("http://", "https://")):
+        return value
+    return None
 
 
 class Evidence(_Model):
@@ -449,7 +487,17 @@ class Rule(_Model):
     title: str
     stratum: str
     priority: int = Field(default=50, ge=0, le=99, description="Lower fires first.")
+    scope: Scope = Field(
+        default="patient",
+        description="patient: evaluated once per visit. exercise-response: evaluated once "
+        "per exercise of the previous plan, on that exercise's response facts (follow-up).",
+    )
     description: str | None = None
     when: Condition
     then: list[Action] = Field(min_length=1)
     evidence: list[Evidence] = Field(min_length=1)
+    overrides: list[str] = Field(
+        default_factory=list,
+        description="Ids of rules whose recommendations this rule's veto is meant to "
+        "override: acknowledges the overlap `kb validate` reports (documentation only).",
+    )

@@ -272,6 +272,8 @@ def derived_names(rule: Rule) -> list[str]:
             out.append(f"note.{rule.id}")
         elif a.plan_limit:
             out.append(f"limit.{rule.id}")
+        elif a.adjust:
+            out.append(f"adjust.{rule.id}")
     return out
 
 
@@ -453,6 +455,20 @@ def _cross_check(kb: KnowledgeBase, rules: list[Rule]) -> list[KnowledgeBaseProb
                 f"fact '{fd.name}': max-age-days names unknown parameter "
                 f"'{fd.max_age_days.param}'"))
 
+    for rel in ("easier", "harder"):
+        # a progression or regression chain must end: the follow-up walks it
+        for ex in kb.exercises.values():
+            seen, cur = [ex.id], getattr(ex, rel)
+            while cur is not None and cur in kb.exercises and cur not in seen:
+                seen.append(cur)
+                cur = getattr(kb.exercises[cur], rel)
+            if cur is not None and cur == ex.id:
+                loc = kb.locations[f"exercises:{ex.id}"]
+                out.append(KnowledgeBaseProblem(
+                    loc.file, loc.line, loc.column,
+                    f"exercise '{ex.id}': the {rel} chain loops back to it "
+                    f"({' -> '.join([*seen, cur])})"))
+
     for ex in kb.exercises.values():
         for rel, target in (("easier", ex.easier), ("harder", ex.harder)):
             if target is not None and target not in kb.exercises:
@@ -481,7 +497,7 @@ def _cross_check(kb: KnowledgeBase, rules: list[Rule]) -> list[KnowledgeBaseProb
             return rest in kb.alerts
         if prefix == "recommend":
             return rest in kb.exercises
-        if prefix in ("veto", "gap", "note", "limit"):
+        if prefix in ("veto", "gap", "note", "limit", "adjust"):
             return any(r.id == rest for r in rules)
         base = kb.facts.get(prefix)
         if base is None:
@@ -490,6 +506,34 @@ def _cross_check(kb: KnowledgeBase, rules: list[Rule]) -> list[KnowledgeBaseProb
         if base.bilateral and rest in ("left", "right", "asymmetry"):
             return True
         return rest == "lbp-provoked" and prefix.startswith(("fms-", "pattern-"))
+
+    def fact_scope(name: str) -> str:
+        d = kb.facts.get(name)
+        return d.scope if d is not None else "patient"
+
+    for r in rules:
+        per_exercise = r.scope == "exercise-response"
+        for test, _neg in condition_facts(r.when):
+            fs = fact_scope(test.fact)
+            d = kb.facts.get(test.fact)
+            if not per_exercise and fs == "exercise-response":
+                at(r, f"rule {r.id}: reads '{test.fact}', a per-exercise response fact; give "
+                   "the rule scope: exercise-response")
+            elif per_exercise and fs == "patient" and (d is None or d.derived):
+                at(r, f"rule {r.id}: a per-exercise rule reads '{test.fact}', a patient-level "
+                   "finding; it may read the patient's input facts and response facts only")
+        for a in r.then:
+            kind = a.kind()
+            if per_exercise and kind not in ("finding", "classification", "adjust"):
+                at(r, f"rule {r.id}: a per-exercise rule (scope exercise-response) may only "
+                   f"derive findings and adjust; not {kind}")
+            if not per_exercise and kind == "adjust":
+                at(r, f"rule {r.id}: adjust is for per-exercise rules; give the rule scope: "
+                   "exercise-response")
+            for fa in (a.finding, a.classification):
+                if fa is not None and fa.name in kb.facts and fact_scope(fa.name) != r.scope:
+                    at(r, f"rule {r.id}: derives '{fa.name}' of scope {fact_scope(fa.name)} "
+                       f"from a rule of scope {r.scope}")
 
     for r in rules:
         for pt in _param_tests(r.when):

@@ -14,13 +14,16 @@ The safety policy lives here, not in the rules, so no knowledge base can switch 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from cds._dose import ExerciseDose
 from cds._engine_result import EngineResult
 from cds._errors import InputIssue
 from cds._facts import Derivation, Fact, PatientFacts
-from cds._kb_schema import DoseSpec, Evidence, ExerciseDefinition, Param, VetoAction
+from cds._followup import CheckIn, ExerciseChange
+from cds._kb_schema import Evidence, ExerciseDefinition, Param, VetoAction
 from cds._knowledge_base import KnowledgeBase
 
 __all__ = [
@@ -58,57 +61,6 @@ class EvidenceRef:
 class Referral:
     priority: str  # stat | asap | urgent | routine
     to: str
-
-
-@dataclass(frozen=True)
-class ExerciseDose:
-    """How much of an exercise: sets, repetitions or hold, tempo, how often, pain guidance."""
-
-    sets: int | None
-    repetitions: int | None
-    hold_seconds: int | None
-    tempo: str | None
-    frequency: int
-    period: int
-    period_unit: str  # "d" | "wk"
-    load: str | None
-    pain_monitoring: str
-
-    @staticmethod
-    def of(default: DoseSpec, override: DoseSpec | None = None) -> ExerciseDose:
-        o = override.model_dump(exclude_none=True) if override else {}
-        d = {**default.model_dump(exclude_none=True), **o}
-        return ExerciseDose(
-            sets=d.get("sets"),
-            repetitions=d.get("repetitions"),
-            hold_seconds=d.get("hold_seconds"),
-            tempo=d.get("tempo"),
-            frequency=d["frequency"],
-            period=d["period"],
-            period_unit=d["period_unit"],
-            load=d.get("load"),
-            pain_monitoring=d["pain_monitoring"],
-        )
-
-    def describe(self) -> str:
-        parts = []
-        if self.sets and self.repetitions:
-            parts.append(f"{self.sets} sets of {self.repetitions} repetitions")
-        elif self.sets and self.hold_seconds:
-            parts.append(f"{self.sets} sets")
-        elif self.repetitions:
-            parts.append(f"{self.repetitions} repetitions")
-        if self.hold_seconds:
-            parts.append(f"hold {self.hold_seconds} seconds")
-        if self.tempo:
-            parts.append(f"tempo: {self.tempo}")
-        if self.load:
-            parts.append(f"load: {self.load}")
-        unit = {"d": "day", "wk": "week"}[self.period_unit]
-        per = unit if self.period == 1 else f"{self.period} {unit}s"
-        times = {1: "once", 2: "twice"}.get(self.frequency, f"{self.frequency} times")
-        parts.append(f"{times} per {per}")
-        return ", ".join(parts) + f". Pain: {self.pain_monitoring}"
 
 
 @dataclass(frozen=True)
@@ -191,6 +143,14 @@ class Plan:
     ruleset: str = ""
     derived: tuple[tuple[str, object], ...] = ()
     deferred: tuple[DeferredExercise, ...] = ()
+    # follow-up: the plan this one revises (its input reference), what changed per exercise
+    # and why, and the proposed check-in after a new or changed exercise
+    replaces: str | None = None
+    changes: tuple[ExerciseChange, ...] = ()
+    check_in: CheckIn | None = None
+    # every exercise a rule recommended and no veto ruled out, best first, before the
+    # one-per-purpose and size limits: what a follow-up revision may add from
+    candidates: tuple[PlannedExercise, ...] = ()
 
     @property
     def knowledge_base(self) -> str:
@@ -235,6 +195,21 @@ def _ranks(kb: KnowledgeBase) -> dict[str, tuple[int, int]]:
         kb.derived_cache["plan-ranks"] = cached
     ranks: dict[str, tuple[int, int]] = cached
     return ranks
+
+
+def plan_limit(kb: KnowledgeBase, derived: Mapping[str, object], default: int) -> tuple[int, str]:
+    """The smallest programme size that applies (the parameter, or a plan-limit that fired),
+    with its reason; ``default`` when none applies."""
+    limits: list[tuple[int, str]] = []
+    if "plan-max-exercises" in kb.parameters:
+        limits.append((int(kb.parameter("plan-max-exercises")), "the programme size limit"))
+    for rule in kb.rules:
+        for a in rule.then:
+            if a.plan_limit and f"limit.{rule.id}" in derived:
+                m = a.plan_limit.max_exercises
+                n = int(kb.parameter(m.param)) if isinstance(m, Param) else m
+                limits.append((n, a.plan_limit.why))
+    return min(limits) if limits else (default, "")
 
 
 def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult) -> Plan:
@@ -352,16 +327,7 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
     proposed.sort(key=lambda p: (p[0], p[1].exercise_id))
 
     # a focused programme: one exercise per purpose, at most the smallest limit that applies
-    limits: list[tuple[int, str]] = []
-    if "plan-max-exercises" in kb.parameters:
-        limits.append((int(kb.parameter("plan-max-exercises")), "the programme size limit"))
-    for rule in kb.rules:
-        for a in rule.then:
-            if a.plan_limit and f"limit.{rule.id}" in derived:
-                m = a.plan_limit.max_exercises
-                n = int(kb.parameter(m.param)) if isinstance(m, Param) else m
-                limits.append((n, a.plan_limit.why))
-    limit, limit_why = min(limits) if limits else (len(proposed), "")
+    limit, limit_why = plan_limit(kb, derived, len(proposed))
     kept: list[PlannedExercise] = []
     deferred: list[DeferredExercise] = []
     by_purpose: dict[str, PlannedExercise] = {}
@@ -403,4 +369,5 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
         ruleset=kb.ruleset_name,
         derived=tuple((n, d.value) for n, d in sorted(derived.items())),
         deferred=tuple(deferred),
+        candidates=tuple(p for _, p in proposed),
     )

@@ -19,6 +19,7 @@ says what must come out::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,16 +30,22 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cds._errors import KnowledgeBaseError, KnowledgeBaseProblem, MovementCDSError
 from cds._evaluator import Evaluator
+from cds._explain import Explainer, ExplainTargetError, render_item, render_target
 from cds._facts import Fact, PatientFacts
 from cds._knowledge_base import _items, _position, _read, _validate
 from cds._plan import Plan
 
 __all__ = [
+    "CaseOutcome",
+    "ExpectationRow",
     "Scenario",
     "ScenarioOutcome",
+    "check_expectations",
     "check_scenario",
+    "explain_rows",
     "load_scenarios",
     "run_scenarios",
+    "scenario_case",
 ]
 
 DEFAULT_AS_OF = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -94,6 +101,20 @@ class Scenario(_Model):
     expect: Expectation
 
 
+@dataclass(frozen=True)
+class ExpectationRow:
+    """One expectation checked: what, expected, actual, and whether it held."""
+
+    what: str
+    expected: Any
+    actual: Any
+    passed: bool
+    subjects: tuple[str, ...] = ()  # what to explain when it fails
+
+    def line(self) -> str:
+        return f"{self.what}: expected {self.expected}, got {self.actual}"
+
+
 @dataclass
 class ScenarioOutcome:
     scenario: Scenario
@@ -102,10 +123,34 @@ class ScenarioOutcome:
     failures: list[str] = field(default_factory=list)
     plan: Plan | None = None
     error: str | None = None
+    rows: list[ExpectationRow] = field(default_factory=list)
+    inputs: tuple[Fact, ...] = ()  # the facts as read, before scores were computed
+    seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
         return not self.failures and self.error is None
+
+
+@dataclass(frozen=True)
+class CaseOutcome:
+    """One test case of any runner (scenarios now; multi-visit trajectories later), in the
+    form ``kb test`` reports: pass/fail, the expected and actual rows, the explanation of the
+    actual outcome, and where the case is written."""
+
+    suite: str
+    id: str
+    file: str
+    line: int | None
+    passed: bool
+    rows: tuple[ExpectationRow, ...] = ()
+    error: str | None = None
+    explanation: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> tuple[ExpectationRow, ...]:
+        return tuple(r for r in self.rows if not r.passed)
 
 
 BundleReader = Callable[[Path, datetime], PatientFacts]
@@ -153,49 +198,59 @@ def _facts_of(sc: Scenario, evaluator: Evaluator) -> list[Fact]:
 
 def check_scenario(sc: Scenario, plan: Plan) -> list[str]:
     """What differs between the expectation and the plan, one line each (empty: passed)."""
+    return [r.line() for r in check_expectations(sc, plan) if not r.passed]
+
+
+def check_expectations(sc: Scenario, plan: Plan) -> list[ExpectationRow]:
+    """Every expectation of the scenario checked against the plan, passed or not, with what
+    to explain when it fails (``subjects``: ids for ``Explainer.why``, or ``@held``,
+    ``@referral``, ``@gaps``, ``@exercises`` for the plan's parts)."""
     e = sc.expect
-    fails: list[str] = []
+    rows: list[ExpectationRow] = []
     alerts = {a.code for a in plan.alerts}
     proposed = [x for x in plan.exercises if x.status == "proposed"]
     listed = {x.exercise_id for x in plan.exercises}
     fired = {d.rule_id for d in plan.firings}
 
-    def need(cond: bool, what: str, expected: Any, actual: Any) -> None:
-        if not cond:
-            fails.append(f"{what}: expected {expected}, got {actual}")
+    def need(cond: bool, what: str, expected: Any, actual: Any, *subjects: str) -> None:
+        rows.append(ExpectationRow(what, expected, actual, cond, tuple(subjects)))
 
     if e.alerts is not None:
-        need(alerts == set(e.alerts), "alerts", sorted(e.alerts), sorted(alerts))
+        need(alerts == set(e.alerts), "alerts", sorted(e.alerts), sorted(alerts),
+             *sorted(alerts ^ set(e.alerts)))
     for code in e.alerts_include or []:
-        need(code in alerts, f"alert {code}", "present", sorted(alerts))
+        need(code in alerts, f"alert {code}", "present", sorted(alerts), code)
     for code in e.alerts_exclude or []:
-        need(code not in alerts, f"alert {code}", "absent", "present")
+        need(code not in alerts, f"alert {code}", "absent", "present", code)
     if e.referral is not None:
         prios = sorted((a.referral.priority for a in plan.alerts if a.referral),
                        key=_PRIORITY.index)
         top = prios[0] if prios else "none"
-        need(top == e.referral, "most urgent referral", e.referral, top)
+        need(top == e.referral, "most urgent referral", e.referral, top, "@referral")
     if e.exercise_held is not None:
         need(plan.exercise_held == e.exercise_held, "exercise held", e.exercise_held,
-             plan.exercise_held)
+             plan.exercise_held, "@held")
     if e.exercises is not None:
-        need(listed == set(e.exercises), "exercises", sorted(e.exercises), sorted(listed))
+        need(listed == set(e.exercises), "exercises", sorted(e.exercises), sorted(listed),
+             *sorted(listed ^ set(e.exercises)))
     for ex in e.exercises_include or []:
-        need(ex in listed, f"exercise {ex}", "proposed", sorted(listed))
+        need(ex in listed, f"exercise {ex}", "proposed", sorted(listed), ex)
     for ex in e.exercises_exclude or []:
-        need(ex not in listed, f"exercise {ex}", "not proposed", "proposed")
+        need(ex not in listed, f"exercise {ex}", "not proposed", "proposed", ex)
     if e.exercise_count is not None:
         lo, hi = e.exercise_count
-        need(lo <= len(listed) <= hi, "number of exercises", f"{lo}-{hi}", len(listed))
+        need(lo <= len(listed) <= hi, "number of exercises", f"{lo}-{hi}", len(listed),
+             "@exercises")
     avoided = {a.exercise_id for a in plan.avoid}
     for ex in e.avoid_include or []:
-        need(ex in avoided, f"avoid {ex}", "listed as do-not-perform", sorted(avoided))
+        need(ex in avoided, f"avoid {ex}", "listed as do-not-perform", sorted(avoided), ex)
     if e.forbidden_properties is not None:
         fp = e.forbidden_properties
         for x in proposed:
             bad = (set(fp.direction or []) & set(x.direction)) | (
                 {x.load} & set(fp.load or [])) | ({x.surface} & set(fp.surface or []))
-            need(not bad, f"exercise {x.exercise_id}", f"none of {sorted(bad)}", "has them")
+            need(not bad, f"exercise {x.exercise_id}", f"none of {sorted(bad)}", "has them",
+                 x.exercise_id)
     if e.required_properties is not None:
         rp = e.required_properties
         for prop, wanted in (("direction", rp.direction), ("load", rp.load),
@@ -205,21 +260,21 @@ def check_scenario(sc: Scenario, plan: Plan) -> list[str]:
             have = {v for x in proposed for v in (
                 x.direction if prop == "direction" else (getattr(x, prop),))}
             need(bool(have & set(wanted)), f"some proposed exercise with {prop}",
-                 f"one of {wanted}", sorted(have))
+                 f"one of {wanted}", sorted(have), "@exercises")
     for rid in e.fires or []:
-        need(rid in fired, f"rule {rid}", "fires", "does not fire")
+        need(rid in fired, f"rule {rid}", "fires", "does not fire", rid)
     for rid in e.does_not_fire or []:
-        need(rid not in fired, f"rule {rid}", "does not fire", "fires")
+        need(rid not in fired, f"rule {rid}", "does not fire", "fires", rid)
     if e.missing is not None:
         got = sorted({m for g in plan.data_gaps for m in g.missing})
-        need(got == sorted(e.missing), "missing items", sorted(e.missing), got)
+        need(got == sorted(e.missing), "missing items", sorted(e.missing), got, "@gaps")
     if e.findings:
         facts = {f.name: f.value for f in plan.facts}
         derived = plan.derived_values
         for name, value in e.findings.items():
             actual = derived.get(name, facts.get(name, "(absent)"))
-            need(actual == value, f"finding {name}", value, actual)
-    return fails
+            need(actual == value, f"finding {name}", value, actual, name)
+    return rows
 
 
 def run_scenarios(
@@ -235,6 +290,7 @@ def run_scenarios(
             continue
         out = ScenarioOutcome(sc, rel, line)
         as_of = sc.as_of or DEFAULT_AS_OF
+        started = time.perf_counter()
         try:
             if sc.bundle is not None:
                 if reader is None:
@@ -245,9 +301,54 @@ def run_scenarios(
                 patient = reader(path, as_of)
             else:
                 patient = PatientFacts.build(f"Patient/{sc.id}", as_of, _facts_of(sc, evaluator))
+            out.inputs = patient.facts
             out.plan = evaluator.evaluate(patient)
-            out.failures = check_scenario(sc, out.plan)
+            out.rows = check_expectations(sc, out.plan)
+            out.failures = [r.line() for r in out.rows if not r.passed]
         except MovementCDSError as err:
             out.error = f"{type(err).__name__}: {err}"
+        out.seconds = time.perf_counter() - started
         outcomes.append(out)
     return outcomes
+
+
+def scenario_case(outcome: ScenarioOutcome, explainer: Explainer | None = None) -> CaseOutcome:
+    """A scenario outcome as a report case; a failed one carries the explanation of what
+    actually came out for every item its failed expectations name."""
+    text = None
+    if explainer is not None and outcome.plan is not None and not outcome.passed:
+        text = explain_rows(explainer, outcome.plan, outcome.rows, outcome.inputs)
+    sc = outcome.scenario
+    return CaseOutcome("scenario", sc.id, outcome.file, outcome.line, outcome.passed,
+                       tuple(outcome.rows), outcome.error, text, outcome.seconds)
+
+
+def explain_rows(explainer: Explainer, plan: Plan, rows: list[ExpectationRow],
+                 inputs: tuple[Fact, ...] = ()) -> str:
+    """The explain tree (or why-not) of each item the failed rows name, once each."""
+    subjects = list(dict.fromkeys(s for r in rows if not r.passed for s in r.subjects))
+    parts: list[str] = []
+    whole = explainer.explain_plan(plan, inputs or None)
+    groups = {
+        "@held": [i for i in whole.items if i.kind == "alert" and "holds" in i.outcome],
+        "@referral": [i for i in whole.items if i.kind == "alert" and "referral" in i.outcome],
+        "@gaps": [i for i in whole.items if i.kind == "data-gap"],
+    }
+    for s in subjects:
+        if s in groups:
+            items = groups[s]
+            if not items:
+                parts.append({"@held": "No alert holds exercise.",
+                              "@referral": "No alert calls for a referral.",
+                              "@gaps": "No data-gap rule fired."}[s] + "\n")
+            parts.extend("\n".join(render_item(i)) + "\n" for i in items)
+        elif s == "@exercises":
+            heads = [f"{i.kind.upper()} {i.id} ({i.outcome})" for i in whole.items
+                     if i.kind in ("exercise", "deferred", "avoid")]
+            parts.append("\n".join(heads or ["No exercise was recommended."]) + "\n")
+        else:
+            try:
+                parts.append(render_target(explainer.why(plan, s, inputs or None)))
+            except ExplainTargetError as e:
+                parts.append(f"{e}\n")
+    return "\n".join(parts)

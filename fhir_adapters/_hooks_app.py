@@ -2,7 +2,9 @@
 
 Routes (CDS Hooks 2.0; spec points C1-C22 in ``shared/spec/cds-hooks.md``):
 
-``GET  /cds-services``                 discovery (C2, C3)
+``GET  /cds-services``                 discovery (C2, C3); the extension
+                                       ``org.movement-cds.knowledge-base`` names the live
+                                       knowledge-base release
 ``POST /cds-services/{id}``            call a service (C5-C15)
 ``POST /cds-services/{id}/feedback``   card feedback (C16), stored by ``FeedbackStore``
 
@@ -22,18 +24,33 @@ process has one engine, used under a lock in the thread pool. Scale with process
 (``movement-cds serve --workers N``); each worker builds its app with ``app_from_env``,
 loads the knowledge base and warms up before it accepts requests.
 
+New knowledge-base versions go live without a restart and without dropping a request
+(``LiveEngine``): at most every ``reload_check_seconds`` (and at once on SIGHUP) each worker
+compares the knowledge-base directory's file list, sizes, inodes and modification times with
+what it loaded; when they differ and the content digest does too, it loads, validates, runs
+the scenario tests (plain-Python reference evaluator first, so a failing release never
+registers a ruleset, then the rule engine), warms up, and only then swaps the engine
+reference. That work runs in the thread pool, never on the event loop; the rule engine's
+global lock still serialises every durable session, and the engine starts no thread of its
+own. A request keeps the engine it started with. If anything fails, or the release has the
+live ``{kb-id}@{version}`` with different content, the old engine stays and one WARNING line
+says why.
+
 Logs name services, hook instances, alert codes, counts, statuses and timings; never tokens,
 patient ids or clinical values.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import importlib
 import inspect
 import json
 import logging
 import os
 import re
+import signal
 import threading
 import time
 import uuid
@@ -52,7 +69,15 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cds import EngineError, KnowledgeBaseError, MovementCDSError
+from cds import (
+    EngineError,
+    Evaluator,
+    KnowledgeBase,
+    KnowledgeBaseError,
+    MovementCDSError,
+    load_knowledge_base,
+)
+from cds._changelog import check_changelog
 from fhir_adapters._errors import InvalidBundleError
 from fhir_adapters._hooks_cards import card_rules, plan_cards
 from fhir_adapters._hooks_config import ConfigError, ServiceConfig, load_config
@@ -66,10 +91,15 @@ from fhir_adapters._hooks_prefetch import (
 
 __all__ = [
     "CONFIG_ENV",
+    "KB_EXTENSION",
     "Engine",
+    "LiveEngine",
+    "ReloadRefused",
     "StartupError",
     "app_from_env",
     "create_app",
+    "kb_digest",
+    "kb_fingerprint",
     "load_engine",
 ]
 
@@ -78,6 +108,7 @@ log = logging.getLogger("movement_cds.service")
 CONFIG_ENV: Final = "MOVEMENT_CDS_CONFIG"
 INSECURE_ENV: Final = "MOVEMENT_CDS_INSECURE_NO_AUTH"
 SCENARIOS_CHECKED_ENV: Final = "MOVEMENT_CDS_SCENARIOS_CHECKED"
+KB_EXTENSION: Final = "org.movement-cds.knowledge-base"
 
 # SNOMED CT codes that make a draft ServiceRequest a physiotherapy referral (order-sign)
 PHYSIO_CODES: Final = frozenset({
@@ -90,6 +121,10 @@ _PHYSIO_TEXT: Final = re.compile(r"physio|physical therap", re.IGNORECASE)
 
 class StartupError(RuntimeError):
     """The service cannot start: bad config, knowledge base or failing scenario tests."""
+
+
+class ReloadRefused(Exception):
+    """A new knowledge-base version was not taken into service; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +198,10 @@ def _error_response(exc: ApiError) -> JSONResponse:
 
 
 class Engine:
-    """One process's knowledge base and rule engine; evaluations are serialised."""
+    """One process's knowledge base and rule engine; evaluations are serialised.
+
+    ``digest`` (content) and ``fingerprint`` (file metadata) describe the directory as it was
+    when this engine was loaded; ``loaded_at`` is when it went live."""
 
     def __init__(self, support: Any) -> None:
         from movement_cds._api import DecisionSupport
@@ -173,10 +211,66 @@ class Engine:
         self.kb = support.kb
         self.keys: tuple[PrefetchKey, ...] = prefetch_keys(self.kb)
         self._lock = threading.Lock()
+        self.digest = ""
+        self.fingerprint: Fingerprint = ()
+        self.loaded_at = datetime.now(UTC)
 
     def evaluate(self, bundle: dict[str, Any], as_of: datetime) -> Any:
         with self._lock:
             return self.support.evaluate(bundle, as_of=as_of)
+
+    @property
+    def release(self) -> str:
+        """``{kb-id}@{version}#{content digest}``: what a worker was checked against."""
+        return f"{self.kb.ruleset_name}#{self.digest}"
+
+    def describe(self) -> dict[str, Any]:
+        """The discovery extension: which knowledge-base release answers."""
+        m = self.kb.manifest
+        return {"id": m.id, "version": m.version, "label": self.kb.ruleset_name,
+                "title": m.title, "status": m.status,
+                "loaded": self.loaded_at.isoformat(timespec="seconds").replace("+00:00", "Z")}
+
+
+# --- what is on disk ------------------------------------------------------------------------
+
+Fingerprint = tuple[tuple[str, int, int, int, int], ...]
+
+
+def _kb_files(root: Path) -> list[Path]:
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
+        out += [Path(dirpath) / f for f in sorted(filenames)
+                if not f.startswith(".") and not f.endswith((".pyc", "~"))]
+    return out
+
+
+def kb_fingerprint(root: Path) -> Fingerprint:
+    """Cheap (metadata only): every file's path, size, inode and modification time. Any
+    change means "read it again"; ``kb_digest`` then says whether the content changed."""
+    out = []
+    for f in _kb_files(root):
+        try:
+            st = f.stat()
+        except OSError:
+            continue  # removed while we looked: the next check sees the new state
+        out.append((str(f.relative_to(root)), st.st_size, st.st_ino, st.st_dev,
+                    st.st_mtime_ns))
+    return tuple(out)
+
+
+def kb_digest(root: Path) -> str:
+    """SHA-256 over every file's relative path and bytes."""
+    h = hashlib.sha256()
+    for f in _kb_files(root):
+        try:
+            data = f.read_bytes()
+        except OSError:
+            continue
+        h.update(str(f.relative_to(root)).encode() + b"\0" + len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()
 
 
 def _warm_up_bundle() -> dict[str, Any]:
@@ -186,14 +280,47 @@ def _warm_up_bundle() -> dict[str, Any]:
                       "birthDate": "1980-01-01"}}]}
 
 
-def load_engine(config: ServiceConfig, *, run_scenarios: bool = True) -> Engine:
-    """Load the knowledge base, run its scenario tests, warm up; ``StartupError`` if any
-    of it fails."""
-    from knowledge_base import bundled_path
-    from movement_cds._api import DecisionSupport
+def _scenario_failures(evaluator: Evaluator, root: Path) -> str | None:
+    """None when every scenario test passes, else why not (ids and file:line, no values)."""
     from movement_cds._kbtools import run_all_scenarios
 
-    root = config.knowledge_base or bundled_path()
+    try:
+        outcomes = run_all_scenarios(evaluator, root)
+    except KnowledgeBaseError as e:
+        return "scenario tests do not load: " + "; ".join(str(p) for p in e.problems[:5])
+    failed = [o for o in outcomes if not o.passed]
+    if not failed:
+        return None
+    lines = [f"{o.file}:{o.line or 0} {o.scenario.id}: " + (o.error or "; ".join(o.failures))
+             for o in failed[:10]]
+    return (f"{len(failed)} of {len(outcomes)} scenario tests fail "
+            f"({evaluator.engine_kind}):\n  " + "\n  ".join(lines))
+
+
+def _warm_up(engine: Engine) -> None:
+    result = engine.evaluate(_warm_up_bundle(), datetime.now(UTC))
+    plan_cards(result.plan, result.bundle, "warm-up")
+
+
+def _log_changelog(root: Path, name: str) -> None:
+    problems = [p for p in check_changelog(root) if p.severity == "error"]
+    if problems:
+        log.warning("knowledge base %s: %s (run 'movement-cds kb validate')", name,
+                    "; ".join(str(p) for p in problems[:3]))
+
+
+def load_engine(config: ServiceConfig, *, run_scenarios: bool = True,
+                checked_release: str | None = None) -> Engine:
+    """Load the knowledge base, run its scenario tests, warm up; ``StartupError`` if any
+    of it fails. ``checked_release`` (``Engine.release`` of the copy the parent process
+    checked): scenarios are skipped when the directory still has that content, and a
+    different content under the same ``{kb-id}@{version}`` is refused."""
+    from knowledge_base import bundled_path
+    from movement_cds._api import DecisionSupport
+
+    root = Path(config.knowledge_base or bundled_path())
+    fingerprint, digest = kb_fingerprint(root), kb_digest(root)
+    checked_name, _, checked_digest = (checked_release or "").partition("#")
     try:
         support = DecisionSupport(root)
     except KnowledgeBaseError as e:
@@ -202,27 +329,132 @@ def load_engine(config: ServiceConfig, *, run_scenarios: bool = True) -> Engine:
                            ) from None
     except MovementCDSError as e:
         raise StartupError(f"knowledge base {root} does not load: {e}") from None
-    if run_scenarios:
-        try:
-            outcomes = run_all_scenarios(support.evaluator, Path(root))
-        except KnowledgeBaseError as e:
-            raise StartupError(f"scenario tests of {root} do not load: "
-                               + "; ".join(str(p) for p in e.problems[:5])) from None
-        failed = [o for o in outcomes if not o.passed]
-        if failed:
-            lines = [f"{o.file}:{o.line or 0} {o.scenario.id}: "
-                     + (o.error or "; ".join(o.failures)) for o in failed[:10]]
-            raise StartupError(
-                f"knowledge base {root}: {len(failed)} of {len(outcomes)} scenario tests "
-                "fail:\n  " + "\n  ".join(lines))
+    name = support.kb.ruleset_name
+    if checked_digest and checked_name == name and checked_digest != digest:
+        raise StartupError(f"knowledge base {root}: its content changed but its version is "
+                           f"still {name}; bump the version in manifest.yaml")
+    if run_scenarios and digest != checked_digest:
+        failure = _scenario_failures(support.evaluator, root)
+        if failure is not None:
+            raise StartupError(f"knowledge base {root}: {failure}")
     engine = Engine(support)
+    engine.digest, engine.fingerprint = digest, fingerprint
     try:
-        result = engine.evaluate(_warm_up_bundle(), datetime.now(UTC))
-        plan_cards(result.plan, result.bundle, "warm-up")
+        _warm_up(engine)
     except MovementCDSError as e:
         raise StartupError(f"warm-up evaluation failed: {e}") from None
-    log.info("knowledge base %s loaded, warmed up", support.kb.ruleset_name)
+    _log_changelog(root, name)
+    log.info("knowledge base %s loaded, warmed up", name)
     return engine
+
+
+def _candidate(root: Path, live: Engine, digest: str, fingerprint: Fingerprint) -> Engine:
+    """A new engine for the release now in ``root``, validated and tested before anything
+    else sees it; ``ReloadRefused`` saying why not."""
+    from movement_cds._api import DecisionSupport
+
+    try:
+        kb: KnowledgeBase = load_knowledge_base(root)
+    except KnowledgeBaseError as e:
+        raise ReloadRefused("it does not load: " + "; ".join(str(p) for p in e.problems[:5])
+                            ) from None
+    name = kb.ruleset_name
+    if name == live.kb.ruleset_name:
+        raise ReloadRefused(f"its content differs from the live {name} under the same "
+                            "version; bump the version in manifest.yaml (and add a "
+                            "CHANGELOG.md section)")
+    try:
+        # the plain-Python oracle first: a release that fails never registers a ruleset
+        failure = _scenario_failures(Evaluator(kb, "reference"), root)
+        if failure is None:
+            support = DecisionSupport(kb)
+            failure = _scenario_failures(support.evaluator, root)
+    except MovementCDSError as e:
+        raise ReloadRefused(f"{name}: {e}") from None
+    if failure is not None:
+        raise ReloadRefused(f"{name}: {failure}")
+    engine = Engine(support)
+    engine.digest, engine.fingerprint = digest, fingerprint
+    try:
+        _warm_up(engine)
+    except MovementCDSError as e:
+        raise ReloadRefused(f"{name}: warm-up evaluation failed: {e}") from None
+    _log_changelog(root, name)
+    return engine
+
+
+class LiveEngine:
+    """The engine requests use now, and the check that replaces it by a new knowledge-base
+    version (see the module docstring). ``check`` runs in a worker thread."""
+
+    def __init__(self, engine: Engine, root: Path, interval: float) -> None:
+        self.engine = engine
+        self.root = root
+        self.interval = interval
+        self._seen = engine.fingerprint or kb_fingerprint(root)
+        if not engine.digest:
+            engine.digest = kb_digest(root)
+        self._checking = threading.Lock()
+
+    def check(self, force: bool = False) -> str:
+        """Look for a new version and take it into service if it passes every check.
+        Returns ``unchanged``, ``swapped``, ``refused``, ``changing`` (files still being
+        written: looked at again next time) or ``busy`` (a check is already running)."""
+        if not self._checking.acquire(blocking=False):
+            return "busy"
+        try:
+            return self._check(force)
+        finally:
+            self._checking.release()
+
+    def _check(self, force: bool) -> str:
+        fingerprint = kb_fingerprint(self.root)
+        if fingerprint == self._seen and not force:
+            return "unchanged"
+        live = self.engine
+        digest = kb_digest(self.root)
+        if digest == live.digest:
+            self._seen = fingerprint
+            return "unchanged"
+        started = time.perf_counter()
+        try:
+            candidate = _candidate(self.root, live, digest, fingerprint)
+        except ReloadRefused as e:
+            if kb_fingerprint(self.root) != fingerprint:
+                log.info("knowledge base %s changed while it was read; looking again later",
+                         self.root)
+                return "changing"
+            self._seen = fingerprint
+            log.warning("knowledge-base reload refused, still serving %s: %s",
+                        live.kb.ruleset_name, " ".join(str(e).split("\n")))
+            return "refused"
+        if kb_fingerprint(self.root) != fingerprint:
+            log.info("knowledge base %s changed while it was tested; looking again later",
+                     self.root)
+            return "changing"
+        candidate.loaded_at = datetime.now(UTC)
+        self.engine = candidate  # one reference assignment: requests in flight keep theirs
+        self._seen = fingerprint
+        log.info("knowledge base %s live (was %s); checked in %.1f s",
+                 candidate.kb.ruleset_name, live.kb.ruleset_name,
+                 time.perf_counter() - started)
+        return "swapped"
+
+    async def watch(self, wake: asyncio.Event) -> None:
+        """Runs on the event loop for the app's lifetime: a check every ``interval`` seconds
+        (if not 0) and whenever ``wake`` is set (SIGHUP); the work itself in the thread pool."""
+        while True:
+            try:
+                await asyncio.wait_for(wake.wait(), self.interval or None)
+            except TimeoutError:
+                pass
+            forced = wake.is_set()
+            wake.clear()
+            try:
+                await run_in_threadpool(self.check, forced)
+            except Exception as e:  # a bug must not stop the service or later checks
+                log.error("knowledge-base reload check failed (%s)", type(e).__name__,
+                          exc_info=e)
 
 
 def _make_verifier(config: ServiceConfig) -> Any:
@@ -461,11 +693,18 @@ def create_app(
     store: Any = None,
     http_client_factory: Callable[[], httpx.AsyncClient] | None = None,
     run_scenarios: bool = True,
+    checked_release: str | None = None,
 ) -> FastAPI:
     """The CDS Hooks app. Loads (and warms up) the engine now unless one is given, so a
     worker never takes a request before it is ready. ``StartupError`` if it cannot start.
-    ``verifier`` and ``store`` default to the ones the config describes."""
-    engine = engine or load_engine(config, run_scenarios=run_scenarios)
+    ``verifier`` and ``store`` default to the ones the config describes. While the app runs
+    (its lifespan), ``LiveEngine.watch`` takes new knowledge-base versions into service."""
+    from knowledge_base import bundled_path
+
+    engine = engine or load_engine(config, run_scenarios=run_scenarios,
+                                   checked_release=checked_release)
+    live = LiveEngine(engine, Path(config.knowledge_base or bundled_path()),
+                      config.reload_check_seconds)
     verifier = verifier if verifier is not None else _make_verifier(config)
     store = store if store is not None else _open_store(config)
     timeout = httpx.Timeout(config.fhir_timeout_seconds)
@@ -479,9 +718,26 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         state["http"] = make_client()
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        hup = False
+        try:  # only in the main thread of a process with signals (uvicorn's worker)
+            loop.add_signal_handler(signal.SIGHUP, wake.set)
+            hup = True
+        except (NotImplementedError, RuntimeError, ValueError, AttributeError):
+            pass
+        watcher = (asyncio.create_task(live.watch(wake), name="knowledge-base-reload")
+                   if hup or live.interval else None)
+        if watcher is not None:
+            log.info("knowledge-base reload: every %s s%s", live.interval or "-",
+                     " and on SIGHUP" if hup else "")
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+            if hup:
+                loop.remove_signal_handler(signal.SIGHUP)
             await state["http"].aclose()
             close = getattr(verifier, "close", None)
             if callable(close):
@@ -528,18 +784,18 @@ def create_app(
             log.info("authentication refused on %s (%s)", request.url.path, type(e).__name__)
             raise ApiError(401, "login") from None
 
-    def discovery() -> dict[str, Any]:
-        templates = {k.key: k.template for k in engine.keys}
+    def discovery(current: Engine) -> dict[str, Any]:
+        templates = {k.key: k.template for k in current.keys}
+        ext = {KB_EXTENSION: current.describe()}
         return {"services": [
             {"hook": s.hook, "id": s.id, "title": s.title, "description": s.description,
-             "prefetch": templates} for s in SERVICES]}
-
-    discovery_doc = discovery()
+             "prefetch": templates, "extension": ext} for s in SERVICES],
+            "extension": ext}
 
     @app.get("/cds-services", responses=_responses(401))
     async def get_discovery(request: Request) -> JSONResponse:
         await authenticate(request)
-        return JSONResponse(discovery_doc)
+        return JSONResponse(discovery(live.engine))
 
     @app.post("/cds-services/{service_id}", openapi_extra=_CALL_BODY,
               responses=_responses(400, 401, 404, 412, 413, 422, 500))
@@ -552,6 +808,7 @@ def create_app(
         body = _check_request(service, await _read_json(request, config.max_body_bytes))
         hook_instance = body["hookInstance"]
         context = body["context"]
+        current = live.engine  # this request keeps it, whatever a reload does meanwhile
         if service.hook == "order-sign" and not _has_physio_referral(context["draftOrders"]):
             log.info("%s %s: no draft physiotherapy referral; no cards", service.id,
                      hook_instance)
@@ -559,7 +816,7 @@ def create_app(
         auth = body.get("fhirAuthorization")
         try:
             bundle, situations = await build_input_bundle(
-                engine.keys, context=context, prefetch=body.get("prefetch") or {},
+                current.keys, context=context, prefetch=body.get("prefetch") or {},
                 fhir_server=body.get("fhirServer"),
                 access_token=auth["access_token"] if auth else None,
                 client=state.get("http"), budget_seconds=config.fetch_budget_seconds,
@@ -568,7 +825,7 @@ def create_app(
             log.info("%s %s: %d %s", service.id, hook_instance, e.status, e.code)
             raise ApiError(e.status, e.code, e.diagnostics) from None
         try:
-            result = await run_in_threadpool(engine.evaluate, bundle, datetime.now(UTC))
+            result = await run_in_threadpool(current.evaluate, bundle, datetime.now(UTC))
         except InvalidBundleError as e:
             log.info("%s %s: 422 input contract (%d issues)", service.id, hook_instance,
                      len(e.issues))
@@ -612,7 +869,8 @@ def create_app(
         log.info("%s feedback: %d item(s) stored", service_id, len(items))
         return JSONResponse({"stored": int(n) if isinstance(n, int) else len(items)})
 
-    app.state.engine = engine
+    app.state.engine = engine  # the one it started with; live.engine is the current one
+    app.state.live = live
     app.state.store = store
     return app
 
@@ -627,4 +885,12 @@ def app_from_env() -> FastAPI:
         config = load_config(path, insecure_no_auth=os.environ.get(INSECURE_ENV) == "1")
     except ConfigError as e:
         raise StartupError(str(e)) from None
-    return create_app(config, run_scenarios=os.environ.get(SCENARIOS_CHECKED_ENV) != "1")
+    # the parent checked the scenarios of the release it names here (legacy value "1": of
+    # whatever is on disk); a worker (re)started later with another release runs them itself
+    checked = os.environ.get(SCENARIOS_CHECKED_ENV)
+    try:
+        return create_app(config, run_scenarios=checked != "1",
+                          checked_release=checked if checked and checked != "1" else None)
+    except StartupError as e:  # one line, not a traceback; uvicorn keeps the old workers
+        log.error("worker not started: %s", " ".join(str(e).split("\n")))
+        raise SystemExit(3) from None  # uvicorn's STARTUP_FAILURE

@@ -7,6 +7,11 @@ one suggestion (``isRecommended``, ``selectionBehavior: at-most-one``) creates, 
 draft CarePlan, its draft ServiceRequests and the DetectedIssues they reference, exactly as
 the output contract's Bundle has them (so the references between them resolve).
 
+A follow-up (the plan ``replaces`` an earlier one): the plan card's summary counts the
+changes, its detail has a "Changes since the last plan" section (one line per exercise: what
+changed and why) and the check-in window, and its suggestion creates the revised CarePlan,
+which names the earlier one in ``CarePlan.replaces``.
+
 Every card: ``summary`` under 140 characters, GitHub Markdown ``detail``, ``source.label``
 the knowledge base (``{kb-id}@{version}``) and ``source.topic`` the alert code (or
 ``exercise-plan``), ``links`` to the evidence (PMID, PMCID, DOI, URL; guideline and ISBN ids
@@ -24,7 +29,8 @@ import uuid
 from typing import Any, Final
 
 from cds import EvidenceRef, Plan, PlanAlert
-from fhir_adapters._outbound import ALERT_SYSTEM
+from cds._kb_schema import evidence_url
+from fhir_adapters._outbound import ALERT_SYSTEM, CHANGE_DISPLAY, EXERCISE_SYSTEM
 
 __all__ = [
     "CARD_SYSTEM", "NO_RULE", "OVERRIDE_SYSTEM", "card_rules", "evidence_url", "plan_cards",
@@ -35,6 +41,7 @@ CARD_SYSTEM: Final = "http://movement-cds.org/fhir/CodeSystem/card"
 OVERRIDE_SYSTEM: Final = "http://movement-cds.org/fhir/CodeSystem/override-reason"
 _NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "http://movement-cds.org/cds-hooks/card")
 _MAX_LINKS: Final = 12
+_CHANGE_ORDER: Final = tuple(CHANGE_DISPLAY)
 
 _ALERT_OVERRIDES: Final = (
     ("already-addressed", "Already assessed or referred"),
@@ -72,22 +79,6 @@ def _prune_card(v: Any) -> Any:
         items = [_prune_card(x) for x in v]
         return [x for x in items if x not in (None, "", [], {})]
     return v
-
-
-def evidence_url(evidence_id: str) -> str | None:
-    kind, _, value = evidence_id.partition(":")
-    value = value.strip()
-    if not value:
-        return None
-    if kind == "PMID":
-        return f"https://pubmed.ncbi.nlm.nih.gov/{value}/"
-    if kind == "PMCID":
-        return f"https://www.ncbi.nlm.nih.gov/pmc/articles/{value}/"
-    if kind == "DOI":
-        return f"https://doi.org/{value}"
-    if kind == "URL" and value.startswith(("http://", "https://")):
-        return value
-    return None  # GUIDELINE:, ISBN: have no link
 
 
 def _short(text: str, limit: int = 139) -> str:
@@ -138,6 +129,7 @@ class _Cards:
         self.bundle = bundle
         self.service_id = service_id
         self.label = plan.knowledge_base
+        self._titles: dict[str, str] | None = None
 
     def uuid(self, kind: str, card: dict[str, Any]) -> str:
         content = json.dumps(
@@ -176,11 +168,46 @@ class _Cards:
         card["uuid"] = self.uuid(f"alert:{a.code}", card)
         return card
 
+    def title(self, exercise_id: str) -> str:
+        """An exercise's title: from the plan, else from the output CarePlan's codings (a
+        stopped exercise is only there), else its id."""
+        if self._titles is None:
+            titles: dict[str, str] = {}
+            for e in self.bundle.get("entry", []):
+                if e["resource"].get("resourceType") != "CarePlan":
+                    continue
+                for act in e["resource"].get("activity", []):
+                    for c in act.get("detail", {}).get("code", {}).get("coding", []):
+                        if c.get("system") == EXERCISE_SYSTEM and c.get("display"):
+                            titles.setdefault(c["code"], c["display"])
+            titles.update({x.exercise_id: x.title for x in self.plan.exercises})
+            self._titles = titles
+        return self._titles.get(exercise_id, exercise_id)
+
+    def change_lines(self) -> list[str]:
+        """One Markdown line per exercise: what changed and why."""
+        out = []
+        for c in self.plan.changes:
+            what = c.kind + (f" ({c.variable})" if c.variable else "")
+            if c.previous_exercise_id and c.previous_exercise_id != c.exercise_id:
+                what += f", replacing {self.title(c.previous_exercise_id)}"
+            out.append(f"- **{self.title(c.exercise_id)}**: {what}. {c.clinician_text}")
+        return out
+
     def plan_summary(self) -> str:
         p = self.plan
         if p.exercise_held:
             return "Exercise on hold: the referral is the plan (draft CarePlan for review)"
         n = len(p.exercises)
+        if p.replaces is not None:
+            counts = {k: sum(1 for c in p.changes if c.kind == k) for k in _CHANGE_ORDER}
+            shown = ", ".join(f"{v} {k}" for k, v in counts.items()
+                              if v and k != "continued")
+            text = (f"Exercise plan revised: {n} exercise{'s' if n != 1 else ''}"
+                    + (f" ({shown})" if shown else ", no changes"))
+            if p.check_in is not None:
+                text += "; check-in proposed"
+            return text
         text = (f"Exercise plan proposed: {n} exercise{'s' if n != 1 else ''}"
                 if n else "No exercise proposed yet (see details)")
         if p.avoid:
@@ -199,9 +226,16 @@ class _Cards:
                                    or (a.referral is not None
                                        and a.referral.priority in ("stat", "asap", "urgent")))
                        + ".")
+        if p.replaces is not None:
+            out.append(f"**Changes since the last plan** ({p.replaces})\n\n"
+                       + ("\n".join(self.change_lines()) or "- No exercise changes."))
         if p.exercises:
             out.append("**Exercises" + (" (on hold)" if p.exercise_held else "") + "**\n\n"
                        + "\n".join(f"- {x.title}: {x.dose.describe()}" for x in p.exercises))
+        if p.check_in is not None and not p.exercise_held:
+            ci = p.check_in
+            out.append(f"**Check-in**: between {ci.start.isoformat()} and "
+                       f"{ci.end.isoformat()}. {ci.reason}")
         if p.avoid:
             out.append("**Do not perform**\n\n"
                        + "\n".join(f"- {x.title}: {x.reason}" for x in p.avoid))
@@ -213,7 +247,8 @@ class _Cards:
         if p.safety_net:
             out.append("**Safety net**\n\n" + "\n".join(f"- {s}" for s in p.safety_net))
         rules = sorted({r for x in p.exercises for r in x.rule_ids}
-                       | {r for x in p.avoid for r in x.rule_ids})
+                       | {r for x in p.avoid for r in x.rule_ids}
+                       | {r for x in p.changes for r in x.rule_ids})
         if rules:
             out.append(f"Rules: {', '.join(rules)} ({self.label}).")
         out.append(_evidence_md(self.plan_evidence()))
@@ -230,7 +265,10 @@ class _Cards:
         return [refs[k] for k in sorted(refs)]
 
     def actions(self) -> list[dict[str, Any]]:
-        words = {"CarePlan": "Create the draft exercise CarePlan (proposal)",
+        careplan = ("Create the revised draft exercise CarePlan (proposal; it replaces "
+                    f"{self.plan.replaces})" if self.plan.replaces is not None
+                    else "Create the draft exercise CarePlan (proposal)")
+        words = {"CarePlan": careplan,
                  "ServiceRequest": "Create the draft referral",
                  "DetectedIssue": "Record the alert the plan refers to"}
         out = []
@@ -259,7 +297,8 @@ class _Cards:
         }
         card["uuid"] = self.uuid("plan", card)
         n_ref = len(self.plan.referrals)
-        label = "Create the draft CarePlan" + (
+        label = ("Create the revised draft CarePlan" if self.plan.replaces is not None
+                 else "Create the draft CarePlan") + (
             f" and {n_ref} referral{'s' if n_ref != 1 else ''}" if n_ref else "")
         card["suggestions"] = [{
             "label": label,
@@ -285,12 +324,16 @@ NO_RULE: Final = "(no rule fired)"
 
 
 def _plan_card_rules(plan: Plan) -> list[str]:
-    """The rules a plan card's feedback is about: those behind its exercises and "do not do"
-    items; when there are none, those that held exercise, then those that reported missing
-    data; a plan that no rule shaped is still counted, under ``NO_RULE``."""
-    for group in ([*plan.exercises, *plan.avoid],
-                  [a for a in plan.alerts if a.holds_exercise or a.referral is not None]):
-        rules = sorted({r for x in group for r in x.rule_ids})
+    """The rules a plan card's feedback is about: those behind its exercises, "do not do"
+    items and follow-up changes; when there are none, those that held exercise, then those
+    that reported missing data; a plan that no rule shaped is still counted, under
+    ``NO_RULE``."""
+    groups: tuple[list[tuple[str, ...]], ...] = (
+        [*(x.rule_ids for x in plan.exercises), *(x.rule_ids for x in plan.avoid),
+         *(x.rule_ids for x in plan.changes)],
+        [a.rule_ids for a in plan.alerts if a.holds_exercise or a.referral is not None])
+    for group in groups:
+        rules = sorted({r for ids in group for r in ids})
         if rules:
             return rules
     gaps = sorted({g.rule_id for g in plan.data_gaps})

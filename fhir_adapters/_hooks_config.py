@@ -12,6 +12,8 @@ The file is TOML. Every key (``docs/integrators/cds-hooks.md`` has an annotated 
     fetch_budget_seconds = 4.0             # all fhirServer calls of one request together
     max_pages = 10                         # searchset pages followed per prefetch key
     cors_origins = ["https://ehr.example.org"]  # browser origins allowed (C20); default none
+    reload_check_seconds = 10              # look for a new knowledge-base version at most this
+                                           # often (0 = never, the default; SIGHUP always does)
 
     [auth]
     required = true                        # false only together with --insecure-no-auth
@@ -61,6 +63,7 @@ class ServiceConfig:
     fetch_budget_seconds: float = 4.0
     max_pages: int = 10
     cors_origins: tuple[str, ...] = ()
+    reload_check_seconds: float = 0.0
     auth_required: bool = True
     issuers: tuple[IssuerConfig, ...] = field(default_factory=tuple)
     insecure_no_auth: bool = False
@@ -68,7 +71,7 @@ class ServiceConfig:
 
 _SERVICE_KEYS = {
     "base_url", "database", "knowledge_base", "max_body_bytes", "fhir_timeout_seconds",
-    "fetch_budget_seconds", "max_pages", "cors_origins",
+    "fetch_budget_seconds", "max_pages", "cors_origins", "reload_check_seconds",
 }
 _AUTH_KEYS = {"required", "issuers"}
 _ISSUER_KEYS = {"iss", "jwks_url", "jwks_file", "tenants"}
@@ -133,6 +136,11 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
     fhir_timeout = float(_number(service, "fhir_timeout_seconds", 3.0, integer=False))
     budget = float(_number(service, "fetch_budget_seconds", 4.0, integer=False))
     max_pages = _number(service, "max_pages", 10, integer=True)
+    reload_check = service.get("reload_check_seconds", 0)
+    if isinstance(reload_check, bool) or not isinstance(reload_check, int | float) \
+            or not 0 <= reload_check <= 86_400:
+        raise ConfigError("[service] reload_check_seconds must be a number from 0 (off) to "
+                          "86400")
 
     auth = doc.get("auth", {})
     if not isinstance(auth, dict):
@@ -181,6 +189,7 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
         fetch_budget_seconds=budget,
         max_pages=max_pages,
         cors_origins=tuple(origins),
+        reload_check_seconds=float(reload_check),
         auth_required=required and not insecure_no_auth,
         issuers=tuple(issuers),
         insecure_no_auth=insecure_no_auth,

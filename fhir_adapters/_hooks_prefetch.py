@@ -3,11 +3,13 @@
 Prefetch keys (templates: ``prefetch_templates``; CDS Hooks C6):
 
 ``patient``        ``Patient/{{context.patientId}}`` (an instance read: a Patient resource)
-``observations``   ``Observation?patient={{context.patientId}}&code=<every coded fact>`` with
-                   ``_sort=-date`` and ``_count``
+``observations``   ``Observation?patient={{context.patientId}}&code=<every coded fact and
+                   the follow-up response codes>`` with ``_sort=-date`` and ``_count``
 ``conditions``     ``Condition?patient={{context.patientId}}&code=<every condition fact>``
 ``careplan``       ``CarePlan?patient={{context.patientId}}&instantiates-uri:below=<the
-                   project's knowledge-base URI>&_sort=-_lastUpdated&_count=1``
+                   project's knowledge-base URI>&_sort=-_lastUpdated&_count=1``: the
+                   previous plan of a follow-up (with the response Observations it makes
+                   the evaluation revise that plan; see docs/integrators/follow-up.md)
 
 Each prefetch situation (C7) is handled distinctly:
 
@@ -45,7 +47,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from cds import KnowledgeBase
-from fhir_adapters._inbound import InputMap
+from fhir_adapters._inbound import FOLLOW_UP_CODES, InputMap
 from fhir_adapters._outbound import KNOWLEDGE_BASE_BASE
 
 __all__ = [
@@ -83,7 +85,8 @@ class PrefetchKey:
 def prefetch_keys(kb: KnowledgeBase) -> tuple[PrefetchKey, ...]:
     """The prefetch keys, built from the knowledge base's coded facts."""
     imap = InputMap.from_knowledge_base(kb)
-    obs = ",".join(sorted(f"{s}|{c}" for s, c in imap.observations))
+    # every coded fact, and the follow-up response codes (read against the previous plan)
+    obs = ",".join(sorted({f"{s}|{c}" for s, c in (*imap.observations, *FOLLOW_UP_CODES)}))
     cond = ",".join(sorted(f"{s}|{c}" for s, c in imap.conditions))
     pid = "{{context.patientId}}"
     keys = [

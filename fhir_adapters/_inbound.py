@@ -90,11 +90,35 @@ Conditions
     refuted or entered-in-error removes it; unconfirmed, provisional and differential count
     and are reported.
 
-Follow-up
-    ``screen#exercise-*`` Observations and the previous CarePlan are not evaluated by this
-    version; they are reported. The CarePlan (the latest by ``created`` when several) is
-    kept in ``extras["previous_careplan"]`` and the follow-up Observations in
-    ``extras["follow_up_observations"]`` (a tuple sorted by reference).
+Follow-up (``PatientFacts.follow_up``; see docs/integrators/follow-up.md)
+    - The previous plan is a CarePlan made by this project: one ``instantiatesUri`` under
+      ``http://movement-cds.org/fhir/KnowledgeBase/``. Any other CarePlan is reported
+      (warning, ``not-supported``) and ignored, never an error for the whole request; its
+      subject must still be the Bundle's Patient (another patient's CarePlan is fatal, as
+      for Observations). A CarePlan with status ``entered-in-error`` or ``created`` after the
+      as-of instant, or with neither an id nor a fullUrl (``replaces`` could not name it),
+      is ignored and reported. Of several, the latest ``created`` (undated
+      lose; ties to the greatest reference, then canonical JSON) is the previous plan; the
+      others are reported as ignored.
+    - Each ``activity.detail`` coded in the exercise CodeSystem is one previous exercise:
+      ``doNotPerform`` true -> avoided; ``status`` not-started, scheduled, in-progress ->
+      ``proposed``; on-hold -> ``on-hold``; stopped, cancelled, completed -> ``stopped``;
+      anything else is reported and skipped. The dose is read back from
+      ``scheduledTiming.repeat`` and the ``exercise-dose`` extension exactly as
+      ``write_bundle`` writes them (an unreadable dose is reported and read as ``None``);
+      ``since`` and ``consecutive_bad`` from the ``exercise-follow-up`` extension (absent:
+      ``None`` and 0). Other activities (referrals, the check-in) are not exercises.
+    - Response Observations are coded ``screen#exercise-pain-during``,
+      ``-pain-next-morning``, ``-sessions-done``, ``-sessions-prescribed``,
+      ``-perceived-effect``, ``-peripheralization``, with one component coded
+      ``screen#exercise`` whose valueCodeableConcept names the exercise (exercise
+      CodeSystem). Statuses, dates after the as-of instant and latest-wins work as for any
+      Observation, per exercise and code; an unusable winning value is reported and that
+      answer counts as missing (never an older one instead). A response without the
+      exercise component, about an exercise the previous plan does not list (or lists as
+      avoided), or sent without any previous CarePlan is reported and ignored.
+    - The result is ``FollowUp(previous, responses)`` (responses sorted by exercise, sources
+      sorted), or ``None`` without a usable previous CarePlan.
 
 Issue codes
     ``InvalidBundleError`` (severity error): ``invalid`` not JSON; ``structure`` not a Bundle
@@ -104,7 +128,9 @@ Issue codes
     information/``informational`` (status, preliminary, superseded, inactive or tentative
     Condition, follow-up), information/``not-supported`` (unknown code, resource type or
     component), warning/``value`` (unusable value, unit or status), warning/``required`` (no
-    value), warning/``structure`` (resource not valid R4).
+    value), warning/``structure`` (resource not valid R4), warning/``not-supported`` (a
+    CarePlan not made by this project), warning/``business-rule`` (a follow-up response
+    that cannot be tied to an exercise of the previous plan).
 
 ``as_of`` defaults to now (UTC). A naive datetime is taken to be UTC.
 """
@@ -112,7 +138,6 @@ Issue codes
 from __future__ import annotations
 
 import calendar
-import copy
 import dataclasses
 import json
 import math
@@ -121,7 +146,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
-from typing import Any, Final, Literal, NoReturn
+from typing import Any, Final, Literal, NoReturn, cast
 
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.careplan import CarePlan
@@ -130,9 +155,26 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from pydantic import BaseModel, ValidationError
 
-from cds import Fact, InputIssue, KnowledgeBase, PatientFacts
+from cds import (
+    ExerciseDose,
+    ExerciseResponse,
+    Fact,
+    FollowUp,
+    InputIssue,
+    KnowledgeBase,
+    PatientFacts,
+    PreviousExercise,
+    PreviousPlan,
+)
+from cds._followup import Rating
 from cds._kb_schema import Param
 from fhir_adapters._errors import InvalidBundleError
+from fhir_adapters._outbound import (
+    EXERCISE_SYSTEM,
+    EXT_EXERCISE_DOSE,
+    EXT_FOLLOW_UP_STATE,
+    KNOWLEDGE_BASE_BASE,
+)
 
 __all__ = ["read_bundle"]
 
@@ -151,6 +193,8 @@ PREGNANT: Final = (LOINC, "LA15173-0")
 NOT_PREGNANT: Final = (LOINC, "LA26683-5")
 PREGNANCY_CONDITION: Final = (SNOMED, "77386006")
 FOLLOW_UP_PREFIX: Final = "exercise-"
+EXERCISE_COMPONENT: Final = (SCREEN, "exercise")
+OWN_CAREPLAN_PREFIX: Final = KNOWLEDGE_BASE_BASE + "/"
 
 BUNDLE_TYPES: Final = frozenset({"collection", "searchset", "transaction", "batch"})
 USED_STATUS: Final = frozenset({"final", "amended", "corrected", "preliminary"})
@@ -202,6 +246,26 @@ class _Spec:
     bilateral: bool = False
     provoked: bool = False  # accepts a screen#lbp-provoked component
     max_age_days: float | None = None  # older answers are stale: they count as missing
+
+
+RATINGS: Final = frozenset({"better", "same", "worse"})
+# the follow-up response codes (input contract, "Follow-up"): code -> how its value is read;
+# the spec's name is the ExerciseResponse field it fills
+FOLLOW_UP_SPECS: Final[Mapping[str, _Spec]] = {
+    "exercise-pain-during": _Spec("pain_during", "integer", 0, 10),
+    "exercise-pain-next-morning": _Spec("next_morning", "code", codes=RATINGS),
+    "exercise-sessions-done": _Spec("sessions_done", "integer", 0, 1000),
+    "exercise-sessions-prescribed": _Spec("sessions_prescribed", "integer", 0, 1000),
+    "exercise-perceived-effect": _Spec("perceived_effect", "code", codes=RATINGS),
+    "exercise-peripheralization": _Spec("peripheralization", "boolean"),
+}
+FOLLOW_UP_CODES: Final = tuple((SCREEN, c) for c in sorted(FOLLOW_UP_SPECS))
+# previous CarePlan activity status -> PreviousExercise.status
+PREVIOUS_STATUS: Final[Mapping[str, str]] = {
+    "not-started": "proposed", "scheduled": "proposed", "in-progress": "proposed",
+    "on-hold": "on-hold",
+    "stopped": "stopped", "cancelled": "stopped", "completed": "stopped",
+}
 
 
 @dataclass(frozen=True)
@@ -432,6 +496,9 @@ class _Reader:
         self.preliminary_sources: set[str] = set()
         self.not_pregnant: list[_Entry] = []
         self.extras: dict[str, object] = {}
+        self.response_entries: list[_Entry] = []
+        self.previous: PreviousPlan | None = None
+        self.follow_up: FollowUp | None = None
 
     # reporting
     def note(self, entry: _Entry | None, severity: str, code: str, message: str) -> None:
@@ -456,9 +523,11 @@ class _Reader:
         self.observation_facts(observations)
         self.condition_facts([e for e in entries if e.rtype == "Condition" and e.valid])
         self.careplans([e for e in entries if e.rtype == "CarePlan" and e.valid])
+        self.responses(self.response_entries)
         self.merge_conditions()
 
-        result = PatientFacts.build(subject, self.as_of, self.facts.values(), self.issues)
+        result = PatientFacts.build(subject, self.as_of, self.facts.values(), self.issues,
+                                    follow_up=self.follow_up)
         if self.extras:
             result = dataclasses.replace(result, extras=self.extras)
         return result
@@ -629,14 +698,14 @@ class _Reader:
                               "status is missing or not an Observation status; ignored")
                 continue
             codes = _codings(res.get("code"))
+            if any(s == SCREEN and c in FOLLOW_UP_SPECS for s, c in codes):
+                follow_ups.append(e)  # read once the previous plan is known
+                continue
             specs = {self.imap.observations[c] for c in codes if c in self.imap.observations}
             if not specs:
-                if any(s == SCREEN and c.startswith(FOLLOW_UP_PREFIX) for s, c in codes):
-                    follow_ups.append(e)
-                else:
-                    shown = ", ".join(f"{s}|{c}" for s, c in sorted(codes)) or "no coding"
-                    self.note(e, "information", "not-supported",
-                              f"code ({shown}) is not in the knowledge base; ignored")
+                shown = ", ".join(f"{s}|{c}" for s, c in sorted(codes)) or "no coding"
+                self.note(e, "information", "not-supported",
+                          f"code ({shown}) is not in the knowledge base; ignored")
                 continue
             if len(specs) > 1:
                 names = ", ".join(sorted(s.name for s in specs))
@@ -648,14 +717,7 @@ class _Reader:
             groups.setdefault(spec.name, []).append(_Candidate(e, spec, key))
         for name in sorted(groups):
             self.use_latest(groups[name])
-        if follow_ups:
-            for e in follow_ups:
-                self.note(e, "information", "informational",
-                          "follow-up responses are not evaluated by this version")
-            self.extras["follow_up_observations"] = tuple(
-                copy.deepcopy(e.resource)
-                for e in sorted(follow_ups, key=lambda e: (e.ref or "", _canonical(e)))
-            )
+        self.response_entries = follow_ups
 
     def when(self, e: _Entry) -> tuple[int, datetime, int]:
         """(dated, start instant, precision) of an Observation, for latest-wins."""
@@ -676,6 +738,13 @@ class _Reader:
         return 0, _UNDATED, 0
 
     def use_latest(self, candidates: list[_Candidate]) -> None:
+        winner = self.latest(candidates)
+        if winner is not None:
+            self.use(winner)
+
+    def latest(self, candidates: list[_Candidate]) -> _Candidate | None:
+        """The current answer among Observations of one fact (the others reported), or None
+        when none is current (recorded after the as-of instant, or stale)."""
         # what was recorded after the as-of instant did not exist then (reproducible runs)
         current = []
         for c in candidates:
@@ -685,7 +754,7 @@ class _Reader:
             else:
                 current.append(c)
         if not current:
-            return
+            return None
         candidates = current
         top = max(c.key for c in candidates)
         tied = [c for c in candidates if c.key == top]
@@ -710,8 +779,8 @@ class _Reader:
                           f"recorded {age_days:.0f} days before the as-of instant, older than "
                           f"the {limit:g}-day limit for {winner.spec.name} (configurable): "
                           "stale, so it counts as missing and should be asked again")
-                return
-        self.use(winner)
+                return None
+        return winner
 
     def use(self, c: _Candidate) -> None:
         e, spec = c.entry, c.spec
@@ -812,7 +881,33 @@ class _Reader:
 
     # --- previous plan
     def careplans(self, entries: list[_Entry]) -> None:
-        if not entries:
+        """The previous plan: the latest CarePlan this project made (see "Follow-up")."""
+        own: list[_Entry] = []
+        for e in entries:
+            res = e.resource
+            if not _own_careplan(res):
+                self.note(e, "warning", "not-supported",
+                          "not a CarePlan made by movement-cds (no instantiatesUri under "
+                          f"{OWN_CAREPLAN_PREFIX}); ignored, so this is not read as a "
+                          "follow-up of it")
+                continue
+            if res.get("status") == "entered-in-error":
+                self.note(e, "information", "informational",
+                          "status 'entered-in-error': not used as the previous plan")
+                continue
+            if e.ref is None:
+                self.note(e, "warning", "required",
+                          "a movement-cds CarePlan with neither an id nor a fullUrl: the "
+                          "revised plan could not name it in CarePlan.replaces; not used as "
+                          "the previous plan")
+                continue
+            when = _parse_instant(res.get("created"))
+            if when is not None and when[0] > self.as_of:
+                self.note(e, "information", "informational",
+                          "created after the as-of instant; not used as the previous plan")
+                continue
+            own.append(e)
+        if not own:
             return
 
         def created(e: _Entry) -> tuple[int, datetime, int, str, str]:
@@ -820,15 +915,179 @@ class _Reader:
             dated = (1, *parsed) if parsed is not None else (0, _UNDATED, 0)
             return (*dated, e.ref or "", _canonical(e))
 
-        ranked = sorted(entries, key=created)
+        ranked = sorted(own, key=created)
+        latest = ranked[-1]
         for e in ranked[:-1]:
             self.note(e, "information", "informational",
-                      f"an older CarePlan than {ranked[-1].named}; ignored")
-        latest = ranked[-1]
+                      f"an older movement-cds CarePlan than {latest.named}, which is the "
+                      "previous plan; ignored")
+        self.previous = self.previous_plan(latest)
+        self.follow_up = FollowUp(self.previous)
         self.note(latest, "information", "informational",
-                  "previous CarePlan kept, but follow-up responses are not evaluated by this "
-                  "version")
-        self.extras["previous_careplan"] = copy.deepcopy(latest.resource)
+                  "the previous plan: this evaluation is a follow-up that revises it")
+
+    def previous_plan(self, e: _Entry) -> PreviousPlan:
+        res = e.resource
+        ruleset = None
+        for uri in _list(res.get("instantiatesUri")):
+            if isinstance(uri, str) and uri.startswith(OWN_CAREPLAN_PREFIX):
+                kb_id, bar, version = uri[len(OWN_CAREPLAN_PREFIX):].partition("|")
+                ruleset = f"{kb_id}@{version}" if bar and kb_id and version else kb_id or None
+                break
+        parsed = _parse_instant(res.get("created"))
+        exercises: list[PreviousExercise] = []
+        avoided: list[str] = []
+        seen: set[str] = set()
+        for i, raw in enumerate(_list(res.get("activity"))):
+            act = _dict(raw)
+            detail = _dict(act.get("detail")) if act is not None else None
+            if detail is None:
+                continue  # a referral (activity.reference)
+            codes = sorted({c for s, c in _codings(detail.get("code")) if s == EXERCISE_SYSTEM})
+            if not codes:
+                continue  # not an exercise (the check-in)
+            where = f"activity[{i}]"
+            if len(codes) > 1:
+                self.note(e, "warning", "value",
+                          f"{where} has several exercise codes; not read as an exercise")
+                continue
+            (ex,) = codes
+            if detail.get("doNotPerform") is True:
+                if ex not in avoided:
+                    avoided.append(ex)
+                continue
+            status = detail.get("status")
+            mapped = PREVIOUS_STATUS.get(status) if isinstance(status, str) else None
+            if mapped is None:
+                self.note(e, "warning", "value",
+                          f"{where} ({ex}): status is missing or not one this version reads "
+                          "for an exercise; not read as an exercise")
+                continue
+            if ex in seen:
+                self.note(e, "warning", "value",
+                          f"{where} ({ex}): the exercise is listed twice; the first is used")
+                continue
+            seen.add(ex)
+            try:
+                dose: ExerciseDose | None = _read_dose(detail)
+            except _Unusable as bad:
+                self.note(e, "warning", bad.code,
+                          f"{where} ({ex}): the dose cannot be read ({bad.message}); it "
+                          "counts as unknown")
+                dose = None
+            since, consecutive_bad = self.follow_up_state(e, where, ex, detail)
+            exercises.append(PreviousExercise(ex, dose, mapped, since, consecutive_bad))
+        return PreviousPlan(
+            reference=e.location,
+            created=parsed[0] if parsed is not None else None,
+            ruleset=ruleset,
+            exercises=tuple(exercises),
+            avoided=tuple(avoided),
+        )
+
+    def follow_up_state(self, e: _Entry, where: str, ex: str,
+                        detail: dict[str, Any]) -> tuple[datetime | None, int]:
+        subs = _sub_extensions(detail, EXT_FOLLOW_UP_STATE)
+        if subs is None:
+            return None, 0
+        since: datetime | None = None
+        raw_since = subs.get("since", {}).get("valueDateTime")
+        if raw_since is not None:
+            parsed = _parse_instant(raw_since)
+            if parsed is None:
+                self.note(e, "warning", "value",
+                          f"{where} ({ex}): follow-up state 'since' is not a FHIR dateTime; "
+                          "unknown")
+            else:
+                since = parsed[0]
+        bad = subs.get("consecutive-bad", {}).get("valueInteger", 0)
+        if isinstance(bad, bool) or not isinstance(bad, int) or bad < 0:
+            self.note(e, "warning", "value",
+                      f"{where} ({ex}): follow-up state 'consecutive-bad' is not a "
+                      "non-negative integer; read as 0")
+            bad = 0
+        return since, bad
+
+    def responses(self, entries: list[_Entry]) -> None:
+        """The patient's responses per exercise of the previous plan (see "Follow-up")."""
+        if not entries:
+            return
+        previous = self.previous
+        if previous is None:
+            for e in entries:
+                self.note(e, "warning", "business-rule",
+                          "a follow-up response, but the input has no previous CarePlan made "
+                          "by movement-cds to tie it to; ignored")
+            return
+        listed = {x.exercise_id for x in previous.exercises}
+        groups: dict[tuple[str, str], list[_Candidate]] = {}
+        for e in entries:
+            codes = sorted({c for s, c in _codings(e.resource.get("code"))
+                            if s == SCREEN and c in FOLLOW_UP_SPECS})
+            if len(codes) > 1:
+                self.note(e, "warning", "value",
+                          f"coded as several follow-up responses ({', '.join(codes)}); "
+                          "ignored")
+                continue
+            code = codes[0]
+            names = self.response_exercise(e)
+            if names is None:
+                continue
+            if names not in listed:
+                why = ("lists as avoided" if names in previous.avoided
+                       else "does not list")
+                self.note(e, "warning", "business-rule",
+                          f"a response about exercise '{names}', which the previous plan "
+                          f"({previous.reference}) {why}; ignored")
+                continue
+            key = (*self.when(e), e.ref or "")
+            groups.setdefault((names, code), []).append(
+                _Candidate(e, FOLLOW_UP_SPECS[code], key))
+        answers: dict[str, dict[str, Scalar]] = {}
+        sources: dict[str, set[str]] = {}
+        for ex, code in sorted(groups):
+            winner = self.latest(groups[(ex, code)])
+            if winner is None:
+                continue
+            e, spec = winner.entry, winner.spec
+            try:
+                value = _response_value(spec, e.resource)
+            except _Unusable as bad:
+                self.note(e, "warning", bad.code,
+                          f"{bad.message}; this response about '{ex}' counts as missing")
+                continue
+            if e.resource.get("status") == "preliminary":
+                self.note(e, "information", "informational",
+                          "status 'preliminary': used, but the result is not final")
+            answers.setdefault(ex, {})[spec.name] = value
+            sources.setdefault(ex, set()).update(_sources(e))
+        responses = tuple(_response(ex, answers[ex], sources[ex]) for ex in sorted(answers))
+        self.follow_up = FollowUp(previous, responses)
+
+    def response_exercise(self, e: _Entry) -> str | None:
+        """The exercise a response is about (its ``screen#exercise`` component), or None
+        (reported)."""
+        found: set[str] = set()
+        components = 0
+        for raw in _list(e.resource.get("component")):
+            comp = _dict(raw)
+            if comp is None or EXERCISE_COMPONENT not in _codings(comp.get("code")):
+                continue
+            components += 1
+            found |= {c for s, c in _codings(comp.get("valueCodeableConcept"))
+                      if s == EXERCISE_SYSTEM}
+        if components == 0:
+            self.note(e, "warning", "business-rule",
+                      "a follow-up response without a component coded screen#exercise, so "
+                      "it cannot be tied to an exercise; ignored")
+            return None
+        if len(found) != 1:
+            what = "several exercises" if found else "no code of the exercise CodeSystem"
+            self.note(e, "warning", "value",
+                      f"the screen#exercise component names {what}; the response cannot be "
+                      "tied to one exercise; ignored")
+            return None
+        return found.pop()
 
 
 # --- helpers of the reader -------------------------------------------------------------------
@@ -859,6 +1118,119 @@ class _SubjectMatcher:
         if ref.startswith(("http://", "https://")) and ref.endswith("/" + self.local):
             return self.base is None or ref == self.base + self.local
         return False
+
+
+def _own_careplan(resource: Mapping[str, Any]) -> bool:
+    """Made by this project: an instantiatesUri under the project's knowledge-base URI."""
+    return any(isinstance(u, str) and u.startswith(OWN_CAREPLAN_PREFIX)
+               for u in _list(resource.get("instantiatesUri")))
+
+
+def _sub_extensions(holder: Mapping[str, Any], url: str) -> dict[str, dict[str, Any]] | None:
+    """The sub-extensions (by url; the first of each) of the one extension ``url`` on
+    ``holder``, or None when it is absent."""
+    exts = [x for x in _list(holder.get("extension"))
+            if isinstance(x, dict) and x.get("url") == url]
+    if not exts:
+        return None
+    out: dict[str, dict[str, Any]] = {}
+    for sub in _list(exts[0].get("extension")):
+        if isinstance(sub, dict) and isinstance(sub.get("url"), str):
+            out.setdefault(sub["url"], sub)
+    return out
+
+
+def _read_dose(detail: Mapping[str, Any]) -> ExerciseDose:
+    """The dose of a previous plan's exercise activity, read back exactly as ``write_bundle``
+    writes it (``scheduledTiming.repeat`` and the exercise-dose extension)."""
+    timing = _dict(detail.get("scheduledTiming"))
+    repeat = _dict(timing.get("repeat")) if timing is not None else None
+    if repeat is None:
+        raise _Unusable("required", "no scheduledTiming.repeat")
+    frequency, period, unit = repeat.get("frequency"), repeat.get("period"), repeat.get(
+        "periodUnit")
+    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
+        raise _Unusable("value", "scheduledTiming.repeat.frequency is not a positive integer")
+    number = _number(period)
+    if number is None or number <= 0 or not float(number).is_integer():
+        raise _Unusable("value", "scheduledTiming.repeat.period is not a positive whole number")
+    if unit not in ("d", "wk"):
+        raise _Unusable("value", "scheduledTiming.repeat.periodUnit is not d or wk")
+    subs = _sub_extensions(detail, EXT_EXERCISE_DOSE)
+    if subs is None:
+        raise _Unusable("required", "no exercise-dose extension")
+
+    def integer(name: str) -> int | None:
+        sub = subs.get(name)
+        if sub is None:
+            return None
+        v = sub.get("valueInteger")
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise _Unusable("value", f"{name} is not a non-negative valueInteger")
+        return v
+
+    def text(name: str) -> str | None:
+        sub = subs.get(name)
+        if sub is None:
+            return None
+        v = sub.get("valueString")
+        if not isinstance(v, str) or not v.strip():
+            raise _Unusable("value", f"{name} is not a valueString")
+        return v
+
+    hold: int | None = None
+    if "hold-seconds" in subs:
+        q = _dict(subs["hold-seconds"].get("valueQuantity"))
+        v = _number(q.get("value")) if q is not None else None
+        unit_s = (q.get("code") or q.get("unit")) if q is not None else None
+        if v is None or v < 0 or not float(v).is_integer() or unit_s != "s":
+            raise _Unusable("value", "hold-seconds is not a whole valueQuantity in s")
+        hold = int(v)
+    pain = text("pain-monitoring")
+    if pain is None:
+        raise _Unusable("required", "no pain-monitoring")
+    return ExerciseDose(
+        sets=integer("sets"),
+        repetitions=integer("repetitions"),
+        hold_seconds=hold,
+        tempo=text("tempo"),
+        frequency=frequency,
+        period=int(number),
+        period_unit=str(unit),
+        load=text("load"),
+        pain_monitoring=pain,
+    )
+
+
+def _response(exercise: str, answers: Mapping[str, Scalar],
+              sources: set[str]) -> ExerciseResponse:
+    def integer(name: str) -> int | None:
+        v = answers.get(name)
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+    def rating(name: str) -> Rating | None:
+        v = answers.get(name)
+        return cast(Rating, v) if isinstance(v, str) and v in RATINGS else None
+
+    peripheralization = answers.get("peripheralization")
+    return ExerciseResponse(
+        exercise_id=exercise,
+        pain_during=integer("pain_during"),
+        next_morning=rating("next_morning"),
+        sessions_done=integer("sessions_done"),
+        sessions_prescribed=integer("sessions_prescribed"),
+        perceived_effect=rating("perceived_effect"),
+        peripheralization=peripheralization if isinstance(peripheralization, bool) else None,
+        sources=tuple(sorted(sources)),
+    )
+
+
+def _response_value(spec: _Spec, res: Mapping[str, Any]) -> Scalar:
+    """The checked top-level value of a follow-up response (raises ``_Unusable``)."""
+    value = _read_value(spec, res, "")
+    if value is None:
+        raise _Unusable("required", _no_value(res))
+    return value
 
 
 def _sources(e: _Entry) -> tuple[str, ...]:

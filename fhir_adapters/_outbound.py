@@ -5,8 +5,9 @@ entries in this order:
 
 1. one ``CarePlan`` (status ``draft``, intent ``proposal``); its activities are, in order:
    one ``activity.reference`` per referral (the referral comes first: when exercise is held
-   the referral *is* the plan), one ``activity.detail`` per proposed exercise, one
-   ``activity.detail`` with ``doNotPerform`` = true per exercise to avoid;
+   the referral *is* the plan), one ``activity.detail`` per proposed exercise, one per
+   exercise a follow-up stopped (status ``stopped``), one ``activity.detail`` with
+   ``doNotPerform`` = true per exercise to avoid, and a follow-up's check-in;
 2. one ``ServiceRequest`` per alert that carries a referral (in alert order);
 3. one ``DetectedIssue`` per alert (in alert order);
 4. an ``OperationOutcome`` when there is anything to report about the input: one issue per
@@ -46,6 +47,29 @@ Machine-readable choices (documented for integrators)
   contract's own word for "held back by a safety rule", which is exactly what a vetoed
   exercise is, and it agrees with ``doNotPerform`` however it is read.
   ``detail.statusReason.text`` starts with "Do not perform:" and gives the reason.
+* Follow-up (an extension of the output contract; docs/integrators/follow-up.md). Every
+  exercise activity carries
+  ``http://movement-cds.org/fhir/StructureDefinition/exercise-follow-up`` with ``since``
+  (valueDateTime: when this exercise was first prescribed, as the change says; else carried
+  over from the previous plan while it stays the same exercise, the as-of instant for a new,
+  swapped or harder/easier one) and ``consecutive-bad`` (valueInteger), so the next visit can count
+  bad responses in a row. When the plan revises an earlier one (``Plan.replaces``):
+  ``CarePlan.replaces`` references it as the input named it; each exercise the revision
+  touched has ``http://movement-cds.org/fhir/StructureDefinition/exercise-change`` with
+  ``kind`` (valueCoding from ``http://movement-cds.org/fhir/CodeSystem/plan-change``: new,
+  continued, progressed, held, regressed, swapped, stopped), ``variable`` (valueCode, for a
+  progression or regression: load, repetitions, sets, hold-seconds, tempo, exercise),
+  ``previous-exercise`` (valueCoding, exercise system), ``previous-dose`` (the sub-extensions
+  of exercise-dose without pain-monitoring, plus ``frequency``, ``period`` and
+  ``period-unit``), ``reason`` (valueString, for the clinician), ``patient-text``
+  (valueString) and ``rule`` (valueString, repeats); ``detail.description`` says "What
+  changed" in the patient's words next to the dose, and ``reasonReference`` adds the response
+  Observations. An exercise taken out is an activity with ``detail.status`` ``stopped``
+  (it was started; now stop) and ``statusReason.text`` "Stopped: <reason>", unless it is
+  also on the avoid list (then the change sits on the doNotPerform activity). The check-in
+  is a last activity with ``detail.kind`` ``Appointment``, ``code`` plan-change#check-in,
+  ``status`` ``not-started``, ``scheduledPeriod`` (start, end) and a description; none is
+  written while exercise is held.
 * DetectedIssue: ``severity`` high (emergency, urgent), moderate (caution), low
   (information); ``evidence`` holds the input references (``detail``) and, for a data gap,
   the codes of the unanswered questions (``code``); ``mitigation.action.text`` says what the
@@ -63,10 +87,12 @@ Stable ids
 Every resource id is a UUID (v5) of a SHA-256 digest of the knowledge-base id and version,
 the effective parameter values, the as-of instant, the subject, the plan's facts and issues
 (sorted, sources sorted) and the plan's content (alerts, exercises, avoid list, data gaps,
-safety net), plus the resource's role (``careplan``, ``servicerequest:<alert>``,
-``detectedissue:<alert>``, ``operationoutcome``, ``provenance``, ``bundle``). The ``fullUrl``
-is ``urn:uuid:<id>``; ``Bundle.timestamp`` is the as-of instant, never the wall clock. The
-same plan gives a byte-identical ``json.dumps(bundle, sort_keys=True)``.
+safety net; for a follow-up also what it replaces, the changes, the check-in and the
+previous plan passed as ``previous``), plus the resource's role (``careplan``,
+``servicerequest:<alert>``, ``detectedissue:<alert>``, ``operationoutcome``, ``provenance``,
+``bundle``). The ``fullUrl`` is ``urn:uuid:<id>``; ``Bundle.timestamp`` is the as-of
+instant, never the wall clock. The same plan gives a byte-identical
+``json.dumps(bundle, sort_keys=True)``.
 
 Validation
 ----------
@@ -145,23 +171,31 @@ from pydantic_core import CoreConfig, CoreSchema, SchemaValidator, core_schema
 
 from cds import (
     AvoidedExercise,
+    CheckIn,
     EvidenceRef,
+    ExerciseChange,
     ExerciseDose,
     KnowledgeBase,
     MovementCDSError,
     Plan,
     PlanAlert,
     PlannedExercise,
+    PreviousPlan,
 )
 from fhir_adapters._errors import operation_outcome
 
 __all__ = [
     "ALERT_SYSTEM",
+    "CHANGE_DISPLAY",
+    "CHECK_IN_CODE",
     "EXERCISE_SYSTEM",
     "EXT_EVIDENCE",
+    "EXT_EXERCISE_CHANGE",
     "EXT_EXERCISE_DOSE",
+    "EXT_FOLLOW_UP_STATE",
     "EXT_SOURCE_RULE",
     "KNOWLEDGE_BASE_BASE",
+    "PLAN_CHANGE_SYSTEM",
     "SCREEN_SYSTEM",
     "OutputValidationError",
     "write_bundle",
@@ -174,6 +208,28 @@ _SD: Final = "http://movement-cds.org/fhir/StructureDefinition/"
 EXT_EXERCISE_DOSE: Final = _SD + "exercise-dose"
 EXT_SOURCE_RULE: Final = _SD + "source-rule"
 EXT_EVIDENCE: Final = _SD + "evidence"
+EXT_FOLLOW_UP_STATE: Final = _SD + "exercise-follow-up"
+EXT_EXERCISE_CHANGE: Final = _SD + "exercise-change"
+PLAN_CHANGE_SYSTEM: Final = "http://movement-cds.org/fhir/CodeSystem/plan-change"
+# the plan-change CodeSystem: change kind -> (display, definition); and the check-in code
+CHANGE_DISPLAY: Final[dict[str, tuple[str, str]]] = {
+    "new": ("New", "Not in the previous plan."),
+    "continued": ("Continued", "The same exercise at the same dose (also when no response "
+                  "was recorded: a missing response is never read as 'fine')."),
+    "progressed": ("Progressed", "One variable of the dose up (load, repetitions, sets, "
+                   "hold, tempo), or the harder version of the exercise."),
+    "held": ("Held", "The same dose again: the response was acceptable but not yet ready "
+             "to progress."),
+    "regressed": ("Regressed", "Less load, range or complexity, or the easier version of "
+                  "the exercise."),
+    "swapped": ("Swapped", "Replaced by an exercise with the same goal in another "
+                "direction or plane."),
+    "stopped": ("Stopped", "Taken out of the plan (peripheralisation, new neurological "
+                "symptoms, a red flag or a precaution)."),
+}
+CHECK_IN_CODE: Final = ("check-in", "Check-in after a new or changed exercise",
+                        "A proposed contact with the patient 48-72 hours (configurable) "
+                        "after a new or changed exercise (CarePlan activity).")
 KNOWLEDGE_BASE_BASE: Final = "http://movement-cds.org/fhir/KnowledgeBase"
 
 _SNOMED: Final = "http://snomed.info/sct"
@@ -194,6 +250,10 @@ _PRIORITY_WORDS: Final = {
 _ACTIVITY_STATUS: Final = frozenset({
     "not-started", "scheduled", "in-progress", "on-hold", "completed", "cancelled", "stopped",
     "unknown", "entered-in-error",
+})
+_ACTIVITY_KIND: Final = frozenset({
+    "Appointment", "CommunicationRequest", "DeviceRequest", "MedicationRequest",
+    "NutritionOrder", "Task", "ServiceRequest", "VisionPrescription",
 })
 _REQUEST_PRIORITY: Final = frozenset({"routine", "urgent", "asap", "stat"})
 _ISSUE_SEVERITY: Final = frozenset({"fatal", "error", "warning", "information"})
@@ -311,8 +371,8 @@ _DIGEST_TEXT: Final = _encoder(sort_keys=True, separators=(",", ":"), ensure_asc
                                default=_json_default)
 
 
-def _digest(plan: Plan, kb: KnowledgeBase) -> str:
-    content = {
+def _digest(plan: Plan, kb: KnowledgeBase, previous: PreviousPlan | None) -> str:
+    content: dict[str, object] = {
         "kb": [plan.kb_id, plan.kb_version],
         "parameters": {n: kb.parameter(n) for n in sorted(kb.parameters)},
         "as_of": _instant(plan.as_of),
@@ -330,6 +390,10 @@ def _digest(plan: Plan, kb: KnowledgeBase) -> str:
         "data_gaps": plan.data_gaps,
         "safety_net": list(plan.safety_net),
     }
+    if plan.replaces is not None or plan.changes or plan.check_in is not None:
+        content["follow_up"] = [plan.replaces, plan.changes, plan.check_in]
+    if previous is not None:
+        content["previous"] = previous
     return hashlib.sha256(_DIGEST_TEXT(content).encode("utf-8")).hexdigest()
 
 
@@ -381,6 +445,38 @@ def _dose_extension(dose: ExerciseDose) -> dict[str, Any]:
     return {"url": EXT_EXERCISE_DOSE, "extension": subs}
 
 
+def _change_extension(change: ExerciseChange, kb: KnowledgeBase) -> dict[str, Any]:
+    display, _ = CHANGE_DISPLAY.get(change.kind, (change.kind, ""))
+    subs: list[dict[str, Any]] = [
+        {"url": "kind", "valueCoding": {"system": PLAN_CHANGE_SYSTEM, "code": change.kind,
+                                        "display": display}}]
+    if change.variable:
+        subs.append({"url": "variable", "valueCode": change.variable})
+    if change.previous_exercise_id:
+        prev = kb.exercises.get(change.previous_exercise_id)
+        subs.append({"url": "previous-exercise", "valueCoding": {
+            "system": EXERCISE_SYSTEM, "code": change.previous_exercise_id,
+            "display": prev.title if prev is not None else None}})
+    if change.previous_dose is not None:
+        d = change.previous_dose
+        dose = [x for x in _dose_extension(d)["extension"] if x["url"] != "pain-monitoring"]
+        dose += [{"url": "frequency", "valueInteger": d.frequency},
+                 {"url": "period", "valueInteger": d.period},
+                 {"url": "period-unit", "valueCode": d.period_unit}]
+        subs.append({"url": "previous-dose", "extension": dose})
+    subs.append({"url": "reason", "valueString": change.clinician_text})
+    subs.append({"url": "patient-text", "valueString": change.patient_text})
+    subs += [{"url": "rule", "valueString": r} for r in change.rule_ids]
+    return {"url": EXT_EXERCISE_CHANGE, "extension": subs}
+
+
+def _follow_up_state_extension(since: datetime, consecutive_bad: int) -> dict[str, Any]:
+    return {"url": EXT_FOLLOW_UP_STATE, "extension": [
+        {"url": "since", "valueDateTime": _instant(since)},
+        {"url": "consecutive-bad", "valueInteger": consecutive_bad},
+    ]}
+
+
 def _exercise_code(exercise_id: str, title: str) -> dict[str, Any]:
     return {
         "coding": [{"system": EXERCISE_SYSTEM, "code": exercise_id, "display": title}],
@@ -398,14 +494,16 @@ def _holds(alert: PlanAlert) -> bool:
 
 
 class _Writer:
-    def __init__(self, plan: Plan, kb: KnowledgeBase) -> None:
+    def __init__(self, plan: Plan, kb: KnowledgeBase, previous: PreviousPlan | None) -> None:
         self.plan = plan
         self.kb = kb
+        self.previous = previous
         self.as_of = _instant(plan.as_of)
-        self.digest = _digest(plan, kb)
+        self.digest = _digest(plan, kb, previous)
         self.holding = [a for a in plan.alerts if _holds(a)]
         self.held = bool(self.holding)
         self.avoid_ids = {a.exercise_id for a in plan.avoid}
+        self.changes = {c.exercise_id: c for c in plan.changes}
         self.ids: dict[str, str] = {}
 
     def id(self, role: str) -> str:
@@ -428,19 +526,51 @@ class _Writer:
         )
         return f"On hold: {why} Do not start until a clinician has reviewed this."
 
+    def since(self, exercise_id: str) -> datetime:
+        """When the exercise was first prescribed: as the revision says (``change.since``);
+        else carried over from the previous plan while it stays the same exercise, and the
+        as-of instant for a new one (also a swap or a harder/easier version)."""
+        change = self.changes.get(exercise_id)
+        if change is not None and change.since is not None:
+            return change.since  # the revision carried it
+        if change is not None and (change.kind in ("new", "swapped")
+                                   or change.variable == "exercise"):
+            return self.plan.as_of
+        if self.previous is not None:
+            old = change.previous_exercise_id if change is not None else None
+            for px in self.previous.exercises:
+                if px.exercise_id == (old or exercise_id):
+                    return px.since or self.previous.created or self.plan.as_of
+        return self.plan.as_of
+
+    def change_parts(self, exercise_id: str) -> tuple[list[dict[str, Any]], list[str],
+                                                        tuple[str, ...]]:
+        """(extensions, description lines, sources) the exercise's change adds."""
+        change = self.changes.get(exercise_id)
+        if change is None:
+            return [], [], ()
+        lines = [f"What changed: {change.patient_text}",
+                 f"Why it changed: {change.clinician_text}"]
+        return [_change_extension(change, self.kb)], lines, change.sources
+
     def exercise_activity(self, ex: PlannedExercise) -> dict[str, Any]:
         p = self.plan
         on_hold = self.held or ex.status != "proposed"
-        text = [f"{ex.title}: {ex.dose.describe()}", f"How: {ex.instructions}",
+        change_exts, change_lines, change_sources = self.change_parts(ex.exercise_id)
+        change = self.changes.get(ex.exercise_id)
+        text = [f"{ex.title}: {ex.dose.describe()}", *change_lines, f"How: {ex.instructions}",
                 f"Why: {ex.rationale}", _trace_text(p, ex.rule_ids, ex.sources, ex.evidence)]
         if on_hold:
             text.insert(0, self.hold_reason() if self.held
                         else "On hold under the plan's safety policy.")
         d = ex.dose
+        state = _follow_up_state_extension(self.since(ex.exercise_id),
+                                           change.consecutive_bad if change else 0)
         detail: dict[str, Any] = {
-            "extension": [_dose_extension(d), *_trace_extensions(ex.rule_ids, ex.evidence)],
+            "extension": [_dose_extension(d), state, *change_exts,
+                          *_trace_extensions(ex.rule_ids, ex.evidence)],
             "code": _exercise_code(ex.exercise_id, ex.title),
-            "reasonReference": _refs(ex.sources),
+            "reasonReference": _refs(tuple(dict.fromkeys((*ex.sources, *change_sources)))),
             "status": "on-hold" if on_hold else "not-started",
             "statusReason": {"text": text[0]} if on_hold else None,
             "doNotPerform": False,
@@ -451,15 +581,63 @@ class _Writer:
         return {"detail": detail}
 
     def avoid_activity(self, av: AvoidedExercise) -> dict[str, Any]:
-        text = [f"Do not perform: {av.title}. {av.reason}",
+        change_exts, change_lines, change_sources = self.change_parts(av.exercise_id)
+        text = [f"Do not perform: {av.title}. {av.reason}", *change_lines,
                 _trace_text(self.plan, av.rule_ids, av.sources, av.evidence)]
         detail: dict[str, Any] = {
-            "extension": _trace_extensions(av.rule_ids, av.evidence),
+            "extension": [*change_exts, *_trace_extensions(av.rule_ids, av.evidence)],
             "code": _exercise_code(av.exercise_id, av.title),
-            "reasonReference": _refs(av.sources),
+            "reasonReference": _refs(tuple(dict.fromkeys((*av.sources, *change_sources)))),
             "status": "on-hold",
             "statusReason": {"text": f"Do not perform: {av.reason}"},
             "doNotPerform": True,
+            "description": "\n\n".join(text),
+        }
+        return {"detail": detail}
+
+    def stopped_changes(self) -> list[ExerciseChange]:
+        """Stopped exercises that are neither in the plan nor on its avoid list."""
+        shown = {ex.exercise_id for ex in self.plan.exercises} | self.avoid_ids
+        return [c for c in self.plan.changes
+                if c.kind == "stopped" and c.exercise_id not in shown]
+
+    def stopped_activity(self, change: ExerciseChange) -> dict[str, Any]:
+        """A previous exercise taken out: status ``stopped`` (it was started; now stop)."""
+        ex = self.kb.exercises.get(change.exercise_id)
+        title = ex.title if ex is not None else change.exercise_id
+        dose = (f" (was: {change.previous_dose.describe()})"
+                if change.previous_dose is not None else "")
+        text = [f"Stop: {title}{dose}", f"What changed: {change.patient_text}",
+                f"Why it changed: {change.clinician_text}",
+                _trace_text(self.plan, change.rule_ids, change.sources, ())]
+        detail: dict[str, Any] = {
+            "extension": [_change_extension(change, self.kb),
+                          *_rule_extensions(change.rule_ids)],
+            "code": _exercise_code(change.exercise_id, title),
+            "reasonReference": _refs(change.sources),
+            "status": "stopped",
+            "statusReason": {"text": f"Stopped: {change.clinician_text}"},
+            "doNotPerform": False,
+            "description": "\n\n".join(text),
+        }
+        return {"detail": detail}
+
+    def check_in_activity(self, check_in: CheckIn) -> dict[str, Any]:
+        """The proposed check-in: an Appointment-kind activity, not-started, in a window."""
+        titles = [self.kb.exercises[x].title if x in self.kb.exercises else x
+                  for x in check_in.exercise_ids]
+        code, display, _ = CHECK_IN_CODE
+        text = [f"{display}: between {_instant(check_in.start)} and "
+                f"{_instant(check_in.end)}.", check_in.reason]
+        if titles:
+            text.append("About: " + "; ".join(titles) + ".")
+        detail: dict[str, Any] = {
+            "kind": "Appointment",
+            "code": {"coding": [{"system": PLAN_CHANGE_SYSTEM, "code": code,
+                                 "display": display}], "text": display},
+            "status": "not-started",
+            "scheduledPeriod": {"start": _instant(check_in.start),
+                                "end": _instant(check_in.end)},
             "description": "\n\n".join(text),
         }
         return {"detail": detail}
@@ -474,7 +652,10 @@ class _Writer:
         ]
         activity += [self.exercise_activity(ex) for ex in p.exercises
                      if ex.exercise_id not in self.avoid_ids]
+        activity += [self.stopped_activity(c) for c in self.stopped_changes()]
         activity += [self.avoid_activity(av) for av in p.avoid]
+        if p.check_in is not None and not self.held:
+            activity.append(self.check_in_activity(p.check_in))
         if self.held:
             top = min(
                 (a.referral.priority for a in self.holding if a.referral is not None),
@@ -483,6 +664,8 @@ class _Writer:
             )
             title = ("Exercise on hold: " + (f"{top} referral proposed" if top
                                               else "see alerts"))
+        elif p.replaces is not None:
+            title = "Revised exercise plan for low back pain"
         else:
             title = "Proposed exercise plan for low back pain"
         return {
@@ -490,6 +673,7 @@ class _Writer:
             "id": self.id("careplan"),
             "instantiatesUri": [
                 f"{KNOWLEDGE_BASE_BASE}/{p.kb_id}|{p.kb_version}"],
+            "replaces": [{"reference": p.replaces}] if p.replaces is not None else None,
             "status": "draft",
             "intent": "proposal",
             "title": title,
@@ -521,11 +705,22 @@ class _Writer:
                          + "; ".join(shown) + ".")
         if p.avoid:
             lines.append("Do not perform: " + "; ".join(a.title for a in p.avoid) + ".")
+        if p.replaces is not None:
+            lines.append(f"Revises {p.replaces}: " + ("; ".join(
+                f"{self.exercise_title(c.exercise_id)} {c.kind}" for c in p.changes)
+                or "no exercise changes") + ".")
+        if p.check_in is not None and not self.held:
+            lines.append(f"Check-in proposed between {_instant(p.check_in.start)} and "
+                         f"{_instant(p.check_in.end)}.")
         missing = self.missing_facts()
         if missing:
             lines.append("Missing (not read as normal): "
                          + "; ".join(self.fact_label(m) for m, _ in missing) + ".")
         return "\n".join(lines)
+
+    def exercise_title(self, exercise_id: str) -> str:
+        ex = self.kb.exercises.get(exercise_id)
+        return ex.title if ex is not None else exercise_id
 
     # ServiceRequest ------------------------------------------------------------------------
 
@@ -1079,6 +1274,9 @@ def _check_bindings(bundle: dict[str, Any]) -> list[str]:
                     continue
                 need(d.get("status") in _ACTIVITY_STATUS, f"{at}.activity[{j}].detail.status",
                      d.get("status"))
+                if "kind" in d:
+                    need(d["kind"] in _ACTIVITY_KIND, f"{at}.activity[{j}].detail.kind",
+                         d["kind"])
                 unit = d.get("scheduledTiming", {}).get("repeat", {}).get("periodUnit")
                 if unit is not None:
                     need(unit in _UNITS_OF_TIME, f"{at}.activity[{j}]...periodUnit", unit)
@@ -1121,18 +1319,22 @@ def _check_invariants(bundle: dict[str, Any]) -> list[str]:
 
 
 def write_bundle(
-    plan: Plan, kb: KnowledgeBase, *, full_validation: bool = False
+    plan: Plan, kb: KnowledgeBase, *, previous: PreviousPlan | None = None,
+    full_validation: bool = False,
 ) -> dict[str, Any]:
     """The output Bundle (type ``collection``) for one plan, as a JSON-ready dict.
 
     ``kb`` is the knowledge base that produced the plan (for fact codes and parameters).
+    ``previous`` is the plan a follow-up revises (``PatientFacts.follow_up.previous``): the
+    ``since`` of exercises that stay the same is carried over from it (without it, ``since``
+    is the as-of instant).
     Deterministic: the same plan gives a byte-identical ``json.dumps(..., sort_keys=True)``.
     Raises ``ValueError`` if ``plan.as_of`` has no time zone and ``OutputValidationError`` if
     the result is not valid FHIR R4 (a bug). ``full_validation`` (internal, for cross-checks)
     validates the Bundle with ``Bundle.model_validate`` as a whole instead of shape by shape;
     both accept exactly the same Bundles.
     """
-    bundle: dict[str, Any] = _prune(_Writer(plan, kb).bundle())
+    bundle: dict[str, Any] = _prune(_Writer(plan, kb, previous).bundle())
     if full_validation:
         _validate_full(bundle)
     else:

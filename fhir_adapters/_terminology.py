@@ -1,6 +1,6 @@
 """The terminology the project publishes, as FHIR R4 CodeSystems (output contract).
 
-``code_systems(kb)`` returns three CodeSystem dicts; ``export_terminology(kb, directory)``
+``code_systems(kb)`` returns four CodeSystem dicts; ``export_terminology(kb, directory)``
 writes them as ``CodeSystem-<id>.json``:
 
 * ``screen`` (``http://movement-cds.org/fhir/CodeSystem/screen``): every input code of the
@@ -16,6 +16,10 @@ writes them as ``CodeSystem-<id>.json``:
   ``position`` (string), ``equipment`` (string, repeats), ``easier`` and ``harder`` (code:
   another concept of this system, the regression and progression).
 * ``alert`` (``http://movement-cds.org/fhir/CodeSystem/alert``): every alert code.
+* ``plan-change`` (``http://movement-cds.org/fhir/CodeSystem/plan-change``): what a revised
+  plan did to each exercise (new, continued, progressed, held, regressed, swapped, stopped)
+  and ``check-in``, the code of the proposed check-in activity (follow-ups; an extension of
+  the output contract, see docs/integrators/follow-up.md).
 
 Each has ``version`` = the knowledge-base version, ``status`` = the manifest's status
 (draft | active | retired), ``content`` ``complete`` and is validated with the
@@ -34,7 +38,10 @@ from pydantic import ValidationError
 from cds import KnowledgeBase
 from fhir_adapters._outbound import (
     ALERT_SYSTEM,
+    CHANGE_DISPLAY,
+    CHECK_IN_CODE,
     EXERCISE_SYSTEM,
+    PLAN_CHANGE_SYSTEM,
     SCREEN_SYSTEM,
     OutputValidationError,
 )
@@ -210,9 +217,26 @@ def _alert(kb: KnowledgeBase) -> dict[str, Any]:
     return cs
 
 
+def _plan_change(kb: KnowledgeBase) -> dict[str, Any]:
+    concepts = [{"code": code, "display": display, "definition": definition}
+                for code, (display, definition) in CHANGE_DISPLAY.items()]
+    code, display, definition = CHECK_IN_CODE
+    concepts.append({"code": code, "display": display, "definition": definition})
+    cs = _header(kb, "plan-change", PLAN_CHANGE_SYSTEM, "MovementCdsPlanChange",
+                 "movement-cds follow-up plan changes",
+                 "What a revised plan did to each exercise of the plan it replaces (the kind "
+                 "sub-extension of http://movement-cds.org/fhir/StructureDefinition/"
+                 "exercise-change on CarePlan.activity.detail), and the code of the proposed "
+                 "check-in activity. An extension of the output contract for follow-ups.")
+    cs["count"] = len(concepts)
+    cs["concept"] = concepts
+    return cs
+
+
 def code_systems(kb: KnowledgeBase) -> list[dict[str, Any]]:
-    """The screen, exercise and alert CodeSystems (FHIR R4 JSON dicts), validated."""
-    out = [_screen(kb), _exercise(kb), _alert(kb)]
+    """The screen, exercise, alert and plan-change CodeSystems (FHIR R4 JSON dicts),
+    validated."""
+    out = [_screen(kb), _exercise(kb), _alert(kb), _plan_change(kb)]
     for cs in out:
         try:
             CodeSystem.model_validate(cs)
@@ -224,7 +248,7 @@ def code_systems(kb: KnowledgeBase) -> list[dict[str, Any]]:
 
 def export_terminology(kb: KnowledgeBase, directory: Path) -> list[Path]:
     """Write ``CodeSystem-<id>.json`` per code system into ``directory`` (created if needed);
-    return the paths written (screen, exercise, alert)."""
+    return the paths written (screen, exercise, alert, plan-change)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -43,10 +44,13 @@ class Evaluation:
 
     plan: Plan
     bundle: dict[str, Any]
+    # exercise titles by id, for the follow-up lines about exercises no longer in the plan
+    exercise_titles: Mapping[str, str] = field(default_factory=dict, repr=False,
+                                               compare=False)
 
     @property
     def summary(self) -> str:
-        return render_summary(self.plan)
+        return render_summary(self.plan, self.exercise_titles)
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.bundle, indent=indent, sort_keys=True, ensure_ascii=False)
@@ -75,11 +79,16 @@ class DecisionSupport:
             self.kb = load_knowledge_base(knowledge_base or bundled_path(), parameters)
         self.evaluator = Evaluator(self.kb, engine)
         self.strict_fhir = strict_fhir
+        self._titles = {x.id: x.title for x in self.kb.exercises.values()}
 
     def evaluate(
         self, bundle: dict[str, Any] | str | bytes, *, as_of: datetime | str | None = None
     ) -> Evaluation:
         """Evaluate one patient's FHIR R4 Bundle (dict or JSON text).
+
+        A follow-up needs nothing else: when the Bundle holds the previous CarePlan this
+        project made and the patient's response Observations, the plan revises it (the output
+        CarePlan ``replaces`` it; see docs/integrators/follow-up.md).
 
         Raises ``InvalidBundleError`` (a ``ValueError``) with an OperationOutcome when the
         input cannot be evaluated, and ``EngineError`` if the engine fails; never returns
@@ -88,7 +97,9 @@ class DecisionSupport:
         instant = parse_instant(as_of) or datetime.now(UTC)
         patient = read_bundle(bundle, kb=self.kb, as_of=instant, strict_fhir=self.strict_fhir)
         plan = self.evaluator.evaluate(patient)
-        return Evaluation(plan, write_bundle(plan, self.kb))
+        previous = patient.follow_up.previous if patient.follow_up is not None else None
+        return Evaluation(plan, write_bundle(plan, self.kb, previous=previous),
+                          self._titles)
 
 
 _DEFAULT: DecisionSupport | None = None

@@ -1,4 +1,8 @@
-"""Generated documentation: the pages and where they live."""
+"""Generated documentation: the pages and where they live.
+
+``docs/clinical`` holds the Markdown catalog (rules, exercises, parameters) and
+``catalog.html``, the same content as one searchable page that works offline.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,22 @@ from pathlib import Path
 
 from cds import load_knowledge_base
 from cds._catalog_docs import render_catalog
+from cds._catalog_html import render_catalog_html
 from cds._scenarios import load_scenarios
+from cds._trajectories import load_trajectories
 
 __all__ = ["catalog_pages"]
 
 
 def catalog_pages(root: Path) -> dict[str, str]:
+    """Every generated page by file name (Markdown and HTML), for the knowledge base at
+    ``root`` and the scenarios under it."""
     kb = load_knowledge_base(root)
     covering: dict[str, list[str]] = {}
     for sc, _, _ in load_scenarios(root):
         for rid in sc.covers:
             covering.setdefault(rid, []).append(sc.id)
-    return render_catalog(kb, covering)
+    for tr, _, _ in load_trajectories(root):  # multi-visit follow-up tests
+        for rid in tr.covers:
+            covering.setdefault(rid, []).append(tr.id)
+    return {**render_catalog(kb, covering), "catalog.html": render_catalog_html(kb, covering)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Mapping
 
 from cds import Plan
 
@@ -27,7 +28,11 @@ def _wrap(text: str, indent: str = "    ") -> str:
                          subsequent_indent=" " * len(indent))
 
 
-def render_summary(plan: Plan) -> str:
+def render_summary(plan: Plan, titles: Mapping[str, str] | None = None) -> str:
+    """The plan in words; ``titles`` names exercises by id (the knowledge base's titles) for
+    the follow-up sections, which may mention exercises no longer in the plan."""
+    titles = {**{e.exercise_id: e.title for e in plan.exercises},
+              **{a.exercise_id: a.title for a in plan.avoid}, **(titles or {})}
     out: list[str] = []
     out.append(f"movement-cds plan for {plan.subject}, as of {plan.as_of.isoformat()}")
     out.append(f"Knowledge base: {plan.kb_title} ({plan.knowledge_base})")
@@ -62,6 +67,34 @@ def render_summary(plan: Plan) -> str:
         out.append("")
     elif not plan.exercise_held:
         out.append("EXERCISES: none proposed by the rules for these findings.")
+        out.append("")
+    if plan.replaces is not None:
+        out.append(f"CHANGES SINCE THE LAST PLAN ({plan.replaces})")
+        if not plan.changes:
+            out.append("  No exercise changes.")
+        for c in plan.changes:
+            variable = f" ({c.variable})" if c.variable else ""
+            previous = (f", was {titles.get(c.previous_exercise_id, c.previous_exercise_id)}"
+                        if c.previous_exercise_id else "")
+            out.append(f"  - {titles.get(c.exercise_id, c.exercise_id)}: "
+                       f"{c.kind.upper()}{variable}{previous}")
+            out.append(_wrap(f"For the patient: {c.patient_text}"))
+            out.append(_wrap(f"Why: {c.clinician_text}"))
+            if c.previous_dose is not None:
+                was = c.previous_dose.describe().split(". Pain: ")[0]  # same pain guide
+                out.append(_wrap(f"Previous dose: {was}"))
+            if c.rule_ids:
+                out.append(_wrap(f"Rules: {', '.join(c.rule_ids)}"))
+            if c.sources:
+                out.append(_wrap(f"From: {', '.join(c.sources)}"))
+        out.append("")
+    if plan.check_in is not None and not plan.exercise_held:
+        ci = plan.check_in
+        out.append("CHECK-IN")
+        out.append(_wrap(f"Between {ci.start.isoformat()} and {ci.end.isoformat()}: "
+                         f"{ci.reason}"))
+        if ci.exercise_ids:
+            out.append(_wrap("About: " + ", ".join(titles.get(x, x) for x in ci.exercise_ids)))
         out.append("")
     if plan.deferred:
         out.append("ALSO SUGGESTED BY THE RULES, LEFT OUT TO KEEP THE PROGRAMME FOCUSED")

@@ -89,7 +89,7 @@ def test_terminology_export(tmp_path: Path) -> None:
     assert r.returncode == 0
     names = sorted(p.name for p in (tmp_path / "terms").iterdir())
     assert names == ["CodeSystem-alert.json", "CodeSystem-exercise.json",
-                     "CodeSystem-screen.json"]
+                     "CodeSystem-plan-change.json", "CodeSystem-screen.json"]
 
 
 def test_kb_validate_reports_positions(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "clinical"
 
 def test_committed_catalog_is_current() -> None:
     pages = catalog_pages(bundled_path())
+    assert set(pages) == {"rules.md", "exercises.md", "parameters.md", "catalog.html"}
     stale = [name for name, text in pages.items()
              if not (DOCS / name).is_file() or (DOCS / name).read_text() != text]
     assert not stale, f"docs/clinical is stale ({stale}); run: movement-cds kb docs"

@@ -875,7 +875,8 @@ def test_sources_fall_back_to_full_url_then_to_none(kb: KnowledgeBase) -> None:
     assert "same date" in one_issue(pf, "Bundle.entry[3]").message
 
 
-def test_follow_up_items_and_previous_careplan_are_kept_and_reported(kb: KnowledgeBase) -> None:
+def test_foreign_careplans_and_their_responses_are_reported_not_used(kb: KnowledgeBase) -> None:
+    # follow-up reading in detail: tests/test_followup_fhir.py
     fu = observation("x", 3, oid="fu1", code="exercise-pain-during", components=[
         ff.component(SCREEN, "exercise", {"valueCodeableConcept": concept(
             "http://movement-cds.org/fhir/CodeSystem/exercise", "bird-dog-breathing")})])
@@ -883,11 +884,10 @@ def test_follow_up_items_and_previous_careplan_are_kept_and_reported(kb: Knowled
             "subject": {"reference": SUBJECT}, "created": "2026-10-01T09:00:00Z"}
     old_plan = {**plan, "id": "cp0", "created": "2026-09-01T09:00:00Z"}
     pf = read(kb, patient(), fu, plan, old_plan)
-    assert "not evaluated" in one_issue(pf, "Observation/fu1").message
-    assert "not evaluated" in one_issue(pf, "CarePlan/cp1").message
-    assert "older" in one_issue(pf, "CarePlan/cp0").message
-    assert pf.extras["previous_careplan"] == plan
-    assert pf.extras["follow_up_observations"] == (fu,)
+    assert "no previous CarePlan" in one_issue(pf, "Observation/fu1").message
+    assert "not a CarePlan made by movement-cds" in one_issue(pf, "CarePlan/cp1").message
+    assert "not a CarePlan made by movement-cds" in one_issue(pf, "CarePlan/cp0").message
+    assert pf.follow_up is None
     assert read(kb, patient(), old_plan, fu, plan) == pf
 
 

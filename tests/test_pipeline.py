@@ -51,7 +51,7 @@ def fhir_patient(kb: KnowledgeBase) -> st.SearchStrategy[dict[str, Any]]:
             resources.append(observation(base, left=sides.get("left"), right=sides.get("right")))
         return bundle(*resources)
 
-    return fact_strategy(kb).map(to_bundle)
+    return fact_strategy(kb, recorded_only=True).map(to_bundle)
 
 
 def _shuffled(b: dict[str, Any], seed: int) -> dict[str, Any]:

@@ -41,6 +41,9 @@ def test_cds_exports() -> None:
         "KnowledgeBaseProblem", "MovementCDSError", "PatientFacts", "Plan", "PlanAlert",
         "PlannedExercise", "Referral", "compile_knowledge_base", "evaluate_reference",
         "load_knowledge_base",
+        # follow-up (issue 6)
+        "CheckIn", "ExerciseChange", "ExerciseResponse", "FollowUp", "PreviousExercise",
+        "PreviousPlan",
     ])
 
 

@@ -36,11 +36,12 @@ def props(concept: dict[str, Any], code: str) -> list[str]:
             if p["code"] == code]
 
 
-def test_export_writes_three_sorted_pretty_files(kb: KnowledgeBase, tmp_path: Path) -> None:
+def test_export_writes_four_sorted_pretty_files(kb: KnowledgeBase, tmp_path: Path) -> None:
     target = tmp_path / "does" / "not" / "exist"
     paths = export_terminology(kb, target)
     assert [p.name for p in paths] == [
-        "CodeSystem-screen.json", "CodeSystem-exercise.json", "CodeSystem-alert.json"]
+        "CodeSystem-screen.json", "CodeSystem-exercise.json", "CodeSystem-alert.json",
+        "CodeSystem-plan-change.json"]
     assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in paths)
     expected = by_id(kb)
     for p in paths:
@@ -58,7 +59,8 @@ def test_export_writes_three_sorted_pretty_files(kb: KnowledgeBase, tmp_path: Pa
 def test_headers_follow_the_contract_and_the_manifest(kb: KnowledgeBase) -> None:
     systems = by_id(kb)
     assert {k: v["url"] for k, v in systems.items()} == {
-        "screen": SCREEN, "exercise": EXERCISE, "alert": ALERT}
+        "screen": SCREEN, "exercise": EXERCISE, "alert": ALERT,
+        "plan-change": "http://movement-cds.org/fhir/CodeSystem/plan-change"}
     for cs in systems.values():
         CodeSystem.model_validate(cs)
         assert cs["resourceType"] == "CodeSystem"

@@ -1,0 +1,446 @@
+"""A seeded synthetic population of FHIR R4 input Bundles, for comparing knowledge bases.
+
+``synthetic_bundle(seed, index, as_of)`` builds patient ``index`` of population ``seed``: a
+Bundle that an EHR could send under the input contract (``shared/spec/input-contract.md``).
+It is made at the FHIR level, from the contract's codes and value ranges (the table below,
+copied from the contract, not from any knowledge base), so that two knowledge-base versions
+read the very same input with their own fact catalogs: a version that changes how old an
+answer may be, or a range, sees the change.
+
+Each patient depends only on ``(seed, index, as_of)`` (its own ``random.Random``), so the
+population is deterministic, can be cut into chunks for worker processes in any way, and a
+patient can be rebuilt from its index alone to look at it.
+
+What it covers, at rough clinical rates (a low back pain clinic, not a red-flag clinic):
+whole, partial and missing red-flag screens with rare positive answers (a core cauda-equina
+item in well under 1% of patients); missing answers of every kind (no questionnaire, no
+movement screen, a test not done, no birth date or gender, a partial birth date); status
+``preliminary`` (used, noted) and ignored statuses; stale answers beyond the default maximum
+ages; superseded older answers; bilateral tests sent per side (SNOMED left/right components)
+or as one top-level value; ``lbp-provoked`` components; STarT Back as items, totals or both;
+values sent as ``valueQuantity`` or ``valueInteger``; an occasional out-of-range value (which
+the contract says counts as missing); Conditions with every clinical and verification status
+that matters; pregnancy as a Condition or as a LOINC 82810-3 Observation. Follow-up
+Observations and previous CarePlans are not generated.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal
+
+__all__ = ["CONTRACT_ITEMS", "ContractItem", "synthetic_bundle", "synthetic_population"]
+
+SCREEN: Final = "http://movement-cds.org/fhir/CodeSystem/screen"
+LOINC: Final = "http://loinc.org"
+SNOMED: Final = "http://snomed.info/sct"
+UCUM: Final = "http://unitsofmeasure.org"
+CLINICAL: Final = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+VERIFICATION: Final = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+LEFT: Final = "7771000"
+RIGHT: Final = "24028007"
+_NS: Final = uuid.UUID("3b9e4c1d-7a52-4f0e-9c6b-2d8a1f5e7c30")
+
+Kind = Literal["boolean", "integer", "decimal", "code"]
+
+
+@dataclass(frozen=True)
+class ContractItem:
+    """One Observation the input contract defines: code, value type and range."""
+
+    key: str  # the screen code, or a readable name for LOINC items
+    system: str
+    code: str
+    kind: Kind
+    low: float = 0
+    high: float = 0
+    codes: tuple[str, ...] = ()
+    unit: str | None = None
+    bilateral: bool = False
+    provoked: bool = False  # FMS and loaded patterns carry a screen#lbp-provoked component
+
+
+def _screen(code: str, kind: Kind, low: float = 0, high: float = 0, **kw: Any) -> ContractItem:
+    return ContractItem(code, SCREEN, code, kind, low, high, **kw)
+
+
+_RESPONSES = ("centralizes", "peripheralizes", "no-effect", "increases-back-pain")
+RED_FLAGS: Final = (
+    "rf-saddle-anaesthesia", "rf-bladder-dysfunction", "rf-bowel-dysfunction",
+    "rf-bilateral-leg-symptoms", "rf-progressive-weakness", "rf-foot-drop",
+    "rf-sexual-dysfunction", "rf-fever", "rf-unexplained-weight-loss", "rf-cancer-history",
+    "rf-night-pain", "rf-significant-trauma", "rf-corticosteroid-use", "rf-iv-drug-use",
+    "rf-immunosuppression", "rf-recent-infection", "rf-pulsatile-abdominal-mass",
+    "rf-not-improving",
+)
+# how often each red flag is answered "present" (per patient screened); rough primary-care
+# rates: cauda equina items are rare, cancer history and "not improving" are common
+RED_FLAG_RATES: Final[dict[str, float]] = {
+    "rf-saddle-anaesthesia": 0.002, "rf-bladder-dysfunction": 0.004,
+    "rf-bowel-dysfunction": 0.002, "rf-bilateral-leg-symptoms": 0.02,
+    "rf-progressive-weakness": 0.008, "rf-foot-drop": 0.003, "rf-sexual-dysfunction": 0.01,
+    "rf-fever": 0.008, "rf-unexplained-weight-loss": 0.012, "rf-cancer-history": 0.05,
+    "rf-night-pain": 0.06, "rf-significant-trauma": 0.03, "rf-corticosteroid-use": 0.02,
+    "rf-iv-drug-use": 0.004, "rf-immunosuppression": 0.015, "rf-recent-infection": 0.02,
+    "rf-pulsatile-abdominal-mass": 0.001, "rf-not-improving": 0.15,
+}
+FMS_TESTS: Final = (
+    ("fms-deep-squat", False), ("fms-hurdle-step", True), ("fms-inline-lunge", True),
+    ("fms-shoulder-mobility", True), ("fms-active-slr", True),
+    ("fms-trunk-stability-pushup", False), ("fms-rotary-stability", True),
+)
+PATTERNS: Final = (("pattern-squat", False), ("pattern-hinge", False),
+                   ("pattern-lateral-bend", True))
+
+#: Every Observation of the input contract except follow-up responses.
+CONTRACT_ITEMS: Final[dict[str, ContractItem]] = {
+    i.key: i for i in [
+        ContractItem("pain-now", LOINC, "72514-3", "integer", 0, 10, unit="{score}"),
+        ContractItem("odi-score", LOINC, "97909-6", "decimal", 0, 100, unit="%"),
+        ContractItem("startback-total", LOINC, "91351-7", "integer", 0, 9),
+        ContractItem("phq2-total", LOINC, "55758-7", "integer", 0, 6),
+        _screen("startback-psychosocial", "integer", 0, 5),
+        *(_screen(f"startback-item-{n}", "boolean") for n in range(1, 10)),
+        _screen("episode-duration", "decimal", 0, 36500, unit="d"),
+        _screen("symptom-distribution", "code",
+                codes=("back-only", "above-knee", "below-knee", "both-legs")),
+        *(_screen(code, "integer", 0, 3, bilateral=bi, provoked=True)
+          for code, bi in FMS_TESTS + PATTERNS),
+        _screen("fms-total", "integer", 0, 21),
+        _screen("clear-shoulder", "boolean", bilateral=True),
+        _screen("clear-spinal-extension", "boolean"),
+        _screen("clear-spinal-flexion", "boolean"),
+        _screen("slr-angle", "decimal", 0, 180, unit="deg", bilateral=True),
+        _screen("prone-instability-test", "boolean"),
+        _screen("aberrant-movement", "boolean"),
+        _screen("directional-preference", "code", codes=(
+            "extension", "flexion", "lateral-shift-left", "lateral-shift-right", "none")),
+        _screen("repeated-flexion-response", "code", codes=_RESPONSES),
+        _screen("repeated-extension-response", "code", codes=_RESPONSES),
+        _screen("myotome-strength", "integer", 0, 5, bilateral=True),
+        *(_screen(rf, "boolean") for rf in RED_FLAGS),
+    ]
+}
+
+#: Condition codes of the contract (SNOMED CT).
+CONDITIONS: Final[dict[str, str]] = {
+    "osteoporosis": "64859006", "pregnancy": "77386006", "cancer": "363346000",
+    "aaa": "233985008", "cauda-equina": "192970008", "low-back-pain": "279039007",
+    "chronic-low-back-pain": "278860009", "sciatica": "23056005",
+}
+PREGNANCY_STATUS: Final = "82810-3"
+PREGNANT: Final = "LA15173-0"
+NOT_PREGNANT: Final = "LA26683-5"
+
+
+class _Patient:
+    """Builds one Bundle; every random choice goes through ``self.rng``."""
+
+    def __init__(self, seed: int, index: int, as_of: datetime) -> None:
+        self.rng = random.Random(f"movement-cds-population:{seed}:{index}")
+        self.index = index
+        self.as_of = as_of
+        self.pid = f"syn-{index}"
+        self.resources: list[dict[str, Any]] = []
+        self.n_obs = 0
+
+    # --- helpers
+    def chance(self, p: float) -> bool:
+        return self.rng.random() < p
+
+    def days_ago(self, typical: float, stale: float, p_stale: float) -> datetime:
+        """When an answer was recorded: usually within ``typical`` days, sometimes older
+        than ``stale`` days (stale under the default maximum ages)."""
+        if self.chance(p_stale):
+            days = stale + self.rng.uniform(1, stale)
+        else:
+            days = self.rng.uniform(0, typical)
+        return self.as_of - timedelta(days=days, minutes=self.rng.randint(1, 240))
+
+    def status(self) -> str:
+        r = self.rng.random()
+        if r < 0.93:
+            return "final"
+        if r < 0.96:
+            return "preliminary"
+        if r < 0.975:
+            return "amended"
+        if r < 0.985:
+            return "corrected"
+        return self.rng.choice(("registered", "cancelled", "entered-in-error", "unknown"))
+
+    def value(self, item: ContractItem, v: Any) -> dict[str, Any]:
+        if item.kind == "boolean":
+            return {"valueBoolean": v}
+        if item.kind == "code":
+            return {"valueCodeableConcept": {"coding": [{"system": SCREEN, "code": v}]}}
+        if item.kind == "integer":
+            if item.unit == "{score}" and self.chance(0.3):
+                return {"valueQuantity": {"value": v, "unit": "{score}", "system": UCUM,
+                                          "code": "{score}"}}
+            return {"valueInteger": v}
+        if item.unit == "%" and self.chance(0.2):
+            return {"valueInteger": round(v)}
+        return {"valueQuantity": {"value": v, "unit": item.unit, "system": UCUM,
+                                  "code": item.unit}}
+
+    def out_of_range(self, item: ContractItem) -> Any:
+        if item.kind == "integer":
+            return int(item.high) + self.rng.randint(1, 5)
+        return round(item.high * 1.5 + 1, 1)
+
+    def observation(
+        self, key: str, v: Any = None, *, when: datetime, status: str | None = None,
+        left: Any = None, right: Any = None, provoked: bool | None = None,
+        system: str | None = None, code: str | None = None,
+        raw: dict[str, Any] | None = None,
+    ) -> None:
+        item = CONTRACT_ITEMS.get(key)
+        self.n_obs += 1
+        if item is not None and left is None and v is not None and item.kind != "boolean" \
+                and item.kind != "code" and self.chance(0.003):
+            v = self.out_of_range(item)  # a mistyped value: the contract says "not used"
+        res: dict[str, Any] = {
+            "resourceType": "Observation",
+            "id": f"obs-{self.n_obs}",
+            "status": status or self.status(),
+            "code": {"coding": [{"system": system or (item.system if item else SCREEN),
+                                 "code": code or (item.code if item else key)}]},
+            "subject": {"reference": f"Patient/{self.pid}"},
+            "effectiveDateTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        if raw is not None:
+            res.update(raw)
+        elif v is not None and item is not None:
+            res.update(self.value(item, v))
+        comps = []
+        for side, sv in ((LEFT, left), (RIGHT, right)):
+            if sv is not None and item is not None:
+                comps.append({"code": {"coding": [{"system": SNOMED, "code": side}]},
+                              **self.value(item, sv)})
+        if provoked is not None:
+            comps.append({"code": {"coding": [{"system": SCREEN, "code": "lbp-provoked"}]},
+                          "valueBoolean": provoked})
+        if comps:
+            res["component"] = comps
+        self.resources.append(res)
+
+    def condition(self, name: str, *, when: datetime) -> None:
+        r = self.rng.random()
+        clinical = ("active" if r < 0.85 else "recurrence" if r < 0.88
+                    else self.rng.choice(("inactive", "resolved", "remission")))
+        r = self.rng.random()
+        verification = ("confirmed" if r < 0.9 else "unconfirmed" if r < 0.95
+                        else self.rng.choice(("refuted", "entered-in-error", "provisional")))
+        res: dict[str, Any] = {
+            "resourceType": "Condition",
+            "id": f"cond-{len(self.resources)}",
+            "code": {"coding": [{"system": SNOMED, "code": CONDITIONS[name]}]},
+            "subject": {"reference": f"Patient/{self.pid}"},
+            "onsetDateTime": when.date().isoformat(),
+        }
+        if not self.chance(0.03):  # sometimes no clinicalStatus at all (counts as active)
+            res["clinicalStatus"] = {"coding": [{"system": CLINICAL, "code": clinical}]}
+        res["verificationStatus"] = {"coding": [{"system": VERIFICATION, "code": verification}]}
+        self.resources.append(res)
+
+    # --- the parts of a visit
+    def person(self) -> tuple[int, str | None]:
+        rng = self.rng
+        age = min(95, max(16, round(rng.gauss(48, 16))))
+        r = rng.random()
+        gender = ("female" if r < 0.52 else "male" if r < 0.97 else "other" if r < 0.985
+                  else "unknown" if r < 0.99 else None)
+        born = self.as_of.date() - timedelta(days=round(age * 365.25) + rng.randint(0, 364))
+        res: dict[str, Any] = {"resourceType": "Patient", "id": self.pid}
+        r = rng.random()
+        if r < 0.96:
+            res["birthDate"] = born.isoformat()
+        elif r < 0.98:
+            res["birthDate"] = f"{born.year:04d}"  # partial: the age that is certain is used
+        if gender is not None:
+            res["gender"] = gender
+        self.resources.insert(0, res)
+        return age, gender
+
+    def red_flag_screen(self, age: int) -> None:
+        r = self.rng.random()
+        if r < 0.05:
+            return  # not asked at this visit
+        asked = list(RED_FLAGS)
+        if r < 0.15:  # partly asked
+            for rf in self.rng.sample(asked, self.rng.randint(1, 6)):
+                asked.remove(rf)
+        when = self.days_ago(7, 14, 0.06)  # one sitting; sometimes older than 14 days
+        for rf in asked:
+            rate = RED_FLAG_RATES[rf] * (2.0 if age >= 65 and rf in (
+                "rf-cancer-history", "rf-significant-trauma", "rf-unexplained-weight-loss")
+                else 1.0)
+            self.observation(rf, self.chance(rate), when=when)
+
+    def symptoms(self) -> None:
+        rng, when = self.rng, self.days_ago(10, 30, 0.05)
+        if self.chance(0.92):
+            self.observation("pain-now", min(10, max(0, round(rng.gauss(5, 2.2)))), when=when)
+            if self.chance(0.06):  # an older answer, superseded by the one above
+                self.observation("pain-now", rng.randint(0, 10),
+                                 when=when - timedelta(days=rng.randint(1, 20)))
+        if self.chance(0.85):
+            r = rng.random()
+            days = (rng.uniform(1, 42) if r < 0.3 else rng.uniform(42, 90) if r < 0.45
+                    else rng.uniform(90, 3650))
+            self.observation("episode-duration", round(days, 1), when=when)
+        if self.chance(0.8):
+            self.observation("symptom-distribution", rng.choices(
+                CONTRACT_ITEMS["symptom-distribution"].codes, (50, 25, 20, 5))[0], when=when)
+        if self.chance(0.45):
+            self.observation("repeated-flexion-response", rng.choices(
+                _RESPONSES, (15, 15, 55, 15))[0], when=when)
+        if self.chance(0.45):
+            self.observation("repeated-extension-response", rng.choices(
+                _RESPONSES, (25, 8, 55, 12))[0], when=when)
+        if self.chance(0.5):
+            self.observation("directional-preference", rng.choices(
+                CONTRACT_ITEMS["directional-preference"].codes, (35, 12, 4, 4, 45))[0],
+                when=when)
+        if self.chance(0.35):
+            weak = self.chance(0.1)
+            sides = [rng.randint(3, 4) if weak else 5, 5]
+            rng.shuffle(sides)
+            if self.chance(0.85):
+                self.observation("myotome-strength", when=when, left=sides[0], right=sides[1])
+            else:
+                self.observation("myotome-strength", min(sides), when=when)
+
+    def questionnaires(self) -> None:
+        rng, when = self.rng, self.days_ago(20, 90, 0.08)
+        if self.chance(0.6):
+            self.observation("odi-score", float(min(100, max(0, round(rng.gauss(30, 16))))),
+                             when=when)
+        if self.chance(0.55):
+            items = [self.chance(p) for p in (0.35, 0.3, 0.25, 0.4, 0.3, 0.35, 0.3, 0.3, 0.2)]
+            r = rng.random()
+            if r < 0.6:  # items only: the totals are computed
+                for n, agree in enumerate(items, 1):
+                    self.observation(f"startback-item-{n}", agree, when=when)
+            elif r < 0.8:  # totals only
+                self.observation("startback-total", sum(items), when=when)
+                self.observation("startback-psychosocial", sum(items[4:]), when=when)
+            else:  # both, consistent
+                for n, agree in enumerate(items, 1):
+                    self.observation(f"startback-item-{n}", agree, when=when)
+                self.observation("startback-total", sum(items), when=when)
+                self.observation("startback-psychosocial", sum(items[4:]), when=when)
+        if self.chance(0.45):
+            self.observation("phq2-total", rng.choices(range(7), (40, 15, 15, 10, 10, 5, 5))[0],
+                             when=when)
+
+    def score(self) -> int:
+        return self.rng.choices((0, 1, 2, 3), (4, 22, 50, 24))[0]
+
+    def movement_screen(self) -> None:
+        rng = self.rng
+        if not self.chance(0.6):
+            return
+        when = self.days_ago(30, 90, 0.08)
+        lows = []
+        for code, bilateral in FMS_TESTS:
+            if not self.chance(0.9):
+                continue
+            provoked = self.chance(0.12) if self.chance(0.6) else None
+            if bilateral and self.chance(0.8):
+                left, right = self.score(), self.score()
+                if self.chance(0.6):
+                    right = left  # most people are symmetric
+                lows.append(min(left, right))
+                self.observation(code, when=when, left=left, right=right, provoked=provoked)
+            else:
+                s = self.score()
+                lows.append(s)
+                self.observation(code, s, when=when, provoked=provoked)
+        if len(lows) == 7 and self.chance(0.4):
+            self.observation("fms-total", sum(lows), when=when)
+        if self.chance(0.5):
+            self.observation("clear-shoulder", when=when, left=self.chance(0.05),
+                             right=self.chance(0.05))
+            self.observation("clear-spinal-extension", self.chance(0.12), when=when)
+            self.observation("clear-spinal-flexion", self.chance(0.1), when=when)
+        if self.chance(0.6):
+            for code, bilateral in PATTERNS:
+                if not self.chance(0.85):
+                    continue
+                provoked = self.chance(0.2) if self.chance(0.7) else None
+                if bilateral:
+                    self.observation(code, when=when, left=self.score(), right=self.score(),
+                                     provoked=provoked)
+                else:
+                    self.observation(code, self.score(), when=when, provoked=provoked)
+        if self.chance(0.5):
+            a, b = rng.uniform(35, 90), rng.uniform(35, 90)
+            if self.chance(0.8):
+                self.observation("slr-angle", when=when, left=round(a), right=round(b))
+            else:
+                self.observation("slr-angle", float(round(min(a, b))), when=when)
+        if self.chance(0.35):
+            self.observation("prone-instability-test", self.chance(0.3), when=when)
+        if self.chance(0.35):
+            self.observation("aberrant-movement", self.chance(0.25), when=when)
+
+    def conditions(self, age: int, gender: str | None) -> None:
+        when = self.days_ago(400, 1000, 0.2)
+        r = self.rng.random()
+        if r < 0.7:
+            self.condition(self.rng.choice(("low-back-pain", "chronic-low-back-pain",
+                                            "sciatica")), when=when)
+        older_woman = gender == "female" and age >= 60
+        if self.chance(0.2 if older_woman else 0.02):
+            self.condition("osteoporosis", when=when)
+        if self.chance(0.03 if age >= 50 else 0.01):
+            self.condition("cancer", when=when)
+        if self.chance(0.01 if gender == "male" and age >= 65 else 0.001):
+            self.condition("aaa", when=when)
+        if self.chance(0.001):
+            self.condition("cauda-equina", when=when)
+        if gender == "female" and 16 <= age <= 45:
+            if self.chance(0.03):
+                self.condition("pregnancy", when=self.days_ago(60, 300, 0.1))
+            elif self.chance(0.05):
+                answer = PREGNANT if self.chance(0.3) else NOT_PREGNANT
+                self.observation(
+                    "pregnancy-status", when=self.days_ago(30, 300, 0.1), system=LOINC,
+                    code=PREGNANCY_STATUS,
+                    raw={"valueCodeableConcept": {"coding": [{"system": LOINC,
+                                                              "code": answer}]}})
+
+    def bundle(self) -> dict[str, Any]:
+        age, gender = self.person()
+        self.red_flag_screen(age)
+        self.symptoms()
+        self.questionnaires()
+        self.movement_screen()
+        self.conditions(age, gender)
+        entries = []
+        for res in self.resources:
+            key = f"{self.pid}/{res['resourceType']}/{res['id']}"
+            entries.append({"fullUrl": f"urn:uuid:{uuid.uuid5(_NS, key)}", "resource": res})
+        kind = "searchset" if self.chance(0.1) else "collection"
+        return {"resourceType": "Bundle", "id": f"synthetic-{self.index}", "type": kind,
+                "entry": entries}
+
+
+def synthetic_bundle(seed: int, index: int, as_of: datetime) -> dict[str, Any]:
+    """Patient ``index`` of population ``seed``: a FHIR R4 Bundle (a plain dict), dated
+    before ``as_of``. The same arguments always give the same Bundle."""
+    return _Patient(seed, index, as_of).bundle()
+
+
+def synthetic_population(
+    n: int, seed: int, as_of: datetime, start: int = 0
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(index, bundle)`` for patients ``start`` .. ``start + n - 1``."""
+    for i in range(start, start + n):
+        yield i, synthetic_bundle(seed, i, as_of)

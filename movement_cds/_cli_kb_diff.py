@@ -1,0 +1,134 @@
+"""``movement-cds kb diff OLD NEW``: what a new knowledge-base version changes for patients.
+
+The report goes to standard output (``--json FILE`` also writes it for machines); progress
+goes to standard error (a live bar on a terminal, otherwise a line about every 10%). A diff
+is information, so the exit status is 0 whatever changed, unless ``--fail-on-change`` (for
+CI gating); 1 when either knowledge base cannot be loaded (the message names which).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fhir_adapters import InvalidBundleError
+from movement_cds._cli_common import fail, kb_app
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[int, int], None]]:
+    """A progress callback: rich on a terminal, plain lines every ~10% otherwise."""
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        with Progress(TextColumn("synthetic patients"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TimeRemainingColumn(),
+                      console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("diff", total=None)
+
+            def update(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            yield update
+        return
+    start = time.monotonic()
+    state = {"next": 0}
+
+    def lines(done: int, total: int) -> None:
+        if total <= 0 or done < state["next"]:
+            return
+        pct = 100 * done // total
+        typer.echo(f"kb diff: {done}/{total} synthetic patients ({pct}%), "
+                   f"{time.monotonic() - start:.0f} s", err=True)
+        state["next"] = done + max(1, total // 10) if done < total else total + 1
+
+    yield lines
+
+
+@kb_app.command("diff")
+def kb_diff(
+    old: Annotated[Path, typer.Argument(help="Knowledge-base directory of the current version.")],
+    new: Annotated[Path, typer.Argument(help="Knowledge-base directory of the new version.")],
+    patients: Annotated[
+        int, typer.Option("--patients", min=0, help="Synthetic patients to run (seeded).")
+    ] = 10_000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic population.")] = 1,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Evaluation instant, ISO 8601 with a time zone, for both "
+                     "versions (default 2026-11-02T09:00:00Z for the population and each "
+                     "scenario's own instant, so reports are reproducible)."),
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report as JSON to FILE.")
+    ] = None,
+    fail_on_change: Annotated[
+        bool, typer.Option("--fail-on-change", help="Exit 1 when any output changes (CI).")
+    ] = False,
+    examples_dir: Annotated[
+        Path | None,
+        typer.Option("--examples-dir", help="Write the FHIR Bundle of every synthetic example "
+                     "patient here (synthetic-N.json), to replay with evaluate or kb explain."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="Worker processes (default: 1 below 2,000 "
+                     "patients, else up to 4 by CPU count)."),
+    ] = None,
+) -> None:
+    """Run two knowledge-base versions over the scenarios and a synthetic population and
+    report which outputs change, for how many patients, with examples."""
+    from movement_cds._api import parse_instant
+    from movement_cds._kb_diff import (
+        KnowledgeBaseLoadError,
+        diff_knowledge_bases,
+        write_examples,
+    )
+
+    when = None
+    if as_of is not None:
+        try:
+            when = parse_instant(as_of)
+        except InvalidBundleError as e:
+            fail(f"--as-of: {e.issues[0].message if e.issues else e}", code=2)
+    for which, path in (("OLD", old), ("NEW", new)):
+        if not path.is_dir():
+            fail(f"{which} knowledge base {path} is not a directory")
+    try:
+        with _progress() as progress:
+            report = diff_knowledge_bases(old, new, patients=patients, seed=seed, as_of=when,
+                                          workers=workers, progress=progress)
+    except KnowledgeBaseLoadError as e:
+        for p in e.problems:
+            typer.echo(f"{e.which}: {p}", err=True)
+        fail(str(e))
+    sys.stdout.write(report.to_text())
+    if json_out is not None:
+        try:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+        except OSError as e:
+            fail(f"cannot write {json_out}: {e.strerror or e}")
+    if examples_dir is not None:
+        try:
+            for path in write_examples(report, examples_dir):
+                typer.echo(f"example patient written to {path}", err=True)
+        except OSError as e:
+            fail(f"cannot write {examples_dir}: {e.strerror or e}")
+    if fail_on_change and report.changed:
+        raise typer.Exit(1)
