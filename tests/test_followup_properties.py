@@ -20,7 +20,7 @@ from cds import (
     load_knowledge_base,
 )
 from cds._facts import Scalar
-from cds._revision import regress_step
+from cds._revision import harder_versions, regress_step
 from knowledge_base import bundled_path
 from tests.patients import AS_OF, CLEAR_RED_FLAGS, follow_up_strategy
 
@@ -70,6 +70,11 @@ def test_follow_up_properties(reference: Evaluator, fu: FollowUp,
         if (r.pain_during is not None and r.pain_during > ACCEPTABLE) \
                 or r.next_morning == "worse":
             assert c.kind != "progressed", (r, c)
+        # ... and no harder version of it is started as a new exercise
+        if (r.pain_during is not None and r.pain_during > ACCEPTABLE) \
+                or r.next_morning == "worse" or r.peripheralization:
+            started = {c.exercise_id for c in plan.changes if c.kind == "new"}
+            assert not started & set(harder_versions(KB, r.exercise_id)), (r, started)
         # peripheralisation: always stopped, and the red flags are to be re-checked
         if r.peripheralization:
             assert c.kind == "stopped", (r, c)
