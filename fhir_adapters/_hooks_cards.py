@@ -233,9 +233,11 @@ class _Cards:
             out.append("**Exercises" + (" (on hold)" if p.exercise_held else "") + "**\n\n"
                        + "\n".join(f"- {x.title}: {x.dose.describe()}" for x in p.exercises))
         if p.check_in is not None and not p.exercise_held:
+            # hours from now, not instants: the same advice keeps the same card uuid on
+            # every call (the CarePlan in the suggestion carries the instants)
             ci = p.check_in
-            out.append(f"**Check-in**: between {ci.start.isoformat()} and "
-                       f"{ci.end.isoformat()}. {ci.reason}")
+            start, end = ((t - p.as_of).total_seconds() / 3600 for t in (ci.start, ci.end))
+            out.append(f"**Check-in**: {start:g}-{end:g} hours after this plan. {ci.reason}")
         if p.avoid:
             out.append("**Do not perform**\n\n"
                        + "\n".join(f"- {x.title}: {x.reason}" for x in p.avoid))

@@ -4,6 +4,7 @@ recommendation shaped."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,41 @@ def test_plan_card_without_exercises_counts_against_missing_data_rules(
     else:
         assert rules == [NO_RULE]
     assert rules and all(rules)  # never an empty list: the feedback would count nowhere
+
+
+def test_card_uuids_do_not_follow_the_clock() -> None:
+    """The same advice a few minutes apart (the service evaluates at the time of the call)
+    keeps its card uuids, also when the plan proposes a check-in, whose instants move with
+    the clock: the card says "48-72 hours after this plan", the CarePlan has the instants."""
+    from knowledge_base import bundled_path
+
+    support = DecisionSupport(bundled_path())
+    bundle = _bundle("no-red-flags.json")
+    cards = []
+    for as_of in ("2026-11-02T09:00:00Z", "2026-11-02T09:07:31Z"):
+        result = support.evaluate(bundle, as_of=as_of)
+        assert result.plan.check_in is not None  # the case this test is about
+        cards.append(plan_cards(result.plan, result.bundle, "movement-cds-patient-view"))
+    first, later = cards
+    assert [c["uuid"] for c in first] == [c["uuid"] for c in later]
+    assert "**Check-in**: 48-72 hours after this plan." in first[-1]["detail"]
+    created = [c["suggestions"][0]["actions"][0]["resource"]["created"] for c in
+               (first[-1], later[-1])]
+    assert created[0] != created[1]  # the instants are in the CarePlan
+
+
+def test_the_documented_response_is_of_the_bundled_release() -> None:
+    """docs/integrators/cds-hooks.md and its full response example name the release that
+    ships; a version bump without regenerating them fails here."""
+    from cds import load_knowledge_base
+    from knowledge_base import bundled_path
+
+    label = load_knowledge_base(bundled_path()).ruleset_name
+    docs = ROOT / "docs" / "integrators"
+    response = json.loads((docs / "cds-hooks-response.json").read_text())
+    assert {c["source"]["label"] for c in response["cards"]} == {label}
+    page = (docs / "cds-hooks.md").read_text()
+    for card in response["cards"]:
+        assert card["uuid"] in page or card["summary"].startswith("Exercise plan")
+    shown = set(re.findall(r'"label": "(movement-cds-lbp@[0-9.]+)"', page))
+    assert shown == {label}
