@@ -222,3 +222,12 @@ def test_trace_agrees_with_the_engine_on_the_bundled_rules(
             assert (v.trace.truth == "true") == (rule.id in fired), (rule.id, v.trace.to_json())
 
     check()
+
+
+def test_a_broken_knowledge_base_fails_clearly(kb_copy: Path) -> None:
+    (kb_copy / "rules" / "zz-broken.yaml").write_text("rules:\n  - id: [broken\n")
+    code, out, stderr = explain(str(EXAMPLES / "no-red-flags.json"), "--as-of", WHEN,
+                                "--kb", str(kb_copy))
+    assert code == 1 and out == ""
+    assert "knowledge base invalid: rules/zz-broken.yaml:3:1: error: not valid YAML" in stderr
+    assert "Traceback" not in stderr
