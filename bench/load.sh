@@ -2,6 +2,7 @@
 # Load benchmark of the CDS Hooks service. Prints figures; never asserts.
 #
 #     bench/load.sh [--workers N] [--duration 30s] [--connections 16] [--threads 2]
+#                   [--engine-cache-size N]   (the service's engine_cache_size; 0 = off)
 #
 # Starts `movement-cds serve` (bundled knowledge base) on 127.0.0.1, POSTs patient-view
 # with a full prefetch built from examples/example-patient.json (patient, observations
@@ -20,13 +21,15 @@ WORKERS=1
 DURATION=30s
 CONNECTIONS=16
 THREADS=2
+CACHE=512
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --workers) WORKERS="$2"; shift 2 ;;
         --duration) DURATION="$2"; shift 2 ;;
         --connections) CONNECTIONS="$2"; shift 2 ;;
         --threads) THREADS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --engine-cache-size) CACHE="$2"; shift 2 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "load.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -81,6 +84,7 @@ EOF
 cat > "$WORK/service.toml" <<EOF
 [service]
 base_url = "$BASE"
+engine_cache_size = $CACHE
 
 [auth]
 required = false
@@ -95,7 +99,7 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json"
 EOF
 
-echo "service: movement-cds serve --workers $WORKERS --insecure-no-auth on $BASE (auth OFF)"
+echo "service: movement-cds serve --workers $WORKERS --insecure-no-auth on $BASE (auth OFF, engine_cache_size $CACHE)"
 "$PY" -m movement_cds serve --config "$WORK/service.toml" --insecure-no-auth \
     --host 127.0.0.1 --port "$PORT" --workers "$WORKERS" >"$WORK/service.log" 2>&1 &
 SERVICE_PID=$!
@@ -127,7 +131,7 @@ echo "wrk --latency -t$THREADS -c$CONNECTIONS -d$DURATION --timeout 10s -s post.
 wrk --latency -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout 10s \
     -s "$WORK/post.lua" "$BASE$PATH_PV" | tee "$WORK/wrk.out"
 
-echo "--- summary (workers=$WORKERS, auth OFF) ---"
+echo "--- summary (workers=$WORKERS, engine_cache_size=$CACHE, auth OFF) ---"
 grep -E "Requests/sec" "$WORK/wrk.out" || true
 awk '/Latency Distribution/{on=1; next} on && /%/{print "latency p" $1 " " $2} on && !/%/{on=0}' \
     "$WORK/wrk.out" | sed 's/%//'

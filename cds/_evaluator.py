@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Literal
 
 from cds._compiler import CompiledKnowledgeBase, compile_knowledge_base
 from cds._engine import RuleEngine
 from cds._engine_result import EngineResult
 from cds._errors import InputIssue, InvalidInputError
-from cds._facts import PatientFacts
+from cds._facts import Fact, PatientFacts, Scalar
 from cds._knowledge_base import KnowledgeBase
 from cds._plan import Plan, resolve_plan
 from cds._reference import evaluate_reference
@@ -34,9 +36,20 @@ class Evaluator:
     """
 
     def __init__(
-        self, kb: KnowledgeBase, engine: Literal["durable", "reference"] = "durable"
+        self, kb: KnowledgeBase, engine: Literal["durable", "reference"] = "durable", *,
+        cache_size: int = 0,
     ) -> None:
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be 0 or more, got {cache_size}")
         self.kb = kb
+        # what the rules derived, by exact set of input facts (least recently used out):
+        # the rules are a pure function of the facts, so the same facts (the same chart
+        # opened again) need not go through the engine again; 0 = off
+        self.cache_size = cache_size
+        self.cache_hits = 0
+        self._cache: OrderedDict[tuple[tuple[str, str, Scalar], ...], EngineResult] = (
+            OrderedDict())
+        self._cache_lock = threading.Lock()
         self.compiled: CompiledKnowledgeBase = compile_knowledge_base(kb)
         self.compiled_follow_up: CompiledKnowledgeBase = compile_knowledge_base(
             kb, "exercise-response")
@@ -68,6 +81,24 @@ class Evaluator:
                 [InputIssue("error", "not-supported", f"unknown fact '{n}'") for n in unknown]
             )
         facts = list(patient.facts)
+        if not self.cache_size:
+            return self._run(facts)
+        # names are unique in PatientFacts, so sorting never compares values
+        key = tuple(sorted((f.name, type(f.value).__name__, f.value) for f in facts))
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+                return hit
+        result = self._run(facts)
+        with self._cache_lock:
+            self._cache[key] = result
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    def _run(self, facts: list[Fact]) -> EngineResult:
         if self._engine is not None:
             return self._engine.evaluate(facts)
         return evaluate_reference(self.compiled, facts)

@@ -322,7 +322,7 @@ def load_engine(config: ServiceConfig, *, run_scenarios: bool = True,
     fingerprint, digest = kb_fingerprint(root), kb_digest(root)
     checked_name, _, checked_digest = (checked_release or "").partition("#")
     try:
-        support = DecisionSupport(root)
+        support = DecisionSupport(root, engine_cache_size=config.engine_cache_size)
     except KnowledgeBaseError as e:
         lines = [str(p) for p in e.problems[:10]]
         raise StartupError(f"knowledge base {root} does not load:\n  " + "\n  ".join(lines)
@@ -367,7 +367,8 @@ def _candidate(root: Path, live: Engine, digest: str, fingerprint: Fingerprint) 
         # the plain-Python oracle first: a release that fails never registers a ruleset
         failure = _scenario_failures(Evaluator(kb, "reference"), root)
         if failure is None:
-            support = DecisionSupport(kb)
+            support = DecisionSupport(
+                kb, engine_cache_size=live.support.evaluator.cache_size)
             failure = _scenario_failures(support.evaluator, root)
     except MovementCDSError as e:
         raise ReloadRefused(f"{name}: {e}") from None

@@ -14,6 +14,9 @@ The file is TOML. Every key (``docs/integrators/cds-hooks.md`` has an annotated 
     cors_origins = ["https://ehr.example.org"]  # browser origins allowed (C20); default none
     reload_check_seconds = 10              # look for a new knowledge-base version at most this
                                            # often (0 = never, the default; SIGHUP always does)
+    engine_cache_size = 512                # per worker: what the rules derived for this many
+                                           # distinct fact sets (the same chart again skips
+                                           # the rule engine; identical result); 0 = off
 
     [auth]
     required = true                        # false only together with --insecure-no-auth
@@ -64,6 +67,7 @@ class ServiceConfig:
     max_pages: int = 10
     cors_origins: tuple[str, ...] = ()
     reload_check_seconds: float = 0.0
+    engine_cache_size: int = 512
     auth_required: bool = True
     issuers: tuple[IssuerConfig, ...] = field(default_factory=tuple)
     insecure_no_auth: bool = False
@@ -72,6 +76,7 @@ class ServiceConfig:
 _SERVICE_KEYS = {
     "base_url", "database", "knowledge_base", "max_body_bytes", "fhir_timeout_seconds",
     "fetch_budget_seconds", "max_pages", "cors_origins", "reload_check_seconds",
+    "engine_cache_size",
 }
 _AUTH_KEYS = {"required", "issuers"}
 _ISSUER_KEYS = {"iss", "jwks_url", "jwks_file", "tenants"}
@@ -136,6 +141,11 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
     fhir_timeout = float(_number(service, "fhir_timeout_seconds", 3.0, integer=False))
     budget = float(_number(service, "fetch_budget_seconds", 4.0, integer=False))
     max_pages = _number(service, "max_pages", 10, integer=True)
+    cache_size = service.get("engine_cache_size", 512)
+    if isinstance(cache_size, bool) or not isinstance(cache_size, int) \
+            or not 0 <= cache_size <= 1_000_000:
+        raise ConfigError("[service] engine_cache_size must be an integer from 0 (off) to "
+                          "1000000")
     reload_check = service.get("reload_check_seconds", 0)
     if isinstance(reload_check, bool) or not isinstance(reload_check, int | float) \
             or not 0 <= reload_check <= 86_400:
@@ -190,6 +200,7 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
         max_pages=max_pages,
         cors_origins=tuple(origins),
         reload_check_seconds=float(reload_check),
+        engine_cache_size=cache_size,
         auth_required=required and not insecure_no_auth,
         issuers=tuple(issuers),
         insecure_no_auth=insecure_no_auth,

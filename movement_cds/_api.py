@@ -63,6 +63,9 @@ class DecisionSupport:
     ``parameters`` override the manifest's configurable thresholds (clinical governance).
     ``strict_fhir`` also validates every input resource with its ``fhir.resources.R4B`` model,
     including the parts the rules never read (slower; see ``fhir_adapters.read_bundle``).
+    ``engine_cache_size`` keeps what the rules derived for that many distinct sets of input
+    facts (least recently used out), so the same chart evaluated again skips the rule engine;
+    the result is identical (the rules are a pure function of the facts). 0 (default): off.
     """
 
     def __init__(
@@ -72,12 +75,13 @@ class DecisionSupport:
         parameters: dict[str, Any] | None = None,
         engine: Literal["durable", "reference"] = "durable",
         strict_fhir: bool = False,
+        engine_cache_size: int = 0,
     ) -> None:
         if isinstance(knowledge_base, KnowledgeBase):
             self.kb = knowledge_base
         else:
             self.kb = load_knowledge_base(knowledge_base or bundled_path(), parameters)
-        self.evaluator = Evaluator(self.kb, engine)
+        self.evaluator = Evaluator(self.kb, engine, cache_size=engine_cache_size)
         self.strict_fhir = strict_fhir
         self._titles = {x.id: x.title for x in self.kb.exercises.values()}
 
