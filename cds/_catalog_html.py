@@ -26,7 +26,6 @@ from cds._kb_schema import (
     ExerciseDefinition,
     Param,
     Rule,
-    VetoAction,
     evidence_url,
 )
 from cds._knowledge_base import KnowledgeBase
@@ -54,14 +53,6 @@ def _condition(cond: Condition) -> str:
     segments, children = condition_parts(cond)
     inner = "".join(_condition(c) for c in children)
     return f"<li>{_segments(segments)}" + (f"<ul>{inner}</ul>" if inner else "") + "</li>"
-
-
-def _veto_matches(veto: VetoAction, ex: ExerciseDefinition) -> bool:
-    if veto.direction and not set(veto.direction) & set(ex.direction):
-        return False
-    if veto.load and ex.load not in veto.load:
-        return False
-    return not (veto.surface and ex.surface not in veto.surface)
 
 
 def _params_in(node: Any) -> set[str]:
@@ -114,7 +105,7 @@ def _outputs(kb: KnowledgeBase, rule: Rule) -> list[str]:
                                 ("surface", v.surface)) if vals
             )
             hits = [e.id for e in sorted(kb.exercises.values(), key=lambda x: x.id)
-                    if _veto_matches(v, e)]
+                    if v.covers(e)]
             listed = ", ".join(_exercise_link(kb, h) for h in hits) or "none in the catalog"
             out.append(f"avoids every exercise with {_e(props)}: {_e(_words(v.why))} "
                        f'<span class="muted">Today: {listed}.</span>')
@@ -224,7 +215,7 @@ def _exercises(kb: KnowledgeBase) -> list[str]:
         recs = [r.id for r in kb.rules for a in r.then
                 if a.recommend and a.recommend.exercise == ex.id]
         vetoes = [r.id for r in kb.rules for a in r.then
-                  if a.veto and _veto_matches(a.veto, ex)]
+                  if a.veto and a.veto.covers(ex)]
         dose = ExerciseDose.of(ex.dose)
         eq = ", ".join(ex.equipment) if ex.equipment else "none"
         html += [

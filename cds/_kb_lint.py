@@ -38,12 +38,10 @@ from cds._kb_schema import (
     AnyOf,
     AtLeast,
     Condition,
-    ExerciseDefinition,
     FactDefinition,
     FactTest,
     NoneOf,
     ParamTest,
-    VetoAction,
 )
 from cds._knowledge_base import KnowledgeBase, Located, _position, _read
 from cds._reference import evaluate_reference, literal_holds
@@ -312,14 +310,6 @@ def _show(v: Any) -> str:
 # --- recommend + veto overlap -----------------------------------------------------------------
 
 
-def _matches(veto: VetoAction, ex: ExerciseDefinition) -> bool:
-    if veto.direction and not set(veto.direction) & set(ex.direction):
-        return False
-    if veto.load and ex.load not in veto.load:
-        return False
-    return not (veto.surface and ex.surface not in veto.surface)
-
-
 def _expand(reach: _Reach, term: tuple[Lit, ...], depth: int = 0) -> list[tuple[Lit, ...]]:
     """A term over derived facts as terms over inputs: each positive test on a derived fact is
     replaced by a term of a rule that derives a value passing it (tests of absence on
@@ -513,7 +503,7 @@ def lint_knowledge_base(
             if a.veto is None:
                 continue
             for ex in sorted(kb.exercises.values(), key=lambda e: e.id):
-                if _matches(a.veto, ex):
+                if a.veto.covers(ex):
                     for rid in recs.get(ex.id, []):
                         if rid != v.id:
                             pairs.setdefault(rid, []).append(ex.id)

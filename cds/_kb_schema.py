@@ -392,6 +392,16 @@ class VetoAction(_Model):
             raise ValueError("a veto names at least one of direction, load, surface")
         return self
 
+    def covers(self, ex: ExerciseDefinition) -> bool:
+        """Whether this veto rules the exercise out: every property it names matches (one
+        shared direction is enough); the one definition the plan, the linter and the
+        catalog all use."""
+        if self.direction and not set(self.direction) & set(ex.direction):
+            return False
+        if self.load and ex.load not in self.load:
+            return False
+        return not (self.surface and ex.surface not in self.surface)
+
 
 class DataGapAction(_Model):
     facts: list[str] = Field(min_length=1)

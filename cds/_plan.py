@@ -23,7 +23,7 @@ from cds._engine_result import EngineResult
 from cds._errors import InputIssue
 from cds._facts import Derivation, Fact, PatientFacts
 from cds._followup import CheckIn, ExerciseChange
-from cds._kb_schema import Evidence, ExerciseDefinition, Param, VetoAction
+from cds._kb_schema import Evidence, Param, VetoAction
 from cds._knowledge_base import KnowledgeBase
 
 __all__ = [
@@ -172,14 +172,6 @@ class Plan:
         return tuple(a for a in self.alerts if a.referral is not None)
 
 
-def _matches(veto: VetoAction, ex: ExerciseDefinition) -> bool:
-    if veto.direction and not set(veto.direction) & set(ex.direction):
-        return False
-    if veto.load and ex.load not in veto.load:
-        return False
-    return not (veto.surface and ex.surface not in veto.surface)
-
-
 def _ranks(kb: KnowledgeBase) -> dict[str, tuple[int, int]]:
     """Evidence first: a recommendation backed by read evidence (R or S) of moderate or
     strong strength ranks before expert heuristics; then rule order (stratum, priority).
@@ -289,7 +281,7 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
     avoid: list[AvoidedExercise] = []
     vetoed: set[str] = set()
     for ex in sorted(kb.exercises.values(), key=lambda e: e.id):
-        hits = [(rid, v) for rid, v in vetoes if _matches(v, ex)]
+        hits = [(rid, v) for rid, v in vetoes if v.covers(ex)]
         if not hits:
             continue
         vetoed.add(ex.id)

@@ -484,6 +484,8 @@ def revise_plan(kb: KnowledgeBase, patient: PatientFacts, base: Plan,
             continue
 
         base_text = f"{why} {seen} {model}{unread}"
+
+        stepped: tuple[ChangeKind, str, tuple[str, ExerciseDose, str]] | None = None
         if decision == "progress":
             step = harder_step(kb, ex, dose, blocked) if prev.dose is not None else None
             if step is None:
@@ -495,18 +497,7 @@ def revise_plan(kb: KnowledgeBase, patient: PatientFacts, base: Plan,
                     f"{base_text} Held: {reason}.", dose=dose), True, n))
                 taken.add(ex.id)
                 continue
-            new_id, new_dose, var = step
-            title = kb.exercises[new_id].title
-            items.append(_Item(new_id, new_dose, change(
-                "progressed", f"{told} {_patient_dose_words(var, new_dose, title)}",
-                f"{base_text} Progressed one variable: "
-                f"{_dose_change(var, dose, new_dose, ex.title, title)}.",
-                exercise_id=new_id, previous_id=ex.id if new_id != ex.id else None,
-                variable=var, dose=new_dose, since_=since if new_id == ex.id else as_of),
-                True, n))
-            taken.add(new_id)
-            if new_id != ex.id:
-                removed.add(ex.id)
+            stepped = ("progressed", "Progressed one variable", step)
         elif decision == "hold":
             items.append(_Item(ex.id, dose, change(
                 "held", f"{told} {_short(dose)}", f"{base_text} Held at the same dose.",
@@ -525,18 +516,7 @@ def revise_plan(kb: KnowledgeBase, patient: PatientFacts, base: Plan,
                                               rule_ids, srcs))
                 removed.add(ex.id)
                 continue
-            new_id, new_dose, var = step
-            title = kb.exercises[new_id].title
-            items.append(_Item(new_id, new_dose, change(
-                "regressed", f"{told} {_patient_dose_words(var, new_dose, title)}",
-                f"{base_text} Regressed one step: "
-                f"{_dose_change(var, dose, new_dose, ex.title, title)}.",
-                exercise_id=new_id, previous_id=ex.id if new_id != ex.id else None,
-                variable=var, dose=new_dose, since_=since if new_id == ex.id else as_of),
-                True, n))
-            taken.add(new_id)
-            if new_id != ex.id:
-                removed.add(ex.id)
+            stepped = ("regressed", "Regressed one step", step)
         elif decision == "swap":
             not_tolerated.add(ex.id)
             new_id_or_none = swap_candidate(kb, ex, blocked, recommended)
@@ -567,6 +547,21 @@ def revise_plan(kb: KnowledgeBase, patient: PatientFacts, base: Plan,
             stopped_avoid.append(_avoided(kb, ex, "Stopped at follow-up: " + why, rule_ids,
                                           srcs))
             removed.add(ex.id)
+
+        if stepped is not None:
+            # a progression or regression step: a dose variable, or the harder/easier
+            # version, which then takes the previous one's place
+            kind, verb, (new_id, new_dose, var) = stepped
+            title = kb.exercises[new_id].title
+            items.append(_Item(new_id, new_dose, change(
+                kind, f"{told} {_patient_dose_words(var, new_dose, title)}",
+                f"{base_text} {verb}: {_dose_change(var, dose, new_dose, ex.title, title)}.",
+                exercise_id=new_id, previous_id=ex.id if new_id != ex.id else None,
+                variable=var, dose=new_dose, since_=since if new_id == ex.id else as_of),
+                True, n))
+            taken.add(new_id)
+            if new_id != ex.id:
+                removed.add(ex.id)
 
     # exercises today's evaluation recommends that the previous plan did not cover
     covered = set(taken)

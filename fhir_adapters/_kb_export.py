@@ -56,8 +56,8 @@ from cds._kb_schema import (
     Param,
     ParamTest,
     Rule,
+    evidence_url,
 )
-from fhir_adapters._hooks_cards import evidence_url
 from fhir_adapters._outbound import (
     ALERT_SYSTEM,
     EXERCISE_SYSTEM,
