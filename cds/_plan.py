@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from cds._dose import ExerciseDose
 from cds._engine_result import EngineResult
@@ -189,18 +190,51 @@ def _ranks(kb: KnowledgeBase) -> dict[str, tuple[int, int]]:
     return ranks
 
 
+_EVIDENCE_MEMO = 4096  # rule-id combinations whose evidence list is remembered
+
+
+@dataclass(frozen=True)
+class _ActionIndex:
+    """The rules' actions of each kind, in rule order: what resolve_plan looks up per
+    derived fact instead of walking every rule on every call."""
+
+    gaps: tuple[tuple[str, Any], ...]
+    vetoes: tuple[tuple[str, VetoAction], ...]
+    notes: tuple[tuple[str, str], ...]
+    limits: tuple[tuple[str, Any], ...]
+    fact_descriptions: dict[str, str]
+    evidence: dict[tuple[str, ...], tuple[EvidenceRef, ...]]
+
+
+def _action_index(kb: KnowledgeBase) -> _ActionIndex:
+    cached = kb.derived_cache.get("plan-actions")
+    if cached is None:
+        pairs = [(rule.id, a) for rule in kb.rules for a in rule.then]
+        cached = _ActionIndex(
+            gaps=tuple((rid, a.data_gap) for rid, a in pairs if a.data_gap),
+            vetoes=tuple((rid, a.veto) for rid, a in pairs if a.veto is not None),
+            notes=tuple((rid, a.safety_net.text) for rid, a in pairs if a.safety_net),
+            limits=tuple((rid, a.plan_limit) for rid, a in pairs if a.plan_limit),
+            # shared by every plan of this knowledge base: read, never written
+            fact_descriptions={n: d.description for n, d in kb.facts.items()},
+            evidence={},
+        )
+        kb.derived_cache["plan-actions"] = cached
+    index: _ActionIndex = cached
+    return index
+
+
 def plan_limit(kb: KnowledgeBase, derived: Mapping[str, object], default: int) -> tuple[int, str]:
     """The smallest programme size that applies (the parameter, or a plan-limit that fired),
     with its reason; ``default`` when none applies."""
     limits: list[tuple[int, str]] = []
     if "plan-max-exercises" in kb.parameters:
         limits.append((int(kb.parameter("plan-max-exercises")), "the programme size limit"))
-    for rule in kb.rules:
-        for a in rule.then:
-            if a.plan_limit and f"limit.{rule.id}" in derived:
-                m = a.plan_limit.max_exercises
-                n = int(kb.parameter(m.param)) if isinstance(m, Param) else m
-                limits.append((n, a.plan_limit.why))
+    for rid, pl in _action_index(kb).limits:
+        if f"limit.{rid}" in derived:
+            m = pl.max_exercises
+            n = int(kb.parameter(m.param)) if isinstance(m, Param) else m
+            limits.append((n, pl.why))
     return min(limits) if limits else (default, "")
 
 
@@ -208,6 +242,7 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
     """Turn derived facts into a Plan under the safety policy above."""
     facts = {f.name: f for f in patient.facts}
     derived = result.derived
+    index = _action_index(kb)
 
     def sources_of(ds: tuple[Derivation, ...], seen: frozenset[str] = frozenset()) -> set[str]:
         out: set[str] = set()
@@ -220,8 +255,13 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
         return out
 
     def rule_evidence(rule_ids: tuple[str, ...]) -> tuple[EvidenceRef, ...]:
-        refs = {e.id: EvidenceRef.of(e) for rid in rule_ids for e in kb.rule(rid).evidence}
-        return tuple(refs[k] for k in sorted(refs))
+        known = index.evidence.get(rule_ids)
+        if known is None:
+            refs = {e.id: EvidenceRef.of(e) for rid in rule_ids for e in kb.rule(rid).evidence}
+            if len(index.evidence) >= _EVIDENCE_MEMO:
+                index.evidence.clear()
+            known = index.evidence[rule_ids] = tuple(refs[k] for k in sorted(refs))
+        return known
 
     def firing_of(name: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[Derivation, ...]]:
         ds = derived[name].derivations
@@ -231,13 +271,12 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
     # data gaps: which of the named facts are actually missing
     gaps: list[DataGap] = []
     gap_by_rule: dict[str, DataGap] = {}
-    for rule in kb.rules:
-        for a in rule.then:
-            if a.data_gap and f"gap.{rule.id}" in derived:
-                missing = tuple(f for f in a.data_gap.facts if f not in facts)
-                g = DataGap(rule.id, missing, a.data_gap.detail)
-                gaps.append(g)
-                gap_by_rule[rule.id] = g
+    for rid, gap in index.gaps:
+        if f"gap.{rid}" in derived:
+            missing = tuple(f for f in gap.facts if f not in facts)
+            g = DataGap(rid, missing, gap.detail)
+            gaps.append(g)
+            gap_by_rule[rid] = g
 
     # alerts: one per code; the most severe firing's wording wins, rules and sources merge
     alerts: list[PlanAlert] = []
@@ -275,9 +314,7 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
 
     # vetoes: by properties, over the whole catalog
     vetoes: list[tuple[str, VetoAction]] = [
-        (rule.id, a.veto) for rule in kb.rules for a in rule.then
-        if a.veto is not None and f"veto.{rule.id}" in derived
-    ]
+        (rid, v) for rid, v in index.vetoes if f"veto.{rid}" in derived]
     avoid: list[AvoidedExercise] = []
     vetoed: set[str] = set()
     for ex in sorted(kb.exercises.values(), key=lambda e: e.id):
@@ -338,10 +375,7 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
             kept.append(pe)
 
     notes = list(kb.manifest.safety_net)
-    for rule in kb.rules:
-        for a in rule.then:
-            if a.safety_net and f"note.{rule.id}" in derived:
-                notes.append(a.safety_net.text)
+    notes += [text for rid, text in index.notes if f"note.{rid}" in derived]
 
     return Plan(
         subject=patient.subject,
@@ -357,7 +391,7 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
         issues=patient.issues,
         facts=patient.facts,
         firings=result.firings,
-        fact_descriptions={n: d.description for n, d in kb.facts.items()},
+        fact_descriptions=index.fact_descriptions,
         ruleset=kb.ruleset_name,
         derived=tuple((n, d.value) for n, d in sorted(derived.items())),
         deferred=tuple(deferred),

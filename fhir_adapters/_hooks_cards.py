@@ -73,12 +73,26 @@ def _prune_card(v: Any) -> Any:
     already wrote them without empty elements and validated them, and they are most of a
     plan card's size, so walking them again on every call would be wasted work."""
     if isinstance(v, dict):
-        out = {k: x if k == "resource" else _prune_card(x) for k, x in v.items()}
-        return {k: x for k, x in out.items() if x not in (None, "", [], {})}
+        out = {}
+        for k, x in v.items():
+            if k != "resource":
+                x = _prune_card(x)
+            if not _empty(x):
+                out[k] = x
+        return out
     if isinstance(v, list):
-        items = [_prune_card(x) for x in v]
-        return [x for x in items if x not in (None, "", [], {})]
+        items = []
+        for x in v:
+            x = _prune_card(x)
+            if not _empty(x):
+                items.append(x)
+        return items
     return v
+
+
+def _empty(x: Any) -> bool:
+    """None, "", [] or {} (what C1 forbids), without comparing whole containers."""
+    return x is None or (isinstance(x, str | list | dict) and not x)
 
 
 def _short(text: str, limit: int = 139) -> str:

@@ -139,6 +139,7 @@ from __future__ import annotations
 
 import calendar
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -402,6 +403,11 @@ def _parse_instant(text: object) -> tuple[datetime, int] | None:
     """A FHIR date/dateTime/instant as (start of its period in UTC, precision 1-4)."""
     if not isinstance(text, str):
         return None
+    return _parse_instant_text(text)
+
+
+@functools.lru_cache(maxsize=4096)  # a chart's dates come back on every call for it
+def _parse_instant_text(text: str) -> tuple[datetime, int] | None:
     m = _DATE_TIME.fullmatch(text)
     if m is None:
         return None

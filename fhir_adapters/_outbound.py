@@ -160,6 +160,7 @@ from json.encoder import (  # type: ignore[attr-defined]
 from types import UnionType
 from typing import Any, Final, Union, cast, get_args, get_origin
 
+import orjson
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.fhirprimitiveextension import FHIRPrimitiveExtension
 from fhir_core.constraints import FHIR_TYPES_MAPS
@@ -371,6 +372,22 @@ _DIGEST_TEXT: Final = _encoder(sort_keys=True, separators=(",", ":"), ensure_asc
                                default=_json_default)
 
 
+_ORJSON_DIGEST: Final = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
+                         | orjson.OPT_PASSTHROUGH_DATETIME)
+
+
+def _digest_text(content: dict[str, object]) -> bytes:
+    """Canonical JSON of the digest content, as UTF-8: by orjson (several times faster
+    than json), which writes the same text as ``_DIGEST_TEXT`` except for floats below
+    1e-4 in magnitude (``0.000025``, not ``2.5e-05``: still one text per value, so ids
+    stay unique and deterministic). What orjson refuses (a lone surrogate) goes to json."""
+    try:
+        text = orjson.dumps(content, default=_json_default, option=_ORJSON_DIGEST)
+    except TypeError:
+        return _DIGEST_TEXT(content).encode("utf-8")
+    return text
+
+
 def _digest(plan: Plan, kb: KnowledgeBase, previous: PreviousPlan | None) -> str:
     content: dict[str, object] = {
         "kb": [plan.kb_id, plan.kb_version],
@@ -394,7 +411,7 @@ def _digest(plan: Plan, kb: KnowledgeBase, previous: PreviousPlan | None) -> str
         content["follow_up"] = [plan.replaces, plan.changes, plan.check_in]
     if previous is not None:
         content["previous"] = previous
-    return hashlib.sha256(_DIGEST_TEXT(content).encode("utf-8")).hexdigest()
+    return hashlib.sha256(_digest_text(content)).hexdigest()
 
 
 def _refs(sources: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
@@ -1214,6 +1231,120 @@ def _split(node: dict[str, Any], model: Model, leaves: defaultdict[_Leaf, list[A
         _SHAPES.add(key)
 
 
+def _poly_class_of(prefix: str, value: dict[str, Any]) -> Model | None:
+    """``_poly_class`` of ``value`` as ``_prune`` will leave it (resourceType stripped)."""
+    rt = value.get("resourceType")
+    if type(rt) is not str:
+        return None
+    stripped = rt.strip()
+    return _poly_class(prefix, value if stripped == rt else {"resourceType": stripped})
+
+
+def _pruned_split(node: dict[str, Any], model: Model,
+                  leaves: defaultdict[_Leaf, list[Any]]) -> dict[str, Any]:
+    """``_prune(node)``, checked as ``_split`` checks it, in one walk instead of two (the
+    write_bundle path). Returns the pruned node; ``{}`` (nothing checked) if it prunes away.
+
+    A child is pruned before its key is kept, so the shapes and leaves are exactly those
+    of the pruned tree. Where a list is not all objects, or a Resource's type is unknown,
+    the value is pruned whole and kept verbatim, as ``_split`` would have it."""
+    spec = _SPECS[model] if model in _SPECS else _spec(model)
+    if spec is None:
+        whole = _prune(node)
+        if whole:
+            _check_shape(model, (_canonical(whole),))
+        return cast(dict[str, Any], whole)
+    out: dict[str, Any] = {}
+    parts: list[Any] = []
+    for k, v in node.items():
+        t = type(v)
+        if t is str:
+            v = v.strip()
+            if not v:
+                continue
+        elif v is None:
+            continue
+        f = spec[k] if k in spec else _entry(model, spec, k)
+        if f is not None:
+            kind, arg = f
+            if t is dict:
+                if kind == _CPLX:
+                    child = _pruned_split(v, arg, leaves)
+                    if child:
+                        out[k] = child
+                        parts.append(k)
+                    continue
+                if kind == _POLY:
+                    cls = _poly_class_of(arg, v)
+                    if cls is not None:
+                        child = _pruned_split(v, cls, leaves)
+                        if child:
+                            out[k] = child
+                            parts.append((k, cls))
+                        continue
+            elif t is list:
+                if kind == _CPLX_LIST and all(type(x) is dict or x is None for x in v):
+                    items = [c for x in v if x is not None
+                             if (c := _pruned_split(x, arg, leaves))]
+                    if items:
+                        out[k] = items
+                        parts.append(k)
+                    continue
+                if kind == _POLY_LIST and all(type(x) is dict or x is None for x in v):
+                    present = [x for x in v if x is not None]
+                    classes = [_poly_class_of(arg, x) for x in present]
+                    if None not in classes:
+                        items, kept = [], []
+                        for x, cls in zip(present, classes, strict=True):
+                            c = _pruned_split(x, cls, leaves)  # type: ignore[arg-type]
+                            if c:
+                                items.append(c)
+                                kept.append(cls)
+                        if items:
+                            out[k] = items
+                            parts.append((k, tuple(dict.fromkeys(kept))))
+                        continue
+                if kind == _PRIM_LIST:
+                    pv = _prune(v)
+                    if pv and all(type(x) in _SCALARS for x in pv):
+                        out[k] = pv
+                        parts.append(k)
+                        leaves[arg].extend(pv)
+                        continue
+                    v, t = pv, list  # verbatim below (already pruned)
+            elif kind == _PRIM and t in _SCALARS:
+                out[k] = v
+                parts.append(k)
+                leaves[arg].append(v)
+                continue
+        if t is dict or t is list:  # anything else: pruned, verbatim
+            v = _prune(v)
+            if not v:
+                continue
+        out[k] = v
+        parts.append((k, _canonical(v)))
+    if out:
+        _check_shape(model, tuple(parts))
+    return out
+
+
+def _check_shape(model: Model, parts: tuple[Any, ...]) -> None:
+    key = (model, parts)
+    if key not in _SHAPES.seen:
+        model.model_validate(_shape(model, parts))
+        _SHAPES.add(key)
+
+
+def _prune_check_fast(raw: dict[str, Any]) -> dict[str, Any]:
+    """``_prune(raw)``, which ``_check_fast`` accepts (raises otherwise), in one walk."""
+    leaves: defaultdict[_Leaf, list[Any]] = defaultdict(list)
+    bundle = _pruned_split(raw, Bundle, leaves)
+    for leaf, values in leaves.items():
+        if None in leaf.batch.validate_python(values):
+            raise ValueError("a primitive value validated to null")
+    return bundle
+
+
 def _check_fast(bundle: dict[str, Any]) -> None:
     """Raise (any exception) unless ``Bundle.model_validate(bundle)`` would accept the JSON
     value ``bundle``: every node's shape (cached) and every primitive value (each call)."""
@@ -1334,9 +1465,16 @@ def write_bundle(
     validates the Bundle with ``Bundle.model_validate`` as a whole instead of shape by shape;
     both accept exactly the same Bundles.
     """
-    bundle: dict[str, Any] = _prune(_Writer(plan, kb, previous).bundle())
+    raw = _Writer(plan, kb, previous).bundle()
     if full_validation:
+        bundle: dict[str, Any] = _prune(raw)
         _validate_full(bundle)
-    else:
+        return bundle
+    try:
+        bundle = _prune_check_fast(raw)
+    except Exception:  # _validate_fast says why (or, if the fast check was wrong, accepts)
+        bundle = _prune(raw)
         _validate_fast(bundle)
+        return bundle
+    _check_rules(bundle)
     return bundle

@@ -198,7 +198,7 @@ def serve(
             fail("--config FILE is required (or --insecure-no-auth for a local demo)")
         engine = load_engine(cfg, run_scenarios=True)
         if workers == 1:
-            application = create_app(cfg, engine=engine)
+            application = create_app(cfg, engine=engine, settle=True)
     except (ConfigError, StartupError) as e:
         fail(str(e))
     if not cfg.auth_required:

@@ -636,6 +636,25 @@ def test_fast_validation_has_the_verdict_of_bundle_model_validate(
     assert fast_verdict(b) == full_verdict(b)
 
 
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_the_one_walk_prune_and_check_is_prune_then_check(
+    example_bundles: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    """write_bundle prunes and checks in one walk: the same pruned Bundle, the same verdict
+    as ``_prune`` then ``_check_fast``, for any Bundle (empties and blanks included)."""
+    b = data.draw(mutated(example_bundles))
+    expected = _outbound._prune(b)
+    try:
+        got = _outbound._prune_check_fast(copy.deepcopy(b))
+    except Exception:
+        assert not fast_verdict(expected)
+    else:
+        assert fast_verdict(expected)
+        assert got == expected
+
+
 # mutations of what write_bundle writes, per-call parts and knowledge-base constant parts: each
 # must be refused on the fast path, after the cache has seen the valid version
 
