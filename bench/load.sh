@@ -3,11 +3,15 @@
 #
 #     bench/load.sh [--workers N] [--duration 30s] [--connections 16] [--threads 2]
 #                   [--engine-cache-size N]   (the service's engine_cache_size; 0 = off)
+#                   [--patients N]            (N different synthetic patients, in turn)
 #
 # Starts `movement-cds serve` (bundled knowledge base) on 127.0.0.1, POSTs patient-view
 # with a full prefetch built from examples/example-patient.json (patient, observations
 # searchset, conditions searchset, careplan null) with wrk, prints requests/s, latency
-# percentiles (wrk --latency) and non-2xx counts, then stops the service.
+# percentiles (wrk --latency), non-2xx counts and how wrk's connections were spread over
+# the worker processes (ss), then stops the service. With --patients N the requests cycle
+# through N seeded synthetic patients (fhir_adapters/_population.py) instead: every chart
+# differs, so the engine-result cache rarely helps (N above engine_cache_size: never).
 #
 # AUTHENTICATION IS OFF for this run (--insecure-no-auth): every CDS Hooks JWT carries a
 # single-use jti, so one token cannot be replayed by wrk, and minting a fresh signed token
@@ -22,6 +26,7 @@ DURATION=30s
 CONNECTIONS=16
 THREADS=2
 CACHE=512
+PATIENTS=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --workers) WORKERS="$2"; shift 2 ;;
@@ -29,7 +34,8 @@ while [[ $# -gt 0 ]]; do
         --connections) CONNECTIONS="$2"; shift 2 ;;
         --threads) THREADS="$2"; shift 2 ;;
         --engine-cache-size) CACHE="$2"; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --patients) PATIENTS="$2"; shift 2 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "load.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -64,21 +70,32 @@ PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); pr
 BASE="http://127.0.0.1:$PORT"
 PATH_PV="/cds-services/movement-cds-patient-view"
 
-# The request body: a realistic full prefetch from the example patient.
-"$PY" - "$WORK/body.json" <<'EOF'
+# The request bodies: a realistic full prefetch from the example patient, or from N
+# synthetic patients (one body per line of bodies.jsonl).
+"$PY" - "$WORK/body.json" "$WORK/bodies.jsonl" "$PATIENTS" <<'EOF'
 import json, sys, uuid
-bundle = json.load(open("examples/example-patient.json"))
-res = [e["resource"] for e in bundle["entry"]]
-def of(t): return [r for r in res if r["resourceType"] == t]
+from datetime import UTC, datetime
+def of(res, t): return [r for r in res if r["resourceType"] == t]
 def searchset(items):
     return {"resourceType": "Bundle", "type": "searchset", "total": len(items),
             "entry": [{"resource": r, "search": {"mode": "match"}} for r in items]}
-patient = of("Patient")[0]
-body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
-        "context": {"userId": "Practitioner/load-test", "patientId": patient["id"]},
-        "prefetch": {"patient": patient, "observations": searchset(of("Observation")),
-                     "conditions": searchset(of("Condition")), "careplan": None}}
-json.dump(body, open(sys.argv[1], "w"), separators=(",", ":"))
+def body(bundle):
+    res = [e["resource"] for e in bundle["entry"]]
+    patient = of(res, "Patient")[0]
+    return {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
+            "context": {"userId": "Practitioner/load-test", "patientId": patient["id"]},
+            "prefetch": {"patient": patient, "observations": searchset(of(res, "Observation")),
+                         "conditions": searchset(of(res, "Condition")), "careplan": None}}
+json.dump(body(json.load(open("examples/example-patient.json"))), open(sys.argv[1], "w"),
+          separators=(",", ":"))
+n = int(sys.argv[3])
+if n:
+    from fhir_adapters._population import synthetic_bundle
+    now = datetime.now(UTC)
+    with open(sys.argv[2], "w") as out:
+        for i in range(n):
+            out.write(json.dumps(body(synthetic_bundle(2026, i, now)), separators=(",", ":")))
+            out.write("\n")
 EOF
 
 cat > "$WORK/service.toml" <<EOF
@@ -90,6 +107,21 @@ engine_cache_size = $CACHE
 required = false
 EOF
 
+if [[ "$PATIENTS" -gt 0 ]]; then
+cat > "$WORK/post.lua" <<EOF
+local bodies = {}
+for line in io.lines("$WORK/bodies.jsonl") do bodies[#bodies + 1] = line end
+local headers = {["Content-Type"] = "application/json", ["Accept"] = "application/json"}
+local counter = 0
+function setup(thread) thread:set("id", counter); counter = counter + 1 end
+local n = 0
+function init(args) n = (id or 0) * 997 end  -- each thread starts elsewhere in the list
+function request()
+    n = n % #bodies + 1
+    return wrk.format("POST", nil, headers, bodies[n])
+end
+EOF
+else
 cat > "$WORK/post.lua" <<EOF
 local f = assert(io.open("$WORK/body.json", "rb"))
 wrk.method = "POST"
@@ -98,6 +130,7 @@ f:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json"
 EOF
+fi
 
 echo "service: movement-cds serve --workers $WORKERS --insecure-no-auth on $BASE (auth OFF, engine_cache_size $CACHE)"
 "$PY" -m movement_cds serve --config "$WORK/service.toml" --insecure-no-auth \
@@ -129,9 +162,19 @@ EOF
 
 echo "wrk --latency -t$THREADS -c$CONNECTIONS -d$DURATION --timeout 10s -s post.lua $BASE$PATH_PV"
 wrk --latency -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout 10s \
-    -s "$WORK/post.lua" "$BASE$PATH_PV" | tee "$WORK/wrk.out"
+    -s "$WORK/post.lua" "$BASE$PATH_PV" > "$WORK/wrk.out" &
+WRK_PID=$!
+SPLIT=""
+if command -v ss >/dev/null 2>&1; then  # which worker took how many of wrk's connections
+    sleep 2
+    SPLIT="$(ss -tnp state established "( sport = :$PORT )" 2>/dev/null \
+        | grep -o 'pid=[0-9]*' | sort | uniq -c | awk '{print $1}' | paste -sd/ -)"
+fi
+wait "$WRK_PID"
+cat "$WORK/wrk.out"
 
-echo "--- summary (workers=$WORKERS, engine_cache_size=$CACHE, auth OFF) ---"
+echo "--- summary (workers=$WORKERS, engine_cache_size=$CACHE, patients=$PATIENTS (0: the example patient only), auth OFF) ---"
+echo "connections per worker: ${SPLIT:-unknown (no ss)}"
 grep -E "Requests/sec" "$WORK/wrk.out" || true
 awk '/Latency Distribution/{on=1; next} on && /%/{print "latency p" $1 " " $2} on && !/%/{on=0}' \
     "$WORK/wrk.out" | sed 's/%//'

@@ -26,4 +26,5 @@ def settle_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(_YOUNG, *gc.get_threshold()[1:])
-    log.debug("heap settled: %d objects frozen", gc.get_freeze_count())
+    log.info("heap settled: %d objects frozen, out of every later full collection",
+             gc.get_freeze_count())

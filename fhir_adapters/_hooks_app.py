@@ -218,8 +218,8 @@ class Engine:
         self.loaded_at = datetime.now(UTC)
 
     def evaluate(self, bundle: dict[str, Any], as_of: datetime) -> Any:
-        with self._lock:
-            return self.support.evaluate(bundle, as_of=as_of)
+        with self._lock:  # the cards need only the advice resources of the output Bundle
+            return self.support._evaluate(bundle, as_of, advice_only=True)
 
     @property
     def release(self) -> str:

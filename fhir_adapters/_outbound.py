@@ -869,15 +869,16 @@ class _Writer:
 
     # Bundle --------------------------------------------------------------------------------
 
-    def bundle(self) -> dict[str, Any]:
+    def bundle(self, advice_only: bool = False) -> dict[str, Any]:
         p = self.plan
         resources: list[dict[str, Any]] = [self.careplan()]
         resources += [self.service_request(a) for a in p.alerts if a.referral is not None]
         resources += [self.detected_issue(a) for a in p.alerts]
-        oo = self.operation_outcome()
-        if oo is not None:
-            resources.append(oo)
-        resources.append(self.provenance())
+        if not advice_only:
+            oo = self.operation_outcome()
+            if oo is not None:
+                resources.append(oo)
+            resources.append(self.provenance())
         return {
             "resourceType": "Bundle",
             "id": self.id("bundle"),
@@ -1451,7 +1452,7 @@ def _check_invariants(bundle: dict[str, Any]) -> list[str]:
 
 def write_bundle(
     plan: Plan, kb: KnowledgeBase, *, previous: PreviousPlan | None = None,
-    full_validation: bool = False,
+    full_validation: bool = False, advice_only: bool = False,
 ) -> dict[str, Any]:
     """The output Bundle (type ``collection``) for one plan, as a JSON-ready dict.
 
@@ -1463,9 +1464,11 @@ def write_bundle(
     Raises ``ValueError`` if ``plan.as_of`` has no time zone and ``OutputValidationError`` if
     the result is not valid FHIR R4 (a bug). ``full_validation`` (internal, for cross-checks)
     validates the Bundle with ``Bundle.model_validate`` as a whole instead of shape by shape;
-    both accept exactly the same Bundles.
+    both accept exactly the same Bundles. ``advice_only`` (the CDS Hooks service, whose
+    cards carry only these) leaves out the OperationOutcome and the Provenance: the same
+    Bundle id and the same CarePlan, ServiceRequests and DetectedIssues, byte for byte.
     """
-    raw = _Writer(plan, kb, previous).bundle()
+    raw = _Writer(plan, kb, previous).bundle(advice_only)
     if full_validation:
         bundle: dict[str, Any] = _prune(raw)
         _validate_full(bundle)

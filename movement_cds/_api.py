@@ -98,12 +98,18 @@ class DecisionSupport:
         input cannot be evaluated, and ``EngineError`` if the engine fails; never returns
         partial advice.
         """
+        return self._evaluate(bundle, as_of, advice_only=False)
+
+    def _evaluate(self, bundle: dict[str, Any] | str | bytes, as_of: datetime | str | None,
+                  *, advice_only: bool) -> Evaluation:
+        """``evaluate``; ``advice_only``: the output Bundle without the OperationOutcome and
+        the Provenance (the CDS Hooks service's cards carry neither)."""
         instant = parse_instant(as_of) or datetime.now(UTC)
         patient = read_bundle(bundle, kb=self.kb, as_of=instant, strict_fhir=self.strict_fhir)
         plan = self.evaluator.evaluate(patient)
         previous = patient.follow_up.previous if patient.follow_up is not None else None
-        return Evaluation(plan, write_bundle(plan, self.kb, previous=previous),
-                          self._titles)
+        out = write_bundle(plan, self.kb, previous=previous, advice_only=advice_only)
+        return Evaluation(plan, out, self._titles)
 
 
 _DEFAULT: DecisionSupport | None = None

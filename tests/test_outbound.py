@@ -558,6 +558,22 @@ def renamed(text: str, prefix: str) -> str:
     return text
 
 
+def test_the_advice_only_bundle_is_the_full_one_without_the_report_resources(
+    durable: Evaluator,
+) -> None:
+    """What the CDS Hooks service asks for: the same Bundle id and the same CarePlan,
+    ServiceRequests and DetectedIssues, without the OperationOutcome and Provenance."""
+    plans = example_plans(durable)
+    assert any(p.issues for p in plans) and any(p.referrals for p in plans)
+    for plan in plans:
+        full = write_bundle(plan, durable.kb)
+        advice = write_bundle(plan, durable.kb, advice_only=True)
+        kept = [e for e in full["entry"]
+                if e["resource"]["resourceType"] not in ("OperationOutcome", "Provenance")]
+        assert len(kept) < len(full["entry"])
+        assert advice == {**full, "entry": kept}
+
+
 def test_a_new_patient_needs_no_new_shape(durable: Evaluator) -> None:
     """What varies per patient (ids, references, dates, texts) is checked as values, so a
     patient never seen before hits the shape cache (the point of the cache)."""

@@ -103,6 +103,7 @@ def test_insecure_no_auth_warns_loudly_and_service_lines_are_logged(tmp_path: Pa
     assert "WARNING: AUTHENTICATION IS OFF (--insecure-no-auth)" in text
     # the service's own logger reaches the output (not only uvicorn's access lines)
     assert "movement_cds.service: movement-cds-patient-view" in text
+    assert "heap settled:" in text  # the worker froze its loaded engine before serving
     assert patient["id"] not in text  # ids of calls, not of patients
 
 
