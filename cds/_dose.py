@@ -26,6 +26,20 @@ class ExerciseDose:
 
     @staticmethod
     def of(default: DoseSpec, override: DoseSpec | None = None) -> ExerciseDose:
+        # the same knowledge-base dose objects come back on every plan: remembered by
+        # identity (the objects are kept, so an id is never reused while it is remembered)
+        key = (id(default), id(override))
+        known = _OF.get(key)
+        if known is not None and known[0] is default and known[1] is override:
+            return known[2]
+        dose = ExerciseDose._of(default, override)
+        if len(_OF) >= _OF_SIZE:
+            _OF.clear()
+        _OF[key] = (default, override, dose)
+        return dose
+
+    @staticmethod
+    def _of(default: DoseSpec, override: DoseSpec | None) -> ExerciseDose:
         o = override.model_dump(exclude_none=True) if override else {}
         d = {**default.model_dump(exclude_none=True), **o}
         return ExerciseDose(
@@ -59,3 +73,7 @@ class ExerciseDose:
         times = {1: "once", 2: "twice"}.get(self.frequency, f"{self.frequency} times")
         parts.append(f"{times} per {per}")
         return ", ".join(parts) + f". Pain: {self.pain_monitoring}"
+
+
+_OF_SIZE = 4096
+_OF: dict[tuple[int, int], tuple[DoseSpec, DoseSpec | None, ExerciseDose]] = {}

@@ -388,10 +388,21 @@ def _digest_text(content: dict[str, object]) -> bytes:
     return text
 
 
+def _parameter_values(kb: KnowledgeBase) -> dict[str, object]:
+    """Every parameter's value (overrides applied), by name: fixed once a knowledge base is
+    loaded, so worked out once."""
+    values = kb.derived_cache.get("digest-parameters")
+    if values is None:
+        values = kb.derived_cache["digest-parameters"] = {
+            n: kb.parameter(n) for n in sorted(kb.parameters)}
+    out: dict[str, object] = values
+    return out
+
+
 def _digest(plan: Plan, kb: KnowledgeBase, previous: PreviousPlan | None) -> str:
     content: dict[str, object] = {
         "kb": [plan.kb_id, plan.kb_version],
-        "parameters": {n: kb.parameter(n) for n in sorted(kb.parameters)},
+        "parameters": _parameter_values(kb),
         "as_of": _instant(plan.as_of),
         "subject": plan.subject,
         "facts": sorted(
