@@ -137,17 +137,22 @@ echo "service: movement-cds serve --workers $WORKERS --insecure-no-auth on $BASE
     --host 127.0.0.1 --port "$PORT" --workers "$WORKERS" >"$WORK/service.log" 2>&1 &
 SERVICE_PID=$!
 
+# Ready = every worker has started (uvicorn logs "Application startup complete." once per
+# worker process) and the service answers. Starting wrk when only the first worker is up
+# gives it all the connections: wrk keeps them for the whole run, so the other core idles.
 ready=""
 for _ in $(seq 1 600); do  # up to 120 s: each worker loads and warms up the engine
     if ! kill -0 "$SERVICE_PID" 2>/dev/null; then
         echo "load.sh: the service exited:" >&2; cat "$WORK/service.log" >&2; exit 1
     fi
-    if "$PY" -c "import httpx,sys; sys.exit(httpx.get('$BASE/cds-services', timeout=1).status_code != 200)" 2>/dev/null; then
+    started="$(grep -c 'Application startup complete' "$WORK/service.log" || true)"
+    if [[ "$started" -ge "$WORKERS" ]] && "$PY" -c "import httpx,sys; sys.exit(httpx.get('$BASE/cds-services', timeout=1).status_code != 200)" 2>/dev/null; then
         ready=1; break
     fi
     sleep 0.2
 done
 [[ -n "$ready" ]] || { echo "load.sh: the service did not start in 120 s" >&2; exit 1; }
+echo "service ready: $started of $WORKERS worker(s) started"
 
 # One checked call first: the body must get 200 with cards, or the figures mean nothing.
 "$PY" - "$BASE$PATH_PV" "$WORK/body.json" <<'EOF'
