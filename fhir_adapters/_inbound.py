@@ -359,17 +359,17 @@ def _number(x: object) -> int | float | None:
 
 def _codings(concept: object) -> list[Coded]:
     """(system, code) of every well-formed coding of a CodeableConcept."""
-    c = _dict(concept)
-    if c is None:
+    if not isinstance(concept, dict):
+        return []
+    codings = concept.get("coding")
+    if not isinstance(codings, list):
         return []
     out: list[Coded] = []
-    for coding in _list(c.get("coding")):
-        cd = _dict(coding)
-        if cd is None:
-            continue
-        system, code = _str(cd.get("system")), _str(cd.get("code"))
-        if system is not None and code is not None:
-            out.append((system, code))
+    for cd in codings:  # _dict / _str inlined: this runs for every coded element read
+        if isinstance(cd, dict):
+            system, code = cd.get("system"), cd.get("code")
+            if isinstance(system, str) and system and isinstance(code, str) and code:
+                out.append((system, code))
     return out
 
 
@@ -690,6 +690,7 @@ class _Reader:
 
     # --- Observations
     def observation_facts(self, entries: list[_Entry]) -> None:
+        by_code = self.imap.observations
         groups: dict[str, list[_Candidate]] = {}
         follow_ups: list[_Entry] = []
         for e in entries:
@@ -707,7 +708,7 @@ class _Reader:
             if any(s == SCREEN and c in FOLLOW_UP_SPECS for s, c in codes):
                 follow_ups.append(e)  # read once the previous plan is known
                 continue
-            specs = {self.imap.observations[c] for c in codes if c in self.imap.observations}
+            specs = {by_code[c] for c in codes if c in by_code}
             if not specs:
                 shown = ", ".join(f"{s}|{c}" for s, c in sorted(codes)) or "no coding"
                 self.note(e, "information", "not-supported",
@@ -762,9 +763,12 @@ class _Reader:
         if not current:
             return None
         candidates = current
-        top = max(c.key for c in candidates)
-        tied = [c for c in candidates if c.key == top]
-        winner = max(tied, key=lambda c: c.canonical) if len(tied) > 1 else tied[0]
+        if len(candidates) == 1:  # the usual case: one answer, nothing to compare
+            winner = candidates[0]
+        else:
+            top = max(c.key for c in candidates)
+            tied = [c for c in candidates if c.key == top]
+            winner = max(tied, key=lambda c: c.canonical) if len(tied) > 1 else tied[0]
         for c in candidates:
             if c is winner:
                 continue

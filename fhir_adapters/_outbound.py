@@ -985,6 +985,7 @@ class _ShapeCache:
 
 _SHAPES: Final = _ShapeCache(_SHAPE_CACHE_SIZE)
 _SPECS: dict[Model, dict[Any, tuple[int, Any] | None] | None] = {}
+_UNSEEN: Final[Any] = object()  # not yet in _SPECS / a spec
 _FIELD_NAMES: dict[Model, dict[str, str]] = {}
 _LEAVES: dict[Any, _Leaf] = {}
 _POLY_CLASSES: dict[tuple[str, str], Model] = {}
@@ -1260,7 +1261,9 @@ def _pruned_split(node: dict[str, Any], model: Model,
     A child is pruned before its key is kept, so the shapes and leaves are exactly those
     of the pruned tree. Where a list is not all objects, or a Resource's type is unknown,
     the value is pruned whole and kept verbatim, as ``_split`` would have it."""
-    spec = _SPECS[model] if model in _SPECS else _spec(model)
+    spec = _SPECS.get(model, _UNSEEN)
+    if spec is _UNSEEN:
+        spec = _spec(model)
     if spec is None:
         whole = _prune(node)
         if whole:
@@ -1270,13 +1273,20 @@ def _pruned_split(node: dict[str, Any], model: Model,
     parts: list[Any] = []
     for k, v in node.items():
         t = type(v)
+        f = spec.get(k, _UNSEEN)
+        if f is _UNSEEN:
+            f = _entry(model, spec, k)
         if t is str:
             v = v.strip()
             if not v:
                 continue
+            if f is not None and f[0] == _PRIM:  # the commonest node: a string primitive
+                out[k] = v
+                parts.append(k)
+                leaves[f[1]].append(v)
+                continue
         elif v is None:
             continue
-        f = spec[k] if k in spec else _entry(model, spec, k)
         if f is not None:
             kind, arg = f
             if t is dict:
