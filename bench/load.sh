@@ -165,6 +165,16 @@ print(f"warm-up call: 200, {len(r.json()['cards'])} cards, "
       f"request body {len(r.request.content)} bytes")
 EOF
 
+# How fast the machine is right now: a fixed CPU-bound loop (0.9 s on a quiet 2-vCPU
+# machine here, up to 2 s in its slow minutes). Figures taken at different speeds differ.
+CALIB="$("$PY" -c 'import json, time
+d = {"a": [{"x": i, "y": str(i), "z": [1, 2, 3]} for i in range(2000)]}
+t = time.perf_counter()
+for _ in range(200):
+    json.loads(json.dumps(d)); sorted(range(20000), key=lambda v: -v)
+print(round(time.perf_counter() - t, 2))')"
+echo "calibration: ${CALIB} s"
+
 echo "wrk --latency -t$THREADS -c$CONNECTIONS -d$DURATION --timeout 10s -s post.lua $BASE$PATH_PV"
 wrk --latency -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout 10s \
     -s "$WORK/post.lua" "$BASE$PATH_PV" > "$WORK/wrk.out" &
@@ -180,6 +190,7 @@ cat "$WORK/wrk.out"
 
 echo "--- summary (workers=$WORKERS, engine_cache_size=$CACHE, patients=$PATIENTS (0: the example patient only), auth OFF) ---"
 echo "connections per worker: ${SPLIT:-unknown (no ss)}"
+echo "calibration: ${CALIB} s"
 grep -E "Requests/sec" "$WORK/wrk.out" || true
 awk '/Latency Distribution/{on=1; next} on && /%/{print "latency p" $1 " " $2} on && !/%/{on=0}' \
     "$WORK/wrk.out" | sed 's/%//'
