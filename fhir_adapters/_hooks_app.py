@@ -390,7 +390,8 @@ class LiveEngine:
     """The engine requests use now, and the check that replaces it by a new knowledge-base
     version (see the module docstring). ``check`` runs in a worker thread."""
 
-    def __init__(self, engine: Engine, root: Path, interval: float) -> None:
+    def __init__(self, engine: Engine, root: Path, interval: float, *,
+                 settle: bool = False) -> None:
         self.engine = engine
         self.root = root
         self.interval = interval
@@ -398,7 +399,7 @@ class LiveEngine:
         if not engine.digest:
             engine.digest = kb_digest(root)
         self._checking = threading.Lock()
-        self.settle = False  # settle_heap() after each swap (set by service workers)
+        self.settle = settle  # settle_heap() after each swap (service workers)
 
     def check(self, force: bool = False) -> str:
         """Look for a new version and take it into service if it passes every check.
@@ -727,8 +728,7 @@ def create_app(
     engine = engine or load_engine(config, run_scenarios=run_scenarios,
                                    checked_release=checked_release)
     live = LiveEngine(engine, Path(config.knowledge_base or bundled_path()),
-                      config.reload_check_seconds)
-    live.settle = settle
+                      config.reload_check_seconds, settle=settle)
     verifier = verifier if verifier is not None else _make_verifier(config)
     store = store if store is not None else _open_store(config)
     timeout = httpx.Timeout(config.fhir_timeout_seconds)

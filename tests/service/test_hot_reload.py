@@ -276,3 +276,32 @@ def test_check_outcomes_in_process(tmp_path: Path) -> None:
     assert live.check() == "refused"
     assert live.check() == "unchanged"  # refused once; not retried until it changes again
     assert live.engine.kb.ruleset_name == "starter-fixture@0.1.0"
+
+
+def test_a_worker_settles_its_heap_again_after_a_swap(tmp_path: Path) -> None:
+    """What the new engine loaded is frozen too, and the old engine can be collected."""
+    import gc
+    import weakref
+
+    from fhir_adapters._hooks_app import LiveEngine, load_engine
+    from fhir_adapters._hooks_config import parse_config
+
+    kb = tmp_path / "kb"
+    shutil.copytree(STARTER_KB, kb)
+    config = parse_config({"service": {"base_url": "https://cds.example.org",
+                                       "knowledge_base": str(kb)},
+                           "auth": {"required": False}}, insecure_no_auth=True)
+    threshold = gc.get_threshold()
+    try:
+        live = LiveEngine(load_engine(config, run_scenarios=False), kb, 0, settle=True)
+        old = weakref.ref(live.engine)
+        gc.freeze()  # as a worker is after its start
+        bump(kb, "0.1.3-settle")
+        assert live.check() == "swapped"
+        assert live.engine.kb.ruleset_name == "starter-fixture@0.1.3-settle"
+        assert old() is None  # not kept frozen for ever
+        # the new engine is frozen too: what full collections still walk is tiny
+        assert len(gc.get_objects()) < 2_000 < gc.get_freeze_count()
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
