@@ -408,7 +408,10 @@ class LiveEngine:
         if not self._checking.acquire(blocking=False):
             return "busy"
         try:
-            return self._check(force)
+            outcome = self._check(force)
+            if outcome == "swapped" and self.settle:
+                settle_heap()  # here, once the old engine is no longer held by the check
+            return outcome
         finally:
             self._checking.release()
 
@@ -440,8 +443,6 @@ class LiveEngine:
         candidate.loaded_at = datetime.now(UTC)
         self.engine = candidate  # one reference assignment: requests in flight keep theirs
         self._seen = fingerprint
-        if self.settle:
-            settle_heap()
         log.info("knowledge base %s live (was %s); checked in %.1f s",
                  candidate.kb.ruleset_name, live.kb.ruleset_name,
                  time.perf_counter() - started)

@@ -257,17 +257,22 @@ async def test_sighup_forces_a_check(tmp_path: Path) -> None:
     assert signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, handler)
 
 
-def test_check_outcomes_in_process(tmp_path: Path) -> None:
-    """unchanged after a touch (same content), refused for an invalid manifest version."""
+def _live_starter(kb: Path, *, settle: bool = False) -> Any:
+    """A LiveEngine on a copy of the starter knowledge base at ``kb``, checked by hand."""
     from fhir_adapters._hooks_app import LiveEngine, load_engine
     from fhir_adapters._hooks_config import parse_config
 
-    kb = tmp_path / "kb"
     shutil.copytree(STARTER_KB, kb)
     config = parse_config({"service": {"base_url": "https://cds.example.org",
                                        "knowledge_base": str(kb)},
                            "auth": {"required": False}}, insecure_no_auth=True)
-    live = LiveEngine(load_engine(config, run_scenarios=False), kb, 0)
+    return LiveEngine(load_engine(config, run_scenarios=False), kb, 0, settle=settle)
+
+
+def test_check_outcomes_in_process(tmp_path: Path) -> None:
+    """unchanged after a touch (same content), refused for an invalid manifest version."""
+    kb = tmp_path / "kb"
+    live = _live_starter(kb)
     assert live.check() == "unchanged"
     manifest = kb / "manifest.yaml"
     os.utime(manifest, (time.time() + 5, time.time() + 5))  # touched, same bytes
@@ -283,17 +288,10 @@ def test_a_worker_settles_its_heap_again_after_a_swap(tmp_path: Path) -> None:
     import gc
     import weakref
 
-    from fhir_adapters._hooks_app import LiveEngine, load_engine
-    from fhir_adapters._hooks_config import parse_config
-
     kb = tmp_path / "kb"
-    shutil.copytree(STARTER_KB, kb)
-    config = parse_config({"service": {"base_url": "https://cds.example.org",
-                                       "knowledge_base": str(kb)},
-                           "auth": {"required": False}}, insecure_no_auth=True)
     threshold = gc.get_threshold()
     try:
-        live = LiveEngine(load_engine(config, run_scenarios=False), kb, 0, settle=True)
+        live = _live_starter(kb, settle=True)
         old = weakref.ref(live.engine)
         gc.freeze()  # as a worker is after its start
         bump(kb, "0.1.3-settle")
