@@ -212,9 +212,38 @@ def serve(
     os.environ[CONFIG_ENV] = str(config.resolve())
     os.environ[INSECURE_ENV] = "1" if insecure_no_auth else "0"
     os.environ[SCENARIOS_CHECKED_ENV] = engine.release  # workers skip what was checked here
-    uvicorn.run("fhir_adapters._hooks_app:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level=log_level.value, timeout_worker_healthcheck=60,
-                log_config=_log_config(log_level.value))
+    _serve_workers(uvicorn.Config(
+        "fhir_adapters._hooks_app:app_from_env", factory=True, host=host, port=port,
+        workers=workers, log_level=log_level.value, timeout_worker_healthcheck=60,
+        log_config=_log_config(log_level.value)))
+
+
+def _serve_workers(config: Any) -> None:
+    """uvicorn's supervisor (worker restarts, SIGHUP, SIGTTIN/SIGTTOU), with the connections
+    handed out evenly by fhir_adapters._balancer instead of a shared accept."""
+    import os
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from fhir_adapters._balancer import BALANCER_ENV, ConnectionBalancer, supported
+
+    if not supported():  # no descriptor passing here: uvicorn's shared accept
+        uvicorn.run(config.app, factory=True, host=config.host, port=config.port,
+                    workers=config.workers, log_level=config.log_level,
+                    timeout_worker_healthcheck=config.timeout_worker_healthcheck,
+                    log_config=config.log_config)
+        return
+    config.loop = "fhir_adapters._balancer:balanced_loop"
+    listener = config.bind_socket()
+    with ConnectionBalancer(listener, config.backlog) as balancer:
+        os.environ[BALANCER_ENV] = balancer.address
+        try:
+            Multiprocess(config, sockets=[listener]).run()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            listener.close()
 
 
 # --- feedback (CDS Hooks C16): what clinicians accepted and overrode, per rule ---------------
