@@ -119,15 +119,24 @@ class ConnectionBalancer:
             sel.register(self._listener, selectors.EVENT_READ, "listener")
             sel.register(self._control, selectors.EVENT_READ, "control")
             while not self._stop.is_set():
-                for key, _ in sel.select(timeout=0.5):
-                    sock = key.fileobj
-                    assert isinstance(sock, socket.socket)
-                    if key.data == "listener":
-                        self._accept_clients()
-                    elif key.data == "control":
-                        self._accept_worker(sel)
-                    else:
-                        self._read_worker(sel, sock)
+                try:
+                    self._step(sel)
+                except Exception:  # a bug here must not stop the service taking connections
+                    log.exception("balancer: unexpected error; carrying on")
+                    self._stop.wait(0.1)
+
+    def _step(self, sel: selectors.BaseSelector) -> None:
+        if self._pending:  # held back (no worker ready, or their channels full): retry soon
+            self._hand_out()
+        for key, _ in sel.select(timeout=0.05 if self._pending else 0.5):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            if key.data == "listener":
+                self._accept_clients()
+            elif key.data == "control":
+                self._accept_worker(sel)
+            else:
+                self._read_worker(sel, sock)
 
     def _accept_clients(self) -> None:
         while True:
