@@ -4,6 +4,7 @@
 #     bench/load.sh [--workers N] [--duration 30s] [--connections 16] [--threads 2]
 #                   [--engine-cache-size N]   (the service's engine_cache_size; 0 = off)
 #                   [--patients N]            (N different synthetic patients, in turn)
+#                   [--shared-accept]         (balance_connections = false: uvicorn's race)
 #
 # Starts `movement-cds serve` (bundled knowledge base) on 127.0.0.1, POSTs patient-view
 # with a full prefetch built from examples/example-patient.json (patient, observations
@@ -27,6 +28,7 @@ CONNECTIONS=16
 THREADS=2
 CACHE=512
 PATIENTS=0
+BALANCE=true
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --workers) WORKERS="$2"; shift 2 ;;
@@ -35,7 +37,8 @@ while [[ $# -gt 0 ]]; do
         --threads) THREADS="$2"; shift 2 ;;
         --engine-cache-size) CACHE="$2"; shift 2 ;;
         --patients) PATIENTS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        --shared-accept) BALANCE=false; shift ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "load.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -102,6 +105,7 @@ cat > "$WORK/service.toml" <<EOF
 [service]
 base_url = "$BASE"
 engine_cache_size = $CACHE
+balance_connections = $BALANCE
 
 [auth]
 required = false
@@ -188,7 +192,7 @@ fi
 wait "$WRK_PID"
 cat "$WORK/wrk.out"
 
-echo "--- summary (workers=$WORKERS, engine_cache_size=$CACHE, patients=$PATIENTS (0: the example patient only), auth OFF) ---"
+echo "--- summary (workers=$WORKERS, balance_connections=$BALANCE, engine_cache_size=$CACHE, patients=$PATIENTS (0: the example patient only), auth OFF) ---"
 echo "connections per worker: ${SPLIT:-unknown (no ss)}"
 echo "calibration: ${CALIB} s"
 grep -E "Requests/sec" "$WORK/wrk.out" || true

@@ -17,6 +17,9 @@ The file is TOML. Every key (``docs/integrators/cds-hooks.md`` has an annotated 
     engine_cache_size = 512                # per worker: what the rules derived for this many
                                            # distinct fact sets (the same chart again skips
                                            # the rule engine; identical result); 0 = off
+    balance_connections = true             # with --workers N: hand each new connection to the
+                                           # worker with the fewest open (false: uvicorn's
+                                           # shared accept, whichever worker wakes first)
 
     [auth]
     required = true                        # false only together with --insecure-no-auth
@@ -68,6 +71,7 @@ class ServiceConfig:
     cors_origins: tuple[str, ...] = ()
     reload_check_seconds: float = 0.0
     engine_cache_size: int = 512
+    balance_connections: bool = True
     auth_required: bool = True
     issuers: tuple[IssuerConfig, ...] = field(default_factory=tuple)
     insecure_no_auth: bool = False
@@ -76,7 +80,7 @@ class ServiceConfig:
 _SERVICE_KEYS = {
     "base_url", "database", "knowledge_base", "max_body_bytes", "fhir_timeout_seconds",
     "fetch_budget_seconds", "max_pages", "cors_origins", "reload_check_seconds",
-    "engine_cache_size",
+    "engine_cache_size", "balance_connections",
 }
 _AUTH_KEYS = {"required", "issuers"}
 _ISSUER_KEYS = {"iss", "jwks_url", "jwks_file", "tenants"}
@@ -146,6 +150,9 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
             or not 0 <= cache_size <= 1_000_000:
         raise ConfigError("[service] engine_cache_size must be an integer from 0 (off) to "
                           "1000000")
+    balance = service.get("balance_connections", True)
+    if not isinstance(balance, bool):
+        raise ConfigError("[service] balance_connections must be true or false")
     reload_check = service.get("reload_check_seconds", 0)
     if isinstance(reload_check, bool) or not isinstance(reload_check, int | float) \
             or not 0 <= reload_check <= 86_400:
@@ -192,6 +199,7 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
 
     return ServiceConfig(
         base_url=base_url,
+        balance_connections=balance,
         database=database,
         knowledge_base=kb_path,
         max_body_bytes=max_body,

@@ -215,10 +215,10 @@ def serve(
     _serve_workers(uvicorn.Config(
         "fhir_adapters._hooks_app:app_from_env", factory=True, host=host, port=port,
         workers=workers, log_level=log_level.value, timeout_worker_healthcheck=60,
-        log_config=_log_config(log_level.value)))
+        log_config=_log_config(log_level.value)), balance=cfg.balance_connections)
 
 
-def _serve_workers(config: Any) -> None:
+def _serve_workers(config: Any, *, balance: bool) -> None:
     """uvicorn's supervisor (worker restarts, SIGHUP, SIGTTIN/SIGTTOU), with the connections
     handed out evenly by fhir_adapters._balancer instead of a shared accept."""
     import os
@@ -228,7 +228,7 @@ def _serve_workers(config: Any) -> None:
 
     from fhir_adapters._balancer import BALANCER_ENV, ConnectionBalancer, supported
 
-    if not supported():  # no descriptor passing here: uvicorn's shared accept
+    if not (balance and supported()):  # uvicorn's shared accept
         uvicorn.run(config.app, factory=True, host=config.host, port=config.port,
                     workers=config.workers, log_level=config.log_level,
                     timeout_worker_healthcheck=config.timeout_worker_healthcheck,

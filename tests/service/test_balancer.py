@@ -294,3 +294,23 @@ def test_serve_with_two_workers_spreads_keep_alive_connections_and_survives_a_cr
     assert "Traceback" not in text, text[-4000:]
     registry = re.search(r"workers register at (\S+)", text)
     assert registry and not Path(registry.group(1)).exists()  # removed on the way out
+
+
+def test_serve_with_balancing_off_uses_uvicorns_shared_accept(tmp_path: Path) -> None:
+    """The escape hatch: ``balance_connections = false`` serves with workers, no balancer."""
+    port = free_port()
+    cfg = write_config(tmp_path / "service.toml", port, balance_connections=False)
+    log_path = tmp_path / "service.log"
+    with log_path.open("wb") as log:
+        proc = start_service(["--config", str(cfg), "--insecure-no-auth", "--workers", "2"],
+                             port, timeout=120, log=log)
+        try:
+            _wait_for(lambda: log_path.read_text().count("Application startup complete") >= 2)
+            for _ in range(4):
+                with httpx.Client(timeout=30) as c:
+                    assert c.get(f"http://127.0.0.1:{port}/cds-services").status_code == 200
+        finally:
+            stop_service(proc)
+    text = log_path.read_text()
+    assert proc.returncode == 0, text[-2000:]
+    assert "balancer:" not in text and "Started parent process" in text

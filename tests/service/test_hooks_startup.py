@@ -43,6 +43,7 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
     ('[service]\nbase_url = "http://x"\nbogus = 1\n', "unknown key"),
     ('[service]\nbase_url = "http://x"\nengine_cache_size = -1\n', "engine_cache_size"),
     ('[service]\nbase_url = "http://x"\nengine_cache_size = "big"\n', "engine_cache_size"),
+    ('[service]\nbase_url = "http://x"\nbalance_connections = "yes"\n', "balance_connections"),
     ('[service]\nbase_url = "http://x"\nmax_body_bytes = -1\n', "positive integer"),
     ('[service]\nbase_url = "http://x"\n[auth]\nrequired = false\n', "--insecure-no-auth"),
     ('[service]\nbase_url = "http://x"\n', "at least one [[auth.issuers]]"),
