@@ -150,6 +150,10 @@ for _ in $(seq 1 600); do  # up to 120 s: each worker loads and warms up the eng
         echo "load.sh: the service exited:" >&2; cat "$WORK/service.log" >&2; exit 1
     fi
     started="$(grep -c 'Application startup complete' "$WORK/service.log" || true)"
+    if [[ "$BALANCE" == true && "$WORKERS" -gt 1 ]]; then  # and registered with the balancer
+        registered="$(grep -c 'balancer: worker [0-9]* ready' "$WORK/service.log" || true)"
+        [[ "$registered" -ge "$WORKERS" ]] || started=0
+    fi
     if [[ "$started" -ge "$WORKERS" ]] && "$PY" -c "import httpx,sys; sys.exit(httpx.get('$BASE/cds-services', timeout=1).status_code != 200)" 2>/dev/null; then
         ready=1; break
     fi
