@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -25,6 +25,15 @@ from fhir_adapters._balancer import ConnectionBalancer
 from .conftest import free_port, start_service, stop_service, write_config
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "send_fds"), reason="needs SCM_RIGHTS")
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.005)
+    raise AssertionError("timed out")
 
 
 class TestWorker:
@@ -83,9 +92,7 @@ def balancer() -> Iterator[tuple[ConnectionBalancer, tuple[str, int]]]:
 def ready_workers(b: ConnectionBalancer, *pids: int) -> list[TestWorker]:
     """Workers that said hello, once the balancer has taken note of every one of them."""
     workers = [TestWorker(b.address, pid) for pid in pids]
-    deadline = time.monotonic() + 5
-    while set(b.open_connections()) < set(pids) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    _wait_for(lambda: set(b.open_connections()) >= set(pids), 5)
     return workers
 
 
@@ -126,9 +133,7 @@ def test_a_worker_that_closed_connections_gets_the_next_ones(balancer: tuple) ->
     first = connect(addr, 8)
     assert settle(a, c, expect=8) == [4, 4]
     a.close_some(3)
-    deadline = time.monotonic() + 5
-    while b.open_connections().get(1) != 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_for(lambda: b.open_connections().get(1) == 1, 5)
     more = connect(addr, 3)
     assert settle(a, c, expect=3) == [3, 0]
     for s in first + more:
@@ -152,9 +157,7 @@ def test_a_worker_that_left_gets_nothing_more(balancer: tuple) -> None:
     first = connect(addr, 2)
     assert settle(a, c, expect=2) == [1, 1]
     a.leave()
-    deadline = time.monotonic() + 5
-    while 1 in b.open_connections() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_for(lambda: 1 not in b.open_connections(), 5)
     more = connect(addr, 4)
     assert settle(c, expect=4) == [4]
     for s in first + more:
@@ -185,19 +188,14 @@ def test_each_connection_goes_to_a_least_loaded_worker(
                 n = min(n, len(workers[i].held))
                 if n:
                     workers[i].close_some(n)
-                    want = len(workers[i].held)
-                    deadline = time.monotonic() + 5
-                    while (b.open_connections().get(1000 + i) != want
-                           and time.monotonic() < deadline):
-                        time.sleep(0.005)
+                    pid, want = 1000 + i, len(workers[i].held)
+                    _wait_for(lambda p=pid, w=want: b.open_connections().get(p) == w, 5)
     finally:
         for s in clients:
             s.close()
         for w in workers:
             w.leave()
-        deadline = time.monotonic() + 5
-        while b.open_connections() and time.monotonic() < deadline:
-            time.sleep(0.005)
+        _wait_for(lambda: not b.open_connections(), 5)
 
 
 # --- the whole service: movement-cds serve --workers 2 ----------------------------------------
@@ -227,15 +225,6 @@ def _established(pid: int, port: int) -> int:
 
 def _ready_pids(log: Path) -> list[int]:
     return [int(p) for p in re.findall(r"balancer: worker (\d+) ready", log.read_text())]
-
-
-def _wait_for(predicate: object, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts sockets in /proc")
