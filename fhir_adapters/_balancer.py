@@ -34,12 +34,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BALANCER_ENV", "ConnectionBalancer", "balanced_loop", "supported"]
+__all__ = ["BALANCED_LOOP", "BALANCER_ENV", "ConnectionBalancer", "balanced_loop", "supported"]
 
 log = logging.getLogger("movement_cds.service")
 
 BALANCER_ENV = "MOVEMENT_CDS_BALANCER"
 """Path of the supervisor's Unix socket; set for the workers it starts."""
+
+BALANCED_LOOP = "fhir_adapters._balancer:balanced_loop"
+"""uvicorn's ``loop`` setting for the workers."""
 
 _PENDING_LIMIT = 1024  # connections held while no worker is ready; the oldest are closed
 _CLOSED = b"-"  # a worker closed one connection

@@ -92,6 +92,7 @@ from fhir_adapters._hooks_prefetch import (
 )
 
 __all__ = [
+    "APP_FACTORY",
     "CONFIG_ENV",
     "KB_EXTENSION",
     "Engine",
@@ -108,6 +109,7 @@ __all__ = [
 log = logging.getLogger("movement_cds.service")
 
 CONFIG_ENV: Final = "MOVEMENT_CDS_CONFIG"
+APP_FACTORY: Final = "fhir_adapters._hooks_app:app_from_env"  # each worker's app (uvicorn)
 INSECURE_ENV: Final = "MOVEMENT_CDS_INSECURE_NO_AUTH"
 SCENARIOS_CHECKED_ENV: Final = "MOVEMENT_CDS_SCENARIOS_CHECKED"
 KB_EXTENSION: Final = "org.movement-cds.knowledge-base"

@@ -177,7 +177,10 @@ def serve(
     try:
         import uvicorn
 
+        from fhir_adapters._balancer import BALANCED_LOOP
+        from fhir_adapters._balancer import supported as balancer_supported
         from fhir_adapters._hooks_app import (
+            APP_FACTORY,
             CONFIG_ENV,
             INSECURE_ENV,
             SCENARIOS_CHECKED_ENV,
@@ -212,32 +215,29 @@ def serve(
     os.environ[CONFIG_ENV] = str(config.resolve())
     os.environ[INSECURE_ENV] = "1" if insecure_no_auth else "0"
     os.environ[SCENARIOS_CHECKED_ENV] = engine.release  # workers skip what was checked here
-    _serve_workers(uvicorn.Config(
-        "fhir_adapters._hooks_app:app_from_env", factory=True, host=host, port=port,
-        workers=workers, log_level=log_level.value, timeout_worker_healthcheck=60,
-        log_config=_log_config(log_level.value)), balance=cfg.balance_connections)
+    options: dict[str, Any] = {
+        "factory": True, "host": host, "port": port, "workers": workers,
+        "log_level": log_level.value, "timeout_worker_healthcheck": 60,
+        "log_config": _log_config(log_level.value)}
+    if cfg.balance_connections and balancer_supported():
+        _serve_balanced(uvicorn.Config(APP_FACTORY, loop=BALANCED_LOOP, **options))
+    else:  # uvicorn's shared accept
+        uvicorn.run(APP_FACTORY, **options)
 
 
-def _serve_workers(config: Any, *, balance: bool) -> None:
-    """uvicorn's supervisor (worker restarts, SIGHUP, SIGTTIN/SIGTTOU), with the connections
-    handed out evenly by fhir_adapters._balancer instead of a shared accept."""
+def _serve_balanced(config: Any) -> None:
+    """uvicorn's supervisor (worker restarts, SIGHUP, SIGTTIN/SIGTTOU), with each new
+    connection handed to the least-loaded worker (fhir_adapters._balancer) instead of the
+    workers racing to accept on a shared socket."""
     import os
 
-    import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from fhir_adapters._balancer import BALANCER_ENV, ConnectionBalancer, supported
+    from fhir_adapters._balancer import BALANCER_ENV, ConnectionBalancer
 
-    if not (balance and supported()):  # uvicorn's shared accept
-        uvicorn.run(config.app, factory=True, host=config.host, port=config.port,
-                    workers=config.workers, log_level=config.log_level,
-                    timeout_worker_healthcheck=config.timeout_worker_healthcheck,
-                    log_config=config.log_config)
-        return
-    config.loop = "fhir_adapters._balancer:balanced_loop"
     listener = config.bind_socket()
     with ConnectionBalancer(listener, config.backlog) as balancer:
-        os.environ[BALANCER_ENV] = balancer.address
+        os.environ[BALANCER_ENV] = balancer.address  # the workers connect to it
         try:
             Multiprocess(config, sockets=[listener]).run()
         except KeyboardInterrupt:
