@@ -88,7 +88,6 @@ class ConnectionBalancer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="connection-balancer",
                                         daemon=True)
-        self.handed = 0
 
     def __enter__(self) -> ConnectionBalancer:
         self.start()
@@ -216,7 +215,6 @@ class ConnectionBalancer:
                     continue
                 worker.open += 1
                 worker.handed += 1
-                self.handed += 1
                 break
             else:
                 return  # nobody could take it now; keep it for the next event
@@ -356,21 +354,17 @@ class _BalancedCreateServer:
         return _BalancedServer(loop, channel, protocol_factory, kwargs.get("ssl"))
 
 
+try:
+    from uvloop import Loop as _BaseLoop
+except ImportError:  # pragma: no cover - uvloop is in the service extra
+    from asyncio import SelectorEventLoop as _BaseLoop  # type: ignore[assignment]
+
+
+class _BalancedLoop(_BalancedCreateServer, _BaseLoop):  # type: ignore[misc]
+    pass
+
+
 def balanced_loop() -> asyncio.AbstractEventLoop:
     """uvicorn ``loop`` factory for the workers: uvloop (or asyncio) that takes its
     connections from the balancer named in ``MOVEMENT_CDS_BALANCER``."""
-    base: type[asyncio.AbstractEventLoop]
-    try:
-        import uvloop
-
-        base = uvloop.Loop
-    except ImportError:  # pragma: no cover - uvloop is in the service extra
-        base = asyncio.SelectorEventLoop
-    cls = _LOOP_CLASSES.get(base)
-    if cls is None:
-        cls = _LOOP_CLASSES[base] = type(f"Balanced{base.__name__}",
-                                         (_BalancedCreateServer, base), {})
-    return cls()
-
-
-_LOOP_CLASSES: dict[type[asyncio.AbstractEventLoop], type[asyncio.AbstractEventLoop]] = {}
+    return _BalancedLoop()
