@@ -51,8 +51,10 @@ __all__ = ["COMPUTED_INPUTS", "lint_knowledge_base", "plain_problems"]
 # Inputs that carry no code of their own: demographics the FHIR reader takes from the Patient
 # resource, and totals computed from recorded items before the rules run (cds/_scores.py).
 COMPUTED_INPUTS = frozenset({
-    "age", "sex", "fms-total", "startback-total", "startback-psychosocial",
+    "age", "age-oldest-possible", "sex", "fms-total", "startback-total", "startback-psychosocial",
     "followup-adherence", "followup-peripheralization",  # from the follow-up responses
+    # the red-flag answer states the FHIR reader sets (input contract v2)
+    "red-flag-discordant", "red-flag-unreadable", "red-flag-unreadable-holding",
 })
 _MAX_EXPANSIONS = 256  # input-level cases per rule when looking for a witness
 _MAX_WITNESS_TRIES = 400

@@ -161,6 +161,35 @@ class FactDefinition(_Model):
         description="exercise-response: a fact about the patient's response to one exercise "
         "of the previous plan (read only by rules of that scope, once per exercise).",
     )
+    also_coded: list[Coding] = Field(
+        default_factory=list,
+        alias="also-coded",
+        description="Further codes that carry the same fact (for example the several SNOMED "
+        "codes of diabetes mellitus).",
+    )
+    red_flag: Literal["specific", "weak"] | None = Field(
+        default=None,
+        alias="red-flag",
+        description="A red-flag screen answer: read as safety data (a 'yes' never expires "
+        "silently, a later 'no' raises a caution, an undated 'yes' escalates). 'specific' "
+        "points to one serious pathology; 'weak' is a general flag that never counts alone.",
+    )
+    lifelong: bool = Field(
+        default=False,
+        description="A red-flag item about history (any cancer, IV drug use, corticosteroid "
+        "use): its 'yes' never expires and a later 'no' cannot erase it.",
+    )
+    hold_when_unreadable: bool = Field(
+        default=False,
+        alias="hold-when-unreadable",
+        description="A red-flag item whose unreadable answer holds exercise until a readable "
+        "answer exists (the cauda equina and motor items).",
+    )
+    history: bool = Field(
+        default=False,
+        description="A Condition fact that counts whatever its clinicalStatus (inactive, "
+        "resolved, remission): the flag is a history (a cancer in remission).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> FactDefinition:
@@ -168,6 +197,14 @@ class FactDefinition(_Model):
             raise ValueError("a fact of type code lists its allowed codes")
         if self.type != "code" and self.codes:
             raise ValueError("codes are only for facts of type code")
+        if (self.red_flag or self.lifelong or self.hold_when_unreadable) and (
+                self.type != "boolean" or self.derived):
+            raise ValueError("red-flag, lifelong and hold-when-unreadable are for boolean "
+                             "input facts (red-flag screen answers)")
+        if (self.lifelong or self.hold_when_unreadable) and self.red_flag is None:
+            raise ValueError("lifelong and hold-when-unreadable need red-flag: specific|weak")
+        if self.also_coded and self.coding is None:
+            raise ValueError("also-coded needs a coding")
         return self
 
 
