@@ -15,7 +15,7 @@ from cds._errors import (
     MovementCDSError,
 )
 from cds._evaluator import Evaluator
-from cds._facts import Derivation, DerivedFact, Fact, PatientFacts
+from cds._facts import AnswerNote, Derivation, DerivedFact, Fact, PatientFacts
 from cds._followup import (
     CheckIn,
     ExerciseChange,
@@ -38,6 +38,7 @@ from cds._plan import (
 from cds._reference import evaluate_reference
 
 __all__ = [
+    "AnswerNote",
     "AvoidedExercise",
     "CheckIn",
     "CompiledKnowledgeBase",

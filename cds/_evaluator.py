@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from typing import Literal
@@ -70,8 +71,7 @@ class Evaluator:
             facts += [f for f in follow_up_patient_facts(patient.follow_up)
                       if f.name not in have and f.name in self.compiled.fact_names]
             facts.sort(key=lambda f: f.name)
-        return PatientFacts(patient.subject, patient.as_of, tuple(facts), patient.issues,
-                            patient.extras, patient.follow_up)
+        return dataclasses.replace(patient, facts=tuple(facts))
 
     def derive(self, patient: PatientFacts) -> EngineResult:
         unknown = sorted({f.name for f in patient.facts} - self.compiled.fact_names

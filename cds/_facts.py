@@ -15,7 +15,7 @@ from datetime import datetime
 from cds._errors import InputIssue
 from cds._followup import FollowUp
 
-__all__ = ["Derivation", "DerivedFact", "Fact", "PatientFacts", "Scalar"]
+__all__ = ["AnswerNote", "Derivation", "DerivedFact", "Fact", "PatientFacts", "Scalar"]
 
 Scalar = bool | int | float | str
 
@@ -28,6 +28,25 @@ class Fact:
     value: Scalar
     sources: tuple[str, ...] = ()
     preliminary: bool = False
+
+
+@dataclass(frozen=True, order=True)
+class AnswerNote:
+    """What the clinician must know about how an answer was read, in plain words.
+
+    The front end writes one when a red-flag answer is stale but positive ("reported YES on
+    3 Oct 2026, not re-assessed since"), undated, contradicted by a later answer, or could
+    not be read, and when an age threshold used the oldest age a partial birth date allows.
+    ``facts`` are the fact names the note is about (the item, and the summary fact such as
+    ``red-flag-discordant`` that carries it into the rules); an alert whose rules read any of
+    them carries the note's text. ``kind`` is a stable code: stale-yes, undated-yes,
+    discordant, contradicted, unreadable, undated-no, stale-no, partial-birth-date.
+    """
+
+    facts: tuple[str, ...]
+    kind: str
+    text: str
+    sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, order=True)
@@ -66,6 +85,9 @@ class PatientFacts:
     extras: Mapping[str, object] = field(default_factory=dict)
     # the previous plan and the patient's responses to it, when this is a follow-up visit
     follow_up: FollowUp | None = None
+    # how answers were read where the clinician must be told (stale, undated, contradicted,
+    # unreadable red-flag answers; a partial birth date at an age threshold)
+    answer_notes: tuple[AnswerNote, ...] = ()
 
     def by_name(self) -> dict[str, Fact]:
         return {f.name: f for f in self.facts}
@@ -77,6 +99,7 @@ class PatientFacts:
         facts: Iterable[Fact],
         issues: Iterable[InputIssue] = (),
         follow_up: FollowUp | None = None,
+        answer_notes: Iterable[AnswerNote] = (),
     ) -> PatientFacts:
         """Sort facts and issues so that the same data in any order is the same object."""
         ordered = tuple(sorted(facts, key=lambda f: f.name))
@@ -90,4 +113,5 @@ class PatientFacts:
             facts=ordered,
             issues=tuple(sorted(issues, key=lambda i: (i.location or "", i.code, i.message))),
             follow_up=follow_up,
+            answer_notes=tuple(sorted(set(answer_notes))),
         )

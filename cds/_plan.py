@@ -22,7 +22,7 @@ from typing import Any
 from cds._dose import ExerciseDose
 from cds._engine_result import EngineResult
 from cds._errors import InputIssue
-from cds._facts import Derivation, Fact, PatientFacts
+from cds._facts import AnswerNote, Derivation, Fact, PatientFacts
 from cds._followup import CheckIn, ExerciseChange
 from cds._kb_schema import Evidence, Param, VetoAction
 from cds._knowledge_base import KnowledgeBase
@@ -76,6 +76,9 @@ class PlanAlert:
     rule_ids: tuple[str, ...]
     sources: tuple[str, ...]
     evidence: tuple[EvidenceRef, ...]
+    # how the answers behind this alert were read, where the clinician must know (a stale,
+    # undated, contradicted or unreadable red-flag answer); also appended to ``detail``
+    answer_notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,9 @@ class Plan:
     # every exercise a rule recommended and no veto ruled out, best first, before the
     # one-per-purpose and size limits: what a follow-up revision may add from
     candidates: tuple[PlannedExercise, ...] = ()
+    # every note on how an answer was read (shown first: stale, undated, contradicted or
+    # unreadable red-flag answers; a partial birth date at an age threshold)
+    answer_notes: tuple[AnswerNote, ...] = ()
 
     @property
     def knowledge_base(self) -> str:
@@ -254,6 +260,37 @@ def _sources_of(ds: tuple[Derivation, ...], facts: Mapping[str, Fact],
     return out
 
 
+def _facts_read(ds: tuple[Derivation, ...], derived: Mapping[str, Any],
+                seen: frozenset[str]) -> set[str]:
+    """Every fact name behind derivations (present or relied on as absent), through derived
+    facts; a module function for the reason given at ``_sources_of``."""
+    out: set[str] = set()
+    for d in ds:
+        for name in (*d.used, *d.absent):
+            out.add(name.partition(".")[0] if name not in derived else name)
+            if name in derived and name not in seen:
+                out |= _facts_read(derived[name].derivations, derived, seen | {name})
+    return out
+
+
+def _with_notes(detail: str, notes: list[str]) -> str:
+    return f"{detail} How the answers were read: {' '.join(notes)}" if notes else detail
+
+
+def _gap_wording(kb: KnowledgeBase, missing: list[str],
+                 notes: Mapping[str, list[AnswerNote]]) -> str:
+    """The facts an alert's data gap names, worded by why each is missing: never the words
+    of "not asked" for an answer that was received but could not be read, or was too old,
+    or undated."""
+    plain = [m for m in missing if m not in notes]
+    parts = []
+    if plain:
+        names = ", ".join(kb.facts[m].description.split(" (")[0] for m in plain)
+        parts.append(f"Unanswered: {names}.")
+    parts += [n.text for m in missing for n in notes.get(m, ())]
+    return " ".join(parts)
+
+
 def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult) -> Plan:
     """Turn derived facts into a Plan under the safety policy above."""
     facts = {f.name: f for f in patient.facts}
@@ -287,6 +324,22 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
             gaps.append(g)
             gap_by_rule[rid] = g
 
+    # how answers were read: notes about missing facts word the data gaps; the others go
+    # with every alert whose rules read the fact they are about
+    notes_by_fact: dict[str, list[AnswerNote]] = {}
+    for note in patient.answer_notes:
+        for name in note.facts:
+            notes_by_fact.setdefault(name, []).append(note)
+    missing_notes = {n: v for n, v in notes_by_fact.items() if n not in facts}
+
+    def _alert_notes(name: str, gap_missing: list[str]) -> list[str]:
+        if not notes_by_fact:
+            return []
+        read = _facts_read(derived[name].derivations, derived, frozenset())
+        return list(dict.fromkeys(
+            n.text for f in sorted(read) if f not in gap_missing and f in facts
+            for n in notes_by_fact.get(f, ())))
+
     # alerts: one per code; the most severe firing's wording wins, rules and sources merge
     alerts: list[PlanAlert] = []
     for code in sorted({n.split(".", 1)[1] for n in derived if n.startswith("alert.")}):
@@ -311,11 +364,12 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
         gap_missing = sorted({m for r, _ in actions if r in gap_by_rule
                               for m in gap_by_rule[r].missing})
         if gap_missing:
-            names = ", ".join(kb.facts[m].description.split(" (")[0] for m in gap_missing)
-            detail = f"{detail} Unanswered: {names}."
+            detail = f"{detail} {_gap_wording(kb, gap_missing, missing_notes)}"
+        said = _alert_notes(f"alert.{code}", gap_missing)
         alerts.append(
-            PlanAlert(code, kb.alerts[code].display, act.level.value, detail, act.mitigation,
-                      referral, holds, rids, srcs, rule_evidence(rids))
+            PlanAlert(code, kb.alerts[code].display, act.level.value,
+                      _with_notes(detail, said), act.mitigation, referral, holds, rids, srcs,
+                      rule_evidence(rids), tuple(said))
         )
     alerts.sort(key=lambda a: (_LEVEL_ORDER[a.level],
                                _PRIORITY_ORDER[a.referral.priority] if a.referral else 9, a.code))
@@ -405,4 +459,5 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
         derived=tuple((n, d.value) for n, d in sorted(derived.items())),
         deferred=tuple(deferred),
         candidates=tuple(p for _, p in proposed),
+        answer_notes=patient.answer_notes,
     )

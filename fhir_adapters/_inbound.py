@@ -157,6 +157,7 @@ from fhir.resources.R4B.patient import Patient
 from pydantic import BaseModel, ValidationError
 
 from cds import (
+    AnswerNote,
     ExerciseDose,
     ExerciseResponse,
     Fact,
@@ -176,6 +177,7 @@ from fhir_adapters._outbound import (
     EXT_FOLLOW_UP_STATE,
     KNOWLEDGE_BASE_BASE,
 )
+from fhir_adapters._red_flag_answers import Answer, read_red_flag
 
 __all__ = ["read_bundle"]
 
@@ -196,6 +198,13 @@ PREGNANCY_CONDITION: Final = (SNOMED, "77386006")
 FOLLOW_UP_PREFIX: Final = "exercise-"
 EXERCISE_COMPONENT: Final = (SCREEN, "exercise")
 OWN_CAREPLAN_PREFIX: Final = KNOWLEDGE_BASE_BASE + "/"
+
+# red-flag answers sent as codes (input contract v2): SNOMED Yes/No, LOINC answer list
+YES_NO: Final[Mapping[Coded, bool]] = {
+    (SNOMED, "373066001"): True, (SNOMED, "373067005"): False,
+    (LOINC, "LA33-6"): True, (LOINC, "LA32-8"): False,
+}
+_NO_ANSWER: Final = "no answer"
 
 BUNDLE_TYPES: Final = frozenset({"collection", "searchset", "transaction", "batch"})
 USED_STATUS: Final = frozenset({"final", "amended", "corrected", "preliminary"})
@@ -247,6 +256,11 @@ class _Spec:
     bilateral: bool = False
     provoked: bool = False  # accepts a screen#lbp-provoked component
     max_age_days: float | None = None  # older answers are stale: they count as missing
+    # red-flag answers are safety data (docs/integrators/red-flag-answers.md)
+    red_flag: bool = False
+    lifelong: bool = False
+    hold_when_unreadable: bool = False
+    question: str = ""  # the item in plain words, for the clinician
 
 
 RATINGS: Final = frozenset({"better", "same", "worse"})
@@ -277,6 +291,12 @@ class InputMap:
     conditions: Mapping[Coded, str]
     age: _Spec | None
     sex: _Spec | None
+    # every fact name of the catalog (the reader sets some facts that no code carries)
+    names: frozenset[str] = frozenset()
+    # Condition facts that count whatever their clinicalStatus (a history, e.g. cancer)
+    history: frozenset[str] = frozenset()
+    clock_skew: timedelta = timedelta(0)
+    discordance_days: float = 30.0
 
     @staticmethod
     def from_knowledge_base(kb: KnowledgeBase) -> InputMap:
@@ -297,6 +317,10 @@ class InputMap:
                 bilateral=d.bilateral,
                 provoked=name.startswith(("fms-", "pattern-")),
                 max_age_days=_max_age(kb, d.max_age_days),
+                red_flag=d.red_flag is not None,
+                lifelong=d.lifelong,
+                hold_when_unreadable=d.hold_when_unreadable,
+                question=d.description.split(" (")[0].strip(),
             )
             if name == "age":
                 age = spec
@@ -304,14 +328,26 @@ class InputMap:
                 sex = spec
             if d.coding is None:
                 continue
-            key = (d.coding.system, d.coding.code)
-            if name.startswith("condition-"):
-                conditions[key] = name
-                if key == PREGNANCY_CONDITION:
-                    observations[PREGNANCY_STATUS] = _Spec(name=name, kind="pregnancy")
-            else:
-                observations[key] = spec
-        return InputMap(observations, conditions, age, sex)
+            for coding in (d.coding, *d.also_coded):
+                key = (coding.system, coding.code)
+                if name.startswith("condition-"):
+                    conditions[key] = name
+                    if key == PREGNANCY_CONDITION:
+                        observations[PREGNANCY_STATUS] = _Spec(name=name, kind="pregnancy")
+                else:
+                    observations[key] = spec
+        return InputMap(
+            observations, conditions, age, sex,
+            names=frozenset(kb.facts),
+            history=frozenset(n for n, d in kb.facts.items() if d.history),
+            clock_skew=timedelta(minutes=_parameter(kb, "clock-skew-tolerance-minutes", 0)),
+            discordance_days=_parameter(kb, "red-flag-discordance-window-days", 30),
+        )
+
+
+def _parameter(kb: KnowledgeBase, name: str, default: float) -> float:
+    """A numeric parameter of the knowledge base, or ``default`` when it has none."""
+    return float(kb.parameter(name)) if name in kb.parameters else default
 
 
 def _max_age(kb: KnowledgeBase, raw: float | Param | None) -> float | None:
@@ -505,6 +541,9 @@ class _Reader:
         self.response_entries: list[_Entry] = []
         self.previous: PreviousPlan | None = None
         self.follow_up: FollowUp | None = None
+        self.notes: list[AnswerNote] = []
+        # red-flag answer states the rules read (red-flag-discordant, -unreadable, ...)
+        self.answer_states: dict[str, set[str]] = {}
 
     # reporting
     def note(self, entry: _Entry | None, severity: str, code: str, message: str) -> None:
@@ -531,9 +570,10 @@ class _Reader:
         self.careplans([e for e in entries if e.rtype == "CarePlan" and e.valid])
         self.responses(self.response_entries)
         self.merge_conditions()
+        self.merge_answer_states()
 
         result = PatientFacts.build(subject, self.as_of, self.facts.values(), self.issues,
-                                    follow_up=self.follow_up)
+                                    follow_up=self.follow_up, answer_notes=self.notes)
         if self.extras:
             result = dataclasses.replace(result, extras=self.extras)
         return result
@@ -666,6 +706,7 @@ class _Reader:
         birth = res.get("birthDate")
         if spec is not None and birth is not None:
             age, partial = _age(birth, self.as_of)
+            oldest = _age(birth, self.as_of, oldest=True)[0]
             if age is None:
                 self.note(patient, "warning", "value", "birthDate is not a valid date; age "
                           "is unknown")
@@ -674,10 +715,8 @@ class _Reader:
                           f"birthDate gives an age outside {_fmt(spec.minimum)}-"
                           f"{_fmt(spec.maximum)} at the as-of instant; age is unknown")
             else:
-                if partial:
-                    self.note(patient, "information", "informational",
-                              "birthDate is a partial date; age is the minimum possible")
                 self.facts[spec.name] = Fact(spec.name, age, src)
+                self.oldest_age(patient, age, oldest, partial)
         spec = self.imap.sex
         gender = res.get("gender")
         if spec is not None and gender is not None:
@@ -687,6 +726,24 @@ class _Reader:
                 self.note(patient, "warning", "value",
                           f"gender is not one of {', '.join(sorted(spec.codes))}; sex is "
                           "unknown")
+
+    def oldest_age(self, patient: _Entry, age: int, oldest: int | None, partial: bool) -> None:
+        """``age-oldest-possible``: red-flag age thresholds use the oldest age a partial
+        birthDate allows (input contract v2), and the output says so."""
+        name = "age-oldest-possible"
+        if oldest is None or name not in self.imap.names:
+            return
+        src = _sources(patient)
+        self.facts[name] = Fact(name, oldest, src)
+        if partial and oldest != age:
+            text = ("The birth date is incomplete: "
+                    f"the patient is {age} to {oldest} years old; red-flag age thresholds use "
+                    f"the oldest possible age ({oldest}).")
+            self.notes.append(AnswerNote((name,), "partial-birth-date", text, src))
+        if partial:
+            self.note(patient, "information", "informational",
+                      f"birthDate is a partial date; age is the minimum possible ({age}) and "
+                      f"red-flag age thresholds use the oldest possible ({oldest})")
 
     # --- Observations
     def observation_facts(self, entries: list[_Entry]) -> None:
@@ -723,7 +780,11 @@ class _Reader:
             key = (*self.when(e), e.ref or "")
             groups.setdefault(spec.name, []).append(_Candidate(e, spec, key))
         for name in sorted(groups):
-            self.use_latest(groups[name])
+            group = groups[name]
+            if group[0].spec.red_flag:
+                self.use_red_flag(group)
+            else:
+                self.use_latest(group)
         self.response_entries = follow_ups
 
     def when(self, e: _Entry) -> tuple[int, datetime, int]:
@@ -753,13 +814,7 @@ class _Reader:
         """The current answer among Observations of one fact (the others reported), or None
         when none is current (recorded after the as-of instant, or stale)."""
         # what was recorded after the as-of instant did not exist then (reproducible runs)
-        current = []
-        for c in candidates:
-            if c.key[0] and c.key[1] > self.as_of:
-                self.note(c.entry, "information", "informational",
-                          "recorded after the as-of instant; ignored")
-            else:
-                current.append(c)
+        current = self.not_in_future(candidates)
         if not current:
             return None
         candidates = current
@@ -791,6 +846,90 @@ class _Reader:
                           "stale, so it counts as missing and should be asked again")
                 return None
         return winner
+
+    def not_in_future(self, candidates: list[_Candidate]) -> list[_Candidate]:
+        """The candidates that existed at the as-of instant. Answers recorded up to the
+        clock-skew tolerance after it count (EHR and server clocks differ); later ones are
+        reported and ignored."""
+        latest_allowed = self.as_of + self.imap.clock_skew
+        current = []
+        for c in candidates:
+            if c.key[0] and c.key[1] > latest_allowed:
+                self.note(c.entry, "information", "informational",
+                          "recorded after the as-of instant (beyond the "
+                          f"{_fmt(self.imap.clock_skew.total_seconds() / 60)}-minute clock-skew "
+                          "tolerance); ignored")
+            else:
+                current.append(c)
+        return current
+
+    # --- red-flag answers (input contract v2: red-flag answers are safety data)
+    def use_red_flag(self, candidates: list[_Candidate]) -> None:
+        spec = candidates[0].spec
+        answers: list[Answer] = []
+        for c in self.not_in_future(candidates):
+            value = self.red_flag_value(c)
+            if value is _NO_ANSWER:
+                continue
+            if c.entry.resource.get("status") == "preliminary":
+                self.note(c.entry, "information", "informational",
+                          "status 'preliminary': used, but the result is not final")
+            answers.append(Answer(
+                value if isinstance(value, bool) else None,
+                c.key[1] if c.key[0] else None,
+                _sources(c.entry), (c.key[2], c.key[3], c.canonical),
+            ))
+        reading = read_red_flag(spec.question, answers, self.as_of, spec.max_age_days,
+                                self.imap.discordance_days, spec.lifelong)
+        if reading.value is not None:
+            behind = [c for c in candidates if set(_sources(c.entry)) & set(reading.sources)]
+            preliminary = all(c.entry.resource.get("status") == "preliminary" for c in behind)
+            self.facts[spec.name] = Fact(spec.name, reading.value, reading.sources, preliminary)
+        for kind, text, sources in reading.notes:
+            states = []
+            if kind in ("discordant", "contradicted"):
+                states.append("red-flag-discordant")
+            if kind == "unreadable":
+                states.append("red-flag-unreadable")
+                if spec.hold_when_unreadable:
+                    states.append("red-flag-unreadable-holding")
+            for state in states:
+                self.answer_states.setdefault(state, set()).update(sources)
+            self.notes.append(AnswerNote((spec.name, *states), kind, text, sources))
+
+    def red_flag_value(self, c: _Candidate) -> bool | str | None:
+        """True/False for a readable answer; None for one that was received but cannot be
+        read (reported); ``_NO_ANSWER`` when the Observation carries no answer at all."""
+        res = c.entry.resource
+        key = _value_key(res)
+        if key is None:
+            if _list(res.get("component")):
+                self.note(c.entry, "warning", "value",
+                          f"{c.spec.name}: an answer was received only in a component, which "
+                          "is not where a red-flag answer is read; it could not be read")
+                return None
+            self.note(c.entry, "warning", "required",
+                      f"{_no_value(res)}; {c.spec.name} counts as unanswered")
+            return _NO_ANSWER
+        if key == "valueBoolean" and isinstance(res[key], bool):
+            return bool(res[key])
+        if key == "valueCodeableConcept":
+            said = {YES_NO[c] for c in _codings(res[key]) if c in YES_NO}
+            if len(said) == 1:
+                return said.pop()
+            why = ("both a Yes and a No code" if said else
+                   "no Yes/No code (SNOMED 373066001/373067005, LOINC LA33-6/LA32-8)")
+        else:
+            why = f"expected valueBoolean or a Yes/No code; got {_got(key, res[key])}" if (
+                key is not False) else "more than one value[x]"
+        self.note(c.entry, "warning", "value",
+                  f"{c.spec.name}: an answer was received but could not be read ({why})")
+        return None
+
+    def merge_answer_states(self) -> None:
+        for name, sources in sorted(self.answer_states.items()):
+            if name in self.imap.names:
+                self.facts[name] = Fact(name, True, tuple(sorted(sources)))
 
     def use(self, c: _Candidate) -> None:
         e, spec = c.entry, c.spec
@@ -857,13 +996,19 @@ class _Reader:
                           f"verificationStatus '{verification}': not counted")
                 continue
             clinical = _status_code(res.get("clinicalStatus"), CLINICAL_STATUS)
-            if clinical in INACTIVE_CLINICAL:
-                self.note(e, "information", "informational",
-                          f"clinicalStatus '{clinical}': not active, not counted")
-                continue
-            if clinical is None and any(str(k).startswith("abatement") for k in res):
-                self.note(e, "information", "informational",
-                          "no clinicalStatus but an abatement: not active, not counted")
+            abated = clinical is None and any(str(k).startswith("abatement") for k in res)
+            if clinical in INACTIVE_CLINICAL or abated:
+                history = [n for n in names if n in self.imap.history]
+                why = (f"clinicalStatus '{clinical}'" if clinical is not None
+                       else "no clinicalStatus but an abatement")
+                if history:
+                    self.note(e, "information", "informational",
+                              f"{why}: counted as a history ({', '.join(history)})")
+                    for name in history:
+                        self.condition_sources.setdefault(name, set()).update(_sources(e))
+                else:
+                    self.note(e, "information", "informational",
+                              f"{why}: not active, not counted")
                 continue
             if clinical is not None and clinical not in ACTIVE_CLINICAL:
                 self.note(e, "warning", "value",
@@ -1291,8 +1436,9 @@ def _validation_problem(model: type[BaseModel], data: dict[str, Any]) -> str | N
     return None
 
 
-def _age(birth: object, as_of: datetime) -> tuple[int | None, bool]:
-    """Whole years at the as-of date, from the last possible birth day; (age, partial)."""
+def _age(birth: object, as_of: datetime, oldest: bool = False) -> tuple[int | None, bool]:
+    """Whole years at the as-of date, from the last possible birth day (``oldest``: from the
+    first possible one); (age, partial)."""
     if not isinstance(birth, str):
         return None, False
     m = _BIRTH_DATE.fullmatch(birth)
@@ -1301,8 +1447,8 @@ def _age(birth: object, as_of: datetime) -> tuple[int | None, bool]:
     y, mo, d = m.groups()
     try:
         year = int(y)
-        month = int(mo) if mo else 12
-        day = int(d) if d else calendar.monthrange(year, month)[1]
+        month = int(mo) if mo else (1 if oldest else 12)
+        day = int(d) if d else (1 if oldest else calendar.monthrange(year, month)[1])
         born = date(year, month, day)
     except ValueError:
         return None, False

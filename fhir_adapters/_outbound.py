@@ -837,12 +837,15 @@ class _Writer:
     def operation_outcome(self) -> dict[str, Any] | None:
         issues = list(operation_outcome(self.plan.issues)["issue"])
         details = {g.rule_id: g.detail for g in self.plan.data_gaps}
+        # why a fact is missing, when the reader knows more than "not answered"
+        read_as = {f: n.text for n in self.plan.answer_notes for f in n.facts}
         for name, rid in self.missing_facts():
+            detail = read_as.get(name, details[rid])
             issues.append({
                 "severity": "warning",
                 "code": "required",
                 "details": self.fact_concept(name),
-                "diagnostics": f"{details[rid]} Missing: {self.fact_label(name)} ({name}); "
+                "diagnostics": f"{detail} Missing: {self.fact_label(name)} ({name}); "
                                f"rule {rid}. A missing answer is not read as normal.",
                 "expression": [self.expression(name)],
             })

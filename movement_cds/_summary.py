@@ -38,6 +38,11 @@ def render_summary(plan: Plan, titles: Mapping[str, str] | None = None) -> str:
     out.append(f"Knowledge base: {plan.kb_title} ({plan.knowledge_base})")
     out.append("A proposal for a licensed clinician to review; nothing here is an order.")
     out.append("")
+    if plan.answer_notes:
+        out.append("CHECK THESE ANSWERS FIRST (how the red-flag answers were read)")
+        for answer in plan.answer_notes:
+            out.append(_wrap(answer.text, "  - "))
+        out.append("")
     if plan.alerts:
         out.append("ALERTS")
         for a in plan.alerts:
@@ -110,9 +115,14 @@ def render_summary(plan: Plan, titles: Mapping[str, str] | None = None) -> str:
     gaps = [g for g in plan.data_gaps if g.missing]
     if gaps:
         out.append("MISSING (not read as normal)")
+        why = {f: n.kind for n in plan.answer_notes for f in n.facts}
         for g in gaps:
             for m in g.missing:
-                out.append(f"  - {plan.fact_descriptions.get(m, m)}")
+                said = {"unreadable": " - an answer was received but could not be read",
+                        "undated-no": " - answered NO without a date",
+                        "stale-no": " - the last answer is too old to count"}.get(
+                            why.get(m, ""), "")
+                out.append(f"  - {plan.fact_descriptions.get(m, m)}{said}")
         out.append("")
     if plan.issues:
         out.append("INPUT NOTES")

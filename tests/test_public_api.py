@@ -44,6 +44,8 @@ def test_cds_exports() -> None:
         # follow-up (issue 6)
         "CheckIn", "ExerciseChange", "ExerciseResponse", "FollowUp", "PreviousExercise",
         "PreviousPlan",
+        # how answers were read (issue 12: red-flag answers are safety data)
+        "AnswerNote",
     ])
 
 
