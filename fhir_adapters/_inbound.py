@@ -867,10 +867,13 @@ class _Reader:
     def use_red_flag(self, candidates: list[_Candidate]) -> None:
         spec = candidates[0].spec
         answers: list[Answer] = []
+        readable: list[_Candidate] = []
         for c in self.not_in_future(candidates):
             value = self.red_flag_value(c)
             if value is _NO_ANSWER:
                 continue
+            if isinstance(value, bool):
+                readable.append(c)
             if c.entry.resource.get("status") == "preliminary":
                 self.note(c.entry, "information", "informational",
                           "status 'preliminary': used, but the result is not final")
@@ -881,6 +884,7 @@ class _Reader:
             ))
         reading = read_red_flag(spec.question, answers, self.as_of, spec.max_age_days,
                                 self.imap.discordance_days, spec.lifelong)
+        self.report_old_answers(readable, reading.sources, reading.value)
         if reading.value is not None:
             behind = [c for c in candidates if set(_sources(c.entry)) & set(reading.sources)]
             preliminary = all(c.entry.resource.get("status") == "preliminary" for c in behind)
@@ -896,6 +900,33 @@ class _Reader:
             for state in states:
                 self.answer_states.setdefault(state, set()).update(sources)
             self.notes.append(AnswerNote((spec.name, *states), kind, text, sources))
+
+    def report_old_answers(self, candidates: list[_Candidate], used: tuple[str, ...],
+                           value: bool | None) -> None:
+        """Every readable dated answer older than the item's limit is reported: a "no" as
+        stale (the question is asked again), a "yes" as still counting (it never expires
+        silently); answers not in use are reported too."""
+        if not candidates:
+            return
+        limit = candidates[0].spec.max_age_days
+        for c in candidates:
+            age_days = (self.as_of - c.key[1]).total_seconds() / 86400
+            stale = limit is not None and c.key[0] and age_days > limit
+            in_use = bool(set(_sources(c.entry)) & set(used))
+            if stale and in_use and value:
+                self.note(c.entry, "warning", "business-rule",
+                          f"recorded {age_days:.0f} days before the as-of instant, older than "
+                          f"the {limit:g}-day limit for {c.spec.name} (configurable): a red-flag "
+                          "YES does not expire; it counts, reported as not re-assessed since")
+            elif stale and not in_use:
+                self.note(c.entry, "warning", "business-rule",
+                          f"recorded {age_days:.0f} days before the as-of instant, older than "
+                          f"the {limit:g}-day limit for {c.spec.name} (configurable): "
+                          "stale, so it counts as missing and should be asked again")
+            elif not in_use:
+                self.note(c.entry, "information", "informational",
+                          "not the answer in use for this red-flag question (see the plan's "
+                          "notes on how the answers were read)")
 
     def red_flag_value(self, c: _Candidate) -> bool | str | None:
         """True/False for a readable answer; None for one that was received but cannot be

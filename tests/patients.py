@@ -40,8 +40,9 @@ def fact_strategy(kb: KnowledgeBase, *, recorded_only: bool = False
     for name, defn in sorted(kb.facts.items()):
         if defn.derived or defn.scope != "patient":  # response facts come per exercise
             continue
-        if recorded_only and name in FOLLOW_UP_COMPUTED:
-            continue
+        if recorded_only and (name in FOLLOW_UP_COMPUTED or (
+                defn.coding is None and name not in ("age", "sex"))):
+            continue  # set by the FHIR reader from other input (age-oldest-possible, ...)
         val = _value(defn)
         if name.startswith("rf-"):
             val = st.sampled_from([False, False, False, False, True])
