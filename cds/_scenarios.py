@@ -89,6 +89,16 @@ class Expectation(_Model):
     does_not_fire: list[str] | None = Field(default=None, alias="does-not-fire")
     missing: list[str] | None = Field(default=None, description="data-gap items reported")
     findings: dict[str, Any] | None = Field(default=None, description="derived fact values")
+    alert_says: dict[str, list[str]] | None = Field(
+        default=None, alias="alert-says",
+        description="alert code -> phrases its detail must contain (e.g. 'reported YES on')",
+    )
+    answer_notes: list[str] | None = Field(
+        default=None, alias="answer-notes",
+        description="exactly these kinds of notes on how answers were read (stale-yes, "
+        "undated-yes, discordant, contradicted, unreadable, undated-no, stale-no, "
+        "partial-birth-date)",
+    )
 
 
 class Scenario(_Model):
@@ -268,6 +278,15 @@ def check_expectations(sc: Scenario, plan: Plan) -> list[ExpectationRow]:
     if e.missing is not None:
         got = sorted({m for g in plan.data_gaps for m in g.missing})
         need(got == sorted(e.missing), "missing items", sorted(e.missing), got, "@gaps")
+    details = {a.code: a.detail for a in plan.alerts}
+    for code, phrases in (e.alert_says or {}).items():
+        for phrase in phrases:
+            need(phrase in details.get(code, ""), f"alert {code} says '{phrase}'", "said",
+                 details.get(code, "(no such alert)"), code)
+    if e.answer_notes is not None:
+        kinds = sorted({n.kind for n in plan.answer_notes})
+        need(kinds == sorted(set(e.answer_notes)), "notes on how answers were read",
+             sorted(set(e.answer_notes)), kinds, "@gaps")
     if e.findings:
         facts = {f.name: f.value for f in plan.facts}
         derived = plan.derived_values

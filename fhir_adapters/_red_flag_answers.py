@@ -129,6 +129,11 @@ def read_red_flag(
         elif first.when is None:
             out.notes.append(("undated-yes", f"{question}: answered YES, date unknown.",
                               srcs(undated_yes)))
+        elif not current(first):
+            out.notes.append((
+                "stale-yes",
+                f"{question}: reported YES on {show_date(first.when)}; a history does not "
+                "expire.", srcs([first])))
     elif latest is not None and latest.value:
         out.value, out.sources = True, srcs([latest])
         if not current(latest):
