@@ -78,6 +78,10 @@ class DecisionSupport:
         engine_cache_size: int = 0,
     ) -> None:
         if isinstance(knowledge_base, KnowledgeBase):
+            if parameters:
+                raise ValueError("parameters are applied when a knowledge base is loaded: pass "
+                                 "its path (or load_knowledge_base(path, parameters)), not a "
+                                 "loaded KnowledgeBase")
             self.kb = knowledge_base
         else:
             self.kb = load_knowledge_base(knowledge_base or bundled_path(), parameters)
