@@ -562,10 +562,12 @@ class _Reader:
         subject = patient.ref
         assert subject is not None  # one_patient guarantees it
         self.check_subjects(entries, patient)
+        self.contained(entries, patient)
 
         self.patient_facts(patient)
         observations = [e for e in entries if e.rtype == "Observation" and e.valid]
         self.observation_facts(observations)
+        self.startback_consistency()
         self.condition_facts([e for e in entries if e.rtype == "Condition" and e.valid])
         self.careplans([e for e in entries if e.rtype == "CarePlan" and e.valid])
         self.responses(self.response_entries)
@@ -699,6 +701,28 @@ class _Reader:
         if fatal:
             raise _Fatal(fatal)
 
+    def contained(self, entries: list[_Entry], patient: _Entry) -> None:
+        """Contained resources are not read; each is reported (nothing dropped silently),
+        and one about another patient is reported as such (input contract v2)."""
+        accepts = _SubjectMatcher(_str(patient.resource.get("id")), patient.full_url)
+        for e in entries:
+            for i, raw in enumerate(_list(e.resource.get("contained"))):
+                res = _dict(raw)
+                rtype = _str(res.get("resourceType")) if res is not None else None
+                rid = _str(res.get("id")) if res is not None else None
+                what = f"contained[{i}] ({rtype or 'no resourceType'}"
+                what += f" #{rid})" if rid else ")"
+                subject = _dict(res.get("subject")) if res is not None else None
+                ref = _str(subject.get("reference")) if subject is not None else None
+                if ref is not None and not ref.startswith("#") and not accepts(ref):
+                    self.note(e, "warning", "business-rule",
+                              f"{what} is about another subject, not the Bundle's Patient; "
+                              "contained resources are not read, so it was not used")
+                else:
+                    self.note(e, "information", "not-supported",
+                              f"{what}: contained resources are not read; send it as an "
+                              "entry of its own to have it used")
+
     # --- Patient
     def patient_facts(self, patient: _Entry) -> None:
         res, src = patient.resource, _sources(patient)
@@ -786,6 +810,31 @@ class _Reader:
             else:
                 self.use_latest(group)
         self.response_entries = follow_ups
+
+    def startback_consistency(self) -> None:
+        """STarT Back totals that contradict each other or the items are not used (input
+        contract v2): the psychosocial subscale above the total, or a total that differs
+        from the nine items sent with it. The items, when all nine are there, give the
+        totals instead (cds computes them)."""
+        total, sub = self.facts.get("startback-total"), self.facts.get("startback-psychosocial")
+        items = [self.facts.get(f"startback-item-{i}") for i in range(1, 10)]
+        bad: list[tuple[Fact, str]] = []
+        if total is not None and sub is not None and float(sub.value) > float(total.value):
+            bad += [(sub, "the psychosocial subscale is above the total"),
+                    (total, "the psychosocial subscale is above the total")]
+        elif all(i is not None for i in items):
+            agree = [bool(i.value) for i in items if i is not None]
+            for fact, expected in ((total, sum(agree)), (sub, sum(agree[4:]))):
+                if fact is not None and fact.value != expected:
+                    bad.append((fact, "it differs from the nine items sent with it"))
+        for fact, why in dict.fromkeys(bad):
+            self.facts.pop(fact.name, None)
+            for src in fact.sources:
+                self.issues.append(InputIssue(
+                    "warning", "business-rule",
+                    f"{fact.name} is inconsistent ({why}); it counts as missing"
+                    + (" and the items give it" if all(i is not None for i in items) else ""),
+                    src))
 
     def when(self, e: _Entry) -> tuple[int, datetime, int]:
         """(dated, start instant, precision) of an Observation, for latest-wins."""
@@ -1512,6 +1561,10 @@ def _extract(
     top = _read_value(spec, res, "")
     if top is not None:
         out.append((spec.name, top))
+        if spec.unit == "%" and _possibly_a_fraction(res):
+            side_issues.append(("warning", "value",
+                                f"{spec.name} is at most 1 with unit '%': possibly a fraction "
+                                "sent as a percentage; used as sent"))
     seen: set[str] = set()
     for i, raw in enumerate(_list(res.get("component"))):
         comp = _dict(raw)
@@ -1552,6 +1605,14 @@ def _extract(
     if not out:
         raise _Unusable("required", _no_value(res))
     return out
+
+
+def _possibly_a_fraction(res: Mapping[str, Any]) -> bool:
+    q = _dict(res.get("valueQuantity"))
+    if q is None:
+        return False
+    number, unit = _number(q.get("value")), q.get("code", q.get("unit"))
+    return unit == "%" and number is not None and 0 < number <= 1
 
 
 def _read_value(spec: _Spec, holder: Mapping[str, Any], label: str) -> Scalar | None:
@@ -1623,6 +1684,8 @@ def _quantity(spec: _Spec, raw: object, label: str) -> int | float:
     if unit is not None and not isinstance(unit, str):
         raise _Unusable("value", f"{label}valueQuantity unit is not a string")
     want = spec.unit
+    if want == "%" and unit == "1":
+        return number * 100  # a fraction (input contract v2: ODI with unit 1)
     if want is None or want in SCORE_UNITS:
         if unit is None or unit in DIMENSIONLESS or unit == want:
             return number
