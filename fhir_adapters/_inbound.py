@@ -1,6 +1,8 @@
 """Inbound mapping: a FHIR R4 Bundle in, ``cds.PatientFacts`` out.
 
-``read_bundle`` implements the input contract (``shared/spec/input-contract.md``). It either
+``read_bundle`` implements the input contract (docs/integrators/red-flag-answers.md has the
+rules for red-flag answers, ODI fractions, STarT Back consistency and contained resources). It
+either
 returns the facts (with every ignored, preliminary, superseded or unusable item listed in
 ``PatientFacts.issues``) or raises ``InvalidBundleError``, whose OperationOutcome says why the
 input cannot be evaluated at all. It never raises anything else for any input: an unexpected
@@ -48,6 +50,10 @@ Observations
     - ``status``: final, amended, corrected used; preliminary used, reported, and the fact is
       marked ``preliminary``; registered, cancelled, entered-in-error, unknown (or any other
       status) ignored and reported.
+    - Answers recorded up to ``clock-skew-tolerance-minutes`` (a parameter, default 10)
+      after the as-of instant count as current; later ones are reported and ignored.
+    - Red-flag answers (facts marked ``red-flag`` in the catalog) are safety data and do not
+      follow latest-wins or stale-means-missing: see "Red-flag answers" below.
     - Latest wins per code: the date is ``effectiveDateTime`` (or ``effectiveInstant``), else
       ``effectivePeriod.end``, else ``issued``. Partial dates and date-only values count from
       the start of their period in UTC; when two start at the same instant the more precise
@@ -76,17 +82,32 @@ Observations
       give no fact and are reported.
     - Codes not in the catalog are reported (``not-supported``) and ignored.
 
+Red-flag answers (``fhir_adapters/_red_flag_answers.py``, docs/integrators/red-flag-answers.md)
+    Read as ``valueBoolean``, or a SNOMED 373066001/373067005 or LOINC LA33-6/LA32-8 Yes/No
+    code; anything else is received but unreadable (reported). A YES never expires silently
+    (an old one counts, worded "reported YES on <date>, not re-assessed since"); lifelong
+    items are never erased; a NO after a recent YES raises ``red-flag-discordant``; an
+    undated NO is unanswered and an undated YES escalates; an unreadable answer not replaced
+    by a newer readable one sets ``red-flag-unreadable`` (and ``red-flag-unreadable-holding``
+    for ``hold-when-unreadable`` items). The notes on how each was read go to
+    ``PatientFacts.answer_notes``.
+
 Patient
     ``birthDate`` gives ``age`` in whole years at the as-of date (the as-of instant's date in
     its own UTC offset). A partial birthDate (``1970``, ``1970-05``) gives the age that is
     certain: the minimum possible, computed from the last possible birth day; this is
-    reported. ``gender`` gives ``sex`` (``unknown`` is a value too). Missing ones give no fact.
+    reported. ``age-oldest-possible`` is the oldest possible age (from the first possible
+    birth day; equal to ``age`` for a full date): the red-flag rules' age thresholds use it,
+    and an answer note says so when the two differ. ``gender`` gives ``sex`` (``unknown`` is a value too). Missing ones give no fact.
 
 Conditions
     Active when ``clinicalStatus`` is active, recurrence or relapse. Inactive, remission and
     resolved are not active. With no ``clinicalStatus`` a Condition counts as active unless
     it has an ``abatement[x]`` (FHIR con-4); an unrecognised ``clinicalStatus`` also counts
-    as active (precautions err towards present) and is reported. ``verificationStatus``
+    as active (precautions err towards present) and is reported. A fact marked ``history``
+    in the catalog (``condition-cancer``) counts whatever its clinicalStatus (a cancer in
+    remission is a history of cancer). A fact's ``also-coded`` codes carry it too
+    (``condition-diabetes``). ``verificationStatus``
     refuted or entered-in-error removes it; unconfirmed, provisional and differential count
     and are reported.
 
