@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# FHIR.js, the independent R4 validator the tests use (node and npm from the system packages)
+FHIRJS := tools/fhir-validator/node_modules/.installed-stamp
 AS_OF ?= 2026-11-02T09:00:00Z
 
 .PHONY: example test lint bench docs clean
@@ -13,13 +15,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,service]'
 	touch $(STAMP)
 
+$(FHIRJS): tools/fhir-validator/package-lock.json
+	command -v npm >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq nodejs npm)
+	cd tools/fhir-validator && npm ci --silent --no-audit --no-fund
+	touch $(FHIRJS)
+
 ## Evaluate the bundled example patient: readable plan on the terminal, FHIR in out/.
 example: $(STAMP)
 	$(BIN)/movement-cds evaluate examples/example-patient.json --as-of $(AS_OF) \
 		--out out/example-careplan.json
 
 ## Lint, type-check (mypy strict) and run the test suite.
-test: $(STAMP) lint
+test: $(STAMP) $(FHIRJS) lint
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

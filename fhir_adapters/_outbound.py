@@ -32,7 +32,11 @@ Machine-readable choices (documented for integrators)
   ``http://movement-cds.org/fhir/StructureDefinition/evidence`` (valueString, one per
   evidence id such as ``PMID:32438853``; the citation is in the knowledge base) sit on every
   exercise activity's ``detail``, every ServiceRequest and every DetectedIssue;
-  ``reasonReference`` / ``evidence.detail`` carry the input references exactly as given.
+  ``reasonReference`` / ``evidence.detail`` carry the input references exactly as given,
+  except that ``reasonReference`` never names the Patient (R4 allows only Condition,
+  Observation, DiagnosticReport and DocumentReference there): a ServiceRequest driven by age
+  or sex names the Patient in ``supportingInfo``. An independent validator (FHIR.js,
+  tests/test_fhir_js.py) checks the outputs too.
 * Held exercise: ``detail.status`` ``on-hold`` and ``detail.statusReason.text`` naming the
   alert(s) that hold it. If any alert holds exercise (or calls for a ``stat``, ``asap`` or
   ``urgent`` referral), every exercise activity is ``on-hold`` here, whatever the plan says:
@@ -598,7 +602,7 @@ class _Writer:
             "extension": [_dose_extension(d), state, *change_exts,
                           *_trace_extensions(ex.rule_ids, ex.evidence)],
             "code": _exercise_code(ex.exercise_id, ex.title),
-            "reasonReference": _refs(tuple(dict.fromkeys((*ex.sources, *change_sources)))),
+            "reasonReference": self.reasons(tuple(dict.fromkeys((*ex.sources, *change_sources)))),
             "status": "on-hold" if on_hold else "not-started",
             "statusReason": {"text": text[0]} if on_hold else None,
             "doNotPerform": False,
@@ -615,7 +619,7 @@ class _Writer:
         detail: dict[str, Any] = {
             "extension": [*change_exts, *_trace_extensions(av.rule_ids, av.evidence)],
             "code": _exercise_code(av.exercise_id, av.title),
-            "reasonReference": _refs(tuple(dict.fromkeys((*av.sources, *change_sources)))),
+            "reasonReference": self.reasons(tuple(dict.fromkeys((*av.sources, *change_sources)))),
             "status": "on-hold",
             "statusReason": {"text": f"Do not perform: {av.reason}"},
             "doNotPerform": True,
@@ -642,7 +646,7 @@ class _Writer:
             "extension": [_change_extension(change, self.kb),
                           *_rule_extensions(change.rule_ids)],
             "code": _exercise_code(change.exercise_id, title),
-            "reasonReference": _refs(change.sources),
+            "reasonReference": self.reasons(change.sources),
             "status": "stopped",
             "statusReason": {"text": f"Stopped: {change.clinician_text}"},
             "doNotPerform": False,
@@ -750,6 +754,12 @@ class _Writer:
         ex = self.kb.exercises.get(exercise_id)
         return ex.title if ex is not None else exercise_id
 
+    def reasons(self, sources: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
+        """``reasonReference`` of a CarePlan activity or a ServiceRequest: R4 allows
+        Condition, Observation, DiagnosticReport and DocumentReference there, so the
+        Patient (the source of age and sex) is left out; it is the subject."""
+        return _refs([s for s in sources if s != self.plan.subject])
+
     # ServiceRequest ------------------------------------------------------------------------
 
     def service_request(self, a: PlanAlert) -> dict[str, Any]:
@@ -774,7 +784,9 @@ class _Writer:
                 "text": a.display}],
             "reasonReference": [
                 {"reference": self.urn(f"detectedissue:{a.code}"), "display": a.display},
-                *_refs(a.sources)],
+                *self.reasons(a.sources)],
+            # the Patient (age, sex) is no reason R4 allows; it is the subject, and named here
+            "supportingInfo": _refs([s for s in a.sources if s == self.plan.subject]) or None,
             "note": [{"text": f"{a.detail} {a.mitigation}"}],
             "patientInstruction": f"{_PRIORITY_WORDS.get(r.priority, r.priority)}: {r.to}.",
         }
