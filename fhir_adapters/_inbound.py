@@ -82,7 +82,7 @@ Observations
       give no fact and are reported.
     - Codes not in the catalog are reported (``not-supported``) and ignored.
 
-Red-flag answers (``fhir_adapters/_red_flag_answers.py``, docs/integrators/red-flag-answers.md)
+Red-flag answers (fhir_adapters/_red_flag_answers.py; docs/integrators/red-flag-answers.md)
     Read as ``valueBoolean``, or a SNOMED 373066001/373067005 or LOINC LA33-6/LA32-8 Yes/No
     code; anything else is received but unreadable (reported). A YES never expires silently
     (an old one counts, worded "reported YES on <date>, not re-assessed since"); lifelong
@@ -98,7 +98,8 @@ Patient
     certain: the minimum possible, computed from the last possible birth day; this is
     reported. ``age-oldest-possible`` is the oldest possible age (from the first possible
     birth day; equal to ``age`` for a full date): the red-flag rules' age thresholds use it,
-    and an answer note says so when the two differ. ``gender`` gives ``sex`` (``unknown`` is a value too). Missing ones give no fact.
+    and an answer note says so when the two differ. ``gender`` gives ``sex`` (``unknown``
+    is a value too). Missing ones give no fact.
 
 Conditions
     Active when ``clinicalStatus`` is active, recurrence or relapse. Inactive, remission and
