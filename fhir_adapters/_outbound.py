@@ -1,4 +1,4 @@
-"""Plan -> the output FHIR R4 Bundle (shared/spec/output-contract.md).
+"""Plan -> the output FHIR R4 Bundle (docs/integrators/output.md).
 
 ``write_bundle(plan, kb)`` returns a ``Bundle`` of type ``collection`` as a plain JSON dict,
 entries in this order:
