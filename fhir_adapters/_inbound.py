@@ -169,6 +169,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any, Final, Literal, NoReturn, cast
 
 from fhir.resources.R4B.bundle import Bundle
@@ -227,6 +228,7 @@ YES_NO: Final[Mapping[Coded, bool]] = {
     (LOINC, "LA33-6"): True, (LOINC, "LA32-8"): False,
 }
 _NO_ANSWER: Final = "no answer"
+_EARLIEST_ZONE: Final = timedelta(hours=14)  # UTC+14: where a calendar date begins first
 
 BUNDLE_TYPES: Final = frozenset({"collection", "searchset", "transaction", "batch"})
 USED_STATUS: Final = frozenset({"final", "amended", "corrected", "preliminary"})
@@ -817,14 +819,19 @@ class _Reader:
                 self.note(e, "information", "not-supported",
                           f"code ({shown}) is not in the knowledge base; ignored")
                 continue
-            if len(specs) > 1:
+            if len(specs) > 1 and not all(s.red_flag for s in specs):
                 names = ", ".join(sorted(s.name for s in specs))
                 self.note(e, "warning", "value",
                           f"code maps to several facts ({names}); ignored")
                 continue
-            (spec,) = specs
+            if len(specs) > 1:  # a combined red-flag question: its answer is each item's
+                names = ", ".join(sorted(s.name for s in specs))
+                self.note(e, "information", "informational",
+                          f"coded with several red-flag questions ({names}); the answer "
+                          "counts for each")
             key = (*self.when(e), e.ref or "")
-            groups.setdefault(spec.name, []).append(_Candidate(e, spec, key))
+            for spec in sorted(specs, key=lambda s: s.name):
+                groups.setdefault(spec.name, []).append(_Candidate(e, spec, key))
         for name in sorted(groups):
             group = groups[name]
             if group[0].spec.red_flag:
@@ -844,11 +851,14 @@ class _Reader:
         if total is not None and sub is not None and float(sub.value) > float(total.value):
             bad += [(sub, "the psychosocial subscale is above the total"),
                     (total, "the psychosocial subscale is above the total")]
-        elif all(i is not None for i in items):
-            agree = [bool(i.value) for i in items if i is not None]
-            for fact, expected in ((total, sum(agree)), (sub, sum(agree[4:]))):
-                if fact is not None and fact.value != expected:
-                    bad.append((fact, "it differs from the nine items sent with it"))
+        else:
+            # what the items sent allow: at least the agreements, at most those plus the
+            # items not sent (all nine sent: exactly the agreements)
+            for fact, part in ((total, items), (sub, items[4:])):
+                agreed = sum(1 for i in part if i is not None and i.value is True)
+                unknown = sum(1 for i in part if i is None)
+                if fact is not None and not agreed <= float(fact.value) <= agreed + unknown:
+                    bad.append((fact, "it does not agree with the items sent with it"))
         for fact, why in dict.fromkeys(bad):
             self.facts.pop(fact.name, None)
             for src in fact.sources:
@@ -859,9 +869,16 @@ class _Reader:
                     src))
 
     def when(self, e: _Entry) -> tuple[int, datetime, int]:
-        """(dated, start instant, precision) of an Observation, for latest-wins."""
+        """(dated, start instant, precision) of an Observation, for latest-wins. A period
+        that began by the as-of instant and ends after it is dated at the as-of instant (the
+        finding existed then)."""
         res = e.resource
         period = _dict(res.get("effectivePeriod"))
+        if period is not None and res.get("effectiveDateTime") is None:
+            began = _parse_instant(period.get("start"))
+            ends = _parse_instant(period.get("end"))
+            if began is not None and ends is not None and began[0] <= self.as_of < ends[0]:
+                return 1, self.as_of, 4
         for label, raw in (
             ("effectiveDateTime", res.get("effectiveDateTime")),
             ("effectiveInstant", res.get("effectiveInstant")),
@@ -925,7 +942,9 @@ class _Reader:
         latest_allowed = self.as_of + self.imap.clock_skew
         current = []
         for c in candidates:
-            if c.key[0] and c.key[1] > latest_allowed:
+            # a date without a time has begun somewhere once it has begun at UTC+14
+            allowed = latest_allowed + (_EARLIEST_ZONE if c.key[2] < 4 else timedelta(0))
+            if c.key[0] and c.key[1] > allowed:
                 self.note(c.entry, "information", "informational",
                           "recorded after the as-of instant (beyond the "
                           f"{_fmt(self.imap.clock_skew.total_seconds() / 60)}-minute clock-skew "
@@ -937,27 +956,25 @@ class _Reader:
     # --- red-flag answers (input contract v2: red-flag answers are safety data)
     def use_red_flag(self, candidates: list[_Candidate]) -> None:
         spec = candidates[0].spec
-        answers: list[Answer] = []
-        readable: list[_Candidate] = []
+        answers: dict[int, tuple[Answer, _Candidate]] = {}
         for c in self.not_in_future(candidates):
             value = self.red_flag_value(c)
             if value is _NO_ANSWER:
                 continue
-            if isinstance(value, bool):
-                readable.append(c)
             if c.entry.resource.get("status") == "preliminary":
                 self.note(c.entry, "information", "informational",
                           "status 'preliminary': used, but the result is not final")
-            answers.append(Answer(
-                value if isinstance(value, bool) else None,
-                c.key[1] if c.key[0] else None,
-                _sources(c.entry), (c.key[2], c.key[3], c.canonical),
-            ))
-        reading = read_red_flag(spec.question, answers, self.as_of, spec.max_age_days,
-                                self.imap.discordance_days, spec.lifelong)
-        self.report_old_answers(readable, reading.sources, reading.value)
+            a = Answer(value if isinstance(value, bool) else None,
+                       c.key[1] if c.key[0] else None,
+                       _sources(c.entry), (c.key[2], c.key[3], c.canonical), c.key[2])
+            answers[id(a)] = (a, c)
+        reading = read_red_flag(spec.question, [a for a, _ in answers.values()], self.as_of,
+                                spec.max_age_days, self.imap.discordance_days, spec.lifelong)
+        used = {id(a) for a in reading.used}
+        self.report_old_answers([(c, a.value, id(a) in used) for a, c in answers.values()
+                                 if a.value is not None], reading.value)
         if reading.value is not None:
-            behind = [c for c in candidates if set(_sources(c.entry)) & set(reading.sources)]
+            behind = [answers[i][1] for i in used]
             preliminary = all(c.entry.resource.get("status") == "preliminary" for c in behind)
             self.facts[spec.name] = Fact(spec.name, reading.value, reading.sources, preliminary)
         for kind, text, sources in reading.notes:
@@ -972,18 +989,16 @@ class _Reader:
                 self.answer_states.setdefault(state, set()).update(sources)
             self.notes.append(AnswerNote((spec.name, *states), kind, text, sources))
 
-    def report_old_answers(self, candidates: list[_Candidate], used: tuple[str, ...],
+    def report_old_answers(self, answers: list[tuple[_Candidate, bool | None, bool]],
                            value: bool | None) -> None:
         """Every readable dated answer older than the item's limit is reported: a "no" as
         stale (the question is asked again), a "yes" as still counting (it never expires
-        silently); answers not in use are reported too."""
-        if not candidates:
-            return
-        limit = candidates[0].spec.max_age_days
-        for c in candidates:
+        silently); answers not in use are reported too (``answers``: candidate, its answer,
+        whether the reading rests on it)."""
+        for c, _answer, in_use in answers:
+            limit = c.spec.max_age_days
             age_days = (self.as_of - c.key[1]).total_seconds() / 86400
             stale = limit is not None and c.key[0] and age_days > limit
-            in_use = bool(set(_sources(c.entry)) & set(used))
             if stale and in_use and value:
                 self.note(c.entry, "warning", "business-rule",
                           f"recorded {age_days:.0f} days before the as-of instant, older than "
@@ -1005,6 +1020,12 @@ class _Reader:
         res = c.entry.resource
         key = _value_key(res)
         if key is None:
+            odd = sorted(k for k in res if isinstance(k, str) and k.lower().startswith("value"))
+            if odd:
+                self.note(c.entry, "warning", "value",
+                          f"{c.spec.name}: an answer was received under {odd[0]!r}, which is "
+                          "not a FHIR value[x]; it could not be read")
+                return None
             if _list(res.get("component")):
                 self.note(c.entry, "warning", "value",
                           f"{c.spec.name}: an answer was received only in a component, which "
@@ -1706,8 +1727,8 @@ def _quantity(spec: _Spec, raw: object, label: str) -> int | float:
     if unit is not None and not isinstance(unit, str):
         raise _Unusable("value", f"{label}valueQuantity unit is not a string")
     want = spec.unit
-    if want == "%" and unit == "1":
-        return number * 100  # a fraction (input contract v2: ODI with unit 1)
+    if want == "%" and unit == "1":  # a fraction (input contract v2: ODI with unit 1)
+        return float(Decimal(repr(number)) * 100)  # exact to the digits sent: 0.57 -> 57
     if want is None or want in SCORE_UNITS:
         if unit is None or unit in DIMENSIONLESS or unit == want:
             return number

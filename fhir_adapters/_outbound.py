@@ -850,7 +850,10 @@ class _Writer:
         issues = list(operation_outcome(self.plan.issues)["issue"])
         details = {g.rule_id: g.detail for g in self.plan.data_gaps}
         # why a fact is missing, when the reader knows more than "not answered"
-        read_as = {f: n.text for n in self.plan.answer_notes for f in n.facts}
+        read_as: dict[str, str] = {}
+        for n in self.plan.answer_notes:
+            for f in n.facts:
+                read_as[f] = f"{read_as[f]} {n.text}" if f in read_as else n.text
         for name, rid in self.missing_facts():
             detail = read_as.get(name, details[rid])
             issues.append({

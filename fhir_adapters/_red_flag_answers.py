@@ -8,7 +8,9 @@ never do. ``read_red_flag`` implements the input contract's v2 rules for one ``r
 - A "yes" never expires silently. The newest readable dated answer decides; when it is a
   "yes" older than the item's maximum answer age, it still counts (same pathway, same hold)
   and the plan says "reported YES on <date>, not re-assessed since". Only a newer readable
-  "no" replaces a "yes".
+  "no" replaces a "yes": a "no" recorded at the same instant does not (the pair is named as
+  a contradiction). A "yes" with a partial date (``2026-10``) is as recent as its date
+  allows (the end of the month); dates are shown to the precision sent.
 - Lifelong items (any history of cancer, IV drug use, corticosteroid use) never expire and
   are never erased: a later "no" contradicts the "yes", which stands, and a caution names
   both answers and dates.
@@ -30,9 +32,10 @@ tolerance, and reads answers recorded within that tolerance as current.
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 __all__ = ["Answer", "RedFlagReading", "read_red_flag", "show_date"]
 
@@ -44,33 +47,66 @@ class Answer:
     """One Observation answering one red-flag question.
 
     ``value`` is None when the answer was received but could not be read; ``when`` is None
-    for an undated answer; ``order`` breaks ties between answers of the same instant so the
-    result never depends on input order (greater = preferred).
+    for an undated answer, else the start of its date; ``precision`` is that date's
+    precision (1 year, 2 month, 3 day, 4 instant); ``order`` breaks ties between answers of
+    the same instant so the result never depends on input order (greater = preferred).
     """
 
     value: bool | None
     when: datetime | None
     sources: tuple[str, ...]
     order: tuple[int, str, str] = (0, "", "")
+    precision: int = 4
+
+    @property
+    def latest(self) -> datetime | None:
+        """The latest instant the date allows (the end of a partial date's period)."""
+        if self.when is None or self.precision >= 4:
+            return self.when
+        w = self.when
+        if self.precision == 3:
+            return w + timedelta(days=1, microseconds=-1)
+        if self.precision == 2:
+            days = calendar.monthrange(w.year, w.month)[1]
+            return w + timedelta(days=days, microseconds=-1)
+        return w.replace(year=w.year + 1) - timedelta(microseconds=1)
+
+    @property
+    def shown(self) -> str:
+        return show_date(self.when, self.precision)
 
 
 @dataclass
 class RedFlagReading:
-    """What the answers to one item mean: the fact's value (None: unanswered) and notes."""
+    """What the answers to one item mean: the fact's value (None: unanswered), the answers
+    it rests on, and the notes for the clinician."""
 
     value: bool | None = None
-    sources: tuple[str, ...] = ()
+    used: tuple[Answer, ...] = ()
     # (kind, plain words, sources) for the clinician; see cds.AnswerNote
     notes: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
     discordant: bool = False
     unreadable: bool = False
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return _sources(self.used)
 
-def show_date(when: datetime | None) -> str:
-    """A date a clinician reads without effort: ``3 Oct 2026`` (``date unknown``)."""
+
+def show_date(when: datetime | None, precision: int = 4) -> str:
+    """A date a clinician reads without effort, to the precision it was sent: ``3 Oct 2026``,
+    ``Oct 2026``, ``2026`` (``date unknown``)."""
     if when is None:
         return "date unknown"
+    if precision <= 1:
+        return f"{when.year}"
+    if precision == 2:
+        return f"{_MONTHS[when.month - 1]} {when.year}"
     return f"{when.day} {_MONTHS[when.month - 1]} {when.year}"
+
+
+def _sources(*groups: Sequence[Answer]) -> tuple[str, ...]:
+    return tuple(sorted({s for g in groups for a in g for s in a.sources}))
 
 
 def _key(a: Answer) -> tuple[datetime, tuple[int, str, str]]:
@@ -78,9 +114,9 @@ def _key(a: Answer) -> tuple[datetime, tuple[int, str, str]]:
     return a.when, a.order
 
 
-def _age_days(a: Answer, as_of: datetime) -> float:
-    assert a.when is not None
-    return max(0.0, (as_of - a.when).total_seconds() / 86400)
+def _said(a: Answer) -> str:
+    word = "YES" if a.value else "NO"
+    return f"{word} ({a.shown})" if a.when is None else f"{word} on {a.shown}"
 
 
 def read_red_flag(
@@ -92,93 +128,121 @@ def read_red_flag(
     lifelong: bool,
 ) -> RedFlagReading:
     """Read the answers to one red-flag item (``question`` is its plain words)."""
-    out = RedFlagReading()
-    readable = [a for a in answers if a.value is not None]
-    dated = sorted((a for a in readable if a.when is not None), key=_key)
-    undated_yes = [a for a in readable if a.when is None and a.value]
-    undated_no = [a for a in readable if a.when is None and not a.value]
-    dated_yes = [a for a in dated if a.value]
-    latest = dated[-1] if dated else None
+    def age(a: Answer) -> float:
+        # a YES is as recent as its date allows; a NO as old (the cautious reading of each)
+        instant = a.latest if a.value else a.when
+        assert instant is not None
+        return max(0.0, (as_of - instant).total_seconds() / 86400)
 
     def current(a: Answer) -> bool:
-        return max_age_days is None or _age_days(a, as_of) <= max_age_days
+        return max_age_days is None or age(a) <= max_age_days
 
-    def srcs(*group: Sequence[Answer]) -> tuple[str, ...]:
-        return tuple(sorted({s for g in group for a in g for s in a.sources}))
-
-    def said(a: Answer) -> str:
-        word = "YES" if a.value else "NO"
-        return f"{word} ({show_date(a.when)})" if a.when is None else (
-            f"{word} on {show_date(a.when)}")
-
-    yes_ever = dated_yes + undated_yes
+    readable = sorted((a for a in answers if a.value is not None),
+                      key=lambda a: (a.when is not None, a.when and _key(a), a.sources))
+    dated = [a for a in readable if a.when is not None]
+    undated_yes = [a for a in readable if a.when is None and a.value]
+    undated_no = [a for a in readable if a.when is None and not a.value]
+    latest = _newest(dated)
+    out = RedFlagReading()
+    yes_ever = [a for a in dated if a.value] + undated_yes
     if lifelong and yes_ever:
-        # a history cannot be undone: the newest "yes" stands whatever came after it
-        first = dated_yes[-1] if dated_yes else undated_yes[0]
-        out.value, out.sources = True, srcs(yes_ever)
-        later_no = [a for a in dated if not a.value and (first.when is None
-                                                         or _key(a) > _key(first))]
-        if later_no:
-            no = later_no[-1]
-            out.discordant = True
-            out.notes.append((
-                "contradicted",
-                f"{question}: answered {said(first)}, then {said(no)}. This is a history "
-                "item, so the YES stands; confirm with the patient.",
-                srcs(yes_ever, later_no)))
-        elif first.when is None:
-            out.notes.append(("undated-yes", f"{question}: answered YES, date unknown.",
-                              srcs(undated_yes)))
-        elif not current(first):
-            out.notes.append((
-                "stale-yes",
-                f"{question}: reported YES on {show_date(first.when)}; a history does not "
-                "expire.", srcs([first])))
+        _lifelong(out, question, dated, undated_yes, current)
     elif latest is not None and latest.value:
-        out.value, out.sources = True, srcs([latest])
-        if not current(latest):
-            out.notes.append((
-                "stale-yes",
-                f"{question}: reported YES on {show_date(latest.when)}, not re-assessed since.",
-                srcs([latest])))
-    elif latest is not None and current(latest):  # a current "no"
-        out.value, out.sources = False, srcs([latest])
-        recent_yes = [a for a in dated_yes if _age_days(a, as_of) <= discordance_days]
-        contradicted = recent_yes[-1:] + undated_yes[:1]
-        if contradicted:
-            out.discordant = True
-            earlier = " and ".join(said(a) for a in contradicted)
-            out.notes.append((
-                "discordant",
-                f"{question}: answered {earlier}, then NO on {show_date(latest.when)}. The "
-                "NO is used; confirm with the patient that the symptom has really gone.",
-                srcs(contradicted, [latest])))
+        _newest_is_yes(out, question, dated, latest, current)
+    elif latest is not None and current(latest):
+        _current_no(out, question, dated, undated_yes, latest, age, discordance_days)
     elif undated_yes:
         # no dated answer, or only a stale "no": the undated "yes" escalates
-        out.value, out.sources = True, srcs(undated_yes)
-        stale = f" (a NO on {show_date(latest.when)} is too old to count)" if latest else ""
-        out.notes.append(("undated-yes",
-                          f"{question}: answered YES, date unknown{stale}.",
-                          srcs(undated_yes, [latest] if latest else [])))
+        out.value, out.used = True, tuple(undated_yes)
+        stale = f" (a NO on {latest.shown} is too old to count)" if latest else ""
+        out.notes.append(("undated-yes", f"{question}: answered YES, date unknown{stale}.",
+                          _sources(undated_yes, [latest] if latest else [])))
     elif latest is not None:  # only a stale "no"
-        recent_yes = [a for a in dated_yes if _age_days(a, as_of) <= discordance_days]
-        out.notes.append(("stale-no",
-                          f"{question}: last answered NO on {show_date(latest.when)}, too old "
-                          "to count.", srcs([latest])))
-        if recent_yes:
-            out.discordant = True
-            out.notes.append((
-                "discordant",
-                f"{question}: answered {said(recent_yes[-1])}, then NO on "
-                f"{show_date(latest.when)}; neither is current. Ask again.",
-                srcs(recent_yes[-1:], [latest])))
+        _stale_no(out, question, dated, latest, age, discordance_days)
     elif undated_no:
         out.notes.append(("undated-no",
                           f"{question}: answered NO without a date, which counts as "
-                          "unanswered.", srcs(undated_no)))
-
+                          "unanswered.", _sources(undated_no)))
     _unreadable(out, question, answers, latest, current)
     return out
+
+
+def _newest(dated: Sequence[Answer]) -> Answer | None:
+    """The newest dated answer; of answers at the same instant a YES (a NO recorded at the
+    same time does not replace it)."""
+    if not dated:
+        return None
+    top = max(a.when for a in dated if a.when is not None)
+    tied = [a for a in dated if a.when == top]
+    return max(tied, key=lambda a: (bool(a.value), a.order))
+
+
+def _lifelong(out: RedFlagReading, question: str, dated: list[Answer],
+              undated_yes: list[Answer], current: Callable[[Answer], bool]) -> None:
+    """A history cannot be undone: the newest "yes" stands whatever came after it."""
+    dated_yes = [a for a in dated if a.value]
+    first = dated_yes[-1] if dated_yes else undated_yes[0]
+    out.value, out.used = True, tuple(dated_yes + undated_yes)
+    later_no = [a for a in dated if not a.value
+                and (first.when is None or (a.when is not None and a.when >= first.when))]
+    if later_no:
+        no = later_no[-1]
+        out.discordant = True
+        out.notes.append((
+            "contradicted",
+            f"{question}: answered {_said(first)}, then {_said(no)}. This is a history "
+            "item, so the YES stands; confirm with the patient.",
+            _sources(out.used, later_no)))
+    elif first.when is None:
+        out.notes.append(("undated-yes", f"{question}: answered YES, date unknown.",
+                          _sources(undated_yes)))
+    elif not current(first):
+        out.notes.append(("stale-yes", f"{question}: reported YES on {first.shown}; a "
+                          "history does not expire.", _sources([first])))
+
+
+def _newest_is_yes(out: RedFlagReading, question: str, dated: list[Answer], latest: Answer,
+                   current: Callable[[Answer], bool]) -> None:
+    out.value, out.used = True, (latest,)
+    same_time_no = [a for a in dated if a.when == latest.when and not a.value]
+    if same_time_no:
+        out.discordant = True
+        out.notes.append((
+            "discordant",
+            f"{question}: answered both YES and NO on {latest.shown}. The YES is used; "
+            "confirm with the patient.", _sources([latest], same_time_no)))
+    if not current(latest):
+        out.notes.append(("stale-yes", f"{question}: reported YES on {latest.shown}, not "
+                          "re-assessed since.", _sources([latest])))
+
+
+def _current_no(out: RedFlagReading, question: str, dated: list[Answer],
+                undated_yes: list[Answer], latest: Answer, age: Callable[[Answer], float],
+                discordance_days: float) -> None:
+    out.value, out.used = False, (latest,)
+    recent_yes = [a for a in dated if a.value and age(a) <= discordance_days]
+    contradicted = recent_yes[-1:] + undated_yes
+    if contradicted:
+        out.discordant = True
+        earlier = " and ".join(_said(a) for a in contradicted)
+        out.notes.append((
+            "discordant",
+            f"{question}: answered {earlier}, then NO on {latest.shown}. The NO is used; "
+            "confirm with the patient that the symptom has really gone.",
+            _sources(contradicted, [latest])))
+
+
+def _stale_no(out: RedFlagReading, question: str, dated: list[Answer], latest: Answer,
+              age: Callable[[Answer], float], discordance_days: float) -> None:
+    out.notes.append(("stale-no", f"{question}: last answered NO on {latest.shown}, too old "
+                      "to count.", _sources([latest])))
+    recent_yes = [a for a in dated if a.value and age(a) <= discordance_days]
+    if recent_yes:
+        out.discordant = True
+        out.notes.append((
+            "discordant",
+            f"{question}: answered {_said(recent_yes[-1])}, then NO on {latest.shown}; "
+            "neither is current. Ask again.", _sources(recent_yes[-1:], [latest])))
 
 
 def _unreadable(out: RedFlagReading, question: str, answers: Sequence[Answer],
@@ -198,9 +262,9 @@ def _unreadable(out: RedFlagReading, question: str, answers: Sequence[Answer],
     if not live:
         return
     out.unreadable = True
-    when = ", ".join(dict.fromkeys(show_date(a.when) for a in live))
+    live.sort(key=lambda a: (a.when is not None, a.when and _key(a), a.sources))
+    when = ", ".join(dict.fromkeys(a.shown for a in live))
     out.notes.append((
         "unreadable",
         f"{question}: an answer was received ({when}) but could not be read; ask again and "
-        "record it as yes or no.",
-        tuple(sorted({s for a in live for s in a.sources}))))
+        "record it as yes or no.", _sources(live)))

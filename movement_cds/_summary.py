@@ -23,6 +23,15 @@ _PRIORITY = {
 }
 
 
+# why an item is missing, when the reader knows more than "not asked"
+_MISSING_BECAUSE = {
+    "unreadable": " - an answer was received but could not be read",
+    "undated-no": " - answered NO without a date",
+    "stale-no": " - the last answer is too old to count",
+    "discordant": " - a YES and a later NO disagree",
+}
+
+
 def _wrap(text: str, indent: str = "    ") -> str:
     return textwrap.fill(" ".join(text.split()), width=92, initial_indent=indent,
                          subsequent_indent=" " * len(indent))
@@ -115,13 +124,10 @@ def render_summary(plan: Plan, titles: Mapping[str, str] | None = None) -> str:
     gaps = [g for g in plan.data_gaps if g.missing]
     if gaps:
         out.append("MISSING (not read as normal)")
-        why = {f: n.kind for n in plan.answer_notes for f in n.facts}
         for g in gaps:
             for m in g.missing:
-                said = {"unreadable": " - an answer was received but could not be read",
-                        "undated-no": " - answered NO without a date",
-                        "stale-no": " - the last answer is too old to count"}.get(
-                            why.get(m, ""), "")
+                said = "".join(dict.fromkeys(
+                    _MISSING_BECAUSE.get(n.kind, "") for n in plan.answer_notes if m in n.facts))
                 out.append(f"  - {plan.fact_descriptions.get(m, m)}{said}")
         out.append("")
     if plan.issues:
