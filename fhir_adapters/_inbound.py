@@ -200,7 +200,7 @@ from fhir_adapters._outbound import (
     EXT_FOLLOW_UP_STATE,
     KNOWLEDGE_BASE_BASE,
 )
-from fhir_adapters._red_flag_answers import Answer, read_red_flag
+from fhir_adapters._red_flag_answers import Answer, read_red_flag, show_date
 
 __all__ = ["read_bundle"]
 
@@ -228,6 +228,7 @@ YES_NO: Final[Mapping[Coded, bool]] = {
     (LOINC, "LA33-6"): True, (LOINC, "LA32-8"): False,
 }
 _NO_ANSWER: Final = "no answer"
+_QUESTION_NOTE: Final = re.compile(r"\s*\(red-flag screen[^)]*\)\s*$")
 _EARLIEST_ZONE: Final = timedelta(hours=14)  # UTC+14: where a calendar date begins first
 
 BUNDLE_TYPES: Final = frozenset({"collection", "searchset", "transaction", "batch"})
@@ -344,7 +345,7 @@ class InputMap:
                 red_flag=d.red_flag is not None,
                 lifelong=d.lifelong,
                 hold_when_unreadable=d.hold_when_unreadable,
-                question=d.description.split(" (")[0].strip(),
+                question=_QUESTION_NOTE.sub("", " ".join(d.description.split())),
             )
             if name == "age":
                 age = spec
@@ -488,6 +489,21 @@ def _parse_instant_text(text: str) -> tuple[datetime, int] | None:
         return None
 
 
+def _date_as_sent(res: Mapping[str, Any]) -> str | None:
+    """The date of an Observation as the EHR wrote it (its own time zone, its precision),
+    for people to read: ``1 Oct 2026``, ``Oct 2026``, ``2026``."""
+    period = _dict(res.get("effectivePeriod"))
+    for raw in (res.get("effectiveDateTime"), res.get("effectiveInstant"),
+                period.get("end") if period is not None else None, res.get("issued")):
+        if isinstance(raw, str) and _parse_instant_text(raw) is not None:
+            m = _DATE_TIME.fullmatch(raw)
+            assert m is not None
+            y, mo, d = m.group(1), m.group(2), m.group(3)
+            return show_date(datetime(int(y), int(mo or 1), int(d or 1), tzinfo=UTC),
+                             1 + (mo is not None) + (d is not None))
+    return None
+
+
 def _fmt(x: float | None) -> str:
     return "" if x is None else f"{x:g}"
 
@@ -589,7 +605,9 @@ class _Reader:
         self.contained(entries, patient)
 
         self.patient_facts(patient)
-        observations = [e for e in entries if e.rtype == "Observation" and e.valid]
+        # an Observation that fails strict validation is reported and not used, except a
+        # red-flag answer: that is read all the same (a YES is never lost)
+        observations = [e for e in entries if e.rtype == "Observation"]
         self.observation_facts(observations)
         self.startback_consistency()
         self.condition_facts([e for e in entries if e.rtype == "Condition" and e.valid])
@@ -800,6 +818,8 @@ class _Reader:
         follow_ups: list[_Entry] = []
         for e in entries:
             res = e.resource
+            if not e.valid and not self.red_flag_answer(e):
+                continue  # reported when it failed validation
             status = _str(res.get("status"))
             if status is None or status not in USED_STATUS:
                 if status is not None and status in IGNORED_STATUS:
@@ -819,6 +839,10 @@ class _Reader:
                 self.note(e, "information", "not-supported",
                           f"code ({shown}) is not in the knowledge base; ignored")
                 continue
+            if not e.valid:
+                self.note(e, "warning", "structure",
+                          "read all the same: a red-flag answer is never dropped for an "
+                          "invalid element it does not need")
             if len(specs) > 1 and not all(s.red_flag for s in specs):
                 names = ", ".join(sorted(s.name for s in specs))
                 self.note(e, "warning", "value",
@@ -867,6 +891,11 @@ class _Reader:
                     f"{fact.name} is inconsistent ({why}); it counts as missing"
                     + (" and the items give it" if all(i is not None for i in items) else ""),
                     src))
+
+    def red_flag_answer(self, e: _Entry) -> bool:
+        """Whether every code of the Observation is a red-flag question's."""
+        codes = [c for c in _codings(e.resource.get("code")) if c in self.imap.observations]
+        return bool(codes) and all(self.imap.observations[c].red_flag for c in codes)
 
     def when(self, e: _Entry) -> tuple[int, datetime, int]:
         """(dated, start instant, precision) of an Observation, for latest-wins. A period
@@ -966,7 +995,8 @@ class _Reader:
                           "status 'preliminary': used, but the result is not final")
             a = Answer(value if isinstance(value, bool) else None,
                        c.key[1] if c.key[0] else None,
-                       _sources(c.entry), (c.key[2], c.key[3], c.canonical), c.key[2])
+                       _sources(c.entry), (c.key[2], c.key[3], c.canonical), c.key[2],
+                       _date_as_sent(c.entry.resource) if c.key[0] else None)
             answers[id(a)] = (a, c)
         reading = read_red_flag(spec.question, [a for a, _ in answers.values()], self.as_of,
                                 spec.max_age_days, self.imap.discordance_days, spec.lifelong)

@@ -57,6 +57,7 @@ class Answer:
     sources: tuple[str, ...]
     order: tuple[int, str, str] = (0, "", "")
     precision: int = 4
+    label: str | None = None  # the date as the EHR sent it (its own time zone), for people
 
     @property
     def latest(self) -> datetime | None:
@@ -73,7 +74,7 @@ class Answer:
 
     @property
     def shown(self) -> str:
-        return show_date(self.when, self.precision)
+        return self.label if self.label is not None else show_date(self.when, self.precision)
 
 
 @dataclass
@@ -168,13 +169,17 @@ def read_red_flag(
 
 
 def _newest(dated: Sequence[Answer]) -> Answer | None:
-    """The newest dated answer; of answers at the same instant a YES (a NO recorded at the
-    same time does not replace it)."""
+    """The newest dated answer. A NO replaces a YES only when it is later than every instant
+    the YES's date allows: of answers at the same time (a date-only YES and a NO timed that
+    day, or two at one instant) the YES is the newest."""
     if not dated:
         return None
-    top = max(a.when for a in dated if a.when is not None)
-    tied = [a for a in dated if a.when == top]
-    return max(tied, key=lambda a: (bool(a.value), a.order))
+    top = max(dated, key=_key)
+    if top.value:
+        return top
+    assert top.when is not None
+    alongside = [a for a in dated if a.value and (a.latest or top.when) >= top.when]
+    return max(alongside, key=_key) if alongside else top
 
 
 def _lifelong(out: RedFlagReading, question: str, dated: list[Answer],
@@ -204,7 +209,9 @@ def _lifelong(out: RedFlagReading, question: str, dated: list[Answer],
 def _newest_is_yes(out: RedFlagReading, question: str, dated: list[Answer], latest: Answer,
                    current: Callable[[Answer], bool]) -> None:
     out.value, out.used = True, (latest,)
-    same_time_no = [a for a in dated if a.when == latest.when and not a.value]
+    assert latest.when is not None
+    same_time_no = [a for a in dated if not a.value and a.when is not None
+                    and a.when >= latest.when]
     if same_time_no:
         out.discordant = True
         out.notes.append((
@@ -263,7 +270,8 @@ def _unreadable(out: RedFlagReading, question: str, answers: Sequence[Answer],
         return
     out.unreadable = True
     live.sort(key=lambda a: (a.when is not None, a.when and _key(a), a.sources))
-    when = ", ".join(dict.fromkeys(a.shown for a in live))
+    dates = list(dict.fromkeys(a.shown for a in live))
+    when = ", ".join(dates[-3:]) + (f" and {len(dates) - 3} earlier" if len(dates) > 3 else "")
     out.notes.append((
         "unreadable",
         f"{question}: an answer was received ({when}) but could not be read; ask again and "
