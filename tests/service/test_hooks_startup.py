@@ -38,13 +38,14 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("text,message", [
-    ("[service]\n", "base_url is required"),
+    ("[service]\n", "[service] base_url: is required"),
     ('[service]\nbase_url = "ftp://x"\n', "absolute http(s) URL"),
     ('[service]\nbase_url = "http://x"\nbogus = 1\n', "unknown key"),
     ('[service]\nbase_url = "http://x"\nengine_cache_size = -1\n', "engine_cache_size"),
     ('[service]\nbase_url = "http://x"\nengine_cache_size = "big"\n', "engine_cache_size"),
     ('[service]\nbase_url = "http://x"\nbalance_connections = "yes"\n', "balance_connections"),
-    ('[service]\nbase_url = "http://x"\nmax_body_bytes = -1\n', "positive integer"),
+    ('[service]\nbase_url = "http://x"\nmax_body_bytes = -1\n',
+     "[service] max_body_bytes: must be greater than 0"),
     ('[service]\nbase_url = "http://x"\n[auth]\nrequired = false\n', "--insecure-no-auth"),
     ('[service]\nbase_url = "http://x"\n', "at least one [[auth.issuers]]"),
     ('[service]\nbase_url = "http://x"\n[[auth.issuers]]\niss = "a"\n', "exactly one of"),
