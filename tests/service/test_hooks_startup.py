@@ -50,6 +50,23 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
     ('[service]\nbase_url = "http://x"\n', "at least one [[auth.issuers]]"),
     ('[service]\nbase_url = "http://x"\n[[auth.issuers]]\niss = "a"\n', "exactly one of"),
     ("not toml [", "not valid TOML"),
+    # key paths in every message (issue 13 part 8)
+    ('[service]\nbase_url = "http://x"\n[fhir]\nallowed_servers = ["https://a.org", '
+     '"https://b.org/fhir"]\n', "[fhir] allowed_servers[1]: not an origin"),
+    ('[service]\nbase_url = "http://x"\n[fhir]\nallowed_servers = ["ftp://a.org"]\n',
+     "[fhir] allowed_servers[0]: not an origin"),
+    ('[service]\nbase_url = "http://x"\n[fhir]\nallowed_servers = "https://a.org"\n',
+     "[fhir] allowed_servers: must be a list"),
+    ('[service]\nbase_url = "http://x"\n[fhir]\nallowed = []\n', "unknown key in [fhir]: allowed"),
+    ('[service]\nbase_url = "http://x"\nreload_check_seconds = 90000\n',
+     "[service] reload_check_seconds: must be a number from 0 (off) to 86400"),
+    ('[service]\nbase_url = "http://x"\n[[auth.issuers]]\niss = "a"\njwks_url = "https://a/j"\n'
+     '[[auth.issuers]]\niss = "b"\njwks_url = "ftp://b/j"\n',
+     "[[auth.issuers]] #2 jwks_url: must be an absolute http(s) URL"),
+    ('[service]\nbase_url = "http://x"\n[[auth.issuers]]\niss = "a"\njwks_url = "https://a/j"\n'
+     'tenants = [""]\n', "[[auth.issuers]] #1 tenants[0]: must not be empty"),
+    ('[service]\nbase_url = "http://x"\n[auth]\nreplay_database = 3\n',
+     "[auth] replay_database: must be a string"),
 ])
 def test_bad_config(tmp_path: Path, text: str, message: str) -> None:
     p = tmp_path / "c.toml"
@@ -72,6 +89,52 @@ def test_good_config(tmp_path: Path) -> None:
     assert c.base_url == "https://cds.example.org" and c.auth_required
     assert c.issuers[0].jwks_file == jwks and c.issuers[0].tenants == ("a",)
     assert c.issuers[1].jwks_url == "https://other/jwks"
+
+
+def test_allowed_servers_are_exact_normalised_origins(tmp_path: Path) -> None:
+    c = parse_config({"service": {"base_url": "http://x"}, "auth": {"required": False},
+                      "fhir": {"allowed_servers": ["HTTPS://EHR.Example.org:443/",
+                                                   "http://127.0.0.1:8080", "http://[::1]"]}},
+                     insecure_no_auth=True)
+    assert c.allowed_servers == {"https://ehr.example.org", "http://127.0.0.1:8080",
+                                 "http://[::1]"}
+    assert parse_config({"service": {"base_url": "http://x"}, "auth": {"required": False}},
+                        insecure_no_auth=True).allowed_servers == frozenset()
+
+
+def test_replay_database_default_and_explicit(tmp_path: Path) -> None:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    issuer = '[[auth.issuers]]\niss = "https://ehr"\njwks_file = "jwks.json"\n'
+    p = tmp_path / "c.toml"
+    p.write_text('[service]\nbase_url = "https://cds"\n'
+                 f'database = "sqlite:///{tmp_path}/data/fb.db"\n' + issuer)
+    assert load_config(p).replay_database == tmp_path / "data" / "replay-cache.sqlite3"
+    p.write_text('[service]\nbase_url = "https://cds"\n' + issuer)  # no feedback database
+    assert load_config(p).replay_database == tmp_path / "replay-cache.sqlite3"
+    p.write_text('[service]\nbase_url = "https://cds"\n[auth]\nreplay_database = "r/x.db"\n'
+                 + issuer)
+    assert load_config(p).replay_database == tmp_path / "r" / "x.db"
+
+
+def test_documented_config_example_is_valid(tmp_path: Path) -> None:
+    """The annotated example in docs/integrators/cds-hooks.md loads (its knowledge-base
+    directory swapped for one that exists here), and its database URL names the absolute
+    path its comment promises (``sqlite:////...``: four slashes)."""
+    import re
+    import tomllib
+
+    doc = (ROOT / "docs" / "integrators" / "cds-hooks.md").read_text(encoding="utf-8")
+    block = re.search(r"## Configuration \(TOML\)\s+```toml\n(.*?)```", doc, re.S)
+    assert block, "no TOML example under '## Configuration (TOML)'"
+    text = block.group(1)
+    database = tomllib.loads(text)["service"]["database"]
+    assert database.startswith("sqlite:////"), database  # an absolute path
+    kb = tomllib.loads(text)["service"]["knowledge_base"]
+    p = tmp_path / "service.toml"
+    p.write_text(text.replace(kb, str(STARTER_KB)), encoding="utf-8")
+    c = load_config(p)
+    assert c.database == database and c.allowed_servers and c.issuers
 
 
 def test_serve_refuses_bad_config(tmp_path: Path) -> None:
