@@ -21,18 +21,27 @@ Each prefetch situation (C7) is handled distinctly:
   from ``fhirServer``, else 412), and the 412 says the client reported an error.
 * a **searchset with zero entries**: searched, found nothing; no resources, no fetch.
 * a searchset with a ``next`` link: the rest is fetched from ``fhirServer`` (same origin
-  only: the token is never sent elsewhere); without a ``fhirServer``: 412, since the
-  missing pages may hold the latest answer to a red-flag question.
+  and base path only: the token is never sent elsewhere); without a ``fhirServer``: 412,
+  since the missing pages may hold the latest answer to a red-flag question.
 
 Entries whose ``search.mode`` is ``outcome`` and resources of another type (``_include``)
 are dropped; duplicates (same type and id, e.g. overlapping pages) are kept once. CarePlans
 not made by this project (``instantiatesUri`` outside ``KNOWLEDGE_BASE_BASE``) are dropped.
 
-fhirServer calls: ``httpx`` with a per-call timeout (``fhir_timeout_seconds``), all calls of
-one request within ``fetch_budget_seconds``, at most ``max_pages`` pages per key. Any
-failure (network, timeout, non-200, not JSON, wrong resource type, budget or page limit)
-is a ``PrefetchError`` with status 412. A malformed prefetch value is a 400.
-Diagnostics name keys and HTTP statuses, never patient data or tokens.
+fhirServer (issue 13: secure by default). A ``fhirServer`` is contacted only when its origin
+is in ``[fhir] allowed_servers`` (none by default); otherwise the call goes on as if it had
+none, and the ``fhirAuthorization`` token is dropped. The token is sent to that origin
+only: paging links and redirects (at most 3) are normalised (percent-decoded, dot segments
+resolved) and must stay on the origin and under fhirServer's base path. Bodies are read as
+they stream in and inflated (gzip, deflate) in 1 MiB steps, never past 20 MiB. Every call
+has the client's timeout (``fhir_timeout_seconds``), and all calls of one request share
+``budget_seconds``; at most ``max_pages`` pages per key.
+
+Any way a fetch can fail (network, timeout, HTTP status, redirect or link off the server,
+size, not JSON, wrong resource type, page limit, budget) gives the same 412 naming the keys
+the call lacks and nothing about what the network did (no probing of a network through the
+service); the detail goes to the log (key names, statuses, exception names; never a URL, it
+holds the patient id, nor a token). A malformed prefetch value is a 400.
 """
 
 from __future__ import annotations
