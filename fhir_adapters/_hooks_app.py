@@ -100,6 +100,7 @@ __all__ = [
     "ReloadRefused",
     "StartupError",
     "app_from_env",
+    "check_auth",
     "create_app",
     "kb_digest",
     "kb_fingerprint",
@@ -484,6 +485,15 @@ def _make_verifier(config: ServiceConfig) -> Any:
         return verifier
     except (ValueError, OSError) as e:
         raise StartupError(f"[auth] configuration: {e}") from None
+
+
+def check_auth(config: ServiceConfig) -> None:
+    """Build (and close) the token verifier every worker will build, so that a bad
+    ``[auth]`` setting (an unusable replay-cache path, a broken JWK Set file) stops
+    ``movement-cds serve --workers N`` at once with one line, not each worker in turn."""
+    verifier = _make_verifier(config)
+    if verifier is not None:
+        verifier.close()
 
 
 def _log_fhir_access(config: ServiceConfig) -> None:

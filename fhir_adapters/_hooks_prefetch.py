@@ -224,7 +224,7 @@ class _Fetcher:
             return value
         raise _FetchFailed(f"more than {_MAX_REDIRECTS} redirects")
 
-    async def _read(self, url: str) -> tuple[int, str | None, bytes]:
+    async def _read(self, url: str) -> tuple[int, str | None, bytes | bytearray]:
         headers = {"Accept": "application/fhir+json", "Accept-Encoding": "gzip, deflate"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -239,7 +239,7 @@ class _Fetcher:
         except httpx.HTTPError as e:
             raise _FetchFailed(f"unreachable ({type(e).__name__})") from None
 
-    async def _body(self, r: httpx.Response) -> bytes:
+    async def _body(self, r: httpx.Response) -> bytearray:
         """The body, inflated step by step and never past ``max_bytes`` (a compressed
         answer is limited by what it inflates to, not by what it weighs on the wire)."""
         encoding = r.headers.get("content-encoding", "identity").strip().lower()
@@ -266,7 +266,7 @@ class _Fetcher:
             body += inflate.flush()
             if len(body) > self.max_bytes:
                 raise _FetchFailed(f"the answer is over {self.max_bytes} bytes")
-        return bytes(body)
+        return body
 
     def url(self, query: str) -> str:
         return self.on_server(query.lstrip("/"))

@@ -145,6 +145,20 @@ def test_serve_refuses_bad_config(tmp_path: Path) -> None:
     assert "--insecure-no-auth" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_serve_with_workers_refuses_an_unusable_replay_cache_at_once(tmp_path: Path) -> None:
+    """The parent checks [auth] before any worker starts: one line, exit 1."""
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    p = tmp_path / "c.toml"
+    p.write_text(f'[service]\nbase_url = "http://127.0.0.1"\nknowledge_base = "{STARTER_KB}"\n'
+                 f'[auth]\nreplay_database = "{tmp_path}/missing-dir/replay.db"\n'
+                 '[[auth.issuers]]\niss = "https://ehr"\njwks_file = "jwks.json"\n')
+    r = serve("--config", str(p), "--port", str(free_port()), "--workers", "2")
+    assert r.returncode == 1, r.stderr
+    assert "cannot open the replay cache" in r.stderr and "Traceback" not in r.stderr
+    assert "worker not started" not in r.stderr  # stopped before any worker
+
+
 def test_insecure_no_auth_warns_loudly_and_service_lines_are_logged(tmp_path: Path) -> None:
     port = free_port()
     cfg = write_config(tmp_path / "service.toml", port)
