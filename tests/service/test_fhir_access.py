@@ -107,8 +107,9 @@ def _hostile_handler(record: Recorder, bomb: bytes, canary: str
                 self.answer(200, bomb, Content_Encoding="gzip")
             elif mode == "html":
                 self.answer(200, b"<html><body>router admin</body></html>", "text/html")
-            elif mode == "notfound":
-                self.answer(404, b'{"resourceType":"OperationOutcome"}')
+            elif mode in ("notfound", "unauthorized", "error"):
+                status = {"notfound": 404, "unauthorized": 401, "error": 500}[mode]
+                self.answer(status, b'{"resourceType":"OperationOutcome"}')
             elif mode == "slow":
                 time.sleep(2.5)
                 self.fhir(searchset([]))
@@ -321,6 +322,9 @@ def test_every_network_failure_gets_the_same_answer(world: World) -> None:
     for name, server in [("closed port", f"{world.closed}/fhir"),
                          ("a web page", f"{world.hostile}/html/fhir"),
                          ("404", f"{world.hostile}/notfound/fhir"),
+                         ("401", f"{world.hostile}/unauthorized/fhir"),
+                         ("500", f"{world.hostile}/error/fhir"),
+                         ("redirect elsewhere", f"{world.hostile}/redirect-out/fhir"),
                          ("timeout", f"{world.hostile}/slow/fhir"),
                          ("gzip bomb", f"{world.hostile}/bomb/fhir")]:
         r = world.call(server)
