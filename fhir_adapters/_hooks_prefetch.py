@@ -148,6 +148,7 @@ _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS: Final = 3
 _INFLATE_STEP: Final = 1024 * 1024
 _SAFE_PATH: Final = "/:@!$&'()*+,;=-._~"
+_PERCENT: Final = re.compile(r"%[0-9A-Fa-f]{2}")  # still encoded after one decoding
 
 
 def _remove_dot_segments(path: str) -> str:
@@ -165,10 +166,11 @@ def _remove_dot_segments(path: str) -> str:
 
 def _normal_path(raw_path: str) -> str:
     """A path with percent-encoding decoded (``%2e%2e`` is ``..``, ``%2f`` is ``/``) and
-    dot segments resolved: what a server that decodes before routing would see."""
+    dot segments resolved: what a server that decodes before routing would see. A path
+    still encoded after one decoding (``%252e``) is refused: no FHIR id needs it."""
     decoded = unquote(raw_path or "/")
-    if "\\" in decoded or "\x00" in decoded:
-        raise _FetchFailed("a backslash or NUL in a link path")
+    if "\\" in decoded or "\x00" in decoded or _PERCENT.search(decoded):
+        raise _FetchFailed("a backslash, NUL or double percent-encoding in a link path")
     if not decoded.startswith("/"):
         decoded = "/" + decoded
     return _remove_dot_segments(decoded)

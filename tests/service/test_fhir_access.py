@@ -354,6 +354,8 @@ def _fetcher(server: str = "https://fhir.example.org/base/r4") -> _Fetcher:
     "https://fhir.example.org.evil.org/base/r4/Observation",
     "//evil.org/base/r4/Observation",
     "/base/r4/..\\..\\admin",
+    "https://fhir.example.org/base/r4/%252e%252e/%252e%252e/admin",
+    "https://fhir.example.org/base/r4/x%00/../../admin",
 ])
 def test_links_off_the_server_are_refused(link: str) -> None:
     with pytest.raises(_FetchFailed):
@@ -362,7 +364,7 @@ def test_links_off_the_server_are_refused(link: str) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(["..", ".", "%2e%2e", "%2E.", "a", "Observation", "%2f",
-                                 "x%2F..", "", "r4"]), max_size=8))
+                                 "x%2F..", "", "r4", "%252e", "%25", "%5c"]), max_size=8))
 def test_an_accepted_link_is_always_under_the_base_path(segments: list[str]) -> None:
     link = "https://fhir.example.org/base/r4/" + "/".join(segments) + "?page=2"
     try:
