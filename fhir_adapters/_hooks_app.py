@@ -100,6 +100,7 @@ __all__ = [
     "ReloadRefused",
     "StartupError",
     "app_from_env",
+    "check_auth",
     "create_app",
     "kb_digest",
     "kb_fingerprint",
@@ -478,9 +479,30 @@ def _make_verifier(config: ServiceConfig) -> Any:
                                "not available; use --insecure-no-auth for a demo") from None
         return None
     try:
-        return auth.TokenVerifier(list(config.issuers), config.auth_required)
+        verifier = auth.TokenVerifier(list(config.issuers), config.auth_required,
+                                      replay_cache=config.replay_database or ":memory:")
+        log.info("used-token (jti) cache: %s", config.replay_database or "in memory")
+        return verifier
     except (ValueError, OSError) as e:
         raise StartupError(f"[auth] configuration: {e}") from None
+
+
+def check_auth(config: ServiceConfig) -> None:
+    """Build (and close) the token verifier every worker will build, so that a bad
+    ``[auth]`` setting (an unusable replay-cache path, a broken JWK Set file) stops
+    ``movement-cds serve --workers N`` at once with one line, not each worker in turn."""
+    verifier = _make_verifier(config)
+    if verifier is not None:
+        verifier.close()
+
+
+def _log_fhir_access(config: ServiceConfig) -> None:
+    if config.allowed_servers:
+        log.info("fhirServer access: only %s ([fhir] allowed_servers)",
+                 ", ".join(sorted(config.allowed_servers)))
+    else:
+        log.info("fhirServer access: off (no [fhir] allowed_servers); calls are answered "
+                 "from their prefetch, and missing data is a 412")
 
 
 def _open_store(config: ServiceConfig) -> Any:
@@ -733,6 +755,7 @@ def create_app(
     live = LiveEngine(engine, Path(config.knowledge_base or bundled_path()),
                       config.reload_check_seconds, settle=settle)
     verifier = verifier if verifier is not None else _make_verifier(config)
+    _log_fhir_access(config)
     store = store if store is not None else _open_store(config)
     timeout = httpx.Timeout(config.fhir_timeout_seconds)
 
@@ -849,7 +872,7 @@ def create_app(
                 fhir_server=body.get("fhirServer"),
                 access_token=auth["access_token"] if auth else None,
                 client=state.get("http"), budget_seconds=config.fetch_budget_seconds,
-                max_pages=config.max_pages)
+                max_pages=config.max_pages, allowed_servers=config.allowed_servers)
         except PrefetchError as e:
             log.info("%s %s: %d %s", service.id, hook_instance, e.status, e.code)
             raise ApiError(e.status, e.code, e.diagnostics) from None

@@ -16,7 +16,16 @@ checks, in the order the spec gives them (the first failure wins):
    ``nbf``, when present, has been reached;
 7. ``tenant`` is allowlisted, for issuers configured with (a non-empty list of) tenants;
 8. ``jti`` has not been seen before from this issuer (replay cache; an entry lives until
-   the token could no longer pass step 6).
+   the token could no longer pass step 6). The cache is a SQLite file
+   (``fhir_adapters._hooks_replay``) shared by every worker process of the host and kept
+   across restarts; when it cannot be written the token is refused.
+
+The JOSE work is PyJWT's: it decodes the compact JWS, parses the JWK Set keys (each bound
+to ES384 or RS384, so a key is never used with another algorithm), verifies the signature
+and compares ``aud`` with the endpoint as an exact string (``strict_aud``: a list is
+refused). The time claims are compared here, against the verifier's ``clock``, so that they
+follow the spec order above and tests can set the time. Fetching the JWK Set (size and
+time limits, no redirects, no refetch storm) is done here with httpx.
 
 Any failure raises :class:`AuthError`; the service answers 401 with no detail. The reason
 string is for tests and debug logs: it never contains the token (nor any part of it but
@@ -31,9 +40,6 @@ same reason it is not trusted: it is data from an unauthenticated source.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import heapq
 import ipaddress
 import json
 import logging
@@ -45,14 +51,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import httpx
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from fhir_adapters._hooks_replay import ReplayCache, ReplayStoreError
 
 __all__ = ["ALLOWED_ALGORITHMS", "AuthError", "IssuerSettings", "TokenVerifier", "parse_jwks"]
 
@@ -65,7 +71,14 @@ MAX_JTI_LENGTH = 256
 MIN_RSA_BITS = 2048
 
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9_\-.]+)\Z")
-_B64URL = re.compile(r"[A-Za-z0-9_\-]*\Z")
+
+# Signature (with the algorithm bound to the key) and an exact string ``aud``; the time
+# claims are checked here against the verifier's clock (PyJWT reads the system clock).
+_JWT: Final = jwt.PyJWT(options={
+    "verify_signature": True, "verify_aud": True, "strict_aud": True, "require": ["aud"],
+    "verify_exp": False, "verify_iat": False, "verify_nbf": False, "verify_iss": False,
+    "verify_sub": False, "verify_jti": False, "enforce_minimum_key_length": True})
+_UNVERIFIED: Final = jwt.PyJWS()
 
 
 class AuthError(Exception):
@@ -88,22 +101,10 @@ class IssuerSettings(Protocol):
     def tenants(self) -> Sequence[str] | None: ...
 
 
-PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
-
-
 def _short(value: object) -> str:
     """A log-safe rendering of an untrusted claim/header value."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _b64url_decode(part: str) -> bytes:
-    if not _B64URL.match(part):
-        raise ValueError("not base64url")
-    try:
-        return base64.b64decode(part + "=" * (-len(part) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("not base64url") from None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -113,13 +114,6 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise ValueError("duplicate member")
         out[k] = v
     return out
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    if not isinstance(value, dict):
-        raise ValueError("not a JSON object")
-    return value
 
 
 def _number(value: object) -> float | None:
@@ -135,59 +129,42 @@ def _number(value: object) -> float | None:
 
 # --- JWK Sets -------------------------------------------------------------------------------
 
-def _jwk_int(jwk: dict[str, Any], name: str) -> int:
-    value = jwk.get(name)
-    if not isinstance(value, str):
-        raise ValueError(f"JWK member {name!r} missing")
-    return int.from_bytes(_b64url_decode(value), "big")
+_ALG_OF: Final = {"EC": "ES384", "RSA": "RS384"}
 
 
-def _parse_jwk(jwk: dict[str, Any]) -> tuple[str, PublicKey] | None:
-    """``(alg, public key)`` for a usable signing key, ``None`` for one we never use."""
+def _parse_jwk(jwk: dict[str, Any]) -> tuple[str, jwt.PyJWK] | None:
+    """``(alg, key)`` for a usable signing key (PyJWT parses it, bound to that algorithm);
+    ``None`` for a key we never use: not for signatures, HMAC secrets (``oct``), other
+    curves, or an ``alg`` other than ES384/RS384."""
     if jwk.get("use", "sig") != "sig":
         return None
     ops = jwk.get("key_ops")
     if isinstance(ops, list) and "verify" not in ops:
         return None
-    kty = jwk.get("kty")
-    key: PublicKey
-    if kty == "EC":
-        if jwk.get("crv") != "P-384":
-            return None
-        x = _b64url_decode(str(jwk.get("x", "")))
-        y = _b64url_decode(str(jwk.get("y", "")))
-        if len(x) != 48 or len(y) != 48:
-            raise ValueError("P-384 coordinates must be 48 bytes")
-        key = ec.EllipticCurvePublicNumbers(
-            int.from_bytes(x, "big"), int.from_bytes(y, "big"), ec.SECP384R1()
-        ).public_key()  # raises ValueError for a point not on the curve
-        alg = "ES384"
-    elif kty == "RSA":
-        key = rsa.RSAPublicNumbers(_jwk_int(jwk, "e"), _jwk_int(jwk, "n")).public_key()
-        if key.key_size < MIN_RSA_BITS:
-            raise ValueError(f"RSA key shorter than {MIN_RSA_BITS} bits")
-        alg = "RS384"
-    else:  # "oct" (HMAC secrets), OKP, ...: never used to verify
+    alg = _ALG_OF.get(str(jwk.get("kty")))
+    if alg is None or (alg == "ES384" and jwk.get("crv") != "P-384"):
         return None
-    declared = jwk.get("alg")
-    if declared is not None and declared != alg:
+    if jwk.get("alg", alg) != alg:
         return None
+    key = jwt.PyJWK(jwk, algorithm=alg)  # jwt.PyJWTError / ValueError when malformed
+    if isinstance(key.key, rsa.RSAPublicKey) and key.key.key_size < MIN_RSA_BITS:
+        raise ValueError(f"RSA key shorter than {MIN_RSA_BITS} bits")
     return alg, key
 
 
-def parse_jwks(document: object) -> dict[str, list[tuple[str, PublicKey]]]:
+def parse_jwks(document: object) -> dict[str, list[tuple[str, jwt.PyJWK]]]:
     """``kid -> [(alg, key), ...]`` from a JWK Set; keys without ``kid``, of other types, or
     malformed are skipped (one bad key does not disable its neighbours)."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError("not a JWK Set (no 'keys' array)")
-    out: dict[str, list[tuple[str, PublicKey]]] = {}
+    out: dict[str, list[tuple[str, jwt.PyJWK]]] = {}
     for jwk in document["keys"]:
         if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str):
             continue
         try:
             parsed = _parse_jwk(jwk)
-        except (ValueError, TypeError, OverflowError) as e:
-            log.warning("JWK %s skipped: %s", _short(jwk.get("kid")), e)
+        except (jwt.PyJWTError, ValueError, TypeError, OverflowError) as e:
+            log.warning("JWK %s skipped (%s)", _short(jwk.get("kid")), type(e).__name__)
             continue
         if parsed is not None:
             out.setdefault(jwk["kid"], []).append(parsed)
@@ -215,7 +192,7 @@ class _KeySet:
     """One issuer's keys: loaded from a file or fetched, cached, refreshed under a lock."""
 
     issuer: IssuerSettings
-    keys: dict[str, list[tuple[str, PublicKey]]] = field(default_factory=dict)
+    keys: dict[str, list[tuple[str, jwt.PyJWK]]] = field(default_factory=dict)
     loaded: bool = False
     loaded_at: float = -math.inf
     attempted_at: float = -math.inf
@@ -244,6 +221,7 @@ class TokenVerifier:
         leeway_seconds: float = 10,
         jti_ttl_seconds: int = 600,
         jti_cache_size: int = 100_000,
+        replay_cache: str | os.PathLike[str] = ":memory:",
         jwks_max_age_seconds: float = 3600,
         jwks_min_refetch_seconds: float = 60,
         jwks_timeout_seconds: float = 3,
@@ -284,9 +262,10 @@ class TokenVerifier:
             if issuer.jwks_file is not None:  # a broken file is a configuration error: now
                 self._load_file(keyset, strict=True)
             self._issuers[issuer.iss] = keyset
-        self._seen: dict[tuple[str, str], float] = {}
-        self._expiries: list[tuple[float, tuple[str, str]]] = []
-        self._seen_lock = threading.Lock()
+        try:
+            self._replay = ReplayCache(replay_cache, max_entries=jti_cache_size)
+        except ReplayStoreError as e:
+            raise ValueError(str(e)) from None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -309,9 +288,15 @@ class TokenVerifier:
         """How many times this issuer's JWK Set was fetched or read (for tests, metrics)."""
         return self._issuers[iss].fetches
 
+    @property
+    def _seen(self) -> frozenset[tuple[str, str]]:
+        """Every ``(iss, jti)`` the replay cache holds now (tests)."""
+        return self._replay.entries()
+
     def close(self) -> None:
         if self._own_http:
             self._http.close()
+        self._replay.close()
 
     # -- the checks, in spec order ----------------------------------------------------------
 
@@ -326,18 +311,7 @@ class TokenVerifier:
         parts = token.split(".")
         if len(parts) != 3 or not all(parts):
             raise AuthError("token is not a three-part compact JWS")
-        try:
-            header = _json_object(_b64url_decode(parts[0]))
-        except (ValueError, UnicodeDecodeError):
-            raise AuthError("malformed token: header is not base64url JSON") from None
-        try:
-            payload = _json_object(_b64url_decode(parts[1]))
-        except (ValueError, UnicodeDecodeError):
-            raise AuthError("malformed token: payload is not base64url JSON") from None
-        try:
-            signature = _b64url_decode(parts[2])
-        except ValueError:
-            raise AuthError("malformed token: signature is not base64url") from None
+        header, payload = _unverified(token)
 
         # 2. JOSE header
         if header.get("typ") != "JWT":
@@ -358,16 +332,17 @@ class TokenVerifier:
         if keyset is None:
             raise AuthError(f"issuer {_short(iss)} not allowlisted")
 
-        # 4. signature with that issuer's key `kid`
+        # 4. signature with that issuer's key `kid`, and 5. aud is this endpoint, exactly
         key = self._key_for(keyset, kid, alg)
-        signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
-        if not _signature_ok(alg, key, signing_input, signature):
-            raise AuthError(f"bad signature (iss {_short(iss)}, kid {_short(kid)})")
-
-        # 5. aud is this endpoint, exactly
-        aud = payload.get("aud")
-        if not isinstance(aud, str) or aud != audience_url:
-            raise AuthError(f"aud {_short(aud)} is not this endpoint {audience_url!r}")
+        try:
+            _JWT.decode(token, key=key, algorithms=[alg], audience=audience_url)
+        except (jwt.InvalidAudienceError, jwt.MissingRequiredClaimError):
+            raise AuthError(f"aud {_short(payload.get('aud'))} is not this endpoint "
+                            f"{audience_url!r}") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError(f"bad signature (iss {_short(iss)}, kid {_short(kid)})") from None
+        except jwt.PyJWTError as e:
+            raise AuthError(f"token refused ({type(e).__name__})") from None
 
         # 6. exp, iat, nbf
         now = self._clock()
@@ -401,12 +376,18 @@ class TokenVerifier:
         jti = payload.get("jti")
         if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_LENGTH:
             raise AuthError("jti missing, empty or too long")
-        self._remember_jti(keyset.issuer.iss, jti, exp + self._leeway, now)
+        try:
+            fresh = self._replay.remember(keyset.issuer.iss, jti, exp + self._leeway, now)
+        except ReplayStoreError as e:  # fail closed: an unchecked jti is never accepted
+            log.warning("token refused: %s", e)
+            raise AuthError(str(e)) from None
+        if not fresh:
+            raise AuthError("jti already used (replay)")
         return payload
 
     # -- keys ---------------------------------------------------------------------------------
 
-    def _key_for(self, keyset: _KeySet, kid: str, alg: str) -> PublicKey:
+    def _key_for(self, keyset: _KeySet, kid: str, alg: str) -> jwt.PyJWK:
         with keyset.lock:
             now = self._clock()
             stale = now - keyset.loaded_at >= self._max_age
@@ -467,39 +448,31 @@ class TokenVerifier:
             return
         keyset.keys, keyset.loaded, keyset.loaded_at = keys, True, self._clock()
 
-    # -- replay cache ---------------------------------------------------------------------------
 
-    def _remember_jti(self, iss: str, jti: str, until: float, now: float) -> None:
-        entry = (iss, jti)
-        with self._seen_lock:
-            while self._expiries and self._expiries[0][0] < now:
-                _, old = heapq.heappop(self._expiries)
-                self._seen.pop(old, None)
-            if entry in self._seen:
-                raise AuthError("jti already used (replay)")
-            while len(self._seen) >= self._jti_cache_size:
-                # Full of live entries: forget the one closest to expiry (it can be replayed
-                # for the fewest seconds). Size the cache above peak calls per token lifetime.
-                _, old = heapq.heappop(self._expiries)
-                self._seen.pop(old, None)
-            self._seen[entry] = until
-            heapq.heappush(self._expiries, (until, entry))
-
-
-def _signature_ok(alg: str, key: PublicKey, signing_input: bytes, signature: bytes) -> bool:
+def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The JOSE header and the payload, before any check (PyJWT decodes the compact JWS;
+    a payload with a member twice is refused: which copy would count is not defined)."""
     try:
-        if alg == "ES384":
-            if not isinstance(key, ec.EllipticCurvePublicKey) or len(signature) != 96:
-                return False
-            r = int.from_bytes(signature[:48], "big")
-            s = int.from_bytes(signature[48:], "big")
-            key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hashes.SHA384()))
-            return True
-        if alg == "RS384":
-            if not isinstance(key, rsa.RSAPublicKey):
-                return False
-            key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA384())
-            return True
-    except (InvalidSignature, ValueError):
-        return False
-    return False
+        decoded = _UNVERIFIED.decode_complete(token, options={"verify_signature": False})
+    except jwt.PyJWTError as e:
+        raise AuthError(f"malformed token: {_header_problem(e)}") from None
+    try:
+        payload = json.loads(decoded["payload"].decode("utf-8"),
+                             object_pairs_hook=_no_duplicates)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise AuthError("malformed token: payload is not JSON") from None
+    if not isinstance(payload, dict):
+        raise AuthError("malformed token: payload is not a JSON object")
+    return decoded["header"], payload
+
+
+def _header_problem(e: jwt.PyJWTError) -> str:
+    """What PyJWT found wrong, in words that never quote the token."""
+    text = str(e)
+    if "Key ID" in text:
+        return "header kid is not a string"
+    if "crit" in text:
+        return "header 'crit' extensions are not supported"
+    if "padding" in text or "segments" in text:
+        return "not base64url compact JWS"
+    return f"not a JWT ({type(e).__name__})"

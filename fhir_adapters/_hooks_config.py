@@ -1,28 +1,34 @@
 """Configuration of the CDS Hooks service (``movement-cds serve --config FILE``).
 
-The file is TOML. Every key (``docs/integrators/cds-hooks.md`` has an annotated example)::
+The file is TOML, checked by a pydantic model (``extra="forbid"``: a misspelt key is an
+error, never a silent default; strict types: ``"yes"`` is not a boolean). Every error names
+the key's path, e.g. ``[fhir] allowed_servers[1]: not an origin (scheme://host[:port])``.
+Every key (``docs/integrators/cds-hooks.md`` has the annotated example)::
 
     [service]
     base_url = "https://cds.example.org"   # required: the public base URL the EHR calls;
                                            # token audiences are base_url + the request path
-    database = "sqlite:///var/lib/movement-cds/feedback.db"  # feedback store (optional)
+    database = "sqlite:////var/lib/movement-cds/feedback.db"  # feedback store (optional;
+                                           # four slashes: an absolute path)
     knowledge_base = "/etc/movement-cds/kb" # knowledge-base directory (default: bundled)
     max_body_bytes = 1048576               # larger request bodies get 413 (default 1 MiB)
     fhir_timeout_seconds = 3.0             # per HTTP call to the EHR's fhirServer
     fetch_budget_seconds = 4.0             # all fhirServer calls of one request together
     max_pages = 10                         # searchset pages followed per prefetch key
     cors_origins = ["https://ehr.example.org"]  # browser origins allowed (C20); default none
-    reload_check_seconds = 10              # look for a new knowledge-base version at most this
-                                           # often (0 = never, the default; SIGHUP always does)
-    engine_cache_size = 512                # per worker: what the rules derived for this many
-                                           # distinct fact sets (the same chart again skips
-                                           # the rule engine; identical result); 0 = off
-    balance_connections = true             # with --workers N: hand each new connection to the
-                                           # worker with the fewest open (false: uvicorn's
-                                           # shared accept, whichever worker wakes first)
+    reload_check_seconds = 10              # knowledge-base reload check (0 = never, default)
+    engine_cache_size = 512                # per worker: rule results kept (0 = off)
+    balance_connections = true             # with --workers N: least-connections hand-off
+
+    [fhir]
+    allowed_servers = ["https://fhir.ehr.example.org"]  # the only fhirServer origins ever
+                                           # contacted; default none (prefetch only)
 
     [auth]
     required = true                        # false only together with --insecure-no-auth
+    replay_database = "replay-cache.sqlite3"  # used-token (jti) cache shared by the workers;
+                                           # default: next to the feedback database, else
+                                           # next to this file
 
     [[auth.issuers]]                       # one table per EHR allowed to call
     iss = "https://ehr.example.org"        # the JWT "iss" value, exactly
@@ -30,8 +36,8 @@ The file is TOML. Every key (``docs/integrators/cds-hooks.md`` has an annotated 
     # jwks_file = "/etc/movement-cds/ehr-jwks.json"             # a static JWK Set
     tenants = ["hospital-a"]               # allowed "tenant" claims (optional)
 
-Unknown keys are errors (a misspelt key must not silently fall back to a default). Relative
-paths (``knowledge_base``, ``jwks_file``) are relative to the config file.
+Relative paths (``knowledge_base``, ``jwks_file``, ``replay_database``) are relative to the
+config file.
 """
 
 from __future__ import annotations
@@ -39,10 +45,32 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
-__all__ = ["ConfigError", "IssuerConfig", "ServiceConfig", "load_config", "parse_config"]
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "REPLAY_DATABASE_NAME",
+    "ConfigError",
+    "IssuerConfig",
+    "ServiceConfig",
+    "load_config",
+    "origin_of",
+    "parse_config",
+]
+
+REPLAY_DATABASE_NAME: Final = "replay-cache.sqlite3"
 
 
 class ConfigError(ValueError):
@@ -75,143 +103,271 @@ class ServiceConfig:
     auth_required: bool = True
     issuers: tuple[IssuerConfig, ...] = field(default_factory=tuple)
     insecure_no_auth: bool = False
+    allowed_servers: frozenset[str] = frozenset()  # normalised origins (origin_of)
+    replay_database: Path | None = None  # None: a private in-memory cache (no issuers)
 
 
-_SERVICE_KEYS = {
-    "base_url", "database", "knowledge_base", "max_body_bytes", "fhir_timeout_seconds",
-    "fetch_budget_seconds", "max_pages", "cors_origins", "reload_check_seconds",
-    "engine_cache_size", "balance_connections",
-}
-_AUTH_KEYS = {"required", "issuers"}
-_ISSUER_KEYS = {"iss", "jwks_url", "jwks_file", "tenants"}
+# --- values ---------------------------------------------------------------------------------
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
-def _absolute_http_url(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{key} must be a non-empty string")
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of an absolute http(s) URL, lower-cased, the default port
+    dropped; ``None`` when ``url`` has no such origin."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if scheme not in _DEFAULT_PORTS or not host or parts.username is not None \
+            or parts.password is not None:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}" if port in (None, _DEFAULT_PORTS[scheme]) \
+        else f"{scheme}://{host}:{port}"
+
+
+def _origin(value: str) -> str:
+    origin = origin_of(value)
+    parts = urlsplit(value)
+    if origin is None or parts.path not in ("", "/") or parts.query or parts.fragment \
+            or "?" in value or "#" in value:
+        raise ValueError(f"not an origin (scheme://host[:port], http or https, no path): "
+                         f"{value[:100]!r}")
+    return origin
+
+
+def _absolute_http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{key} must be an absolute http(s) URL, got {value!r}")
+        raise ValueError(f"must be an absolute http(s) URL, got {value!r}")
     if parts.query or parts.fragment:
-        raise ConfigError(f"{key} must not have a query or fragment")
+        raise ValueError("must not have a query or fragment")
     return value.rstrip("/")
 
 
-def _unknown(table: dict[str, Any], allowed: set[str], where: str) -> None:
-    extra = sorted(set(table) - allowed)
-    if extra:
-        raise ConfigError(f"unknown key(s) in {where}: {', '.join(extra)}")
-
-
-def _number(table: dict[str, Any], key: str, default: float, *, integer: bool,
-            where: str = "[service]") -> Any:
-    v = table.get(key, default)
-    ok = isinstance(v, int) if integer else isinstance(v, int | float)
-    if isinstance(v, bool) or not ok or v <= 0:
-        kind = "a positive integer" if integer else "a positive number"
-        raise ConfigError(f"{where} {key} must be {kind}")
-    return v
-
-
-def _path(value: Any, key: str, base: Path) -> Path:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{key} must be a non-empty path string")
+def _path(value: str, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir", Path("."))
     p = Path(value).expanduser()
-    return p if p.is_absolute() else (base / p)
+    return p if p.is_absolute() else Path(base) / p
+
+
+NonEmpty = Annotated[str, StringConstraints(min_length=1, strip_whitespace=False),
+                     Field(pattern=r"\S")]
+
+
+# --- the file's shape -----------------------------------------------------------------------
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _ServiceTable(_Table):
+    base_url: NonEmpty
+    database: NonEmpty | None = None
+    knowledge_base: NonEmpty | None = None
+    max_body_bytes: int = Field(1_048_576, gt=0)
+    fhir_timeout_seconds: float = Field(3.0, gt=0)
+    fetch_budget_seconds: float = Field(4.0, gt=0)
+    max_pages: int = Field(10, gt=0)
+    cors_origins: list[NonEmpty] = []
+    reload_check_seconds: float = Field(0.0, ge=0, le=86_400)
+    engine_cache_size: int = Field(512, ge=0, le=1_000_000)
+    balance_connections: bool = True
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        return _absolute_http_url(v)
+
+    @field_validator("knowledge_base")
+    @classmethod
+    def _kb(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return None
+        p = _path(v, info)
+        if not p.is_dir():
+            raise ValueError(f"not a directory: {p}")
+        return str(p)
+
+
+class _IssuerTable(_Table):
+    iss: NonEmpty
+    jwks_url: NonEmpty | None = None
+    jwks_file: NonEmpty | None = None
+    tenants: list[NonEmpty] = []
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else _absolute_http_url(v)
+
+    @field_validator("jwks_file")
+    @classmethod
+    def _file(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return None
+        p = _path(v, info)
+        if not p.is_file():
+            raise ValueError(f"file not found: {p}")
+        return str(p)
+
+    @model_validator(mode="after")
+    def _one_key_set(self) -> _IssuerTable:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError(f"issuer {self.iss}: give exactly one of jwks_url or jwks_file")
+        return self
+
+
+class _AuthTable(_Table):
+    required: bool = True
+    replay_database: NonEmpty | None = None
+    issuers: list[_IssuerTable] = []
+
+    @field_validator("replay_database")
+    @classmethod
+    def _replay(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else str(_path(v, info))
+
+    @field_validator("issuers")
+    @classmethod
+    def _unique(cls, v: list[_IssuerTable]) -> list[_IssuerTable]:
+        seen: set[str] = set()
+        for t in v:
+            if t.iss in seen:
+                raise ValueError(f"issuer {t.iss} is listed twice")
+            seen.add(t.iss)
+        return v
+
+
+class _FhirTable(_Table):
+    allowed_servers: list[Annotated[str, AfterValidator(_origin)]] = []
+
+
+class _ConfigFile(_Table):
+    service: _ServiceTable
+    auth: _AuthTable = _AuthTable()
+    fhir: _FhirTable = _FhirTable()
+
+
+# --- errors with the key's path -------------------------------------------------------------
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """``("fhir", "allowed_servers", 1)`` -> ``[fhir] allowed_servers[1]``;
+    ``("auth", "issuers", 0, "iss")`` -> ``[[auth.issuers]] #1 iss``."""
+    if not loc:
+        return "the top level"
+    head, rest = str(loc[0]), list(loc[1:])
+    if head == "auth" and rest[:1] == ["issuers"] and len(rest) >= 2 \
+            and isinstance(rest[1], int):
+        text = f"[[auth.issuers]] #{rest[1] + 1}"
+        rest = rest[2:]
+    elif not rest and head not in ("service", "auth", "fhir"):
+        return head  # a key at the top level
+    else:
+        text = f"[{head}]"
+    for part in rest:
+        text += f"[{part}]" if isinstance(part, int) else f" {part}"
+    return text
+
+
+_MESSAGES: Final = {
+    "extra_forbidden": "unknown key",
+    "missing": "is required",
+    "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "model_type": "must be a table",
+    "string_pattern_mismatch": "must not be empty",
+    "string_too_short": "must not be empty",
+}
+
+
+def _message(err: Any) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind in _MESSAGES:
+        return _MESSAGES[kind]
+    if kind == "greater_than":
+        return f"must be greater than {ctx.get('gt')}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        return f"must be a number from {_BOUNDS.get(err['loc'][-1], ctx)}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    return str(err["msg"])
+
+
+_BOUNDS: Final = {"engine_cache_size": "0 (off) to 1000000",
+                  "reload_check_seconds": "0 (off) to 86400"}
+
+
+def _config_error(e: ValidationError) -> ConfigError:
+    lines = []
+    for err in e.errors():
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":  # name the table the unknown key is in
+            lines.append(f"unknown key in {_where(loc[:-1])}: {loc[-1]}")
+            continue
+        lines.append(f"{_where(loc)}: {_message(err)}")
+    return ConfigError("; ".join(lines))
+
+
+# --- building the service's configuration ----------------------------------------------------
+
+def _replay_default(database: str | None, base_dir: Path) -> Path:
+    """Next to the feedback database file when there is one, else next to the config."""
+    if database and database.startswith("sqlite:///") \
+            and database[len("sqlite:///"):] not in ("", ":memory:"):
+        return Path(database[len("sqlite:///"):]).parent / REPLAY_DATABASE_NAME
+    return base_dir / REPLAY_DATABASE_NAME
 
 
 def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
                  insecure_no_auth: bool = False) -> ServiceConfig:
     """Check a parsed TOML document and build the configuration (``ConfigError`` if bad)."""
-    _unknown(doc, {"service", "auth"}, "the top level")
-    service = doc.get("service")
-    if not isinstance(service, dict):
+    if not isinstance(doc.get("service"), dict):
+        unknown = sorted(set(doc) - {"service", "auth", "fhir"})
+        if unknown:
+            raise ConfigError(f"unknown key in the top level: {', '.join(unknown)}")
         raise ConfigError("missing [service] table (it needs at least base_url)")
-    _unknown(service, _SERVICE_KEYS, "[service]")
-    if "base_url" not in service:
-        raise ConfigError("[service] base_url is required")
-    base_url = _absolute_http_url(service["base_url"], "[service] base_url")
-    database = service.get("database")
-    if database is not None and (not isinstance(database, str) or not database.strip()):
-        raise ConfigError("[service] database must be a non-empty string")
-    kb = service.get("knowledge_base")
-    kb_path = _path(kb, "[service] knowledge_base", base_dir) if kb is not None else None
-    if kb_path is not None and not kb_path.is_dir():
-        raise ConfigError(f"[service] knowledge_base is not a directory: {kb_path}")
-    origins = service.get("cors_origins", [])
-    if not isinstance(origins, list) or not all(isinstance(o, str) and o for o in origins):
-        raise ConfigError("[service] cors_origins must be a list of origin strings")
-    max_body = _number(service, "max_body_bytes", 1_048_576, integer=True)
-    fhir_timeout = float(_number(service, "fhir_timeout_seconds", 3.0, integer=False))
-    budget = float(_number(service, "fetch_budget_seconds", 4.0, integer=False))
-    max_pages = _number(service, "max_pages", 10, integer=True)
-    cache_size = service.get("engine_cache_size", 512)
-    if isinstance(cache_size, bool) or not isinstance(cache_size, int) \
-            or not 0 <= cache_size <= 1_000_000:
-        raise ConfigError("[service] engine_cache_size must be an integer from 0 (off) to "
-                          "1000000")
-    balance = service.get("balance_connections", True)
-    if not isinstance(balance, bool):
-        raise ConfigError("[service] balance_connections must be true or false")
-    reload_check = service.get("reload_check_seconds", 0)
-    if isinstance(reload_check, bool) or not isinstance(reload_check, int | float) \
-            or not 0 <= reload_check <= 86_400:
-        raise ConfigError("[service] reload_check_seconds must be a number from 0 (off) to "
-                          "86400")
-
-    auth = doc.get("auth", {})
-    if not isinstance(auth, dict):
-        raise ConfigError("[auth] must be a table")
-    _unknown(auth, _AUTH_KEYS, "[auth]")
-    required = auth.get("required", True)
-    if not isinstance(required, bool):
-        raise ConfigError("[auth] required must be true or false")
-    if not required and not insecure_no_auth:
+    try:
+        raw = _ConfigFile.model_validate(doc, context={"base_dir": base_dir})
+    except ValidationError as e:
+        raise _config_error(e) from None
+    auth = raw.auth
+    if not auth.required and not insecure_no_auth:
         raise ConfigError("[auth] required = false is only allowed with --insecure-no-auth")
-    raw_issuers = auth.get("issuers", [])
-    if not isinstance(raw_issuers, list):
-        raise ConfigError("[[auth.issuers]] must be an array of tables")
-    issuers: list[IssuerConfig] = []
-    for i, t in enumerate(raw_issuers):
-        where = f"[[auth.issuers]] #{i + 1}"
-        if not isinstance(t, dict):
-            raise ConfigError(f"{where} must be a table")
-        _unknown(t, _ISSUER_KEYS, where)
-        iss = t.get("iss")
-        if not isinstance(iss, str) or not iss.strip():
-            raise ConfigError(f"{where}: iss is required")
-        if ("jwks_url" in t) == ("jwks_file" in t):
-            raise ConfigError(f"{where} ({iss}): give exactly one of jwks_url or jwks_file")
-        jwks_url = (_absolute_http_url(t["jwks_url"], f"{where} jwks_url")
-                    if "jwks_url" in t else None)
-        jwks_file = _path(t["jwks_file"], f"{where} jwks_file", base_dir) \
-            if "jwks_file" in t else None
-        if jwks_file is not None and not jwks_file.is_file():
-            raise ConfigError(f"{where} ({iss}): jwks_file not found: {jwks_file}")
-        tenants = t.get("tenants", [])
-        if not isinstance(tenants, list) or not all(isinstance(x, str) and x for x in tenants):
-            raise ConfigError(f"{where} ({iss}): tenants must be a list of strings")
-        if any(x.iss == iss for x in issuers):
-            raise ConfigError(f"{where}: issuer {iss} is listed twice")
-        issuers.append(IssuerConfig(iss, jwks_url, jwks_file, tuple(tenants)))
-    if required and not insecure_no_auth and not issuers:
+    if auth.required and not insecure_no_auth and not auth.issuers:
         raise ConfigError("[auth] required = true needs at least one [[auth.issuers]]")
-
+    issuers = tuple(
+        IssuerConfig(t.iss, t.jwks_url, Path(t.jwks_file) if t.jwks_file else None,
+                     tuple(t.tenants)) for t in auth.issuers)
+    s = raw.service
+    replay = (Path(auth.replay_database) if auth.replay_database
+              else _replay_default(s.database, base_dir) if issuers else None)
     return ServiceConfig(
-        base_url=base_url,
-        balance_connections=balance,
-        database=database,
-        knowledge_base=kb_path,
-        max_body_bytes=max_body,
-        fhir_timeout_seconds=fhir_timeout,
-        fetch_budget_seconds=budget,
-        max_pages=max_pages,
-        cors_origins=tuple(origins),
-        reload_check_seconds=float(reload_check),
-        engine_cache_size=cache_size,
-        auth_required=required and not insecure_no_auth,
-        issuers=tuple(issuers),
+        base_url=s.base_url,
+        database=s.database,
+        knowledge_base=Path(s.knowledge_base) if s.knowledge_base else None,
+        max_body_bytes=s.max_body_bytes,
+        fhir_timeout_seconds=float(s.fhir_timeout_seconds),
+        fetch_budget_seconds=float(s.fetch_budget_seconds),
+        max_pages=s.max_pages,
+        cors_origins=tuple(s.cors_origins),
+        reload_check_seconds=float(s.reload_check_seconds),
+        engine_cache_size=s.engine_cache_size,
+        balance_connections=s.balance_connections,
+        auth_required=auth.required and not insecure_no_auth,
+        issuers=issuers,
         insecure_no_auth=insecure_no_auth,
+        allowed_servers=frozenset(raw.fhir.allowed_servers),
+        replay_database=replay,
     )
 
 

@@ -21,32 +21,45 @@ Each prefetch situation (C7) is handled distinctly:
   from ``fhirServer``, else 412), and the 412 says the client reported an error.
 * a **searchset with zero entries**: searched, found nothing; no resources, no fetch.
 * a searchset with a ``next`` link: the rest is fetched from ``fhirServer`` (same origin
-  only: the token is never sent elsewhere); without a ``fhirServer``: 412, since the
-  missing pages may hold the latest answer to a red-flag question.
+  and base path only: the token is never sent elsewhere); without a ``fhirServer``: 412,
+  since the missing pages may hold the latest answer to a red-flag question.
 
 Entries whose ``search.mode`` is ``outcome`` and resources of another type (``_include``)
 are dropped; duplicates (same type and id, e.g. overlapping pages) are kept once. CarePlans
 not made by this project (``instantiatesUri`` outside ``KNOWLEDGE_BASE_BASE``) are dropped.
 
-fhirServer calls: ``httpx`` with a per-call timeout (``fhir_timeout_seconds``), all calls of
-one request within ``fetch_budget_seconds``, at most ``max_pages`` pages per key. Any
-failure (network, timeout, non-200, not JSON, wrong resource type, budget or page limit)
-is a ``PrefetchError`` with status 412. A malformed prefetch value is a 400.
-Diagnostics name keys and HTTP statuses, never patient data or tokens.
+fhirServer (issue 13: secure by default). A ``fhirServer`` is contacted only when its origin
+is in ``[fhir] allowed_servers`` (none by default); otherwise the call goes on as if it had
+none, and the ``fhirAuthorization`` token is dropped. The token is sent to that origin
+only: paging links and redirects (at most 3) are normalised (percent-decoded, dot segments
+resolved) and must stay on the origin and under fhirServer's base path. Bodies are read as
+they stream in and inflated (gzip, deflate) in 1 MiB steps, never past 20 MiB. Every call
+has the client's timeout (``fhir_timeout_seconds``), and all calls of one request share
+``budget_seconds``; at most ``max_pages`` pages per key.
+
+Any way a fetch can fail (network, timeout, HTTP status, redirect or link off the server,
+size, not JSON, wrong resource type, page limit, budget) gives the same 412 naming the keys
+the call lacks and nothing about what the network did (no probing of a network through the
+service); the detail goes to the log (key names, statuses, exception names; never a URL, it
+holds the patient id, nor a token). A malformed prefetch value is a 400.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import re
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import httpx
 
 from cds import KnowledgeBase
+from fhir_adapters._hooks_config import origin_of
 from fhir_adapters._inbound import FOLLOW_UP_CODES, InputMap
 from fhir_adapters._outbound import KNOWLEDGE_BASE_BASE
 
@@ -58,6 +71,8 @@ __all__ = [
     "prefetch_keys",
     "prefetch_templates",
 ]
+
+log = logging.getLogger("movement_cds.service")
 
 FHIR_ID: Final = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _PLACEHOLDER: Final = re.compile(r"\{\{\s*context\.([A-Za-z]+)\s*\}\}")
@@ -123,55 +138,144 @@ def _resource_type(v: Any) -> str | None:
     return t if isinstance(t, str) else None
 
 
+class _FetchFailed(Exception):
+    """fhirServer did not provide what was asked. ``str(e)`` is the detail for the log
+    (statuses, exception names, sizes; never a URL, which holds the patient id); the client
+    is only told which keys could not be had."""
+
+
+_REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS: Final = 3
+_INFLATE_STEP: Final = 1024 * 1024
+_SAFE_PATH: Final = "/:@!$&'()*+,;=-._~"
+_PERCENT: Final = re.compile(r"%[0-9A-Fa-f]{2}")  # still encoded after one decoding
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 section 5.2.4, on an already percent-decoded path."""
+    out: list[str] = []
+    for seg in path.split("/")[1:]:
+        if seg == "..":
+            if out:
+                out.pop()
+        elif seg != ".":
+            out.append(seg)
+    tail = "/" if path.endswith(("/.", "/..")) else ""
+    return "/" + "/".join(out) + tail
+
+
+def _normal_path(raw_path: str) -> str:
+    """A path with percent-encoding decoded (``%2e%2e`` is ``..``, ``%2f`` is ``/``) and
+    dot segments resolved: what a server that decodes before routing would see. A path
+    still encoded after one decoding (``%252e``) is refused: no FHIR id needs it."""
+    decoded = unquote(raw_path or "/")
+    if "\\" in decoded or "\x00" in decoded or _PERCENT.search(decoded):
+        raise _FetchFailed("a backslash, NUL or double percent-encoding in a link path")
+    if not decoded.startswith("/"):
+        decoded = "/" + decoded
+    return _remove_dot_segments(decoded)
+
+
 @dataclass
 class _Fetcher:
+    """Reads from one ``fhirServer``: only under its origin and base path (paging links and
+    same-server redirects are normalised first), the body inflated under ``max_bytes`` as
+    it streams in, the access token sent to that origin only."""
+
     client: httpx.AsyncClient
     server: str
     token: str | None
     max_pages: int
+    max_bytes: int = _MAX_RESPONSE_BYTES
 
-    def _same_origin(self, url: str) -> bool:
-        a, b = urlsplit(self.server), urlsplit(url)
-        base_path = a.path.rstrip("/") + "/"
-        return (a.scheme, a.netloc) == (b.scheme, b.netloc) and (
-            b.path.rstrip("/") + "/").startswith(base_path)
+    def __post_init__(self) -> None:
+        origin = origin_of(self.server)
+        if origin is None:
+            raise ValueError("fhirServer has no http(s) origin")
+        self.origin = origin
+        self.base_path = _normal_path(urlsplit(self.server).path).rstrip("/") + "/"
 
-    async def get(self, key: str, url: str) -> dict[str, Any]:
-        if not self._same_origin(url):
-            raise PrefetchError(412, "security",
-                                f"{key}: a paging link leaves fhirServer; not followed")
-        headers = {"Accept": "application/fhir+json"}
+    def on_server(self, url: str) -> str:
+        """``url`` (relative to fhirServer or absolute), normalised, if it is under
+        fhirServer's origin and base path; ``_FetchFailed`` otherwise."""
+        absolute = urljoin(self.server.rstrip("/") + "/", url)
+        parts = urlsplit(absolute)
+        if origin_of(absolute) != self.origin:
+            raise _FetchFailed("a link or redirect leaves fhirServer's origin; not followed")
+        path = _normal_path(parts.path)
+        if not (path.rstrip("/") + "/").startswith(self.base_path):
+            raise _FetchFailed("a link or redirect leaves fhirServer's base path; not followed")
+        query = f"?{parts.query}" if parts.query else ""
+        return f"{self.origin}{quote(path, safe=_SAFE_PATH)}{query}"
+
+    async def get(self, url: str) -> dict[str, Any]:
+        """The FHIR resource at ``url`` (a URL ``on_server`` returned)."""
+        for _hop in range(_MAX_REDIRECTS + 1):
+            status, location, body = await self._read(url)
+            if status in _REDIRECTS and location:
+                url = self.on_server(location)
+                continue
+            if status != 200:
+                raise _FetchFailed(f"HTTP {status}")
+            try:
+                value = json.loads(body)
+            except (ValueError, RecursionError):
+                raise _FetchFailed("the answer is not JSON") from None
+            if not isinstance(value, dict):
+                raise _FetchFailed("the answer is not a FHIR resource")
+            return value
+        raise _FetchFailed(f"more than {_MAX_REDIRECTS} redirects")
+
+    async def _read(self, url: str) -> tuple[int, str | None, bytes | bytearray]:
+        headers = {"Accept": "application/fhir+json", "Accept-Encoding": "gzip, deflate"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         try:
-            r = await self.client.get(url, headers=headers)
+            async with self.client.stream("GET", url, headers=headers,
+                                          follow_redirects=False) as r:
+                if r.status_code != 200:
+                    return r.status_code, r.headers.get("location"), b""
+                return 200, None, await self._body(r)
         except httpx.TimeoutException:
-            raise PrefetchError(412, "timeout", f"{key}: fhirServer timed out") from None
+            raise _FetchFailed("timed out") from None
         except httpx.HTTPError as e:
-            raise PrefetchError(412, "transient",
-                                f"{key}: fhirServer unreachable ({type(e).__name__})") from None
-        if r.status_code != 200:
-            raise PrefetchError(412, "not-found" if r.status_code == 404 else "processing",
-                                f"{key}: fhirServer answered HTTP {r.status_code}")
-        if len(r.content) > _MAX_RESPONSE_BYTES:
-            raise PrefetchError(412, "too-costly", f"{key}: fhirServer response too large")
-        try:
-            body = r.json()
-        except ValueError:
-            raise PrefetchError(412, "processing", f"{key}: fhirServer sent no JSON") from None
-        if not isinstance(body, dict):
-            raise PrefetchError(412, "processing", f"{key}: fhirServer sent no FHIR resource")
+            raise _FetchFailed(f"unreachable ({type(e).__name__})") from None
+
+    async def _body(self, r: httpx.Response) -> bytearray:
+        """The body, inflated step by step and never past ``max_bytes`` (a compressed
+        answer is limited by what it inflates to, not by what it weighs on the wire)."""
+        encoding = r.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
+            raise _FetchFailed(f"unsupported content-encoding {encoding[:20]!r}")
+        inflate = zlib.decompressobj(wbits=47) if encoding != "identity" else None
+        body = bytearray()
+        async for raw in r.aiter_raw():
+            if inflate is None:
+                body += raw
+            else:
+                data = raw
+                while data:
+                    try:
+                        body += inflate.decompress(data, _INFLATE_STEP)
+                    except zlib.error:
+                        raise _FetchFailed("the compressed answer is corrupt") from None
+                    data = inflate.unconsumed_tail
+                    if len(body) > self.max_bytes:
+                        break
+            if len(body) > self.max_bytes:
+                raise _FetchFailed(f"the answer is over {self.max_bytes} bytes")
+        if inflate is not None:
+            body += inflate.flush()
+            if len(body) > self.max_bytes:
+                raise _FetchFailed(f"the answer is over {self.max_bytes} bytes")
         return body
 
     def url(self, query: str) -> str:
-        return f"{self.server.rstrip('/')}/{query.lstrip('/')}"
+        return self.on_server(query.lstrip("/"))
 
     def next_url(self, bundle: dict[str, Any]) -> str | None:
-        for link in bundle.get("link") or []:
-            if isinstance(link, dict) and link.get("relation") == "next" \
-                    and isinstance(link.get("url"), str):
-                return urljoin(self.server.rstrip("/") + "/", str(link["url"]))
-        return None
+        link = _has_next(bundle)
+        return None if link is None else self.on_server(link)
 
 
 def _entries(key: str, bundle: dict[str, Any], rtype: str) -> list[dict[str, Any]]:
@@ -195,34 +299,49 @@ def _entries(key: str, bundle: dict[str, Any], rtype: str) -> list[dict[str, Any
 
 
 async def _search(spec: PrefetchKey, first: dict[str, Any], fetcher: _Fetcher | None,
-                  pages: int = 1) -> list[dict[str, Any]]:
-    """Entries of a searchset and of its following pages."""
+                  *, fetched: bool = False) -> list[dict[str, Any]]:
+    """Entries of a searchset and of its following pages. ``fetched``: ``first`` came
+    from fhirServer (a problem with it is then fhirServer's, not the client's)."""
     if _resource_type(first) != "Bundle":
-        raise PrefetchError(412 if fetcher else 400, "structure",
-                            f"{spec.key}: expected a Bundle, got {_resource_type(first)}")
-    entries = _entries(spec.key, first, spec.resource_type)
-    bundle = first
+        if fetched:
+            raise _FetchFailed(f"{spec.key}: the answer is not a Bundle")
+        raise PrefetchError(400, "structure", f"prefetch {spec.key} must be a Bundle")
+    entries = _page_entries(spec, first, fetched)
+    bundle, pages = first, 1
     while True:
-        nxt = fetcher.next_url(bundle) if fetcher else _has_next(bundle)
-        if nxt is None:
+        link = _has_next(bundle)
+        if link is None:
             return entries
         if fetcher is None:
             raise PrefetchError(412, "incomplete",
                                 f"prefetch {spec.key} has more pages and there is no "
-                                "fhirServer to read them from")
+                                "fhirServer this service may read them from")
         pages += 1
         if pages > fetcher.max_pages:
-            raise PrefetchError(412, "too-costly",
-                                f"{spec.key}: more than {fetcher.max_pages} pages")
-        bundle = await fetcher.get(spec.key, nxt)
+            raise _FetchFailed(f"{spec.key}: more than {fetcher.max_pages} pages")
+        bundle = await fetcher.get(fetcher.on_server(link))
         if _resource_type(bundle) != "Bundle":
-            raise PrefetchError(412, "structure", f"{spec.key}: a page is not a Bundle")
-        entries += _entries(spec.key, bundle, spec.resource_type)
+            raise _FetchFailed(f"{spec.key}: a page is not a Bundle")
+        entries += _page_entries(spec, bundle, True)
+
+
+def _page_entries(spec: PrefetchKey, bundle: dict[str, Any], fetched: bool
+                  ) -> list[dict[str, Any]]:
+    try:
+        return _entries(spec.key, bundle, spec.resource_type)
+    except PrefetchError as e:
+        if fetched:
+            raise _FetchFailed(e.diagnostics) from None
+        raise
 
 
 def _has_next(bundle: dict[str, Any]) -> str | None:
-    for link in bundle.get("link") or []:
-        if isinstance(link, dict) and link.get("relation") == "next" and link.get("url"):
+    links = bundle.get("link")
+    if not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, dict) and link.get("relation") == "next" \
+                and isinstance(link.get("url"), str) and link["url"]:
             return str(link["url"])
     return None
 
@@ -263,15 +382,15 @@ async def _resolve(spec: PrefetchKey, prefetch: Mapping[str, Any], context: Mapp
     if fetcher is None:
         why = "the client reported an error for it" if client_error else "it was not prefetched"
         raise PrefetchError(412, "incomplete",
-                            f"{spec.key} is needed: {why}, and there is no fhirServer")
-    body = await fetcher.get(spec.key, fetcher.url(_fill(spec.template, context)))
+                            f"{spec.key} is needed: {why}, and there is no fhirServer this "
+                            "service may read it from")
+    body = await fetcher.get(fetcher.url(_fill(spec.template, context)))
     situations[spec.key] += "+fetched"
     if spec.single:
         if _resource_type(body) != spec.resource_type:
-            raise PrefetchError(412, "structure",
-                                f"{spec.key}: fhirServer did not return a {spec.resource_type}")
+            raise _FetchFailed(f"{spec.key}: the answer is not a {spec.resource_type}")
         return [{"resource": body}]
-    return await _search(spec, body, fetcher)
+    return await _search(spec, body, fetcher, fetched=True)
 
 
 def _own_careplan(resource: dict[str, Any]) -> bool:
@@ -290,21 +409,32 @@ async def build_input_bundle(
     client: httpx.AsyncClient | None,
     budget_seconds: float,
     max_pages: int,
+    allowed_servers: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The input Bundle (type ``collection``) and, per key, how it was obtained.
 
+    ``fhir_server`` is used only when its origin is in ``allowed_servers`` (normalised
+    origins, ``fhir_adapters._hooks_config.origin_of``); otherwise the call goes on as if
+    there were none. ``budget_seconds`` covers every fhirServer call (all keys, all pages).
     Raises ``PrefetchError``. The Patient's id must equal ``context.patientId``.
     """
+    if fhir_server and origin_of(fhir_server) not in allowed_servers:
+        log.info("fhirServer %s is not in [fhir] allowed_servers: not contacted, the call is "
+                 "answered from its prefetch", _origin_for_log(fhir_server))
+        fhir_server = access_token = None
     fetcher = (_Fetcher(client, fhir_server, access_token, max_pages)
                if fhir_server and client is not None else None)
     situations: dict[str, str] = {}
+    tasks: list[asyncio.Task[list[dict[str, Any]]]] = []
     try:
-        async with asyncio.timeout(budget_seconds):
-            results = await asyncio.gather(
-                *(_resolve(k, prefetch, context, fetcher, situations) for k in keys))
+        async with asyncio.timeout(budget_seconds), asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_resolve(k, prefetch, context, fetcher, situations))
+                     for k in keys]
     except TimeoutError:
-        raise PrefetchError(412, "timeout",
-                            "fetching from fhirServer took longer than the budget") from None
+        raise _unreadable(keys, prefetch, f"over the {budget_seconds} s budget") from None
+    except BaseExceptionGroup as group_error:
+        raise _first_problem(group_error, keys, prefetch) from None
+    results = [t.result() for t in tasks]
     entries: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
     patient_id = context.get("patientId")
@@ -323,3 +453,51 @@ async def build_input_bundle(
                                     f"the {spec.resource_type} is not context.patientId")
             entries.append(e)
     return {"resourceType": "Bundle", "type": "collection", "entry": entries}, situations
+
+
+def _needs_server(spec: PrefetchKey, prefetch: Mapping[str, Any]) -> bool:
+    """Whether this key is read from fhirServer (decided by the prefetch alone)."""
+    if spec.key not in prefetch:
+        return True
+    value = prefetch[spec.key]
+    rtype = _resource_type(value)
+    return rtype == "OperationOutcome" or (rtype == "Bundle" and _has_next(value) is not None)
+
+
+def _unreadable(keys: tuple[PrefetchKey, ...], prefetch: Mapping[str, Any],
+                detail: str) -> PrefetchError:
+    """The one answer for every way fhirServer can fail (closed port, another service, an
+    HTTP error, a timeout, an oversized or unusable answer): it names the keys the call
+    lacks, never what the network did, so the service cannot be used to probe a network.
+    What happened goes to the log (key names and statuses only)."""
+    needed = [k.key for k in keys if _needs_server(k, prefetch)]
+    log.info("fhirServer fetch failed: %s", detail)
+    return PrefetchError(412, "incomplete",
+                         f"{', '.join(needed) or 'data'}: needed, not (fully) prefetched, and "
+                         "could not be read from fhirServer")
+
+
+def _first_problem(group: BaseExceptionGroup[BaseException], keys: tuple[PrefetchKey, ...],
+                   prefetch: Mapping[str, Any]) -> BaseException:
+    """The error to answer with: the client's own (a malformed or null prefetch value) first,
+    then a failed fetch; anything else is re-raised as it is."""
+    flat: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        e = stack.pop(0)
+        if isinstance(e, BaseExceptionGroup):
+            stack = list(e.exceptions) + stack
+        else:
+            flat.append(e)
+    for e in flat:
+        if isinstance(e, PrefetchError):
+            return e
+    for e in flat:
+        if isinstance(e, _FetchFailed):
+            return _unreadable(keys, prefetch, str(e))
+    return flat[0] if flat else group
+
+
+def _origin_for_log(url: str) -> str:
+    origin = origin_of(url)
+    return repr(origin[:100]) if origin else "(no origin)"

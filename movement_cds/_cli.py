@@ -185,6 +185,7 @@ def serve(
             INSECURE_ENV,
             SCENARIOS_CHECKED_ENV,
             StartupError,
+            check_auth,
             create_app,
             load_engine,
         )
@@ -202,6 +203,8 @@ def serve(
         engine = load_engine(cfg, run_scenarios=True)
         if workers == 1:
             application = create_app(cfg, engine=engine, settle=True)
+        else:
+            check_auth(cfg)  # before the workers start: one line, not one per worker
     except (ConfigError, StartupError) as e:
         fail(str(e))
     if not cfg.auth_required:

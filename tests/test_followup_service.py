@@ -101,12 +101,15 @@ def suggested_careplan(card: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CheckedClient]:
+def service(tmp_path_factory: pytest.TempPathFactory,
+            fhir_server: tuple[str, FhirData]) -> Iterator[CheckedClient]:  # noqa: F811
     port = free_port()
     cfg = tmp_path_factory.mktemp("followup-svc") / "service.toml"
+    origin = fhir_server[0].rsplit("/fhir", 1)[0]
     cfg.write_text("\n".join([
         "[service]", f'base_url = "http://127.0.0.1:{port}"', "max_body_bytes = 2000000",
         "fhir_timeout_seconds = 2.0", "fetch_budget_seconds = 5.0", "max_pages = 50", "",
+        "[fhir]", f'allowed_servers = ["{origin}"]', "",
         "[auth]", "required = false", ""]))
     proc = start_service(["--config", str(cfg), "--insecure-no-auth"], port)
     try:

@@ -171,11 +171,15 @@ def fhir_server() -> Iterator[tuple[str, FhirData]]:
 # --- the service under uvicorn --------------------------------------------------------------
 
 
-def write_config(path: Path, port: int, **service: Any) -> Path:
+def write_config(path: Path, port: int, *, fhir_servers: tuple[str, ...] = (),
+                 **service: Any) -> Path:
+    """A service config; ``fhir_servers``: URLs whose origins go in [fhir] allowed_servers."""
     lines = ["[service]", f'base_url = "http://127.0.0.1:{port}"',
              f'knowledge_base = "{STARTER_KB}"', "max_body_bytes = 200000",
              "fhir_timeout_seconds = 2.0", "fetch_budget_seconds = 3.0", "max_pages = 5"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in service.items()]
+    origins = [f"{urlsplit(u).scheme}://{urlsplit(u).netloc}" for u in fhir_servers]
+    lines += ["", "[fhir]", f"allowed_servers = {json.dumps(origins)}"]
     lines += ["", "[auth]", "required = false", ""]
     path.write_text("\n".join(lines))
     return path
@@ -224,9 +228,11 @@ def stop_service(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="session")
-def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def service_url(tmp_path_factory: pytest.TempPathFactory,
+                fhir_server: tuple[str, FhirData]) -> Iterator[str]:
     port = free_port()
-    cfg = write_config(tmp_path_factory.mktemp("svc") / "service.toml", port)
+    cfg = write_config(tmp_path_factory.mktemp("svc") / "service.toml", port,
+                       fhir_servers=(fhir_server[0],))
     proc = start_service(["--config", str(cfg), "--insecure-no-auth"], port)
     try:
         yield f"http://127.0.0.1:{port}"

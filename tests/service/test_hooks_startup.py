@@ -38,17 +38,35 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("text,message", [
-    ("[service]\n", "base_url is required"),
+    ("[service]\n", "[service] base_url: is required"),
     ('[service]\nbase_url = "ftp://x"\n', "absolute http(s) URL"),
     ('[service]\nbase_url = "http://x"\nbogus = 1\n', "unknown key"),
     ('[service]\nbase_url = "http://x"\nengine_cache_size = -1\n', "engine_cache_size"),
     ('[service]\nbase_url = "http://x"\nengine_cache_size = "big"\n', "engine_cache_size"),
     ('[service]\nbase_url = "http://x"\nbalance_connections = "yes"\n', "balance_connections"),
-    ('[service]\nbase_url = "http://x"\nmax_body_bytes = -1\n', "positive integer"),
+    ('[service]\nbase_url = "http://x"\nmax_body_bytes = -1\n',
+     "[service] max_body_bytes: must be greater than 0"),
     ('[service]\nbase_url = "http://x"\n[auth]\nrequired = false\n', "--insecure-no-auth"),
     ('[service]\nbase_url = "http://x"\n', "at least one [[auth.issuers]]"),
     ('[service]\nbase_url = "http://x"\n[[auth.issuers]]\niss = "a"\n', "exactly one of"),
     ("not toml [", "not valid TOML"),
+    # key paths in every message (issue 13 part 8)
+    ('[service]\nbase_url = "http://x"\n[fhir]\nallowed_servers = ["https://a.org", '
+     '"https://b.org/fhir"]\n', "[fhir] allowed_servers[1]: not an origin"),
+    ('[service]\nbase_url = "http://x"\n[fhir]\nallowed_servers = ["ftp://a.org"]\n',
+     "[fhir] allowed_servers[0]: not an origin"),
+    ('[service]\nbase_url = "http://x"\n[fhir]\nallowed_servers = "https://a.org"\n',
+     "[fhir] allowed_servers: must be a list"),
+    ('[service]\nbase_url = "http://x"\n[fhir]\nallowed = []\n', "unknown key in [fhir]: allowed"),
+    ('[service]\nbase_url = "http://x"\nreload_check_seconds = 90000\n',
+     "[service] reload_check_seconds: must be a number from 0 (off) to 86400"),
+    ('[service]\nbase_url = "http://x"\n[[auth.issuers]]\niss = "a"\njwks_url = "https://a/j"\n'
+     '[[auth.issuers]]\niss = "b"\njwks_url = "ftp://b/j"\n',
+     "[[auth.issuers]] #2 jwks_url: must be an absolute http(s) URL"),
+    ('[service]\nbase_url = "http://x"\n[[auth.issuers]]\niss = "a"\njwks_url = "https://a/j"\n'
+     'tenants = [""]\n', "[[auth.issuers]] #1 tenants[0]: must not be empty"),
+    ('[service]\nbase_url = "http://x"\n[auth]\nreplay_database = 3\n',
+     "[auth] replay_database: must be a string"),
 ])
 def test_bad_config(tmp_path: Path, text: str, message: str) -> None:
     p = tmp_path / "c.toml"
@@ -73,12 +91,72 @@ def test_good_config(tmp_path: Path) -> None:
     assert c.issuers[1].jwks_url == "https://other/jwks"
 
 
+def test_allowed_servers_are_exact_normalised_origins(tmp_path: Path) -> None:
+    c = parse_config({"service": {"base_url": "http://x"}, "auth": {"required": False},
+                      "fhir": {"allowed_servers": ["HTTPS://EHR.Example.org:443/",
+                                                   "http://127.0.0.1:8080", "http://[::1]"]}},
+                     insecure_no_auth=True)
+    assert c.allowed_servers == {"https://ehr.example.org", "http://127.0.0.1:8080",
+                                 "http://[::1]"}
+    assert parse_config({"service": {"base_url": "http://x"}, "auth": {"required": False}},
+                        insecure_no_auth=True).allowed_servers == frozenset()
+
+
+def test_replay_database_default_and_explicit(tmp_path: Path) -> None:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    issuer = '[[auth.issuers]]\niss = "https://ehr"\njwks_file = "jwks.json"\n'
+    p = tmp_path / "c.toml"
+    p.write_text('[service]\nbase_url = "https://cds"\n'
+                 f'database = "sqlite:///{tmp_path}/data/fb.db"\n' + issuer)
+    assert load_config(p).replay_database == tmp_path / "data" / "replay-cache.sqlite3"
+    p.write_text('[service]\nbase_url = "https://cds"\n' + issuer)  # no feedback database
+    assert load_config(p).replay_database == tmp_path / "replay-cache.sqlite3"
+    p.write_text('[service]\nbase_url = "https://cds"\n[auth]\nreplay_database = "r/x.db"\n'
+                 + issuer)
+    assert load_config(p).replay_database == tmp_path / "r" / "x.db"
+
+
+def test_documented_config_example_is_valid(tmp_path: Path) -> None:
+    """The annotated example in docs/integrators/cds-hooks.md loads (its knowledge-base
+    directory swapped for one that exists here), and its database URL names the absolute
+    path its comment promises (``sqlite:////...``: four slashes)."""
+    import re
+    import tomllib
+
+    doc = (ROOT / "docs" / "integrators" / "cds-hooks.md").read_text(encoding="utf-8")
+    block = re.search(r"## Configuration \(TOML\)\s+```toml\n(.*?)```", doc, re.S)
+    assert block, "no TOML example under '## Configuration (TOML)'"
+    text = block.group(1)
+    database = tomllib.loads(text)["service"]["database"]
+    assert database.startswith("sqlite:////"), database  # an absolute path
+    kb = tomllib.loads(text)["service"]["knowledge_base"]
+    p = tmp_path / "service.toml"
+    p.write_text(text.replace(kb, str(STARTER_KB)), encoding="utf-8")
+    c = load_config(p)
+    assert c.database == database and c.allowed_servers and c.issuers
+
+
 def test_serve_refuses_bad_config(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
     p.write_text('[service]\nbase_url = "http://x"\n[auth]\nrequired = false\n')
     r = serve("--config", str(p), "--port", str(free_port()))
     assert r.returncode == 1
     assert "--insecure-no-auth" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_with_workers_refuses_an_unusable_replay_cache_at_once(tmp_path: Path) -> None:
+    """The parent checks [auth] before any worker starts: one line, exit 1."""
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    p = tmp_path / "c.toml"
+    p.write_text(f'[service]\nbase_url = "http://127.0.0.1"\nknowledge_base = "{STARTER_KB}"\n'
+                 f'[auth]\nreplay_database = "{tmp_path}/missing-dir/replay.db"\n'
+                 '[[auth.issuers]]\niss = "https://ehr"\njwks_file = "jwks.json"\n')
+    r = serve("--config", str(p), "--port", str(free_port()), "--workers", "2")
+    assert r.returncode == 1, r.stderr
+    assert "cannot open the replay cache" in r.stderr and "Traceback" not in r.stderr
+    assert "worker not started" not in r.stderr  # stopped before any worker
 
 
 def test_insecure_no_auth_warns_loudly_and_service_lines_are_logged(tmp_path: Path) -> None:
