@@ -51,6 +51,7 @@ __all__ = [
     "ContractItem",
     "PrimaryCareRate",
     "RedFlagItem",
+    "UnclassifiedRedFlagError",
     "UndocumentedRedFlagError",
     "primary_care_bundle",
     "red_flag_items",
@@ -566,11 +567,19 @@ class UndocumentedRedFlagError(ValueError):
     """The fact catalog has a red-flag item the population has no documented rate for."""
 
 
+class UnclassifiedRedFlagError(UndocumentedRedFlagError):
+    """The fact catalog gives its red-flag items no class at all (a catalog older than the
+    ``red-flag: specific|weak`` attribute)."""
+
+
 def red_flag_items(kb: KnowledgeBase) -> tuple[RedFlagItem, ...]:
     """The red-flag screen items of ``kb``'s fact catalog (every input fact with a
     ``red-flag: specific|weak`` class), in catalog order. Raises
     ``UndocumentedRedFlagError`` for an item without a documented primary-care rate, and
     for an ``rf-*`` input fact without a class."""
+    if not any(d.red_flag for d in kb.facts.values()):
+        raise UnclassifiedRedFlagError(
+            "its fact catalog gives no red-flag item a 'red-flag: specific|weak' class")
     items = []
     for name, d in kb.facts.items():
         if d.derived or d.coding is None:

@@ -391,6 +391,7 @@ class DiffReport:
     scenarios: Section
     population: Section
     profiles: tuple[Profile, Profile] | None = None  # OLD, NEW on the primary-care population
+    profile_note: str = ""  # why there are no profiles
 
     @property
     def changed(self) -> bool:
@@ -408,6 +409,7 @@ class DiffReport:
             "synthetic": self.population.to_json(),
             "profile": ({"old": self.profiles[0].to_json(), "new": self.profiles[1].to_json()}
                         if self.profiles else None),
+            "profile_note": self.profile_note or None,
         }
 
     def to_text(self) -> str:
@@ -447,6 +449,8 @@ class DiffReport:
             from movement_cds._kb_profile import side_by_side
 
             lines += [side_by_side(*self.profiles)]
+        elif self.profile_note:
+            lines += [f"Primary-care profile: not made ({self.profile_note})", ""]
         verdict = ("outputs change: review the changes above before release" if self.changed
                    else "no output changes")
         lines.append(verdict)
@@ -646,7 +650,7 @@ def diff_knowledge_bases(
     each scenario's own, and ``DEFAULT_AS_OF`` for the population, so reports are the same any
     day). ``progress(done, total)`` is called as synthetic patients complete.
     """
-    from movement_cds._kb_profile import profile_versions
+    from movement_cds._kb_profile import ProfileError, profile_versions
 
     old, old_sc = _load("OLD", old_root)
     new, new_sc = _load("NEW", new_root)
@@ -662,17 +666,22 @@ def diff_knowledge_bases(
         return lambda done, _total: report(offset + done, 2 * patients)
 
     pop = _run_population(old, new, patients, seed, when, n_workers, stage(0))
-    profiles = None
+    profiles, note = None, ""
     if patients > 0:
-        a, b = profile_versions([old_root, new_root], patients=patients, seed=seed, as_of=when,
-                                workers=n_workers, progress=stage(patients),
-                                which=("OLD", "NEW"))
-        profiles = (a, b)
+        try:
+            a, b = profile_versions([old_root, new_root], patients=patients, seed=seed,
+                                    as_of=when, workers=n_workers, progress=stage(patients),
+                                    which=("OLD", "NEW"))
+            profiles = (a, b)
+        except ProfileError as e:
+            note = str(e)
+            if progress is not None:
+                progress(2 * patients, 2 * patients)
     return DiffReport(
         old=old.kb.ruleset_name, new=new.kb.ruleset_name, old_root=str(old_root),
         new_root=str(new_root), as_of=when, seed=seed,
         scenarios=Section.of("scenarios", scen), population=Section.of("synthetic", pop),
-        profiles=profiles,
+        profiles=profiles, profile_note=note,
     )
 
 

@@ -39,6 +39,7 @@ from cds._plan import Plan
 from fhir_adapters import InvalidBundleError, read_bundle
 from fhir_adapters._population import (
     RedFlagItem,
+    UnclassifiedRedFlagError,
     UndocumentedRedFlagError,
     primary_care_bundle,
     red_flag_items,
@@ -92,23 +93,44 @@ class _Profiled:
     items: tuple[RedFlagItem, ...]
     classes: dict[str, str]  # red-flag item -> specific | weak
     flag_conditions: frozenset[str]  # condition-* facts some RF-* rule reads
+    borrowed: str = ""  # the label of the version whose red-flag classes this one uses
 
 
-def _prepare(version: _Version) -> _Profiled:
+def _items(version: _Version, label: str) -> tuple[RedFlagItem, ...] | None:
+    """The version's red-flag items; None when its catalog classifies none (older format)."""
     try:
-        items = red_flag_items(version.kb)
+        return red_flag_items(version.kb)
+    except UnclassifiedRedFlagError:
+        return None
     except UndocumentedRedFlagError as e:
-        raise ProfileError(f"knowledge base {version.root}: {e}") from None
-    rules = version.evaluator.compiled.rules
-    conditions = frozenset(
-        lit.fact for r in rules if r.rule_id.startswith("RF-") for t in r.terms for lit in t
-        if lit.fact.startswith("condition-") and lit.op != "missing")
-    return _Profiled(version, items, {i.name: i.kind for i in items}, conditions)
+        name = f"{label} knowledge base" if label else "knowledge base"
+        raise ProfileError(f"{name} {version.root}: {e}") from None
 
 
-def _load_profiled(which: str, root: Path) -> _Profiled:
-    version, _ = _load(which, root)
-    return _prepare(version)
+def _load_profiled(labels: Sequence[str], roots: Sequence[Path]) -> list[_Profiled]:
+    """Load every version. A version whose catalog classifies no red-flag item (a catalog
+    older than ``red-flag: specific|weak``) uses the classes of the first version that does,
+    so that ``kb diff`` can profile a release made before the classes existed; with none,
+    ``ProfileError``."""
+    versions = [_load(w, r)[0] for w, r in zip(labels, roots, strict=True)]
+    found = [_items(v, w) for v, w in zip(versions, labels, strict=True)]
+    donor = next(((w, i) for w, i in zip(labels, found, strict=True) if i is not None), None)
+    out = []
+    for v, items in zip(versions, found, strict=True):
+        borrowed = ""
+        if items is None:
+            if donor is None:
+                raise ProfileError(
+                    "no red-flag classes: the fact catalog gives no red-flag item a "
+                    "'red-flag: specific|weak' class, so the figures 'no specific flag' and "
+                    "'at most one weak flag' cannot be computed")
+            borrowed, items = donor[0] or "another version", donor[1]
+        rules = v.evaluator.compiled.rules
+        conditions = frozenset(
+            lit.fact for r in rules if r.rule_id.startswith("RF-") for t in r.terms
+            for lit in t if lit.fact.startswith("condition-") and lit.op != "missing")
+        out.append(_Profiled(v, items, {i.name: i.kind for i in items}, conditions, borrowed))
+    return out
 
 
 # --- tallies ---------------------------------------------------------------------------------
@@ -192,8 +214,8 @@ def _chunk(versions: Sequence[_Profiled], seed: int, as_of: datetime, start: int
 _WORKER: list[_Profiled] = []
 
 
-def _init_worker(roots: tuple[str, ...]) -> None:
-    _WORKER[:] = [_load_profiled("", Path(r)) for r in roots]
+def _init_worker(labels: tuple[str, ...], roots: tuple[str, ...]) -> None:
+    _WORKER[:] = _load_profiled(labels, [Path(r) for r in roots])
 
 
 def _worker_chunk(seed: int, as_of: datetime, start: int, n: int) -> list[ProfileTally]:
@@ -226,6 +248,7 @@ class Profile:
     seed: int
     tally: ProfileTally
     items: tuple[RedFlagItem, ...]  # the catalog's red-flag items, in catalog order
+    borrowed: str = ""  # red-flag classes taken from this version (its catalog has none)
 
     @property
     def no_specific_met(self) -> bool | None:
@@ -277,6 +300,7 @@ class Profile:
             "as_of": self.as_of.isoformat(),
             "seed": self.seed,
             "engine": "reference",
+            "red_flag_classes_from": self.borrowed or "own catalog",
             "patients": n,
             "failed": t.failed,
             "safety": {
@@ -352,6 +376,10 @@ def side_by_side(old: Profile, new: Profile) -> str:
     lines = [f"Primary-care profile: {ot.patients} patients, seed {old.seed} "
              f"(every red-flag question answered within the last 3 days)",
              f"  {'':<{width}}  {'OLD':>20}  {'NEW':>20}  {'change':>9}"]
+    for tag, p in (("OLD", old), ("NEW", new)):
+        if p.borrowed:
+            lines.insert(1, f"  ({tag}'s fact catalog classifies no red-flag item; the "
+                         f"classes of {p.borrowed} are used)")
     section = ""
     for x, y in zip(a, b, strict=True):
         if x.section != section:
@@ -391,17 +419,18 @@ def profile_versions(
 ) -> list[Profile]:
     """Profiles of each knowledge base in ``roots`` over the same primary-care population.
     ``which`` labels the roots in load errors ("OLD", "NEW")."""
-    labels = list(which) or [""] * len(roots)
-    versions = [_load_profiled(w, r) for w, r in zip(labels, roots, strict=True)]
+    labels = tuple(which) or ("",) * len(roots)
+    versions = _load_profiled(labels, roots)
     totals = [ProfileTally() for _ in versions]
     parts = run_in_chunks(patients, workers, progress,
                           partial(_chunk, versions, seed, as_of),
                           partial(_worker_chunk, seed, as_of),
-                          _init_worker, (tuple(str(r) for r in roots),))
+                          _init_worker, (labels, tuple(str(r) for r in roots)))
     for part in parts:
         for total, t in zip(totals, part, strict=True):
             total.merge(t)
-    return [Profile(v.version.kb.ruleset_name, str(v.version.root), as_of, seed, t, v.items)
+    return [Profile(v.version.kb.ruleset_name, str(v.version.root), as_of, seed, t, v.items,
+                    v.borrowed)
             for v, t in zip(versions, totals, strict=True)]
 
 
