@@ -300,6 +300,19 @@ def test_every_cauda_equina_presentation_gets_stat() -> None:
     assert ces["patients"] == ces["of"] and ces["met"] is True
 
 
+def test_cauda_equina_figure_fails_when_stat_becomes_asap(bundled_copy: Path) -> None:
+    """The figure can fail: with every stat referral of the red-flag rules made asap (still
+    urgent or higher), cauda equina presentations are counted as not stat."""
+    rules = bundled_copy / "rules" / "red-flags.yaml"
+    text = rules.read_text()
+    assert "priority: stat" in text
+    rules.write_text(text.replace("priority: stat", "priority: asap"))
+    doc = _json_profile(bundled_copy, n=600, seed=3)
+    ces = doc["safety"]["cauda_equina_stat"]
+    assert ces["of"] > 0 and ces["patients"] == 0 and ces["met"] is False
+    assert doc["referral"]["stat"]["patients"] == 0
+
+
 def test_no_specific_flag_urgent_or_higher_rate_is_at_most_one_percent() -> None:
     """Issue 12 goal (a), pinned on a seeded population of 1,000 with the bundled knowledge
     base. FAILS BY DESIGN on knowledge base 1.1.0 (about 20% here: age and female sex count
