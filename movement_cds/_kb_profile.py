@@ -93,6 +93,7 @@ class _Profiled:
     items: tuple[RedFlagItem, ...]
     classes: dict[str, str]  # red-flag item -> specific | weak
     flag_conditions: frozenset[str]  # condition-* facts some RF-* rule reads
+    referring: frozenset[str]  # rules whose own alert refers urgent or higher
     borrowed: str = ""  # the label of the version whose red-flag classes this one uses
 
 
@@ -129,7 +130,12 @@ def _load_profiled(labels: Sequence[str], roots: Sequence[Path]) -> list[_Profil
         conditions = frozenset(
             lit.fact for r in rules if r.rule_id.startswith("RF-") for t in r.terms
             for lit in t if lit.fact.startswith("condition-") and lit.op != "missing")
-        out.append(_Profiled(v, items, {i.name: i.kind for i in items}, conditions, borrowed))
+        referring = frozenset(
+            r.id for r in v.kb.rules for a in r.then
+            if a.alert and a.alert.referral
+            and a.alert.referral.priority.value in URGENT_OR_HIGHER)
+        out.append(_Profiled(v, items, {i.name: i.kind for i in items}, conditions,
+                             referring, borrowed))
     return out
 
 
@@ -150,6 +156,7 @@ class ProfileTally:
     any_flag: int = 0  # at least one "yes"
     no_specific: int = 0  # no specific flag, at most one weak flag, no red-flag Condition
     no_specific_urgent: int = 0  # ... referred urgent or higher
+    no_specific_by: Counter[str] = field(default_factory=Counter)  # ... by which rules
     cauda_equina: int = 0  # a "yes" to a cauda equina item
     cauda_equina_stat: int = 0  # ... referred stat
 
@@ -173,7 +180,10 @@ class ProfileTally:
         condition = any(facts.get(c) is True for c in v.flag_conditions)
         if specific == 0 and weak <= 1 and not condition:
             self.no_specific += 1
-            self.no_specific_urgent += top in URGENT_OR_HIGHER
+            if top in URGENT_OR_HIGHER:
+                self.no_specific_urgent += 1
+                self.no_specific_by.update({d.rule_id for d in plan.firings
+                                            if d.rule_id in v.referring})
         if any(n in CAUDA_EQUINA_ITEMS for n in yes):
             self.cauda_equina += 1
             self.cauda_equina_stat += top == "stat"
@@ -186,6 +196,7 @@ class ProfileTally:
         self.referrals.update(other.referrals)
         self.rules.update(other.rules)
         self.answers.update(other.answers)
+        self.no_specific_by.update(other.no_specific_by)
 
 
 def _evaluate(v: _Profiled, data: dict[str, Any], as_of: datetime,
@@ -306,7 +317,8 @@ class Profile:
             "safety": {
                 "no_specific_flag_urgent_or_higher": {
                     **share(t.no_specific_urgent, t.no_specific),
-                    "goal": f"<= {NO_SPECIFIC_FLAG_GOAL:g}%", "met": self.no_specific_met},
+                    "goal": f"<= {NO_SPECIFIC_FLAG_GOAL:g}%", "met": self.no_specific_met,
+                    "referred_by": {r: t.no_specific_by[r] for r in _by_count(t.no_specific_by)}},
                 "cauda_equina_stat": {
                     **share(t.cauda_equina_stat, t.cauda_equina),
                     "goal": f"{CAUDA_EQUINA_GOAL:g}%", "met": self.cauda_equina_met},
@@ -330,12 +342,16 @@ class Profile:
             "",
             "Key safety figures",
         ]
-        for row, goal, met in zip(self.rows()[:2], (f"<= {NO_SPECIFIC_FLAG_GOAL:g}%",
-                                                    f"{CAUDA_EQUINA_GOAL:g}%"),
-                                  (self.no_specific_met, self.cauda_equina_met), strict=True):
+        goals = (f"<= {NO_SPECIFIC_FLAG_GOAL:g}%", f"{CAUDA_EQUINA_GOAL:g}%")
+        verdicts = (self.no_specific_met, self.cauda_equina_met)
+        for k, (row, goal, met) in enumerate(zip(self.rows()[:2], goals, verdicts,
+                                                 strict=True)):
             verdict = ("no such patients" if met is None else "met" if met else "NOT MET")
             lines.append(f"  {row.label}: {_pct(row.percent)} ({row.count} of {row.of})"
                          f"   goal {goal}: {verdict}")
+            if k == 0 and t.no_specific_by:
+                lines.append("    referred by: " + ", ".join(
+                    f"{r} ({t.no_specific_by[r]})" for r in _by_count(t.no_specific_by)))
         titles = {"level": f"Level of concern ({LEVEL_FACT})",
                   "referral": "Top referral priority", "held": "Exercise",
                   "failed": "Failures", "answer": 'Red-flag answers "yes" (the input mix)',
@@ -397,7 +413,11 @@ def _share(r: Row) -> str:
 
 
 def _rules(t: ProfileTally) -> list[str]:
-    return sorted(t.rules, key=lambda r: (-t.rules[r], r))
+    return _by_count(t.rules)
+
+
+def _by_count(c: Counter[str]) -> list[str]:
+    return sorted(c, key=lambda r: (-c[r], r))
 
 
 def _pct(p: float) -> str:

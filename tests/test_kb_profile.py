@@ -265,6 +265,11 @@ def test_json_has_every_rate_and_count_and_they_add_up(kb: KnowledgeBase) -> Non
     assert (ces["of"], ces["patients"]) == (ind["ces"], ind["ces_stat"])
     assert no_spec["goal"] == "<= 1%" and ces["goal"] == "100%"
     assert no_spec["met"] == (no_spec["percent"] <= 1.0)
+    # every such referral is explained by a fired rule whose own alert refers urgently
+    by = no_spec["referred_by"]
+    assert sum(by.values()) >= no_spec["patients"]
+    assert all(by[r] <= doc["rules"][r]["patients"] for r in by)
+    assert all(r.startswith("RF-") for r in by)
     # the rules: a red-flag level rule fires for every patient with that level
     assert doc["rules"]["RF-00-LEVEL-NONE"]["patients"] == ind["levels"]["none"]
 
@@ -349,6 +354,7 @@ def test_a_weak_flag_alone_made_urgent_shows_above_one_percent(
     assert after["percent"] > 1.0 and after["met"] is False
     assert after["patients"] > before["patients"]
     assert doc["rules"]["RF-99-WEAK-FLAG-URGENT"]["patients"] >= one_weak
+    assert after["referred_by"]["RF-99-WEAK-FLAG-URGENT"] >= one_weak
 
 
 # --- kb diff shows both profiles ---------------------------------------------------------------
