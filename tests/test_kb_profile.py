@@ -420,3 +420,19 @@ def test_as_of_moves_every_date() -> None:
     code, out, _ = _profile(str(BUNDLED), "--patients", "40", "--json", "--as-of",
                             later.isoformat())
     assert code == 0 and json.loads(out)["as_of"] == later.isoformat()
+
+
+def test_the_docs_rate_table_is_the_generators() -> None:
+    """docs/safety/kb-profile.md lists every documented rate exactly as the generator uses
+    it, and says where each comes from."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "safety" / "kb-profile.md")
+    rows = {}
+    for line in page.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`rf-"):
+            rows[cells[0].strip("`")] = (cells[1], cells[2], cells[3])
+    assert set(rows) == set(PRIMARY_CARE_RATES)
+    for name, rate in PRIMARY_CARE_RATES.items():
+        shown, older, source = rows[name]
+        assert shown == f"{rate.rate * 100:g}%" and older == f"{rate.older:g}", name
+        assert source.startswith("assumption") == rate.source.startswith("assumption"), name
