@@ -42,16 +42,16 @@ def whole_number(option: str, text: str, minimum: int) -> int:
 def kb_profile(
     directory: Annotated[
         Path | None,
-        typer.Argument(help="Knowledge-base directory (default: the bundled one).",
-                       show_default=False),
+        typer.Argument(metavar="DIR", show_default=False,
+                       help="Knowledge-base directory (default: the bundled one)."),
     ] = None,
     patients: Annotated[
         str, typer.Option("--patients", metavar="N",
-                          help=f"Synthetic primary-care patients (default {DEFAULT_PATIENTS}).")
+                          help="Synthetic primary-care patients.")
     ] = str(DEFAULT_PATIENTS),
     as_json: Annotated[bool, typer.Option("--json", help="The profile as JSON on stdout.")] = False,
     seed: Annotated[
-        str, typer.Option("--seed", metavar="S", help="Seed of the population (default 1).")
+        str, typer.Option("--seed", metavar="S", help="Seed of the population.")
     ] = "1",
     as_of: Annotated[
         str | None,

@@ -126,17 +126,25 @@ def _load_profiled(labels: Sequence[str], roots: Sequence[Path]) -> list[_Profil
                     "'red-flag: specific|weak' class, so the figures 'no specific flag' and "
                     "'at most one weak flag' cannot be computed")
             borrowed, items = donor[0] or "another version", donor[1]
-        rules = v.evaluator.compiled.rules
-        conditions = frozenset(
-            lit.fact for r in rules if r.rule_id.startswith("RF-") for t in r.terms
-            for lit in t if lit.fact.startswith("condition-") and lit.op != "missing")
-        referring = frozenset(
-            r.id for r in v.kb.rules for a in r.then
-            if a.alert and a.alert.referral
-            and a.alert.referral.priority.value in URGENT_OR_HIGHER)
-        out.append(_Profiled(v, items, {i.name: i.kind for i in items}, conditions,
-                             referring, borrowed))
+        out.append(_Profiled(v, items, {i.name: i.kind for i in items}, _flag_conditions(v),
+                             _referring_rules(v), borrowed))
     return out
+
+
+def _flag_conditions(v: _Version) -> frozenset[str]:
+    """The Condition facts a red-flag rule (``RF-*``) reads: a recorded one is a specific
+    indicator (a cancer, osteoporosis, an aneurysm)."""
+    return frozenset(
+        lit.fact for r in v.evaluator.compiled.rules if r.rule_id.startswith("RF-")
+        for t in r.terms for lit in t
+        if lit.fact.startswith("condition-") and lit.op != "missing")
+
+
+def _referring_rules(v: _Version) -> frozenset[str]:
+    """The rules whose own alert refers the patient urgent, asap or stat."""
+    return frozenset(
+        r.id for r in v.kb.rules for a in r.then
+        if a.alert and a.alert.referral and a.alert.referral.priority.value in URGENT_OR_HIGHER)
 
 
 # --- tallies ---------------------------------------------------------------------------------
