@@ -3,7 +3,9 @@
 Both versions are loaded with their own validation, then run over the same inputs at the same
 as-of instant: (a) every scenario of either version (the union; a scenario whose input
 differs between the versions is run in both forms), (b) a seeded synthetic population of FHIR
-Bundles (``fhir_adapters._population``), read by each version with its own fact catalog.
+Bundles (``fhir_adapters._population``), read by each version with its own fact catalog, and
+(c) a primary-care population of the same size, whose ``kb profile`` figures
+(``movement_cds._kb_profile``) are shown for both versions side by side.
 
 Each evaluation is reduced to a normalised outcome: alerts (code and level), the most urgent
 referral, held or not, proposed, avoided and deferred exercises, data gaps (facts reported
@@ -61,8 +63,10 @@ __all__ = [
     "KnowledgeBaseLoadError",
     "Outcome",
     "Section",
+    "default_workers",
     "describe",
     "diff_knowledge_bases",
+    "run_in_chunks",
     "write_examples",
 ]
 
