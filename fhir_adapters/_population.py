@@ -1,11 +1,20 @@
-"""A seeded synthetic population of FHIR R4 input Bundles, for comparing knowledge bases.
+"""Seeded synthetic populations of FHIR R4 input Bundles, for comparing knowledge bases.
+
+Two populations, both made at the FHIR level so that each knowledge-base version reads the
+very same input with its own fact catalog:
+
+* the **mixed** population (``synthetic_bundle``), for ``kb diff``: every kind of input a
+  clinic sends, imperfect data included (below);
+* the **primary-care** population (``primary_care_bundle``), for ``kb profile``: complete,
+  current red-flag screens answered "yes" at documented primary-care rates (the table
+  ``PRIMARY_CARE_RATES`` further down, each rate with its source or marked as an assumption).
 
 ``synthetic_bundle(seed, index, as_of)`` builds patient ``index`` of population ``seed``: a
-Bundle that an EHR could send under the input contract (``shared/spec/input-contract.md``).
-It is made at the FHIR level, from the contract's codes and value ranges (the table below,
-copied from the contract, not from any knowledge base), so that two knowledge-base versions
-read the very same input with their own fact catalogs: a version that changes how old an
-answer may be, or a range, sees the change.
+Bundle that an EHR could send under the input contract (the Observations, Conditions and
+codes listed in docs/knowledge-base-format.md and docs/integrators/cds-hooks.md).
+Its codes and value ranges (the table below) are copied from the contract, not from any
+knowledge base, so that a version that changes how old an answer may be, or a range, sees
+the change.
 
 Each patient depends only on ``(seed, index, as_of)`` (its own ``random.Random``), so the
 population is deterministic, can be cut into chunks for worker processes in any way, and a
@@ -31,9 +40,24 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-__all__ = ["CONTRACT_ITEMS", "ContractItem", "synthetic_bundle", "synthetic_population"]
+if TYPE_CHECKING:
+    from cds import KnowledgeBase
+
+__all__ = [
+    "CONTRACT_ITEMS",
+    "PRIMARY_CARE_RATES",
+    "ContractItem",
+    "PrimaryCareRate",
+    "RedFlagItem",
+    "UnclassifiedRedFlagError",
+    "UndocumentedRedFlagError",
+    "primary_care_bundle",
+    "red_flag_items",
+    "synthetic_bundle",
+    "synthetic_population",
+]
 
 SCREEN: Final = "http://movement-cds.org/fhir/CodeSystem/screen"
 LOINC: Final = "http://loinc.org"
@@ -130,7 +154,8 @@ CONTRACT_ITEMS: Final[dict[str, ContractItem]] = {
 CONDITIONS: Final[dict[str, str]] = {
     "osteoporosis": "64859006", "pregnancy": "77386006", "cancer": "363346000",
     "aaa": "233985008", "cauda-equina": "192970008", "low-back-pain": "279039007",
-    "chronic-low-back-pain": "278860009", "sciatica": "23056005",
+    "chronic-low-back-pain": "278860009", "sciatica": "23056005", "hiv": "86406008",
+    "diabetes": "73211009",
 }
 PREGNANCY_STATUS: Final = "82810-3"
 PREGNANT: Final = "LA15173-0"
@@ -295,8 +320,7 @@ class _Patient:
                     else rng.uniform(90, 3650))
             self.observation("episode-duration", round(days, 1), when=when)
         if self.chance(0.8):
-            self.observation("symptom-distribution", rng.choices(
-                CONTRACT_ITEMS["symptom-distribution"].codes, (50, 25, 20, 5))[0], when=when)
+            self.observation("symptom-distribution", self.distribution(), when=when)
         if self.chance(0.45):
             self.observation("repeated-flexion-response", rng.choices(
                 _RESPONSES, (15, 15, 55, 15))[0], when=when)
@@ -307,14 +331,25 @@ class _Patient:
             self.observation("directional-preference", rng.choices(
                 CONTRACT_ITEMS["directional-preference"].codes, (35, 12, 4, 4, 45))[0],
                 when=when)
+        self.myotome(when)
+
+    def distribution(self) -> str:
+        return self.rng.choices(CONTRACT_ITEMS["symptom-distribution"].codes, (50, 25, 20, 5))[0]
+
+    def myotome(self, when: datetime) -> None:
         if self.chance(0.35):
-            weak = self.chance(0.1)
-            sides = [rng.randint(3, 4) if weak else 5, 5]
-            rng.shuffle(sides)
-            if self.chance(0.85):
-                self.observation("myotome-strength", when=when, left=sides[0], right=sides[1])
-            else:
-                self.observation("myotome-strength", min(sides), when=when)
+            self.strength(3, 4, 0.1, when)
+
+    def strength(self, low: int, high: int, p_weak: float, when: datetime) -> None:
+        """Lower-limb strength: one side ``low``..``high`` with probability ``p_weak``."""
+        rng = self.rng
+        weak = self.chance(p_weak)
+        sides = [rng.randint(low, high) if weak else 5, 5]
+        rng.shuffle(sides)
+        if self.chance(0.85):
+            self.observation("myotome-strength", when=when, left=sides[0], right=sides[1])
+        else:
+            self.observation("myotome-strength", min(sides), when=when)
 
     def questionnaires(self) -> None:
         rng, when = self.rng, self.days_ago(20, 90, 0.08)
@@ -405,6 +440,13 @@ class _Patient:
             self.condition("aaa", when=when)
         if self.chance(0.001):
             self.condition("cauda-equina", when=when)
+        self.pregnancy(age, gender)
+        if self.chance(0.06):
+            self.condition("diabetes", when=when)
+        if self.chance(0.003):
+            self.condition("hiv", when=when)
+
+    def pregnancy(self, age: int, gender: str | None) -> None:
         if gender == "female" and 16 <= age <= 45:
             if self.chance(0.03):
                 self.condition("pregnancy", when=self.days_ago(60, 300, 0.1))
@@ -430,6 +472,196 @@ class _Patient:
         kind = "searchset" if self.chance(0.1) else "collection"
         return {"resourceType": "Bundle", "id": f"synthetic-{self.index}", "type": kind,
                 "entry": entries}
+
+
+# --- the primary-care population (kb profile) ---------------------------------------------
+#
+# Complete, current red-flag screens in a primary-care mix of people with low back pain, for
+# the clinical-governance profile of a knowledge base (``movement-cds kb profile``).
+#
+# What was read (the abstract, PubMed 19790051): Henschke N et al. Prevalence of and screening
+# for serious spinal pathology in patients presenting to primary care settings with acute low
+# back pain. Arthritis Rheum 2009;60(10):3072-80. In 1,172 consecutive primary-care patients,
+# 11 (0.9%) had serious pathology (8 of them vertebral fractures); 80.4% had at least one of
+# 25 red flags (median 2, IQR 1-3); only three fracture flags were informative (prolonged
+# corticosteroid use, age > 70, significant trauma). The project's knowledge brief (section
+# 1b) also cites Downie 2014 (most single red flags have poor diagnostic accuracy) and, in a
+# secondary summary, Henschke 2013 (Cochrane CD008686: malignancy 0.3% before the test, 4.6%
+# after a positive history of cancer).
+#
+# The per-item "yes" rates below are NOT from a table that was read: the abstract gives no
+# per-item prevalence. Each is marked as an assumption, chosen to be consistent with the read
+# aggregates: serious pathology about 1% (so specific answers are rare, cauda equina items
+# rarest), but positive answers common (false positives: weak general flags such as night pain
+# and "not improving" are frequent). The Henschke screen had 25 questions, several of which
+# (insidious onset, no relief from bed rest, morning stiffness) this screen does not ask, so
+# the share of patients with at least one positive answer here is lower than 80%. Answers are
+# drawn independently; the only dependencies are the clinical consistency rules in
+# ``_PrimaryCarePatient`` (a measured motor deficit, leg symptoms in both legs and a cancer
+# Condition only come with the matching answer). Clinical governance should replace any rate
+# with a local audit figure where one exists.
+
+
+@dataclass(frozen=True)
+class PrimaryCareRate:
+    """How often a red-flag question is answered "yes" in primary care, and where that comes
+    from. ``older`` multiplies the rate from age 65 (more cancer history, trauma from falls)."""
+
+    rate: float
+    source: str
+    older: float = 1.0
+
+
+_ASSUMED = "assumption (no per-item primary-care prevalence read)"
+
+#: The "yes" rate of every red-flag screen item of the fact catalog. A catalog item missing
+#: here stops ``kb profile`` with an error naming it (it has no documented rate).
+PRIMARY_CARE_RATES: Final[dict[str, PrimaryCareRate]] = {
+    # cauda equina items: rare. CES itself is far below 1% of primary-care LBP (Henschke 2009
+    # found none among its 11 cases); a "yes" is more common than the syndrome (urinary
+    # symptoms have other causes), hence bladder above saddle and bowel.
+    "rf-saddle-anaesthesia": PrimaryCareRate(0.002, _ASSUMED),
+    "rf-bladder-dysfunction": PrimaryCareRate(0.006, _ASSUMED),
+    "rf-bowel-dysfunction": PrimaryCareRate(0.002, _ASSUMED),
+    "rf-bilateral-leg-symptoms": PrimaryCareRate(0.02, _ASSUMED),
+    "rf-progressive-weakness": PrimaryCareRate(0.005, _ASSUMED),
+    "rf-foot-drop": PrimaryCareRate(0.002, _ASSUMED),
+    "rf-sexual-dysfunction": PrimaryCareRate(0.015, _ASSUMED),
+    "rf-fever": PrimaryCareRate(0.01, _ASSUMED),
+    "rf-unexplained-weight-loss": PrimaryCareRate(0.02, _ASSUMED, older=1.5),
+    # "a few per cent" (issue 12); Henschke 2013 gives how much it raises the probability of
+    # malignancy, not how common it is
+    "rf-cancer-history": PrimaryCareRate(0.03, _ASSUMED, older=2.0),
+    "rf-night-pain": PrimaryCareRate(0.10, _ASSUMED),
+    # the commonest serious pathology in Henschke 2009 is fracture (8 of 1,172); trauma is
+    # informative there, so a "yes" is not rare
+    "rf-significant-trauma": PrimaryCareRate(0.03, _ASSUMED, older=1.5),
+    "rf-corticosteroid-use": PrimaryCareRate(0.015, _ASSUMED, older=1.5),
+    "rf-iv-drug-use": PrimaryCareRate(0.003, _ASSUMED),
+    "rf-immunosuppression": PrimaryCareRate(0.01, _ASSUMED),
+    "rf-recent-infection": PrimaryCareRate(0.02, _ASSUMED),
+    "rf-pulsatile-abdominal-mass": PrimaryCareRate(0.001, _ASSUMED),
+    # persistent pain: many people seen for back pain have not improved after 4-6 weeks
+    # (close to the entry criterion of a persistent-pain service, knowledge brief 1b)
+    "rf-not-improving": PrimaryCareRate(0.25, _ASSUMED),
+}
+
+#: The red-flag screen is dated within this many days before the as-of instant (current
+#: under any maximum answer age of the knowledge base).
+SCREEN_WITHIN_DAYS: Final = 3.0
+
+RedFlagClass = Literal["specific", "weak"]
+
+
+@dataclass(frozen=True)
+class RedFlagItem:
+    """A red-flag screen question as a knowledge base's fact catalog defines it."""
+
+    name: str
+    kind: RedFlagClass  # specific: points to one serious pathology; weak: a general flag
+    system: str
+    code: str
+
+
+class UndocumentedRedFlagError(ValueError):
+    """The fact catalog has a red-flag item the population has no documented rate for."""
+
+
+class UnclassifiedRedFlagError(UndocumentedRedFlagError):
+    """The fact catalog gives its red-flag items no class at all (a catalog older than the
+    ``red-flag: specific|weak`` attribute)."""
+
+
+def red_flag_items(kb: KnowledgeBase) -> tuple[RedFlagItem, ...]:
+    """The red-flag screen items of ``kb``'s fact catalog (every input fact with a
+    ``red-flag: specific|weak`` class), in catalog order. Raises
+    ``UndocumentedRedFlagError`` for an item without a documented primary-care rate, and
+    for an ``rf-*`` input fact without a class."""
+    if not any(d.red_flag for d in kb.facts.values()):
+        raise UnclassifiedRedFlagError(
+            "its fact catalog gives no red-flag item a 'red-flag: specific|weak' class")
+    items = []
+    for name, d in kb.facts.items():
+        if d.derived or d.coding is None:
+            continue
+        if d.red_flag is None:
+            if name.startswith("rf-"):
+                raise UndocumentedRedFlagError(
+                    f"fact {name} looks like a red-flag answer but has no 'red-flag: "
+                    "specific|weak' class in the fact catalog")
+            continue
+        if name not in PRIMARY_CARE_RATES:
+            raise UndocumentedRedFlagError(
+                f"red-flag item {name} has no documented primary-care rate (add it to "
+                "PRIMARY_CARE_RATES in fhir_adapters/_population.py, with its source)")
+        items.append(RedFlagItem(name, d.red_flag, d.coding.system, d.coding.code))
+    return tuple(items)
+
+
+_MOTOR = ("rf-foot-drop", "rf-progressive-weakness")
+
+
+class _PrimaryCarePatient(_Patient):
+    """A primary-care visit: the whole red-flag screen answered, as one sitting, within the
+    last few days; the rest of the visit as in the mixed population, made consistent with the
+    answers (a measured severe motor deficit or leg symptoms in both legs only with the
+    matching "yes"; red-flag Conditions at plain prevalences or with the matching "yes")."""
+
+    def __init__(self, seed: int, index: int, as_of: datetime,
+                 items: tuple[RedFlagItem, ...]) -> None:
+        super().__init__(seed, index, as_of)
+        self.rng = random.Random(f"movement-cds-primary-care:{seed}:{index}")
+        self.items = items
+        self.positive: set[str] = set()
+
+    def red_flag_screen(self, age: int) -> None:
+        when = self.as_of - timedelta(days=self.rng.uniform(0, SCREEN_WITHIN_DAYS),
+                                      minutes=self.rng.randint(1, 60))
+        for item in self.items:
+            documented = PRIMARY_CARE_RATES[item.name]
+            rate = documented.rate * (documented.older if age >= 65 else 1.0)
+            yes = self.chance(rate)
+            if yes:
+                self.positive.add(item.name)
+            self.observation(item.name, when=when, status="final", system=item.system,
+                             code=item.code, raw={"valueBoolean": yes})
+
+    def distribution(self) -> str:
+        if "rf-bilateral-leg-symptoms" in self.positive:
+            return "both-legs"
+        return self.rng.choices(("back-only", "above-knee", "below-knee"), (50, 25, 20))[0]
+
+    def myotome(self, when: datetime) -> None:
+        if self.positive.intersection(_MOTOR):
+            self.strength(1, 3, 0.8, when)  # a reported motor "yes" is usually measurable
+        elif self.chance(0.35):
+            self.strength(4, 4, 0.05, when)  # mild weakness (4/5) of a radiculopathy
+
+    def conditions(self, age: int, gender: str | None) -> None:
+        when = self.days_ago(400, 1000, 0.2)
+        if self.chance(0.7):
+            self.condition(self.rng.choice(("low-back-pain", "chronic-low-back-pain",
+                                            "sciatica")), when=when)
+        # prevalences below are assumptions (general-population orders of magnitude)
+        if self.chance(0.15 if gender == "female" and age >= 60 else 0.02):
+            self.condition("osteoporosis", when=when)
+        if "rf-cancer-history" in self.positive and self.chance(0.5):
+            self.condition("cancer", when=when)  # any clinical status: a history
+        if self.chance(0.01 if gender == "male" and age >= 65 else 0.0005):
+            self.condition("aaa", when=when)
+        if self.chance(0.12 if age >= 50 else 0.04):
+            self.condition("diabetes", when=when)
+        if "rf-immunosuppression" in self.positive and self.chance(0.1):
+            self.condition("hiv", when=when)
+        self.pregnancy(age, gender)
+
+
+def primary_care_bundle(seed: int, index: int, as_of: datetime,
+                        items: tuple[RedFlagItem, ...]) -> dict[str, Any]:
+    """Patient ``index`` of primary-care population ``seed``, with every red-flag item of
+    ``items`` (``red_flag_items(kb)``) answered within ``SCREEN_WITHIN_DAYS`` before
+    ``as_of``. The same arguments always give the same Bundle."""
+    return _PrimaryCarePatient(seed, index, as_of, items).bundle()
 
 
 def synthetic_bundle(seed: int, index: int, as_of: datetime) -> dict[str, Any]:

@@ -23,8 +23,9 @@ from movement_cds._cli_common import fail, kb_app
 
 
 @contextmanager
-def _progress() -> Iterator[Callable[[int, int], None]]:
-    """A progress callback: rich on a terminal, plain lines every ~10% otherwise."""
+def progress_reporter(command: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress callback on standard error: rich on a terminal, otherwise plain lines
+    (``{command}: done/total synthetic patients (pct%), s``) about every 10%."""
     if sys.stderr.isatty():
         from rich.console import Console
         from rich.progress import (
@@ -39,7 +40,7 @@ def _progress() -> Iterator[Callable[[int, int], None]]:
         with Progress(TextColumn("synthetic patients"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TimeRemainingColumn(),
                       console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task("diff", total=None)
+            task = bar.add_task(command, total=None)
 
             def update(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
@@ -53,7 +54,7 @@ def _progress() -> Iterator[Callable[[int, int], None]]:
         if total <= 0 or done < state["next"]:
             return
         pct = 100 * done // total
-        typer.echo(f"kb diff: {done}/{total} synthetic patients ({pct}%), "
+        typer.echo(f"{command}: {done}/{total} synthetic patients ({pct}%), "
                    f"{time.monotonic() - start:.0f} s", err=True)
         state["next"] = done + max(1, total // 10) if done < total else total + 1
 
@@ -110,7 +111,7 @@ def kb_diff(
         if not path.is_dir():
             fail(f"{which} knowledge base {path} is not a directory")
     try:
-        with _progress() as progress:
+        with progress_reporter("kb diff") as progress:
             report = diff_knowledge_bases(old, new, patients=patients, seed=seed, as_of=when,
                                           workers=workers, progress=progress)
     except KnowledgeBaseLoadError as e:

@@ -11,4 +11,5 @@ from movement_cds import (
     _cli_kb_diff,  # noqa: F401
     _cli_kb_docs,  # noqa: F401
     _cli_kb_export,  # noqa: F401
+    _cli_kb_profile,  # noqa: F401
 )

@@ -3,7 +3,9 @@
 Both versions are loaded with their own validation, then run over the same inputs at the same
 as-of instant: (a) every scenario of either version (the union; a scenario whose input
 differs between the versions is run in both forms), (b) a seeded synthetic population of FHIR
-Bundles (``fhir_adapters._population``), read by each version with its own fact catalog.
+Bundles (``fhir_adapters._population``), read by each version with its own fact catalog, and
+(c) a primary-care population of the same size, whose ``kb profile`` figures
+(``movement_cds._kb_profile``) are shown for both versions side by side.
 
 Each evaluation is reduced to a normalised outcome: alerts (code and level), the most urgent
 referral, held or not, proposed, avoided and deferred exercises, data gaps (facts reported
@@ -34,7 +36,7 @@ from datetime import datetime
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cds import (
     Evaluator,
@@ -61,11 +63,17 @@ __all__ = [
     "KnowledgeBaseLoadError",
     "Outcome",
     "Section",
+    "default_workers",
     "describe",
     "diff_knowledge_bases",
+    "run_in_chunks",
     "write_examples",
 ]
 
+if TYPE_CHECKING:
+    from movement_cds._kb_profile import Profile
+
+T = TypeVar("T")
 EXAMPLES = 3
 _PRIORITY = ("stat", "asap", "urgent", "routine")
 ChangeKey = tuple[str, str, str, str]  # (category, item, before, after); "" = absent
@@ -78,7 +86,8 @@ class KnowledgeBaseLoadError(MovementCDSError):
         self.which, self.root, self.problems = which, root, problems
         n = len(problems)
         first = f": {problems[0]}" if problems else ""
-        super().__init__(f"{which} knowledge base {root} is invalid ({n} problem(s)){first}")
+        name = f"{which} knowledge base" if which else "knowledge base"
+        super().__init__(f"{name} {root} is invalid ({n} problem(s)){first}")
 
 
 # --- one evaluation, normalised ------------------------------------------------------------
@@ -385,6 +394,8 @@ class DiffReport:
     seed: int
     scenarios: Section
     population: Section
+    profiles: tuple[Profile, Profile] | None = None  # OLD, NEW on the primary-care population
+    profile_note: str = ""  # why there are no profiles
 
     @property
     def changed(self) -> bool:
@@ -400,6 +411,9 @@ class DiffReport:
             "changed": self.changed,
             "scenarios": self.scenarios.to_json(),
             "synthetic": self.population.to_json(),
+            "profile": ({"old": self.profiles[0].to_json(), "new": self.profiles[1].to_json()}
+                        if self.profiles else None),
+            "profile_note": self.profile_note or None,
         }
 
     def to_text(self) -> str:
@@ -435,6 +449,12 @@ class DiffReport:
                         lines.append("        key facts: " + ", ".join(
                             f"{k}={v}" for k, v in e.key_facts.items()))
             lines.append("")
+        if self.profiles:
+            from movement_cds._kb_profile import side_by_side
+
+            lines += [side_by_side(*self.profiles)]
+        elif self.profile_note:
+            lines += [f"Primary-care profile: not made ({self.profile_note})", ""]
         verdict = ("outputs change: review the changes above before release" if self.changed
                    else "no output changes")
         lines.append(verdict)
@@ -564,37 +584,56 @@ def default_workers(patients: int) -> int:
     return 1 if patients < 2000 else max(1, min(4, os.cpu_count() or 1))
 
 
-def _run_population(old: _Version, new: _Version, n: int, seed: int, as_of: datetime,
-                    workers: int, progress: Callable[[int, int], None] | None) -> _Tally:
-    total = _Tally()
+def run_in_chunks(
+    n: int,
+    workers: int,
+    progress: Callable[[int, int], None] | None,
+    local: Callable[[int, int], T],
+    remote: Callable[[int, int], T],
+    initializer: Callable[..., None],
+    initargs: tuple[Any, ...],
+) -> list[T]:
+    """Patients 0 .. n-1 in chunks: ``local(start, k)`` in this process when ``workers`` is 1,
+    else ``remote(start, k)`` (picklable) in ``workers`` spawned processes, each set up once by
+    ``initializer(*initargs)``. Returns the chunks' results in patient order, so that merging
+    them gives the same result for any number of workers. ``progress(done, n)`` is called as
+    chunks complete."""
     if n <= 0:
-        return total
+        return []
     size = max(50, min(500, n // (workers * 8) or 50))
     chunks = [(s, min(size, n - s)) for s in range(0, n, size)]
     done = 0
     if progress:
         progress(0, n)
     if workers <= 1:
+        out = []
         for start, k in chunks:
-            total.merge(_chunk(old, new, seed, as_of, start, k))
+            out.append(local(start, k))
             done += k
             if progress:
                 progress(done, n)
-        return total
-    parts: dict[int, _Tally] = {}
+        return out
+    parts: dict[int, T] = {}
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                             initializer=_init_worker,
-                             initargs=(str(old.root), str(new.root))) as pool:
-        futures = {pool.submit(_worker_chunk, seed, as_of, start, k): (start, k)
-                   for start, k in chunks}
+                             initializer=initializer, initargs=initargs) as pool:
+        futures = {pool.submit(remote, start, k): (start, k) for start, k in chunks}
         for fut in as_completed(futures):
             start, k = futures[fut]
             parts[start] = fut.result()
             done += k
             if progress:
                 progress(done, n)
-    for start in sorted(parts):
-        total.merge(parts[start])
+    return [parts[start] for start in sorted(parts)]
+
+
+def _run_population(old: _Version, new: _Version, n: int, seed: int, as_of: datetime,
+                    workers: int, progress: Callable[[int, int], None] | None) -> _Tally:
+    total = _Tally()
+    for part in run_in_chunks(n, workers, progress,
+                              partial(_chunk, old, new, seed, as_of),
+                              partial(_worker_chunk, seed, as_of),
+                              _init_worker, (str(old.root), str(new.root))):
+        total.merge(part)
     return total
 
 
@@ -615,17 +654,38 @@ def diff_knowledge_bases(
     each scenario's own, and ``DEFAULT_AS_OF`` for the population, so reports are the same any
     day). ``progress(done, total)`` is called as synthetic patients complete.
     """
+    from movement_cds._kb_profile import ProfileError, profile_versions
+
     old, old_sc = _load("OLD", old_root)
     new, new_sc = _load("NEW", new_root)
     when = as_of or DEFAULT_AS_OF
     scen = _run_scenarios(old, new, old_sc, new_sc, as_of)
-    pop = _run_population(old, new, patients, seed, when,
-                          workers if workers is not None else default_workers(patients),
-                          progress)
+    n_workers = workers if workers is not None else default_workers(patients)
+
+    def stage(offset: int) -> Callable[[int, int], None] | None:
+        """Progress over both populations as one count (2 x patients)."""
+        if progress is None:
+            return None
+        report = progress
+        return lambda done, _total: report(offset + done, 2 * patients)
+
+    pop = _run_population(old, new, patients, seed, when, n_workers, stage(0))
+    profiles, note = None, ""
+    if patients > 0:
+        try:
+            a, b = profile_versions([old_root, new_root], patients=patients, seed=seed,
+                                    as_of=when, workers=n_workers, progress=stage(patients),
+                                    which=("OLD", "NEW"))
+            profiles = (a, b)
+        except ProfileError as e:
+            note = str(e)
+            if progress is not None:
+                progress(2 * patients, 2 * patients)
     return DiffReport(
         old=old.kb.ruleset_name, new=new.kb.ruleset_name, old_root=str(old_root),
         new_root=str(new_root), as_of=when, seed=seed,
         scenarios=Section.of("scenarios", scen), population=Section.of("synthetic", pop),
+        profiles=profiles, profile_note=note,
     )
 
 

@@ -270,7 +270,8 @@ def test_progress_is_reported_on_stderr_about_every_ten_percent(kb_copy: Path) -
     _, _, err = _diff(STARTER, kb_copy)
     lines = [x for x in err.splitlines() if "synthetic patients" in x]
     assert 5 <= len(lines) <= 12, err
-    assert lines[-1].startswith(f"kb diff: {N}/{N} synthetic patients (100%)")
+    # the mixed population, then the primary-care one for the profiles: 2 x N in all
+    assert lines[-1].startswith(f"kb diff: {2 * N}/{2 * N} synthetic patients (100%)")
 
 
 def test_bad_directories_and_invalid_knowledge_bases_fail_clearly(kb_copy: Path,
