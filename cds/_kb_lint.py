@@ -13,7 +13,12 @@ plain sentence:
   acknowledge an intended override with ``overrides: [RULE-ID]`` on the vetoing rule);
 - rules that no scenario ``covers`` (warning), and scenarios that name rules, facts,
   exercises or alert codes the knowledge base does not have (error: such an expectation
-  would pass without testing anything).
+  would pass without testing anything);
+- evidence that has no identifier (warning, so ``--strict`` fails): an evidence ``id``
+  that names no source (``GUIDELINE:TBD``, ``GUIDELINE:unknown``, ...), since a reviewer
+  must be able to find every source a rule names; and evidence whose citation says
+  "identifier unverified" but is not tagged M (an unverified identifier is unverified
+  evidence; knowledge brief revision v2, evidence hygiene).
 
 ``plain_problems`` rewrites the loader's problems into the words an informaticist uses and
 points "unknown ..." problems at the exact line of the misspelt name, with near matches.
@@ -55,6 +60,12 @@ COMPUTED_INPUTS = frozenset({
     "followup-adherence", "followup-peripheralization",  # from the follow-up responses
     # the red-flag answer states the FHIR reader sets (input contract v2)
     "red-flag-discordant", "red-flag-unreadable", "red-flag-unreadable-holding",
+})
+# GUIDELINE: names that identify nothing (compared lower case, '-' and '_' dropped)
+_PLACEHOLDER_NAMES = frozenset({
+    "none", "unknown", "tbd", "tba", "todo", "na", "missing", "placeholder", "unverified",
+    "notknown", "noidentifier", "noid", "nosource", "source", "reference", "ref", "citation",
+    "guideline", "x", "xx", "xxx",
 })
 _MAX_EXPANSIONS = 256  # input-level cases per rule when looking for a witness
 _MAX_WITNESS_TRIES = 400
@@ -529,9 +540,42 @@ def lint_knowledge_base(
                 f"exercise is listed as 'do not perform'). If that is intended, add "
                 f"'overrides: [{rid}]' to {v.id}", "warning")
 
+    for rule in rules:
+        out.extend(_evidence_checks(rule.id, rule.evidence, src))
+
     if scenarios:
         out.extend(_scenario_checks(kb, compiled, src))
     return sorted(out, key=lambda p: (p.file, p.line or 0, p.column or 0, p.message))
+
+
+def has_identifier(evidence_id: str) -> bool:
+    """Whether an evidence id identifies a source a reviewer can find: a PMID, PMCID, DOI,
+    ISBN or URL, or a GUIDELINE: name that names a document (not a placeholder)."""
+    scheme, _, value = evidence_id.partition(":")
+    if scheme != "GUIDELINE":
+        return bool(value.strip())
+    name = re.sub(r"[-_.\s]", "", value).lower()
+    return len(name) >= 3 and name not in _PLACEHOLDER_NAMES and not set(name) <= {"x", "?"}
+
+
+def _evidence_checks(rule_id: str, evidence: list[Any], src: _Sources
+                     ) -> list[KnowledgeBaseProblem]:
+    out: list[KnowledgeBaseProblem] = []
+    for i, ev in enumerate(evidence):
+        loc = src.at(rule_id, ("evidence", i, "id"))
+        if not has_identifier(ev.id):
+            out.append(KnowledgeBaseProblem(
+                loc.file, loc.line, loc.column,
+                f"rule {rule_id}: evidence '{ev.id}' has no identifier: name the source by "
+                "PMID:, PMCID:PMC, DOI:10., ISBN:, URL: or GUIDELINE:<document name>, so that "
+                "a reviewer can find it (an unverifiable one is tagged M and its citation says "
+                "'identifier unverified')", "warning"))
+        if "identifier unverified" in ev.citation.lower() and ev.tag.value != "M":
+            out.append(KnowledgeBaseProblem(
+                loc.file, loc.line, loc.column,
+                f"rule {rule_id}: evidence '{ev.id}' says 'identifier unverified' but is tagged "
+                f"{ev.tag.value}: an unverified identifier is tagged M", "warning"))
+    return out
 
 
 def _scenario_checks(kb: KnowledgeBase, compiled: CompiledKnowledgeBase, src: _Sources

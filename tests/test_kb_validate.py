@@ -166,6 +166,69 @@ def test_rule_without_evidence_is_said_plainly(kb_copy: Path) -> None:
     assert code == 1 and "rule PR-01-NO-FLEXION has no evidence" in err
 
 
+def _without_overlap_warning(kb_copy: Path) -> Path:
+    """The starter copy with its one intended overlap acknowledged: 0 warnings, so --strict
+    passes until the edit under test."""
+    rules = kb_copy / "rules" / "precautions.yaml"
+    edit(rules, "    stratum: precautions\n",
+         "    stratum: precautions\n    overrides: [SE-02-HIP-DISSOCIATION]\n")
+    code, _, err = validate("--strict", str(kb_copy))
+    assert code == 0, err
+    return kb_copy / "rules" / "red-flags.yaml"
+
+
+def test_strict_fails_on_evidence_without_an_identifier(kb_copy: Path) -> None:
+    rf = _without_overlap_warning(kb_copy)
+    edit(rf, "      - id: PMID:32438853\n", "      - id: GUIDELINE:TBD\n")
+    code, _, err = validate("--strict", str(kb_copy))
+    assert code == 1
+    line = line_of(rf, "GUIDELINE:TBD")
+    assert re.search(rf"rules/red-flags.yaml:{line}:\d+: warning: rule RF-01-CES: evidence "
+                     r"'GUIDELINE:TBD' has no identifier: name the source by PMID:", err), err
+    code, _, err = validate(str(kb_copy))  # a warning: without --strict the status is 0
+    assert code == 0 and "has no identifier" in err
+    # a placeholder spelt another way is caught too; a real document name is not
+    edit(rf, "GUIDELINE:TBD", "GUIDELINE:n_a")
+    assert "'GUIDELINE:n_a' has no identifier" in validate("--strict", str(kb_copy))[2]
+    edit(rf, "GUIDELINE:n_a", "GUIDELINE:NICE-CKS-sciatica-red-flags")
+    code, _, err = validate("--strict", str(kb_copy))
+    assert code == 0, err
+
+
+def test_evidence_with_no_id_at_all_is_an_error(kb_copy: Path) -> None:
+    rf = _without_overlap_warning(kb_copy)
+    edit(rf, "      - id: PMID:32438853\n        citation:", "      - citation:")
+    code, _, err = validate(str(kb_copy))
+    assert code == 1
+    assert re.search(r"error: rule RF-01-CES: 'evidence\.0\.id' is required but missing", err), err
+
+
+def test_strict_fails_on_an_unverified_identifier_not_tagged_m(kb_copy: Path) -> None:
+    rf = _without_overlap_warning(kb_copy)
+    edit(rf, "Spinal Pathologies. J Orthop Sports Phys Ther 2020;50(7):350-372.\n        tag: R",
+         "Spinal Pathologies. J Orthop Sports Phys Ther 2020;50(7):350-372 (identifier\n"
+         "          unverified).\n        tag: R")
+    code, _, err = validate("--strict", str(kb_copy))
+    assert code == 1
+    assert ("rule RF-01-CES: evidence 'PMID:32438853' says 'identifier unverified' but is "
+            "tagged R") in err, err
+    edit(rf, "          unverified).\n        tag: R", "          unverified).\n        tag: M")
+    code, _, err = validate("--strict", str(kb_copy))
+    assert code == 0, err
+
+
+def test_every_bundled_evidence_id_has_an_identifier(kb: KnowledgeBase) -> None:
+    from cds._kb_lint import has_identifier
+    ids = {e.id for r in kb.rules for e in r.evidence}
+    assert ids and all(has_identifier(i) for i in ids), sorted(i for i in ids
+                                                               if not has_identifier(i))
+    unverified = [(r.id, e.id) for r in kb.rules for e in r.evidence
+                  if "identifier unverified" in e.citation.lower()]
+    assert unverified  # the knowledge base does carry ids it could not check
+    assert all(e.tag.value == "M" for r in kb.rules for e in r.evidence
+               if "identifier unverified" in e.citation.lower())
+
+
 def test_rule_without_scenario_is_a_warning(kb_copy: Path) -> None:
     sc = kb_copy / "scenarios" / "starter-rules.yaml"
     edit(sc, "covers: [PR-01-NO-FLEXION]", "covers: []", count=-1)
