@@ -332,10 +332,8 @@ def test_a_total_below_the_agreed_items_is_inconsistent(kb: KnowledgeBase) -> No
     assert "startback-total" not in values(pf)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F11 (low-medium, contract gap): 'STarT Back items are also accepted with their LOINC "
-    "codes (... distress subscale 91350-9 ...)'; the catalog has no LOINC code but the total, "
-    "so the subscale sent as LOINC 91350-9 is ignored as an unknown code"))
+# Review finding, fixed: F11 the STarT Back distress subscale is accepted as LOINC 91350-9
+# (also-coded in the fact catalog).
 def test_startback_subscale_is_accepted_with_its_loinc_code(kb: KnowledgeBase) -> None:
     pf = read(kb, observation("startback-psychosocial", 3, system=LOINC, code="91350-9"))
     assert values(pf).get("startback-psychosocial") == 3
