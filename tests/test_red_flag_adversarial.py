@@ -517,11 +517,15 @@ def test_every_diabetes_code_gives_condition_diabetes(kb: KnowledgeBase, code: s
     assert values(read(kb, cond))["condition-diabetes"] is True
 
 
-def test_an_inactive_hiv_condition_does_not_count(kb: KnowledgeBase) -> None:
-    """Documented: HIV is not a 'history' fact, so an inactive/remission HIV Condition is
-    not a risk factor. Clinically questionable (HIV is not cured); for the lead to decide."""
-    assert "condition-hiv" not in values(read(kb, condition("condition-hiv",
-                                                            clinical="remission")))
+def test_an_hiv_condition_counts_whatever_its_recorded_status(kb: KnowledgeBase) -> None:
+    """HIV is not cured: the catalog marks condition-hiv as a history, so a Condition
+    recorded inactive or in remission is still an infection risk factor (the review asked
+    the lead to decide; decided so)."""
+    for clinical in ("remission", "inactive", "resolved"):
+        assert values(read(kb, condition("condition-hiv", clinical=clinical)))[
+            "condition-hiv"] is True
+    assert "condition-hiv" not in values(read(kb, condition(
+        "condition-hiv", clinical="active", verification="refuted")))
 
 
 @pytest.mark.parametrize(("birth", "as_of", "age", "oldest"), [
