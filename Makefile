@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 AS_OF ?= 2026-11-02T09:00:00Z
 
-.PHONY: example test lint bench docs clean
+.PHONY: example test lint bench docs clean base-install-check
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,12 @@ example: $(STAMP)
 ## Lint, type-check (mypy strict) and run the test suite.
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+## The library without extras, as an integrator installs it: build the wheel, install it in a
+## fresh venv (no extras), import every library module, run the README's Python example and
+## `movement-cds evaluate` on the bundled example (~15 s once pip's cache is warm). CI runs it.
+base-install-check:
+	.ci/base_install_check.sh $(PY)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
