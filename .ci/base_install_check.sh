@@ -28,9 +28,12 @@ import importlib, os, pathlib, re, sys
 import tomllib
 root = pathlib.Path(os.environ["ROOT"])
 # every library module imports (the service's own modules need the 'service' extra)
-service = {"fhir_adapters._hooks_app", "fhir_adapters._hooks_auth",
-           "fhir_adapters._hooks_prefetch", "fhir_adapters._hooks_issuer",
-           "fhir_adapters._balancer"}
+# (the list of those is SERVICE_MODULES in tests/test_dependencies.py)
+import ast
+tree = ast.parse((root / "tests" / "test_dependencies.py").read_text())
+service = next(ast.literal_eval(node.value.args[0]) for node in tree.body
+               if isinstance(node, ast.Assign) and node.targets[0].id == "SERVICE_MODULES")
+assert "fhir_adapters._hooks_app" in service
 for pkg in ("cds", "fhir_adapters", "movement_cds", "knowledge_base"):
     for path in sorted((root / pkg).glob("*.py")):  # the packaged modules (no subpackages)
         parts = list(path.relative_to(root).with_suffix("").parts)

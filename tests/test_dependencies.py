@@ -28,7 +28,7 @@ PACKAGES = ("cds", "fhir_adapters", "movement_cds", "knowledge_base")
 # ``service`` extra at module level. (A ``cds_service`` package, if there is one, is too.)
 SERVICE_MODULES = frozenset({
     "fhir_adapters._hooks_app", "fhir_adapters._hooks_auth", "fhir_adapters._hooks_prefetch",
-    "fhir_adapters._hooks_issuer", "fhir_adapters._balancer",
+    "fhir_adapters._hooks_issuer", "fhir_adapters._balancer", "fhir_adapters._http_protocol",
 })
 
 
