@@ -12,7 +12,11 @@ trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK"
 started=$(date +%s)
 
-"$PY" -m pip wheel --quiet --no-deps --wheel-dir "$WORK/dist" . 2>&1 | grep -v "Warning\|^ \|!!" || true
+# build from a copy: setuptools would leave build/ in the working tree
+mkdir -p "$WORK/src"
+tar --exclude=./.venv --exclude=./.git --exclude=./build --exclude=./out -cf - . | tar -xf - -C "$WORK/src"
+"$PY" -m pip wheel --quiet --no-deps --wheel-dir "$WORK/dist" "$WORK/src" 2>&1 \
+  | grep -v "Warning\|^ \|!!" || true
 wheel=$(ls "$WORK"/dist/movement_cds-*.whl)
 "$PY" -m venv "$WORK/venv"
 "$WORK/venv/bin/python" -m pip install --quiet "$wheel" 2>&1 | grep -v "^WARNING: Location" || true
