@@ -494,7 +494,9 @@ def _open_store(config: ServiceConfig) -> Any:
         log.warning("feedback store module not available: feedback answers 503")
         return None
     try:
-        return mod.open_store(config.database)
+        # writes go through a queue and a writer thread: a locked database never holds up
+        # advice, and nothing is lost (see QueuedFeedbackStore)
+        return mod.QueuedFeedbackStore(mod.open_store(config.database))
     except Exception as e:  # a bad database URL stops the service at start
         raise StartupError(f"[service] database: cannot open ({type(e).__name__}: {e})"
                            ) from None
@@ -744,6 +746,7 @@ def create_app(
     live = LiveEngine(engine, Path(config.knowledge_base or bundled_path()),
                       config.reload_check_seconds, settle=settle)
     verifier = verifier if verifier is not None else _make_verifier(config)
+    own_store = store is None  # the app closes (drains) only a store it opened
     store = store if store is not None else _open_store(config)
     timeout = httpx.Timeout(config.fhir_timeout_seconds)
 
@@ -782,6 +785,11 @@ def create_app(
             close = getattr(verifier, "close", None)
             if callable(close):
                 close()
+            if own_store and store is not None:  # drains the feedback queue (SIGTERM)
+                queued = getattr(store, "queued", None)
+                if callable(queued) and queued():
+                    log.info("feedback: writing %d queued write(s) before exit", queued())
+                await asyncio.to_thread(store.close)
 
     # redirect_slashes=False: ".../{id}/" is a 404 OperationOutcome, never a 307 whose
     # Location would be built from the request's Host header
