@@ -259,3 +259,25 @@ def test_no_traceback_in_the_log(svc: Service) -> None:
     text = svc.log_text()
     assert "Traceback" not in text, text[-3000:]
     assert "Exception in ASGI application" not in text
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_read_timeout_applies_in_every_worker_process_model(tmp_path: Path,
+                                                            balanced: bool) -> None:
+    """``--workers 2`` with the connection balancer and with uvicorn's shared accept: the
+    protocol (and its timeout) reaches the worker processes."""
+    port = free_port()
+    cfg = write_config(tmp_path / "service.toml", port, balance_connections=balanced)
+    with (tmp_path / "service.log").open("wb") as fh:
+        proc = start_service(["--config", str(cfg), "--insecure-no-auth", "--workers", "2",
+                              "--read-timeout", "1.5"], port, log=fh, timeout=120)
+        try:
+            for _ in range(2):  # most likely both workers
+                answer, took = raw_exchange(port, b"GET /cds-services HTTP/1.1\r\nHost: x\r\n",
+                                            wait=15)
+                assert 1.3 <= took <= 3.0, took
+                assert parse_raw(answer)[0] == 408
+            answer, _ = raw_exchange(port, b"GET /cds-services HTTP/1.1\r\nHost x\r\n\r\n")
+            assert parse_raw(answer)[1]["content-type"] == "application/fhir+json"
+        finally:
+            stop_service(proc)
