@@ -24,7 +24,7 @@ test: $(STAMP) lint
 
 ## The library without extras, as an integrator installs it: build the wheel, install it in a
 ## fresh venv (no extras), import every library module, run the README's Python example and
-## `movement-cds evaluate` on the bundled example (~15 s once pip's cache is warm). CI runs it.
+## `movement-cds evaluate` and `kb validate` (~15-20 s once pip's cache is warm). CI runs it.
 base-install-check:
 	.ci/base_install_check.sh $(PY)
 

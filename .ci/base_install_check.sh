@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The library as an EHR integrator installs it: build the wheel, install it WITHOUT extras in
-# a fresh venv, then import every library module, run the README's Python example and
-# `movement-cds evaluate` on the bundled example. Run it with `make base-install-check`
-# (CI runs it from `make test`). pip's cache keeps durable-rules' build fast after the first
-# time. Usage: base_install_check.sh PYTHON [WORKDIR]
+# a fresh venv, then import every library module, run the README's Python example,
+# `movement-cds evaluate` on the bundled example and `movement-cds kb validate --strict`, and
+# check that `serve` says it needs the extra. Run it with `make base-install-check`; CI runs
+# it from .ci/run. pip's cache keeps durable-rules' build fast after the first time.
+# Usage: base_install_check.sh PYTHON [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-python3}
@@ -57,6 +58,7 @@ EOF
 out=$("$WORK/venv/bin/movement-cds" evaluate "$OLDPWD/examples/example-patient.json" \
         --as-of 2026-11-02T09:00:00Z --quiet)
 "$WORK/venv/bin/python" -c 'import json,sys; b=json.loads(sys.stdin.read()); assert b["resourceType"]=="Bundle" and any(e["resource"]["resourceType"]=="CarePlan" for e in b["entry"]), "no CarePlan"' <<<"$out"
+"$WORK/venv/bin/movement-cds" kb validate --strict >/dev/null
 # the service refuses to start with a clear one-line reason (no traceback)
 if "$WORK/venv/bin/movement-cds" serve --insecure-no-auth --port 0 >"$WORK/serve.out" 2>&1; then
   echo "base-install-check: serve started without the service extra" >&2; exit 1
