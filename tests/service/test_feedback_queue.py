@@ -21,6 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fhir_adapters._feedback_store import QueuedFeedbackStore, open_store
 from tests.service.conftest import free_port, resources, searchset, start_service, write_config
@@ -240,3 +242,40 @@ def test_service_answers_at_full_speed_while_locked_and_drains_on_sigterm(
     text = log.read_text()
     assert "Traceback" not in text
     assert "feedback database busy" in text
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(1, 4), st.booleans()), min_size=1, max_size=40),
+       st.integers(1, 6), st.integers(0, 39))
+def test_every_write_lands_exactly_once(tmp_path: Path, writes: list[tuple[int, bool]],
+                                        max_queued: int, unlock_at: int) -> None:
+    """Any mix of card records and feedback, a lock for part of it, a tiny queue (so some
+    writes spill and are replayed): each card and each feedback row is in the file exactly
+    once after a clean close."""
+    db = tmp_path / f"{uuid.uuid4()}.db"
+    open_store(f"sqlite:///{db}").close()
+    store = QueuedFeedbackStore(open_store(f"sqlite:///{db}"), max_queued=max_queued)
+    sent_cards: list[str] = []
+    sent_feedback: list[str] = []
+    lock = exclusive_lock(db)
+    lock.__enter__()
+    locked = True
+    try:
+        for i, (n, is_feedback) in enumerate(writes):
+            if i == unlock_at and locked:
+                lock.__exit__(None, None, None)
+                locked = False
+            batch = [f"{i}-{j}" for j in range(n)]
+            if is_feedback:
+                store.add("svc", [accepted(c) for c in batch], NOW)
+                sent_feedback += batch
+            else:
+                store.record_cards([(c, ["R"], KB) for c in batch], NOW)
+                sent_cards += batch
+    finally:
+        if locked:
+            lock.__exit__(None, None, None)
+    store.close()
+    assert sorted(card_uuids(db)) == sorted(sent_cards)
+    assert sorted(feedback_cards(db)) == sorted(sent_feedback)
