@@ -14,10 +14,17 @@ detail. Every non-2xx answer is an OperationOutcome (C21); nothing in any answer
 empty (C1). Status codes: 400 a request that breaks C5 (not JSON, not an object, wrong
 ``hook``, missing or malformed ``context``, ``hookInstance``, ``fhirServer`` or
 ``fhirAuthorization``, or a malformed prefetch value), 401 authentication, 404 unknown
-service, 405 wrong method, 412 needed data cannot be had (C8), 413 body over
-``max_body_bytes``, 422 the data breaks the input contract (the OperationOutcome of
-``InvalidBundleError``, unchanged), 500 an engine failure (never partial advice), 503
-feedback storage not configured.
+service (also a path with a trailing slash: never a redirect), 405 wrong method, 412 needed
+data cannot be had (C8), 413 body over ``max_body_bytes``, 415 a compressed body, 422 the
+data breaks the input contract (the OperationOutcome of ``InvalidBundleError``, unchanged),
+500 an engine failure (never partial advice), 503 feedback storage not configured. The body
+is parsed by the library's strict parser (``fhir_adapters._json_text``): invalid UTF-8, a
+lone surrogate or a key twice in one object is a 400 naming where. The HTTP layer's own
+answers (408 request not received within the read timeout, 400 unparsable HTTP) come from
+``fhir_adapters._http_protocol``, also as OperationOutcomes.
+
+Card records and feedback go through ``QueuedFeedbackStore`` (a bounded queue and a writer
+thread): a locked database never holds up advice; the queue drains at shutdown.
 
 Evaluation is CPU-bound and the rule engine allows one live session per process: each
 process has one engine, used under a lock in the thread pool. Scale with processes
