@@ -86,7 +86,10 @@ def test_locked_database_does_not_slow_writes_and_loses_nothing(db: Path) -> Non
         took.append(time.perf_counter() - started)
         time.sleep(1.5)  # the writer keeps retrying meanwhile
         assert card_uuids(db) == set()
-    assert max(took) < 0.005, max(took)  # a few ms at most, while the lock is held
+    # while the lock is held: well under a millisecond each as a rule (the median), a few
+    # ms at worst on a busy machine; before the queue, each call waited the 10 s busy timeout
+    assert statistics.median(took) < 0.002, statistics.median(took)
+    assert max(took) < 0.05, max(took)
     wait_for(lambda: card_uuids(db) == set(cards))
     wait_for(lambda: len(feedback_cards(db)) == 50)
     store.close()
@@ -152,7 +155,7 @@ def test_nothing_writable_at_all_is_counted_as_lost(tmp_path: Path,
 @pytest.mark.slow
 def test_a_30_second_lock_loses_nothing(db: Path) -> None:
     store = QueuedFeedbackStore(open_store(f"sqlite:///{db}"))
-    cards = []
+    cards, took = [], []
     with exclusive_lock(db):
         end = time.monotonic() + 30
         while time.monotonic() < end:
@@ -161,8 +164,10 @@ def test_a_30_second_lock_loses_nothing(db: Path) -> None:
             started = time.perf_counter()
             store.record_cards([(c, ["R"], KB)], NOW)
             store.add("svc", [accepted(c)], NOW)
-            assert time.perf_counter() - started < 0.005
+            took.append(time.perf_counter() - started)
             time.sleep(0.05)
+    assert statistics.median(took) < 0.002, statistics.median(took)
+    assert max(took) < 0.05, max(took)
     wait_for(lambda: card_uuids(db) == set(cards), timeout=30)
     store.close()
     assert sorted(feedback_cards(db)) == sorted(cards)
