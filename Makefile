@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 FHIRJS := tools/fhir-validator/node_modules/.installed-stamp
 AS_OF ?= 2026-11-02T09:00:00Z
 
-.PHONY: example test lint bench docs clean
+.PHONY: example test lint bench docs clean base-install-check
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,12 @@ example: $(STAMP)
 ## Lint, type-check (mypy strict) and run the test suite.
 test: $(STAMP) $(FHIRJS) lint
 	$(BIN)/python -m pytest
+
+## The library without extras, as an integrator installs it: build the wheel, install it in a
+## fresh venv (no extras), import every library module, run the README's Python example and
+## `movement-cds evaluate` and `kb validate` (~15-20 s once pip's cache is warm). CI runs it.
+base-install-check:
+	.ci/base_install_check.sh $(PY)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

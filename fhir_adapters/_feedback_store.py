@@ -6,8 +6,11 @@ returns, which rules produced it (:meth:`FeedbackStore.record_cards`), and feedb
 names only the card ``uuid``) is joined back to rules through that record.
 
 :class:`FeedbackStore` is the storage interface; :class:`SQLiteFeedbackStore` the built-in
-backend (one file, WAL journal, ``synchronous=FULL``: a feedback POST answered 200 survives
-a crash). A PostgreSQL backend implements the same protocol with the same two tables.
+backend (one file, WAL journal, ``synchronous=FULL``: a committed write survives a crash). A
+PostgreSQL backend implements the same protocol with the same two tables. The service wraps
+it in :class:`QueuedFeedbackStore`: writes go through a bounded queue to one writer thread
+that retries while the database is locked, so a locked database never holds up advice;
+a full queue spills to a file beside the database, and a clean shutdown drains the queue.
 
 Feedback is validated before anything is written (:func:`validate_feedback`); one bad item
 rejects the whole batch with a ``ValueError`` naming its index.
@@ -15,10 +18,15 @@ rejects the whole batch with a ``ValueError`` naming its index.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import os
+import queue
 import re
 import sqlite3
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +38,7 @@ __all__ = [
     "UNRECORDED_CARD",
     "FeedbackStore",
     "OverrideReasonCount",
+    "QueuedFeedbackStore",
     "RuleFeedback",
     "SQLiteFeedbackStore",
     "open_store",
@@ -206,6 +215,39 @@ def _utc(moment: datetime, what: str) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+# A job: one write, validated, as JSON-able data (so it can wait in a queue or a spill file).
+#   {"kind": "cards", "rows": [[card uuid, rule ids (JSON text), knowledge base, created]]}
+#   {"kind": "feedback", "service": id, "received": instant, "rows": [[_Row fields...]]}
+Job = dict[str, Any]
+
+
+def card_job(cards: Sequence[tuple[str, Sequence[str], str]],
+             created_at: datetime | None = None) -> Job:
+    when = _utc(created_at or datetime.now(UTC), "created_at")
+    rows = []
+    for i, (card_uuid, rule_ids, kb) in enumerate(cards):
+        _text(card_uuid, f"cards[{i}] uuid")
+        if isinstance(rule_ids, str) or not all(isinstance(r, str) and r for r in rule_ids):
+            raise ValueError(f"cards[{i}] rule ids must be a list of non-empty strings")
+        _text(kb, f"cards[{i}] knowledge base")
+        rows.append([card_uuid, json.dumps(list(rule_ids)), kb, when])
+    return {"kind": "cards", "rows": rows}
+
+
+def feedback_job(service_id: str, items: list[dict[str, Any]], received_at: datetime) -> Job:
+    _text(service_id, "service_id")
+    received = _utc(received_at, "received_at")
+    rows = validate_feedback(items)
+    return {"kind": "feedback", "service": service_id, "received": received,
+            "rows": [[r.card_uuid, r.outcome, r.reason_system, r.reason_code,
+                      r.reason_display, r.user_comment, r.accepted_suggestions,
+                      r.outcome_timestamp] for r in rows]}
+
+
+def _job_size(job: Job) -> int:
+    return len(job["rows"])
+
+
 # --- SQLite ------------------------------------------------------------------------------------
 
 _SCHEMA = """
@@ -259,34 +301,35 @@ class SQLiteFeedbackStore:
 
     def record_cards(self, cards: Sequence[tuple[str, Sequence[str], str]],
                      created_at: datetime | None = None) -> None:
-        when = _utc(created_at or datetime.now(UTC), "created_at")
-        rows = []
-        for i, (card_uuid, rule_ids, kb) in enumerate(cards):
-            _text(card_uuid, f"cards[{i}] uuid")
-            if isinstance(rule_ids, str) or not all(isinstance(r, str) and r for r in rule_ids):
-                raise ValueError(f"cards[{i}] rule ids must be a list of non-empty strings")
-            _text(kb, f"cards[{i}] knowledge base")
-            rows.append((card_uuid, json.dumps(list(rule_ids)), kb, when))
-        with self._lock, self._transaction():
-            self._db.executemany(
-                "INSERT INTO cards (card_uuid, rule_ids, knowledge_base, created_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (card_uuid) DO NOTHING", rows)
+        self.write_jobs([card_job(cards, created_at)])
 
     def add(self, service_id: str, items: list[dict[str, Any]],
             received_at: datetime) -> int:
-        _text(service_id, "service_id")
-        received = _utc(received_at, "received_at")
-        rows = validate_feedback(items)  # everything checked before anything is written
+        job = feedback_job(service_id, items, received_at)  # all checked before writing
+        self.write_jobs([job])
+        return len(job["rows"])
+
+    def write_jobs(self, jobs: Sequence[Job]) -> None:
+        """Write validated jobs (``card_job``, ``feedback_job``) in one transaction.
+        ``sqlite3.OperationalError`` when the database is locked (nothing written)."""
         with self._lock, self._transaction():
-            self._db.executemany(
-                "INSERT INTO feedback (service_id, card_uuid, outcome, override_reason_system,"
-                " override_reason_code, override_reason_display, override_user_comment,"
-                " accepted_suggestions, outcome_timestamp, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(service_id, r.card_uuid, r.outcome, r.reason_system, r.reason_code,
-                  r.reason_display, r.user_comment, r.accepted_suggestions,
-                  r.outcome_timestamp, received) for r in rows])
-        return len(rows)
+            for job in jobs:
+                if job["kind"] == "cards":
+                    self._db.executemany(
+                        "INSERT INTO cards (card_uuid, rule_ids, knowledge_base, created_at) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (card_uuid) DO NOTHING", job["rows"])
+                else:
+                    self._db.executemany(
+                        "INSERT INTO feedback (service_id, card_uuid, outcome,"
+                        " override_reason_system, override_reason_code,"
+                        " override_reason_display, override_user_comment,"
+                        " accepted_suggestions, outcome_timestamp, received_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [(job["service"], *row, job["received"]) for row in job["rows"]])
+
+    def set_busy_timeout(self, seconds: float) -> None:
+        with self._lock:
+            self._db.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
 
     def summary_by_rule(self) -> list[RuleFeedback]:
         with self._lock:
@@ -371,3 +414,222 @@ def open_store(database_url: str, *, create: bool = True) -> SQLiteFeedbackStore
     if not path or "?" in path or "#" in path:
         raise ValueError(f"sqlite URL needs a plain file path: {database_url!r}")
     return SQLiteFeedbackStore(path, create=create)
+
+
+# --- off the request path ----------------------------------------------------------------------
+
+_log = logging.getLogger("movement_cds.service")
+
+
+class QueuedFeedbackStore:
+    """A :class:`FeedbackStore` whose writes never wait for the database.
+
+    ``record_cards`` and ``add`` validate at once (``ValueError`` to the caller, as before),
+    then put the write on a bounded queue and return; one writer thread drains the queue into
+    the SQLite store, many jobs per transaction. While the database is locked (another
+    process holds a write transaction, a backup...) the writer retries with a short backoff,
+    for as long as it takes; nothing is dropped.
+
+    Queue full (``max_queued`` jobs waiting): the job is appended to the spill file (JSON
+    lines beside the database, ``<database>.spill.jsonl``) instead, never blocking the
+    caller; the writer moves spilled jobs into the database once it can (and at the next
+    start). Only if the spill file cannot be written either is the job lost: counted in
+    ``lost`` and logged (WARNING, counts only).
+
+    ``close`` drains the queue (SIGTERM: uvicorn's shutdown runs the app's lifespan end):
+    it keeps retrying for up to ``drain_seconds``, then spills what is left, so a clean
+    shutdown loses nothing. A crash (SIGKILL, power loss) loses what was queued and not yet
+    written (normally milliseconds' worth; the whole lock's worth while the database is
+    locked).
+    """
+
+    def __init__(self, inner: SQLiteFeedbackStore, *, max_queued: int = 10_000,
+                 spill_path: str | Path | None = None, drain_seconds: float = 60.0,
+                 attempt_seconds: float = 0.25) -> None:
+        self.inner = inner
+        self.spill_path = (Path(spill_path) if spill_path is not None
+                           else None if inner.path == ":memory:"
+                           else Path(inner.path + ".spill.jsonl"))
+        self.drain_seconds = drain_seconds
+        self.spilled = 0  # jobs written to the spill file (this process)
+        self.lost = 0     # rows lost: queue full and the spill file not writable
+        self._queue: queue.Queue[Job] = queue.Queue(max_queued)
+        self._stop = threading.Event()
+        self._deadline = float("inf")
+        self._last_warning = 0.0
+        self._spill_lock = threading.Lock()
+        inner.set_busy_timeout(attempt_seconds)  # short waits: the writer retries itself
+        self._writer = threading.Thread(target=self._run, name="feedback-writer",
+                                        daemon=True)
+        self._writer.start()
+
+    # the FeedbackStore interface
+    def record_cards(self, cards: Sequence[tuple[str, Sequence[str], str]],
+                     created_at: datetime | None = None) -> None:
+        self._put(card_job(cards, created_at))
+
+    def add(self, service_id: str, items: list[dict[str, Any]],
+            received_at: datetime) -> int:
+        job = feedback_job(service_id, items, received_at)
+        self._put(job)
+        return _job_size(job)
+
+    def summary_by_rule(self) -> list[RuleFeedback]:
+        return self.inner.summary_by_rule()
+
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def close(self) -> None:
+        """Drain the queue (up to ``drain_seconds`` of retries, then spill), then close."""
+        if self._stop.is_set():
+            return
+        self._deadline = time.monotonic() + self.drain_seconds
+        self._stop.set()
+        self._writer.join()
+        self.inner.close()
+
+    def __enter__(self) -> QueuedFeedbackStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # callers' side
+    def _put(self, job: Job) -> None:
+        if self._stop.is_set():
+            self._spill([job])  # after close: nothing is written any more
+            return
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            self._spill([job])
+
+    def _spill(self, jobs: list[Job]) -> None:
+        rows = sum(_job_size(j) for j in jobs)
+        try:
+            if self.spill_path is None:
+                raise OSError("no spill file for an in-memory database")
+            lines = "".join(json.dumps(j, separators=(",", ":")) + "\n" for j in jobs)
+            with self._spill_lock, self.spill_path.open("a", encoding="utf-8") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)  # other worker processes spill here too
+                fh.write(lines)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self.spilled += len(jobs)
+            self._warn(f"feedback queue full or draining: {len(jobs)} write(s) "
+                       f"({rows} rows) spilled to {self.spill_path.name}; "
+                       f"{self.spilled} spilled so far")
+        except OSError as e:
+            self.lost += rows
+            self._warn(f"feedback queue full and the spill file is not writable "
+                       f"({type(e).__name__}): {rows} rows lost, {self.lost} so far")
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= 1.0:  # at most one line a second, with totals
+            self._last_warning = now
+            _log.warning("%s", message)
+
+    # the writer thread
+    def _run(self) -> None:
+        self._replay_spill()
+        while True:
+            jobs = self._take()
+            if jobs:
+                if not self._write(jobs):
+                    self._spill(jobs + self._take_all())
+                    return
+                if self._spill_waiting():
+                    self._replay_spill()
+            elif self._stop.is_set():
+                return
+
+    def _spill_waiting(self) -> bool:
+        try:
+            return self.spill_path is not None and self.spill_path.stat().st_size > 0
+        except OSError:
+            return False
+
+    def _take(self) -> list[Job]:
+        try:
+            first = self._queue.get(timeout=0.05)
+        except queue.Empty:
+            return []
+        return [first, *self._take_all(limit=499)]
+
+    def _take_all(self, limit: int = 1 << 30) -> list[Job]:
+        out: list[Job] = []
+        while len(out) < limit:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return out
+
+    def _write(self, jobs: list[Job]) -> bool:
+        """Write, retrying while the database is busy; False once a draining close has
+        waited ``drain_seconds`` (the caller then spills)."""
+        delay, since = 0.01, None
+        while True:
+            try:
+                self.inner.write_jobs(jobs)
+            except sqlite3.OperationalError as e:
+                if since is None:
+                    since = time.monotonic()
+                    _log.warning("feedback database busy (%s); retrying, %d write(s) "
+                                 "waiting", " ".join(str(e).split()[:4]), len(jobs)
+                                 + self._queue.qsize())
+                if self._stop.is_set() and time.monotonic() >= self._deadline:
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
+            except sqlite3.Error as e:  # not a lock: retrying will not help
+                _log.error("feedback database write failed (%s); spilling %d write(s)",
+                           type(e).__name__, len(jobs))
+                self._spill(jobs)
+                return True
+            if since is not None:
+                _log.info("feedback database writable again after %.1f s",
+                          time.monotonic() - since)
+            return True
+
+    def _replay_spill(self) -> None:
+        """Move spilled jobs into the database (one transaction), then cut them from the
+        file; left for later if the database is busy. One process replays at a time (a lock
+        file); callers spilling meanwhile wait only for the short file reads and writes."""
+        path = self.spill_path
+        if path is None or not path.exists():
+            return
+        with open(str(path) + ".lock", "a") as guard:
+            try:
+                fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return  # another worker is replaying it
+            with self._spill_lock, path.open("rb") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                taken = fh.read()
+            jobs, bad = [], 0
+            for line in taken.splitlines():
+                try:
+                    jobs.append(json.loads(line))
+                except ValueError:
+                    bad += 1  # a line cut short by a crash while it was written
+            if jobs:
+                try:
+                    self.inner.write_jobs(jobs)
+                except sqlite3.Error:
+                    return  # still busy: next time
+            with self._spill_lock, path.open("r+b") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                rest = fh.read()[len(taken):]  # spilled while we wrote: kept
+                fh.seek(0)
+                fh.write(rest)
+                fh.truncate()
+                fh.flush()
+                os.fsync(fh.fileno())
+        self.spilled = 0
+        if jobs or bad:
+            _log.info("feedback: %d spilled write(s) moved into the database%s", len(jobs),
+                      f" ({bad} unreadable line(s) skipped)" if bad else "")

@@ -14,10 +14,17 @@ detail. Every non-2xx answer is an OperationOutcome (C21); nothing in any answer
 empty (C1). Status codes: 400 a request that breaks C5 (not JSON, not an object, wrong
 ``hook``, missing or malformed ``context``, ``hookInstance``, ``fhirServer`` or
 ``fhirAuthorization``, or a malformed prefetch value), 401 authentication, 404 unknown
-service, 405 wrong method, 412 needed data cannot be had (C8), 413 body over
-``max_body_bytes``, 422 the data breaks the input contract (the OperationOutcome of
-``InvalidBundleError``, unchanged), 500 an engine failure (never partial advice), 503
-feedback storage not configured.
+service (also a path with a trailing slash: never a redirect), 405 wrong method, 412 needed
+data cannot be had (C8), 413 body over ``max_body_bytes``, 415 a compressed body, 422 the
+data breaks the input contract (the OperationOutcome of ``InvalidBundleError``, unchanged),
+500 an engine failure (never partial advice), 503 feedback storage not configured. The body
+is parsed by the library's strict parser (``fhir_adapters._json_text``): invalid UTF-8, a
+lone surrogate or a key twice in one object is a 400 naming where. The HTTP layer's own
+answers (408 request not received within the read timeout, 400 unparsable HTTP) come from
+``fhir_adapters._http_protocol``, also as OperationOutcomes.
+
+Card records and feedback go through ``QueuedFeedbackStore`` (a bounded queue and a writer
+thread): a locked database never holds up advice; the queue drains at shutdown.
 
 Evaluation is CPU-bound and the rule engine allows one live session per process: each
 process has one engine, used under a lock in the thread pool. Scale with processes
@@ -46,7 +53,6 @@ import asyncio
 import hashlib
 import importlib
 import inspect
-import json
 import logging
 import os
 import re
@@ -69,6 +75,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse as _StarletteJSON
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from cds import (
     EngineError,
@@ -90,6 +97,7 @@ from fhir_adapters._hooks_prefetch import (
     build_input_bundle,
     prefetch_keys,
 )
+from fhir_adapters._json_text import JSONTextError, parse_json
 
 __all__ = [
     "APP_FACTORY",
@@ -194,7 +202,8 @@ _HTTP_CODES: Final = {401: "login", 403: "forbidden", 404: "not-found", 405: "no
 
 def _error_response(exc: ApiError) -> JSONResponse:
     body = exc.outcome or _outcome(exc.code, exc.diagnostics)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    headers = ({"WWW-Authenticate": "Bearer"} if exc.status == 401
+               else {"Accept-Encoding": "identity"} if exc.status == 415 else None)  # RFC 7694
     return JSONResponse(body, status_code=exc.status, headers=headers,
                         media_type="application/fhir+json")
 
@@ -514,7 +523,9 @@ def _open_store(config: ServiceConfig) -> Any:
         log.warning("feedback store module not available: feedback answers 503")
         return None
     try:
-        return mod.open_store(config.database)
+        # writes go through a queue and a writer thread: a locked database never holds up
+        # advice, and nothing is lost (see QueuedFeedbackStore)
+        return mod.QueuedFeedbackStore(mod.open_store(config.database))
     except Exception as e:  # a bad database URL stops the service at start
         raise StartupError(f"[service] database: cannot open ({type(e).__name__}: {e})"
                            ) from None
@@ -531,29 +542,38 @@ class JSONResponse(_StarletteJSON):
         return orjson.dumps(content)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 async def _read_json(request: Request, limit: int) -> Any:
+    """The request body's JSON, parsed as the library parses JSON text (``parse_json``):
+    400 naming where for text that is not JSON, not UTF-8, holds a lone surrogate or a key
+    twice in one object; 413 over ``limit`` bytes; 415 for a compressed body."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ApiError(415, "not-supported", "compressed request bodies are not accepted "
+                       "(Content-Encoding must be identity)")
     declared = request.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise ApiError(413, "too-costly", f"request body over {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, "too-costly", f"request body over {limit} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, "too-costly", f"request body over {limit} bytes")
+    except ClientDisconnect:  # nobody to answer: one INFO line, no traceback
+        log.info("%s: client disconnected before the whole request body arrived (%d bytes)",
+                 request.url.path, len(body))
+        raise ApiError(400, "incomplete", "the client disconnected") from None
     if not body.strip():
         raise ApiError(400, "invalid", "the request body is empty")
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass  # orjson also refuses some valid JSON (integers over 64 bits): ask json
-    try:
-        return json.loads(bytes(body), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise ApiError(400, "invalid", "the request body is not JSON") from None
+        return parse_json(body)
+    except JSONTextError as e:
+        issue: dict[str, Any] = {"severity": "error", "code": e.code,
+                                 "diagnostics": e.describe("")}
+        if e.path:
+            issue["expression"] = [e.where("")]
+        raise ApiError(400, e.code, outcome={"resourceType": "OperationOutcome",
+                                             "issue": [issue]}) from None
 
 
 def _is_uuid(v: Any) -> bool:
@@ -756,6 +776,7 @@ def create_app(
                       config.reload_check_seconds, settle=settle)
     verifier = verifier if verifier is not None else _make_verifier(config)
     _log_fhir_access(config)
+    own_store = store is None  # the app closes (drains) only a store it opened
     store = store if store is not None else _open_store(config)
     timeout = httpx.Timeout(config.fhir_timeout_seconds)
 
@@ -794,9 +815,16 @@ def create_app(
             close = getattr(verifier, "close", None)
             if callable(close):
                 close()
+            if own_store and store is not None:  # drains the feedback queue (SIGTERM)
+                queued = getattr(store, "queued", None)
+                if callable(queued) and queued():
+                    log.info("feedback: writing %d queued write(s) before exit", queued())
+                await asyncio.to_thread(store.close)
 
+    # redirect_slashes=False: ".../{id}/" is a 404 OperationOutcome, never a 307 whose
+    # Location would be built from the request's Host header
     app = FastAPI(title="movement-cds CDS Hooks service", version="1.0.0",
-                  lifespan=lifespan, docs_url=None, redoc_url=None)
+                  lifespan=lifespan, docs_url=None, redoc_url=None, redirect_slashes=False)
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
                            allow_methods=["GET", "POST", "OPTIONS"],

@@ -47,7 +47,6 @@ holds the patient id, nor a token). A malformed prefetch value is a 400.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import zlib
@@ -61,6 +60,7 @@ import httpx
 from cds import KnowledgeBase
 from fhir_adapters._hooks_config import origin_of
 from fhir_adapters._inbound import FOLLOW_UP_CODES, InputMap
+from fhir_adapters._json_text import JSONTextError, parse_json
 from fhir_adapters._outbound import KNOWLEDGE_BASE_BASE
 
 __all__ = [
@@ -217,10 +217,10 @@ class _Fetcher:
                 continue
             if status != 200:
                 raise _FetchFailed(f"HTTP {status}")
-            try:
-                value = json.loads(body)
-            except (ValueError, RecursionError):
-                raise _FetchFailed("the answer is not JSON") from None
+            try:  # the same strict reading as a request body (duplicate keys, surrogates)
+                value = parse_json(body)
+            except JSONTextError as bad:
+                raise _FetchFailed(f"the answer is not usable JSON ({bad.code})") from None
             if not isinstance(value, dict):
                 raise _FetchFailed("the answer is not a FHIR resource")
             return value

@@ -12,7 +12,10 @@ failure while reading the input becomes an ``InvalidBundleError`` with one issue
 Input
     A ``dict`` (already parsed JSON), or JSON text as ``str`` or ``bytes``. The Bundle must be
     of type ``collection``, ``searchset``, ``transaction`` or ``batch``. JSON text is parsed
-    with ``json.loads``; ``NaN``/``Infinity`` are rejected (they are not JSON).
+    strictly (``fhir_adapters._json_text.parse_json``): ``NaN``/``Infinity`` (not JSON),
+    invalid UTF-8, a lone surrogate (``"\\ud800"``) and a key twice in one object make the
+    input invalid, naming where (``Bundle.entry[3].resource.subject``); a ``dict`` given
+    directly is checked for lone surrogates.
 
 R4 validation
     The mapper checks every element it reads, by its JSON type, against the input contract
@@ -194,6 +197,12 @@ from cds import (
 from cds._followup import Rating
 from cds._kb_schema import Param
 from fhir_adapters._errors import InvalidBundleError
+from fhir_adapters._json_text import (
+    JSONTextError,
+    parse_json,
+    surrogate_error,
+    unusable_text_path,
+)
 from fhir_adapters._outbound import (
     EXERCISE_SYSTEM,
     EXT_EXERCISE_DOSE,
@@ -623,11 +632,19 @@ class _Reader:
         return result
 
     def load(self, data: object) -> dict[str, Any]:
-        if isinstance(data, str | bytes | bytearray):
-            try:
-                data = json.loads(data, parse_constant=_reject_constant)
-            except (ValueError, RecursionError):
-                self.fatal("the input is not JSON", code="invalid")
+        """The Bundle as a dict. JSON text is parsed strictly (``parse_json``: invalid UTF-8,
+        a lone surrogate, a key twice in one object are refused, naming where); a dict given
+        directly is checked for lone surrogates (they could not be written back out)."""
+        try:
+            if isinstance(data, str | bytes | bytearray):
+                data = parse_json(data)
+            else:
+                where = unusable_text_path(data)
+                if where is not None:
+                    raise surrogate_error(where)
+        except JSONTextError as e:
+            self.fatal(e.describe("Bundle"), code=e.code,
+                       location=e.where("Bundle") if e.path else None)
         if not isinstance(data, dict):
             self.fatal(f"expected a FHIR Bundle (a JSON object); got a JSON {_json_type(data)}")
         rtype = data.get("resourceType")
@@ -1551,10 +1568,6 @@ def _canonical(e: _Entry) -> str:
         return json.dumps(e.resource, sort_keys=True, default=repr)
     except (TypeError, ValueError, RecursionError):  # not JSON-like (only from a dict input)
         return ""
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _json_type(x: object) -> str:

@@ -169,6 +169,12 @@ def serve(
         typer.Option("--log-level", help="Service and access log level. Logs carry ids, "
                      "codes and counts, never patient values or tokens."),
     ] = LogLevel.info,
+    read_timeout: Annotated[
+        float,
+        typer.Option("--read-timeout", min=0.1, help="Seconds a request (headers and body) "
+                     "may take to arrive, from its first byte or the connection's opening; "
+                     "then the connection is closed (408 if the headers were incomplete)."),
+    ] = 10.0,
 ) -> None:
     """Start the CDS Hooks service under uvicorn (checks the config, the knowledge base and its
     scenario tests first; any failure stops it with a one-line reason)."""
@@ -190,6 +196,7 @@ def serve(
             load_engine,
         )
         from fhir_adapters._hooks_config import ConfigError, load_config, parse_config
+        from fhir_adapters._http_protocol import configure
     except ImportError as e:
         fail(f"the service needs the 'service' extra (pip install 'movement-cds[service]'): {e}")
     try:
@@ -210,8 +217,9 @@ def serve(
     if not cfg.auth_required:
         typer.echo(_NO_AUTH_BANNER, err=True)
     if workers == 1:
-        uvicorn.run(application, host=host, port=port, log_level=log_level.value,
-                    log_config=_log_config(log_level.value))
+        _serve_one(configure(uvicorn.Config(
+            application, host=host, port=port, log_level=log_level.value,
+            log_config=_log_config(log_level.value)), read_timeout))
         return
     if config is None:
         fail("--workers above 1 needs --config FILE")
@@ -223,9 +231,36 @@ def serve(
         "log_level": log_level.value, "timeout_worker_healthcheck": 60,
         "log_config": _log_config(log_level.value)}
     if cfg.balance_connections and balancer_supported():
-        _serve_balanced(uvicorn.Config(APP_FACTORY, loop=BALANCED_LOOP, **options))
+        _serve_balanced(configure(uvicorn.Config(APP_FACTORY, loop=BALANCED_LOOP, **options),
+                                  read_timeout))
     else:  # uvicorn's shared accept
-        uvicorn.run(APP_FACTORY, **options)
+        _serve_shared(configure(uvicorn.Config(APP_FACTORY, **options), read_timeout))
+
+
+def _serve_one(config: Any) -> None:
+    """One process (what ``uvicorn.run`` does, with our ``Config``)."""
+    import uvicorn
+
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        raise SystemExit(3)  # uvicorn's STARTUP_FAILURE
+
+
+def _serve_shared(config: Any) -> None:
+    """uvicorn's supervisor with its shared accept (what ``uvicorn.run`` does for workers)."""
+    from uvicorn.supervisors import Multiprocess
+
+    listener = config.bind_socket()
+    try:
+        Multiprocess(config, sockets=[listener]).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        listener.close()
 
 
 def _serve_balanced(config: Any) -> None:

@@ -199,10 +199,9 @@ def test_the_date_shown_is_the_date_recorded(kb: KnowledgeBase) -> None:
     assert "reported YES on 1 Oct 2026" in note.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F12 (medium): JSON with duplicate keys is unusable input by the contract (exit 2 / HTTP "
-    "400 naming where). read_bundle parses with json.loads, which keeps the LAST value: "
-    "'valueBoolean': true, 'valueBoolean': false reads as NO, silently"))
+# Review finding, fixed: F12 (medium): JSON with duplicate keys is unusable input by the
+# contract (exit 2 / HTTP 400 naming where). read_bundle parses with json.loads, which keeps the
+# LAST value: 'valueBoolean': true, 'valueBoolean': false reads as NO, silently
 def test_duplicate_json_keys_are_refused(kb: KnowledgeBase) -> None:
     text = json.dumps(bundle(patient(), observation(SADDLE, True)))
     assert '"valueBoolean": true' in text
@@ -211,9 +210,8 @@ def test_duplicate_json_keys_are_refused(kb: KnowledgeBase) -> None:
         read_bundle(text, kb=kb, as_of=AS_OF)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F13 (low): text that is not valid Unicode (a lone surrogate) is unusable input by the "
-    "contract; read_bundle accepts it"))
+# Review finding, fixed: F13 (low): text that is not valid Unicode (a lone surrogate) is
+# unusable input by the contract; read_bundle accepts it
 def test_a_lone_surrogate_is_refused(kb: KnowledgeBase) -> None:
     text = json.dumps(bundle(patient(), observation(SADDLE, True, oid="x")))
     bad = text.replace('"id": "x"', '"id": "x\\ud800"')

@@ -105,6 +105,12 @@ def _hostile_handler(record: Recorder, bomb: bytes, canary: str
             page = "page=2" in self.path
             if mode == "bomb":
                 self.answer(200, bomb, Content_Encoding="gzip")
+            elif mode == "dupkeys":  # a searchset whose total says two things
+                self.answer(200, b'{"resourceType": "Bundle", "type": "searchset", '
+                                 b'"type": "collection", "entry": []}')
+            elif mode == "surrogate":
+                self.answer(200, b'{"resourceType": "Bundle", "type": "searchset", '
+                                 b'"id": "x\\ud800", "entry": []}')
             elif mode == "html":
                 self.answer(200, b"<html><body>router admin</body></html>", "text/html")
             elif mode in ("notfound", "unauthorized", "error"):
@@ -326,7 +332,9 @@ def test_every_network_failure_gets_the_same_answer(world: World) -> None:
                          ("500", f"{world.hostile}/error/fhir"),
                          ("redirect elsewhere", f"{world.hostile}/redirect-out/fhir"),
                          ("timeout", f"{world.hostile}/slow/fhir"),
-                         ("gzip bomb", f"{world.hostile}/bomb/fhir")]:
+                         ("gzip bomb", f"{world.hostile}/bomb/fhir"),
+                         ("duplicate JSON keys", f"{world.hostile}/dupkeys/fhir"),
+                         ("a lone surrogate", f"{world.hostile}/surrogate/fhir")]:
         r = world.call(server)
         assert r.status_code == 412, (name, r.text)
         answers[name] = r.json()
