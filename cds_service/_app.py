@@ -18,7 +18,7 @@ service (also a path with a trailing slash: never a redirect), 405 wrong method,
 data cannot be had (C8), 413 body over ``max_body_bytes``, 415 a compressed body, 422 the
 data breaks the input contract (the OperationOutcome of ``InvalidBundleError``, unchanged),
 500 an engine failure (never partial advice), 503 feedback storage not configured. The body
-is parsed by the library's strict parser (``fhir_adapters._json_text``): invalid UTF-8, a
+is parsed by the library's strict parser (``fhir_adapters.parse_json``): invalid UTF-8, a
 lone surrogate or a key twice in one object is a 400 naming where. The HTTP layer's own
 answers (408 request not received within the read timeout, 400 unparsable HTTP) come from
 ``cds_service._http_protocol``, also as OperationOutcomes.

@@ -123,10 +123,16 @@ PLUGIN_GROUP = "movement_cds.cli"
 
 
 def _register_plugins() -> None:
+    """Every library command runs even if a plugin cannot load: its failure is one line on
+    standard error (which plugin, the error's type), never a traceback."""
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=PLUGIN_GROUP):
-        ep.load()(app)
+        try:
+            ep.load()(app)
+        except Exception as e:
+            typer.echo(f"movement-cds: commands from {ep.value} not loaded "
+                       f"({type(e).__name__}: {e})", err=True)
 
 
 _register_plugins()

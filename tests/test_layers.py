@@ -6,6 +6,7 @@ one violating import added, to show that the contracts fail when a layer is cros
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -80,3 +81,42 @@ def test_a_crossed_layer_fails_the_contracts(tmp_path: Path, module: str, line: 
     assert {b for b in broken if any(b in x for x in broken_lines)} == broken
     importer = module.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
     assert re.search(rf"^-\s+{re.escape(importer)} -> ", run.stdout, re.M), run.stdout  # named
+
+
+def test_the_service_commands_reach_the_command_line_through_the_entry_point() -> None:
+    """``serve`` and ``feedback`` come from the ``movement_cds.cli`` entry-point group, and
+    loading them imports nothing of the ``service`` extra (a base install still runs every
+    library command; ``serve`` then says in one line that the extra is needed)."""
+    code = (
+        "import sys\n"
+        "from importlib.metadata import entry_points\n"
+        "eps = {ep.name: ep.value for ep in entry_points(group='movement_cds.cli')}\n"
+        "assert eps == {'service': 'cds_service._cli:register'}, eps\n"
+        "from typer.main import get_command\n"
+        "from movement_cds._cli import app\n"
+        "names = set(get_command(app).commands)\n"
+        "assert {'serve', 'feedback', 'evaluate', 'kb'} <= names, names\n"
+        "loaded = {'fastapi', 'starlette', 'uvicorn', 'httpx', 'jwt'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+
+
+def test_a_plugin_that_cannot_load_costs_one_line_not_the_command_line(tmp_path: Path) -> None:
+    """A distribution naming a missing module in the group: the library commands and the
+    service's still run; stderr says which plugin was not loaded, without a traceback."""
+    dist = tmp_path / "broken_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[movement_cds.cli]\nbroken = not_a_module_xyz:register\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "movement_cds", "feedback", "--help"], env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "report" in run.stdout
+    assert run.stderr.strip() == ("movement-cds: commands from not_a_module_xyz:register not "
+                                  "loaded (ModuleNotFoundError: No module named "
+                                  "'not_a_module_xyz')")
