@@ -38,6 +38,7 @@ base-install-check:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports  # the package layers ([tool.importlinter] in pyproject.toml)
 	$(BIN)/movement-cds kb validate --strict
 
 ## Rebuild the generated clinical catalog in docs/clinical from the knowledge base.

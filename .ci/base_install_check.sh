@@ -38,8 +38,8 @@ import ast
 tree = ast.parse((root / "tests" / "test_dependencies.py").read_text())
 service = next(ast.literal_eval(node.value.args[0]) for node in tree.body
                if isinstance(node, ast.Assign) and node.targets[0].id == "SERVICE_MODULES")
-assert "fhir_adapters._hooks_app" in service
-for pkg in ("cds", "fhir_adapters", "movement_cds", "knowledge_base"):
+assert "cds_service._app" in service
+for pkg in ("cds", "fhir_adapters", "movement_cds", "cds_service", "knowledge_base"):
     for path in sorted((root / pkg).glob("*.py")):  # the packaged modules (no subpackages)
         parts = list(path.relative_to(root).with_suffix("").parts)
         if parts[-1] == "__init__":

@@ -2,8 +2,13 @@
 
 It knows nothing of FHIR or HTTP; ``fhir_adapters`` turns FHIR into ``PatientFacts`` and a
 ``Plan`` back into FHIR.
+
+Two knowledge-base helpers are public for the packages above (the CDS Hooks service):
+``check_changelog`` (the versioning checks of ``kb validate``: semver manifest version, a
+CHANGELOG section for it) and ``evidence_url`` (where a reader can look an evidence id up).
 """
 
+from cds._changelog import check_changelog
 from cds._compiler import CompiledKnowledgeBase, compile_knowledge_base
 from cds._engine_result import EngineResult
 from cds._errors import (
@@ -24,6 +29,7 @@ from cds._followup import (
     PreviousExercise,
     PreviousPlan,
 )
+from cds._kb_schema import evidence_url
 from cds._knowledge_base import KnowledgeBase, load_knowledge_base
 from cds._plan import (
     AvoidedExercise,
@@ -67,7 +73,9 @@ __all__ = [
     "PreviousExercise",
     "PreviousPlan",
     "Referral",
+    "check_changelog",
     "compile_knowledge_base",
     "evaluate_reference",
+    "evidence_url",
     "load_knowledge_base",
 ]

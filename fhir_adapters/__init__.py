@@ -1,16 +1,38 @@
 """Everything that speaks HL7 FHIR R4: input Bundle -> facts, plan -> CarePlan Bundle,
-and the project's terminology. Imports ``cds``; ``cds`` never imports this package."""
+and the project's terminology. Imports ``cds``; ``cds`` never imports this package, and this
+package imports no package above it (``movement_cds``, ``cds_service``).
+
+Besides the reader and the writer, the public names a FHIR client of the library needs:
+the strict JSON text parser (``parse_json``, ``JSONTextError``: invalid Unicode and duplicate
+keys refused, with the path), the codes the reader reads (``input_codes``) and the project's
+code systems and canonical base (``ALERT_SYSTEM``, ``EXERCISE_SYSTEM``, ``CHANGE_DISPLAY``,
+``KNOWLEDGE_BASE_BASE``)."""
 
 from fhir_adapters._errors import InvalidBundleError, operation_outcome
-from fhir_adapters._inbound import read_bundle
-from fhir_adapters._outbound import write_bundle
+from fhir_adapters._inbound import InputCodes, input_codes, read_bundle
+from fhir_adapters._json_text import JSONTextError, parse_json
+from fhir_adapters._outbound import (
+    ALERT_SYSTEM,
+    CHANGE_DISPLAY,
+    EXERCISE_SYSTEM,
+    KNOWLEDGE_BASE_BASE,
+    write_bundle,
+)
 from fhir_adapters._terminology import code_systems, export_terminology
 
 __all__ = [
+    "ALERT_SYSTEM",
+    "CHANGE_DISPLAY",
+    "EXERCISE_SYSTEM",
+    "KNOWLEDGE_BASE_BASE",
+    "InputCodes",
     "InvalidBundleError",
+    "JSONTextError",
     "code_systems",
     "export_terminology",
+    "input_codes",
     "operation_outcome",
+    "parse_json",
     "read_bundle",
     "write_bundle",
 ]

@@ -211,7 +211,7 @@ from fhir_adapters._outbound import (
 )
 from fhir_adapters._red_flag_answers import Answer, read_red_flag, show_date
 
-__all__ = ["read_bundle"]
+__all__ = ["InputCodes", "input_codes", "read_bundle"]
 
 SCREEN: Final = "http://movement-cds.org/fhir/CodeSystem/screen"
 LOINC: Final = "http://loinc.org"
@@ -1791,6 +1791,24 @@ def _got(key: str, raw: object) -> str:
 
 
 # --- public entry point --------------------------------------------------------------------
+
+
+
+@dataclass(frozen=True)
+class InputCodes:
+    """The codes ``read_bundle`` reads for one knowledge base, as (system, code) pairs:
+    a client that fetches a patient's record (e.g. CDS Hooks prefetch) asks for these."""
+
+    observations: frozenset[tuple[str, str]]  # every coded fact, follow-up responses too
+    conditions: frozenset[tuple[str, str]]
+
+
+def input_codes(kb: KnowledgeBase) -> InputCodes:
+    """Which Observation and Condition codes carry the facts of ``kb`` (and the follow-up
+    responses, read against the previous plan)."""
+    imap = InputMap.from_knowledge_base(kb)
+    return InputCodes(frozenset((*imap.observations, *FOLLOW_UP_CODES)),
+                      frozenset(imap.conditions))
 
 
 def read_bundle(

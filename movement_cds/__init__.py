@@ -15,11 +15,16 @@ Errors (all subclass built-in types)::
     │   └── InvalidBundleError      .operation_outcome: the FHIR OperationOutcome
     ├── KnowledgeBaseError (ValueError)
     └── EngineError (RuntimeError)
+
+For a service that loads knowledge bases itself (``cds_service``): ``run_all_scenarios(evaluator,
+root)`` runs a knowledge base's scenario tests (FHIR vignettes read with the production reader)
+and returns one outcome per scenario (``.passed``, ``.failures``, ``.file``, ``.line``).
 """
 
 from cds import EngineError, InvalidInputError, KnowledgeBaseError, MovementCDSError, Plan
 from fhir_adapters import InvalidBundleError
 from movement_cds._api import DecisionSupport, Evaluation, evaluate
+from movement_cds._kbtools import run_all_scenarios
 from movement_cds._version import __version__
 
 __all__ = [
@@ -33,4 +38,5 @@ __all__ = [
     "Plan",
     "__version__",
     "evaluate",
+    "run_all_scenarios",
 ]

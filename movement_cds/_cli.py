@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -113,230 +112,30 @@ def kb_schema(
         typer.echo(str(path))
 
 
-class LogLevel(StrEnum):
-    critical = "critical"
-    error = "error"
-    warning = "warning"
-    info = "info"
-    debug = "debug"
-
-
-_NO_AUTH_BANNER = """\
-************************************************************************************
-WARNING: AUTHENTICATION IS OFF (--insecure-no-auth). Any caller can read advice and
-post feedback. For a local demo or a test only; never expose this service to a network.
-************************************************************************************"""
-
-
-def _log_config(level: str) -> dict[str, Any]:
-    """uvicorn's own logging set-up, plus the service's loggers (``movement_cds``,
-    ``fhir_adapters``) on the same handler: otherwise their lines would go nowhere."""
-    import copy
-
-    from uvicorn.config import LOGGING_CONFIG
-
-    cfg: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
-    cfg["formatters"]["service"] = {
-        "()": "uvicorn.logging.DefaultFormatter",
-        "fmt": "%(levelprefix)s %(name)s: %(message)s",
-    }
-    cfg["handlers"]["service"] = {"formatter": "service", "class": "logging.StreamHandler",
-                                  "stream": "ext://sys.stderr"}
-    for name in ("movement_cds", "fhir_adapters"):
-        cfg["loggers"][name] = {"handlers": ["service"], "level": level.upper(),
-                                "propagate": False}
-    return cfg
-
-
-@app.command()
-def serve(
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", help="TOML configuration (see docs/integrators/cds-hooks.md)."),
-    ] = None,
-    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port.", min=0, max=65535)] = 8080,
-    workers: Annotated[
-        int, typer.Option("--workers", help="Worker processes (one engine each).", min=1)
-    ] = 1,
-    insecure_no_auth: Annotated[
-        bool,
-        typer.Option("--insecure-no-auth", help="Do not require client JWTs (demo and tests "
-                     "only); allows [auth] required = false."),
-    ] = False,
-    log_level: Annotated[
-        LogLevel,
-        typer.Option("--log-level", help="Service and access log level. Logs carry ids, "
-                     "codes and counts, never patient values or tokens."),
-    ] = LogLevel.info,
-    read_timeout: Annotated[
-        float,
-        typer.Option("--read-timeout", min=0.1, help="Seconds a request (headers and body) "
-                     "may take to arrive, from its first byte or the connection's opening; "
-                     "then the connection is closed (408 if the headers were incomplete)."),
-    ] = 10.0,
-) -> None:
-    """Start the CDS Hooks service under uvicorn (checks the config, the knowledge base and its
-    scenario tests first; any failure stops it with a one-line reason)."""
-    import os
-
-    try:
-        import uvicorn
-
-        from fhir_adapters._balancer import BALANCED_LOOP
-        from fhir_adapters._balancer import supported as balancer_supported
-        from fhir_adapters._hooks_app import (
-            APP_FACTORY,
-            CONFIG_ENV,
-            INSECURE_ENV,
-            SCENARIOS_CHECKED_ENV,
-            StartupError,
-            check_auth,
-            create_app,
-            load_engine,
-        )
-        from fhir_adapters._hooks_config import ConfigError, load_config, parse_config
-        from fhir_adapters._http_protocol import configure
-    except ImportError as e:
-        fail(f"the service needs the 'service' extra (pip install 'movement-cds[service]'): {e}")
-    try:
-        if config is not None:
-            cfg = load_config(config, insecure_no_auth=insecure_no_auth)
-        elif insecure_no_auth:
-            cfg = parse_config({"service": {"base_url": f"http://{host}:{port}"},
-                                "auth": {"required": False}}, insecure_no_auth=True)
-        else:
-            fail("--config FILE is required (or --insecure-no-auth for a local demo)")
-        engine = load_engine(cfg, run_scenarios=True)
-        if workers == 1:
-            application = create_app(cfg, engine=engine, settle=True)
-        else:
-            check_auth(cfg)  # before the workers start: one line, not one per worker
-    except (ConfigError, StartupError) as e:
-        fail(str(e))
-    if not cfg.auth_required:
-        typer.echo(_NO_AUTH_BANNER, err=True)
-    if workers == 1:
-        _serve_one(configure(uvicorn.Config(
-            application, host=host, port=port, log_level=log_level.value,
-            log_config=_log_config(log_level.value)), read_timeout))
-        return
-    if config is None:
-        fail("--workers above 1 needs --config FILE")
-    os.environ[CONFIG_ENV] = str(config.resolve())
-    os.environ[INSECURE_ENV] = "1" if insecure_no_auth else "0"
-    os.environ[SCENARIOS_CHECKED_ENV] = engine.release  # workers skip what was checked here
-    options: dict[str, Any] = {
-        "factory": True, "host": host, "port": port, "workers": workers,
-        "log_level": log_level.value, "timeout_worker_healthcheck": 60,
-        "log_config": _log_config(log_level.value)}
-    if cfg.balance_connections and balancer_supported():
-        _serve_balanced(configure(uvicorn.Config(APP_FACTORY, loop=BALANCED_LOOP, **options),
-                                  read_timeout))
-    else:  # uvicorn's shared accept
-        _serve_shared(configure(uvicorn.Config(APP_FACTORY, **options), read_timeout))
-
-
-def _serve_one(config: Any) -> None:
-    """One process (what ``uvicorn.run`` does, with our ``Config``)."""
-    import uvicorn
-
-    server = uvicorn.Server(config)
-    try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
-    if not server.started:
-        raise SystemExit(3)  # uvicorn's STARTUP_FAILURE
-
-
-def _serve_shared(config: Any) -> None:
-    """uvicorn's supervisor with its shared accept (what ``uvicorn.run`` does for workers)."""
-    from uvicorn.supervisors import Multiprocess
-
-    listener = config.bind_socket()
-    try:
-        Multiprocess(config, sockets=[listener]).run()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        listener.close()
-
-
-def _serve_balanced(config: Any) -> None:
-    """uvicorn's supervisor (worker restarts, SIGHUP, SIGTTIN/SIGTTOU), with each new
-    connection handed to the least-loaded worker (fhir_adapters._balancer) instead of the
-    workers racing to accept on a shared socket."""
-    import os
-
-    from uvicorn.supervisors import Multiprocess
-
-    from fhir_adapters._balancer import BALANCER_ENV, ConnectionBalancer
-
-    listener = config.bind_socket()
-    with ConnectionBalancer(listener, config.backlog) as balancer:
-        os.environ[BALANCER_ENV] = balancer.address  # the workers connect to it
-        try:
-            Multiprocess(config, sockets=[listener]).run()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            listener.close()
-
-
-# --- feedback (CDS Hooks C16): what clinicians accepted and overrode, per rule ---------------
-
-feedback_app = typer.Typer(no_args_is_help=True, help="CDS Hooks card feedback.")
-app.add_typer(feedback_app, name="feedback")
-
-
-def _reason_text(system: str | None, code: str | None, display: str | None) -> str:
-    if code is None:
-        return "(no coded reason)"
-    return f"{display} [{code}]" if display else code
-
-
-@feedback_app.command("report")
-def feedback_report(
-    database: Annotated[
-        str, typer.Option("--database", help="Feedback store URL, e.g. "
-                          "sqlite:///feedback.db or sqlite:////abs/path/feedback.db.")
-    ],
-    as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
-    top: Annotated[int, typer.Option("--top", min=1, help="Override reasons shown per "
-                                     "rule (text output).")] = 3,
-) -> None:
-    """Per rule: cards accepted, overridden, and the most frequent override reasons."""
-    from fhir_adapters._feedback_store import open_store
-
-    try:
-        store = open_store(database, create=False)
-    except ValueError as e:
-        fail(str(e))
-    try:
-        summary = store.summary_by_rule()
-    finally:
-        store.close()
-    if as_json:
-        doc = {"rules": [r.to_json() for r in summary]}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-        return
-    if not summary:
-        typer.echo("no feedback recorded")
-        return
-    width = max(len("rule"), *(len(r.rule_id) for r in summary))
-    typer.echo(f"{'rule':<{width}}  {'accepted':>8}  {'overridden':>10}  top override reasons")
-    for r in summary:
-        reasons = "; ".join(
-            f"{_reason_text(x.system, x.code, x.display)} x{x.count}"
-            for x in r.override_reasons[:top]
-        ) or "-"
-        typer.echo(f"{r.rule_id:<{width}}  {r.accepted:>8}  {r.overridden:>10}  {reasons}")
-
-
 # --- command modules: each registers its commands on ``app`` / ``kb_app`` when imported -------
 # One line per module; keep them sorted.
 from movement_cds import _cli_registry  # noqa: E402,F401
+
+# --- commands from the packages above this one (the CDS Hooks service: ``serve``, ``feedback``)
+# Each distribution that adds commands names a function ``register(app)`` in this entry-point
+# group; this package never imports them by name (``cds_service`` is a layer above it).
+PLUGIN_GROUP = "movement_cds.cli"
+
+
+def _register_plugins() -> None:
+    """Every library command runs even if a plugin cannot load: its failure is one line on
+    standard error (which plugin, the error's type), never a traceback."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            ep.load()(app)
+        except Exception as e:
+            typer.echo(f"movement-cds: commands from {ep.value} not loaded "
+                       f"({type(e).__name__}: {e})", err=True)
+
+
+_register_plugins()
 
 
 def main(argv: list[str] | None = None) -> Any:

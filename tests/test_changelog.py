@@ -142,8 +142,8 @@ def test_every_card_and_plan_names_the_release(kb: Any) -> None:
     import json
     from datetime import datetime, timedelta
 
-    from fhir_adapters._hooks_app import SERVICES
-    from fhir_adapters._hooks_cards import plan_cards
+    from cds_service._app import SERVICES
+    from cds_service._cards import plan_cards
     from movement_cds._api import DecisionSupport
 
     support = DecisionSupport(kb)

@@ -22,18 +22,19 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("cds", "fhir_adapters", "movement_cds", "knowledge_base")
+PACKAGES = ("cds", "fhir_adapters", "movement_cds", "cds_service", "knowledge_base")
 
 # Modules only the CDS Hooks service loads (``movement-cds serve``): they may import the
-# ``service`` extra at module level. (A ``cds_service`` package, if there is one, is too.)
+# ``service`` extra at module level. Every one is in ``cds_service``; the package itself and its
+# ``_cli`` (the entry point every ``movement-cds`` run loads) must import with the base install.
 SERVICE_MODULES = frozenset({
-    "fhir_adapters._hooks_app", "fhir_adapters._hooks_auth", "fhir_adapters._hooks_prefetch",
-    "fhir_adapters._hooks_issuer", "fhir_adapters._balancer", "fhir_adapters._http_protocol",
+    "cds_service._app", "cds_service._auth", "cds_service._prefetch",
+    "cds_service._balancer", "cds_service._http_protocol",
 })
 
 
 def _is_service(module: str) -> bool:
-    return module in SERVICE_MODULES or module.split(".")[0] == "cds_service"
+    return module in SERVICE_MODULES
 
 
 def _declared() -> dict[str, set[str]]:

@@ -19,18 +19,24 @@ def test_movement_cds_exports() -> None:
         "Plan",
         "__version__",
         "evaluate",
+        # the service's scenario check at start and on reload (issue 13 part 1)
+        "run_all_scenarios",
     ]
 
 
 def test_fhir_adapters_exports() -> None:
-    assert sorted(fhir_adapters.__all__) == [
+    assert sorted(fhir_adapters.__all__) == sorted([
         "InvalidBundleError",
         "code_systems",
         "export_terminology",
         "operation_outcome",
         "read_bundle",
         "write_bundle",
-    ]
+        # what the CDS Hooks service (cds_service) needs, public since issue 13 part 1:
+        # the strict JSON text parser, the codes the reader reads, the project's systems
+        "JSONTextError", "parse_json", "InputCodes", "input_codes",
+        "ALERT_SYSTEM", "CHANGE_DISPLAY", "EXERCISE_SYSTEM", "KNOWLEDGE_BASE_BASE",
+    ])
 
 
 def test_cds_exports() -> None:
@@ -46,7 +52,16 @@ def test_cds_exports() -> None:
         "PreviousPlan",
         # how answers were read (issue 12: red-flag answers are safety data)
         "AnswerNote",
+        # knowledge-base helpers the CDS Hooks service uses (issue 13 part 1)
+        "check_changelog", "evidence_url",
     ])
+
+
+def test_cds_service_exports_nothing() -> None:
+    """The service is an application, not a library: its API is HTTP and the command line."""
+    import cds_service
+
+    assert cds_service.__all__ == []
 
 
 def test_every_export_exists_and_errors_subclass_builtins() -> None:

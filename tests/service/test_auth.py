@@ -15,8 +15,8 @@ import httpx
 import jwt as pyjwt
 import pytest
 
-from fhir_adapters._hooks_auth import AuthError, TokenVerifier
-from fhir_adapters._hooks_config import IssuerConfig
+from cds_service._auth import AuthError, TokenVerifier
+from cds_service._config import IssuerConfig
 from tests.service.jwt_keys import (
     AUD,
     ISS,

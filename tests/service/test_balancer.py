@@ -1,4 +1,4 @@
-"""Connections spread evenly over the service's workers (fhir_adapters._balancer).
+"""Connections spread evenly over the service's workers (cds_service._balancer).
 
 The balancer is run for real: a TCP listener on loopback, clients that connect to it, and
 workers that are real Unix-socket peers receiving real descriptors; then the whole service,
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fhir_adapters._balancer import ConnectionBalancer
+from cds_service._balancer import ConnectionBalancer
 
 from .conftest import free_port, start_service, stop_service, write_config
 

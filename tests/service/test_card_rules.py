@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fhir_adapters._hooks_cards import NO_RULE, card_rules, plan_cards
+from cds_service._cards import NO_RULE, card_rules, plan_cards
 from movement_cds import DecisionSupport
 from tests.service.conftest import ROOT, STARTER_KB
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import movement_cds
-from fhir_adapters._hooks_prefetch import build_input_bundle, prefetch_keys
+from cds_service._prefetch import build_input_bundle, prefetch_keys
 from knowledge_base import bundled_path
 from movement_cds._api import DecisionSupport
 from tests.service.conftest import ROOT

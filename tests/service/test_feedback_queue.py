@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fhir_adapters._feedback_store import QueuedFeedbackStore, open_store
+from cds_service._feedback_store import QueuedFeedbackStore, open_store
 from tests.service.conftest import free_port, resources, searchset, start_service, write_config
 
 KB = "movement-cds-lbp@1.0.0"

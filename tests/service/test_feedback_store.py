@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from fhir_adapters._feedback_store import (
+from cds_service._feedback_store import (
     UNRECORDED_CARD,
     FeedbackStore,
     OverrideReasonCount,

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fhir_adapters._hooks_prefetch import _Fetcher, _FetchFailed
+from cds_service._prefetch import _Fetcher, _FetchFailed
 from tests.service.conftest import (
     FHIR_TOKEN,
     STARTER_KB,
@@ -390,8 +390,8 @@ def test_without_allowed_servers_nothing_is_contacted_and_it_is_logged(
     """The default (no [fhir] table): no fhirServer is contacted, and start-up says so."""
     import asyncio
 
-    from fhir_adapters._hooks_app import create_app, load_engine
-    from fhir_adapters._hooks_config import parse_config
+    from cds_service._app import create_app, load_engine
+    from cds_service._config import parse_config
 
     record = Recorder()
     server, url = _serve(_canary_handler(record))

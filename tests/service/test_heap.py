@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fhir_adapters._heap import settle_heap
+from cds_service._heap import settle_heap
 
 
 @pytest.fixture

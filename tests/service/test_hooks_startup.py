@@ -15,8 +15,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from fhir_adapters._hooks_app import create_app, load_engine
-from fhir_adapters._hooks_config import ConfigError, load_config, parse_config
+from cds_service._app import create_app, load_engine
+from cds_service._config import ConfigError, load_config, parse_config
 from tests.service.conftest import (
     ROOT,
     STARTER_KB,
@@ -293,7 +293,7 @@ async def test_auth_401_has_empty_detail(engine: Any) -> None:
 
 @pytest.mark.anyio
 async def test_feedback_stored(engine: Any, tmp_path: Path) -> None:
-    from fhir_adapters._feedback_store import UNRECORDED_CARD, open_store
+    from cds_service._feedback_store import UNRECORDED_CARD, open_store
     from tests.service.test_hooks_service import call
 
     store = open_store(f"sqlite:///{tmp_path / 'feedback.db'}")

@@ -229,8 +229,8 @@ def anyio_backend() -> str:
 
 @pytest.mark.anyio
 async def test_sighup_forces_a_check(tmp_path: Path) -> None:
-    from fhir_adapters._hooks_app import create_app
-    from fhir_adapters._hooks_config import parse_config
+    from cds_service._app import create_app
+    from cds_service._config import parse_config
 
     kb = tmp_path / "kb"
     shutil.copytree(STARTER_KB, kb)
@@ -259,8 +259,8 @@ async def test_sighup_forces_a_check(tmp_path: Path) -> None:
 
 def _live_starter(kb: Path, *, settle: bool = False) -> Any:
     """A LiveEngine on a copy of the starter knowledge base at ``kb``, checked by hand."""
-    from fhir_adapters._hooks_app import LiveEngine, load_engine
-    from fhir_adapters._hooks_config import parse_config
+    from cds_service._app import LiveEngine, load_engine
+    from cds_service._config import parse_config
 
     shutil.copytree(STARTER_KB, kb)
     config = parse_config({"service": {"base_url": "https://cds.example.org",

@@ -1,4 +1,4 @@
-"""The jti replay cache (fhir_adapters._hooks_replay) on real SQLite files: shared by
+"""The jti replay cache (cds_service._replay) on real SQLite files: shared by
 processes, kept across a restart, purged after expiry, and failing closed (issue 13,
 finding 1); and the verifier's JOSE work done by PyJWT, not by hand (finding 7)."""
 
@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fhir_adapters._hooks_auth import AuthError, TokenVerifier
-from fhir_adapters._hooks_config import IssuerConfig
-from fhir_adapters._hooks_replay import ReplayCache, ReplayStoreError
+from cds_service._auth import AuthError, TokenVerifier
+from cds_service._config import IssuerConfig
+from cds_service._replay import ReplayCache, ReplayStoreError
 from tests.service.conftest import ROOT
 from tests.service.jwt_keys import AUD, ISS, SigningKey, claims, jwks, serving, token
 
@@ -125,14 +125,14 @@ def test_jose_work_is_pyjwt_not_hand_written() -> None:
     hand_made = {"InvalidSignature", "encode_dss_signature", "padding", "ECDSA",
                  "EllipticCurvePublicNumbers", "RSAPublicNumbers", "hashes"}
     imported_jwt = False
-    for path in sorted((ROOT / "fhir_adapters").glob("*.py")):
+    for path in sorted((ROOT / "cds_service").glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
                     "cryptography"):
                 names = {a.name for a in node.names}
                 assert not names & hand_made, (path.name, names & hand_made)
-            if isinstance(node, ast.Import) and path.name == "_hooks_auth.py":
+            if isinstance(node, ast.Import) and path.name == "_auth.py":
                 imported_jwt |= any(a.name == "jwt" for a in node.names)
             if isinstance(node, ast.Attribute) and node.attr in ("verify", "sign") and \
                     isinstance(node.value, ast.Name) and node.value.id == "key":

@@ -402,7 +402,7 @@ def open_store(database_url: str, *, create: bool = True) -> SQLiteFeedbackStore
     scheme = database_url.split("://", 1)[0].lower()
     if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
         raise ValueError("PostgreSQL feedback storage is not built in this version; "
-                         "implement FeedbackStore (fhir_adapters._feedback_store) for it, "
+                         "implement FeedbackStore (cds_service._feedback_store) for it, "
                          "or use sqlite:///path/to/feedback.db")
     if scheme != "sqlite":
         raise ValueError(f"unsupported database URL scheme {scheme!r}; "

@@ -17,7 +17,7 @@ checks, in the order the spec gives them (the first failure wins):
 7. ``tenant`` is allowlisted, for issuers configured with (a non-empty list of) tenants;
 8. ``jti`` has not been seen before from this issuer (replay cache; an entry lives until
    the token could no longer pass step 6). The cache is a SQLite file
-   (``fhir_adapters._hooks_replay``) shared by every worker process of the host and kept
+   (``cds_service._replay``) shared by every worker process of the host and kept
    across restarts; when it cannot be written the token is refused.
 
 The JOSE work is PyJWT's: it decodes the compact JWS, parses the JWK Set keys (each bound
@@ -58,11 +58,11 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from fhir_adapters._hooks_replay import ReplayCache, ReplayStoreError
+from cds_service._replay import ReplayCache, ReplayStoreError
 
 __all__ = ["ALLOWED_ALGORITHMS", "AuthError", "IssuerSettings", "TokenVerifier", "parse_jwks"]
 
-log = logging.getLogger("fhir_adapters.hooks.auth")
+log = logging.getLogger("movement_cds.service.auth")
 
 ALLOWED_ALGORITHMS = frozenset({"ES384", "RS384"})
 MAX_TOKEN_LENGTH = 16 * 1024
@@ -88,7 +88,7 @@ class AuthError(Exception):
 
 class IssuerSettings(Protocol):
     """What the verifier reads from an issuer's configuration
-    (``fhir_adapters._hooks_config.IssuerConfig`` fits). ``tenants`` empty or ``None``:
+    (``cds_service._config.IssuerConfig`` fits). ``tenants`` empty or ``None``:
     the ``tenant`` claim is not checked for this issuer."""
 
     @property

@@ -41,7 +41,7 @@ log = logging.getLogger("movement_cds.service")
 BALANCER_ENV = "MOVEMENT_CDS_BALANCER"
 """Path of the supervisor's Unix socket; set for the workers it starts."""
 
-BALANCED_LOOP = "fhir_adapters._balancer:balanced_loop"
+BALANCED_LOOP = "cds_service._balancer:balanced_loop"
 """uvicorn's ``loop`` setting for the workers."""
 
 _PENDING_LIMIT = 1024  # connections held while no worker is ready; the oldest are closed

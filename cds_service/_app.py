@@ -8,7 +8,7 @@ Routes (CDS Hooks 2.0; spec points C1-C22 in ``shared/spec/cds-hooks.md``):
 ``POST /cds-services/{id}``            call a service (C5-C15)
 ``POST /cds-services/{id}/feedback``   card feedback (C16), stored by ``FeedbackStore``
 
-Every call is authenticated by ``fhir_adapters._hooks_auth.TokenVerifier`` (C17-C19) with the
+Every call is authenticated by ``cds_service._auth.TokenVerifier`` (C17-C19) with the
 audience ``base_url`` + the request path; a failure is a 401 whose OperationOutcome has no
 detail. Every non-2xx answer is an OperationOutcome (C21); nothing in any answer is null or
 empty (C1). Status codes: 400 a request that breaks C5 (not JSON, not an object, wrong
@@ -18,10 +18,10 @@ service (also a path with a trailing slash: never a redirect), 405 wrong method,
 data cannot be had (C8), 413 body over ``max_body_bytes``, 415 a compressed body, 422 the
 data breaks the input contract (the OperationOutcome of ``InvalidBundleError``, unchanged),
 500 an engine failure (never partial advice), 503 feedback storage not configured. The body
-is parsed by the library's strict parser (``fhir_adapters._json_text``): invalid UTF-8, a
+is parsed by the library's strict parser (``fhir_adapters.parse_json``): invalid UTF-8, a
 lone surrogate or a key twice in one object is a 400 naming where. The HTTP layer's own
 answers (408 request not received within the read timeout, 400 unparsable HTTP) come from
-``fhir_adapters._http_protocol``, also as OperationOutcomes.
+``cds_service._http_protocol``, also as OperationOutcomes.
 
 Card records and feedback go through ``QueuedFeedbackStore`` (a bounded queue and a writer
 thread): a locked database never holds up advice; the queue drains at shutdown.
@@ -83,21 +83,21 @@ from cds import (
     KnowledgeBase,
     KnowledgeBaseError,
     MovementCDSError,
+    check_changelog,
     load_knowledge_base,
 )
-from cds._changelog import check_changelog
-from fhir_adapters._errors import InvalidBundleError
-from fhir_adapters._heap import settle_heap
-from fhir_adapters._hooks_cards import card_rules, plan_cards
-from fhir_adapters._hooks_config import ConfigError, ServiceConfig, load_config
-from fhir_adapters._hooks_prefetch import (
+from cds_service._cards import card_rules, plan_cards
+from cds_service._config import ConfigError, ServiceConfig, load_config
+from cds_service._heap import settle_heap
+from cds_service._prefetch import (
     FHIR_ID,
     PrefetchError,
     PrefetchKey,
     build_input_bundle,
     prefetch_keys,
 )
-from fhir_adapters._json_text import JSONTextError, parse_json
+from fhir_adapters import JSONTextError, parse_json
+from movement_cds import InvalidBundleError
 
 __all__ = [
     "APP_FACTORY",
@@ -118,7 +118,7 @@ __all__ = [
 log = logging.getLogger("movement_cds.service")
 
 CONFIG_ENV: Final = "MOVEMENT_CDS_CONFIG"
-APP_FACTORY: Final = "fhir_adapters._hooks_app:app_from_env"  # each worker's app (uvicorn)
+APP_FACTORY: Final = "cds_service._app:app_from_env"  # each worker's app (uvicorn)
 INSECURE_ENV: Final = "MOVEMENT_CDS_INSECURE_NO_AUTH"
 SCENARIOS_CHECKED_ENV: Final = "MOVEMENT_CDS_SCENARIOS_CHECKED"
 KB_EXTENSION: Final = "org.movement-cds.knowledge-base"
@@ -218,7 +218,7 @@ class Engine:
     when this engine was loaded; ``loaded_at`` is when it went live."""
 
     def __init__(self, support: Any) -> None:
-        from movement_cds._api import DecisionSupport
+        from movement_cds import DecisionSupport
 
         assert isinstance(support, DecisionSupport)
         self.support = support
@@ -296,7 +296,7 @@ def _warm_up_bundle() -> dict[str, Any]:
 
 def _scenario_failures(evaluator: Evaluator, root: Path) -> str | None:
     """None when every scenario test passes, else why not (ids and file:line, no values)."""
-    from movement_cds._kbtools import run_all_scenarios
+    from movement_cds import run_all_scenarios
 
     try:
         outcomes = run_all_scenarios(evaluator, root)
@@ -330,7 +330,7 @@ def load_engine(config: ServiceConfig, *, run_scenarios: bool = True,
     checked): scenarios are skipped when the directory still has that content, and a
     different content under the same ``{kb-id}@{version}`` is refused."""
     from knowledge_base import bundled_path
-    from movement_cds._api import DecisionSupport
+    from movement_cds import DecisionSupport
 
     root = Path(config.knowledge_base or bundled_path())
     fingerprint, digest = kb_fingerprint(root), kb_digest(root)
@@ -365,7 +365,7 @@ def load_engine(config: ServiceConfig, *, run_scenarios: bool = True,
 def _candidate(root: Path, live: Engine, digest: str, fingerprint: Fingerprint) -> Engine:
     """A new engine for the release now in ``root``, validated and tested before anything
     else sees it; ``ReloadRefused`` saying why not."""
-    from movement_cds._api import DecisionSupport
+    from movement_cds import DecisionSupport
 
     try:
         kb: KnowledgeBase = load_knowledge_base(root)
@@ -481,10 +481,10 @@ def _make_verifier(config: ServiceConfig) -> Any:
     if not config.auth_required and not config.issuers:
         return None  # nothing to check a token against: no thread hop per request
     try:
-        auth = importlib.import_module("fhir_adapters._hooks_auth")
+        auth = importlib.import_module("cds_service._auth")
     except ImportError:
         if config.auth_required:
-            raise StartupError("authentication is required but fhir_adapters._hooks_auth is "
+            raise StartupError("authentication is required but cds_service._auth is "
                                "not available; use --insecure-no-auth for a demo") from None
         return None
     try:
@@ -518,7 +518,7 @@ def _open_store(config: ServiceConfig) -> Any:
     if not config.database:
         return None
     try:
-        mod = importlib.import_module("fhir_adapters._feedback_store")
+        mod = importlib.import_module("cds_service._feedback_store")
     except ImportError:
         log.warning("feedback store module not available: feedback answers 503")
         return None

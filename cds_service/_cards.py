@@ -28,9 +28,8 @@ import json
 import uuid
 from typing import Any, Final
 
-from cds import EvidenceRef, Plan, PlanAlert
-from cds._kb_schema import evidence_url
-from fhir_adapters._outbound import ALERT_SYSTEM, CHANGE_DISPLAY, EXERCISE_SYSTEM
+from cds import EvidenceRef, Plan, PlanAlert, evidence_url
+from fhir_adapters import ALERT_SYSTEM, CHANGE_DISPLAY, EXERCISE_SYSTEM
 
 __all__ = [
     "CARD_SYSTEM", "NO_RULE", "OVERRIDE_SYSTEM", "card_rules", "evidence_url", "plan_cards",

@@ -58,10 +58,8 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import httpx
 
 from cds import KnowledgeBase
-from fhir_adapters._hooks_config import origin_of
-from fhir_adapters._inbound import FOLLOW_UP_CODES, InputMap
-from fhir_adapters._json_text import JSONTextError, parse_json
-from fhir_adapters._outbound import KNOWLEDGE_BASE_BASE
+from cds_service._config import origin_of
+from fhir_adapters import KNOWLEDGE_BASE_BASE, JSONTextError, input_codes, parse_json
 
 __all__ = [
     "FHIR_ID",
@@ -99,10 +97,9 @@ class PrefetchKey:
 
 def prefetch_keys(kb: KnowledgeBase) -> tuple[PrefetchKey, ...]:
     """The prefetch keys, built from the knowledge base's coded facts."""
-    imap = InputMap.from_knowledge_base(kb)
-    # every coded fact, and the follow-up response codes (read against the previous plan)
-    obs = ",".join(sorted({f"{s}|{c}" for s, c in (*imap.observations, *FOLLOW_UP_CODES)}))
-    cond = ",".join(sorted(f"{s}|{c}" for s, c in imap.conditions))
+    codes = input_codes(kb)  # every coded fact, and the follow-up response codes
+    obs = ",".join(sorted(f"{s}|{c}" for s, c in codes.observations))
+    cond = ",".join(sorted(f"{s}|{c}" for s, c in codes.conditions))
     pid = "{{context.patientId}}"
     keys = [
         PrefetchKey("patient", "Patient", f"Patient/{pid}", True),
@@ -414,7 +411,7 @@ async def build_input_bundle(
     """The input Bundle (type ``collection``) and, per key, how it was obtained.
 
     ``fhir_server`` is used only when its origin is in ``allowed_servers`` (normalised
-    origins, ``fhir_adapters._hooks_config.origin_of``); otherwise the call goes on as if
+    origins, ``cds_service._config.origin_of``); otherwise the call goes on as if
     there were none. ``budget_seconds`` covers every fhirServer call (all keys, all pages).
     Raises ``PrefetchError``. The Patient's id must equal ``context.patientId``.
     """
