@@ -1,6 +1,6 @@
 """The CDS Hooks service: a FastAPI app (``create_app(config)``).
 
-Routes (CDS Hooks 2.0; spec points C1-C22 in ``shared/spec/cds-hooks.md``):
+Routes (CDS Hooks 2.0; docs/integrators/cds-hooks.md; C1-C22 number the requirements):
 
 ``GET  /cds-services``                 discovery (C2, C3); the extension
                                        ``org.movement-cds.knowledge-base`` names the live
