@@ -5,6 +5,7 @@
 #                   [--engine-cache-size N]   (the service's engine_cache_size; 0 = off)
 #                   [--patients N]            (N different synthetic patients, in turn)
 #                   [--shared-accept]         (balance_connections = false: uvicorn's race)
+#                   [--reuse-port]            (reuse_port = true: a SO_REUSEPORT socket per worker)
 #
 # Starts `movement-cds serve` (bundled knowledge base) on 127.0.0.1, POSTs patient-view
 # with a full prefetch built from examples/example-patient.json (patient, observations
@@ -29,6 +30,7 @@ THREADS=2
 CACHE=512
 PATIENTS=0
 BALANCE=true
+REUSE_PORT=false
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --workers) WORKERS="$2"; shift 2 ;;
@@ -38,7 +40,8 @@ while [[ $# -gt 0 ]]; do
         --engine-cache-size) CACHE="$2"; shift 2 ;;
         --patients) PATIENTS="$2"; shift 2 ;;
         --shared-accept) BALANCE=false; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        --reuse-port) BALANCE=false; REUSE_PORT=true; shift ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "load.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -106,6 +109,7 @@ cat > "$WORK/service.toml" <<EOF
 base_url = "$BASE"
 engine_cache_size = $CACHE
 balance_connections = $BALANCE
+reuse_port = $REUSE_PORT
 
 [auth]
 required = false
@@ -196,7 +200,7 @@ fi
 wait "$WRK_PID"
 cat "$WORK/wrk.out"
 
-echo "--- summary (workers=$WORKERS, balance_connections=$BALANCE, engine_cache_size=$CACHE, patients=$PATIENTS (0: the example patient only), auth OFF) ---"
+echo "--- summary (workers=$WORKERS, balance_connections=$BALANCE, reuse_port=$REUSE_PORT, engine_cache_size=$CACHE, patients=$PATIENTS (0: the example patient only), auth OFF) ---"
 echo "connections per worker: ${SPLIT:-unknown (no ss)}"
 echo "calibration: ${CALIB} s"
 grep -E "Requests/sec" "$WORK/wrk.out" || true

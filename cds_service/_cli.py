@@ -118,6 +118,8 @@ def serve(
         from cds_service._balancer import supported as balancer_supported
         from cds_service._config import ConfigError, load_config, parse_config
         from cds_service._http_protocol import configure
+        from cds_service._reuseport import REUSEPORT_LOOP
+        from cds_service._reuseport import supported as reuseport_supported
     except ImportError as e:
         fail(f"the service needs the 'service' extra (pip install 'movement-cds[service]'): {e}")
     try:
@@ -151,7 +153,10 @@ def serve(
         "factory": True, "host": host, "port": port, "workers": workers,
         "log_level": log_level.value, "timeout_worker_healthcheck": 60,
         "log_config": _log_config(log_level.value)}
-    if cfg.balance_connections and balancer_supported():
+    if cfg.reuse_port and reuseport_supported():
+        _serve_reuseport(configure(uvicorn.Config(APP_FACTORY, loop=REUSEPORT_LOOP, **options),
+                                   read_timeout))
+    elif cfg.balance_connections and balancer_supported():
         _serve_balanced(configure(uvicorn.Config(APP_FACTORY, loop=BALANCED_LOOP, **options),
                                   read_timeout))
     else:  # uvicorn's shared accept
@@ -176,6 +181,22 @@ def _serve_shared(config: Any) -> None:
     from uvicorn.supervisors import Multiprocess
 
     listener = config.bind_socket()
+    try:
+        Multiprocess(config, sockets=[listener]).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        listener.close()
+
+
+def _serve_reuseport(config: Any) -> None:
+    """uvicorn's supervisor, each worker listening on its own ``SO_REUSEPORT`` socket
+    (cds_service._reuseport): the kernel spreads new connections over the workers."""
+    from uvicorn.supervisors import Multiprocess
+
+    from cds_service._reuseport import bind_reuseport
+
+    listener = bind_reuseport(config.host, config.port)
     try:
         Multiprocess(config, sockets=[listener]).run()
     except KeyboardInterrupt:

@@ -19,6 +19,8 @@ Every key (``docs/integrators/cds-hooks.md`` has the annotated example)::
     reload_check_seconds = 10              # knowledge-base reload check (0 = never, default)
     engine_cache_size = 512                # per worker: rule results kept (0 = off)
     balance_connections = true             # with --workers N: least-connections hand-off
+    reuse_port = false                     # with --workers N: a SO_REUSEPORT socket per
+                                           # worker instead (overrides balance_connections)
 
     [fhir]
     allowed_servers = ["https://fhir.ehr.example.org"]  # the only fhirServer origins ever
@@ -100,6 +102,7 @@ class ServiceConfig:
     reload_check_seconds: float = 0.0
     engine_cache_size: int = 512
     balance_connections: bool = True
+    reuse_port: bool = False
     auth_required: bool = True
     issuers: tuple[IssuerConfig, ...] = field(default_factory=tuple)
     insecure_no_auth: bool = False
@@ -178,6 +181,7 @@ class _ServiceTable(_Table):
     reload_check_seconds: float = Field(0.0, ge=0, le=86_400)
     engine_cache_size: int = Field(512, ge=0, le=1_000_000)
     balance_connections: bool = True
+    reuse_port: bool = False
 
     @field_validator("base_url")
     @classmethod
@@ -363,6 +367,7 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
         reload_check_seconds=float(s.reload_check_seconds),
         engine_cache_size=s.engine_cache_size,
         balance_connections=s.balance_connections,
+        reuse_port=s.reuse_port,
         auth_required=auth.required and not insecure_no_auth,
         issuers=issuers,
         insecure_no_auth=insecure_no_auth,

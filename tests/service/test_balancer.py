@@ -223,6 +223,21 @@ def _established(pid: int, port: int) -> int:
     return count
 
 
+def _listening(pid: int, port: int) -> set[str]:
+    """Inodes of the listening TCP sockets on ``port`` that process ``pid`` holds."""
+    inodes = {os.readlink(fd)[8:-1] for fd in Path(f"/proc/{pid}/fd").iterdir()
+              if os.path.exists(fd) and os.readlink(fd).startswith("socket:[")}
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if os.path.exists(table):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                if (int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "0A"
+                        and cols[9] in inodes):
+                    found.add(cols[9])
+    return found
+
+
 def _ready_pids(log: Path) -> list[int]:
     return [int(p) for p in re.findall(r"balancer: worker (\d+) ready", log.read_text())]
 
@@ -303,3 +318,40 @@ def test_serve_with_balancing_off_uses_uvicorns_shared_accept(tmp_path: Path) ->
     text = log_path.read_text()
     assert proc.returncode == 0, text[-2000:]
     assert "balancer:" not in text and "Started parent process" in text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts sockets in /proc")
+def test_serve_with_reuse_port_gives_each_worker_its_own_listening_socket(
+        tmp_path: Path) -> None:
+    """``reuse_port = true`` (the alternative measured against the balancer): no balancer;
+    each worker listens on a SO_REUSEPORT socket of its own and the kernel spreads new
+    connections, so 24 keep-alive clients reach both workers."""
+    port = free_port()
+    cfg = write_config(tmp_path / "service.toml", port, reuse_port=True)
+    log_path = tmp_path / "service.log"
+    with log_path.open("wb") as log:
+        proc = start_service(["--config", str(cfg), "--insecure-no-auth", "--workers", "2"],
+                             port, timeout=120, log=log)
+        clients = []
+        try:
+            _wait_for(lambda: log_path.read_text().count("Application startup complete") >= 2)
+            pids = [int(p) for p in re.findall(r"Started server process \[(\d+)\]",
+                                               log_path.read_text())]
+            assert len(pids) == 2, log_path.read_text()[-2000:]
+            for _ in range(24):
+                c = httpx.Client(timeout=30)
+                assert c.get(f"http://127.0.0.1:{port}/cds-services").status_code == 200
+                clients.append(c)
+            counts = [_established(pid, port) for pid in pids]
+            assert sum(counts) == 24 and all(n > 0 for n in counts), counts
+            # its own socket: two different listening sockets (one shared socket, as in
+            # uvicorn's shared accept, would be one inode in both workers)
+            listening = [_listening(pid, port) for pid in pids]
+            assert all(len(x) == 1 for x in listening) and listening[0] != listening[1]
+        finally:
+            for c in clients:
+                c.close()
+            stop_service(proc)
+    text = log_path.read_text()
+    assert proc.returncode == 0, text[-2000:]
+    assert "balancer:" not in text and "Traceback" not in text, text[-4000:]
