@@ -9,16 +9,21 @@ AS_OF ?= 2026-11-02T09:00:00Z
 
 .PHONY: example test lint bench docs clean base-install-check
 
+SETUP_LOG := $(VENV)/setup.log
+
+# The build log goes to $(SETUP_LOG), not the terminal; on failure its path and tail are shown.
 $(STAMP): pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,service]'
-	touch $(STAMP)
+	@echo "setting up $(VENV) (log: $(SETUP_LOG))"
+	@$(PY) -m venv $(VENV)
+	@( $(BIN)/python -m pip install --upgrade pip \
+	   && $(BIN)/python -m pip install -e '.[dev,service]' ) > $(SETUP_LOG) 2>&1 \
+	   || { tail -n 30 $(SETUP_LOG); echo "set-up failed: the whole log is $(SETUP_LOG)" >&2; exit 1; }
+	@touch $(STAMP)
 
 $(FHIRJS): tools/fhir-validator/package-lock.json
-	command -v npm >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq nodejs npm)
-	cd tools/fhir-validator && npm ci --silent --no-audit --no-fund
-	touch $(FHIRJS)
+	@command -v npm >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq nodejs npm)
+	@cd tools/fhir-validator && npm ci --silent --no-audit --no-fund
+	@touch $(FHIRJS)
 
 ## Evaluate the bundled example patient: readable plan on the terminal, FHIR in out/.
 example: $(STAMP)
