@@ -176,54 +176,43 @@ def _serve_one(config: Any) -> None:
         raise SystemExit(3)  # uvicorn's STARTUP_FAILURE
 
 
-def _serve_shared(config: Any) -> None:
-    """uvicorn's supervisor with its shared accept (what ``uvicorn.run`` does for workers)."""
+def _supervise(config: Any, listener: Any) -> None:
+    """uvicorn's supervisor (worker restarts, SIGHUP, SIGTTIN/SIGTTOU) over ``listener``,
+    closed on the way out."""
     from uvicorn.supervisors import Multiprocess
 
-    listener = config.bind_socket()
     try:
         Multiprocess(config, sockets=[listener]).run()
     except KeyboardInterrupt:
         pass
     finally:
         listener.close()
+
+
+def _serve_shared(config: Any) -> None:
+    """uvicorn's shared accept (what ``uvicorn.run`` does for workers)."""
+    _supervise(config, config.bind_socket())
 
 
 def _serve_reuseport(config: Any) -> None:
-    """uvicorn's supervisor, each worker listening on its own ``SO_REUSEPORT`` socket
-    (cds_service._reuseport): the kernel spreads new connections over the workers."""
-    from uvicorn.supervisors import Multiprocess
-
+    """Each worker listening on its own ``SO_REUSEPORT`` socket (cds_service._reuseport):
+    the kernel spreads new connections over the workers."""
     from cds_service._reuseport import bind_reuseport
 
-    listener = bind_reuseport(config.host, config.port)
-    try:
-        Multiprocess(config, sockets=[listener]).run()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        listener.close()
+    _supervise(config, bind_reuseport(config.host, config.port))
 
 
 def _serve_balanced(config: Any) -> None:
-    """uvicorn's supervisor (worker restarts, SIGHUP, SIGTTIN/SIGTTOU), with each new
-    connection handed to the least-loaded worker (cds_service._balancer) instead of the
-    workers racing to accept on a shared socket."""
+    """Each new connection handed to the least-loaded worker (cds_service._balancer) instead
+    of the workers racing to accept on a shared socket."""
     import os
-
-    from uvicorn.supervisors import Multiprocess
 
     from cds_service._balancer import BALANCER_ENV, ConnectionBalancer
 
     listener = config.bind_socket()
     with ConnectionBalancer(listener, config.backlog) as balancer:
         os.environ[BALANCER_ENV] = balancer.address  # the workers connect to it
-        try:
-            Multiprocess(config, sockets=[listener]).run()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            listener.close()
+        _supervise(config, listener)
 
 
 # --- feedback (CDS Hooks C16): what clinicians accepted and overrode, per rule ---------------
