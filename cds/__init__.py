@@ -13,6 +13,7 @@ from cds._compiler import CompiledKnowledgeBase, compile_knowledge_base
 from cds._engine_result import EngineResult
 from cds._errors import (
     EngineError,
+    ExplainTargetError,
     InputIssue,
     InvalidInputError,
     KnowledgeBaseError,
@@ -58,6 +59,7 @@ __all__ = [
     "ExerciseChange",
     "ExerciseDose",
     "ExerciseResponse",
+    "ExplainTargetError",
     "Fact",
     "FollowUp",
     "InputIssue",

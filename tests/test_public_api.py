@@ -42,7 +42,7 @@ def test_fhir_adapters_exports() -> None:
 def test_cds_exports() -> None:
     assert sorted(cds.__all__) == sorted([
         "AvoidedExercise", "CompiledKnowledgeBase", "DataGap", "Derivation", "DerivedFact",
-        "EngineError", "EngineResult", "Evaluator", "EvidenceRef", "ExerciseDose", "Fact",
+        "EngineError", "EngineResult", "Evaluator", "ExplainTargetError", "EvidenceRef", "ExerciseDose", "Fact",
         "InputIssue", "InvalidInputError", "KnowledgeBase", "KnowledgeBaseError",
         "KnowledgeBaseProblem", "MovementCDSError", "PatientFacts", "Plan", "PlanAlert",
         "PlannedExercise", "Referral", "compile_knowledge_base", "evaluate_reference",
