@@ -39,21 +39,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cds import (
+    Derivation,
+    EngineResult,
     Evaluator,
+    Fact,
     InputIssue,
     InvalidInputError,
     KnowledgeBase,
     KnowledgeBaseError,
     MovementCDSError,
     PatientFacts,
+    Plan,
     load_knowledge_base,
+    resolve_plan,
 )
-from cds._engine_result import EngineResult
-from cds._facts import Derivation, Fact
-from cds._plan import Plan, resolve_plan
-from cds._scenarios import DEFAULT_AS_OF, Scenario, load_scenarios
-from fhir_adapters import InvalidBundleError, read_bundle
-from fhir_adapters._population import synthetic_bundle
+from cds.authoring import DEFAULT_AS_OF, Scenario, load_scenarios
+from fhir_adapters import InvalidBundleError, read_bundle, synthetic_bundle
 from movement_cds._errors import KnowledgeBaseLoadError
 
 __all__ = [

@@ -34,14 +34,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-from cds import MovementCDSError
-from cds._plan import Plan
-from fhir_adapters import InvalidBundleError, read_bundle
-from fhir_adapters._population import (
+from cds import MovementCDSError, Plan
+from fhir_adapters import (
+    InvalidBundleError,
     RedFlagItem,
     UnclassifiedRedFlagError,
     UndocumentedRedFlagError,
     primary_care_bundle,
+    read_bundle,
     red_flag_items,
 )
 from movement_cds._errors import ProfileError

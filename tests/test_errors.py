@@ -57,7 +57,8 @@ def drawing() -> list[tuple[int, str, str | None]]:
 def test_every_error_is_defined_in_its_packages_one_errors_module() -> None:
     errors = project_errors()
     assert len(errors) >= 15
-    misplaced = {n: e.__module__ for n, e in errors.items() if not e.__module__.endswith("._errors")}
+    misplaced = {n: e.__module__ for n, e in errors.items()
+                 if not e.__module__.endswith("._errors")}
     assert misplaced == {}
 
 
@@ -75,7 +76,8 @@ def test_the_drawing_shows_every_error_with_its_parent_and_builtin() -> None:
             parents.pop()
         cls = errors[name]
         if parents:
-            assert errors[parents[-1][1]] in cls.__bases__, f"{name} is drawn under {parents[-1][1]}"
+            parent = parents[-1][1]
+            assert errors[parent] in cls.__bases__, f"{name} is drawn under {parent}"
         if builtin:
             assert issubclass(cls, getattr(builtins, builtin)), f"{name} is not a {builtin}"
         parents.append((column, name))
