@@ -14,7 +14,11 @@ Errors (all subclass built-in types)::
     ├── InvalidInputError (ValueError)
     │   └── InvalidBundleError      .operation_outcome: the FHIR OperationOutcome
     ├── KnowledgeBaseError (ValueError)
-    └── EngineError (RuntimeError)
+    ├── EngineError (RuntimeError)
+    └── HandoutExtraMissingError (ImportError)   a PDF handout without the 'handout' extra
+
+The patient handout (docs/handout.md): ``handout_html(evaluation_or_bundle, as_of=...)`` is
+one self-contained HTML page; ``handout_pdf(html)`` prints it (the ``handout`` extra).
 
 For a service that loads knowledge bases itself (``cds_service``): ``run_all_scenarios(evaluator,
 root)`` runs a knowledge base's scenario tests (FHIR vignettes read with the production reader)
@@ -24,6 +28,7 @@ and returns one outcome per scenario (``.passed``, ``.failures``, ``.file``, ``.
 from cds import EngineError, InvalidInputError, KnowledgeBaseError, MovementCDSError, Plan
 from fhir_adapters import InvalidBundleError
 from movement_cds._api import DecisionSupport, Evaluation, evaluate
+from movement_cds._handout_api import HandoutExtraMissingError, handout_html, handout_pdf
 from movement_cds._kbtools import run_all_scenarios
 from movement_cds._version import __version__
 
@@ -31,6 +36,7 @@ __all__ = [
     "DecisionSupport",
     "EngineError",
     "Evaluation",
+    "HandoutExtraMissingError",
     "InvalidBundleError",
     "InvalidInputError",
     "KnowledgeBaseError",
@@ -38,5 +44,7 @@ __all__ = [
     "Plan",
     "__version__",
     "evaluate",
+    "handout_html",
+    "handout_pdf",
     "run_all_scenarios",
 ]
