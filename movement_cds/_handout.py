@@ -21,9 +21,8 @@ from __future__ import annotations
 from datetime import datetime
 from html import escape
 
-from movement_cds._figure import exercise_svg
+from cds import exercise_figure_svg
 from movement_cds._handout_model import HandoutDose, HandoutExercise, HandoutPlan
-from movement_cds._poses import pose_for
 
 __all__ = ["LOG_COLUMNS", "PROGRESS_CHART_SLOT", "render_handout_html"]
 
@@ -46,7 +45,8 @@ body{font:17px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;co
 h1{font-size:1.7em;margin:.2em 0}h2{font-size:1.35em;margin:.8em 0 .3em;
  border-bottom:2px solid #ddd}h3{font-size:1.1em;margin:.6em 0 .2em}
 section{margin-bottom:1.6em}.lead{font-size:1.1em}
-.figure svg{width:100%;max-width:640px;height:auto;border:1px solid #ddd;border-radius:6px;background:#fff}
+.figure svg{width:100%;max-width:640px;height:auto;border:1px solid #ddd;
+ border-radius:6px;background:#fff}
 .dose{background:#f3f6fa;border-radius:6px;padding:.4em .8em}.dose li{margin:.1em 0}
 table{border-collapse:collapse;width:100%}th,td{border:1px solid #999;padding:.35em;
  text-align:left;vertical-align:top}th{background:#f0f0f0}
@@ -106,9 +106,8 @@ def _session_days(d: HandoutDose) -> dict[int, int]:
 
 
 def _exercise_section(n: int, ex: HandoutExercise) -> str:
-    poses = pose_for(ex.exercise_id)
-    picture = (f'<div class="figure">{exercise_svg(poses[0], poses[1], ex.title)}</div>'
-               if poses else "")
+    svg = exercise_figure_svg(ex.exercise_id, ex.title)
+    picture = f'<div class="figure">{svg}</div>' if svg else ""
     dose = ("<ul class=\"dose\">" + "".join(f"<li>{i}</li>" for i in _dose_items(ex.dose))
             + "</ul>") if ex.dose else ""
     change = (f'<p><b>What has changed:</b> {escape(ex.change)}</p>' if ex.change else "")
@@ -143,7 +142,7 @@ def _intro(plan: HandoutPlan) -> str:
     made = f" made on {_date(plan.created)}" if plan.created else ""
     if plan.held:
         return ('<section id="plan"><h1>Your back: what to do now</h1>'
-                f'<div class="held"><p class="lead"><b>Do not start any exercises for now.</b>'
+                '<div class="held"><p class="lead"><b>Do not start any exercises for now.</b>'
                 "</p><p>Some of your answers mean a doctor needs to check your back first. "
                 "This is to keep you safe.</p>"
                 + ("<p><b>Go to an emergency department today.</b> Do not wait.</p>"
@@ -189,10 +188,12 @@ def _log(plan: HandoutPlan) -> str:
             f'<table class="log"><tr><th>Exercise</th>{head}</tr>{rows}</table></section>')
 
 
-def _safety() -> str:
+def _safety(held: bool) -> str:
+    first = ("Call your clinician or doctor if:" if held else
+             "Stop the exercises and call your clinician or doctor if:")
     return (
         '<section id="help"><h2>When to stop and get help</h2>'
-        "<h3>Stop the exercises and call your clinician or doctor if:</h3><ul>"
+        f"<h3>{first}</h3><ul>"
         "<li>pain spreads further down your leg;</li>"
         "<li>your leg feels weak or numb and this is new;</li>"
         "<li>pain is worse the next morning two times in a row;</li>"
@@ -224,7 +225,7 @@ def render_handout_html(plan: HandoutPlan, *, progress_chart: str | None = None)
         body += [_exercise_section(n, e) for n, e in enumerate(plan.exercises, 1)]
         if plan.exercises:
             body += [_schedule(plan), _log(plan)]
-    body.append(_safety())
+    body.append(_safety(plan.held))
     return ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width,initial-scale=1">'
             f"<title>Your back exercises</title><style>{_CSS}</style></head><body>"

@@ -2,7 +2,7 @@
 
 Each entry reads the exercise's ``position`` and ``instructions`` in the knowledge base
 (``knowledge_base/exercises.yaml``, ``knowledge_base/exercises/``) as a side view facing
-right (see ``movement_cds._figure``): where the body starts and where the movement takes it.
+right (see ``cds._figure``): where the body starts and where the movement takes it.
 ``tests/test_handout_figures.py`` fails when the knowledge base gains an exercise without an
 entry here, when an entry names no exercise, and when a start pose does not match the
 exercise's stated position (lying face up or down, on hands and knees, kneeling, sitting,
@@ -11,9 +11,9 @@ standing).
 
 from __future__ import annotations
 
-from movement_cds._figure import Pose, Prop
+from cds._figure import Pose, Prop, exercise_svg
 
-__all__ = ["POSES", "pose_for"]
+__all__ = ["POSES", "exercise_figure_svg", "pose_for"]
 
 # building blocks (angles in degrees: 0 forward/right, 90 up, -90 down)
 _ARM_DOWN = (-94.0, -88.0)
@@ -205,3 +205,10 @@ def pose_for(exercise_id: str) -> tuple[Pose, Pose] | None:
     """The (start, end) poses of an exercise, or None for one this table does not draw (an
     exercise from another knowledge base)."""
     return POSES.get(exercise_id)
+
+
+def exercise_figure_svg(exercise_id: str, title: str) -> str | None:
+    """The line drawing of an exercise (start and end position) as an inline SVG element, or
+    None when the pose table has no entry for it."""
+    poses = POSES.get(exercise_id)
+    return exercise_svg(poses[0], poses[1], title) if poses else None

@@ -9,7 +9,7 @@ grey relative to the placed figure's joints.
 
 ``exercise_svg(start, end, title)`` draws two frames, "Start" and "Then", in one inline SVG
 with a shared scale (no external image, no script), for the patient handout and the catalog.
-The pose of every exercise is in ``movement_cds._poses``.
+The pose of every exercise is in ``cds._poses``.
 """
 
 from __future__ import annotations
