@@ -97,10 +97,8 @@ def _dose_items(d: HandoutDose) -> list[str]:
 
 def _session_days(d: HandoutDose) -> dict[int, int]:
     """Sessions per weekday (0 = Monday) for one week, spread evenly."""
-    if d.period_unit == "d":
-        per_day = d.frequency if d.period == 1 else 1
-        days = range(0, 7, 1 if d.period == 1 else d.period)
-        return dict.fromkeys(days, per_day)
+    if d.period_unit == "d":  # n times every p days: n sessions on every p-th day
+        return dict.fromkeys(range(0, 7, d.period), d.frequency)
     n = max(1, min(7, round(d.frequency / max(1, d.period))))
     return {round(i * 7 / n): 1 for i in range(n)}
 
@@ -125,6 +123,9 @@ def _exercise_section(n: int, ex: HandoutExercise) -> str:
 
 def _pain_guide(plan: HandoutPlan) -> str:
     safe, ok = plan.pain_safe_max, plan.pain_acceptable_max
+    if safe is None or ok is None:  # a knowledge base without the thresholds: its own words
+        return ("<h3>Pain guide: how much pain is OK?</h3>"
+                f"<p>{escape(plan.pain_text or '')}</p>" if plan.pain_text else "")
     return (
         "<h3>Pain guide: how much pain is OK?</h3>"
         "<p>Score your pain from 0 (no pain) to 10 (the worst pain you can think of).</p>"

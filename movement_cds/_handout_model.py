@@ -62,9 +62,10 @@ class HandoutPlan:
     stopped: tuple[str, ...]  # titles of exercises to stop
     avoid: tuple[str, ...]  # titles of exercises not to do
     check_in: tuple[datetime, datetime] | None
-    pain_safe_max: int
-    pain_acceptable_max: int
+    pain_safe_max: int | None  # None: the knowledge base has no pain-monitoring thresholds
+    pain_acceptable_max: int | None
     revised: bool
+    pain_text: str | None = None  # the plan's own pain guidance (the doses' text)
 
 
 def _sentences(text: str) -> list[str]:
@@ -98,7 +99,7 @@ def _dose(detail: dict[str, Any]) -> HandoutDose | None:
     parts: dict[str, Any] = {}
     for ext in detail.get("extension", []):
         if ext.get("url") == _DOSE_URL:
-            for sub in ext.get("extension", []):
+            for sub in ext.get("extension", []):  # pain-monitoring: see _pain_text
                 parts[sub["url"]] = (_int(sub, sub["url"]) if sub["url"] in
                                      ("sets", "repetitions", "hold-seconds")
                                      else sub.get("valueString"))
@@ -108,6 +109,20 @@ def _dose(detail: dict[str, Any]) -> HandoutDose | None:
     return HandoutDose(parts.get("sets"), parts.get("repetitions"), parts.get("hold-seconds"),
                        parts.get("tempo"), parts.get("load"), int(repeat["frequency"]),
                        int(repeat.get("period", 1)), str(repeat.get("periodUnit", "d")))
+
+
+def _pain_text(activities: list[dict[str, Any]]) -> str | None:
+    for activity in activities:
+        for ext in (activity.get("detail") or {}).get("extension", []):
+            if ext.get("url") == _DOSE_URL:
+                for sub in ext.get("extension", []):
+                    if sub.get("url") == "pain-monitoring" and sub.get("valueString"):
+                        return str(sub["valueString"])
+    return None
+
+
+def _threshold(kb: KnowledgeBase, name: str) -> int | None:
+    return int(kb.parameter(name)) if name in kb.parameters else None
 
 
 def _change_text(detail: dict[str, Any]) -> str | None:
@@ -198,6 +213,6 @@ def read_output_bundle(bundle: dict[str, Any], kb: KnowledgeBase) -> HandoutPlan
         created=_when(plan.get("created")), exercises=() if held else tuple(todo), held=held,
         emergency=emergency, stopped=tuple(stopped), avoid=tuple(avoid),
         check_in=None if held else check_in,
-        pain_safe_max=int(kb.parameter("follow-up-pain-safe-max")),
-        pain_acceptable_max=int(kb.parameter("follow-up-pain-acceptable-max")),
-        revised=bool(plan.get("replaces")))
+        pain_safe_max=_threshold(kb, "follow-up-pain-safe-max"),
+        pain_acceptable_max=_threshold(kb, "follow-up-pain-acceptable-max"),
+        revised=bool(plan.get("replaces")), pain_text=_pain_text(plan.get("activity", [])))
