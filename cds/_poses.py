@@ -62,10 +62,10 @@ _SIDE_PLANK_DOWN = {"trunk": 28.0, "head": 30.0, "arm": (-90.0, 0.0), "arm_far":
 POSES: dict[str, tuple[Pose, Pose]] = {
     # --- lying face up -----------------------------------------------------------------
     "controlled-pelvic-tilt": (_supine(back=-4.0), _supine(back=1.0, leg=(52.0, -57.0))),
-    "diaphragmatic-breathing": (
-        _supine(arm=(-30.0, 10.0), arm_far=(-10.0, 20.0)),
-        _supine(arm=(-24.0, 12.0), arm_far=(-10.0, 20.0), back=-3.0)),
-    "abdominal-bracing-supine": (_supine(), _supine(arm=(-30.0, 15.0), back=1.0)),
+    "diaphragmatic-breathing": (  # one hand on the belly, one on the chest
+        _supine(arm=(28.0, -32.0), arm_far=(45.0, -75.0)),
+        _supine(arm=(32.0, -30.0), arm_far=(45.0, -75.0), back=-3.0)),
+    "abdominal-bracing-supine": (_supine(), _supine(arm=(28.0, -32.0), back=1.0)),
     "dead-bug-eccentric": (
         _supine(arm=(90.0, 90.0), leg=(90.0, 0.0), foot=80.0),
         _supine(arm=(165.0, 175.0), arm_far=(90.0, 90.0), leg=(12.0, 5.0), foot=90.0,

@@ -56,7 +56,9 @@ table{border-collapse:collapse;width:100%}th,td{border:1px solid #999;padding:.3
 .green{background:#e8f5e9;border-color:#2e7d32}.amber{background:#fff4e0;border-color:#ef8f00}
 .red{background:#fdecea;border-color:#c62828}
 .held,.emergency{border:3px solid #c62828;background:#fdecea;padding:.6em 1em;border-radius:8px}
-.note{color:#444;font-size:.95em}
+.note{color:#444;font-size:.95em}.wide{overflow-x:auto}
+@media (max-width:600px){body{font-size:15px;padding:8px}table{font-size:.8em}
+ th,td{padding:.2em}.grid td{font-size:1em}}
 @media print{body{max-width:none;padding:0;font-size:13pt}
  section{break-before:page;page-break-before:always}section:first-of-type{break-before:auto;
  page-break-before:auto}.exercise,.light,tr{break-inside:avoid}a{color:inherit}}
@@ -176,8 +178,8 @@ def _schedule(plan: HandoutPlan) -> str:
         rows.append(f"<tr><th>{escape(ex.title)}</th>{cells}</tr>")
     return ('<section id="week"><h2>Your week</h2><p>Tick a box each time you do the '
             "exercise. A dash means a rest day for that exercise.</p>"
-            f'<table class="grid"><tr><th>Exercise</th>{head}</tr>{"".join(rows)}</table>'
-            "</section>")
+            f'<div class="wide"><table class="grid"><tr><th>Exercise</th>{head}</tr>'
+            f'{"".join(rows)}</table></div></section>')
 
 
 def _log(plan: HandoutPlan) -> str:
@@ -186,7 +188,8 @@ def _log(plan: HandoutPlan) -> str:
     rows = "".join(f"<tr><th>{escape(ex.title)}</th>{blank}</tr>" for ex in plan.exercises)
     return ('<section id="log"><h2>Your log</h2><p>Fill this in before your next visit, '
             "one line for each exercise. Your clinician will use it to change your plan.</p>"
-            f'<table class="log"><tr><th>Exercise</th>{head}</tr>{rows}</table></section>')
+            f'<div class="wide"><table class="log"><tr><th>Exercise</th>{head}</tr>{rows}'
+            "</table></div></section>")
 
 
 def _safety(held: bool) -> str:
