@@ -5,7 +5,8 @@ breaks it into a page per section.
 Screenshots go under the test's temporary folder; with ``MOVEMENT_CDS_SCREENSHOTS=DIR`` they
 are also copied to ``DIR/handout-*.png`` for people to look at, e.g.::
 
-    MOVEMENT_CDS_SCREENSHOTS=out/screenshots .venv/bin/python -m pytest tests/test_handout_browser.py
+    MOVEMENT_CDS_SCREENSHOTS=out/screenshots \
+        .venv/bin/python -m pytest tests/test_handout_browser.py
 """
 
 from __future__ import annotations
