@@ -358,9 +358,22 @@ def _replay_default(database: str | None, base_dir: Path,
     return base_dir / name
 
 
-def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
+def _handout_database(given: str | None, database: str | None, base_dir: Path,
+                      from_file: bool) -> Path | None:
+    if given:
+        return Path(given)
+    beside = _replay_default(database, base_dir, HANDOUT_DATABASE_NAME)
+    return beside if from_file or beside.parent != base_dir else None
+
+
+def parse_config(doc: dict[str, Any], *, base_dir: Path | None = None,
                  insecure_no_auth: bool = False) -> ServiceConfig:
-    """Check a parsed TOML document and build the configuration (``ConfigError`` if bad)."""
+    """Check a parsed TOML document and build the configuration (``ConfigError`` if bad).
+    ``base_dir``: the config file's folder (relative paths; default: the working directory).
+    Without a config file and a feedback database, handout pages are kept in memory (one
+    process)."""
+    from_file = base_dir is not None
+    base_dir = base_dir if base_dir is not None else Path(".")
     if not isinstance(doc.get("service"), dict):
         unknown = sorted(set(doc) - {"service", "auth", "fhir", "handouts"})
         if unknown:
@@ -401,8 +414,8 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
         replay_database=replay,
         handouts_enabled=raw.handouts.enabled,
         handout_ttl_seconds=float(raw.handouts.ttl_seconds),
-        handout_database=Path(raw.handouts.database) if raw.handouts.database
-        else _replay_default(s.database, base_dir, HANDOUT_DATABASE_NAME),
+        handout_database=_handout_database(raw.handouts.database, s.database, base_dir,
+                                           from_file),
     )
 
 

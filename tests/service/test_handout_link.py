@@ -120,3 +120,34 @@ def test_every_worker_serves_the_page_until_it_expires(tmp_path: Path) -> None:
         assert (tmp_path / "handouts.sqlite3").exists()
     finally:
         stop_service(proc)
+
+
+@pytest.mark.parametrize("table,says", [
+    ({"ttl_seconds": 0}, "[handouts] ttl_seconds: must be a number from 1 to 2592000"),
+    ({"ttl_seconds": "1 day"}, "[handouts] ttl_seconds: must be a number"),
+    ({"enabled": "yes"}, "[handouts] enabled: must be true or false"),
+    ({"keep": 3}, "unknown key in [handouts]: keep"),
+])
+def test_handouts_config_errors_name_the_key(table: dict[str, Any], says: str) -> None:
+    from cds_service._config import ConfigError, parse_config
+
+    doc = {"service": {"base_url": "https://cds.example.org"}, "auth": {"required": False},
+           "handouts": table}
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, insecure_no_auth=True)
+    assert says in str(e.value)
+
+
+def test_handouts_config_defaults_and_paths(tmp_path: Path) -> None:
+    from cds_service._config import load_config
+
+    cfg = tmp_path / "service.toml"
+    cfg.write_text('[service]\nbase_url = "https://cds.example.org"\n[auth]\nrequired = false\n')
+    c = load_config(cfg, insecure_no_auth=True)
+    assert (c.handouts_enabled, c.handout_ttl_seconds) == (True, 604800.0)
+    assert c.handout_database == tmp_path / "handouts.sqlite3"  # beside the config file
+    cfg.write_text(cfg.read_text() + '[handouts]\nttl_seconds = 3600\ndatabase = "h/x.db"\n'
+                   "enabled = false\n")
+    c = load_config(cfg, insecure_no_auth=True)
+    assert (c.handouts_enabled, c.handout_ttl_seconds) == (False, 3600.0)
+    assert c.handout_database == tmp_path / "h" / "x.db"
