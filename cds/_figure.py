@@ -182,7 +182,10 @@ def _bounds(j: dict[str, Point], props: tuple[Prop, ...]) -> tuple[float, float,
             ys.append(y + (40 if p.kind == "chair" else 0))
         elif p.kind == "wall":
             ys.append(170 * p.size)
-        elif p.kind in ("ball", "bike"):
+        elif p.kind == "ball":
+            xs += [x + p.dx - 20 * p.size, x + p.dx + 20 * p.size]
+            ys.append(40 * p.size + 2)
+        elif p.kind == "bike":
             xs += [x - 22, x + 42]
             ys.append(44)
     return min(xs), max(xs), max(ys)

@@ -104,11 +104,11 @@ POSES: dict[str, tuple[Pose, Pose]] = {
         _quadruped(),
         _quadruped(trunk=28.0, head=20.0, arm=(-55.0, -62.0), leg=(-28.0, 180.0))),
     # --- kneeling ------------------------------------------------------------------------
-    "swiss-ball-rollout": (
-        Pose(trunk=60.0, arm=(-30.0, 10.0), leg=(-90.0, 180.0), foot=180.0,
-             props=(Prop("ball", at="hand_near"),)),
-        Pose(trunk=22.0, head=25.0, arm=(0.0, 5.0), leg=(-60.0, 180.0), foot=180.0,
-             props=(Prop("ball", at="hand_near"),))),
+    "swiss-ball-rollout": (  # forearms on the ball, which rolls forward
+        Pose(trunk=70.0, arm=(-70.0, -5.0), leg=(-90.0, 180.0), foot=180.0,
+             props=(Prop("ball", at="hand_near", size=1.6, dx=-10.0),)),
+        Pose(trunk=22.0, head=25.0, arm=(5.0, 5.0), leg=(-60.0, 180.0), foot=180.0,
+             props=(Prop("ball", at="hand_near", size=1.4, dx=-12.0),))),
     "half-kneeling-hip-flexor-stretch": (
         Pose(trunk=90.0, arm=_ARM_DOWN, leg=(0.0, -90.0), leg_far=(-90.0, 180.0),
              foot_far=180.0),
