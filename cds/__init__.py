@@ -16,6 +16,7 @@ from cds._compiler import CompiledKnowledgeBase, compile_knowledge_base
 from cds._engine_result import EngineResult
 from cds._errors import (
     EngineError,
+    ExplainTargetError,
     InputIssue,
     InvalidInputError,
     KnowledgeBaseError,
@@ -31,6 +32,7 @@ from cds._followup import (
     FollowUp,
     PreviousExercise,
     PreviousPlan,
+    Rating,
 )
 from cds._kb_schema import evidence_url
 from cds._knowledge_base import KnowledgeBase, load_knowledge_base
@@ -43,6 +45,7 @@ from cds._plan import (
     PlanAlert,
     PlannedExercise,
     Referral,
+    resolve_plan,
 )
 from cds._poses import exercise_figure_svg
 from cds._reference import evaluate_reference
@@ -62,6 +65,7 @@ __all__ = [
     "ExerciseChange",
     "ExerciseDose",
     "ExerciseResponse",
+    "ExplainTargetError",
     "Fact",
     "FollowUp",
     "InputIssue",
@@ -76,6 +80,7 @@ __all__ = [
     "PlannedExercise",
     "PreviousExercise",
     "PreviousPlan",
+    "Rating",
     "Referral",
     "check_changelog",
     "compile_knowledge_base",
@@ -83,4 +88,5 @@ __all__ = [
     "evidence_url",
     "exercise_figure_svg",
     "load_knowledge_base",
+    "resolve_plan",
 ]

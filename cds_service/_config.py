@@ -69,6 +69,8 @@ from pydantic import (
     model_validator,
 )
 
+from cds_service._errors import ConfigError
+
 __all__ = [
     "HANDOUT_DATABASE_NAME",
     "REPLAY_DATABASE_NAME",
@@ -82,10 +84,6 @@ __all__ = [
 
 REPLAY_DATABASE_NAME: Final = "replay-cache.sqlite3"
 HANDOUT_DATABASE_NAME: Final = "handouts.sqlite3"
-
-
-class ConfigError(ValueError):
-    """The configuration is unusable; the message says which key and why."""
 
 
 @dataclass(frozen=True)

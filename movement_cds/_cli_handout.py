@@ -36,7 +36,8 @@ def handout(
 ) -> None:
     """Write the patient handout (plain words, pictures, schedule, log) as HTML or PDF."""
     from movement_cds._api import DecisionSupport
-    from movement_cds._handout_api import HandoutExtraMissingError, handout_html, handout_pdf
+    from movement_cds._errors import HandoutExtraMissingError
+    from movement_cds._handout_api import handout_html, handout_pdf
 
     suffix = out.suffix.lower()
     if suffix not in _FORMATS:

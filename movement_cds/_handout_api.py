@@ -15,17 +15,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from cds import InputIssue, MovementCDSError
+from cds import InputIssue
 from fhir_adapters import InvalidBundleError, JSONTextError, parse_json
 from movement_cds._api import DecisionSupport, Evaluation, default_support
+from movement_cds._errors import HandoutExtraMissingError
 from movement_cds._handout import render_handout_html
 from movement_cds._handout_model import is_output_bundle, read_output_bundle
 
-__all__ = ["HandoutExtraMissingError", "handout_html", "handout_pdf"]
-
-
-class HandoutExtraMissingError(MovementCDSError, ImportError):
-    """A PDF handout needs the ``handout`` extra (WeasyPrint)."""
+__all__ = ["handout_html", "handout_pdf"]
 
 
 def _as_dict(source: dict[str, Any] | str | bytes) -> dict[str, Any]:
