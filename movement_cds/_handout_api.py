@@ -75,7 +75,17 @@ def handout_html(source: Evaluation | dict[str, Any] | str | bytes, *,
     the page when given (the progress across visits)."""
     bundle = _output_bundle(source, as_of, support)
     kb = (support or default_support()).kb
-    return render_handout_html(read_output_bundle(bundle, kb), progress_chart=progress_chart)
+    chart = progress_chart if progress_chart is not None else progress_chart_of(bundle)
+    return render_handout_html(read_output_bundle(bundle, kb), progress_chart=chart)
+
+
+def progress_chart_of(bundle: dict[str, Any]) -> str | None:
+    """THE SLOT for the progress chart (issue 17 part 2): the inline SVG of the pain, ODI and
+    adherence series the output Bundle carries across visits, or None when it carries none.
+    Not wired yet: when the facade has the chart function (``progress_chart_svg``), call it
+    here on the Bundle's series; the page shows the result in its ``progress-chart``
+    section, for the command line, the Python API and the service's page alike."""
+    return None
 
 
 def handout_pdf(html: str) -> bytes:

@@ -50,6 +50,7 @@ def _ink(png: bytes) -> float:
     return sum(histogram[:100]) / max(1, sum(histogram))
 
 
+@pytest.mark.slow
 def test_every_exercise_picture_is_laid_out_and_drawn(browser_page: Any, tmp_path: Path
                                                       ) -> None:
     page = browser_page
