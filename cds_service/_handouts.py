@@ -53,12 +53,16 @@ class HandoutStore:
             if path is not None:
                 db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
+            db.execute("CREATE INDEX IF NOT EXISTS handout_expires ON handout (expires)")
         if path is None:  # a shared in-memory database lives while one connection is open
             self._keep = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self._target, timeout=10, uri=self._uri,
-                               check_same_thread=False, isolation_level=None)
+        db = sqlite3.connect(self._target, timeout=10, uri=self._uri,
+                             check_same_thread=False, isolation_level=None)
+        # a page is made again by the next call: no fsync per page (WAL keeps it consistent)
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
 
     def put(self, html: str) -> str:
         """Keep a page; its new id."""
