@@ -10,15 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import movement_cds
-from cds import load_knowledge_base
-from fhir_adapters import InvalidBundleError, input_codes
+from cds import Evaluator, Fact, PatientFacts, load_knowledge_base
+from fhir_adapters import InvalidBundleError, input_codes, write_bundle
 from knowledge_base import bundled_path
 from movement_cds._handout import LOG_COLUMNS, _session_days
 from movement_cds._handout_model import HandoutDose
+from tests.patients import AS_OF as FACTS_AS_OF
+from tests.patients import CLEAR_RED_FLAGS, fact_strategy, patient_strategy
 from tests.readability import flesch_kincaid_grade, visible_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,3 +221,50 @@ def test_pdf_has_a_page_per_section_with_its_text(tmp_path: Path) -> None:
     for page, start in zip(pages, starts, strict=True):
         assert page.startswith(start), (start, page[:80])
     assert "Green 0 to 2" in pages[0] and "Call an ambulance" in pages[-1]
+
+
+_REFERENCE = None
+
+
+# pain, disability, STarT Back, the movement screen and the classification: no red-flag,
+# neurological or serious-condition item
+_SCREEN_FACTS = re.compile(
+    r"(pain-now|odi-score|startback-.*|phq2-total|episode-duration|symptom-distribution|fms-.*|"
+    r"pattern-.*|clear-.*|slr-angle|prone-instability-test|aberrant-movement|"
+    r"directional-preference|repeated-.*|condition-(chronic-)?low-back-pain|sex)")
+
+
+def _cleared(facts: list[Fact]) -> PatientFacts:
+    """Every red-flag question answered "no" and random screen and classification findings:
+    plans that are mostly not held."""
+    kept = [f for f in facts if _SCREEN_FACTS.fullmatch(f.name.split(".")[0])]
+    cleared = [Fact(n, False, (f"Observation/{n}",))
+               for n in {*CLEAR_RED_FLAGS, *(n for n in KB.facts if n.startswith("rf-"))}]
+    return PatientFacts.build("Patient/p", FACTS_AS_OF, kept + cleared)
+
+
+@settings(max_examples=30, deadline=None)
+@given(patient=st.one_of(patient_strategy(KB), fact_strategy(KB).map(_cleared),
+                         fact_strategy(KB).map(_cleared)))
+def test_any_plans_handout_matches_the_plan_and_holds_no_clinician_material(
+        patient: PatientFacts) -> None:
+    """Random patients (the fact catalog's ranges) through the reference evaluator and the
+    writer: the handout lists exactly the proposed exercises, each with its picture, or, when
+    a rule holds exercise, none; never a rule id, evidence id or record reference."""
+    global _REFERENCE
+    if _REFERENCE is None:
+        _REFERENCE = Evaluator(KB, "reference")
+    plan = _REFERENCE.evaluate(patient)
+    event("held" if plan.exercise_held else f"{len(plan.exercises)} exercises")
+    html = movement_cds.handout_html(write_bundle(plan, KB))
+    shown = re.findall(r'<section class="exercise" id="exercise-([a-z0-9-]+)">', html)
+    if plan.exercise_held:
+        assert shown == [] and "Do not start any exercises for now." in html
+    else:
+        assert shown == [e.exercise_id for e in plan.exercises]
+        assert html.count('class="exercise-figure"') == len(shown)
+    for rule in {r for e in plan.exercises for r in e.rule_ids} | {
+            r for a in plan.alerts for r in a.rule_ids}:
+        assert rule not in html
+    for marker in ("PMID", "PMC", "GUIDELINE:", "Observation/", "urn:uuid"):
+        assert marker not in html
