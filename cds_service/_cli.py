@@ -164,15 +164,14 @@ def serve(
         "factory": True, "host": host, "port": port, "workers": workers,
         "log_level": log_level.value, "timeout_worker_healthcheck": 60,
         "log_config": _log_config(log_level.value)}
+    if cfg.reuse_port and reuseport_supported():
+        run, uv = _serve_reuseport, uvicorn.Config(APP_FACTORY, loop=REUSEPORT_LOOP, **options)
+    elif cfg.balance_connections and balancer_supported():
+        run, uv = _serve_balanced, uvicorn.Config(APP_FACTORY, loop=BALANCED_LOOP, **options)
+    else:  # uvicorn's shared accept
+        run, uv = _serve_shared, uvicorn.Config(APP_FACTORY, **options)
     with multiprocess_directory(cfg.metrics_enabled):  # the workers' metric files
-        if cfg.reuse_port and reuseport_supported():
-            _serve_reuseport(configure(uvicorn.Config(APP_FACTORY, loop=REUSEPORT_LOOP,
-                                                      **options), read_timeout))
-        elif cfg.balance_connections and balancer_supported():
-            _serve_balanced(configure(uvicorn.Config(APP_FACTORY, loop=BALANCED_LOOP,
-                                                     **options), read_timeout))
-        else:  # uvicorn's shared accept
-            _serve_shared(configure(uvicorn.Config(APP_FACTORY, **options), read_timeout))
+        run(configure(uv, read_timeout))
 
 
 def _serve_one(config: Any) -> None:
