@@ -995,6 +995,7 @@ def create_app(
     app.state.engine = engine  # the one it started with; live.engine is the current one
     app.state.live = live
     app.state.store = store
+    app.state.observer = observer
     return app
 
 
