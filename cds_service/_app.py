@@ -7,6 +7,9 @@ Routes (CDS Hooks 2.0; docs/integrators/cds-hooks.md; C1-C22 number the requirem
                                        knowledge-base release
 ``POST /cds-services/{id}``            call a service (C5-C15)
 ``POST /cds-services/{id}/feedback``   card feedback (C16), stored by ``FeedbackStore``
+``GET  /healthz``, ``/readyz``, ``/metrics``  for operators, no client token
+                                       (``cds_service._operations``, docs/operations.md;
+                                       ``/readyz`` answers a small JSON of its own)
 
 Every call is authenticated by ``cds_service._auth.TokenVerifier`` (C17-C19) with the
 audience ``base_url`` + the request path; a failure is a 401 whose OperationOutcome has no
