@@ -71,6 +71,8 @@ from pydantic import (
     model_validator,
 )
 
+from cds_service._errors import ConfigError
+
 __all__ = [
     "REPLAY_DATABASE_NAME",
     "ConfigError",
@@ -85,10 +87,6 @@ REPLAY_DATABASE_NAME: Final = "replay-cache.sqlite3"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK: Final[tuple[Network, ...]] = (ipaddress.ip_network("127.0.0.0/8"),
                                         ipaddress.ip_network("::1/128"))
-
-
-class ConfigError(ValueError):
-    """The configuration is unusable; the message says which key and why."""
 
 
 @dataclass(frozen=True)
