@@ -889,23 +889,11 @@ def create_app(
     @app.post("/cds-services/{service_id}", openapi_extra=_CALL_BODY,
               responses=_responses(400, 401, 404, 412, 413, 422, 500))
     async def call_service(service_id: str, request: Request) -> JSONResponse:
-        started = time.perf_counter()
         call = CallRecord(service_id if service_id in _BY_ID else UNKNOWN_SERVICE)
-        try:
-            response = await answer_call(service_id, request, call, started)
-            call.status = response.status_code
-            return response
-        except ApiError as e:
-            call.status, call.code = e.status, e.code
-            raise
-        except Exception:
-            call.status, call.code = 500, "exception"
-            raise
-        finally:
-            observer.call_finished(call, time.perf_counter() - started)
+        return await observer.observe(call, answer_call(service_id, request, call))
 
-    async def answer_call(service_id: str, request: Request, call: CallRecord,
-                          started: float) -> JSONResponse:
+    async def answer_call(service_id: str, request: Request, call: CallRecord) -> JSONResponse:
+        started = time.perf_counter()
         service = _BY_ID.get(service_id)
         if service is None:
             raise ApiError(404, "not-found", "no such CDS service")

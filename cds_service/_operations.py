@@ -32,15 +32,17 @@ import asyncio
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from cds_service._errors import ApiError
 from cds_service._metrics import CONTENT_TYPE, Metrics, process_metrics, render
 
 __all__ = ["CALL_LOGGER", "CallRecord", "Observer", "add_operations_routes"]
@@ -49,6 +51,7 @@ log = logging.getLogger("movement_cds.service")
 CALL_LOGGER: Final = "movement_cds.calls"
 call_log = logging.getLogger(CALL_LOGGER)
 PING_TIMEOUT: Final = 2.0  # seconds /readyz waits for the database
+R = TypeVar("R")
 
 
 @dataclass
@@ -63,7 +66,6 @@ class CallRecord:
     cards: Sequence[dict[str, Any]] = ()
     referral_priorities: Sequence[str] = ()
     held: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Observer:
@@ -76,6 +78,23 @@ class Observer:
     @classmethod
     def from_config(cls, config: Any) -> Observer:
         return cls(process_metrics() if config.metrics_enabled else None, config.call_log)
+
+    async def observe(self, call: CallRecord, answer: Awaitable[R]) -> R:
+        """Await ``answer`` (a CDS Hooks call's response), then count and log the call:
+        its status from the response, or from the ``ApiError`` (any other error: 500)."""
+        started = time.perf_counter()
+        try:
+            response = await answer
+            call.status = getattr(response, "status_code", 200)
+            return response
+        except ApiError as e:
+            call.status, call.code = e.status, e.code
+            raise
+        except Exception:
+            call.status, call.code = 500, "exception"
+            raise
+        finally:
+            self.call_finished(call, time.perf_counter() - started)
 
     def call_finished(self, call: CallRecord, seconds: float) -> None:
         """Never raises: bookkeeping must not change an answer."""
