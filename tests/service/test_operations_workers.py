@@ -87,6 +87,7 @@ def test_one_scrape_counts_the_calls_of_both_workers(tmp_path: Path) -> None:
                               if line.startswith('{"event":"cds-call"'))
         assert answered_by == {workers[0]: total // 2, workers[1]: total // 2}
         for c in clients:  # each worker's own answer to a scrape is the whole host's
+            assert c.get("/readyz").json()["status"] == "ready"  # checked by the parent
             m = samples(c.get("/metrics").text)
             assert _calls_answered(m) == total
             assert value(m, "movement_cds_call_duration_seconds_count",
