@@ -45,12 +45,21 @@ Every key (``docs/integrators/cds-hooks.md`` has the annotated example)::
     # jwks_file = "/etc/movement-cds/ehr-jwks.json"             # a static JWK Set
     tenants = ["hospital-a"]               # allowed "tenant" claims (optional)
 
+    [metrics]                              # GET /metrics (docs/operations.md)
+    enabled = true                         # false: no /metrics (404), nothing recorded
+    allow_from = ["127.0.0.1", "::1"]      # client addresses or networks (CIDR) that may
+                                           # read it; default loopback only
+
+    [logging]
+    call_log = false                       # true: one JSON line per call on standard output
+
 Relative paths (``knowledge_base``, ``jwks_file``, ``replay_database``) are relative to the
 config file.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +93,9 @@ __all__ = [
 
 REPLAY_DATABASE_NAME: Final = "replay-cache.sqlite3"
 HANDOUT_DATABASE_NAME: Final = "handouts.sqlite3"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK: Final[tuple[Network, ...]] = (ipaddress.ip_network("127.0.0.0/8"),
+                                        ipaddress.ip_network("::1/128"))
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,9 @@ class ServiceConfig:
     handouts_enabled: bool = True
     handout_ttl_seconds: float = 604_800.0
     handout_database: Path | None = None  # None: in memory (one process only)
+    metrics_enabled: bool = True
+    metrics_allow_from: tuple[Network, ...] = LOOPBACK
+    call_log: bool = False
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -161,6 +176,14 @@ def _absolute_http_url(value: str) -> str:
     if parts.query or parts.fragment:
         raise ValueError("must not have a query or fragment")
     return value.rstrip("/")
+
+
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as e:
+        raise ValueError(f"not an IP address or network (CIDR): {value[:60]!r} ({e})"
+                         ) from None
 
 
 def _path(value: str, info: ValidationInfo) -> Path:
@@ -273,11 +296,22 @@ class _FhirTable(_Table):
     allowed_servers: list[Annotated[str, AfterValidator(_origin)]] = []
 
 
+class _MetricsTable(_Table):
+    enabled: bool = True
+    allow_from: list[Annotated[str, AfterValidator(_network)]] = [str(n) for n in LOOPBACK]
+
+
+class _LoggingTable(_Table):
+    call_log: bool = False
+
+
 class _ConfigFile(_Table):
     service: _ServiceTable
     auth: _AuthTable = _AuthTable()
     fhir: _FhirTable = _FhirTable()
     handouts: _HandoutsTable = _HandoutsTable()
+    metrics: _MetricsTable = _MetricsTable()
+    logging: _LoggingTable = _LoggingTable()
 
 
 # --- errors with the key's path -------------------------------------------------------------
@@ -292,7 +326,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
             and isinstance(rest[1], int):
         text = f"[[auth.issuers]] #{rest[1] + 1}"
         rest = rest[2:]
-    elif not rest and head not in ("service", "auth", "fhir", "handouts"):
+    elif not rest and head not in _TABLES:
         return head  # a key at the top level
     else:
         text = f"[{head}]"
@@ -300,6 +334,8 @@ def _where(loc: tuple[int | str, ...]) -> str:
         text += f"[{part}]" if isinstance(part, int) else f" {part}"
     return text
 
+
+_TABLES: Final = ("service", "auth", "fhir", "handouts", "metrics", "logging")
 
 _MESSAGES: Final = {
     "extra_forbidden": "unknown key",
@@ -373,7 +409,7 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path | None = None,
     from_file = base_dir is not None
     base_dir = base_dir if base_dir is not None else Path(".")
     if not isinstance(doc.get("service"), dict):
-        unknown = sorted(set(doc) - {"service", "auth", "fhir", "handouts"})
+        unknown = sorted(set(doc) - set(_TABLES))
         if unknown:
             raise ConfigError(f"unknown key in the top level: {', '.join(unknown)}")
         raise ConfigError("missing [service] table (it needs at least base_url)")
@@ -414,6 +450,9 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path | None = None,
         handout_ttl_seconds=float(raw.handouts.ttl_seconds),
         handout_database=_handout_database(raw.handouts.database, s.database, base_dir,
                                            from_file),
+        metrics_enabled=raw.metrics.enabled,
+        metrics_allow_from=tuple(ipaddress.ip_network(n) for n in raw.metrics.allow_from),
+        call_log=raw.logging.call_log,
     )
 
 
