@@ -43,15 +43,31 @@ def long_functions() -> dict[tuple[str, str], int]:
     return out
 
 
+def _constants(tree: ast.Module) -> dict[str, str]:
+    """Module-level string constants (``NAME = "..."`` or ``NAME: Final = "..."``)."""
+    out = {}
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else \
+            node.target if isinstance(node, ast.AnnAssign) else None
+        value = getattr(node, "value", None)
+        if isinstance(target, ast.Name) and isinstance(value, ast.Constant) \
+                and isinstance(value.value, str):
+            out[target.id] = repr(value.value)
+    return out
+
+
 def logger_names() -> dict[str, list[str]]:
-    """Each ``logging.getLogger(...)`` argument, as source text, by module."""
+    """Each ``logging.getLogger(...)`` argument, as source text (a module constant
+    resolved to its string), by module."""
     out: dict[str, list[str]] = {}
     for path in _modules():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        constants = _constants(tree)
+        for node in ast.walk(tree):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr == "getLogger"):
-                args = [ast.unparse(a) for a in node.args] or ["<root>"]
-                out.setdefault(str(path.relative_to(ROOT)), []).extend(args)
+                args = [constants.get(ast.unparse(a), ast.unparse(a)) for a in node.args]
+                out.setdefault(str(path.relative_to(ROOT)), []).extend(args or ["<root>"])
     return out
 
 
