@@ -50,7 +50,6 @@ patient ids or clinical values.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import importlib
 import inspect
 import logging
@@ -73,6 +72,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse as _StarletteJSON
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -86,6 +86,16 @@ from cds import (
     check_changelog,
     load_knowledge_base,
 )
+from cds_service._audit import (
+    AuditError,
+    archive_release,
+    audit_job,
+    canonical,
+    card_summary,
+    kb_digest,
+    kb_files,
+    release_job,
+)
 from cds_service._cards import card_rules, plan_cards
 from cds_service._config import ConfigError, ServiceConfig, load_config
 from cds_service._heap import settle_heap
@@ -97,7 +107,7 @@ from cds_service._prefetch import (
     prefetch_keys,
 )
 from fhir_adapters import JSONTextError, parse_json
-from movement_cds import InvalidBundleError
+from movement_cds import InvalidBundleError, __version__
 
 __all__ = [
     "APP_FACTORY",
@@ -107,9 +117,11 @@ __all__ = [
     "LiveEngine",
     "ReloadRefused",
     "StartupError",
+    "advise",
     "app_from_env",
     "check_auth",
     "create_app",
+    "engine_for_replay",
     "kb_digest",
     "kb_fingerprint",
     "load_engine",
@@ -246,25 +258,44 @@ class Engine:
                 "loaded": self.loaded_at.isoformat(timespec="seconds").replace("+00:00", "Z")}
 
 
+def advise(engine: Engine, service_id: str, call_input: dict[str, Any],
+           as_of: datetime) -> tuple[bytes, list[dict[str, Any]], Any]:
+    """The response body, cards and plan for a call's canonical input (``{"bundle": ...}``,
+    or ``{"draftOrders": ...}`` for an order-sign call without a physiotherapy referral):
+    what a call answers, and what ``movement-cds audit replay`` recomputes. The body is
+    the bytes sent."""
+    if "bundle" not in call_input:
+        if _has_physio_referral(call_input["draftOrders"]):
+            raise AuditError("the recorded draft orders now count as a physiotherapy "
+                             "referral: this version decides differently")
+        return orjson.dumps({"cards": []}), [], None
+    result = engine.evaluate(call_input["bundle"], as_of)
+    cards = plan_cards(result.plan, result.bundle, service_id)
+    return orjson.dumps({"cards": cards}), cards, result.plan
+
+
+def engine_for_replay(root: Path) -> Engine:
+    """An engine for an archived release (no scenario tests, no warm-up: replay only)."""
+    from movement_cds import DecisionSupport
+
+    try:
+        engine = Engine(DecisionSupport(root, engine_cache_size=0))
+    except MovementCDSError as e:
+        raise AuditError(f"the archived release does not load: {e}") from None
+    engine.digest = kb_digest(root)
+    return engine
+
+
 # --- what is on disk ------------------------------------------------------------------------
 
 Fingerprint = tuple[tuple[str, int, int, int, int], ...]
-
-
-def _kb_files(root: Path) -> list[Path]:
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
-        out += [Path(dirpath) / f for f in sorted(filenames)
-                if not f.startswith(".") and not f.endswith((".pyc", "~"))]
-    return out
 
 
 def kb_fingerprint(root: Path) -> Fingerprint:
     """Cheap (metadata only): every file's path, size, inode and modification time. Any
     change means "read it again"; ``kb_digest`` then says whether the content changed."""
     out = []
-    for f in _kb_files(root):
+    for f in kb_files(root):
         try:
             st = f.stat()
         except OSError:
@@ -272,19 +303,6 @@ def kb_fingerprint(root: Path) -> Fingerprint:
         out.append((str(f.relative_to(root)), st.st_size, st.st_ino, st.st_dev,
                     st.st_mtime_ns))
     return tuple(out)
-
-
-def kb_digest(root: Path) -> str:
-    """SHA-256 over every file's relative path and bytes."""
-    h = hashlib.sha256()
-    for f in _kb_files(root):
-        try:
-            data = f.read_bytes()
-        except OSError:
-            continue
-        h.update(str(f.relative_to(root)).encode() + b"\0" + len(data).to_bytes(8, "big"))
-        h.update(data)
-    return h.hexdigest()
 
 
 def _warm_up_bundle() -> dict[str, Any]:
@@ -403,8 +421,10 @@ class LiveEngine:
     version (see the module docstring). ``check`` runs in a worker thread."""
 
     def __init__(self, engine: Engine, root: Path, interval: float, *,
-                 settle: bool = False) -> None:
+                 settle: bool = False,
+                 before_swap: Callable[[Engine, Path], None] | None = None) -> None:
         self.engine = engine
+        self.before_swap = before_swap  # archives the release; raising refuses the swap
         self.root = root
         self.interval = interval
         self._seen = engine.fingerprint or kb_fingerprint(root)
@@ -452,6 +472,8 @@ class LiveEngine:
             log.info("knowledge base %s changed while it was tested; looking again later",
                      self.root)
             return "changing"
+        if not self._archived(candidate, fingerprint):
+            return "refused"
         candidate.loaded_at = datetime.now(UTC)
         self.engine = candidate  # one reference assignment: requests in flight keep theirs
         self._seen = fingerprint
@@ -459,6 +481,20 @@ class LiveEngine:
                  candidate.kb.ruleset_name, live.kb.ruleset_name,
                  time.perf_counter() - started)
         return "swapped"
+
+    def _archived(self, candidate: Engine, fingerprint: Fingerprint) -> bool:
+        """Run ``before_swap`` (the release archive); False, logged, if it failed."""
+        if self.before_swap is None:
+            return True
+        try:
+            self.before_swap(candidate, self.root)
+        except Exception as e:
+            self._seen = fingerprint
+            log.warning("knowledge-base reload refused, still serving %s: release %s could "
+                        "not be archived (%s: %s)", self.engine.kb.ruleset_name,
+                        candidate.kb.ruleset_name, type(e).__name__, e)
+            return False
+        return True
 
     async def watch(self, wake: asyncio.Event) -> None:
         """Runs on the event loop for the app's lifetime: a check every ``interval`` seconds
@@ -525,10 +561,86 @@ def _open_store(config: ServiceConfig) -> Any:
     try:
         # writes go through a queue and a writer thread: a locked database never holds up
         # advice, and nothing is lost (see QueuedFeedbackStore)
-        return mod.QueuedFeedbackStore(mod.open_store(config.database))
+        return mod.QueuedFeedbackStore(mod.open_store(config.database),
+                                       spill_path=config.spill_file)
     except Exception as e:  # a bad database URL stops the service at start
         raise StartupError(f"[service] database: cannot open ({type(e).__name__}: {e})"
                            ) from None
+
+
+async def _record_cards_only(store: Any, rules: list[dict[str, Any]]) -> None:
+    """A store without jobs (a test's stand-in): card records only, as before the audit."""
+    record = getattr(store, "record_cards", None)
+    if not callable(record) or not rules:
+        return
+    try:
+        rows = [(r["card"], r["rule_ids"], r["knowledge_base"]) for r in rules]
+        await run_in_threadpool(record, rows, datetime.now(UTC))
+    except Exception as e:  # feedback bookkeeping never blocks advice
+        log.warning("record_cards failed (%s)", type(e).__name__)
+
+
+def _archive_first(recorder: Recorder | None, engine: Engine, root: Path,
+                   own_store: Any) -> None:
+    """The release about to serve goes into the archive first; ``StartupError`` if that
+    fails (``[audit] required``) or the directory changed since it was loaded."""
+    if recorder is None:
+        return
+    try:
+        recorder.archive(engine, root)
+    except Exception as e:
+        if own_store is not None:
+            own_store.close()
+        raise StartupError(f"knowledge-base release {engine.kb.ruleset_name} could not be "
+                           f"archived for the audit trail ({type(e).__name__}: {e})") from None
+
+
+class Recorder:
+    """What the service writes about its advice: card records (for feedback), audit
+    records and the release archive (``cds_service._audit``). ``[audit] required``: written
+    at once, and a failure is raised (the call answers 500, a start or reload is refused);
+    otherwise queued (``QueuedFeedbackStore``: retried, spilled, never lost)."""
+
+    def __init__(self, store: Any, config: ServiceConfig) -> None:
+        self.required = config.audit_required
+        self.store_inputs = config.audit_store_inputs
+        names = ("write_now", "write_jobs") if self.required else ("record_jobs",
+                                                                   "write_jobs")
+        found = [getattr(store, n) for n in names if callable(getattr(store, n, None))]
+        self._write: Callable[[list[Any]], None] | None = found[0] if found else None
+
+    @property
+    def audits(self) -> bool:
+        """False for a store without jobs (tests' stand-ins): card records only."""
+        return self._write is not None
+
+    def write(self, jobs: list[Any]) -> None:
+        if self._write is not None:
+            self._write(jobs)
+
+    def archive(self, engine: Engine, root: Path) -> None:
+        """Put the release ``engine`` serves into the archive (before it answers)."""
+        if not self.audits:
+            return
+        digest, data = archive_release(root)
+        if digest != engine.digest:
+            raise AuditError("the knowledge-base directory changed after it was loaded")
+        self.write([release_job(engine.kb.ruleset_name, digest, data)])
+
+    def call_jobs(self, hook_instance: str, service_id: str, engine: Engine,
+                  as_of: datetime, call_input: bytes, body: bytes,
+                  rules: list[dict[str, Any]]) -> list[Any]:
+        """The card and audit jobs of one advice call."""
+        from cds_service._feedback_store import card_job
+
+        now = datetime.now(UTC)
+        jobs = [card_job([(r["card"], r["rule_ids"], r["knowledge_base"]) for r in rules],
+                         now)] if rules else []
+        return [*jobs, audit_job(
+            hook_instance=hook_instance, service_id=service_id,
+            release=engine.kb.ruleset_name, digest=engine.digest, software=__version__,
+            as_of=as_of, call_input=call_input, output=body, cards=card_summary(rules),
+            store_inputs=self.store_inputs, recorded_at=now)]
 
 
 # --- request checks -------------------------------------------------------------------------
@@ -772,12 +884,15 @@ def create_app(
 
     engine = engine or load_engine(config, run_scenarios=run_scenarios,
                                    checked_release=checked_release)
-    live = LiveEngine(engine, Path(config.knowledge_base or bundled_path()),
-                      config.reload_check_seconds, settle=settle)
+    root = Path(config.knowledge_base or bundled_path())
     verifier = verifier if verifier is not None else _make_verifier(config)
     _log_fhir_access(config)
     own_store = store is None  # the app closes (drains) only a store it opened
     store = store if store is not None else _open_store(config)
+    recorder = Recorder(store, config) if store is not None else None
+    _archive_first(recorder, engine, root, store if own_store else None)
+    live = LiveEngine(engine, root, config.reload_check_seconds, settle=settle,
+                      before_swap=recorder.archive if recorder is not None else None)
     timeout = httpx.Timeout(config.fhir_timeout_seconds)
 
     def new_client() -> httpx.AsyncClient:
@@ -879,7 +994,7 @@ def create_app(
 
     @app.post("/cds-services/{service_id}", openapi_extra=_CALL_BODY,
               responses=_responses(400, 401, 404, 412, 413, 422, 500))
-    async def call_service(service_id: str, request: Request) -> JSONResponse:
+    async def call_service(service_id: str, request: Request) -> Response:
         started = time.perf_counter()
         service = _BY_ID.get(service_id)
         if service is None:
@@ -892,7 +1007,8 @@ def create_app(
         if service.hook == "order-sign" and not _has_physio_referral(context["draftOrders"]):
             log.info("%s %s: no draft physiotherapy referral; no cards", service.id,
                      hook_instance)
-            return JSONResponse({"cards": []})
+            return await answer(service.id, hook_instance, current,
+                                {"draftOrders": context["draftOrders"]}, started)
         auth = body.get("fhirAuthorization")
         try:
             bundle, situations = await build_input_bundle(
@@ -904,31 +1020,53 @@ def create_app(
         except PrefetchError as e:
             log.info("%s %s: %d %s", service.id, hook_instance, e.status, e.code)
             raise ApiError(e.status, e.code, e.diagnostics) from None
+        return await answer(service.id, hook_instance, current, {"bundle": bundle}, started,
+                            situations)
+
+    async def answer(service_id: str, hook_instance: str, current: Engine,
+                     call_input: dict[str, Any], started: float,
+                     situations: dict[str, str] | None = None) -> Response:
+        """Evaluate, record (cards, audit), answer; the body sent is the body recorded."""
+        as_of = datetime.now(UTC)
+        input_text = canonical(call_input)  # before evaluation: what the rules were given
         try:
-            result = current.evaluate(bundle, datetime.now(UTC))
+            body, cards, plan = advise(current, service_id, call_input, as_of)
         except InvalidBundleError as e:
-            log.info("%s %s: 422 input contract (%d issues)", service.id, hook_instance,
+            log.info("%s %s: 422 input contract (%d issues)", service_id, hook_instance,
                      len(e.issues))
             raise ApiError(422, "invalid", outcome=e.operation_outcome) from None
         except EngineError:
-            log.error("%s %s: engine failure", service.id, hook_instance)
+            log.error("%s %s: engine failure", service_id, hook_instance)
             raise ApiError(500, "exception", "the rule engine failed; no advice given"
                            ) from None
-        cards = plan_cards(result.plan, result.bundle, service.id)
-        record = getattr(store, "record_cards", None)
-        if callable(record):
-            try:
-                rows = [(r["card"], r["rule_ids"], r["knowledge_base"])
-                        for r in card_rules(result.plan, cards)]
-                await run_in_threadpool(record, rows, datetime.now(UTC))
-            except Exception as e:  # feedback bookkeeping never blocks advice
-                log.warning("record_cards failed (%s)", type(e).__name__)
-        log.info("%s %s: 200, %d cards (%s), %d resources in, prefetch %s, %.0f ms",
-                 service.id, hook_instance, len(cards),
-                 ",".join(k["source"]["topic"]["code"] for k in cards),
-                 len(bundle["entry"]), ",".join(f"{k}={v}" for k, v in situations.items()),
-                 (time.perf_counter() - started) * 1000)
-        return JSONResponse({"cards": cards})
+        rules = card_rules(plan, cards) if plan is not None else []
+        await record(service_id, hook_instance, current, as_of, input_text, body, rules)
+        if situations is not None:
+            log.info("%s %s: 200, %d cards (%s), %d resources in, prefetch %s, %.0f ms",
+                     service_id, hook_instance, len(cards),
+                     ",".join(k["source"]["topic"]["code"] for k in cards),
+                     len(call_input["bundle"]["entry"]),
+                     ",".join(f"{k}={v}" for k, v in situations.items()),
+                     (time.perf_counter() - started) * 1000)
+        return Response(body, media_type="application/json")
+
+    async def record(service_id: str, hook_instance: str, current: Engine, as_of: datetime,
+                     input_text: bytes, body: bytes, rules: list[dict[str, Any]]) -> None:
+        if recorder is None or not recorder.audits:
+            await _record_cards_only(store, rules)
+            return
+        try:
+            jobs = recorder.call_jobs(hook_instance, service_id, current, as_of, input_text,
+                                      body, rules)
+            await run_in_threadpool(recorder.write, jobs)
+        except Exception as e:
+            if recorder.required:  # fail closed: no advice without its audit record
+                log.error("%s %s: audit record not written (%s); no advice given",
+                          service_id, hook_instance, type(e).__name__)
+                raise ApiError(500, "exception", "the audit record could not be written; "
+                               "no advice given") from None
+            log.warning("%s %s: audit record not queued (%s)", service_id, hook_instance,
+                        type(e).__name__)
 
     @app.post("/cds-services/{service_id}/feedback", openapi_extra=_FEEDBACK_BODY,
               responses=_responses(400, 401, 404, 413, 503))

@@ -58,7 +58,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cds_service._replay import ReplayCache, ReplayStoreError
+from cds_service._replay import ReplayStoreError, open_replay_cache
 
 __all__ = ["ALLOWED_ALGORITHMS", "AuthError", "IssuerSettings", "TokenVerifier", "parse_jwks"]
 
@@ -263,7 +263,7 @@ class TokenVerifier:
                 self._load_file(keyset, strict=True)
             self._issuers[issuer.iss] = keyset
         try:
-            self._replay = ReplayCache(replay_cache, max_entries=jti_cache_size)
+            self._replay = open_replay_cache(replay_cache, max_entries=jti_cache_size)
         except ReplayStoreError as e:
             raise ValueError(str(e)) from None
 

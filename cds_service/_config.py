@@ -8,8 +8,13 @@ Every key (``docs/integrators/cds-hooks.md`` has the annotated example)::
     [service]
     base_url = "https://cds.example.org"   # required: the public base URL the EHR calls;
                                            # token audiences are base_url + the request path
-    database = "sqlite:////var/lib/movement-cds/feedback.db"  # feedback store (optional;
-                                           # four slashes: an absolute path)
+    database = "sqlite:////var/lib/movement-cds/feedback.db"  # feedback store and audit
+                                           # trail (optional; four slashes: an absolute
+                                           # path); several hosts share one PostgreSQL:
+                                           # "postgresql://cds@db.example.org/movement_cds"
+    spill_file = "/var/lib/movement-cds/spill.jsonl"  # writes the database could not take
+                                           # yet (default: beside an SQLite file, else next
+                                           # to this file)
     knowledge_base = "/etc/movement-cds/kb" # knowledge-base directory (default: bundled)
     max_body_bytes = 1048576               # larger request bodies get 413 (default 1 MiB)
     fhir_timeout_seconds = 3.0             # per HTTP call to the EHR's fhirServer
@@ -29,8 +34,17 @@ Every key (``docs/integrators/cds-hooks.md`` has the annotated example)::
     [auth]
     required = true                        # false only together with --insecure-no-auth
     replay_database = "replay-cache.sqlite3"  # used-token (jti) cache shared by the workers;
-                                           # default: next to the feedback database, else
-                                           # next to this file
+                                           # default: the PostgreSQL database when that is
+                                           # the [service] database (shared by the hosts),
+                                           # next to an SQLite database, else next to this
+                                           # file; a postgresql:// URL is allowed too
+
+    [audit]                                # every advice call (docs/audit-and-database.md)
+    store_inputs = true                    # keep the canonical input and the response
+                                           # (replayable); false: their digests only
+    required = false                       # true: a call whose audit record cannot be
+                                           # written answers 500 (no advice); false: the
+                                           # record is queued and retried, never lost
 
     [[auth.issuers]]                       # one table per EHR allowed to call
     iss = "https://ehr.example.org"        # the JWT "iss" value, exactly
@@ -38,8 +52,8 @@ Every key (``docs/integrators/cds-hooks.md`` has the annotated example)::
     # jwks_file = "/etc/movement-cds/ehr-jwks.json"             # a static JWK Set
     tenants = ["hospital-a"]               # allowed "tenant" claims (optional)
 
-Relative paths (``knowledge_base``, ``jwks_file``, ``replay_database``) are relative to the
-config file.
+Relative paths (``knowledge_base``, ``jwks_file``, ``replay_database``, ``spill_file``) are
+relative to the config file.
 """
 
 from __future__ import annotations
@@ -64,6 +78,7 @@ from pydantic import (
 
 __all__ = [
     "REPLAY_DATABASE_NAME",
+    "SPILL_FILE_NAME",
     "ConfigError",
     "IssuerConfig",
     "ServiceConfig",
@@ -73,6 +88,7 @@ __all__ = [
 ]
 
 REPLAY_DATABASE_NAME: Final = "replay-cache.sqlite3"
+SPILL_FILE_NAME: Final = "movement-cds-spill.jsonl"
 
 
 class ConfigError(ValueError):
@@ -107,7 +123,11 @@ class ServiceConfig:
     issuers: tuple[IssuerConfig, ...] = field(default_factory=tuple)
     insecure_no_auth: bool = False
     allowed_servers: frozenset[str] = frozenset()  # normalised origins (origin_of)
-    replay_database: Path | None = None  # None: a private in-memory cache (no issuers)
+    # None: a private in-memory cache (no issuers); a str: a postgresql:// URL
+    replay_database: Path | str | None = None
+    spill_file: Path | None = None  # None: beside the SQLite database file
+    audit_store_inputs: bool = True
+    audit_required: bool = False
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -182,6 +202,12 @@ class _ServiceTable(_Table):
     engine_cache_size: int = Field(512, ge=0, le=1_000_000)
     balance_connections: bool = True
     reuse_port: bool = False
+    spill_file: NonEmpty | None = None
+
+    @field_validator("spill_file")
+    @classmethod
+    def _spill(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else str(_path(v, info))
 
     @field_validator("base_url")
     @classmethod
@@ -235,7 +261,9 @@ class _AuthTable(_Table):
     @field_validator("replay_database")
     @classmethod
     def _replay(cls, v: str | None, info: ValidationInfo) -> str | None:
-        return None if v is None else str(_path(v, info))
+        if v is None or _is_postgresql(v):
+            return v
+        return str(_path(v, info))
 
     @field_validator("issuers")
     @classmethod
@@ -252,10 +280,16 @@ class _FhirTable(_Table):
     allowed_servers: list[Annotated[str, AfterValidator(_origin)]] = []
 
 
+class _AuditTable(_Table):
+    store_inputs: bool = True
+    required: bool = False
+
+
 class _ConfigFile(_Table):
     service: _ServiceTable
     auth: _AuthTable = _AuthTable()
     fhir: _FhirTable = _FhirTable()
+    audit: _AuditTable = _AuditTable()
 
 
 # --- errors with the key's path -------------------------------------------------------------
@@ -270,7 +304,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
             and isinstance(rest[1], int):
         text = f"[[auth.issuers]] #{rest[1] + 1}"
         rest = rest[2:]
-    elif not rest and head not in ("service", "auth", "fhir"):
+    elif not rest and head not in ("service", "auth", "fhir", "audit"):
         return head  # a key at the top level
     else:
         text = f"[{head}]"
@@ -324,8 +358,16 @@ def _config_error(e: ValidationError) -> ConfigError:
 
 # --- building the service's configuration ----------------------------------------------------
 
-def _replay_default(database: str | None, base_dir: Path) -> Path:
-    """Next to the feedback database file when there is one, else next to the config."""
+def _is_postgresql(url: str) -> bool:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    return scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+")
+
+
+def _replay_default(database: str | None, base_dir: Path) -> Path | str:
+    """The PostgreSQL database itself (shared by every host), next to the feedback database
+    file when there is one, else next to the config."""
+    if database and _is_postgresql(database):
+        return database
     if database and database.startswith("sqlite:///") \
             and database[len("sqlite:///"):] not in ("", ":memory:"):
         return Path(database[len("sqlite:///"):]).parent / REPLAY_DATABASE_NAME
@@ -336,7 +378,7 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
                  insecure_no_auth: bool = False) -> ServiceConfig:
     """Check a parsed TOML document and build the configuration (``ConfigError`` if bad)."""
     if not isinstance(doc.get("service"), dict):
-        unknown = sorted(set(doc) - {"service", "auth", "fhir"})
+        unknown = sorted(set(doc) - {"service", "auth", "fhir", "audit"})
         if unknown:
             raise ConfigError(f"unknown key in the top level: {', '.join(unknown)}")
         raise ConfigError("missing [service] table (it needs at least base_url)")
@@ -353,8 +395,15 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
         IssuerConfig(t.iss, t.jwks_url, Path(t.jwks_file) if t.jwks_file else None,
                      tuple(t.tenants)) for t in auth.issuers)
     s = raw.service
-    replay = (Path(auth.replay_database) if auth.replay_database
-              else _replay_default(s.database, base_dir) if issuers else None)
+    if raw.audit.required and not s.database:
+        raise ConfigError("[audit] required = true needs a [service] database")
+    replay: Path | str | None = (
+        auth.replay_database if auth.replay_database and _is_postgresql(auth.replay_database)
+        else Path(auth.replay_database) if auth.replay_database
+        else _replay_default(s.database, base_dir) if issuers else None)
+    spill = (Path(s.spill_file) if s.spill_file
+             else base_dir / SPILL_FILE_NAME if s.database and _is_postgresql(s.database)
+             else None)
     return ServiceConfig(
         base_url=s.base_url,
         database=s.database,
@@ -373,6 +422,9 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
         insecure_no_auth=insecure_no_auth,
         allowed_servers=frozenset(raw.fhir.allowed_servers),
         replay_database=replay,
+        spill_file=spill,
+        audit_store_inputs=raw.audit.store_inputs,
+        audit_required=raw.audit.required,
     )
 
 
