@@ -15,14 +15,13 @@ import itertools
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.service.conftest import free_port
 
 USER = "cds"  # the cluster's superuser (trust authentication, loopback only)
 _counter = itertools.count()
@@ -66,45 +65,66 @@ def _owner() -> str | None:
     return "postgres"
 
 
-@contextlib.contextmanager
-def cluster() -> Iterator[str]:
-    """Start a cluster; yields its base URL ``postgresql://cds@127.0.0.1:PORT`` (add
-    ``/dbname``); stops it and removes its files at the end."""
-    binaries = require_binaries()
-    owner = _owner()
-    top = Path(tempfile.mkdtemp(prefix="movement-cds-pg-"))
-    data, sockets = top / "data", top / "sockets"
-    sockets.mkdir()
-    if owner:
-        info = pwd.getpwnam(owner)
-        for p in (top, sockets):
-            os.chown(p, info.pw_uid, info.pw_gid)
-    port = free_port()
-    run = _runner(owner)
-    try:
-        run([str(binaries / "initdb"), "-D", str(data), "-U", USER, "--auth=trust",
-             "-E", "UTF8", "--no-locale", "--no-sync"])
-        options = (f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60")
-        run([str(binaries / "pg_ctl"), "-D", str(data), "-l", str(top / "server.log"),
-             "-o", options, "-w", "-t", "60", "start"])
-        try:
-            yield f"postgresql://{USER}@127.0.0.1:{port}"
-        finally:
-            run([str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                check=False)
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
+class Cluster:
+    """A cluster in a temporary directory: ``start``, ``stop`` (the data stays, a test can
+    take the server away and bring it back on the same port), ``remove``."""
 
+    def __init__(self) -> None:
+        self.binaries = require_binaries()
+        self.owner = _owner()
+        self.top = Path(tempfile.mkdtemp(prefix="movement-cds-pg-"))
+        self.data, sockets = self.top / "data", self.top / "sockets"
+        sockets.mkdir()
+        if self.owner:
+            info = pwd.getpwnam(self.owner)
+            for p in (self.top, sockets):
+                os.chown(p, info.pw_uid, info.pw_gid)
+        self.port = free_port()
+        self.url = f"postgresql://{USER}@127.0.0.1:{self.port}"
+        self._options = (f"-p {self.port} -k {sockets} -c listen_addresses=127.0.0.1 "
+                         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                         "-c max_connections=60")
+        self._run([str(self.binaries / "initdb"), "-D", str(self.data), "-U", USER,
+                   "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"])
 
-def _runner(owner: str | None) -> Callable[..., None]:
-    def run(cmd: list[str], check: bool = True) -> None:
-        done = subprocess.run(_as_owner(cmd, owner), capture_output=True, text=True,
+    def _run(self, cmd: list[str], check: bool = True) -> None:
+        done = subprocess.run(_as_owner(cmd, self.owner), capture_output=True, text=True,
                               timeout=120, check=False, cwd="/")
         if check and done.returncode != 0:
             raise RuntimeError(f"{Path(cmd[0]).name} failed ({done.returncode}):\n"
                                f"{done.stdout}\n{done.stderr}")
-    return run
+
+    def start(self) -> None:
+        self._run([str(self.binaries / "pg_ctl"), "-D", str(self.data), "-l",
+                   str(self.top / "server.log"), "-o", self._options, "-w", "-t", "60",
+                   "start"])
+
+    def stop(self, check: bool = True, mode: str = "fast") -> None:
+        self._run([str(self.binaries / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w",
+                   "stop"], check=check)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.top, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def cluster() -> Iterator[Cluster]:
+    """A started cluster, stopped and removed at the end."""
+    c = Cluster()
+    try:
+        c.start()
+        try:
+            yield c
+        finally:
+            c.stop(check=False, mode="immediate")  # throwaway: no checkpoint needed
+    finally:
+        c.remove()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def new_database(server: str, *, migrate: bool = True) -> str:
@@ -126,8 +146,8 @@ def new_database(server: str, *, migrate: bool = True) -> str:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """One PostgreSQL cluster for the test session (its base URL)."""
-    with cluster() as url:
-        yield url
+    with cluster() as c:
+        yield c.url
 
 
 @pytest.fixture
