@@ -604,19 +604,23 @@ class Recorder:
     def __init__(self, store: Any, config: ServiceConfig) -> None:
         self.required = config.audit_required
         self.store_inputs = config.audit_store_inputs
+        self.within = 5.0  # required: seconds a busy database is retried before a 500
+        self._store = store
         names = ("write_now", "write_jobs") if self.required else ("record_jobs",
                                                                    "write_jobs")
-        found = [getattr(store, n) for n in names if callable(getattr(store, n, None))]
-        self._write: Callable[[list[Any]], None] | None = found[0] if found else None
+        found = [n for n in names if callable(getattr(store, n, None))]
+        self._method = found[0] if found else None
 
     @property
     def audits(self) -> bool:
         """False for a store without jobs (tests' stand-ins): card records only."""
-        return self._write is not None
+        return self._method is not None
 
     def write(self, jobs: list[Any]) -> None:
-        if self._write is not None:
-            self._write(jobs)
+        if self._method == "write_now":
+            self._store.write_now(jobs, within=self.within)
+        elif self._method is not None:
+            getattr(self._store, self._method)(jobs)
 
     def archive(self, engine: Engine, root: Path) -> None:
         """Put the release ``engine`` serves into the archive (before it answers)."""
@@ -1090,6 +1094,7 @@ def create_app(
     app.state.engine = engine  # the one it started with; live.engine is the current one
     app.state.live = live
     app.state.store = store
+    app.state.recorder = recorder
     return app
 
 
