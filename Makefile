@@ -6,8 +6,10 @@ STAMP := $(VENV)/.installed-stamp
 # FHIR.js, the independent R4 validator the tests use (node and npm from the system packages)
 FHIRJS := tools/fhir-validator/node_modules/.installed-stamp
 AS_OF ?= 2026-11-02T09:00:00Z
+# PostgreSQL server binaries (initdb, pg_ctl) for the shared-store tests (Debian's package)
+POSTGRES := $(VENV)/.postgres-stamp
 
-.PHONY: example test lint bench docs clean base-install-check
+.PHONY: example test lint bench docs clean base-install-check postgres
 
 SETUP_LOG := $(VENV)/setup.log
 
@@ -25,13 +27,22 @@ $(FHIRJS): tools/fhir-validator/package-lock.json
 	@cd tools/fhir-validator && npm ci --silent --no-audit --no-fund
 	@touch $(FHIRJS)
 
+# The tests start a throwaway cluster of their own (tests/service/pg_cluster.py); no server
+# is left running. Installed from the system packages when initdb is nowhere to be found.
+$(POSTGRES): $(STAMP)
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+	@touch $(POSTGRES)
+
+postgres: $(POSTGRES)
+
 ## Evaluate the bundled example patient: readable plan on the terminal, FHIR in out/.
 example: $(STAMP)
 	$(BIN)/movement-cds evaluate examples/example-patient.json --as-of $(AS_OF) \
 		--out out/example-careplan.json
 
 ## Lint, type-check (mypy strict) and run the test suite.
-test: $(STAMP) $(FHIRJS) lint
+test: $(STAMP) $(FHIRJS) $(POSTGRES) lint
 	$(BIN)/python -m pytest
 
 ## The library without extras, as an integrator installs it: build the wheel, install it in a

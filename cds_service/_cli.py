@@ -365,9 +365,13 @@ def db_upgrade(
 ) -> None:
     """Bring the database (SQLite or PostgreSQL) to the schema this version uses (Alembic
     migrations shipped in the package). Safe to run again; one host at a time migrates."""
-    from cds_service._db import upgrade
     from cds_service._feedback_store import StoreError
 
+    try:
+        from cds_service._db import upgrade
+    except ImportError as e:
+        fail(f"db upgrade needs the 'service' extra (pip install 'movement-cds[service]'): "
+             f"{e}")
     url = _database_url(database, config)
     try:
         before, after = upgrade(url)

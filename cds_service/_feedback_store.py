@@ -527,8 +527,11 @@ def open_store(database_url: str, *, create: bool = True) -> Any:
                          f"(expected sqlite:///path/to/feedback.db)")
     scheme = database_url.split("://", 1)[0].lower()
     if is_postgresql(database_url):
-        from cds_service._pg_store import PostgresStore
-
+        try:
+            from cds_service._pg_store import PostgresStore
+        except ImportError as e:
+            raise ValueError(f"PostgreSQL needs the 'service' extra (pip install "
+                             f"'movement-cds[service]'): {e}") from None
         return PostgresStore(database_url)
     if scheme != "sqlite":
         raise ValueError(f"unsupported database URL scheme {scheme!r}; "
