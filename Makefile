@@ -6,10 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 # FHIR.js, the independent R4 validator the tests use (node and npm from the system packages)
 FHIRJS := tools/fhir-validator/node_modules/.installed-stamp
 AS_OF ?= 2026-11-02T09:00:00Z
-# PostgreSQL server binaries (initdb, pg_ctl) for the shared-store tests (Debian's package)
-POSTGRES := $(VENV)/.postgres-stamp
 
-.PHONY: example test lint bench docs clean base-install-check postgres
+.PHONY: example test lint bench docs clean base-install-check chromium postgres
 
 SETUP_LOG := $(VENV)/setup.log
 
@@ -27,14 +25,15 @@ $(FHIRJS): tools/fhir-validator/package-lock.json
 	@cd tools/fhir-validator && npm ci --silent --no-audit --no-fund
 	@touch $(FHIRJS)
 
-# The tests start a throwaway cluster of their own (tests/service/pg_cluster.py); no server
-# is left running. Installed from the system packages when initdb is nowhere to be found.
-$(POSTGRES): $(STAMP)
-	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
-	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
-	@touch $(POSTGRES)
+# Headless Chromium for the tests that render pages (tests/browser.py), from the system packages
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-postgres: $(POSTGRES)
+# PostgreSQL's server binaries (initdb, pg_ctl) for the shared-store tests, from the system
+# packages; the tests start a throwaway cluster of their own (tests/service/pg_cluster.py)
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
 ## Evaluate the bundled example patient: readable plan on the terminal, FHIR in out/.
 example: $(STAMP)
@@ -42,7 +41,7 @@ example: $(STAMP)
 		--out out/example-careplan.json
 
 ## Lint, type-check (mypy strict) and run the test suite.
-test: $(STAMP) $(FHIRJS) $(POSTGRES) lint
+test: $(STAMP) $(FHIRJS) chromium postgres lint
 	$(BIN)/python -m pytest
 
 ## The library without extras, as an integrator installs it: build the wheel, install it in a

@@ -46,7 +46,7 @@ from typing import Any
 
 import orjson
 
-from cds import MovementCDSError
+from cds_service._errors import AuditError
 
 __all__ = [
     "AuditError",
@@ -62,11 +62,6 @@ __all__ = [
     "replay",
     "sha256",
 ]
-
-
-class AuditError(MovementCDSError, LookupError):
-    """An audit record cannot be shown or replayed (not found, input not stored, release
-    not archived or corrupt); the message says which and why."""
 
 
 def canonical(value: Any) -> bytes:

@@ -76,6 +76,8 @@ from pydantic import (
     model_validator,
 )
 
+from cds_service._errors import ConfigError
+
 __all__ = [
     "REPLAY_DATABASE_NAME",
     "SPILL_FILE_NAME",
@@ -89,10 +91,6 @@ __all__ = [
 
 REPLAY_DATABASE_NAME: Final = "replay-cache.sqlite3"
 SPILL_FILE_NAME: Final = "movement-cds-spill.jsonl"
-
-
-class ConfigError(ValueError):
-    """The configuration is unusable; the message says which key and why."""
 
 
 @dataclass(frozen=True)

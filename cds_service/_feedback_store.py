@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from cds import MovementCDSError
+from cds_service._errors import StoreError, StoreUnavailable
 
 __all__ = [
     "UNRECORDED_CARD",
@@ -55,13 +55,6 @@ __all__ = [
     "validate_feedback",
 ]
 
-
-class StoreError(MovementCDSError, OSError):
-    """A store write or read failed for a reason retrying will not mend."""
-
-
-class StoreUnavailable(StoreError):
-    """The database cannot be reached or is busy now; retrying later may succeed."""
 
 #: The rule id under which feedback on cards this store never recorded is summarised.
 UNRECORDED_CARD = "(card not recorded)"

@@ -33,6 +33,8 @@ import sqlite3
 import threading
 from typing import Final, Protocol
 
+from cds_service._errors import ReplayStoreError
+
 __all__ = ["ReplayCache", "ReplayStoreError", "UsedTokens", "open_replay_cache"]
 
 _SCHEMA: Final = """
@@ -50,10 +52,6 @@ ON CONFLICT (iss, jti) DO UPDATE SET expires = excluded.expires
 WHERE used_token.expires < ?
 """
 _PURGE_EVERY_SECONDS: Final = 1.0
-
-
-class ReplayStoreError(Exception):
-    """The replay cache could not be read or written (the token must then be refused)."""
 
 
 class UsedTokens(Protocol):
