@@ -630,6 +630,61 @@ class Recorder:
             store_inputs=self.store_inputs, recorded_at=now)]
 
 
+class _Advice:
+    """Answering an advice call once its input is known: evaluate, record (cards, audit),
+    answer; the body sent is the body recorded."""
+
+    def __init__(self, store: Any, recorder: Recorder | None) -> None:
+        self.store = store
+        self.recorder = recorder
+
+    async def answer(self, service_id: str, hook_instance: str, current: Engine,
+                     call_input: dict[str, Any], started: float,
+                     situations: dict[str, str] | None = None) -> Response:
+        as_of = datetime.now(UTC)
+        input_text = canonical(call_input)  # before evaluation: what the rules were given
+        try:
+            body, cards, plan = advise(current, service_id, call_input, as_of)
+        except InvalidBundleError as e:
+            log.info("%s %s: 422 input contract (%d issues)", service_id, hook_instance,
+                     len(e.issues))
+            raise ApiError(422, "invalid", outcome=e.operation_outcome) from None
+        except EngineError:
+            log.error("%s %s: engine failure", service_id, hook_instance)
+            raise ApiError(500, "exception", "the rule engine failed; no advice given"
+                           ) from None
+        rules = card_rules(plan, cards) if plan is not None else []
+        await self.record(service_id, hook_instance, current, as_of, input_text, body, rules)
+        if situations is not None:
+            log.info("%s %s: 200, %d cards (%s), %d resources in, prefetch %s, %.0f ms",
+                     service_id, hook_instance, len(cards),
+                     ",".join(k["source"]["topic"]["code"] for k in cards),
+                     len(call_input["bundle"]["entry"]),
+                     ",".join(f"{k}={v}" for k, v in situations.items()),
+                     (time.perf_counter() - started) * 1000)
+        return Response(body, media_type="application/json")
+
+    async def record(self, service_id: str, hook_instance: str, current: Engine,
+                     as_of: datetime, input_text: bytes, body: bytes,
+                     rules: list[dict[str, Any]]) -> None:
+        recorder = self.recorder
+        if recorder is None or not recorder.audits:
+            await _record_cards_only(self.store, rules)
+            return
+        try:
+            jobs = recorder.call_jobs(hook_instance, service_id, current, as_of, input_text,
+                                      body, rules)
+            await run_in_threadpool(recorder.write, jobs)
+        except Exception as e:
+            if recorder.required:  # fail closed: no advice without its audit record
+                log.error("%s %s: audit record not written (%s); no advice given",
+                          service_id, hook_instance, type(e).__name__)
+                raise ApiError(500, "exception", "the audit record could not be written; "
+                               "no advice given") from None
+            log.warning("%s %s: audit record not queued (%s)", service_id, hook_instance,
+                        type(e).__name__)
+
+
 # --- request checks -------------------------------------------------------------------------
 
 
@@ -878,6 +933,7 @@ def create_app(
     store = store if store is not None else _open_store(config)
     recorder = Recorder(store, config) if store is not None else None
     _archive_first(recorder, engine, root, store if own_store else None)
+    advice = _Advice(store, recorder)
     live = LiveEngine(engine, root, config.reload_check_seconds, settle=settle,
                       before_swap=recorder.archive if recorder is not None else None)
     timeout = httpx.Timeout(config.fhir_timeout_seconds)
@@ -994,8 +1050,8 @@ def create_app(
         if service.hook == "order-sign" and not _has_physio_referral(context["draftOrders"]):
             log.info("%s %s: no draft physiotherapy referral; no cards", service.id,
                      hook_instance)
-            return await answer(service.id, hook_instance, current,
-                                {"draftOrders": context["draftOrders"]}, started)
+            return await advice.answer(service.id, hook_instance, current,
+                                       {"draftOrders": context["draftOrders"]}, started)
         auth = body.get("fhirAuthorization")
         try:
             bundle, situations = await build_input_bundle(
@@ -1007,53 +1063,8 @@ def create_app(
         except PrefetchError as e:
             log.info("%s %s: %d %s", service.id, hook_instance, e.status, e.code)
             raise ApiError(e.status, e.code, e.diagnostics) from None
-        return await answer(service.id, hook_instance, current, {"bundle": bundle}, started,
-                            situations)
-
-    async def answer(service_id: str, hook_instance: str, current: Engine,
-                     call_input: dict[str, Any], started: float,
-                     situations: dict[str, str] | None = None) -> Response:
-        """Evaluate, record (cards, audit), answer; the body sent is the body recorded."""
-        as_of = datetime.now(UTC)
-        input_text = canonical(call_input)  # before evaluation: what the rules were given
-        try:
-            body, cards, plan = advise(current, service_id, call_input, as_of)
-        except InvalidBundleError as e:
-            log.info("%s %s: 422 input contract (%d issues)", service_id, hook_instance,
-                     len(e.issues))
-            raise ApiError(422, "invalid", outcome=e.operation_outcome) from None
-        except EngineError:
-            log.error("%s %s: engine failure", service_id, hook_instance)
-            raise ApiError(500, "exception", "the rule engine failed; no advice given"
-                           ) from None
-        rules = card_rules(plan, cards) if plan is not None else []
-        await record(service_id, hook_instance, current, as_of, input_text, body, rules)
-        if situations is not None:
-            log.info("%s %s: 200, %d cards (%s), %d resources in, prefetch %s, %.0f ms",
-                     service_id, hook_instance, len(cards),
-                     ",".join(k["source"]["topic"]["code"] for k in cards),
-                     len(call_input["bundle"]["entry"]),
-                     ",".join(f"{k}={v}" for k, v in situations.items()),
-                     (time.perf_counter() - started) * 1000)
-        return Response(body, media_type="application/json")
-
-    async def record(service_id: str, hook_instance: str, current: Engine, as_of: datetime,
-                     input_text: bytes, body: bytes, rules: list[dict[str, Any]]) -> None:
-        if recorder is None or not recorder.audits:
-            await _record_cards_only(store, rules)
-            return
-        try:
-            jobs = recorder.call_jobs(hook_instance, service_id, current, as_of, input_text,
-                                      body, rules)
-            await run_in_threadpool(recorder.write, jobs)
-        except Exception as e:
-            if recorder.required:  # fail closed: no advice without its audit record
-                log.error("%s %s: audit record not written (%s); no advice given",
-                          service_id, hook_instance, type(e).__name__)
-                raise ApiError(500, "exception", "the audit record could not be written; "
-                               "no advice given") from None
-            log.warning("%s %s: audit record not queued (%s)", service_id, hook_instance,
-                        type(e).__name__)
+        return await advice.answer(service.id, hook_instance, current, {"bundle": bundle},
+                                   started, situations)
 
     @app.post("/cds-services/{service_id}/feedback", openapi_extra=_FEEDBACK_BODY,
               responses=_responses(400, 401, 404, 413, 503))
