@@ -19,9 +19,18 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cds_service._app import Engine, LiveEngine, Recorder, create_app, load_engine
-from cds_service._audit import AuditError, archive_release, audit_job, parse_instant, replay
+from cds_service._audit import (
+    AuditError,
+    archive_release,
+    audit_job,
+    canonical,
+    parse_instant,
+    replay,
+)
 from cds_service._config import ConfigError, parse_config
 from cds_service._feedback_store import QueuedFeedbackStore, open_store
 from movement_cds import __version__
@@ -229,6 +238,25 @@ def test_a_release_that_cannot_be_archived_is_not_taken_into_service(tmp_path: P
         assert live.engine is first
     finally:
         store.close()
+
+
+# --- the canonical input -------------------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(JSON)
+def test_canonical_text_reads_back_to_the_same_value_whatever_the_key_order(value: Any) -> None:
+    text = canonical(value)
+    assert json.loads(text) == value  # integers beyond 64 bits included
+    if isinstance(value, dict):
+        assert canonical(dict(reversed(list(value.items())))) == text
 
 
 # --- configuration --------------------------------------------------------------------------
