@@ -16,6 +16,7 @@ import pytest
 
 from cds_service._audit import archive_release, audit_job, release_job
 from cds_service._db import SCHEMA_HEAD, upgrade
+from cds_service._errors import ReplayStoreError
 from cds_service._feedback_store import (
     QueuedFeedbackStore,
     StoreError,
@@ -216,11 +217,15 @@ def test_postgresql_down_ping_fails_and_the_queue_keeps_every_write(
         own_cluster: Any, tmp_path: Path) -> None:
     url = new_database(own_cluster.url)
     store = QueuedFeedbackStore(open_store(url), spill_path=tmp_path / "spill.jsonl")
+    tokens = open_replay_cache(url)
     try:
         store.ping()
+        assert tokens.remember("iss", "before", NOW + 60, NOW)
         own_cluster.stop()
         with pytest.raises(StoreUnavailable):
             store.ping()
+        with pytest.raises(ReplayStoreError):  # the verifier then refuses the token
+            tokens.remember("iss", "during", NOW + 60, NOW)
         store.record_jobs([an_audit_job("while-down")])
         store.add("svc", [accepted("c-down")], RECEIVED)
         time.sleep(0.5)  # the writer is retrying
@@ -228,7 +233,9 @@ def test_postgresql_down_ping_fails_and_the_queue_keeps_every_write(
         deadline = time.monotonic() + 20
         while store.queued() and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert tokens.remember("iss", "during", NOW + 60, NOW)  # back: never recorded
     finally:
         store.close()
+        tokens.close()
     assert raw(url, "SELECT hook_instance FROM audit_record") == [("while-down",)]
     assert raw(url, "SELECT card_uuid FROM feedback") == [("c-down",)]
