@@ -1,6 +1,7 @@
 """The same store tests against both backends (issue 18): SQLite on one host, PostgreSQL
 shared by many. Real databases only: an SQLite file, a throwaway PostgreSQL cluster
-(``tests/service/pg_cluster.py``), real processes racing on the shared replay cache."""
+(``tests/service/pg_cluster.py``), racers with connections of their own on the shared
+replay cache."""
 
 from __future__ import annotations
 
