@@ -7,8 +7,10 @@ The safety rules (docs/architecture.md) this module enforces:
 3. ``delete_state`` always runs, in ``finally``;
 4. negation is gated: every rule waits for its stratum marker, asserted after all input
    facts and after the earlier strata have settled;
-5. action errors are surfaced: the session state's ``exception`` and our own dispatch errors
-   fail the evaluation (no partial advice); sink rules make every fact type handled;
+5. action errors are surfaced: actions are taken from durable's C layer and run here
+   (``RuleEngine._settle``), so an error in one (two rules deriving different values)
+   abandons the action and fails the evaluation (no partial advice); an assert durable
+   refuses fails it too; sink rules make every fact type handled;
 6. every fact has an explicit unique ``id``, and every input fact is checked to be present
    after evaluation;
 7. one ruleset per ``{kb-id}@{version}``, registered once, never replaced;
@@ -24,9 +26,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 from typing import Any
 
+import durable_rules_engine as _c
 from durable import engine as _durable
 
 from cds._compiler import CompiledKnowledgeBase, Literal
@@ -47,8 +51,8 @@ class _QuietHost(_durable.Host):  # type: ignore[misc]
 _LOCK = threading.Lock()
 _HOST: _QuietHost | None = None
 _REGISTERED: dict[str, str] = {}  # ruleset name -> canonical definition JSON
-_ACTIVE: dict[str, Any] = {}  # the one live session: ruleset, log, compiled, errors
 _SIDS = itertools.count(1)
+_RULE_NAME = re.compile(r"[0-9]+:[0-9]+")
 
 
 def _host() -> _QuietHost:
@@ -58,26 +62,16 @@ def _host() -> _QuietHost:
     return _HOST
 
 
-def _dispatch(ruleset: str, rule_index: int, term_index: int, c: Any) -> None:
-    """Action of every compiled rule: record the firing, assert what is newly derived."""
-    if _ACTIVE.get("ruleset") != ruleset:
-        raise RuntimeError(f"action for {ruleset} outside its evaluation")
-    log: FiringLog = _ACTIVE["log"]
-    try:
-        new = log.fire(rule_index, term_index)
-    except EngineError as e:
-        _ACTIVE["errors"].append(str(e))
-        raise
-    for name, value in new:
-        c.assert_fact({"id": f"d:{name}", "t": "fact", "n": name, "v": value})
-
-
-def _action(ruleset: str, rule_index: int, term_index: int) -> Any:
-    # durable inspects the action's __code__ (one argument: synchronous), so no partial()
-    def run(c: Any) -> None:
-        _dispatch(ruleset, rule_index, term_index, c)
-
-    return run
+def _message_rule(message: str) -> tuple[int, int]:
+    """The rule ``ri:ti`` an action message is for: ``{"ri:ti":{...matched facts...}}``."""
+    end = message.find('"', 2)
+    name = message[2:end] if message.startswith('{"') and end > 2 else ""
+    if not _RULE_NAME.fullmatch(name):  # another layout: read it the long way
+        name = next(iter(json.loads(message)))
+        if not _RULE_NAME.fullmatch(name):
+            raise EngineError(f"the engine started an action for an unknown rule {name!r}")
+    ri, _, ti = name.partition(":")
+    return int(ri), int(ti)
 
 
 class RuleEngine:
@@ -93,12 +87,10 @@ class RuleEngine:
         with _LOCK:
             known = _REGISTERED.get(self.name)
             if known is None:
-                for key, rule in definition.items():
-                    if key.startswith("sink:"):
-                        rule["run"] = _noop
-                    else:
-                        ri, ti = (int(x) for x in key.split(":"))
-                        rule["run"] = _action(self.name, ri, ti)
+                for rule in definition.values():
+                    # durable wants an action per rule; it never runs one: ``_settle`` takes
+                    # every action from the engine's C layer itself (no JSON state round trip)
+                    rule["run"] = _noop
                 _host().register_rulesets({self.name: definition})
                 _REGISTERED[self.name] = canonical
                 warm = _firing_facts(compiled)
@@ -112,6 +104,7 @@ class RuleEngine:
                         )
                     ]
                 )
+            self._handle = _host().get_ruleset(self.name)._handle
         if warm is not None:  # safety rule 9
             self.evaluate(warm)
 
@@ -122,12 +115,10 @@ class RuleEngine:
         about 15 us, and a fact no rule reads cannot change a result (the reference
         evaluator, which sees every fact, checks this on every property test).
         """
-        host = _host()
-        read = self._read
+        handle, read = self._handle, self._read
         with _LOCK:
             sid = f"s{next(_SIDS)}"
             log = FiringLog(self.compiled)
-            _ACTIVE.update(ruleset=self.name, log=log, errors=[])
             try:
                 messages: list[dict[str, Any]] = [
                     {"sid": sid, "id": f"f:{f.name}", "t": "fact", "n": f.name, "v": f.value}
@@ -135,11 +126,11 @@ class RuleEngine:
                     if f.name in read
                 ]
                 if messages:
-                    self._check(host.assert_facts(self.name, messages))
+                    self._settle(log, sid, _c.assert_facts(handle, _dumps(messages)))
                 for k in range(len(self.compiled.strata)):
-                    marker = {"sid": sid, "id": f"s:{k}", "t": "stratum", "s": k}
-                    self._check(host.assert_fact(self.name, marker))
-                present = {m["id"] for m in host.get_facts(self.name, sid)}
+                    marker = f'{{"sid":"{sid}","id":"s:{k}","t":"stratum","s":{k}}}'
+                    self._settle(log, sid, _c.assert_fact(handle, marker))
+                present = {m["id"] for m in json.loads(_c.get_facts(handle, sid))}
                 lost = sorted(str(m["id"]) for m in messages if m["id"] not in present)
                 if lost:
                     raise EngineError("input facts lost inside the engine", lost)
@@ -149,19 +140,44 @@ class RuleEngine:
             except Exception as e:  # durable raises bare Exceptions; none may escape raw
                 raise EngineError(f"rule engine failed: {type(e).__name__}") from e
             finally:
-                errors = list(_ACTIVE.get("errors", []))
-                _ACTIVE.clear()
                 try:
-                    host.delete_state(self.name, sid)
+                    _c.delete_state(handle, sid)
                 except Exception:  # pragma: no cover - nothing left to clean
                     pass
-                if errors:
-                    raise EngineError(f"rule action failed: {errors[0]}", errors)
 
-    @staticmethod
-    def _check(state: Any) -> None:
-        if isinstance(state, dict) and "exception" in state:
-            raise EngineError("rule action failed inside the engine", [str(state["exception"])])
+    def _settle(self, log: FiringLog, sid: str, asserted: tuple[int, int]) -> None:
+        """Run every action the last assert made ready, until none is left (what durable's
+        ``Host`` does, without a JSON state round trip per action). Each firing's newly
+        derived facts are asserted in one batch before the next action is taken."""
+        handle = self._handle
+        state = _accepted(asserted)
+        started = _c.start_action_for_state(handle, state)
+        message = started[1] if started else None
+        while message:
+            try:
+                new = log.fire(*_message_rule(message))
+                if new:
+                    derived = [{"sid": sid, "id": f"d:{n}", "t": "fact", "n": n, "v": v}
+                               for n, v in new]
+                    _accepted(_c.assert_facts(handle, _dumps(derived)))
+            except BaseException:
+                _c.abandon_action(handle, state)
+                raise
+            message = _c.complete_and_start_action(handle, state)
+
+
+def _dumps(messages: list[dict[str, Any]]) -> str:
+    return json.dumps(messages, ensure_ascii=False)
+
+
+def _accepted(result: tuple[int, int]) -> int:
+    """The state handle of an assert durable accepted; refusals fail the evaluation."""
+    code, state = result
+    if code == 1:
+        raise EngineError("the rule engine did not handle a fact (no rule takes it)")
+    if code == 2:
+        raise EngineError("the rule engine saw a fact twice in one evaluation")
+    return 0 if code == 3 else state  # 3: durable's Host reads it as "state 0" too
 
 
 def _satisfying(lit: Literal) -> Any:
