@@ -124,7 +124,7 @@ class RuleEngine:
         with _LOCK:
             sid = _IDLE.pop(self.name, None) or f"s{next(_SIDS)}"
             log = FiringLog(self.compiled)
-            asserted: list[dict[str, Any]] = []
+            asserted: list[str] = []  # the JSON arrays asserted, to retract them as they were
             kept = False
             try:
                 result = self._derive(sid, facts, log, asserted)
@@ -144,7 +144,7 @@ class RuleEngine:
                         pass
 
     def _derive(self, sid: str, facts: list[Fact], log: FiringLog,
-                asserted: list[dict[str, Any]]) -> EngineResult:
+                asserted: list[str]) -> EngineResult:
         """Assert the facts, then each stratum's marker in turn; every fact asserted (input
         and derived) is added to ``asserted``."""
         handle, read = self._handle, self._read
@@ -153,9 +153,10 @@ class RuleEngine:
             for f in facts
             if f.name in read
         ]
-        asserted += messages
         if messages:
-            self._settle(log, sid, _c.assert_facts(handle, _dumps(messages)), asserted)
+            text = _dumps(messages)
+            asserted.append(text)
+            self._settle(log, sid, _c.assert_facts(handle, text), asserted)
         for k in range(len(self.compiled.strata)):
             self._settle(log, sid, _c.assert_fact(handle, _marker(sid, k)), asserted)
         # durable gives the facts back as the text they were asserted in (compact, see
@@ -167,7 +168,7 @@ class RuleEngine:
             raise EngineError("input facts lost inside the engine", lost)
         return log.result()
 
-    def _emptied(self, sid: str, asserted: list[dict[str, Any]]) -> bool:
+    def _emptied(self, sid: str, asserted: list[str]) -> bool:
         """Retract everything the evaluation asserted, markers first (every rule waits for
         its marker, so no rule can wake while the facts go), and say whether the session is
         now empty with nothing to do: then the next evaluation reuses it. A new session
@@ -175,7 +176,8 @@ class RuleEngine:
         against ~2 us per retracted fact; anything unexpected and the caller deletes it."""
         handle = self._handle
         markers = "[" + ",".join(_marker(sid, k) for k in range(len(self.compiled.strata))) + "]"
-        for batch in (markers, _dumps(asserted) if asserted else ""):
+        facts = "[" + ",".join(text[1:-1] for text in asserted) + "]"
+        for batch in (markers, facts if asserted else ""):
             if batch:
                 code, state = _c.retract_facts(handle, batch)
                 if code != 0 or _c.start_action_for_state(handle, state):
@@ -183,7 +185,7 @@ class RuleEngine:
         return bool(_c.get_facts(handle, sid) == "[]")
 
     def _settle(self, log: FiringLog, sid: str, asserted: tuple[int, int],
-                into: list[dict[str, Any]]) -> None:
+                into: list[str]) -> None:
         """Run every action the last assert made ready, until none is left (what durable's
         ``Host`` does, without a JSON state round trip per action). Each firing's newly
         derived facts are asserted in one batch before the next action is taken (and added
@@ -198,8 +200,9 @@ class RuleEngine:
                 if new:
                     derived = [{"sid": sid, "id": f"d:{n}", "t": "fact", "n": n, "v": v}
                                for n, v in new]
-                    into += derived
-                    _accepted(_c.assert_facts(handle, _dumps(derived)))
+                    text = _dumps(derived)
+                    into.append(text)
+                    _accepted(_c.assert_facts(handle, text))
             except BaseException:
                 _c.abandon_action(handle, state)
                 raise

@@ -49,7 +49,12 @@ def cache_dir() -> Path | None:
     where = os.environ.get(_ENV)
     if where is not None:
         return Path(where) if where else None
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:  # no home directory known: no cache
+            return None
     return Path(base) / "movement-cds"
 
 
