@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 FHIRJS := tools/fhir-validator/node_modules/.installed-stamp
 AS_OF ?= 2026-11-02T09:00:00Z
 
-.PHONY: example test lint bench docs clean base-install-check chromium pango postgres
+.PHONY: example test lint bench bench-speed docs clean base-install-check chromium pango postgres
 
 SETUP_LOG := $(VENV)/setup.log
 
@@ -69,6 +69,10 @@ docs: $(STAMP)
 ## Benchmarks (figures, not pass/fail): see docs/performance.md.
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
+
+## Issue 15's table in one run: engine, output, cold start, each a ratio measured side by side.
+bench-speed: $(STAMP)
+	$(BIN)/python bench/speed.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
