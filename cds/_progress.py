@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final, Literal
+from zoneinfo import ZoneInfo
 
 __all__ = [
     "MEASURES",
@@ -22,8 +23,15 @@ __all__ = [
     "ProgressPoint",
     "Role",
     "adherence_points",
+    "human_date",
+    "human_instant",
+    "number",
     "progress_by_measure",
+    "trend_text",
 ]
+
+_MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
+                  "Nov", "Dec")
 
 Measure = Literal["pain", "odi", "adherence"]
 Role = Literal["used", "superseded", "stale", "response"]
@@ -42,9 +50,9 @@ class MeasureInfo:
 
 
 MEASURES: Final[Mapping[Measure, MeasureInfo]] = {
-    "pain": MeasureInfo("Pain now", "/10", 0, 10, True),
-    "odi": MeasureInfo("ODI (disability)", "%", 0, 100, True),
-    "adherence": MeasureInfo("Sessions done", "%", 0, 100, False),
+    "pain": MeasureInfo("Pain now (0-10)", "/10", 0, 10, True),
+    "odi": MeasureInfo("Disability, ODI (%)", "%", 0, 100, True),
+    "adherence": MeasureInfo("Sessions done (% of prescribed)", "%", 0, 100, False),
 }
 # the catalog facts whose every dated value makes a series (fact name -> measure)
 PROGRESS_FACTS: Final[Mapping[str, Measure]] = {"pain-now": "pain", "odi-score": "odi"}
@@ -113,3 +121,31 @@ def adherence_points(
         points.append(ProgressPoint("adherence", when, round(100 * done / prescribed, 1), role,
                                     sources))
     return points
+
+
+def _local(when: datetime, zone: str | None) -> datetime:
+    return when.astimezone(ZoneInfo(zone) if zone else UTC)
+
+
+def human_date(when: datetime, zone: str | None = None) -> str:
+    """``2 Nov 2026``: the day in the patient's IANA time zone, else in UTC."""
+    t = _local(when, zone)
+    return f"{t.day} {_MONTHS[t.month - 1]} {t.year}"
+
+
+def human_instant(when: datetime, zone: str | None = None) -> str:
+    """``2 Nov 2026 09:00``: date and time in the patient's IANA time zone, else UTC (the
+    reader is told which once, not at every date)."""
+    return f"{human_date(when, zone)} {_local(when, zone):%H:%M}"
+
+
+def number(value: float) -> str:
+    """A value as people write it: ``5``, ``77.8``."""
+    return f"{value:g}"
+
+
+def trend_text(measure: Measure, series: list[ProgressPoint], zone: str | None = None) -> str:
+    """One line: ``Pain now (0-10): 5 (2 Nov 2026) -> 4 (16 Nov 2026) -> 3 (30 Nov
+    2026)``."""
+    steps = " -> ".join(f"{number(p.value)} ({human_date(p.when, zone)})" for p in series)
+    return f"{MEASURES[measure].label}: {steps}"
