@@ -41,9 +41,25 @@ from cds._plan import (
     PlannedExercise,
     Referral,
 )
+from cds._progress import (
+    MEASURES,
+    PROGRESS_FACTS,
+    Measure,
+    MeasureInfo,
+    ProgressPoint,
+    adherence_points,
+    human_date,
+    human_instant,
+    progress_by_measure,
+    show_number,
+    trend_text,
+)
+from cds._progress import Role as ProgressRole
 from cds._reference import evaluate_reference
 
 __all__ = [
+    "MEASURES",
+    "PROGRESS_FACTS",
     "AnswerNote",
     "AvoidedExercise",
     "CheckIn",
@@ -65,6 +81,8 @@ __all__ = [
     "KnowledgeBase",
     "KnowledgeBaseError",
     "KnowledgeBaseProblem",
+    "Measure",
+    "MeasureInfo",
     "MovementCDSError",
     "PatientFacts",
     "Plan",
@@ -72,10 +90,18 @@ __all__ = [
     "PlannedExercise",
     "PreviousExercise",
     "PreviousPlan",
+    "ProgressPoint",
+    "ProgressRole",
     "Referral",
+    "adherence_points",
     "check_changelog",
     "compile_knowledge_base",
     "evaluate_reference",
     "evidence_url",
+    "human_date",
+    "human_instant",
     "load_knowledge_base",
+    "progress_by_measure",
+    "show_number",
+    "trend_text",
 ]

@@ -25,8 +25,8 @@ __all__ = [
     "adherence_points",
     "human_date",
     "human_instant",
-    "number",
     "progress_by_measure",
+    "show_number",
     "trend_text",
 ]
 
@@ -139,7 +139,7 @@ def human_instant(when: datetime, zone: str | None = None) -> str:
     return f"{human_date(when, zone)} {_local(when, zone):%H:%M}"
 
 
-def number(value: float) -> str:
+def show_number(value: float) -> str:
     """A value as people write it: ``5``, ``77.8``."""
     return f"{value:g}"
 
@@ -147,5 +147,5 @@ def number(value: float) -> str:
 def trend_text(measure: Measure, series: list[ProgressPoint], zone: str | None = None) -> str:
     """One line: ``Pain now (0-10): 5 (2 Nov 2026) -> 4 (16 Nov 2026) -> 3 (30 Nov
     2026)``."""
-    steps = " -> ".join(f"{number(p.value)} ({human_date(p.when, zone)})" for p in series)
+    steps = " -> ".join(f"{show_number(p.value)} ({human_date(p.when, zone)})" for p in series)
     return f"{MEASURES[measure].label}: {steps}"

@@ -184,6 +184,7 @@ from fhir.resources.R4B.patient import Patient
 from pydantic import BaseModel, ValidationError
 
 from cds import (
+    PROGRESS_FACTS,
     AnswerNote,
     ExerciseDose,
     ExerciseResponse,
@@ -191,13 +192,16 @@ from cds import (
     FollowUp,
     InputIssue,
     KnowledgeBase,
+    Measure,
     PatientFacts,
     PreviousExercise,
     PreviousPlan,
+    ProgressPoint,
+    adherence_points,
 )
+from cds import ProgressRole as Role
 from cds._followup import Rating
 from cds._kb_schema import Param
-from cds._progress import PROGRESS_FACTS, Measure, ProgressPoint, Role, adherence_points
 from fhir_adapters._errors import InvalidBundleError
 from fhir_adapters._json_text import (
     JSONTextError,

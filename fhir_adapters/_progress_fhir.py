@@ -17,14 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from cds import Plan
-from cds._progress import (
+from cds import (
     MEASURES,
     Measure,
+    Plan,
     ProgressPoint,
     human_date,
-    number,
     progress_by_measure,
+    show_number,
     trend_text,
 )
 from fhir_adapters._outbound import PLAN_CHANGE_SYSTEM
@@ -99,7 +99,7 @@ def progress_report(plan: Plan, report_id: str,
             oid = f"{measure}-{n}"
             contained.append(_observation(p, oid, plan.subject, obs_code))
             result.append({"reference": f"#{oid}", "display": (
-                f"{measure} {number(p.value)} on {human_date(p.when, plan.time_zone)}, "
+                f"{measure} {show_number(p.value)} on {human_date(p.when, plan.time_zone)}, "
                 f"{_ROLE_WORDS[p.role]}")})
         lines.append(trend_text(measure, points, plan.time_zone) + ".")
     whens = [p.when for points in series.values() for p in points]

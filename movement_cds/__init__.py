@@ -16,15 +16,28 @@ Errors (all subclass built-in types)::
     ├── KnowledgeBaseError (ValueError)
     └── EngineError (RuntimeError)
 
+Progress across visits (follow-ups): ``result.plan.progress`` holds every dated pain, ODI
+and adherence value the input held (``ProgressPoint``: measure, when, value, role: used,
+superseded, stale or response); ``progress_chart_svg(result.plan.progress,
+result.plan.time_zone)`` draws them as one self-contained SVG element (text).
+
 For a service that loads knowledge bases itself (``cds_service``): ``run_all_scenarios(evaluator,
 root)`` runs a knowledge base's scenario tests (FHIR vignettes read with the production reader)
 and returns one outcome per scenario (``.passed``, ``.failures``, ``.file``, ``.line``).
 """
 
-from cds import EngineError, InvalidInputError, KnowledgeBaseError, MovementCDSError, Plan
+from cds import (
+    EngineError,
+    InvalidInputError,
+    KnowledgeBaseError,
+    MovementCDSError,
+    Plan,
+    ProgressPoint,
+)
 from fhir_adapters import InvalidBundleError
 from movement_cds._api import DecisionSupport, Evaluation, evaluate
 from movement_cds._kbtools import run_all_scenarios
+from movement_cds._progress_chart import progress_chart_svg
 from movement_cds._version import __version__
 
 __all__ = [
@@ -36,7 +49,9 @@ __all__ = [
     "KnowledgeBaseError",
     "MovementCDSError",
     "Plan",
+    "ProgressPoint",
     "__version__",
     "evaluate",
+    "progress_chart_svg",
     "run_all_scenarios",
 ]
