@@ -55,7 +55,8 @@ def _axes(x0: float, y0: float, w: float, h: float, low: float, high: float) -> 
                    f'text-anchor="end" font-size="11">{show_number(tick)}</text>')
         out.append(f'<line class="grid" x1="{x0:.1f}" y1="{ty:.1f}" x2="{x0 + w:.1f}" '
                    f'y2="{ty:.1f}" stroke="#ddd"/>')
-    return out + [
+    return [
+        *out,
         f'<line class="axis x-axis" x1="{x0:.1f}" y1="{y0 + h:.1f}" x2="{x0 + w:.1f}" '
         f'y2="{y0 + h:.1f}" stroke="#444"/>',
         f'<line class="axis y-axis" x1="{x0:.1f}" y1="{y0:.1f}" x2="{x0:.1f}" '
