@@ -209,7 +209,7 @@ def _progress(out: _Out, plan: Plan) -> None:
         by_day = {p.when.date(): p for p in points}
         cells = "".join(f"{_cell(by_day.get(d)):>13}" for d in days)
         out.line(f"  {_MEASURE_SHORT[measure]:<16}{cells}  {sparkline(points)}")
-    sources = [f"{_MEASURE_SHORT[m]}: " + ", ".join(s for p in pts for s in p.sources[:1])
+    sources = [f"{_MEASURE_SHORT[m]}: " + ", ".join(s for p in pts for s in p.sources)
                for m, pts in series.items()]
     out.wrap("From: " + "; ".join(sources))
     out.line()
@@ -259,7 +259,7 @@ def _exercises(out: _Out, plan: Plan) -> None:
         return
     shared, parts = shared_paragraphs([e.rationale for e in plan.exercises])
     out.line("EXERCISES" + (" (on hold)" if plan.exercise_held else " (proposed)")
-             + ": dose, reasons, provenance; instructions are in FOR THE PATIENT")
+             + ": dose, reasons, provenance (instructions: in the patient part)")
     for n, (e, mine) in enumerate(zip(plan.exercises, parts, strict=True), 1):
         out.line(f"  {n}. {e.title}")
         out.wrap(f"Dose: {_dose_and_pain(e.dose.describe())[0]}")

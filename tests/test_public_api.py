@@ -17,8 +17,11 @@ def test_movement_cds_exports() -> None:
         "KnowledgeBaseError",
         "MovementCDSError",
         "Plan",
+        # progress across visits, and its chart for the handout (issue 17 part 2)
+        "ProgressPoint",
         "__version__",
         "evaluate",
+        "progress_chart_svg",
         # the service's scenario check at start and on reload (issue 13 part 1)
         "run_all_scenarios",
     ]
@@ -54,6 +57,10 @@ def test_cds_exports() -> None:
         "AnswerNote",
         # knowledge-base helpers the CDS Hooks service uses (issue 13 part 1)
         "check_changelog", "evidence_url",
+        # progress across visits, shown with human dates (issue 17 parts 2 and 3)
+        "MEASURES", "Measure", "MeasureInfo", "PROGRESS_FACTS", "ProgressPoint",
+        "ProgressRole", "adherence_points", "human_date", "human_instant",
+        "progress_by_measure", "show_number", "trend_text",
     ])
 
 
