@@ -403,8 +403,8 @@ def _header(out: _Out, plan: Plan) -> None:
     zone = (f"{plan.time_zone}, the patient's time zone: every date below" if plan.time_zone
             else "UTC: the input gives no time zone; every date below is in UTC")
     out.line(f"movement-cds plan for {plan.subject}")
-    out.wrap(f"As of {human_instant(plan.as_of, plan.time_zone)} ({zone}). Knowledge base: "
-             f"{plan.kb_title} ({plan.knowledge_base}).", "")
+    out.wrap(f"As of {human_instant(plan.as_of, plan.time_zone)} ({zone})", "")
+    out.line(f"Knowledge base: {plan.kb_title} ({plan.knowledge_base})")
     out.line("A proposal for a licensed clinician to review; nothing here is an order.")
     out.line()
     if plan.answer_notes:
