@@ -4,6 +4,7 @@ FHIR.js), in the summary, and drawn as SVG."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -166,8 +167,8 @@ def test_the_svg_draws_exactly_the_data(points: list[ProgressPoint]) -> None:
         xs = [float(c.get("cx", "")) for c in circles]
         ys = [float(c.get("cy", "")) for c in circles]
         assert xs == sorted(xs)
-        for (p, y), (q, z) in zip(zip(mine, ys, strict=True), zip(mine[1:], ys[1:],
-                                                                   strict=True)):
+        pairs = list(zip(mine, ys, strict=True))
+        for (p, y), (q, z) in itertools.pairwise(pairs):
             assert (p.value < q.value) == (y > z) or p.value == q.value
         filled = [c.get("fill") != "#fff" for c in circles]
         assert filled == [p.used for p in mine]
