@@ -10,9 +10,11 @@ entries in this order:
    ``doNotPerform`` = true per exercise to avoid, and a follow-up's check-in;
 2. one ``ServiceRequest`` per alert that carries a referral (in alert order);
 3. one ``DetectedIssue`` per alert (in alert order);
-4. an ``OperationOutcome`` when there is anything to report about the input: one issue per
+4. a ``DiagnosticReport``, progress across visits, when a progress measure has two or more
+   values (``fhir_adapters._progress_fhir`` says what it holds);
+5. an ``OperationOutcome`` when there is anything to report about the input: one issue per
    ``InputIssue`` and one per fact that a data-gap rule found missing;
-5. a ``Provenance`` for the CarePlan.
+6. a ``Provenance`` for the CarePlan.
 
 Machine-readable choices (documented for integrators)
 ----------------------------------------------------
