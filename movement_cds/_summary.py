@@ -247,38 +247,31 @@ def _dose_and_pain(dose_text: str) -> tuple[str, str]:
     return dose.rstrip(".") + ".", pain
 
 
-def _exercises(out: _Out, plan: Plan) -> None:
+def _exercises(out: _Out, plan: Plan, parts: list[list[int | str]]) -> None:
     if plan.exercise_held:
-        out.line("EXERCISE ON HOLD: a red-flag alert calls for referral first; the exercises "
-                 "below are shown for reference only.")
+        out.wrap("EXERCISE ON HOLD: a red-flag alert calls for referral first; the exercises "
+                 "below are shown for reference only.", "")
         out.line()
     if not plan.exercises:
         if not plan.exercise_held:
             out.line("EXERCISES: none proposed by the rules for these findings.")
             out.line()
         return
-    shared, parts = shared_paragraphs([e.rationale for e in plan.exercises])
     out.line("EXERCISES" + (" (on hold)" if plan.exercise_held else " (proposed)")
              + ": dose, reasons, provenance (instructions: in the patient part)")
     for n, (e, mine) in enumerate(zip(plan.exercises, parts, strict=True), 1):
         out.line(f"  {n}. {e.title}")
         out.wrap(f"Dose: {_dose_and_pain(e.dose.describe())[0]}")
-        refs = [f"[R{p + 1}]" for p in mine if isinstance(p, int)]
-        own = " ".join(p for p in mine if isinstance(p, str))
-        out.wrap("Why: " + " ".join([f"see {', '.join(refs)}." if refs else "", own]))
+        out.wrap("Why: " + _refer(mine))
         tags = ", ".join(f"{x.id} [{x.tag}, {x.strength}]" for x in e.evidence)
         out.wrap(f"Rules: {', '.join(e.rule_ids)}; evidence: {tags}")
         if e.sources:
             out.wrap(f"From: {', '.join(e.sources)}")
-    if shared:
-        out.line("  Reasons shared by several exercises:")
-        for i, para in enumerate(shared, 1):
-            users = [str(n) for n, mine in enumerate(parts, 1) if i - 1 in mine]
-            out.wrap(f"[R{i}] (exercises {', '.join(users)}) {para}", "    ", "      ")
     out.line()
 
 
-def _changes(out: _Out, plan: Plan, titles: Mapping[str, str]) -> None:
+def _changes(out: _Out, plan: Plan, titles: Mapping[str, str],
+             parts: list[list[int | str]]) -> None:
     """A short table (exercise, change), then each change's reason and provenance."""
     if plan.replaces is None:
         return
@@ -295,8 +288,8 @@ def _changes(out: _Out, plan: Plan, titles: Mapping[str, str]) -> None:
         if c.previous_exercise_id:
             what += f", was {titles.get(c.previous_exercise_id, c.previous_exercise_id)}"
         out.line(f"  {n:<3}{name:<{tw}}  {what}")
-    for n, c in enumerate(plan.changes, 1):
-        text = f"{n}. Why: {c.clinician_text}"
+    for n, (c, mine) in enumerate(zip(plan.changes, parts, strict=True), 1):
+        text = f"{n}. Why: {_refer(mine)}"
         if c.previous_dose is not None:
             text += f" Previous dose: {_dose_and_pain(c.previous_dose.describe())[0]}"
         if c.rule_ids:
@@ -304,6 +297,25 @@ def _changes(out: _Out, plan: Plan, titles: Mapping[str, str]) -> None:
         if c.sources:
             text += f" From: {', '.join(c.sources)}"
         out.wrap(text, "  ", "     ")
+    out.line()
+
+
+def _refer(mine: list[int | str]) -> str:
+    """A reason: its own words, and ``[R2]`` for a paragraph written once under REASONS."""
+    return " ".join(f"[R{p + 1}]" if isinstance(p, int) else p for p in mine)
+
+
+def _shared_list(out: _Out, shared: list[str], exercises: list[list[int | str]],
+                 changes: list[list[int | str]]) -> None:
+    """The reasons several exercises or changes share, once each, with who refers to them."""
+    if not shared:
+        return
+    out.line("REASONS SHARED BY SEVERAL EXERCISES OR CHANGES (written once, referred to by "
+             "number)")
+    for i, para in enumerate(shared):
+        users = [f"exercise {n}" for n, mine in enumerate(exercises, 1) if i in mine]
+        users += [f"change {n}" for n, mine in enumerate(changes, 1) if i in mine]
+        out.wrap(f"[R{i + 1}] ({', '.join(users)}) {para}", "  ", "    ")
     out.line()
 
 
@@ -428,8 +440,12 @@ def render_summary(plan: Plan, titles: Mapping[str, str] | None = None, *,
     _findings(out, plan)
     _progress(out, plan)
     _alerts(out, plan)
-    _exercises(out, plan)
-    _changes(out, plan, titles)
+    texts = [e.rationale for e in plan.exercises] + [c.clinician_text for c in plan.changes]
+    shared, parts = shared_paragraphs(texts)
+    n = len(plan.exercises)
+    _exercises(out, plan, parts[:n])
+    _changes(out, plan, titles, parts[n:])
+    _shared_list(out, shared, parts[:n], parts[n:])
     _check_in(out, plan, titles)
     _left_out(out, plan)
     _gaps_and_notes(out, plan)

@@ -19,7 +19,7 @@ from cds._scenarios import load_scenarios
 from fhir_adapters._population import synthetic_bundle
 from knowledge_base import bundled_path
 from movement_cds import DecisionSupport, Evaluation
-from movement_cds._summary import render_summary, shared_paragraphs
+from movement_cds._summary import render_summary, shared_paragraphs, split_sentences
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "example-patient.json"
@@ -71,6 +71,8 @@ def assert_keeps_every_fact(result: Evaluation, summary: str) -> None:
             assert flat(a.referral.to) in text
     for e in plan.exercises:
         assert flat(e.title) in text and flat(e.instructions) in text
+        # a reason shared with other exercises is written once and referred to
+        assert all(sentence in text for sentence in split_sentences(e.rationale))
     for d in plan.deferred:
         assert flat(d.title) in text and flat(d.reason) in text
     for v in plan.avoid:
@@ -81,7 +83,8 @@ def assert_keeps_every_fact(result: Evaluation, summary: str) -> None:
     for n in plan.answer_notes:
         assert flat(n.text) in text
     for c in plan.changes:
-        assert flat(c.patient_text) in text and flat(c.clinician_text) in text
+        assert flat(c.patient_text) in text
+        assert all(sentence in text for sentence in split_sentences(c.clinician_text))
     for i in plan.issues:
         assert flat(i.message) in text
     for note in plan.safety_net:
@@ -136,6 +139,18 @@ def test_each_shared_paragraph_appears_once(support: DecisionSupport) -> None:
     for para in shared:
         assert text.count(flat(para)) == 1
     assert text.count("[R1]") == len(plan.exercises) + 1  # each exercise refers to it
+
+
+def test_shared_change_reasons_appear_once(support: DecisionSupport) -> None:
+    path, as_of = VISITS[2]
+    result = support.evaluate(path.read_bytes(), as_of=as_of)
+    text = flat(result.summary)
+    plan = result.plan
+    shared, _ = shared_paragraphs([e.rationale for e in plan.exercises]
+                                  + [c.clinician_text for c in plan.changes])
+    assert any("Pain-monitoring model" in para for para in shared)
+    for para in shared:
+        assert text.count(flat(para)) == 1
 
 
 def test_shared_paragraphs_rebuild_each_text() -> None:
