@@ -13,6 +13,7 @@ from cds._compiler import CompiledKnowledgeBase, compile_knowledge_base
 from cds._engine_result import EngineResult
 from cds._errors import (
     EngineError,
+    ExplainTargetError,
     InputIssue,
     InvalidInputError,
     KnowledgeBaseError,
@@ -28,6 +29,7 @@ from cds._followup import (
     FollowUp,
     PreviousExercise,
     PreviousPlan,
+    Rating,
 )
 from cds._kb_schema import evidence_url
 from cds._knowledge_base import KnowledgeBase, load_knowledge_base
@@ -40,6 +42,7 @@ from cds._plan import (
     PlanAlert,
     PlannedExercise,
     Referral,
+    resolve_plan,
 )
 from cds._progress import (
     MEASURES,
@@ -74,6 +77,7 @@ __all__ = [
     "ExerciseChange",
     "ExerciseDose",
     "ExerciseResponse",
+    "ExplainTargetError",
     "Fact",
     "FollowUp",
     "InputIssue",
@@ -92,6 +96,7 @@ __all__ = [
     "PreviousPlan",
     "ProgressPoint",
     "ProgressRole",
+    "Rating",
     "Referral",
     "adherence_points",
     "check_changelog",
@@ -102,6 +107,7 @@ __all__ = [
     "human_instant",
     "load_knowledge_base",
     "progress_by_measure",
+    "resolve_plan",
     "show_number",
     "trend_text",
 ]

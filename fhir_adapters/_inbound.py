@@ -197,11 +197,11 @@ from cds import (
     PreviousExercise,
     PreviousPlan,
     ProgressPoint,
+    Rating,
     adherence_points,
 )
 from cds import ProgressRole as Role
-from cds._followup import Rating
-from cds._kb_schema import Param
+from cds.authoring import Param
 from fhir_adapters._errors import InvalidBundleError
 from fhir_adapters._json_text import (
     JSONTextError,
