@@ -14,24 +14,28 @@ docs/integrators/output.md, "Progress across visits".
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, Final, NoReturn, cast
 
 from cds import (
     MEASURES,
+    InputIssue,
     Measure,
     Plan,
     ProgressPoint,
+    ProgressRole,
     human_date,
     progress_by_measure,
     show_number,
     trend_text,
 )
+from fhir_adapters._errors import InvalidBundleError
 from fhir_adapters._outbound import PLAN_CHANGE_SYSTEM
 from fhir_adapters._outbound import _instant as instant_text
 from fhir_adapters._terminology import ADHERENCE_CODE, EXT_PROGRESS_ROLE, PROGRESS_CODE
 
-__all__ = ["PROGRESS_FACT", "progress_report", "progress_series"]
+__all__ = ["PROGRESS_FACT", "progress_report", "progress_series", "read_progress"]
 
 _UCUM: Final = "http://unitsofmeasure.org"
 # the catalog fact whose coding codes each measure's values (adherence has its own code)
@@ -120,3 +124,43 @@ def progress_report(plan: Plan, report_id: str,
         "conclusion": " ".join(lines) + f" Dates in {zone}. The decision read only the "
                       "latest valid value of each; earlier ones are marked superseded.",
     }
+
+
+_MEASURE_OF_CODE: Final[dict[str, Measure]] = {
+    "72514-3": "pain", "97909-6": "odi", ADHERENCE_CODE[0]: "adherence"}
+
+
+def _bad(where: str, message: str) -> NoReturn:
+    raise InvalidBundleError([InputIssue("error", "structure", message, where)])
+
+
+def read_progress(bundle: Mapping[str, Any]) -> tuple[ProgressPoint, ...]:
+    """The progress series back from an output Bundle this project wrote (its progress
+    DiagnosticReport), e.g. to draw it with ``progress_chart_svg`` from a stored plan; empty
+    when the Bundle has none. ``superseded_by`` is not restored (the note says it in words).
+    Raises ``InvalidBundleError`` (a ``ValueError``; its OperationOutcome names the element)
+    when the report is not as this project writes it."""
+    points: list[ProgressPoint] = []
+    for i, entry in enumerate(bundle.get("entry") or []):
+        res = entry.get("resource") or {}
+        if res.get("resourceType") != "DiagnosticReport" or not any(
+                c.get("code") == PROGRESS_CODE[0] for c in res.get("code", {}).get("coding", [])):
+            continue
+        for j, obs in enumerate(res.get("contained") or []):
+            where = f"Bundle.entry[{i}].resource.contained[{j}]"
+            try:
+                codes = [c["code"] for c in obs["code"]["coding"]]
+                measure = next(_MEASURE_OF_CODE[c] for c in codes if c in _MEASURE_OF_CODE)
+                role = next(x["valueCode"] for x in obs["extension"]
+                            if x["url"] == EXT_PROGRESS_ROLE)
+                when = datetime.fromisoformat(obs["effectiveDateTime"])
+                value = float(obs["valueQuantity"]["value"])
+                sources = tuple(r["reference"] for r in obs.get("derivedFrom", []))
+            except (KeyError, TypeError, ValueError, AttributeError, StopIteration) as e:
+                _bad(where, f"not a progress value as movement-cds writes it "
+                            f"({type(e).__name__}: {e})")
+            if role not in _ROLE_WORDS:
+                _bad(where, f"progress-role {role!r} is not one of "
+                            f"{', '.join(sorted(_ROLE_WORDS))}")
+            points.append(ProgressPoint(measure, when, value, cast(ProgressRole, role), sources))
+    return tuple(sorted(points))

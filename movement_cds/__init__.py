@@ -20,7 +20,8 @@ service and tools included, is drawn in ``movement_cds._errors``)::
 Progress across visits (follow-ups): ``result.plan.progress`` holds every dated pain, ODI
 and adherence value the input held (``ProgressPoint``: measure, when, value, role: used,
 superseded, stale or response); ``progress_chart_svg(result.plan.progress,
-result.plan.time_zone)`` draws them as one self-contained SVG element (text).
+result.plan.time_zone)`` draws them as one self-contained SVG element (text);
+``read_progress(output_bundle)`` reads the same series back from a stored output Bundle.
 
 For a service that loads knowledge bases itself (``cds_service``): ``run_all_scenarios(evaluator,
 root)`` runs a knowledge base's scenario tests (FHIR vignettes read with the production reader)
@@ -35,7 +36,7 @@ from cds import (
     Plan,
     ProgressPoint,
 )
-from fhir_adapters import InvalidBundleError
+from fhir_adapters import InvalidBundleError, read_progress
 from movement_cds._api import DecisionSupport, Evaluation, evaluate
 from movement_cds._kbtools import run_all_scenarios
 from movement_cds._progress_chart import progress_chart_svg
@@ -54,5 +55,6 @@ __all__ = [
     "__version__",
     "evaluate",
     "progress_chart_svg",
+    "read_progress",
     "run_all_scenarios",
 ]

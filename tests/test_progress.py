@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cds import MEASURES, KnowledgeBase, ProgressPoint, adherence_points, human_date
-from movement_cds import DecisionSupport, progress_chart_svg
+from movement_cds import DecisionSupport, InvalidBundleError, progress_chart_svg, read_progress
 from tests.test_fhir_js import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,3 +182,19 @@ def test_the_svg_draws_exactly_the_data(points: list[ProgressPoint]) -> None:
         trend = list(g.iter(f"{SVG}polyline"))
         assert len(trend) == (1 if len(mine) > 1 else 0)
     assert not any(e.tag.endswith("image") for e in root.iter())  # no external images
+
+
+def test_the_series_reads_back_from_the_output_bundle(support: DecisionSupport) -> None:
+    """A stored output Bundle gives the same series (for the handout of a stored plan)."""
+    result = support.evaluate(with_earlier_pain([8, 6, 3]), as_of=AS_OF_3)
+    back = read_progress(json.loads(result.to_json()))
+    assert [(p.measure, p.when, p.value, p.role, p.sources) for p in back] == sorted(
+        (p.measure, p.when, p.value, p.role, p.sources) for p in result.plan.progress)
+    assert progress_chart_svg(back) == progress_chart_svg(result.plan.progress)
+    broken = json.loads(result.to_json())
+    report = report_of(broken)
+    assert report is not None
+    del report["contained"][1]["effectiveDateTime"]
+    with pytest.raises(InvalidBundleError) as err:
+        read_progress(broken)
+    assert "contained[1]" in str(err.value.operation_outcome)

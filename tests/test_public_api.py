@@ -22,6 +22,7 @@ def test_movement_cds_exports() -> None:
         "__version__",
         "evaluate",
         "progress_chart_svg",
+        "read_progress",
         # the service's scenario check at start and on reload (issue 13 part 1)
         "run_all_scenarios",
     ]
@@ -39,6 +40,8 @@ def test_fhir_adapters_exports() -> None:
         # the strict JSON text parser, the codes the reader reads, the project's systems
         "JSONTextError", "parse_json", "InputCodes", "input_codes",
         "ALERT_SYSTEM", "CHANGE_DISPLAY", "EXERCISE_SYSTEM", "KNOWLEDGE_BASE_BASE",
+        # the progress series back from an output Bundle (issue 17 part 2)
+        "read_progress",
         # what the command line reached through private modules before issue 14 part 2: the
         # FHIR export of a release and the synthetic populations of kb diff / kb profile
         "export_knowledge_base", "OutputValidationError", "synthetic_bundle",
