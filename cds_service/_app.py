@@ -7,6 +7,10 @@ Routes (CDS Hooks 2.0; docs/integrators/cds-hooks.md; C1-C22 number the requirem
                                        knowledge-base release
 ``POST /cds-services/{id}``            call a service (C5-C15)
 ``POST /cds-services/{id}/feedback``   card feedback (C16), stored by ``FeedbackStore``
+``GET  /handouts/{id}``                the patient handout page the plan card links to
+                                       (``cds_service._handouts``: a random id, kept
+                                       ``[handouts] ttl_seconds``; no authentication, the
+                                       link is the capability; unknown or expired: 404)
 
 Every call is authenticated by ``cds_service._auth.TokenVerifier`` (C17-C19) with the
 audience ``base_url`` + the request path; a failure is a 401 whose OperationOutcome has no
@@ -72,6 +76,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse
 from fastapi.responses import JSONResponse as _StarletteJSON
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -89,6 +94,7 @@ from cds import (
 from cds_service._cards import card_rules, plan_cards
 from cds_service._config import ConfigError, ServiceConfig, load_config
 from cds_service._errors import ApiError, ReloadRefused, StartupError
+from cds_service._handouts import HandoutStore
 from cds_service._heap import settle_heap
 from cds_service._prefetch import (
     FHIR_ID,
@@ -98,7 +104,7 @@ from cds_service._prefetch import (
     prefetch_keys,
 )
 from fhir_adapters import JSONTextError, parse_json
-from movement_cds import InvalidBundleError
+from movement_cds import InvalidBundleError, handout_html
 
 __all__ = [
     "APP_FACTORY",
@@ -712,6 +718,29 @@ _OO_SCHEMA: Final = {"type": "object", "required": ["resourceType", "issue"],
                                     "issue": {"type": "array"}}}
 
 
+# the handout page: never cached or indexed, no referrer leaks the capability URL, and the
+# page (one self-contained document, no script) may load nothing
+_HANDOUT_HEADERS: Final = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Robots-Tag": "noindex, nofollow",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "frame-ancestors 'none'",
+}
+
+
+def _link_handout(cards: list[dict[str, Any]], result: Any, engine: Engine,
+                  store: HandoutStore, base_url: str) -> None:
+    """Keep the plan's patient handout page and link the plan card (the last card) to it.
+    The card's uuid stays that of its advice: the link is not part of it."""
+    page = handout_html(result, support=engine.support)
+    url = f"{base_url}/handouts/{store.put(page)}"
+    link = {"label": "Patient handout: the exercises with pictures, a week plan and a log",
+            "url": url, "type": "absolute"}
+    cards[-1]["links"] = [link, *cards[-1].get("links", [])]
+
+
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"description": "OperationOutcome",
                 "content": {"application/fhir+json": {"schema": _OO_SCHEMA}}} for c in codes}
@@ -760,6 +789,8 @@ def create_app(
     verifier = verifier if verifier is not None else _make_verifier(config)
     _log_fhir_access(config)
     own_store = store is None  # the app closes (drains) only a store it opened
+    handouts = (HandoutStore(config.handout_database, config.handout_ttl_seconds)
+                if config.handouts_enabled else None)
     store = store if store is not None else _open_store(config)
     timeout = httpx.Timeout(config.fhir_timeout_seconds)
 
@@ -795,6 +826,8 @@ def create_app(
             if hup:
                 loop.remove_signal_handler(signal.SIGHUP)
             await state["http"].aclose()
+            if handouts is not None:
+                handouts.close()
             close = getattr(verifier, "close", None)
             if callable(close):
                 close()
@@ -898,6 +931,13 @@ def create_app(
             raise ApiError(500, "exception", "the rule engine failed; no advice given"
                            ) from None
         cards = plan_cards(result.plan, result.bundle, service.id)
+        if handouts is not None:
+            try:
+                await run_in_threadpool(_link_handout, cards, result, current, handouts,
+                                        config.base_url)
+            except Exception as e:  # the advice goes out without the page, never a 500
+                log.warning("%s %s: no handout page (%s)", service.id, hook_instance,
+                            type(e).__name__)
         record = getattr(store, "record_cards", None)
         if callable(record):
             try:
@@ -931,6 +971,14 @@ def create_app(
             raise ApiError(500, "exception", "feedback could not be stored") from None
         log.info("%s feedback: %d item(s) stored", service_id, len(items))
         return JSONResponse({"stored": int(n) if isinstance(n, int) else len(items)})
+
+    @app.get("/handouts/{handout_id}", response_class=HTMLResponse, responses=_responses(404))
+    async def get_handout(handout_id: str) -> HTMLResponse:
+        page = (await run_in_threadpool(handouts.get, handout_id)
+                if handouts is not None else None)
+        if page is None:  # unknown, malformed or expired: the same answer, no detail
+            raise ApiError(404, "not-found")
+        return HTMLResponse(page, headers=_HANDOUT_HEADERS)
 
     app.state.engine = engine  # the one it started with; live.engine is the current one
     app.state.live = live

@@ -23,6 +23,10 @@ superseded, stale or response); ``progress_chart_svg(result.plan.progress,
 result.plan.time_zone)`` draws them as one self-contained SVG element (text);
 ``read_progress(output_bundle)`` reads the same series back from a stored output Bundle.
 
+The patient handout (docs/handout.md): ``handout_html(evaluation_or_bundle, as_of=...)`` is
+one self-contained HTML page; ``handout_pdf(html)`` prints it, or raises
+``HandoutExtraMissingError`` (an ``ImportError``) without the ``handout`` extra.
+
 For a service that loads knowledge bases itself (``cds_service``): ``run_all_scenarios(evaluator,
 root)`` runs a knowledge base's scenario tests (FHIR vignettes read with the production reader)
 and returns one outcome per scenario (``.passed``, ``.failures``, ``.file``, ``.line``).
@@ -38,6 +42,8 @@ from cds import (
 )
 from fhir_adapters import InvalidBundleError, read_progress
 from movement_cds._api import DecisionSupport, Evaluation, evaluate
+from movement_cds._errors import HandoutExtraMissingError
+from movement_cds._handout_api import handout_html, handout_pdf
 from movement_cds._kbtools import run_all_scenarios
 from movement_cds._progress_chart import progress_chart_svg
 from movement_cds._version import __version__
@@ -46,6 +52,7 @@ __all__ = [
     "DecisionSupport",
     "EngineError",
     "Evaluation",
+    "HandoutExtraMissingError",
     "InvalidBundleError",
     "InvalidInputError",
     "KnowledgeBaseError",
@@ -54,6 +61,8 @@ __all__ = [
     "ProgressPoint",
     "__version__",
     "evaluate",
+    "handout_html",
+    "handout_pdf",
     "progress_chart_svg",
     "read_progress",
     "run_all_scenarios",

@@ -12,6 +12,8 @@ def test_movement_cds_exports() -> None:
         "DecisionSupport",
         "EngineError",
         "Evaluation",
+        # the patient handout (issue 17 part 1)
+        "HandoutExtraMissingError",
         "InvalidBundleError",
         "InvalidInputError",
         "KnowledgeBaseError",
@@ -23,6 +25,8 @@ def test_movement_cds_exports() -> None:
         "evaluate",
         "progress_chart_svg",
         "read_progress",
+        "handout_html",
+        "handout_pdf",
         # the service's scenario check at start and on reload (issue 13 part 1)
         "run_all_scenarios",
     ]
@@ -70,6 +74,8 @@ def test_cds_exports() -> None:
         "MEASURES", "Measure", "MeasureInfo", "PROGRESS_FACTS", "ProgressPoint",
         "ProgressRole", "adherence_points", "human_date", "human_instant",
         "progress_by_measure", "show_number", "trend_text",
+        # the exercise drawings, for the handout and the catalog (issue 17)
+        "exercise_figure_svg",
         # issue 14 part 2: what kb diff needs of the core, public instead of reached privately
         "Rating", "resolve_plan",
     ])
