@@ -17,7 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cds import MEASURES, KnowledgeBase, ProgressPoint, adherence_points, human_date
-from movement_cds import DecisionSupport, InvalidBundleError, progress_chart_svg, read_progress
+from movement_cds import (
+    DecisionSupport,
+    InvalidBundleError,
+    handout_html,
+    progress_chart_svg,
+    read_progress,
+)
 from tests.test_fhir_js import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,3 +204,17 @@ def test_the_series_reads_back_from_the_output_bundle(support: DecisionSupport) 
     with pytest.raises(InvalidBundleError) as err:
         read_progress(broken)
     assert "contained[1]" in str(err.value.operation_outcome)
+
+
+def test_the_handout_shows_the_chart_of_a_stored_follow_up() -> None:
+    """The handout of visit 3's output Bundle carries the chart, drawn from the Bundle's own
+    series; a first visit's has none."""
+    bundle = json.loads((ROOT / "examples" / "follow-up" / "visit-3-output.json").read_text())
+    html = handout_html(bundle)
+    svg = re.search(r'<svg[^>]*class="progress-chart".*?</svg>', html, re.S)
+    assert svg is not None
+    values = re.findall(r'data-measure="pain" data-value="([\d.]+)"', svg.group(0))
+    assert values == ["5", "4", "3"]
+    assert svg.group(0).strip() == progress_chart_svg(read_progress(bundle)).strip()
+    first = json.loads((ROOT / "examples" / "follow-up" / "visit-1-output.json").read_text())
+    assert 'class="progress-chart"' not in handout_html(first)

@@ -23,10 +23,10 @@ def test_movement_cds_exports() -> None:
         "ProgressPoint",
         "__version__",
         "evaluate",
-        "progress_chart_svg",
-        "read_progress",
         "handout_html",
         "handout_pdf",
+        "progress_chart_svg",
+        "read_progress",
         # the service's scenario check at start and on reload (issue 13 part 1)
         "run_all_scenarios",
     ]
