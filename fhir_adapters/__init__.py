@@ -8,7 +8,8 @@ keys refused, with the path), the codes the reader reads (``input_codes``) and t
 code systems and canonical base (``ALERT_SYSTEM``, ``EXERCISE_SYSTEM``, ``CHANGE_DISPLAY``,
 ``KNOWLEDGE_BASE_BASE``); the knowledge base as FHIR conformance resources
 (``export_knowledge_base``); and the seeded synthetic populations that ``kb diff`` and
-``kb profile`` evaluate (``synthetic_bundle``, ``primary_care_bundle``, ``red_flag_items``)."""
+``kb profile`` evaluate (``synthetic_bundle``, ``primary_care_bundle``, ``red_flag_items``);
+the progress series back from an output Bundle (``read_progress``)."""
 
 from fhir_adapters._errors import (
     InvalidBundleError,
@@ -33,6 +34,7 @@ from fhir_adapters._population import (
     red_flag_items,
     synthetic_bundle,
 )
+from fhir_adapters._progress_fhir import read_progress
 from fhir_adapters._terminology import code_systems, export_terminology
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "parse_json",
     "primary_care_bundle",
     "read_bundle",
+    "read_progress",
     "red_flag_items",
     "synthetic_bundle",
     "write_bundle",
