@@ -1,0 +1,80 @@
+"""Adversarial review of issue 15 (the kept durable-rules session and the knowledge-base
+cache): each finding is a test that failed before its fix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cds import load_knowledge_base
+
+
+@pytest.fixture()
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    where = tmp_path / "cache"
+    monkeypatch.setenv("MOVEMENT_CDS_CACHE_DIR", str(where))
+    return where
+
+
+@pytest.mark.xfail(strict=True, reason="finding 1: a symlinked rules/ directory is left out "
+                   "of the cache key; its edits are served stale")
+def test_a_symlinked_rules_directory_is_never_served_stale(
+    kb_copy: Path, cache: Path, tmp_path: Path
+) -> None:
+    """finding 1: the cache key hashed ``rglob('*.yaml')``, which does not descend into a
+    symlinked directory, while the loader reads ``rules/*.yaml`` through it: an edited (or
+    broken) rule in a knowledge base whose rules/ is a symlink kept being served from the
+    cache, with no error and under the same ruleset name."""
+    shared = tmp_path / "shared-rules"
+    (kb_copy / "rules").rename(shared)
+    (kb_copy / "rules").symlink_to(shared, target_is_directory=True)
+    before = load_knowledge_base(kb_copy)
+    rules = kb_copy / "rules" / "classification.yaml"
+    text = rules.read_text()
+    rules.write_text(text.replace("priority: 5", "priority: 6", 1))
+    after = load_knowledge_base(kb_copy)
+    changed = [r.id for r in after.rules if r.priority != before.rule(r.id).priority]
+    assert len(changed) == 1
+    rules.write_text(text.replace("      is: peripheralizes", "      is: peripheralizes\n"
+                                  "      gt: 2", 1))
+    with pytest.raises(ValueError, match=r"rules/classification\.yaml:8:7:"):
+        load_knowledge_base(kb_copy)
+
+
+_FLOATS = """
+import sys
+from datetime import UTC, datetime
+from cds import Evaluator, Fact, PatientFacts, load_knowledge_base
+from knowledge_base import bundled_path
+kb = load_knowledge_base(bundled_path())
+durable, reference = Evaluator(kb, "durable"), Evaluator(kb, "reference")
+for name in ("slr-angle", "odi-score", "episode-duration"):
+    for value in (1e-05, 2e-07, -3e-06, 5e-324, 1e16, 1e100, 12.5, 1.0000001e-05):
+        p = durable.prepare(PatientFacts.build("Patient/p", datetime(2026, 11, 2, tzinfo=UTC), [
+            Fact(name, value, ("Observation/1",)), Fact("rf-fever", True, ("Observation/2",))]))
+        try:
+            got = durable.derive(p)
+        except Exception as e:
+            sys.exit(f"{name}={value!r}: {e}")
+        if got != reference.derive(p):
+            sys.exit(f"{name}={value!r}: durable and reference differ")
+print("ok")
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="finding 2: durable-rules misreads 1e-05 (no '.'): "
+                   "fact lost or segmentation fault")
+def test_floats_written_with_an_exponent_reach_the_engine_intact(tmp_path: Path) -> None:
+    """finding 2: Python writes 1e-05, 1e+16 or 5e-324 without a decimal point, and
+    durable-rules' JSON reader (``getNumber``) only reads an exponent after a '.': the
+    fact is misread, reported lost ('rule engine failed', no advice, for an ODI of
+    0.00001 % in a FHIR Bundle) or the process dies of a segmentation fault (odi-score
+    1e-05 with rf-fever). Run in a child process, which may crash."""
+    env = dict(os.environ, MOVEMENT_CDS_CACHE_DIR=str(tmp_path / "cache"))
+    run = subprocess.run([sys.executable, "-c", _FLOATS], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert (run.returncode, run.stdout.strip()) == (0, "ok"), run.stderr[-2000:]
