@@ -3,11 +3,12 @@
 Parsing the YAML with positions (ruamel's round-trip loader) and validating it is ~98% of
 a command's start-up. A knowledge base that loaded *without an error* is pickled into the
 user's cache directory under a key that is the SHA-256 of everything its loading depends
-on: every ``*.yaml`` file under its directory (relative path and bytes), the parameter
-overrides, the package version, the Python version and the source of the modules that
-define the loaded objects. Any change to any of them is a different key, so an entry is
-never stale; a file with an error never has an entry (its digest differs from every
-loaded one), so the full loader runs and reports file, line and column as always.
+on: every ``*.yaml`` file under its directory, symlinked subdirectories included (relative
+path and bytes), the parameter overrides, the package version, the Python version and the
+source of the modules that define the loaded objects. Any change to any of them is a
+different key, so an entry is never stale; a file with an error never has an entry (its
+digest differs from every loaded one), so the full loader runs and reports file, line and
+column as always.
 
 Where: ``$MOVEMENT_CDS_CACHE_DIR`` if set (empty: no cache), else
 ``$XDG_CACHE_HOME/movement-cds`` or ``~/.cache/movement-cds``. The directory is created
@@ -73,11 +74,20 @@ def cache_key(root: Path, overrides: dict[str, Any]) -> str:
     h.update(json.dumps(overrides, sort_keys=True, default=repr).encode())
     for name in _SOURCES:
         h.update(b"\0" + (here / name).read_bytes())
-    for path in sorted(root.rglob("*.yaml")):
+    for rel, path in sorted(_yaml_files(root).items()):
         data = path.read_bytes()
-        rel = path.relative_to(root).as_posix().encode()
-        h.update(b"\0" + rel + b"\0" + len(data).to_bytes(8, "big") + data)
+        h.update(b"\0" + rel.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
     return h.hexdigest()
+
+
+def _yaml_files(root: Path) -> dict[str, Path]:
+    """Every ``*.yaml`` under ``root`` by relative path, and surely every one the loader
+    reads (``NAME.yaml``, ``DIR/*.yaml``) even through a symlinked directory, which
+    ``rglob`` does not enter."""
+    found = {p.relative_to(root).as_posix(): p for p in root.rglob("*.yaml")}
+    for path in (*root.glob("*.yaml"), *root.glob("*/*.yaml")):
+        found.setdefault(path.relative_to(root).as_posix(), path)
+    return found
 
 
 def _private(st: os.stat_result) -> bool:
