@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import threading
 from typing import Any
@@ -214,7 +215,30 @@ def _marker(sid: str, k: int) -> str:
 
 
 def _dumps(messages: list[dict[str, Any]]) -> str:
-    return json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
+    """The messages as durable-rules reads them. Its JSON reader takes an exponent only
+    after a '.', and Python writes some floats without one (1e-05, 1e+16, 5e-324): read
+    as they are, such a fact is misread or lost, or the process dies (a segmentation
+    fault), so they are written 1.0e-05; a non-finite value is refused."""
+    if not any(isinstance(m["v"], float) and not _plain(m["v"]) for m in messages):
+        return json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
+    return "[" + ",".join(_dumps_one(m) for m in messages) + "]"
+
+
+def _plain(v: float) -> bool:
+    text = float.__repr__(v)
+    return "e" not in text and math.isfinite(v)
+
+
+def _dumps_one(message: dict[str, Any]) -> str:
+    v = message["v"]
+    if not isinstance(v, float) or _plain(v):
+        return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    if not math.isfinite(v):
+        raise EngineError(f"fact '{message['n']}' is not a finite number ({v!r})")
+    mantissa, _, exponent = float.__repr__(v).partition("e")
+    number = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}"
+    rest = {k: x for k, x in message.items() if k != "v"}
+    return json.dumps(rest, ensure_ascii=False, separators=(",", ":"))[:-1] + f',"v":{number}}}'
 
 
 def _accepted(result: tuple[int, int]) -> int:
