@@ -7,10 +7,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
-from cds import load_knowledge_base
+from cds import Evaluator, Fact, PatientFacts, load_knowledge_base
+from tests.patients import AS_OF
+
+
+def _patient(*facts: Fact) -> PatientFacts:
+    return PatientFacts.build("Patient/p", AS_OF, facts)
 
 
 @pytest.fixture()
@@ -83,3 +89,77 @@ def test_floats_written_with_an_exponent_reach_the_engine_intact(tmp_path: Path)
     run = subprocess.run([sys.executable, "-c", _FLOATS], capture_output=True, text=True,
                          env=env, timeout=120)
     assert (run.returncode, run.stdout.strip()) == (0, "ok"), run.stderr[-2000:]
+
+
+def _interrupted(ev: Evaluator, patient: PatientFacts, nth: int) -> bool:
+    """Evaluate with a KeyboardInterrupt raised at the ``nth`` Python call made inside the
+    runner's ``evaluate`` (where a signal handler's exception can land); whether it was."""
+    from cds import _engine
+
+    target = _engine.RuleEngine.evaluate.__code__
+    seen = [0, False]  # calls counted, inside evaluate
+
+    def tracer(frame: FrameType, event: str, _arg: object) -> None:
+        if frame.f_code is target:
+            seen[1] = True
+            return None
+        if event == "call" and seen[1]:
+            seen[0] += 1
+            if seen[0] == nth:
+                raise KeyboardInterrupt
+        return None
+
+    sys.settrace(tracer)
+    try:
+        ev.derive(patient)
+    except KeyboardInterrupt:
+        return True
+    finally:
+        sys.settrace(None)
+    return False
+
+
+@pytest.mark.xfail(strict=True, reason="finding 3: an exception between taking the kept "
+                   "session and the try that deletes it leaks a live session")
+def test_an_interrupted_evaluation_neither_leaks_nor_keeps_its_session(
+    durable: Evaluator, reference: Evaluator
+) -> None:
+    """finding 3: the kept session was taken out of ``_IDLE`` before the ``try`` whose
+    ``finally`` deletes it, so an exception raised in between (a signal handler's
+    KeyboardInterrupt at the ``FiringLog`` call) left a live session that was neither kept
+    nor deleted; durable-rules refuses every evaluation past 1,024 live sessions. Each call
+    the runner makes is interrupted in turn: afterwards the lock is free, the session that
+    was idle is idle again or deleted, and the next patient gets the reference result from
+    an empty session."""
+    import durable_rules_engine
+
+    from cds import _engine
+
+    patient = durable.prepare(_patient(Fact("rf-fever", True, ("Observation/1",)),
+                                       Fact("pain-now", 6, ("Observation/2",)),
+                                       Fact("rf-cancer-history", False, ("Observation/3",))))
+    want = reference.derive(patient)
+    handle = durable._engine._handle  # type: ignore[union-attr]
+    name = durable.compiled.name
+
+    def alive(sid: str) -> bool:
+        try:
+            durable_rules_engine.get_facts(handle, sid)
+        except Exception:
+            return False
+        return True
+
+    leaked = []
+    nth = 1
+    while True:
+        durable.derive(patient)
+        idle = _engine._IDLE[name]
+        if not _interrupted(durable, patient, nth):
+            break
+        assert not _engine._LOCK.locked()
+        if _engine._IDLE.get(name) != idle and alive(idle):
+            leaked.append(nth)
+        assert durable.derive(patient) == want
+        assert durable_rules_engine.get_facts(handle, _engine._IDLE[name]) == "[]"
+        nth += 1
+    assert nth > 5 and leaked == []
