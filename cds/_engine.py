@@ -123,11 +123,14 @@ class RuleEngine:
         """
         handle = self._handle
         with _LOCK:
-            sid = _IDLE.pop(self.name, None) or f"s{next(_SIDS)}"
-            log = FiringLog(self.compiled)
-            asserted: list[str] = []  # the JSON arrays asserted, to retract them as they were
+            sid = ""
             kept = False
             try:
+                # taken inside the try: an exception from here on (a signal handler's
+                # KeyboardInterrupt included) ends in the ``finally`` that deletes it
+                sid = _IDLE.pop(self.name, "") or f"s{next(_SIDS)}"
+                log = FiringLog(self.compiled)
+                asserted: list[str] = []  # the JSON arrays asserted, to retract them as is
                 result = self._derive(sid, facts, log, asserted)
                 kept = self._emptied(sid, asserted)
                 return result
@@ -138,7 +141,7 @@ class RuleEngine:
             finally:
                 if kept:
                     _IDLE[self.name] = sid
-                else:
+                elif sid:
                     try:
                         _c.delete_state(handle, sid)
                     except Exception:  # pragma: no cover - nothing left to clean

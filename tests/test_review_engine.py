@@ -119,8 +119,6 @@ def _interrupted(ev: Evaluator, patient: PatientFacts, nth: int) -> bool:
     return False
 
 
-@pytest.mark.xfail(strict=True, reason="finding 3: an exception between taking the kept "
-                   "session and the try that deletes it leaks a live session")
 def test_an_interrupted_evaluation_neither_leaks_nor_keeps_its_session(
     durable: Evaluator, reference: Evaluator
 ) -> None:
