@@ -92,7 +92,7 @@ def test_durable_and_reference_agree_on_a_busy_patient(
 def test_no_background_threads_and_sessions_are_deleted(durable: Evaluator) -> None:
     before = threading.active_count()
     p = durable.prepare(_patient(Fact("rf-fever", False, ("Observation/1",))))
-    # durable-rules raises MemoryError past 1,024 live sessions: 1,500 proves delete_state
+    # one kept session serves all 1,500 (deletion: test_review_engine.py, failing evaluations)
     for _ in range(1500):
         durable.derive(p)
     assert threading.active_count() == before

@@ -161,3 +161,21 @@ def test_an_interrupted_evaluation_neither_leaks_nor_keeps_its_session(
         assert durable_rules_engine.get_facts(handle, _engine._IDLE[name]) == "[]"
         nth += 1
     assert nth > 5 and leaked == []
+
+
+def test_failed_evaluations_delete_their_sessions(kb_copy: Path) -> None:
+    """docs/architecture.md safety rule 3 cited 1,500 evaluations of one patient as proof
+    that sessions are deleted; with the kept session those 1,500 use a single session, so
+    nothing checked deletion any more. Here every evaluation fails (two rules derive
+    different values), so each takes a new session and must delete it: durable-rules
+    refuses every evaluation past 1,024 live sessions."""
+    from cds import EngineError
+    from tests.test_engine import _write_conflicting_kb
+
+    ev = Evaluator(_write_conflicting_kb(kb_copy, "0.1.0-review-deleted"))
+    bad = ev.prepare(_patient(Fact("pain-now", 7, ("Observation/1",))))
+    for _ in range(1100):
+        with pytest.raises(EngineError, match="rules disagree"):
+            ev.derive(bad)
+    good = _patient(Fact("pain-now", 1, ("Observation/1",)))
+    assert ev.evaluate(good) == Evaluator(ev.kb, "reference").evaluate(good)
