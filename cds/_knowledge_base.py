@@ -297,8 +297,8 @@ def load_knowledge_base(
     if root.is_dir() and cache_dir() is not None:
         try:
             key = cache_key(root, dict(parameter_overrides or {}))
-        except OSError:  # unreadable file: the loader says which
-            key = None
+        except (OSError, TypeError, ValueError):  # unreadable file, overrides that do not
+            key = None  # serialise (keys of mixed types...): the loader says what is wrong
     if key is not None:
         hit = read_cached(key)
         if isinstance(hit, KnowledgeBase):

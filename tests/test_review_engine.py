@@ -219,8 +219,6 @@ def _plan_or_error(ev: Evaluator, patient: PatientFacts) -> object:
         return str(e)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 4: with the cache on, overrides whose keys "
-                   "json cannot sort raise a raw TypeError")
 def test_unusable_overrides_get_the_loaders_error_with_the_cache_on(
     kb_copy: Path, cache: Path
 ) -> None:
