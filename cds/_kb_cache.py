@@ -4,11 +4,11 @@ Parsing the YAML with positions (ruamel's round-trip loader) and validating it i
 a command's start-up. A knowledge base that loaded *without an error* is pickled into the
 user's cache directory under a key that is the SHA-256 of everything its loading depends
 on: every ``*.yaml`` file under its directory, symlinked subdirectories included (relative
-path and bytes), the parameter overrides, the package version, the Python version and the
-source of the modules that define the loaded objects. Any change to any of them is a
-different key, so an entry is never stale; a file with an error never has an entry (its
-digest differs from every loaded one), so the full loader runs and reports file, line and
-column as always.
+path and bytes), the parameter overrides, the versions of the package, of Python and of
+ruamel.yaml and pydantic, and the source of the modules that define the loaded objects.
+Any change to any of them is a different key, so an entry is never stale; a file with an
+error never has an entry (its digest differs from every loaded one), so the full loader
+runs and reports file, line and column as always.
 
 Where: ``$MOVEMENT_CDS_CACHE_DIR`` if set (empty: no cache), else
 ``$XDG_CACHE_HOME/movement-cds`` or ``~/.cache/movement-cds``. The directory is created
@@ -33,6 +33,10 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import pydantic
+import pydantic_core
+import ruamel.yaml
 
 __all__ = ["cache_dir", "cache_key", "read_cached", "write_cached"]
 
@@ -71,6 +75,8 @@ def cache_key(root: Path, overrides: dict[str, Any]) -> str:
     h = hashlib.sha256(_FORMAT)
     here = Path(__file__).resolve().parent
     h.update(f"\0{_version()}\0{sys.version}\0".encode())
+    h.update(f"{ruamel.yaml.__version__}\0{pydantic.VERSION}\0{pydantic_core.__version__}\0"
+             .encode())
     h.update(json.dumps(overrides, sort_keys=True, default=repr).encode())
     for name in _SOURCES:
         h.update(b"\0" + (here / name).read_bytes())
