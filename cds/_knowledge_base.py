@@ -7,6 +7,7 @@ A knowledge base is a directory::
     exercises.yaml     exercises:  the exercise catalog
     alerts.yaml        alerts:     the alert codes
     rules/*.yaml       rules:      the rules, any number of files
+    search-synonyms.yaml  synonyms: optional; words the catalog's search treats as the same
     scenarios/*.yaml   scenario tests (read by the test runner, not here)
 """
 
@@ -39,6 +40,7 @@ from cds._kb_schema import (
     ParameterDefinition,
     ParamTest,
     Rule,
+    SynonymGroup,
 )
 
 __all__ = [
@@ -75,6 +77,7 @@ class KnowledgeBase:
     warnings: list[KnowledgeBaseProblem] = field(default_factory=list)
     parameter_overrides: dict[str, Any] = field(default_factory=dict)
     parameters: dict[str, ParameterDefinition] = field(default_factory=dict)
+    search_synonyms: list[SynonymGroup] = field(default_factory=list)
     _by_id: dict[str, Rule] = field(default_factory=dict, repr=False, compare=False)
     derived_cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -348,6 +351,7 @@ def load_knowledge_base(
     collect("facts.yaml", "facts", FactDefinition, "name", facts)
     collect("exercises.yaml", "exercises", ExerciseDefinition, "id", exercises)
     collect("alerts.yaml", "alerts", AlertDefinition, "code", alerts)
+    synonyms = _synonyms(root, problems)
 
     rule_files = sorted((root / "rules").glob("*.yaml")) if (root / "rules").is_dir() else []
     if not rule_files:
@@ -424,6 +428,7 @@ def load_knowledge_base(
         locations={**locations, **{f"rules:{k}": v for k, v in seen_rules.items()}},
         parameter_overrides=overrides,
         parameters=parameters,
+        search_synonyms=synonyms,
     )
     problems.extend(_cross_check(kb, rules))
     errors = [p for p in problems if p.severity == "error"]
@@ -433,6 +438,31 @@ def load_knowledge_base(
     kb.rules = sorted(rules, key=lambda r: (order[r.stratum], r.priority, r.id))
     kb.warnings = [p for p in problems if p.severity != "error"]
     return kb
+
+
+def _synonyms(root: Path, problems: list[KnowledgeBaseProblem]) -> list[SynonymGroup]:
+    """The catalog's search synonyms (``search-synonyms.yaml``, optional): each group checked
+    with its position, and a term in two groups refused (a search must mean one thing)."""
+    path = root / "search-synonyms.yaml"
+    if not path.is_file():
+        return []
+    rel = path.name
+    doc = _read(path, root, problems)
+    groups: list[SynonymGroup] = []
+    seen: dict[str, int] = {}
+    for i, node in _items(doc, "synonyms", rel, problems):
+        group = _validate(SynonymGroup, node, rel, ("synonyms", i), doc, problems)
+        if group is None:
+            continue
+        line, col = _position(doc, ("synonyms", i))
+        for term in group.terms:
+            if term in seen:
+                problems.append(KnowledgeBaseProblem(
+                    rel, line, col, f"search synonym '{term}' is already in the group at "
+                    f"line {seen[term]}"))
+            seen.setdefault(term, line or 0)
+        groups.append(group)
+    return groups
 
 
 def _cross_check(kb: KnowledgeBase, rules: list[Rule]) -> list[KnowledgeBaseProblem]:

@@ -1,0 +1,209 @@
+"""Sections of the HTML catalog that read the fact catalog and the red-flag rules.
+
+``facts_section(kb)``: every question in plain words (the fact catalog's ``question``), in
+groups (red-flag screen, questionnaires, examination and movement screen, recorded
+conditions, follow-up responses, the patient record), each with its code, its answers, how
+long an answer counts and the rules that read it; anchors ``#fact-<name>``.
+
+``red_flag_overview(kb)``: one table row per rule that raises a red-flag alert (a rule of
+the ``red-flags`` stratum or with an ``RF-`` id that raises an alert): pathway (the alert's
+display), presentation (the rule's title), level, action (referral priority and where,
+whether exercise is held) and evidence. Rows are grouped by pathway, most severe first.
+
+``search_synonyms_json(kb)``: the knowledge base's search synonyms
+(``search-synonyms.yaml``) as JSON for the page's search script.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+
+from cds._kb_schema import FactDefinition, Rule, evidence_url
+from cds._knowledge_base import KnowledgeBase, condition_facts
+
+__all__ = ["facts_section", "red_flag_overview", "search_synonyms_json"]
+
+_HOLDING = frozenset({"stat", "asap", "urgent"})  # the plan's safety policy (cds._plan)
+_LEVEL_ORDER = {"emergency": 0, "urgent": 1, "caution": 2, "information": 3}
+_GROUPS = (
+    ("red-flags", "Red-flag screen",
+     "Asked at every visit. A yes never expires silently; an unanswered question is never "
+     "read as no."),
+    ("questionnaires", "Questionnaires and scores", ""),
+    ("examination", "Examination and movement screen", ""),
+    ("conditions", "Recorded conditions", "Read from the patient's Condition records."),
+    ("follow-up", "Follow-up: how each exercise went",
+     "Asked about each exercise of the previous plan."),
+    ("record", "From the patient record", ""),
+)
+
+
+def _e(text: object) -> str:
+    return escape(str(text), quote=True)
+
+
+def _words(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def _group_of(name: str, d: FactDefinition) -> str:
+    if d.red_flag is not None:
+        return "red-flags"
+    if name.startswith("condition-"):
+        return "conditions"
+    if d.scope != "patient" or name.startswith("response-"):
+        return "follow-up"
+    if name.startswith(("startback-", "odi-", "phq2-", "pain-", "episode-", "symptom-")):
+        return "questionnaires"
+    if d.coding is not None:
+        return "examination"
+    return "record"
+
+
+def _readers(kb: KnowledgeBase) -> dict[str, list[str]]:
+    """Fact name (bilateral parts folded into the fact) -> ids of the rules that read it."""
+    out: dict[str, list[str]] = {}
+    for r in kb.rules:
+        for test, _neg in condition_facts(r.when):
+            base = test.fact.split(".")[0] if not test.fact.startswith(
+                ("finding.", "classification.")) else test.fact
+            readers = out.setdefault(base, [])
+            if r.id not in readers:
+                readers.append(r.id)
+    return out
+
+
+def _answers(d: FactDefinition) -> str:
+    if d.type == "boolean":
+        return "yes / no"
+    if d.type == "code":
+        return ", ".join(d.codes or ())
+    rng = ""
+    if d.min is not None and d.max is not None:
+        lo = int(d.min) if float(d.min).is_integer() else d.min
+        hi = int(d.max) if float(d.max).is_integer() else d.max
+        rng = f"{lo} to {hi}"
+    unit = f" {d.unit}" if d.unit and not d.unit.startswith("{") else ""
+    return f"{'a whole number' if d.type == 'integer' else 'a number'} {rng}{unit}".strip()
+
+
+def _fact_item(name: str, d: FactDefinition, readers: list[str]) -> str:
+    codes = [c for c in ((d.coding,) if d.coding else ()) + tuple(d.also_coded)]
+    code_text = ", ".join(f"<code>{_e(c.system)}|{_e(c.code)}</code>" for c in codes)
+    flags = []
+    if d.red_flag is not None:
+        flags.append(f'<span class="tag tag-flag">red flag, {_e(d.red_flag)}</span>')
+    if d.lifelong:
+        flags.append('<span class="tag">lifelong: a yes is never erased</span>')
+    if d.hold_when_unreadable:
+        flags.append('<span class="tag">an unreadable answer holds exercise</span>')
+    age = ""
+    if d.max_age_days is not None:
+        limit = (f"parameter <a href=\"#param-{_e(d.max_age_days.param)}\"><code>"
+                 f"{_e(d.max_age_days.param)}</code></a>"
+                 if hasattr(d.max_age_days, "param") else f"{_e(d.max_age_days)} days")
+        age = f" An answer counts for {limit}."
+    links = ", ".join(f'<a href="#{_e(r)}">{_e(r)}</a>' for r in readers) or "no rule"
+    return "".join([
+        f'<article class="item fact" id="fact-{_e(name)}">',
+        f'<h4 class="question"><a class="anchor" href="#fact-{_e(name)}">'
+        f"{_e(_words(d.question))}</a></h4>",
+        f'<p class="meta"><code>{_e(name)}</code> {" ".join(flags)}</p>',
+        f"<p>{_e(_words(d.description))}</p>",
+        f"<p><strong>Answer</strong>: {_e(_answers(d))}"
+        + (" (left and right)" if d.bilateral else "") + f".{age}</p>",
+        f"<p><strong>Code</strong>: {code_text}</p>" if code_text else "",
+        f"<p><strong>Read by</strong>: {links}</p>",
+        "</article>",
+    ])
+
+
+def facts_section(kb: KnowledgeBase) -> list[str]:
+    """The questions section: every input fact that has a question, in plain words."""
+    readers = _readers(kb)
+    asked = {n: d for n, d in sorted(kb.facts.items()) if not d.derived and d.question}
+    html = ['<section id="facts"><h2>Questions</h2>',
+            f"<p>{len(asked)} questions and findings the rules read, in plain words, with "
+            "the code that carries each answer. A question with no usable answer is "
+            "missing, never read as normal.</p>"]
+    for key, title, intro in _GROUPS:
+        items = [(n, d) for n, d in asked.items() if _group_of(n, d) == key]
+        if not items:
+            continue
+        html.append(f'<div class="group"><h3 id="facts-{key}">{_e(title)}</h3>'
+                    + (f'<p class="muted">{_e(intro)}</p>' if intro else ""))
+        html += [_fact_item(n, d, readers.get(n, [])) for n, d in items]
+        html.append("</div>")
+    html.append("</section>")
+    return html
+
+
+def _red_flag_rules(kb: KnowledgeBase) -> list[tuple[Rule, int]]:
+    """(rule, index of its alert action) for every rule that raises a red-flag alert."""
+    out = []
+    for r in kb.rules:
+        if r.stratum != "red-flags" and not r.id.startswith("RF-"):
+            continue
+        out += [(r, i) for i, a in enumerate(r.then) if a.alert is not None]
+    return out
+
+
+def _evidence_links(rule: Rule) -> str:
+    parts = []
+    for ev in rule.evidence:
+        url = evidence_url(ev.id)
+        ident = (f'<a class="evidence" href="{_e(url)}" rel="noopener noreferrer" '
+                 f'target="_blank">{_e(ev.id)}</a>' if url else _e(ev.id))
+        parts.append(f"{ident} <span class=\"tag tag-{_e(ev.tag.value)}\">"
+                     f"{_e(ev.tag.value)}</span>")
+    return "<br>".join(parts)
+
+
+def red_flag_overview(kb: KnowledgeBase) -> list[str]:
+    """The red-flag overview table (pathway, presentation, level, action, evidence)."""
+    rows = _red_flag_rules(kb)
+    first_seen: dict[str, int] = {}
+    for i, (r, j) in enumerate(rows):
+        alert = r.then[j].alert
+        assert alert is not None
+        first_seen.setdefault(alert.code, i)
+
+    def order(row: tuple[Rule, int]) -> tuple[int, int, str]:
+        alert = row[0].then[row[1]].alert
+        assert alert is not None
+        return first_seen[alert.code], _LEVEL_ORDER.get(alert.level.value, 9), row[0].id
+
+    body = []
+    for r, j in sorted(rows, key=order):
+        al = r.then[j].alert
+        assert al is not None
+        pathway = kb.alerts[al.code].display if al.code in kb.alerts else al.code
+        action = "no referral"
+        if al.referral is not None:
+            action = f"referral <strong>{_e(al.referral.priority.value)}</strong> to " \
+                     f"{_e(al.referral.to)}"
+        if al.holds_exercise or (al.referral and al.referral.priority.value in _HOLDING):
+            action += "; <strong>holds exercise</strong>"
+        else:
+            action += "; exercise continues"
+        body.append(
+            f'<tr class="item"><td><a href="#alert-{_e(al.code)}">{_e(pathway)}</a></td>'
+            f'<td><a href="#{_e(r.id)}">{_e(r.id)}</a> {_e(r.title)}</td>'
+            f'<td class="lvl-{_e(al.level.value)}">{_e(al.level.value)}</td>'
+            f"<td>{action}</td><td>{_evidence_links(r)}</td></tr>")
+    return [
+        '<section id="red-flags"><h2>Red-flag overview</h2>',
+        f"<p>{len(body)} red-flag presentations, by pathway, most severe first (generated "
+        "from the rules). A stat, asap or urgent referral holds every exercise.</p>",
+        '<table class="overview" id="red-flag-table"><thead><tr><th>pathway</th>'
+        "<th>presentation</th><th>level</th><th>action</th><th>evidence</th></tr></thead>"
+        "<tbody>" + "".join(body) + "</tbody></table>",
+        "</section>",
+    ]
+
+
+def search_synonyms_json(kb: KnowledgeBase) -> str:
+    """The synonym groups as a JSON list of lists, safe inside a <script> element."""
+    text = json.dumps([list(g.terms) for g in kb.search_synonyms], ensure_ascii=True)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
