@@ -149,6 +149,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import re
 import threading
 import uuid
 from collections import defaultdict
@@ -427,6 +428,10 @@ def _digest(plan: Plan, kb: KnowledgeBase, previous: PreviousPlan | None) -> str
     if previous is not None:
         content["previous"] = previous
     return hashlib.sha256(_digest_text(content)).hexdigest()
+
+
+# a reference to a QuestionnaireResponse (relative or absolute): not a reasonReference in R4
+_NOT_A_REASON: Final = re.compile(r"(^|/)QuestionnaireResponse/[^/]+(/_history/[^/]+)?$")
 
 
 def _refs(sources: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
@@ -757,8 +762,15 @@ class _Writer:
     def reasons(self, sources: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
         """``reasonReference`` of a CarePlan activity or a ServiceRequest: R4 allows
         Condition, Observation, DiagnosticReport and DocumentReference there, so the
-        Patient (the source of age and sex) is left out; it is the subject."""
-        return _refs([s for s in sources if s != self.plan.subject])
+        Patient (the source of age and sex) is left out (it is the subject), and so is a
+        QuestionnaireResponse (its answers are named in the text, the Provenance and, for a
+        referral, ``supportingInfo``)."""
+        return _refs([s for s in sources if self.is_reason(s)])
+
+    def is_reason(self, source: str) -> bool:
+        """Whether R4 allows ``source`` as a reasonReference (urn:uuid references, whose
+        type is unknown here, are Observations or Conditions read by the reader)."""
+        return source != self.plan.subject and not _NOT_A_REASON.search(source)
 
     # ServiceRequest ------------------------------------------------------------------------
 
@@ -785,8 +797,8 @@ class _Writer:
             "reasonReference": [
                 {"reference": self.urn(f"detectedissue:{a.code}"), "display": a.display},
                 *self.reasons(a.sources)],
-            # the Patient (age, sex) is no reason R4 allows; it is the subject, and named here
-            "supportingInfo": _refs([s for s in a.sources if s == self.plan.subject]) or None,
+            # the Patient (age, sex) and questionnaire answers are no reason R4 allows here
+            "supportingInfo": _refs([s for s in a.sources if not self.is_reason(s)]) or None,
             "note": [{"text": f"{a.detail} {a.mitigation}"}],
             "patientInstruction": f"{_PRIORITY_WORDS.get(r.priority, r.priority)}: {r.to}.",
         }
