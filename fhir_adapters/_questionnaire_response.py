@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["ItemAnswer", "QR_STATUS", "item_answers"]
+__all__ = ["QR_STATUS", "ItemAnswer", "item_answers"]
 
 #: QuestionnaireResponse.status -> the Observation status its answers are read with.
 QR_STATUS: Final[Mapping[str, str]] = {

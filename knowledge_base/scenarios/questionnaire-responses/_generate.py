@@ -2,8 +2,8 @@
 questionnaires, read with the same rules as Observations (docs/integrators/input.md,
 "QuestionnaireResponse"), deterministically.
 
-    python knowledge_base/scenarios/questionnaire-responses/_generate.py            # rewrite
-    python knowledge_base/scenarios/questionnaire-responses/_generate.py --check    # exit 1 if stale
+    python knowledge_base/scenarios/questionnaire-responses/_generate.py          # rewrite
+    python knowledge_base/scenarios/questionnaire-responses/_generate.py --check  # 1 if stale
 
 Each case is a small function whose docstring says what it specifies; what the plan must say
 lives in ``../questionnaire-responses.yaml`` (scenario ``qr-<name>``). The people are the
@@ -72,7 +72,8 @@ def response(b: Any, rid: str, items: list[dict[str, Any]], *, authored: str | N
     }
     if authored is not None:
         res["authored"] = authored
-    return b._add(res)  # noqa: SLF001 (the vignette builder's own way of adding a resource)
+    added: dict[str, Any] = b._add(res)  # the vignette builder adds resources this way
+    return added
 
 
 def screen(present: tuple[str, ...] = (), omit: tuple[str, ...] = ()) -> list[dict[str, Any]]:
