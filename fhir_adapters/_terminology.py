@@ -46,7 +46,14 @@ from fhir_adapters._outbound import (
     OutputValidationError,
 )
 
-__all__ = ["code_systems", "export_terminology"]
+__all__ = ["QUESTIONNAIRE_BASE", "STARTBACK_PANEL", "code_systems", "export_terminology"]
+
+#: Canonical base of the Questionnaires ``kb export-fhir`` publishes (red-flag screen,
+#: STarT Back); a QuestionnaireResponse names one in ``questionnaire``.
+QUESTIONNAIRE_BASE: Final = "http://movement-cds.org/fhir/Questionnaire"
+#: LOINC's STarT Back Screening Tool panel: the code of the STarT Back Questionnaire.
+STARTBACK_PANEL: Final = {"system": "http://loinc.org", "code": "91349-1",
+                          "display": "STarT Back Screening Tool panel"}
 
 _ANSWER: Final = "Answer code"
 
