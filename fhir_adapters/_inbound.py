@@ -41,8 +41,8 @@ Locations
     invalid value is described by its type or its allowed range.
 
 One patient
-    Exactly one Patient. Every Observation, Condition and CarePlan (the contract's "a
-    resource about any other subject") must have ``subject.reference`` equal to
+    Exactly one Patient. Every Observation, QuestionnaireResponse, Condition and CarePlan
+    (the contract's "a resource about any other subject") must have ``subject.reference`` equal to
     ``Patient/{id}``, the Patient entry's ``fullUrl``, or an absolute ``{base}/Patient/{id}``
     (a ``/_history/{version}`` suffix is accepted on all forms). When the Patient's fullUrl is
     itself a RESTful URL, an absolute reference must use that same base. A missing subject,
@@ -94,6 +94,15 @@ Red-flag answers (fhir_adapters/_red_flag_answers.py; docs/integrators/red-flag-
     by a newer readable one sets ``red-flag-unreadable`` (and ``red-flag-unreadable-holding``
     for ``hold-when-unreadable`` items). The notes on how each was read go to
     ``PatientFacts.answer_notes``.
+
+QuestionnaireResponses (fhir_adapters/_questionnaire_response.py)
+    Each answered item (found by its code, else by linkId = a fact's name, at any depth)
+    becomes an Observation-shaped answer dated ``authored`` and is read above, with the
+    Observations: one code path. ``completed``/``amended`` are used, ``in-progress`` and
+    ``stopped`` read as preliminary (reported once), ``entered-in-error`` and any other
+    status ignored and reported; unknown items are reported; several different answers to
+    one item cannot be read. Issues about an item name it (``item 'rf-fever': ...``), and
+    the facts' sources are the QuestionnaireResponse's reference.
 
 Patient
     ``birthDate`` gives ``age`` in whole years at the as-of date (the as-of instant's date in

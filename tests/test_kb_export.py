@@ -125,8 +125,8 @@ def test_export_starter_via_cli(tmp_path: Path, starter_kb: KnowledgeBase,
     files = read_all(out)
     assert sorted(stdout.split()) == sorted(str(out / n) for n in files)
     n_cs = len(code_systems(starter_kb))
-    assert f"starter-fixture@0.1.0: 5 PlanDefinition, 33 ActivityDefinition, {n_cs} " \
-           "CodeSystem, 1 Library" in err
+    assert f"starter-fixture@0.1.0: 5 PlanDefinition, 33 ActivityDefinition, " \
+           f"1 Questionnaire, {n_cs} CodeSystem, 1 Library" in err  # no STarT Back items there
     check_export(starter_kb, files)
     assert files["Library-starter-fixture.json"]["date"] == "2026-11-22"  # from CHANGELOG.md
 
