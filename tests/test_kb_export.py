@@ -15,6 +15,7 @@ from fhir.resources.R4B.activitydefinition import ActivityDefinition
 from fhir.resources.R4B.codesystem import CodeSystem
 from fhir.resources.R4B.library import Library
 from fhir.resources.R4B.plandefinition import PlanDefinition
+from fhir.resources.R4B.questionnaire import Questionnaire
 
 from cds import KnowledgeBase, load_knowledge_base
 from cds._knowledge_base import condition_facts
@@ -32,7 +33,8 @@ from tests.conftest import STARTER
 
 MODELS: dict[str, Any] = {"PlanDefinition": PlanDefinition,
                           "ActivityDefinition": ActivityDefinition,
-                          "CodeSystem": CodeSystem, "Library": Library}
+                          "CodeSystem": CodeSystem, "Questionnaire": Questionnaire,
+                          "Library": Library}
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
