@@ -363,6 +363,7 @@ figure.picture{float:right;margin:0 0 .5em 1em;max-width:220px}
 figure.picture svg{width:100%;height:auto}
 figure.picture figcaption{font-size:.8em;color:#555;text-align:center}
 article.item::after{content:"";display:block;clear:both}
+section,.group h3,article.item,tr.item{scroll-margin-top:14em}
 """
 
 # Filters as you type: every whitespace-separated word must occur in an item's text (or a

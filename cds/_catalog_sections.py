@@ -100,10 +100,11 @@ def _fact_item(name: str, d: FactDefinition, readers: list[str]) -> str:
         flags.append('<span class="tag">an unreadable answer holds exercise</span>')
     age = ""
     if d.max_age_days is not None:
-        limit = (f"parameter <a href=\"#param-{_e(d.max_age_days.param)}\"><code>"
-                 f"{_e(d.max_age_days.param)}</code></a>"
+        limit = (f'<a href="#param-{_e(d.max_age_days.param)}"><code>'
+                 f"{_e(d.max_age_days.param)}</code></a> days (a parameter)"
                  if hasattr(d.max_age_days, "param") else f"{_e(d.max_age_days)} days")
-        age = f" An answer counts for {limit}."
+        age = (f" A no counts for {limit}; a yes never expires silently." if d.red_flag
+               else f" An answer counts for {limit}.")
     links = ", ".join(f'<a href="#{_e(r)}">{_e(r)}</a>' for r in readers) or "no rule"
     return "".join([
         f'<article class="item fact" id="fact-{_e(name)}">',
@@ -122,7 +123,7 @@ def _fact_item(name: str, d: FactDefinition, readers: list[str]) -> str:
 def facts_section(kb: KnowledgeBase) -> list[str]:
     """The questions section: every input fact that has a question, in plain words."""
     readers = _readers(kb)
-    asked = {n: d for n, d in sorted(kb.facts.items()) if not d.derived and d.question}
+    asked = {n: d for n, d in kb.facts.items() if not d.derived and d.question}  # file order
     html = ['<section id="facts"><h2>Questions</h2>',
             f"<p>{len(asked)} questions and findings the rules read, in plain words, with "
             "the code that carries each answer. A question with no usable answer is "
