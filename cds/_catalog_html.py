@@ -34,7 +34,12 @@ from html import escape
 from typing import Any
 
 from cds._catalog_docs import Segment, condition_parts, value_segments
-from cds._catalog_sections import facts_section, red_flag_overview, search_synonyms_json
+from cds._catalog_sections import (
+    facts_section,
+    red_flag_overview,
+    rule_questions,
+    search_synonyms_json,
+)
 from cds._kb_schema import (
     Condition,
     ExerciseDefinition,
@@ -183,6 +188,7 @@ def _rules(kb: KnowledgeBase, scenarios: dict[str, list[str]]) -> list[str]:
             html += [
                 f'<article class="item rule" id="{_e(r.id)}">',
                 f'<h4><a class="anchor" href="#{_e(r.id)}">{_e(r.id)}</a> {_e(r.title)}</h4>',
+                rule_questions(kb, r),
                 f'<p class="meta">Stratum <code>{_e(r.stratum)}</code>, priority '
                 f"{r.priority}. Source <code>{_e(where)}</code>."
                 + (" Evaluated once per exercise of the previous plan (scope "

@@ -22,7 +22,7 @@ from html import escape
 from cds._kb_schema import FactDefinition, Rule, evidence_url
 from cds._knowledge_base import KnowledgeBase, condition_facts
 
-__all__ = ["facts_section", "red_flag_overview", "search_synonyms_json"]
+__all__ = ["facts_section", "red_flag_overview", "rule_questions", "search_synonyms_json"]
 
 _HOLDING = frozenset({"stat", "asap", "urgent"})  # the plan's safety policy (cds._plan)
 _LEVEL_ORDER = {"emergency": 0, "urgent": 1, "caution": 2, "information": 3}
@@ -140,6 +140,17 @@ def facts_section(kb: KnowledgeBase) -> list[str]:
     return html
 
 
+def rule_questions(kb: KnowledgeBase, rule: Rule) -> str:
+    """The questions a rule reads, in plain words, as hidden text: not shown, but the
+    search box finds the rule by them ("incontinence" finds RF-01-CES)."""
+    names = dict.fromkeys(t.fact.split(".")[0] for t, _neg in condition_facts(rule.when))
+    words = [_words(kb.facts[n].question) for n in names
+             if n in kb.facts and kb.facts[n].question]
+    if not words:
+        return ""
+    return f'<span class="search-text" hidden>{_e(" ".join(words))}</span>'
+
+
 def _red_flag_rules(kb: KnowledgeBase) -> list[tuple[Rule, int]]:
     """(rule, index of its alert action) for every rule that raises a red-flag alert."""
     out = []
@@ -190,7 +201,8 @@ def red_flag_overview(kb: KnowledgeBase) -> list[str]:
             action += "; exercise continues"
         body.append(
             f'<tr class="item"><td><a href="#alert-{_e(al.code)}">{_e(pathway)}</a></td>'
-            f'<td><a href="#{_e(r.id)}">{_e(r.id)}</a> {_e(r.title)}</td>'
+            f'<td><a href="#{_e(r.id)}">{_e(r.id)}</a> {_e(r.title)}'
+            f"{rule_questions(kb, r)}</td>"
             f'<td class="lvl-{_e(al.level.value)}">{_e(al.level.value)}</td>'
             f"<td>{action}</td><td>{_evidence_links(r)}</td></tr>")
     return [

@@ -81,6 +81,10 @@ def test_incontinence_shows_the_cauda_equina_questions_and_hides_the_rest(
                         "fact-startback-item-1", "fact-rf-cancer-history"}, sorted(shown)
     assert catalog.is_visible("#facts-red-flags")  # their group stays, the others go
     assert not catalog.is_visible("#facts-examination")
+    # the rules that read those questions are found by the question's words too
+    assert catalog.is_visible("#RF-01-CES")
+    rows = catalog.locator("#red-flag-table tbody tr:visible")
+    assert rows.count() >= 1 and "Suspected cauda equina syndrome" in rows.first.inner_text()
     assert not catalog.is_visible("#RF-03-FEVER") and not catalog.is_visible("#bird-dog-breathing")
     assert catalog.inner_text("#count").endswith("shown")
     png = _shots(tmp_path) / "catalog-search-incontinence.png"
