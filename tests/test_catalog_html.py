@@ -268,7 +268,7 @@ def test_red_flag_overview_has_a_row_per_red_flag_alert(bundled_page: tuple[str,
 
 def test_exercise_pictures_hook(kb: KnowledgeBase) -> None:
     """One picture per exercise when a drawing function is given; none without one."""
-    from cds._catalog_html import render_catalog_html
+    from cds.authoring import render_catalog_html
 
     def draw(ex: object) -> str | None:
         ident = getattr(ex, "id", "")
