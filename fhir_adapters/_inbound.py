@@ -96,7 +96,7 @@ Red-flag answers (fhir_adapters/_red_flag_answers.py; docs/integrators/red-flag-
     ``PatientFacts.answer_notes``.
 
 QuestionnaireResponses (fhir_adapters/_questionnaire_response.py)
-    Each answered item (found by its code, else by linkId = a fact's name, at any depth)
+    Each answered item (linkId = a fact's name, or ending in a catalog code; at any depth)
     becomes an Observation-shaped answer dated ``authored`` and is read above, with the
     Observations: one code path. ``completed``/``amended`` are used, ``in-progress`` and
     ``stopped`` read as preliminary (reported once), ``entered-in-error`` and any other
@@ -344,9 +344,9 @@ class InputMap:
     history: frozenset[str] = frozenset()
     clock_skew: timedelta = timedelta(0)
     discordance_days: float = 30.0
-    # QuestionnaireResponse items: by the item's code, and by linkId = the fact's name
-    questions: Mapping[Coded, Question] = dataclasses.field(default_factory=dict)
+    # QuestionnaireResponse items: by linkId = the fact's name, or by a code of one fact
     link_ids: Mapping[str, Question] = dataclasses.field(default_factory=dict)
+    question_codes: Mapping[str, Question] = dataclasses.field(default_factory=dict)
 
     @staticmethod
     def from_knowledge_base(kb: KnowledgeBase) -> InputMap:
@@ -354,7 +354,7 @@ class InputMap:
         conditions: dict[Coded, str] = {}
         age: _Spec | None = None
         sex: _Spec | None = None
-        questions: dict[Coded, Question] = {}
+        by_code: dict[str, set[Question]] = {}
         link_ids: dict[str, Question] = {}
         for name, d in kb.facts.items():
             if d.derived:
@@ -386,7 +386,7 @@ class InputMap:
             for coding in (d.coding, *d.also_coded):
                 key = (coding.system, coding.code)
                 if not name.startswith("condition-"):
-                    questions[key] = question
+                    by_code.setdefault(coding.code, set()).add(question)
                 if name.startswith("condition-"):
                     conditions[key] = name
                     if key == PREGNANCY_CONDITION:
@@ -399,7 +399,8 @@ class InputMap:
             history=frozenset(n for n, d in kb.facts.items() if d.history),
             clock_skew=timedelta(minutes=_parameter(kb, "clock-skew-tolerance-minutes", 0)),
             discordance_days=_parameter(kb, "red-flag-discordance-window-days", 30),
-            questions=questions, link_ids=link_ids,
+            link_ids=link_ids,
+            question_codes={c: next(iter(q)) for c, q in by_code.items() if len(q) == 1},
         )
 
 
@@ -938,7 +939,7 @@ class _Reader:
                 self.note(e, "warning", "value",
                           "authored is not a valid FHIR date; the answers are undated")
                 authored = None
-            answers, problems = item_answers(res, self.imap.questions, self.imap.link_ids,
+            answers, problems = item_answers(res, self.imap.link_ids, self.imap.question_codes,
                                              QR_STATUS[status], cast(str | None, authored))
             for severity, code, message in problems:
                 self.note(e, severity, code, message)

@@ -22,7 +22,8 @@ rules say (``docs/knowledge-base-format.md`` "FHIR export" documents every choic
   panel ``91349-1``), generated from the fact catalog: one item per fact, ``linkId`` = the
   fact's name, ``text`` = its ``question``, ``code`` = its coding and ``also-coded`` codes
   (the STarT Back items' LOINC codes), ``type`` from the fact's type (boolean, integer,
-  decimal, choice). A QuestionnaireResponse to them is read like Observations
+  decimal, choice). A QuestionnaireResponse to them (or to a LOINC form whose linkIds end
+  in the LOINC item codes) is read like Observations
   (``_questionnaire_response``); a questionnaire with no fact in this knowledge base is not
   written;
 * ``Library-<kb-id>.json``: the index (``asset-collection``), one ``composed-of``

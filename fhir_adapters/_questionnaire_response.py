@@ -7,11 +7,13 @@ after a recent YES, undated and unreadable answers, clock skew) and the same val
 Nothing here decides what an answer means; it only says which question an item answers and
 what was answered, in Observation form:
 
-- Which question: the item's ``code`` when one of its codings is a code of the fact catalog
-  (``screen#rf-fever``, LOINC ``91340-0`` for STarT Back item 1, ...), else its ``linkId``
-  when it is the name of a fact that an input code carries (``rf-fever``,
-  ``startback-item-1``, ``pain-now``; the Questionnaires ``kb export-fhir`` publishes use
-  exactly these). Items are read at any depth (``item.item`` and ``answer.item``). An item
+- Which question: the item's ``linkId``, when it is the name of a fact that an input code
+  carries (``rf-fever``, ``startback-item-1``, ``pain-now``; the Questionnaires ``kb
+  export-fhir`` publishes use exactly these), else when its last ``/``-separated part is a
+  code of the fact catalog (LOINC forms name items by their LOINC code:
+  ``/91349-1/91340-0`` is STarT Back item 1; ``rf-fever`` the screen code). R4 gives a
+  QuestionnaireResponse item no ``code`` of its own (the code belongs to the Questionnaire),
+  so none is read. Items are read at any depth (``item.item`` and ``answer.item``). An item
   with answers that answers no known question is reported (``not-supported``) and ignored;
   so is a leaf item without answers whose linkId is unknown. Groups are not reported.
 - When: ``authored`` is the answer's date (``effectiveDateTime``); without it the answers
@@ -35,7 +37,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["QR_STATUS", "ItemAnswer", "item_answers"]
+__all__ = ["QR_STATUS", "ItemAnswer", "Question", "item_answers", "question_of"]
 
 #: QuestionnaireResponse.status -> the Observation status its answers are read with.
 QR_STATUS: Final[Mapping[str, str]] = {
@@ -82,15 +84,6 @@ def _walk(items: object, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield from _walk(ans.get("item"), f"{here}.answer[{j}].")
 
 
-def _codings(item: Mapping[str, Any]) -> list[Coded]:
-    out = []
-    for c in _list(item.get("code")):
-        if isinstance(c, dict) and isinstance(c.get("system"), str) and isinstance(
-                c.get("code"), str):
-            out.append((c["system"], c["code"]))
-    return out
-
-
 def _value(answer: Mapping[str, Any], unit: str | None) -> dict[str, Any]:
     """One answer's value in Observation form (``{}`` when it has none)."""
     keys = [k for k in answer if isinstance(k, str) and k.startswith("value")]
@@ -123,10 +116,19 @@ def _answer_value(item: Mapping[str, Any], unit: str | None) -> tuple[dict[str, 
     return {f"valueAnswer{i + 1}": v for i, v in enumerate(values.values())}, len(values)
 
 
+def question_of(link_id: str | None, by_link_id: Mapping[str, Question],
+                by_code: Mapping[str, Question]) -> Question | None:
+    """The question an item answers: its linkId as a fact name, else the linkId's last
+    ``/``-separated part as a catalog code (``by_code``: codes that name one fact only)."""
+    if link_id is None:
+        return None
+    return by_link_id.get(link_id) or by_code.get(link_id.rstrip("/").rsplit("/", 1)[-1])
+
+
 def item_answers(
     resource: Mapping[str, Any],
-    by_code: Mapping[Coded, Question],
     by_link_id: Mapping[str, Question],
+    by_code: Mapping[str, Question],
     status: str,
     authored: str | None,
 ) -> tuple[list[ItemAnswer], list[tuple[str, str, str]]]:
@@ -137,16 +139,14 @@ def item_answers(
     for path, item in _walk(resource.get("item"), ""):
         link_id = item.get("linkId") if isinstance(item.get("linkId"), str) else None
         shown = link_id if link_id is not None else "(no linkId)"
-        known = [c for c in _codings(item) if c in by_code]
-        question = by_code[known[0]] if known else (
-            by_link_id.get(link_id) if link_id is not None else None)
+        question = question_of(link_id, by_link_id, by_code)
         has_answer = bool(_list(item.get("answer")))
         if question is None:
             if has_answer or not item.get("item"):
                 problems.append((
                     "information", "not-supported",
                     f"item '{shown}' ({path}) answers no question of the knowledge base "
-                    "(neither its code nor its linkId is one); ignored"))
+                    "(its linkId is no fact name or code); ignored"))
             continue
         value, different = _answer_value(item, question.unit)
         if different > 1:
@@ -154,9 +154,10 @@ def item_answers(
                 "warning", "value",
                 f"item '{shown}' ({path}) has {different} different answers; it could not "
                 "be read"))
-        codes = [{"system": s, "code": c} for s, c in (known or [question.coding])]
+        system, code = question.coding
         observation: dict[str, Any] = {
-            "resourceType": "Observation", "status": status, "code": {"coding": codes},
+            "resourceType": "Observation", "status": status,
+            "code": {"coding": [{"system": system, "code": code}]},
             **({"id": resource["id"]} if isinstance(resource.get("id"), str) else {}),
             **({"subject": resource["subject"]} if "subject" in resource else {}),
             **({"effectiveDateTime": authored} if authored is not None else {}),

@@ -198,16 +198,30 @@ def test_a_yes_nested_under_an_answer_is_read(kb: KnowledgeBase) -> None:
     assert saddle.sources == ("QuestionnaireResponse/qr-1",)
 
 
-def test_an_item_code_names_the_question_whatever_its_link_id(kb: KnowledgeBase) -> None:
-    qr = _qr([{"linkId": "/91349-1/91343-4",
-               "code": [{"system": "http://loinc.org", "code": "91343-4"}],
-               "answer": [{"valueBoolean": True}]},
-              {"linkId": "q7", "code": [{"system": "http://movement-cds.org/fhir/CodeSystem/"
-                                                   "screen", "code": "rf-fever"}],
-               "answer": [{"valueCoding": {"system": "http://loinc.org", "code": "LA33-6"}}]}])
+def test_a_link_id_ending_in_a_catalog_code_names_the_question(kb: KnowledgeBase) -> None:
+    """LOINC forms name items by their code (``/91349-1/91343-4``); R4 gives a
+    QuestionnaireResponse item no code of its own, so an item ``code`` is not read."""
+    qr = _qr([{"linkId": "/91349-1/91343-4", "answer": [{"valueBoolean": True}]},
+              {"linkId": "screen/rf-fever",
+               "answer": [{"valueCoding": {"system": "http://loinc.org", "code": "LA33-6"}}]},
+              {"linkId": "q9", "code": [{"system": "http://loinc.org", "code": "72514-3"}],
+               "answer": [{"valueInteger": 4}]}])
     facts = read_bundle(bundle(patient(), qr), kb=kb, as_of=AS_OF)
     assert _fact(facts, "startback-item-4").value is True
     assert _fact(facts, "rf-fever").value is True  # the LOINC Yes answer code
+    assert _fact(facts, "pain-now") is None
+    assert any("item 'q9' (item[2]) answers no question" in i for i in _issues(facts))
+
+
+def test_every_scenario_input_is_valid_r4(kb: KnowledgeBase) -> None:
+    """The questionnaire scenarios are what an EHR may send: valid R4 (strict reading
+    reports nothing invalid)."""
+    folder = bundled_path() / "scenarios" / "questionnaire-responses"
+    files = sorted(folder.glob("*.json"))
+    assert len(files) >= 14
+    for path in files:
+        facts = read_bundle(path.read_bytes(), kb=kb, as_of=AS_OF, strict_fhir=True)
+        assert not [i for i in facts.issues if i.code == "structure"], path.name
 
 
 def test_statuses(kb: KnowledgeBase) -> None:

@@ -8,8 +8,8 @@ questionnaires, read with the same rules as Observations (docs/integrators/input
 Each case is a small function whose docstring says what it specifies; what the plan must say
 lives in ``../questionnaire-responses.yaml`` (scenario ``qr-<name>``). The people are the
 red-flag answer cases' ordinary patient (moderate back pain of 10 weeks, a good movement
-screen) whose red-flag screen comes as a QuestionnaireResponse (linkId = the fact's name,
-item code = its code) instead of Observations. Scenarios evaluate as of
+screen) whose red-flag screen comes as a QuestionnaireResponse (linkId = the fact's name)
+instead of Observations. Scenarios evaluate as of
 2026-11-02T09:00:00Z.
 """
 
@@ -31,7 +31,6 @@ _spec.loader.exec_module(_cases)
 person = _cases.person
 RED_FLAGS: tuple[str, ...] = _cases.RED_FLAGS
 KB = _cases._builder.KB
-LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 QUESTIONNAIRE = "http://movement-cds.org/fhir/Questionnaire/"
 
@@ -54,7 +53,6 @@ def item(fact: str, *answers: dict[str, Any]) -> dict[str, Any]:
     """One question, as the published Questionnaire asks it (linkId = the fact's name)."""
     d = KB.facts[fact]
     return {"linkId": fact, "text": d.question,
-            "code": [{"system": d.coding.system, "code": d.coding.code}],
             **({"answer": list(answers)} if answers else {})}
 
 
@@ -229,8 +227,7 @@ def startback_loinc_items_high_risk(name: str) -> Any:
     b = qr_person(name)
     response(b, "qr-screen", screen(), authored=YESTERDAY)
     agree = (1, 2, 3, 5, 6, 7, 8, 9)
-    items = [{"linkId": f"/91349-1/{code}", "code": [{"system": LOINC, "code": code}],
-              "answer": [{"valueBoolean": i in agree}]}
+    items = [{"linkId": f"/91349-1/{code}", "answer": [{"valueBoolean": i in agree}]}
              for i, code in enumerate(_STARTBACK_LOINC, start=1)]
     response(b, "qr-startback", [{"linkId": "/91349-1", "item": items}], authored=YESTERDAY,
              questionnaire="startback")
