@@ -17,12 +17,22 @@ whether exercise is held) and evidence. Rows are grouped by pathway, most severe
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from html import escape
 
-from cds._kb_schema import FactDefinition, Rule, evidence_url
+from cds._kb_schema import AlertAction, FactDefinition, Rule, evidence_url
 from cds._knowledge_base import KnowledgeBase, condition_facts
 
-__all__ = ["facts_section", "red_flag_overview", "rule_questions", "search_synonyms_json"]
+__all__ = [
+    "RedFlagRow",
+    "answers_in_words",
+    "facts_section",
+    "question_groups",
+    "red_flag_overview",
+    "red_flag_rows",
+    "rule_questions",
+    "search_synonyms_json",
+]
 
 _HOLDING = frozenset({"stat", "asap", "urgent"})  # the plan's safety policy (cds._plan)
 _LEVEL_ORDER = {"emergency": 0, "urgent": 1, "caution": 2, "information": 3}
@@ -74,7 +84,7 @@ def _readers(kb: KnowledgeBase) -> dict[str, list[str]]:
     return out
 
 
-def _answers(d: FactDefinition) -> str:
+def answers_in_words(d: FactDefinition) -> str:
     if d.type == "boolean":
         return "yes / no"
     if d.type == "code":
@@ -112,7 +122,7 @@ def _fact_item(name: str, d: FactDefinition, readers: list[str]) -> str:
         f"{_e(_words(d.question))}</a></h4>",
         f'<p class="meta"><code>{_e(name)}</code> {" ".join(flags)}</p>',
         f"<p>{_e(_words(d.description))}</p>",
-        f"<p><strong>Answer</strong>: {_e(_answers(d))}"
+        f"<p><strong>Answer</strong>: {_e(answers_in_words(d))}"
         + (" (left and right)" if d.bilateral else "") + f".{age}</p>",
         f"<p><strong>Code</strong>: {code_text}</p>" if code_text else "",
         f"<p><strong>Read by</strong>: {links}</p>",
@@ -123,15 +133,12 @@ def _fact_item(name: str, d: FactDefinition, readers: list[str]) -> str:
 def facts_section(kb: KnowledgeBase) -> list[str]:
     """The questions section: every input fact that has a question, in plain words."""
     readers = _readers(kb)
-    asked = {n: d for n, d in kb.facts.items() if not d.derived and d.question}  # file order
+    groups = question_groups(kb)
     html = ['<section id="facts"><h2>Questions</h2>',
-            f"<p>{len(asked)} questions and findings the rules read, in plain words, with "
-            "the code that carries each answer. A question with no usable answer is "
-            "missing, never read as normal.</p>"]
-    for key, title, intro in _GROUPS:
-        items = [(n, d) for n, d in asked.items() if _group_of(n, d) == key]
-        if not items:
-            continue
+            f"<p>{sum(len(g[3]) for g in groups)} questions and findings the rules read, in "
+            "plain words, with the code that carries each answer. A question with no usable "
+            "answer is missing, never read as normal.</p>"]
+    for key, title, intro, items in groups:
         html.append(f'<div class="group"><h3 id="facts-{key}">{_e(title)}</h3>'
                     + (f'<p class="muted">{_e(intro)}</p>' if intro else ""))
         html += [_fact_item(n, d, readers.get(n, [])) for n, d in items]
@@ -172,35 +179,63 @@ def _evidence_links(rule: Rule) -> str:
     return "<br>".join(parts)
 
 
-def red_flag_overview(kb: KnowledgeBase) -> list[str]:
-    """The red-flag overview table (pathway, presentation, level, action, evidence)."""
-    rows = _red_flag_rules(kb)
-    first_seen: dict[str, int] = {}
-    for i, (r, j) in enumerate(rows):
-        alert = r.then[j].alert
-        assert alert is not None
-        first_seen.setdefault(alert.code, i)
+@dataclass(frozen=True)
+class RedFlagRow:
+    """One row of the red-flag overview: a rule and the alert it raises."""
 
-    def order(row: tuple[Rule, int]) -> tuple[int, int, str]:
-        alert = row[0].then[row[1]].alert
-        assert alert is not None
-        return first_seen[alert.code], _LEVEL_ORDER.get(alert.level.value, 9), row[0].id
+    rule: Rule
+    alert: AlertAction
+    pathway: str  # the alert's display
 
-    body = []
-    for r, j in sorted(rows, key=order):
+    @property
+    def holds(self) -> bool:
+        al = self.alert
+        return al.holds_exercise or bool(al.referral and al.referral.priority.value in _HOLDING)
+
+
+def red_flag_rows(kb: KnowledgeBase) -> list[RedFlagRow]:
+    """The red-flag overview's rows: by pathway (in the order the rules first raise it),
+    most severe level first, then rule id."""
+    rows = []
+    for r, j in _red_flag_rules(kb):
         al = r.then[j].alert
         assert al is not None
-        pathway = kb.alerts[al.code].display if al.code in kb.alerts else al.code
+        rows.append(RedFlagRow(r, al, kb.alerts[al.code].display if al.code in kb.alerts
+                               else al.code))
+    first_seen: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        first_seen.setdefault(row.alert.code, i)
+    return sorted(rows, key=lambda x: (first_seen[x.alert.code],
+                                       _LEVEL_ORDER.get(x.alert.level.value, 9), x.rule.id))
+
+
+QuestionGroup = tuple[str, str, str, list[tuple[str, FactDefinition]]]
+
+
+def question_groups(kb: KnowledgeBase) -> list[QuestionGroup]:
+    """(key, title, intro, [(fact name, definition)]) for every group of questions, in the
+    fact catalog's order: every input fact that has a question."""
+    asked = {n: d for n, d in kb.facts.items() if not d.derived and d.question}
+    out = []
+    for key, title, intro in _GROUPS:
+        items = [(n, d) for n, d in asked.items() if _group_of(n, d) == key]
+        if items:
+            out.append((key, title, intro, items))
+    return out
+
+
+def red_flag_overview(kb: KnowledgeBase) -> list[str]:
+    """The red-flag overview table (pathway, presentation, level, action, evidence)."""
+    body = []
+    for row in red_flag_rows(kb):
+        r, al = row.rule, row.alert
         action = "no referral"
         if al.referral is not None:
             action = f"referral <strong>{_e(al.referral.priority.value)}</strong> to " \
                      f"{_e(al.referral.to)}"
-        if al.holds_exercise or (al.referral and al.referral.priority.value in _HOLDING):
-            action += "; <strong>holds exercise</strong>"
-        else:
-            action += "; exercise continues"
+        action += "; <strong>holds exercise</strong>" if row.holds else "; exercise continues"
         body.append(
-            f'<tr class="item"><td><a href="#alert-{_e(al.code)}">{_e(pathway)}</a></td>'
+            f'<tr class="item"><td><a href="#alert-{_e(al.code)}">{_e(row.pathway)}</a></td>'
             f'<td><a href="#{_e(r.id)}">{_e(r.id)}</a> {_e(r.title)}'
             f"{rule_questions(kb, r)}</td>"
             f'<td class="lvl-{_e(al.level.value)}">{_e(al.level.value)}</td>'
