@@ -6,6 +6,9 @@ It knows nothing of FHIR or HTTP; ``fhir_adapters`` turns FHIR into ``PatientFac
 Two knowledge-base helpers are public for the packages above (the CDS Hooks service):
 ``check_changelog`` (the versioning checks of ``kb validate``: semver manifest version, a
 CHANGELOG section for it) and ``evidence_url`` (where a reader can look an evidence id up).
+``exercise_figure_svg(id, title)`` draws an exercise's start and end position as an inline
+SVG stick figure (for the patient handout and the catalog; ``cds/_poses.py`` has a pose for
+every bundled exercise).
 """
 
 from cds._changelog import check_changelog
@@ -44,6 +47,7 @@ from cds._plan import (
     Referral,
     resolve_plan,
 )
+from cds._poses import exercise_figure_svg
 from cds._reference import evaluate_reference
 
 __all__ = [
@@ -82,6 +86,7 @@ __all__ = [
     "compile_knowledge_base",
     "evaluate_reference",
     "evidence_url",
+    "exercise_figure_svg",
     "load_knowledge_base",
     "resolve_plan",
 ]

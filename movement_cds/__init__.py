@@ -17,6 +17,10 @@ service and tools included, is drawn in ``movement_cds._errors``)::
     ├── KnowledgeBaseError (ValueError)
     └── EngineError (RuntimeError)
 
+The patient handout (docs/handout.md): ``handout_html(evaluation_or_bundle, as_of=...)`` is
+one self-contained HTML page; ``handout_pdf(html)`` prints it, or raises
+``HandoutExtraMissingError`` (an ``ImportError``) without the ``handout`` extra.
+
 For a service that loads knowledge bases itself (``cds_service``): ``run_all_scenarios(evaluator,
 root)`` runs a knowledge base's scenario tests (FHIR vignettes read with the production reader)
 and returns one outcome per scenario (``.passed``, ``.failures``, ``.file``, ``.line``).
@@ -25,6 +29,8 @@ and returns one outcome per scenario (``.passed``, ``.failures``, ``.file``, ``.
 from cds import EngineError, InvalidInputError, KnowledgeBaseError, MovementCDSError, Plan
 from fhir_adapters import InvalidBundleError
 from movement_cds._api import DecisionSupport, Evaluation, evaluate
+from movement_cds._errors import HandoutExtraMissingError
+from movement_cds._handout_api import handout_html, handout_pdf
 from movement_cds._kbtools import run_all_scenarios
 from movement_cds._version import __version__
 
@@ -32,6 +38,7 @@ __all__ = [
     "DecisionSupport",
     "EngineError",
     "Evaluation",
+    "HandoutExtraMissingError",
     "InvalidBundleError",
     "InvalidInputError",
     "KnowledgeBaseError",
@@ -39,5 +46,7 @@ __all__ = [
     "Plan",
     "__version__",
     "evaluate",
+    "handout_html",
+    "handout_pdf",
     "run_all_scenarios",
 ]

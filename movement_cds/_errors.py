@@ -20,6 +20,8 @@ MovementCDSError`` catches all of them and ``except ValueError`` still catches b
     │                                                  ``kb diff``/``kb profile`` is unusable
     ├── ProfileError (ValueError)                      movement_cds: no population can be
     │                                                  made for this knowledge base
+    ├── HandoutExtraMissingError (ImportError)         movement_cds: a PDF handout needs the
+    │                                                  'handout' extra (WeasyPrint, Pango)
     └── ServiceError                                   cds_service (the CDS Hooks service)
         ├── ConfigError (ValueError)                   the configuration file is unusable
         ├── StartupError (RuntimeError)                the service cannot start
@@ -43,7 +45,7 @@ from pathlib import Path
 
 from cds import MovementCDSError
 
-__all__ = ["KnowledgeBaseLoadError", "ProfileError"]
+__all__ = ["HandoutExtraMissingError", "KnowledgeBaseLoadError", "ProfileError"]
 
 
 class KnowledgeBaseLoadError(MovementCDSError, ValueError):
@@ -59,3 +61,7 @@ class KnowledgeBaseLoadError(MovementCDSError, ValueError):
 
 class ProfileError(MovementCDSError, ValueError):
     """The population cannot be made for this knowledge base (its red-flag items)."""
+
+
+class HandoutExtraMissingError(MovementCDSError, ImportError):
+    """A PDF handout needs the ``handout`` extra (WeasyPrint, and the system's Pango)."""

@@ -12,6 +12,8 @@ def test_movement_cds_exports() -> None:
         "DecisionSupport",
         "EngineError",
         "Evaluation",
+        # the patient handout (issue 17 part 1)
+        "HandoutExtraMissingError",
         "InvalidBundleError",
         "InvalidInputError",
         "KnowledgeBaseError",
@@ -19,6 +21,8 @@ def test_movement_cds_exports() -> None:
         "Plan",
         "__version__",
         "evaluate",
+        "handout_html",
+        "handout_pdf",
         # the service's scenario check at start and on reload (issue 13 part 1)
         "run_all_scenarios",
     ]
@@ -60,6 +64,8 @@ def test_cds_exports() -> None:
         "AnswerNote",
         # knowledge-base helpers the CDS Hooks service uses (issue 13 part 1)
         "check_changelog", "evidence_url",
+        # the exercise drawings, for the handout and the catalog (issue 17)
+        "exercise_figure_svg",
         # issue 14 part 2: what kb diff needs of the core, public instead of reached privately
         "Rating", "resolve_plan",
     ])
