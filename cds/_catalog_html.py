@@ -13,7 +13,8 @@ Exercise pictures: ``render_catalog_html(..., exercise_picture=f)`` with ``f(exe
 returning an SVG element as text (or ``None`` for no picture) puts that SVG in each
 exercise's entry (``<figure class="picture">``). The SVG is inserted as given, so ``f`` must
 be the project's own drawing code, never text from outside. Without ``f`` the page has no
-pictures (``movement_cds._docs.catalog_pages`` is the one place that passes it).
+pictures; ``movement_cds._docs.catalog_pages`` (``kb docs``) passes ``cds.exercise_figure_svg``,
+the patient handout's line drawings.
 
 Search: every word typed must occur in an entry's text; a word (or a whole search) that is a
 term of a synonym group of the knowledge base (``search-synonyms.yaml``: UK and US spellings,
@@ -365,7 +366,7 @@ table.overview{border-collapse:collapse;font-size:.9em;width:100%}
 table.overview th,table.overview td{border:1px solid #dde;padding:.25em .5em;text-align:left;
 vertical-align:top}
 table.overview thead th{background:#f4f6f8;position:sticky;top:0}
-figure.picture{float:right;margin:0 0 .5em 1em;max-width:220px}
+figure.picture{float:right;margin:0 0 .5em 1em;width:300px;max-width:40%}
 figure.picture svg{width:100%;height:auto}
 figure.picture figcaption{font-size:.8em;color:#555;text-align:center}
 article.item::after{content:"";display:block;clear:both}

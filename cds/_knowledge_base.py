@@ -286,8 +286,7 @@ def derived_names(rule: Rule) -> list[str]:
 def load_knowledge_base(
     root: str | Path, parameter_overrides: dict[str, Any] | None = None
 ) -> KnowledgeBase:
-    """Load and cross-check a knowledge base; raise ``KnowledgeBaseError`` listing every
-    problem found (not just the first)."""
+    """Load and cross-check a knowledge base; raise ``KnowledgeBaseError`` with every problem."""
     root = Path(root)
     problems: list[KnowledgeBaseProblem] = []
     if not root.is_dir():
@@ -351,7 +350,6 @@ def load_knowledge_base(
     collect("facts.yaml", "facts", FactDefinition, "name", facts)
     collect("exercises.yaml", "exercises", ExerciseDefinition, "id", exercises)
     collect("alerts.yaml", "alerts", AlertDefinition, "code", alerts)
-    synonyms = _synonyms(root, problems)
 
     rule_files = sorted((root / "rules").glob("*.yaml")) if (root / "rules").is_dir() else []
     if not rule_files:
@@ -428,7 +426,7 @@ def load_knowledge_base(
         locations={**locations, **{f"rules:{k}": v for k, v in seen_rules.items()}},
         parameter_overrides=overrides,
         parameters=parameters,
-        search_synonyms=synonyms,
+        search_synonyms=_synonyms(root, problems),
     )
     problems.extend(_cross_check(kb, rules))
     errors = [p for p in problems if p.severity == "error"]

@@ -131,3 +131,21 @@ def test_red_flag_overview_renders_and_pages_are_not_blank(catalog: Any,
     questions = out / "catalog-questions.png"
     catalog.screenshot(path=str(questions))
     _not_blank(catalog, questions)
+
+
+def test_every_exercise_has_its_picture(catalog: Any, tmp_path: Path) -> None:
+    """The handout's line drawings (cds.exercise_figure_svg), one per exercise, laid out
+    with a real size; a screenshot of the exercises section is not blank."""
+    sizes = catalog.eval_on_selector_all(
+        "article.exercise", """els => els.map(e => {
+            const svg = e.querySelector('figure.picture svg');
+            const box = svg ? svg.getBoundingClientRect() : null;
+            return [e.id, box ? [box.width, box.height] : null];
+        })""")
+    assert len(sizes) >= 30
+    missing = [ident for ident, box in sizes if box is None or min(box) < 40]
+    assert not missing, missing
+    catalog.goto(catalog.url.split("#")[0] + "#bird-dog-breathing")
+    png = _shots(tmp_path) / "catalog-exercises.png"
+    catalog.screenshot(path=str(png))
+    _not_blank(catalog, png)
