@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 FHIRJS := tools/fhir-validator/node_modules/.installed-stamp
 AS_OF ?= 2026-11-02T09:00:00Z
 
-.PHONY: example test lint bench bench-speed docs clean base-install-check chromium pango postgres
+.PHONY: example test test-fast lint bench bench-speed docs clean base-install-check chromium pango postgres
 
 SETUP_LOG := $(VENV)/setup.log
 
@@ -49,6 +49,11 @@ example: $(STAMP)
 ## Lint, type-check (mypy strict) and run the test suite.
 test: $(STAMP) $(FHIRJS) chromium pango postgres lint
 	$(BIN)/python -m pytest
+
+## The core of the suite while you work (no slow tests: service start-ups, browsers,
+## clusters, the authoring guide); `make test` (CI) runs everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
 
 ## The library without extras, as an integrator installs it: build the wheel, install it in a
 ## fresh venv (no extras), import every library module, run the README's Python example and
