@@ -8,6 +8,14 @@ keys refused, with the path), the codes the reader reads (``input_codes``) and t
 code systems and canonical base (``ALERT_SYSTEM``, ``EXERCISE_SYSTEM``, ``CHANGE_DISPLAY``,
 ``KNOWLEDGE_BASE_BASE``)."""
 
+from fhir_adapters._bulk import (
+    BulkExportError,
+    GroupedExport,
+    InputFile,
+    bucket_of,
+    group_export,
+    read_bucket,
+)
 from fhir_adapters._errors import InvalidBundleError, operation_outcome
 from fhir_adapters._inbound import InputCodes, input_codes, read_bundle
 from fhir_adapters._json_text import JSONTextError, parse_json
@@ -25,14 +33,20 @@ __all__ = [
     "CHANGE_DISPLAY",
     "EXERCISE_SYSTEM",
     "KNOWLEDGE_BASE_BASE",
+    "BulkExportError",
+    "GroupedExport",
     "InputCodes",
+    "InputFile",
     "InvalidBundleError",
     "JSONTextError",
+    "bucket_of",
     "code_systems",
     "export_terminology",
+    "group_export",
     "input_codes",
     "operation_outcome",
     "parse_json",
+    "read_bucket",
     "read_bundle",
     "write_bundle",
 ]

@@ -36,6 +36,9 @@ def test_fhir_adapters_exports() -> None:
         # the strict JSON text parser, the codes the reader reads, the project's systems
         "JSONTextError", "parse_json", "InputCodes", "input_codes",
         "ALERT_SYSTEM", "CHANGE_DISPLAY", "EXERCISE_SYSTEM", "KNOWLEDGE_BASE_BASE",
+        # population runs (issue 16 part 1): a Bulk Data export grouped per patient
+        "BulkExportError", "GroupedExport", "InputFile", "bucket_of", "group_export",
+        "read_bucket",
     ])
 
 
