@@ -16,6 +16,7 @@ from fhir_adapters._bulk import (
     group_export,
     read_bucket,
 )
+from fhir_adapters._bulk_synth import SynthReport, synth_export, synth_patient
 from fhir_adapters._errors import InvalidBundleError, operation_outcome
 from fhir_adapters._inbound import InputCodes, input_codes, read_bundle
 from fhir_adapters._json_text import JSONTextError, parse_json
@@ -39,6 +40,7 @@ __all__ = [
     "InputFile",
     "InvalidBundleError",
     "JSONTextError",
+    "SynthReport",
     "bucket_of",
     "code_systems",
     "export_terminology",
@@ -48,5 +50,7 @@ __all__ = [
     "parse_json",
     "read_bucket",
     "read_bundle",
+    "synth_export",
+    "synth_patient",
     "write_bundle",
 ]

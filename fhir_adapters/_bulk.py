@@ -72,6 +72,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 from urllib.parse import unquote, urlparse
 
+import orjson
+
 from cds import MovementCDSError
 from fhir_adapters._json_text import JSONTextError, parse_json
 
@@ -261,7 +263,11 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 # --- pass one: check every line, stage it in DuckDB -------------------------------------------
 
-_COLUMNS: Final = ("bucket", "pid", "rank", "rtype", "rid", "file", "line", "ref", "raw")
+_STAGED: Final = ("pid", "rank", "rtype", "rid", "file", "line", "ref", "raw")
+#: ``bucket_of`` in SQL: the first 8 bytes of the SHA-256 of the id, modulo the bucket count
+#: (``buckets`` is set per connection)
+_BUCKET_SQL: Final = ("CAST(CAST(('0x' || sha256(pid)[1:16]) AS UBIGINT) "
+                      "% getvariable('buckets') AS INTEGER)")
 _SCHEMA_SQL: Final = """
 CREATE TABLE res (bucket INTEGER, pid VARCHAR, rank UTINYINT, rtype VARCHAR, rid VARCHAR,
                   file INTEGER, line BIGINT, ref VARCHAR, raw VARCHAR);
@@ -273,16 +279,15 @@ CREATE TABLE rej (file INTEGER, line BIGINT, rtype VARCHAR, rid VARCHAR, reason 
 class _Stager:
     """Checks lines and appends them to DuckDB in batches of about ``_BATCH_BYTES``."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, buckets: int) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
-        self.buckets = buckets
-        self.rows: dict[str, list[Any]] = {c: [] for c in _COLUMNS}
+        self.rows: list[tuple[str | None, int, str, str | None, int, int, str | None, str]] = []
         self.rejects: list[tuple[int, int, str | None, str | None, str]] = []
         self.pending = 0
 
     def line(self, file: int, expected: str, n: int, text: bytes) -> None:
         try:
-            res = parse_json(text)
+            res = _parse(text)
         except JSONTextError as e:
             self.reject(file, n, None, None, f"not valid JSON: {e}")
             return
@@ -303,14 +308,8 @@ class _Stager:
         else:
             ref = _reference(res)
             pid = patient_id_of(ref) if ref is not None else None
-        self.add(pid, rtype, rid, file, n, ref, text.decode("utf-8"))
-
-    def add(self, pid: str | None, rtype: str, rid: str | None, file: int, n: int,
-            ref: str | None, raw: str) -> None:
-        row = (bucket_of(pid, self.buckets) if pid is not None else None, pid,
-               TYPE_RANK.get(rtype, _OTHER_RANK), rtype, rid, file, n, ref, raw)
-        for c, v in zip(_COLUMNS, row, strict=True):
-            self.rows[c].append(v)
+        raw = text.decode("utf-8")
+        self.rows.append((pid, TYPE_RANK.get(rtype, _OTHER_RANK), rtype, rid, file, n, ref, raw))
         self.pending += len(raw) + 64
         if self.pending >= _BATCH_BYTES:
             self.flush()
@@ -325,15 +324,29 @@ class _Stager:
     def flush(self) -> None:
         import pyarrow as pa
 
-        if self.rows["raw"]:
-            batch = pa.table(self.rows)  # noqa: F841 (DuckDB reads it by name)
-            self.con.execute("INSERT INTO res SELECT * FROM batch")
-            self.rows = {c: [] for c in _COLUMNS}
+        if self.rows:
+            batch = pa.table(dict(zip(_STAGED, zip(*self.rows, strict=True), strict=True)))
+            self.con.execute(f"INSERT INTO res SELECT {_BUCKET_SQL}, * FROM batch")
+            del batch
+            self.rows = []
         if self.rejects:
             self.con.executemany("INSERT INTO rej VALUES (?, ?, ?, ?, ?, NULL, NULL)",
                                  self.rejects)
             self.rejects = []
         self.pending = 0
+
+
+def _parse(text: bytes) -> Any:
+    """``parse_json(text)``, fast for the usual compact line: text that ``orjson`` reads and
+    writes back byte for byte holds no duplicate key, lone surrogate, NaN or huge integer
+    (each would not come back the same), so the strict parser is needed only otherwise."""
+    try:
+        value = orjson.loads(text)
+        if orjson.dumps(value) == text:
+            return value
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError, TypeError):
+        pass
+    return parse_json(text)
 
 
 def _reference(res: dict[str, Any]) -> str | None:
@@ -421,7 +434,8 @@ def _sql_text(text: str) -> str:
 
 def _stage(con: duckdb.DuckDBPyConnection, files: list[tuple[Path, str]],
            buckets: int) -> tuple[InputFile, ...]:
-    stager = _Stager(con, buckets)
+    con.execute(f"SET VARIABLE buckets = {int(buckets)}::UBIGINT")
+    stager = _Stager(con)
     inputs = []
     for index, (path, rtype) in enumerate(files):
         try:
