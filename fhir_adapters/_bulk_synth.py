@@ -9,8 +9,9 @@ relative to it (so the folder can be moved; a server's manifest has absolute URL
 Types without resources get no file, as in the Bulk Data specification.
 
 Each patient depends only on ``(seed, index, as_of)`` (``synth_patient``): half come from
-the mixed population (``synthetic_bundle``: every kind of imperfect input), half from the
-primary-care one (``primary_care_bundle``: complete red-flag screens), and on top of that:
+the mixed population (the resources of ``synthetic_bundle``: every kind of imperfect
+input), half from the primary-care one (those of ``primary_care_bundle``: complete red-flag
+screens), and on top of that:
 
 * ids unique across the export (``<patient>-<id>``); one patient in ten has a UUID id and is
   mostly referred to as ``urn:uuid:<id>``; about one reference in seven is an absolute
@@ -52,9 +53,9 @@ from fhir_adapters._outbound import (
 from fhir_adapters._population import (
     SCREEN,
     UCUM,
-    primary_care_bundle,
+    _Patient,
+    _PrimaryCarePatient,
     red_flag_items,
-    synthetic_bundle,
 )
 
 if TYPE_CHECKING:
@@ -136,13 +137,12 @@ class _SynthPatient:
 
     def resources(self) -> list[dict[str, Any]]:
         ctx = self.ctx
-        if self.rng.random() < 0.5:
-            bundle = primary_care_bundle(ctx.seed, self.index, ctx.as_of, ctx.items)
+        if self.rng.random() < 0.5:  # the generators' Bundles, without the Bundle around
+            visit = _PrimaryCarePatient(ctx.seed, self.index, ctx.as_of, ctx.items).visit()
         else:
-            bundle = synthetic_bundle(ctx.seed, self.index, ctx.as_of)
+            visit = _Patient(ctx.seed, self.index, ctx.as_of).visit()
         out: list[dict[str, Any]] = []
-        for entry in bundle["entry"]:
-            res = dict(entry["resource"])
+        for res in visit:
             if res["resourceType"] == "Patient":
                 res["id"] = self.pid
             else:
@@ -248,6 +248,7 @@ class _Writer:
         self.files: list[tuple[Path, int]] = []
         self.stream: IO[bytes] | gzip.GzipFile | None = None
         self._raw: IO[bytes] | None = None
+        self.current = ""
         self.lines = 0
 
     def name(self) -> str:
@@ -262,6 +263,7 @@ class _Writer:
                                     compresslevel=6) if self.gz else raw
         self._raw = raw
         self.files.append((path, 0))
+        self.current = path.name
         self.lines = 0
 
     def at_patient_boundary(self) -> None:
@@ -275,9 +277,8 @@ class _Writer:
         assert self.stream is not None
         self.stream.write(line + b"\n")
         self.lines += 1
-        path, _ = self.files[-1]
-        self.files[-1] = (path, self.lines)
-        return path.name, self.lines
+        self.files[-1] = (self.files[-1][0], self.lines)
+        return self.current, self.lines
 
     def close(self) -> None:
         if self.stream is not None:
