@@ -60,25 +60,22 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import logging
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, Any, Final
 from urllib.parse import unquote, urlparse
 
 import orjson
 
 from cds import MovementCDSError
 from fhir_adapters._json_text import JSONTextError, parse_json
-
-if TYPE_CHECKING:
-    import duckdb
 
 __all__ = [
     "BulkExportError",
@@ -98,7 +95,7 @@ _TYPE_NAME: Final = re.compile(r"[A-Z][A-Za-z]{0,63}\Z")
 _PATIENT_REF: Final = re.compile(r"(?:^|/)Patient/([^/]+)(?:/_history/[^/]+)?\Z")
 _URN_UUID: Final = "urn:uuid:"
 _GZIP_MAGIC: Final = b"\x1f\x8b"
-_BATCH_BYTES: Final = 4 << 20  # text per batch appended to DuckDB
+_BATCH_BYTES: Final = 4 << 20  # lines held before they are spilled to the bucket files
 _FETCH_ROWS: Final = 512
 
 
@@ -261,79 +258,106 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                               f"{getattr(e, 'strerror', None) or e})") from None
 
 
-# --- pass one: check every line, stage it in DuckDB -------------------------------------------
+# --- pass one: check every line, spill it to its bucket -------------------------------------
 
-_STAGED: Final = ("pid", "rank", "rtype", "rid", "file", "line", "ref", "raw")
-#: ``bucket_of`` in SQL: the first 8 bytes of the SHA-256 of the id, modulo the bucket count
-#: (``buckets`` is set per connection)
-_BUCKET_SQL: Final = ("CAST(CAST(('0x' || sha256(pid)[1:16]) AS UBIGINT) "
-                      "% getvariable('buckets') AS INTEGER)")
-_SCHEMA_SQL: Final = """
-CREATE TABLE res (bucket INTEGER, pid VARCHAR, rank UTINYINT, rtype VARCHAR, rid VARCHAR,
-                  file INTEGER, line BIGINT, ref VARCHAR, raw VARCHAR);
-CREATE TABLE rej (file INTEGER, line BIGINT, rtype VARCHAR, rid VARCHAR, reason VARCHAR,
-                  kfile INTEGER, kline BIGINT);
-"""
+_SPILL_COLUMNS: Final = ("pid", "rank", "rtype", "rid", "file", "line", "ref", "raw")
+_Row = tuple[str, int, str, str | None, int, int, str | None, bytes]
 
 
-class _Stager:
-    """Checks lines and appends them to DuckDB in batches of about ``_BATCH_BYTES``."""
+def _spill_schema() -> Any:
+    import pyarrow as pa
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        self.con = con
-        self.rows: list[tuple[str | None, int, str, str | None, int, int, str | None, str]] = []
-        self.rejects: list[tuple[int, int, str | None, str | None, str]] = []
+    return pa.schema([("pid", pa.string()), ("rank", pa.uint8()), ("rtype", pa.string()),
+                      ("rid", pa.string()), ("file", pa.int32()), ("line", pa.int64()),
+                      ("ref", pa.string()), ("raw", pa.binary())])
+
+
+class _Records:
+    """An NDJSON file of orphan or rejected records (file, line, type, id, ...)."""
+
+    def __init__(self, path: Path, files: list[tuple[Path, str]]) -> None:
+        self.path, self.files, self.count = path, files, 0
+        self.out = path.open("wb")
+
+    def add(self, file: int, line: int, rtype: str | None, rid: str | None,
+            **more: str | None) -> None:
+        self.out.write(orjson.dumps({"file": str(self.files[file][0]), "line": line,
+                                     "resourceType": rtype, "id": rid, **more}) + b"\n")
+        self.count += 1
+
+    def close(self) -> None:
+        self.out.close()
+
+
+class _Spiller:
+    """Checks each line; a resource that names a patient goes to that patient's bucket's
+    spill file (Arrow IPC) in batches of about ``_BATCH_BYTES`` in all; the others are
+    rejected or orphans at once."""
+
+    def __init__(self, spill_dir: Path, buckets: int, orphans: _Records,
+                 rejected: _Records) -> None:
+        self.spill_dir, self.buckets = spill_dir, buckets
+        self.orphans, self.rejected = orphans, rejected
+        self.rows: list[list[_Row]] = [[] for _ in range(buckets)]
+        self.writers: dict[int, Any] = {}
         self.pending = 0
 
     def line(self, file: int, expected: str, n: int, text: bytes) -> None:
         try:
             res = _parse(text)
         except JSONTextError as e:
-            self.reject(file, n, None, None, f"not valid JSON: {e}")
+            self.rejected.add(file, n, None, None, reason=f"not valid JSON: {e}")
             return
         rtype = res.get("resourceType") if isinstance(res, dict) else None
         if not isinstance(rtype, str) or not _TYPE_NAME.match(rtype):
-            self.reject(file, n, None, None, "not a FHIR resource (no resourceType)")
+            self.rejected.add(file, n, None, None, reason="not a FHIR resource (no resourceType)")
             return
         rid = res.get("id") if isinstance(res.get("id"), str) else None
         if rtype != expected:
-            self.reject(file, n, rtype, rid,
-                        f"resourceType {rtype} in a file of {expected} resources")
+            self.rejected.add(file, n, rtype, rid,
+                              reason=f"resourceType {rtype} in a file of {expected} resources")
             return
+        ref = None
         if rtype == "Patient":
             if not rid:
-                self.reject(file, n, rtype, None, "a Patient without an id")
+                self.rejected.add(file, n, rtype, None, reason="a Patient without an id")
                 return
-            pid, ref = rid, None
+            pid: str | None = rid
         else:
             ref = _reference(res)
             pid = patient_id_of(ref) if ref is not None else None
-        raw = text.decode("utf-8")
-        self.rows.append((pid, TYPE_RANK.get(rtype, _OTHER_RANK), rtype, rid, file, n, ref, raw))
-        self.pending += len(raw) + 64
-        if self.pending >= _BATCH_BYTES:
-            self.flush()
-
-    def reject(self, file: int, n: int, rtype: str | None, rid: str | None,
-               reason: str) -> None:
-        self.rejects.append((file, n, rtype, rid, reason))
-        self.pending += 256
+            if pid is None:
+                reason = "no-patient-reference" if ref is None else "not-a-patient-reference"
+                self.orphans.add(file, n, rtype, rid, reference=ref, reason=reason)
+                return
+        assert pid is not None
+        self.rows[bucket_of(pid, self.buckets)].append(
+            (pid, TYPE_RANK.get(rtype, _OTHER_RANK), rtype, rid, file, n, ref, text))
+        self.pending += len(text) + 100
         if self.pending >= _BATCH_BYTES:
             self.flush()
 
     def flush(self) -> None:
         import pyarrow as pa
 
-        if self.rows:
-            batch = pa.table(dict(zip(_STAGED, zip(*self.rows, strict=True), strict=True)))
-            self.con.execute(f"INSERT INTO res SELECT {_BUCKET_SQL}, * FROM batch")
-            del batch
-            self.rows = []
-        if self.rejects:
-            self.con.executemany("INSERT INTO rej VALUES (?, ?, ?, ?, ?, NULL, NULL)",
-                                 self.rejects)
-            self.rejects = []
+        schema = _spill_schema()
+        for k, rows in enumerate(self.rows):
+            if not rows:
+                continue
+            if k not in self.writers:
+                self.writers[k] = pa.ipc.new_stream(str(self.spill_dir / f"{k:05d}.arrow"),
+                                                    schema)
+            columns = zip(*rows, strict=True)
+            self.writers[k].write_batch(pa.record_batch(
+                [pa.array(v, type=f.type) for v, f in zip(columns, schema, strict=True)],
+                schema=schema))
+            self.rows[k] = []
         self.pending = 0
+
+    def close(self) -> None:
+        self.flush()
+        for w in self.writers.values():
+            w.close()
 
 
 def _parse(text: bytes) -> Any:
@@ -363,32 +387,57 @@ def _reference(res: dict[str, Any]) -> str | None:
 def group_export(source: Path, work_dir: Path, *, buckets: int = 64,
                  memory_limit_mb: int | None = None) -> GroupedExport:
     """Group the export at ``source`` (a directory or an ``$export`` manifest) per patient
-    into ``buckets`` bucket files under ``work_dir`` (see the module docstring)."""
-    if buckets < 1:
-        raise BulkExportError(f"buckets must be at least 1 (got {buckets})")
+    into ``buckets`` bucket files under ``work_dir`` (see the module docstring). With
+    ``memory_limit_mb``, a bucket whose spill file is larger than a quarter of it is a
+    ``BulkExportError`` (use more buckets) rather than a process that outgrows its memory."""
+    if not 1 <= buckets <= MAX_BUCKETS:
+        raise BulkExportError(f"buckets must be 1 to {MAX_BUCKETS} (got {buckets})")
+    if memory_limit_mb is not None and memory_limit_mb < 16:
+        raise BulkExportError(f"memory limit must be at least 16 MB (got {memory_limit_mb})")
     files = _input_files(Path(source))
+    _need_pyarrow()
     work_dir = Path(work_dir)
-    bucket_dir = work_dir / "buckets"
+    bucket_dir, spill_dir = work_dir / "buckets", work_dir / "spill"
+    _remove(spill_dir)
     bucket_dir.mkdir(parents=True, exist_ok=True)
+    spill_dir.mkdir(parents=True)
     for old in bucket_dir.glob("bucket-*.ndjson"):
         old.unlink()
-    db_path, spill = work_dir / "grouping.duckdb", work_dir / "grouping.tmp"
-    _remove(db_path, spill)
-    con = _connect(db_path, spill, memory_limit_mb)
+    orphans = _Records(work_dir / "orphans.ndjson", files)
+    rejected = _Records(work_dir / "rejected.ndjson", files)
+    clock = _Clock()
     try:
-        inputs = _stage(con, files, buckets)
-        _reject_duplicate_patients(con)
-        orphans, orphan_count = _write_orphans(con, files, work_dir / "orphans.ndjson")
-        rejected = work_dir / "rejected.ndjson"
-        rejected_count = _write_rejected(con, files, rejected)
-        paths, patients, grouped = _write_buckets(con, bucket_dir, buckets)
+        inputs = _spill(files, spill_dir, buckets, orphans, rejected)
+        clock.lap("read and checked %d lines", sum(f.resources for f in inputs))
+        limit = None if memory_limit_mb is None else (memory_limit_mb << 20) // 4
+        writer = _BucketWriter(bucket_dir, buckets)
+        for k in range(buckets):
+            _group_bucket(spill_dir / f"{k:05d}.arrow", k, writer, orphans, rejected, limit)
+        writer.close()
+        clock.lap("%d patients (%d resources) in %d buckets; %d orphans, %d rejected",
+                  writer.patients, writer.resources, buckets, orphans.count, rejected.count)
     finally:
-        con.close()
-        _remove(db_path, spill)
-    log.info("grouped %d patients (%d resources) into %d buckets; %d orphans, %d rejected",
-             patients, grouped, buckets, orphan_count, rejected_count)
-    return GroupedExport(paths, inputs, patients, orphans, orphan_count, rejected,
-                         rejected_count, grouped)
+        orphans.close()
+        rejected.close()
+        _remove(spill_dir)
+    return GroupedExport(writer.paths, inputs, writer.patients, orphans.path, orphans.count,
+                         rejected.path, rejected.count, writer.resources)
+
+
+#: at most this many buckets (each has a spill file open while the export is read)
+MAX_BUCKETS: Final = 1000
+
+
+class _Clock:
+    """Logs how long each stage took (ids and counts only)."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+
+    def lap(self, what: str, *args: object) -> None:
+        now = time.perf_counter()
+        log.info("grouping: " + what + " in %.1f s", *args, now - self.last)
+        self.last = now
 
 
 def _input_files(source: Path) -> list[tuple[Path, str]]:
@@ -399,117 +448,95 @@ def _input_files(source: Path) -> list[tuple[Path, str]]:
     raise BulkExportError(f"{source}: no such directory or manifest file")
 
 
-def _remove(*paths: Path) -> None:
-    for p in paths:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-            Path(f"{p}.wal").unlink(missing_ok=True)
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
-def _connect(db_path: Path, spill: Path, memory_limit_mb: int | None
-             ) -> duckdb.DuckDBPyConnection:
+def _need_pyarrow() -> None:
     try:
-        import duckdb
-        import pyarrow  # noqa: F401 (the staging batches)
-    except ImportError as e:
+        import pyarrow  # noqa: F401
+    except ImportError:
         raise PopulationExtraMissingError(
-            f"grouping a Bulk Data export needs the population extra ({e.name} is missing): "
+            "grouping a Bulk Data export needs the population extra (pyarrow is missing): "
             "pip install 'movement-cds[population]'") from None
-    con = duckdb.connect(str(db_path))
-    con.execute(f"SET temp_directory = '{_sql_text(str(spill))}'")
-    con.execute("SET preserve_insertion_order = false")
-    if memory_limit_mb is not None:
-        if memory_limit_mb < 16:
-            raise BulkExportError(f"memory limit must be at least 16 MB (got {memory_limit_mb})")
-        con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
-    con.execute(_SCHEMA_SQL)
-    return con
 
 
-def _sql_text(text: str) -> str:
-    return text.replace("'", "''")
-
-
-def _stage(con: duckdb.DuckDBPyConnection, files: list[tuple[Path, str]],
-           buckets: int) -> tuple[InputFile, ...]:
-    con.execute(f"SET VARIABLE buckets = {int(buckets)}::UBIGINT")
-    stager = _Stager(con)
+def _spill(files: list[tuple[Path, str]], spill_dir: Path, buckets: int, orphans: _Records,
+           rejected: _Records) -> tuple[InputFile, ...]:
+    spiller = _Spiller(spill_dir, buckets, orphans, rejected)
     inputs = []
-    for index, (path, rtype) in enumerate(files):
-        try:
-            digest = _sha256(path)
-        except OSError as e:
-            raise BulkExportError(f"{path}: cannot be read ({e.strerror or e})") from None
-        count = 0
-        for n, text in _lines(path):
-            stager.line(index, rtype, n, text)
-            count += 1
-        inputs.append(InputFile(path, rtype, digest, count))
-        log.info("bulk input %s: %d lines of %s", path.name, count, rtype)
-    stager.flush()
+    try:
+        for index, (path, rtype) in enumerate(files):
+            try:
+                digest = _sha256(path)
+            except OSError as e:
+                raise BulkExportError(f"{path}: cannot be read ({e.strerror or e})") from None
+            count = 0
+            for n, text in _lines(path):
+                spiller.line(index, rtype, n, text)
+                count += 1
+            inputs.append(InputFile(path, rtype, digest, count))
+            log.info("bulk input %s: %d lines of %s", path.name, count, rtype)
+    finally:
+        spiller.close()
     return tuple(inputs)
 
 
-def _reject_duplicate_patients(con: duckdb.DuckDBPyConnection) -> None:
-    """Of several Patients with one id, keep the one whose text sorts first."""
-    con.execute("""
-        CREATE TEMP TABLE dup AS
-        WITH many AS (SELECT pid FROM res WHERE rtype = 'Patient'
-                      GROUP BY pid HAVING count(*) > 1),
-        ranked AS (
-            SELECT r.file, r.line, r.rid, row_number() OVER w AS n,
-                   first_value(r.file) OVER w AS kfile, first_value(r.line) OVER w AS kline
-            FROM res r SEMI JOIN many USING (pid) WHERE r.rtype = 'Patient'
-            WINDOW w AS (PARTITION BY r.pid ORDER BY r.raw, r.file, r.line))
-        SELECT * FROM ranked WHERE n > 1""")
-    con.execute("""
-        INSERT INTO rej SELECT file, line, 'Patient', rid, 'duplicate', kfile, kline FROM dup;
-        DELETE FROM res USING dup WHERE res.file = dup.file AND res.line = dup.line;
-        DROP TABLE dup""")
+def _group_bucket(spill: Path, k: int, writer: _BucketWriter, orphans: _Records,
+                  rejected: _Records, limit: int | None) -> None:
+    """Sort one bucket's spill file and write its patients; reject all but one Patient of
+    each id (the one whose text sorts first) and report resources of absent patients."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    writer.to_bucket(k)
+    if not spill.exists():
+        return
+    if limit is not None and spill.stat().st_size > limit:
+        raise BulkExportError(
+            f"bucket {k} holds {spill.stat().st_size >> 20} MB, more than a quarter of the "
+            "memory limit: group into more buckets")
+    with pa.ipc.open_stream(str(spill)) as reader:
+        table = reader.read_all()
+    table = table.sort_by([("pid", "ascending"), ("rank", "ascending"), ("rtype", "ascending"),
+                           ("rid", "ascending"), ("raw", "ascending")])
+    is_patient = pc.equal(table["rtype"], "Patient")
+    patients = table.filter(is_patient)
+    first = _first_of_pid(patients)
+    duplicates = patients.filter(pc.invert(first))
+    if duplicates.num_rows:
+        where = {r["pid"]: r for r in patients.filter(pc.and_(first, pc.is_in(
+            patients["pid"], value_set=duplicates["pid"]))).to_pylist()}
+        for row in duplicates.to_pylist():
+            keep = where[row["pid"]]
+            rejected.add(row["file"], row["line"], "Patient", row["rid"], reason=(
+                f"a second Patient with id {row['pid']}: the one kept is "
+                f"{rejected.files[keep['file']][0]}:{keep['line']}"))
+    kept = patients.filter(first)["pid"]
+    known = pc.is_in(table["pid"], value_set=kept)
+    lost = pc.and_(pc.invert(is_patient), pc.invert(known))
+    for row in table.filter(lost).sort_by([("file", "ascending"), ("line", "ascending")]
+                                          ).to_pylist():
+        orphans.add(row["file"], row["line"], row["rtype"], row["rid"], reference=row["ref"],
+                    reason="patient-not-in-export")
+    grouped = table.filter(pc.or_(pc.and_(is_patient, _first_of_pid(table)),
+                                  pc.and_(pc.invert(is_patient), known)))
+    for batch in grouped.select(["pid", "raw"]).to_batches(max_chunksize=_FETCH_ROWS):
+        for pid, raw in zip(batch["pid"].to_pylist(), batch["raw"].to_pylist(), strict=True):
+            writer.row(pid, raw)
 
 
-_ORPHAN_WHERE: Final = """rtype <> 'Patient' AND (pid IS NULL OR pid NOT IN (
-    SELECT pid FROM res WHERE rtype = 'Patient'))"""
+def _first_of_pid(table: Any) -> Any:
+    """True on each row whose pid differs from the row before (the table is sorted)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-
-def _write_orphans(con: duckdb.DuckDBPyConnection, files: list[tuple[Path, str]],
-                   path: Path) -> tuple[Path, int]:
-    cur = con.execute(f"""
-        SELECT file, line, rtype, rid, ref,
-               CASE WHEN ref IS NULL THEN 'no-patient-reference'
-                    WHEN pid IS NULL THEN 'not-a-patient-reference'
-                    ELSE 'patient-not-in-export' END
-        FROM res WHERE {_ORPHAN_WHERE} ORDER BY file, line""")
-    count = 0
-    with path.open("w", encoding="utf-8") as out:
-        while rows := cur.fetchmany(_FETCH_ROWS * 8):
-            for file, line, rtype, rid, ref, reason in rows:
-                out.write(json.dumps({
-                    "file": str(files[file][0]), "line": line, "resourceType": rtype,
-                    "id": rid, "reference": ref, "reason": reason}, ensure_ascii=False) + "\n")
-            count += len(rows)
-    con.execute(f"DELETE FROM res WHERE {_ORPHAN_WHERE}")
-    return path, count
-
-
-def _write_rejected(con: duckdb.DuckDBPyConnection, files: list[tuple[Path, str]],
-                    path: Path) -> int:
-    cur = con.execute("SELECT file, line, rtype, rid, reason, kfile, kline FROM rej "
-                      "ORDER BY file, line")
-    count = 0
-    with path.open("w", encoding="utf-8") as out:
-        while rows := cur.fetchmany(_FETCH_ROWS * 8):
-            for file, line, rtype, rid, reason, kfile, kline in rows:
-                if reason == "duplicate":
-                    reason = (f"a second Patient with id {rid}: the one kept is "
-                              f"{files[kfile][0]}:{kline}")
-                out.write(json.dumps({
-                    "file": str(files[file][0]), "line": line, "resourceType": rtype,
-                    "id": rid, "reason": reason}, ensure_ascii=False) + "\n")
-            count += len(rows)
-    return count
+    pid = table["pid"]
+    if len(pid) == 0:
+        return pa.array([], pa.bool_())
+    previous = pa.concat_arrays([pa.array([None], pa.string()),
+                                 pid.slice(0, len(pid) - 1).combine_chunks()])
+    return pc.fill_null(pc.not_equal(pid, previous), True)
 
 
 class _BucketWriter:
@@ -518,58 +545,43 @@ class _BucketWriter:
     def __init__(self, bucket_dir: Path, buckets: int) -> None:
         self.paths = tuple(bucket_dir / f"bucket-{i:05d}.ndjson" for i in range(buckets))
         self.index = -1
-        self.out: io.TextIOWrapper | None = None
+        self.out: IO[bytes] | None = None
         self.pid: str | None = None
-        self.entries: list[str] = []
+        self.entries: list[bytes] = []
         self.patients = 0
         self.resources = 0
 
-    def row(self, bucket: int, pid: str, raw: str) -> None:
+    def row(self, pid: str, raw: bytes) -> None:
         if pid != self.pid:
             self.end_patient()
-            self.to_bucket(bucket)
             self.pid = pid
-            full = f'"fullUrl":"{_URN_UUID}{pid}",' if _is_uuid(pid) else ""
-            self.entries.append(f"{{{full}\"resource\":{raw}}}")
+            full = f'"fullUrl":"{_URN_UUID}{pid}",'.encode() if _is_uuid(pid) else b""
+            self.entries.append(b"{" + full + b'"resource":' + raw + b"}")
         else:
-            self.entries.append(f'{{"resource":{raw}}}')
+            self.entries.append(b'{"resource":' + raw + b"}")
         self.resources += 1
 
     def end_patient(self) -> None:
         if self.pid is None or self.out is None:
             return
-        self.out.write(f'{{"patient":{json.dumps(self.pid, ensure_ascii=False)},'
-                       '"bundle":{"resourceType":"Bundle","type":"collection","entry":['
-                       + ",".join(self.entries) + "]}}\n")
+        self.out.write(b'{"patient":' + orjson.dumps(self.pid) + b',"bundle":{"resourceType":'
+                       b'"Bundle","type":"collection","entry":[' + b",".join(self.entries)
+                       + b"]}}\n")
         self.patients += 1
         self.pid, self.entries = None, []
 
     def to_bucket(self, bucket: int) -> None:
+        self.end_patient()
         while self.index < bucket:
             if self.out is not None:
                 self.out.close()
             self.index += 1
-            self.out = self.paths[self.index].open("w", encoding="utf-8")
+            self.out = self.paths[self.index].open("wb")
 
     def close(self) -> None:
-        self.end_patient()
         self.to_bucket(len(self.paths) - 1)
         if self.out is not None:
             self.out.close()
-
-
-def _write_buckets(con: duckdb.DuckDBPyConnection, bucket_dir: Path,
-                   buckets: int) -> tuple[tuple[Path, ...], int, int]:
-    cur = con.execute("SELECT bucket, pid, raw FROM res "
-                      "ORDER BY bucket, pid, rank, rtype, rid NULLS FIRST, raw")
-    writer = _BucketWriter(bucket_dir, buckets)
-    try:
-        while rows := cur.fetchmany(_FETCH_ROWS):
-            for bucket, pid, raw in rows:
-                writer.row(bucket, pid, raw)
-    finally:
-        writer.close()
-    return writer.paths, writer.patients, writer.resources
 
 
 def read_bucket(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
