@@ -49,11 +49,14 @@ Buckets
     not on how they were split into files or ordered.
 
 Memory
-    The export is never held in memory: pass one streams every file and appends the checked
-    lines in batches of a few MB to a DuckDB table on disk (``work_dir``); DuckDB then finds
-    duplicates and orphans and sorts by bucket and patient out of core (``memory_limit_mb``
-    is DuckDB's ``memory_limit``; it spills to ``work_dir``), and pass two streams the sorted
-    rows out one patient at a time. Needs the ``population`` extra (duckdb, pyarrow).
+    The export is never held in memory. Pass one streams every file, checks each line and
+    appends it, in batches of a few MB, to its bucket's spill file (Arrow IPC, under
+    ``work_dir/spill``); pass two reads one bucket at a time, sorts it with pyarrow, writes
+    its patients and deletes the spill. So memory is a few MB plus about twice the largest
+    bucket, whatever the size of the export: use more buckets for a bigger export. With
+    ``memory_limit_mb`` a bucket larger than a quarter of it is a ``BulkExportError``
+    (naming the bucket) instead of a process that outgrows its memory. Needs the
+    ``population`` extra (pyarrow).
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ class BulkExportError(MovementCDSError, ValueError):
 
 
 class PopulationExtraMissingError(MovementCDSError, ImportError):
-    """The ``population`` extra (duckdb, pyarrow) is not installed."""
+    """The ``population`` extra (pyarrow) is not installed."""
 
 
 @dataclass(frozen=True)
