@@ -408,7 +408,7 @@ def test_a_bucket_beyond_the_memory_limit_is_a_clear_error(tmp_path: Path) -> No
     src = tmp_path / "export"
     src.mkdir()
     padded_export(src, patients=60, per_patient=5, pad=20_000)  # ~6 MB in one bucket
-    with pytest.raises(BulkExportError, match="bucket 0 holds .* group into more buckets"):
+    with pytest.raises(BulkExportError, match=r"bucket 0 holds .* group into more buckets"):
         group_export(src, tmp_path / "work", buckets=1, memory_limit_mb=16)
     g = group_export(src, tmp_path / "work", buckets=4, memory_limit_mb=16)
     assert g.patients == 60
