@@ -52,11 +52,12 @@ Memory
     The export is never held in memory. Pass one streams every file, checks each line and
     appends it, in batches of a few MB, to its bucket's spill file (Arrow IPC, under
     ``work_dir/spill``); pass two reads one bucket at a time, sorts it with pyarrow, writes
-    its patients and deletes the spill. So memory is a few MB plus about twice the largest
-    bucket, whatever the size of the export: use more buckets for a bigger export. With
-    ``memory_limit_mb`` a bucket larger than a quarter of it is a ``BulkExportError``
-    (naming the bucket) instead of a process that outgrows its memory. Needs the
-    ``population`` extra (pyarrow).
+    its patients and deletes the spill. Memory is therefore a fixed ~40 MB (pyarrow, the
+    batches) plus up to ~10 times the largest bucket (the sort, its copies, the bundle being
+    written), whatever the size of the export: pick ``buckets`` so that a bucket is a few
+    MB (export size / 4 MB). With ``memory_limit_mb``, a bucket larger than an eighth of it
+    is a ``BulkExportError`` naming the bucket, instead of a process that outgrows its
+    memory. Needs the ``population`` extra (pyarrow).
 """
 
 from __future__ import annotations
@@ -391,7 +392,7 @@ def group_export(source: Path, work_dir: Path, *, buckets: int = 64,
                  memory_limit_mb: int | None = None) -> GroupedExport:
     """Group the export at ``source`` (a directory or an ``$export`` manifest) per patient
     into ``buckets`` bucket files under ``work_dir`` (see the module docstring). With
-    ``memory_limit_mb``, a bucket whose spill file is larger than a quarter of it is a
+    ``memory_limit_mb``, a bucket whose spill file is larger than an eighth of it is a
     ``BulkExportError`` (use more buckets) rather than a process that outgrows its memory."""
     if not 1 <= buckets <= MAX_BUCKETS:
         raise BulkExportError(f"buckets must be 1 to {MAX_BUCKETS} (got {buckets})")
@@ -412,7 +413,7 @@ def group_export(source: Path, work_dir: Path, *, buckets: int = 64,
     try:
         inputs = _spill(files, spill_dir, buckets, orphans, rejected)
         clock.lap("read and checked %d lines", sum(f.resources for f in inputs))
-        limit = None if memory_limit_mb is None else (memory_limit_mb << 20) // 4
+        limit = None if memory_limit_mb is None else (memory_limit_mb << 20) // 8
         writer = _BucketWriter(bucket_dir, buckets)
         for k in range(buckets):
             _group_bucket(spill_dir / f"{k:05d}.arrow", k, writer, orphans, rejected, limit)
@@ -497,8 +498,8 @@ def _group_bucket(spill: Path, k: int, writer: _BucketWriter, orphans: _Records,
         return
     if limit is not None and spill.stat().st_size > limit:
         raise BulkExportError(
-            f"bucket {k} holds {spill.stat().st_size >> 20} MB, more than a quarter of the "
-            "memory limit: group into more buckets")
+            f"bucket {k} holds {spill.stat().st_size / 2**20:.1f} MB, more than an eighth of "
+            "the memory limit: group into more buckets")
     with pa.ipc.open_stream(str(spill)) as reader:
         table = reader.read_all()
     table = table.sort_by([("pid", "ascending"), ("rank", "ascending"), ("rtype", "ascending"),
@@ -527,6 +528,8 @@ def _group_bucket(spill: Path, k: int, writer: _BucketWriter, orphans: _Records,
     for batch in grouped.select(["pid", "raw"]).to_batches(max_chunksize=_FETCH_ROWS):
         for pid, raw in zip(batch["pid"].to_pylist(), batch["raw"].to_pylist(), strict=True):
             writer.row(pid, raw)
+    del table, grouped, patients
+    pa.default_memory_pool().release_unused()  # back to the system before the next bucket
 
 
 def _first_of_pid(table: Any) -> Any:
