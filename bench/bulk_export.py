@@ -38,7 +38,7 @@ AS_OF = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-import pyarrow  # noqa: F401  (loaded before the baseline RSS)
+import pyarrow.compute, pyarrow.ipc  # noqa: F401  (loaded before the baseline RSS)
 from fhir_adapters import group_export
 
 def rss_kb():

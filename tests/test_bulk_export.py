@@ -351,7 +351,7 @@ def test_an_unreadable_export_is_one_clear_error(tmp_path: Path, make: Any,
 CHILD = """
 import json, resource, sys
 from pathlib import Path
-import pyarrow  # noqa: F401  (loaded before the baseline)
+import pyarrow.compute, pyarrow.ipc  # noqa: F401  (loaded before the baseline)
 from fhir_adapters import group_export
 
 def rss_kb():
