@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 FHIRJS := tools/fhir-validator/node_modules/.installed-stamp
 AS_OF ?= 2026-11-02T09:00:00Z
 
-.PHONY: example test lint bench docs clean base-install-check
+.PHONY: example test lint bench docs clean base-install-check chromium pango
 
 SETUP_LOG := $(VENV)/setup.log
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (log: $(SETUP_LOG))"
 	@$(PY) -m venv $(VENV)
 	@( $(BIN)/python -m pip install --upgrade pip \
-	   && $(BIN)/python -m pip install -e '.[dev,service,population]' ) > $(SETUP_LOG) 2>&1 \
+	   && $(BIN)/python -m pip install -e '.[dev,service,handout,population]' ) > $(SETUP_LOG) 2>&1 \
 	   || { tail -n 30 $(SETUP_LOG); echo "set-up failed: the whole log is $(SETUP_LOG)" >&2; exit 1; }
 	@touch $(STAMP)
 
@@ -25,13 +25,23 @@ $(FHIRJS): tools/fhir-validator/package-lock.json
 	@cd tools/fhir-validator && npm ci --silent --no-audit --no-fund
 	@touch $(FHIRJS)
 
+# Headless Chromium for the tests that render pages (tests/browser.py), from the system packages
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+# Pango (and a font) for WeasyPrint, the 'handout' extra's PDF printer, from the system packages
+pango:
+	@ldconfig -p | grep -q 'libpangoft2-1.0.so.0' && fc-list 2>/dev/null | grep -q . \
+	  || { apt-get update -qq && apt-get install -y -qq libpango-1.0-0 libpangoft2-1.0-0 \
+	       fonts-dejavu-core >/dev/null; }
+
 ## Evaluate the bundled example patient: readable plan on the terminal, FHIR in out/.
 example: $(STAMP)
 	$(BIN)/movement-cds evaluate examples/example-patient.json --as-of $(AS_OF) \
 		--out out/example-careplan.json
 
 ## Lint, type-check (mypy strict) and run the test suite.
-test: $(STAMP) $(FHIRJS) lint
+test: $(STAMP) $(FHIRJS) chromium pango lint
 	$(BIN)/python -m pytest
 
 ## The library without extras, as an integrator installs it: build the wheel, install it in a

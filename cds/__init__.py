@@ -6,6 +6,9 @@ It knows nothing of FHIR or HTTP; ``fhir_adapters`` turns FHIR into ``PatientFac
 Two knowledge-base helpers are public for the packages above (the CDS Hooks service):
 ``check_changelog`` (the versioning checks of ``kb validate``: semver manifest version, a
 CHANGELOG section for it) and ``evidence_url`` (where a reader can look an evidence id up).
+``exercise_figure_svg(id, title)`` draws an exercise's start and end position as an inline
+SVG stick figure (for the patient handout and the catalog; ``cds/_poses.py`` has a pose for
+every bundled exercise).
 """
 
 from cds._changelog import check_changelog
@@ -13,6 +16,7 @@ from cds._compiler import CompiledKnowledgeBase, compile_knowledge_base
 from cds._engine_result import EngineResult
 from cds._errors import (
     EngineError,
+    ExplainTargetError,
     InputIssue,
     InvalidInputError,
     KnowledgeBaseError,
@@ -28,6 +32,7 @@ from cds._followup import (
     FollowUp,
     PreviousExercise,
     PreviousPlan,
+    Rating,
 )
 from cds._kb_schema import evidence_url
 from cds._knowledge_base import KnowledgeBase, load_knowledge_base
@@ -40,7 +45,9 @@ from cds._plan import (
     PlanAlert,
     PlannedExercise,
     Referral,
+    resolve_plan,
 )
+from cds._poses import exercise_figure_svg
 from cds._reference import evaluate_reference
 
 __all__ = [
@@ -58,6 +65,7 @@ __all__ = [
     "ExerciseChange",
     "ExerciseDose",
     "ExerciseResponse",
+    "ExplainTargetError",
     "Fact",
     "FollowUp",
     "InputIssue",
@@ -72,10 +80,13 @@ __all__ = [
     "PlannedExercise",
     "PreviousExercise",
     "PreviousPlan",
+    "Rating",
     "Referral",
     "check_changelog",
     "compile_knowledge_base",
     "evaluate_reference",
     "evidence_url",
+    "exercise_figure_svg",
     "load_knowledge_base",
+    "resolve_plan",
 ]

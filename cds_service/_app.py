@@ -7,6 +7,13 @@ Routes (CDS Hooks 2.0; docs/integrators/cds-hooks.md; C1-C22 number the requirem
                                        knowledge-base release
 ``POST /cds-services/{id}``            call a service (C5-C15)
 ``POST /cds-services/{id}/feedback``   card feedback (C16), stored by ``FeedbackStore``
+``GET  /handouts/{id}``                the patient handout page the plan card links to
+                                       (``cds_service._handouts``: a random id, kept
+                                       ``[handouts] ttl_seconds``; no authentication, the
+                                       link is the capability; unknown or expired: 404)
+``GET  /healthz``, ``/readyz``, ``/metrics``  for operators, no client token
+                                       (``cds_service._operations``, docs/operations.md;
+                                       ``/readyz`` answers a small JSON of its own)
 
 Every call is authenticated by ``cds_service._auth.TokenVerifier`` (C17-C19) with the
 audience ``base_url`` + the request path; a failure is a 401 whose OperationOutcome has no
@@ -72,6 +79,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse
 from fastapi.responses import JSONResponse as _StarletteJSON
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -88,7 +96,11 @@ from cds import (
 )
 from cds_service._cards import card_rules, plan_cards
 from cds_service._config import ConfigError, ServiceConfig, load_config
+from cds_service._errors import ApiError, ReloadRefused, StartupError
+from cds_service._handouts import HandoutStore
 from cds_service._heap import settle_heap
+from cds_service._metrics import UNKNOWN_SERVICE
+from cds_service._operations import CallRecord, Observer, add_operations_routes
 from cds_service._prefetch import (
     FHIR_ID,
     PrefetchError,
@@ -97,7 +109,7 @@ from cds_service._prefetch import (
     prefetch_keys,
 )
 from fhir_adapters import JSONTextError, parse_json
-from movement_cds import InvalidBundleError
+from movement_cds import InvalidBundleError, handout_html
 
 __all__ = [
     "APP_FACTORY",
@@ -130,14 +142,6 @@ PHYSIO_CODES: Final = frozenset({
     "1079101000000101",  # Referral to physiotherapy service (UK extension)
 })
 _PHYSIO_TEXT: Final = re.compile(r"physio|physical therap", re.IGNORECASE)
-
-
-class StartupError(RuntimeError):
-    """The service cannot start: bad config, knowledge base or failing scenario tests."""
-
-
-class ReloadRefused(Exception):
-    """A new knowledge-base version was not taken into service; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -179,16 +183,6 @@ _BY_ID: Final = {s.id: s for s in SERVICES}
 # --- errors ---------------------------------------------------------------------------------
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, diagnostics: str | None = None,
-                 outcome: dict[str, Any] | None = None) -> None:
-        super().__init__(diagnostics or code)
-        self.status = status
-        self.code = code
-        self.diagnostics = diagnostics
-        self.outcome = outcome
-
-
 def _outcome(code: str, diagnostics: str | None, severity: str = "error") -> dict[str, Any]:
     issue: dict[str, Any] = {"severity": severity, "code": code}
     if diagnostics:
@@ -228,6 +222,8 @@ class Engine:
         self.digest = ""
         self.fingerprint: Fingerprint = ()
         self.loaded_at = datetime.now(UTC)
+        # its scenario tests passed (here or, for the same content, in the parent process)
+        self.scenarios_passed = False
 
     def evaluate(self, bundle: dict[str, Any], as_of: datetime) -> Any:
         with self._lock:  # the cards need only the advice resources of the output Bundle
@@ -353,6 +349,7 @@ def load_engine(config: ServiceConfig, *, run_scenarios: bool = True,
             raise StartupError(f"knowledge base {root}: {failure}")
     engine = Engine(support)
     engine.digest, engine.fingerprint = digest, fingerprint
+    engine.scenarios_passed = run_scenarios
     try:
         _warm_up(engine)
     except MovementCDSError as e:
@@ -390,6 +387,7 @@ def _candidate(root: Path, live: Engine, digest: str, fingerprint: Fingerprint) 
         raise ReloadRefused(f"{name}: {failure}")
     engine = Engine(support)
     engine.digest, engine.fingerprint = digest, fingerprint
+    engine.scenarios_passed = True
     try:
         _warm_up(engine)
     except MovementCDSError as e:
@@ -412,6 +410,8 @@ class LiveEngine:
             engine.digest = kb_digest(root)
         self._checking = threading.Lock()
         self.settle = settle  # settle_heap() after each swap (service workers)
+        # called with (outcome, engine before the check) after every check (metrics)
+        self.listeners: list[Callable[[str, Engine], None]] = []
 
     def check(self, force: bool = False) -> str:
         """Look for a new version and take it into service if it passes every check.
@@ -420,9 +420,12 @@ class LiveEngine:
         if not self._checking.acquire(blocking=False):
             return "busy"
         try:
+            before = self.engine
             outcome = self._check(force)
             if outcome == "swapped" and self.settle:
                 settle_heap()  # here, once the old engine is no longer held by the check
+            for listener in self.listeners:
+                listener(outcome, before)
             return outcome
         finally:
             self._checking.release()
@@ -475,6 +478,8 @@ class LiveEngine:
             except Exception as e:  # a bug must not stop the service or later checks
                 log.error("knowledge-base reload check failed (%s)", type(e).__name__,
                           exc_info=e)
+                for listener in self.listeners:
+                    listener("error", self.engine)
 
 
 def _make_verifier(config: ServiceConfig) -> Any:
@@ -729,6 +734,29 @@ _OO_SCHEMA: Final = {"type": "object", "required": ["resourceType", "issue"],
                                     "issue": {"type": "array"}}}
 
 
+# the handout page: never cached or indexed, no referrer leaks the capability URL, and the
+# page (one self-contained document, no script) may load nothing
+_HANDOUT_HEADERS: Final = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Robots-Tag": "noindex, nofollow",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "frame-ancestors 'none'",
+}
+
+
+def _link_handout(cards: list[dict[str, Any]], result: Any, engine: Engine,
+                  store: HandoutStore, base_url: str) -> None:
+    """Keep the plan's patient handout page and link the plan card (the last card) to it.
+    The card's uuid stays that of its advice: the link is not part of it."""
+    page = handout_html(result, support=engine.support)
+    url = f"{base_url}/handouts/{store.put(page)}"
+    link = {"label": "Patient handout: the exercises with pictures, a week plan and a log",
+            "url": url, "type": "absolute"}
+    cards[-1]["links"] = [link, *cards[-1].get("links", [])]
+
+
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"description": "OperationOutcome",
                 "content": {"application/fhir+json": {"schema": _OO_SCHEMA}}} for c in codes}
@@ -777,7 +805,11 @@ def create_app(
     verifier = verifier if verifier is not None else _make_verifier(config)
     _log_fhir_access(config)
     own_store = store is None  # the app closes (drains) only a store it opened
+    handouts = (HandoutStore(config.handout_database, config.handout_ttl_seconds)
+                if config.handouts_enabled else None)
     store = store if store is not None else _open_store(config)
+    observer = Observer.from_config(config)
+    live.listeners.append(_reload_listener(live, observer))
     timeout = httpx.Timeout(config.fhir_timeout_seconds)
 
     def new_client() -> httpx.AsyncClient:
@@ -804,14 +836,18 @@ def create_app(
                      " and on SIGHUP" if hup else "")
         if settle:
             settle_heap()
+        observer.serving(*_release_labels(live.engine))
         try:
             yield
         finally:
+            observer.stopped_serving(*_release_labels(live.engine))
             if watcher is not None:
                 watcher.cancel()
             if hup:
                 loop.remove_signal_handler(signal.SIGHUP)
             await state["http"].aclose()
+            if handouts is not None:
+                handouts.close()
             close = getattr(verifier, "close", None)
             if callable(close):
                 close()
@@ -862,6 +898,7 @@ def create_app(
                 await result
         except Exception as e:
             log.info("authentication refused on %s (%s)", request.url.path, type(e).__name__)
+            observer.auth_failed(str(e))
             raise ApiError(401, "login") from None
 
     def discovery(current: Engine) -> dict[str, Any]:
@@ -877,18 +914,28 @@ def create_app(
         await authenticate(request)
         return JSONResponse(discovery(live.engine))
 
+    add_operations_routes(
+        app, engine=lambda: live.engine, store=store, metrics_enabled=config.metrics_enabled,
+        allow_from=config.metrics_allow_from,
+        forbidden=lambda text: _error_response(ApiError(403, "forbidden", text)))
+
     @app.post("/cds-services/{service_id}", openapi_extra=_CALL_BODY,
               responses=_responses(400, 401, 404, 412, 413, 422, 500))
     async def call_service(service_id: str, request: Request) -> JSONResponse:
+        call = CallRecord(service_id if service_id in _BY_ID else UNKNOWN_SERVICE)
+        return await observer.observe(call, answer_call(service_id, request, call))
+
+    async def answer_call(service_id: str, request: Request, call: CallRecord) -> JSONResponse:
         started = time.perf_counter()
         service = _BY_ID.get(service_id)
         if service is None:
             raise ApiError(404, "not-found", "no such CDS service")
         await authenticate(request)
         body = _check_request(service, await _read_json(request, config.max_body_bytes))
-        hook_instance = body["hookInstance"]
+        hook_instance = call.hook_instance = body["hookInstance"]  # a UUID (checked)
         context = body["context"]
         current = live.engine  # this request keeps it, whatever a reload does meanwhile
+        call.release = current.kb.ruleset_name
         if service.hook == "order-sign" and not _has_physio_referral(context["draftOrders"]):
             log.info("%s %s: no draft physiotherapy referral; no cards", service.id,
                      hook_instance)
@@ -915,6 +962,15 @@ def create_app(
             raise ApiError(500, "exception", "the rule engine failed; no advice given"
                            ) from None
         cards = plan_cards(result.plan, result.bundle, service.id)
+        call.cards, call.held = cards, result.plan.exercise_held
+        call.referral_priorities = [a.referral.priority for a in result.plan.referrals]
+        if handouts is not None:
+            try:
+                await run_in_threadpool(_link_handout, cards, result, current, handouts,
+                                        config.base_url)
+            except Exception as e:  # the advice goes out without the page, never a 500
+                log.warning("%s %s: no handout page (%s)", service.id, hook_instance,
+                            type(e).__name__)
         record = getattr(store, "record_cards", None)
         if callable(record):
             try:
@@ -946,13 +1002,35 @@ def create_app(
         except Exception as e:
             log.error("feedback store failed (%s)", type(e).__name__)
             raise ApiError(500, "exception", "feedback could not be stored") from None
+        observer.feedback_stored(service_id, items)
         log.info("%s feedback: %d item(s) stored", service_id, len(items))
         return JSONResponse({"stored": int(n) if isinstance(n, int) else len(items)})
+
+    @app.get("/handouts/{handout_id}", response_class=HTMLResponse, responses=_responses(404))
+    async def get_handout(handout_id: str) -> HTMLResponse:
+        page = (await run_in_threadpool(handouts.get, handout_id)
+                if handouts is not None else None)
+        if page is None:  # unknown, malformed or expired: the same answer, no detail
+            raise ApiError(404, "not-found")
+        return HTMLResponse(page, headers=_HANDOUT_HEADERS)
 
     app.state.engine = engine  # the one it started with; live.engine is the current one
     app.state.live = live
     app.state.store = store
+    app.state.observer = observer
     return app
+
+
+def _release_labels(engine: Engine) -> tuple[str, str]:
+    return engine.kb.ruleset_name, engine.digest[:12]
+
+
+def _reload_listener(live: LiveEngine, observer: Observer) -> Callable[[str, Engine], None]:
+    def listener(outcome: str, before: Engine) -> None:
+        observer.reload(outcome)
+        if outcome == "swapped":
+            observer.serving(*_release_labels(live.engine), old=_release_labels(before))
+    return listener
 
 
 def app_from_env() -> FastAPI:

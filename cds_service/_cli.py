@@ -67,6 +67,13 @@ def _log_config(level: str) -> dict[str, Any]:
     for name in ("movement_cds", "cds_service", "fhir_adapters"):
         cfg["loggers"][name] = {"handlers": ["service"], "level": level.upper(),
                                 "propagate": False}
+    # the call log ([logging] call_log): bare JSON lines on standard output, whatever the
+    # level of the other logs
+    cfg["formatters"]["calls"] = {"format": "%(message)s"}
+    cfg["handlers"]["calls"] = {"formatter": "calls", "class": "logging.StreamHandler",
+                                "stream": "ext://sys.stdout"}
+    cfg["loggers"]["movement_cds.calls"] = {"handlers": ["calls"], "level": "INFO",
+                                            "propagate": False}
     return cfg
 
 
@@ -101,6 +108,9 @@ def serve(
     scenario tests first; any failure stops it with a one-line reason)."""
     import os
 
+    # never metric files left by something else: --workers N gets a fresh directory below
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+        os.environ.pop(name, None)
     try:
         import uvicorn
 
@@ -118,6 +128,7 @@ def serve(
         from cds_service._balancer import supported as balancer_supported
         from cds_service._config import ConfigError, load_config, parse_config
         from cds_service._http_protocol import configure
+        from cds_service._metrics import multiprocess_directory
         from cds_service._reuseport import REUSEPORT_LOOP
         from cds_service._reuseport import supported as reuseport_supported
     except ImportError as e:
@@ -154,13 +165,13 @@ def serve(
         "log_level": log_level.value, "timeout_worker_healthcheck": 60,
         "log_config": _log_config(log_level.value)}
     if cfg.reuse_port and reuseport_supported():
-        _serve_reuseport(configure(uvicorn.Config(APP_FACTORY, loop=REUSEPORT_LOOP, **options),
-                                   read_timeout))
+        run, uv = _serve_reuseport, uvicorn.Config(APP_FACTORY, loop=REUSEPORT_LOOP, **options)
     elif cfg.balance_connections and balancer_supported():
-        _serve_balanced(configure(uvicorn.Config(APP_FACTORY, loop=BALANCED_LOOP, **options),
-                                  read_timeout))
+        run, uv = _serve_balanced, uvicorn.Config(APP_FACTORY, loop=BALANCED_LOOP, **options)
     else:  # uvicorn's shared accept
-        _serve_shared(configure(uvicorn.Config(APP_FACTORY, **options), read_timeout))
+        run, uv = _serve_shared, uvicorn.Config(APP_FACTORY, **options)
+    with multiprocess_directory(cfg.metrics_enabled):  # the workers' metric files
+        run(configure(uv, read_timeout))
 
 
 def _serve_one(config: Any) -> None:
@@ -178,11 +189,29 @@ def _serve_one(config: Any) -> None:
 
 def _supervise(config: Any, listener: Any) -> None:
     """uvicorn's supervisor (worker restarts, SIGHUP, SIGTTIN/SIGTTOU) over ``listener``,
-    closed on the way out."""
+    closed on the way out; each worker that stops is marked dead for the metrics."""
     from uvicorn.supervisors import Multiprocess
 
+    from cds_service._metrics import mark_worker_dead
+
+    class Supervisor(Multiprocess):
+        def _mark_gone(self, before: set[int | None]) -> None:
+            for pid in before - {p.pid for p in self.processes}:
+                if pid is not None:
+                    mark_worker_dead(pid)
+
+        def keep_subprocess_alive(self) -> None:
+            before = {p.pid for p in self.processes}
+            super().keep_subprocess_alive()
+            self._mark_gone(before)
+
+        def restart_all(self) -> None:
+            before = {p.pid for p in self.processes}
+            super().restart_all()
+            self._mark_gone(before)
+
     try:
-        Multiprocess(config, sockets=[listener]).run()
+        Supervisor(config, sockets=[listener]).run()
     except KeyboardInterrupt:
         pass
     finally:

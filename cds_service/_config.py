@@ -22,6 +22,13 @@ Every key (``docs/integrators/cds-hooks.md`` has the annotated example)::
     reuse_port = false                     # with --workers N: a SO_REUSEPORT socket per
                                            # worker instead (overrides balance_connections)
 
+    [handouts]                             # the patient handout page the plan card links to
+    enabled = true                         # default true
+    ttl_seconds = 604800                   # how long a page is kept (default 7 days;
+                                           # 1 to 2592000)
+    database = "handouts.sqlite3"          # shared by the workers; default: next to the
+                                           # feedback database, else next to this file
+
     [fhir]
     allowed_servers = ["https://fhir.ehr.example.org"]  # the only fhirServer origins ever
                                            # contacted; default none (prefetch only)
@@ -38,12 +45,21 @@ Every key (``docs/integrators/cds-hooks.md`` has the annotated example)::
     # jwks_file = "/etc/movement-cds/ehr-jwks.json"             # a static JWK Set
     tenants = ["hospital-a"]               # allowed "tenant" claims (optional)
 
+    [metrics]                              # GET /metrics (docs/operations.md)
+    enabled = true                         # false: no /metrics (404), nothing recorded
+    allow_from = ["127.0.0.1", "::1"]      # client addresses or networks (CIDR) that may
+                                           # read it; default loopback only
+
+    [logging]
+    call_log = false                       # true: one JSON line per call on standard output
+
 Relative paths (``knowledge_base``, ``jwks_file``, ``replay_database``) are relative to the
 config file.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +78,10 @@ from pydantic import (
     model_validator,
 )
 
+from cds_service._errors import ConfigError
+
 __all__ = [
+    "HANDOUT_DATABASE_NAME",
     "REPLAY_DATABASE_NAME",
     "ConfigError",
     "IssuerConfig",
@@ -73,10 +92,10 @@ __all__ = [
 ]
 
 REPLAY_DATABASE_NAME: Final = "replay-cache.sqlite3"
-
-
-class ConfigError(ValueError):
-    """The configuration is unusable; the message says which key and why."""
+HANDOUT_DATABASE_NAME: Final = "handouts.sqlite3"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK: Final[tuple[Network, ...]] = (ipaddress.ip_network("127.0.0.0/8"),
+                                        ipaddress.ip_network("::1/128"))
 
 
 @dataclass(frozen=True)
@@ -108,6 +127,12 @@ class ServiceConfig:
     insecure_no_auth: bool = False
     allowed_servers: frozenset[str] = frozenset()  # normalised origins (origin_of)
     replay_database: Path | None = None  # None: a private in-memory cache (no issuers)
+    handouts_enabled: bool = True
+    handout_ttl_seconds: float = 604_800.0
+    handout_database: Path | None = None  # None: in memory (one process only)
+    metrics_enabled: bool = True
+    metrics_allow_from: tuple[Network, ...] = LOOPBACK
+    call_log: bool = False
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -151,6 +176,14 @@ def _absolute_http_url(value: str) -> str:
     if parts.query or parts.fragment:
         raise ValueError("must not have a query or fragment")
     return value.rstrip("/")
+
+
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as e:
+        raise ValueError(f"not an IP address or network (CIDR): {value[:60]!r} ({e})"
+                         ) from None
 
 
 def _path(value: str, info: ValidationInfo) -> Path:
@@ -248,14 +281,37 @@ class _AuthTable(_Table):
         return v
 
 
+class _HandoutsTable(_Table):
+    enabled: bool = True
+    ttl_seconds: Annotated[float, Field(ge=1, le=2_592_000)] = 604_800.0
+    database: NonEmpty | None = None
+
+    @field_validator("database")
+    @classmethod
+    def _db(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else str(_path(v, info))
+
+
 class _FhirTable(_Table):
     allowed_servers: list[Annotated[str, AfterValidator(_origin)]] = []
+
+
+class _MetricsTable(_Table):
+    enabled: bool = True
+    allow_from: list[Annotated[str, AfterValidator(_network)]] = [str(n) for n in LOOPBACK]
+
+
+class _LoggingTable(_Table):
+    call_log: bool = False
 
 
 class _ConfigFile(_Table):
     service: _ServiceTable
     auth: _AuthTable = _AuthTable()
     fhir: _FhirTable = _FhirTable()
+    handouts: _HandoutsTable = _HandoutsTable()
+    metrics: _MetricsTable = _MetricsTable()
+    logging: _LoggingTable = _LoggingTable()
 
 
 # --- errors with the key's path -------------------------------------------------------------
@@ -270,7 +326,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
             and isinstance(rest[1], int):
         text = f"[[auth.issuers]] #{rest[1] + 1}"
         rest = rest[2:]
-    elif not rest and head not in ("service", "auth", "fhir"):
+    elif not rest and head not in _TABLES:
         return head  # a key at the top level
     else:
         text = f"[{head}]"
@@ -278,6 +334,8 @@ def _where(loc: tuple[int | str, ...]) -> str:
         text += f"[{part}]" if isinstance(part, int) else f" {part}"
     return text
 
+
+_TABLES: Final = ("service", "auth", "fhir", "handouts", "metrics", "logging")
 
 _MESSAGES: Final = {
     "extra_forbidden": "unknown key",
@@ -308,7 +366,8 @@ def _message(err: Any) -> str:
 
 
 _BOUNDS: Final = {"engine_cache_size": "0 (off) to 1000000",
-                  "reload_check_seconds": "0 (off) to 86400"}
+                  "reload_check_seconds": "0 (off) to 86400",
+                  "ttl_seconds": "1 to 2592000"}
 
 
 def _config_error(e: ValidationError) -> ConfigError:
@@ -324,19 +383,33 @@ def _config_error(e: ValidationError) -> ConfigError:
 
 # --- building the service's configuration ----------------------------------------------------
 
-def _replay_default(database: str | None, base_dir: Path) -> Path:
+def _replay_default(database: str | None, base_dir: Path,
+                    name: str = REPLAY_DATABASE_NAME) -> Path:
     """Next to the feedback database file when there is one, else next to the config."""
     if database and database.startswith("sqlite:///") \
             and database[len("sqlite:///"):] not in ("", ":memory:"):
-        return Path(database[len("sqlite:///"):]).parent / REPLAY_DATABASE_NAME
-    return base_dir / REPLAY_DATABASE_NAME
+        return Path(database[len("sqlite:///"):]).parent / name
+    return base_dir / name
 
 
-def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
+def _handout_database(given: str | None, database: str | None, base_dir: Path,
+                      from_file: bool) -> Path | None:
+    if given:
+        return Path(given)
+    beside = _replay_default(database, base_dir, HANDOUT_DATABASE_NAME)
+    return beside if from_file or beside.parent != base_dir else None
+
+
+def parse_config(doc: dict[str, Any], *, base_dir: Path | None = None,
                  insecure_no_auth: bool = False) -> ServiceConfig:
-    """Check a parsed TOML document and build the configuration (``ConfigError`` if bad)."""
+    """Check a parsed TOML document and build the configuration (``ConfigError`` if bad).
+    ``base_dir``: the config file's folder (relative paths; default: the working directory).
+    Without a config file and a feedback database, handout pages are kept in memory (one
+    process)."""
+    from_file = base_dir is not None
+    base_dir = base_dir if base_dir is not None else Path(".")
     if not isinstance(doc.get("service"), dict):
-        unknown = sorted(set(doc) - {"service", "auth", "fhir"})
+        unknown = sorted(set(doc) - set(_TABLES))
         if unknown:
             raise ConfigError(f"unknown key in the top level: {', '.join(unknown)}")
         raise ConfigError("missing [service] table (it needs at least base_url)")
@@ -373,6 +446,13 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
         insecure_no_auth=insecure_no_auth,
         allowed_servers=frozenset(raw.fhir.allowed_servers),
         replay_database=replay,
+        handouts_enabled=raw.handouts.enabled,
+        handout_ttl_seconds=float(raw.handouts.ttl_seconds),
+        handout_database=_handout_database(raw.handouts.database, s.database, base_dir,
+                                           from_file),
+        metrics_enabled=raw.metrics.enabled,
+        metrics_allow_from=tuple(ipaddress.ip_network(n) for n in raw.metrics.allow_from),
+        call_log=raw.logging.call_log,
     )
 
 

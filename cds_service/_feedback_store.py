@@ -110,6 +110,10 @@ class FeedbackStore(Protocol):
         """Per rule id (sorted): accepted and overridden counts and override reasons."""
         ...
 
+    def ping(self) -> None:
+        """Return if the database answers now (``/readyz``); raise (any error) if not."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -360,6 +364,15 @@ class SQLiteFeedbackStore:
             out.append(RuleFeedback(rule, accepted[rule], overridden[rule], counted))
         return out
 
+    def ping(self) -> None:
+        """A read of both tables; ``OSError`` when the database file is gone (deleted, or
+        its volume unmounted: the open connection would still read the old file)."""
+        with self._lock:
+            self._db.execute("SELECT 1 FROM cards LIMIT 1").fetchall()
+            self._db.execute("SELECT 1 FROM feedback LIMIT 1").fetchall()
+        if self.path != ":memory:":
+            os.stat(self.path)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -479,6 +492,12 @@ class QueuedFeedbackStore:
 
     def queued(self) -> int:
         return self._queue.qsize()
+
+    def ping(self) -> None:
+        """The database answers (``SQLiteFeedbackStore.ping``) and the writer is running."""
+        if not self._writer.is_alive():
+            raise RuntimeError("the feedback writer thread has stopped")
+        self.inner.ping()
 
     def close(self) -> None:
         """Drain the queue (up to ``drain_seconds`` of retries, then spill), then close."""

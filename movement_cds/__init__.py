@@ -8,13 +8,18 @@ proposal for a licensed clinician.
     >>> result.bundle        # the output FHIR Bundle (dict)
     >>> print(result.summary)  # the plan in plain words
 
-Errors (all subclass built-in types)::
+What ``evaluate`` can raise (each subclasses a built-in type; the project's whole error tree,
+service and tools included, is drawn in ``movement_cds._errors``)::
 
     MovementCDSError (Exception)
     ├── InvalidInputError (ValueError)
     │   └── InvalidBundleError      .operation_outcome: the FHIR OperationOutcome
     ├── KnowledgeBaseError (ValueError)
     └── EngineError (RuntimeError)
+
+The patient handout (docs/handout.md): ``handout_html(evaluation_or_bundle, as_of=...)`` is
+one self-contained HTML page; ``handout_pdf(html)`` prints it, or raises
+``HandoutExtraMissingError`` (an ``ImportError``) without the ``handout`` extra.
 
 For a service that loads knowledge bases itself (``cds_service``): ``run_all_scenarios(evaluator,
 root)`` runs a knowledge base's scenario tests (FHIR vignettes read with the production reader)
@@ -24,6 +29,8 @@ and returns one outcome per scenario (``.passed``, ``.failures``, ``.file``, ``.
 from cds import EngineError, InvalidInputError, KnowledgeBaseError, MovementCDSError, Plan
 from fhir_adapters import InvalidBundleError
 from movement_cds._api import DecisionSupport, Evaluation, evaluate
+from movement_cds._errors import HandoutExtraMissingError
+from movement_cds._handout_api import handout_html, handout_pdf
 from movement_cds._kbtools import run_all_scenarios
 from movement_cds._version import __version__
 
@@ -31,6 +38,7 @@ __all__ = [
     "DecisionSupport",
     "EngineError",
     "Evaluation",
+    "HandoutExtraMissingError",
     "InvalidBundleError",
     "InvalidInputError",
     "KnowledgeBaseError",
@@ -38,5 +46,7 @@ __all__ = [
     "Plan",
     "__version__",
     "evaluate",
+    "handout_html",
+    "handout_pdf",
     "run_all_scenarios",
 ]

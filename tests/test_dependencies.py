@@ -30,6 +30,7 @@ PACKAGES = ("cds", "fhir_adapters", "movement_cds", "cds_service", "knowledge_ba
 SERVICE_MODULES = frozenset({
     "cds_service._app", "cds_service._auth", "cds_service._prefetch",
     "cds_service._balancer", "cds_service._http_protocol", "cds_service._reuseport",
+    "cds_service._metrics", "cds_service._operations",
 })
 
 
