@@ -100,7 +100,7 @@ _PATIENT_REF: Final = re.compile(r"(?:^|/)Patient/([^/]+)(?:/_history/[^/]+)?\Z"
 _URN_UUID: Final = "urn:uuid:"
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _BATCH_BYTES: Final = 4 << 20  # lines held before they are spilled to the bucket files
-_FETCH_ROWS: Final = 512
+_BATCH_ROWS: Final = 512
 
 
 class BulkExportError(MovementCDSError, ValueError):
@@ -525,7 +525,7 @@ def _group_bucket(spill: Path, k: int, writer: _BucketWriter, orphans: _Records,
                     reason="patient-not-in-export")
     grouped = table.filter(pc.or_(pc.and_(is_patient, _first_of_pid(table)),
                                   pc.and_(pc.invert(is_patient), known)))
-    for batch in grouped.select(["pid", "raw"]).to_batches(max_chunksize=_FETCH_ROWS):
+    for batch in grouped.select(["pid", "raw"]).to_batches(max_chunksize=_BATCH_ROWS):
         for pid, raw in zip(batch["pid"].to_pylist(), batch["raw"].to_pylist(), strict=True):
             writer.row(pid, raw)
     del table, grouped, patients
