@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 FHIRJS := tools/fhir-validator/node_modules/.installed-stamp
 AS_OF ?= 2026-11-02T09:00:00Z
 
-.PHONY: example test lint bench docs clean base-install-check chromium pango
+.PHONY: example test lint bench bench-speed docs clean base-install-check chromium pango postgres
 
 SETUP_LOG := $(VENV)/setup.log
 
@@ -35,13 +35,19 @@ pango:
 	  || { apt-get update -qq && apt-get install -y -qq libpango-1.0-0 libpangoft2-1.0-0 \
 	       fonts-dejavu-core >/dev/null; }
 
+# PostgreSQL's server binaries (initdb, pg_ctl) for the shared-store tests, from the system
+# packages; the tests start a throwaway cluster of their own (tests/service/pg_cluster.py)
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
 ## Evaluate the bundled example patient: readable plan on the terminal, FHIR in out/.
 example: $(STAMP)
 	$(BIN)/movement-cds evaluate examples/example-patient.json --as-of $(AS_OF) \
 		--out out/example-careplan.json
 
 ## Lint, type-check (mypy strict) and run the test suite.
-test: $(STAMP) $(FHIRJS) chromium pango lint
+test: $(STAMP) $(FHIRJS) chromium pango postgres lint
 	$(BIN)/python -m pytest
 
 ## The library without extras, as an integrator installs it: build the wheel, install it in a
@@ -63,6 +69,10 @@ docs: $(STAMP)
 ## Benchmarks (figures, not pass/fail): see docs/performance.md.
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
+
+## Issue 15's table in one run: engine, output, cold start, each a ratio measured side by side.
+bench-speed: $(STAMP)
+	$(BIN)/python bench/speed.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ code systems and canonical base (``ALERT_SYSTEM``, ``EXERCISE_SYSTEM``, ``CHANGE
 ``KNOWLEDGE_BASE_BASE``); the knowledge base as FHIR conformance resources
 (``export_knowledge_base``); and the seeded synthetic populations that ``kb diff`` and
 ``kb profile`` evaluate (``synthetic_bundle``, ``primary_care_bundle``, ``red_flag_items``);
+the progress series back from an output Bundle (``read_progress``);
 a FHIR Bulk Data export grouped per patient (``group_export``, ``read_bucket``,
 ``bucket_of``; docs/population.md) and synthetic exports (``synth_export``,
 ``synth_patient``)."""
@@ -45,6 +46,7 @@ from fhir_adapters._population import (
     red_flag_items,
     synthetic_bundle,
 )
+from fhir_adapters._progress_fhir import read_progress
 from fhir_adapters._terminology import code_systems, export_terminology
 
 __all__ = [
@@ -74,6 +76,7 @@ __all__ = [
     "primary_care_bundle",
     "read_bucket",
     "read_bundle",
+    "read_progress",
     "red_flag_items",
     "synth_export",
     "synth_patient",
