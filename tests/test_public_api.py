@@ -51,6 +51,11 @@ def test_fhir_adapters_exports() -> None:
         "export_knowledge_base", "OutputValidationError", "synthetic_bundle",
         "primary_care_bundle", "red_flag_items", "RedFlagItem", "UndocumentedRedFlagError",
         "UnclassifiedRedFlagError",
+        # population runs (issue 16 part 1): a Bulk Data export grouped per patient
+        "BulkExportError", "GroupedExport", "InputFile", "bucket_of", "group_export",
+        "read_bucket",
+        # and its synthetic exports (issue 16 part 6)
+        "SynthReport", "synth_export", "synth_patient",
     ])
 
 
