@@ -48,9 +48,25 @@ from cds._plan import (
     resolve_plan,
 )
 from cds._poses import exercise_figure_svg
+from cds._progress import (
+    MEASURES,
+    PROGRESS_FACTS,
+    Measure,
+    MeasureInfo,
+    ProgressPoint,
+    adherence_points,
+    human_date,
+    human_instant,
+    progress_by_measure,
+    show_number,
+    trend_text,
+)
+from cds._progress import Role as ProgressRole
 from cds._reference import evaluate_reference
 
 __all__ = [
+    "MEASURES",
+    "PROGRESS_FACTS",
     "AnswerNote",
     "AvoidedExercise",
     "CheckIn",
@@ -73,6 +89,8 @@ __all__ = [
     "KnowledgeBase",
     "KnowledgeBaseError",
     "KnowledgeBaseProblem",
+    "Measure",
+    "MeasureInfo",
     "MovementCDSError",
     "PatientFacts",
     "Plan",
@@ -80,13 +98,21 @@ __all__ = [
     "PlannedExercise",
     "PreviousExercise",
     "PreviousPlan",
+    "ProgressPoint",
+    "ProgressRole",
     "Rating",
     "Referral",
+    "adherence_points",
     "check_changelog",
     "compile_knowledge_base",
     "evaluate_reference",
     "evidence_url",
     "exercise_figure_svg",
+    "human_date",
+    "human_instant",
     "load_knowledge_base",
+    "progress_by_measure",
     "resolve_plan",
+    "show_number",
+    "trend_text",
 ]

@@ -57,9 +57,9 @@ patient ids or clinical values.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import importlib
 import inspect
+import json
 import logging
 import os
 import re
@@ -79,7 +79,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.responses import JSONResponse as _StarletteJSON
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -93,6 +93,16 @@ from cds import (
     MovementCDSError,
     check_changelog,
     load_knowledge_base,
+)
+from cds_service._audit import (
+    AuditError,
+    archive_release,
+    audit_job,
+    canonical,
+    card_summary,
+    kb_digest,
+    kb_files,
+    release_job,
 )
 from cds_service._cards import card_rules, plan_cards
 from cds_service._config import ConfigError, ServiceConfig, load_config
@@ -109,7 +119,7 @@ from cds_service._prefetch import (
     prefetch_keys,
 )
 from fhir_adapters import JSONTextError, parse_json
-from movement_cds import InvalidBundleError, handout_html
+from movement_cds import InvalidBundleError, __version__, handout_html
 
 __all__ = [
     "APP_FACTORY",
@@ -119,12 +129,16 @@ __all__ = [
     "LiveEngine",
     "ReloadRefused",
     "StartupError",
+    "add_handout_link",
+    "advise",
     "app_from_env",
     "check_auth",
     "create_app",
+    "engine_for_replay",
     "kb_digest",
     "kb_fingerprint",
     "load_engine",
+    "recorded_handout_link",
 ]
 
 log = logging.getLogger("movement_cds.service")
@@ -242,25 +256,48 @@ class Engine:
                 "loaded": self.loaded_at.isoformat(timespec="seconds").replace("+00:00", "Z")}
 
 
+def advise(engine: Engine, service_id: str, call_input: dict[str, Any],
+           as_of: datetime, *, link: Callable[[list[dict[str, Any]], Any], None] | None = None,
+           ) -> tuple[bytes, list[dict[str, Any]], Any]:
+    """The response body, cards and plan for a call's canonical input (``{"bundle": ...}``,
+    or ``{"draftOrders": ...}`` for an order-sign call without a physiotherapy referral):
+    what a call answers, and what ``movement-cds audit replay`` recomputes. The body is
+    the bytes sent. ``link`` adds the patient handout link to the plan card (a per-call
+    capability URL, not advice: replay puts back the recorded one)."""
+    if "bundle" not in call_input:
+        if _has_physio_referral(call_input["draftOrders"]):
+            raise AuditError("the recorded draft orders now count as a physiotherapy "
+                             "referral: this version decides differently")
+        return orjson.dumps({"cards": []}), [], None
+    result = engine.evaluate(call_input["bundle"], as_of)
+    cards = plan_cards(result.plan, result.bundle, service_id)
+    if link is not None and cards:
+        link(cards, result)  # the handout page link: the service's own, or the recorded one
+    return orjson.dumps({"cards": cards}), cards, result.plan
+
+
+def engine_for_replay(root: Path) -> Engine:
+    """An engine for an archived release (no scenario tests, no warm-up: replay only)."""
+    from movement_cds import DecisionSupport
+
+    try:
+        engine = Engine(DecisionSupport(root, engine_cache_size=0))
+    except MovementCDSError as e:
+        raise AuditError(f"the archived release does not load: {e}") from None
+    engine.digest = kb_digest(root)
+    return engine
+
+
 # --- what is on disk ------------------------------------------------------------------------
 
 Fingerprint = tuple[tuple[str, int, int, int, int], ...]
-
-
-def _kb_files(root: Path) -> list[Path]:
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
-        out += [Path(dirpath) / f for f in sorted(filenames)
-                if not f.startswith(".") and not f.endswith((".pyc", "~"))]
-    return out
 
 
 def kb_fingerprint(root: Path) -> Fingerprint:
     """Cheap (metadata only): every file's path, size, inode and modification time. Any
     change means "read it again"; ``kb_digest`` then says whether the content changed."""
     out = []
-    for f in _kb_files(root):
+    for f in kb_files(root):
         try:
             st = f.stat()
         except OSError:
@@ -268,19 +305,6 @@ def kb_fingerprint(root: Path) -> Fingerprint:
         out.append((str(f.relative_to(root)), st.st_size, st.st_ino, st.st_dev,
                     st.st_mtime_ns))
     return tuple(out)
-
-
-def kb_digest(root: Path) -> str:
-    """SHA-256 over every file's relative path and bytes."""
-    h = hashlib.sha256()
-    for f in _kb_files(root):
-        try:
-            data = f.read_bytes()
-        except OSError:
-            continue
-        h.update(str(f.relative_to(root)).encode() + b"\0" + len(data).to_bytes(8, "big"))
-        h.update(data)
-    return h.hexdigest()
 
 
 def _warm_up_bundle() -> dict[str, Any]:
@@ -401,8 +425,10 @@ class LiveEngine:
     version (see the module docstring). ``check`` runs in a worker thread."""
 
     def __init__(self, engine: Engine, root: Path, interval: float, *,
-                 settle: bool = False) -> None:
+                 settle: bool = False,
+                 before_swap: Callable[[Engine, Path], None] | None = None) -> None:
         self.engine = engine
+        self.before_swap = before_swap  # archives the release; raising refuses the swap
         self.root = root
         self.interval = interval
         self._seen = engine.fingerprint or kb_fingerprint(root)
@@ -455,6 +481,8 @@ class LiveEngine:
             log.info("knowledge base %s changed while it was tested; looking again later",
                      self.root)
             return "changing"
+        if not self._archived(candidate, fingerprint):
+            return "refused"
         candidate.loaded_at = datetime.now(UTC)
         self.engine = candidate  # one reference assignment: requests in flight keep theirs
         self._seen = fingerprint
@@ -462,6 +490,20 @@ class LiveEngine:
                  candidate.kb.ruleset_name, live.kb.ruleset_name,
                  time.perf_counter() - started)
         return "swapped"
+
+    def _archived(self, candidate: Engine, fingerprint: Fingerprint) -> bool:
+        """Run ``before_swap`` (the release archive); False, logged, if it failed."""
+        if self.before_swap is None:
+            return True
+        try:
+            self.before_swap(candidate, self.root)
+        except Exception as e:
+            self._seen = fingerprint
+            log.warning("knowledge-base reload refused, still serving %s: release %s could "
+                        "not be archived (%s: %s)", self.engine.kb.ruleset_name,
+                        candidate.kb.ruleset_name, type(e).__name__, e)
+            return False
+        return True
 
     async def watch(self, wake: asyncio.Event) -> None:
         """Runs on the event loop for the app's lifetime: a check every ``interval`` seconds
@@ -530,10 +572,168 @@ def _open_store(config: ServiceConfig) -> Any:
     try:
         # writes go through a queue and a writer thread: a locked database never holds up
         # advice, and nothing is lost (see QueuedFeedbackStore)
-        return mod.QueuedFeedbackStore(mod.open_store(config.database))
+        return mod.QueuedFeedbackStore(mod.open_store(config.database),
+                                       spill_path=config.spill_file)
     except Exception as e:  # a bad database URL stops the service at start
         raise StartupError(f"[service] database: cannot open ({type(e).__name__}: {e})"
                            ) from None
+
+
+async def _record_cards_only(store: Any, rules: list[dict[str, Any]]) -> None:
+    """A store without jobs (a test's stand-in): card records only, as before the audit."""
+    record = getattr(store, "record_cards", None)
+    if not callable(record) or not rules:
+        return
+    try:
+        rows = [(r["card"], r["rule_ids"], r["knowledge_base"]) for r in rules]
+        await run_in_threadpool(record, rows, datetime.now(UTC))
+    except Exception as e:  # feedback bookkeeping never blocks advice
+        log.warning("record_cards failed (%s)", type(e).__name__)
+
+
+def _archive_first(recorder: Recorder | None, engine: Engine, root: Path,
+                   own_store: Any) -> None:
+    """The release about to serve goes into the archive first; ``StartupError`` if that
+    fails (``[audit] required``) or the directory changed since it was loaded."""
+    if recorder is None:
+        return
+    try:
+        recorder.archive(engine, root)
+    except Exception as e:
+        if own_store is not None:
+            own_store.close()
+        raise StartupError(f"knowledge-base release {engine.kb.ruleset_name} could not be "
+                           f"archived for the audit trail ({type(e).__name__}: {e})") from None
+
+
+class Recorder:
+    """What the service writes about its advice: card records (for feedback), audit
+    records and the release archive (``cds_service._audit``). ``[audit] required``: written
+    at once, and a failure is raised (the call answers 500, a start or reload is refused);
+    otherwise queued (``QueuedFeedbackStore``: retried, spilled, never lost)."""
+
+    def __init__(self, store: Any, config: ServiceConfig) -> None:
+        self.required = config.audit_required
+        self.store_inputs = config.audit_store_inputs
+        self.within = 5.0  # required: seconds a busy database is retried before a 500
+        self._store = store
+        names = ("write_now", "write_jobs") if self.required else ("record_jobs",
+                                                                   "write_jobs")
+        found = [n for n in names if callable(getattr(store, n, None))]
+        self._method = found[0] if found else None
+
+    @property
+    def audits(self) -> bool:
+        """False for a store without jobs (tests' stand-ins): card records only."""
+        return self._method is not None
+
+    def write(self, jobs: list[Any]) -> None:
+        if self._method == "write_now":
+            self._store.write_now(jobs, within=self.within)
+        elif self._method is not None:
+            getattr(self._store, self._method)(jobs)
+
+    def archive(self, engine: Engine, root: Path) -> None:
+        """Put the release ``engine`` serves into the archive (before it answers)."""
+        if not self.audits:
+            return
+        digest, data = archive_release(root)
+        if digest != engine.digest:
+            raise AuditError("the knowledge-base directory changed after it was loaded")
+        self.write([release_job(engine.kb.ruleset_name, digest, data)])
+
+    def call_jobs(self, hook_instance: str, service_id: str, engine: Engine,
+                  as_of: datetime, call_input: bytes, body: bytes,
+                  rules: list[dict[str, Any]]) -> list[Any]:
+        """The card and audit jobs of one advice call."""
+        from cds_service._feedback_store import card_job
+
+        now = datetime.now(UTC)
+        jobs = [card_job([(r["card"], r["rule_ids"], r["knowledge_base"]) for r in rules],
+                         now)] if rules else []
+        return [*jobs, audit_job(
+            hook_instance=hook_instance, service_id=service_id,
+            release=engine.kb.ruleset_name, digest=engine.digest, software=__version__,
+            as_of=as_of, call_input=call_input, output=body, cards=card_summary(rules),
+            store_inputs=self.store_inputs, recorded_at=now)]
+
+
+class _Advice:
+    """Answering an advice call once its input is known: evaluate, record (cards, audit),
+    answer; the body sent is the body recorded."""
+
+    def __init__(self, store: Any, recorder: Recorder | None,
+                 handouts: HandoutStore | None = None, base_url: str = "") -> None:
+        self.store = store
+        self.recorder = recorder
+        self.handouts = handouts
+        self.base_url = base_url
+
+    def _handout_link(self, service_id: str, hook_instance: str, current: Engine
+                      ) -> Callable[[list[dict[str, Any]], Any], None] | None:
+        handouts = self.handouts
+        if handouts is None:
+            return None
+
+        def link(cards: list[dict[str, Any]], result: Any) -> None:
+            try:
+                _link_handout(cards, result, current, handouts, self.base_url)
+            except Exception as e:  # the advice goes out without the page, never a 500
+                log.warning("%s %s: no handout page (%s)", service_id, hook_instance,
+                            type(e).__name__)
+        return link
+
+    async def answer(self, service_id: str, hook_instance: str, current: Engine,
+                     call_input: dict[str, Any], started: float,
+                     situations: dict[str, str] | None = None,
+                     call: CallRecord | None = None) -> Response:
+        as_of = datetime.now(UTC)
+        input_text = canonical(call_input)  # before evaluation: what the rules were given
+        try:
+            body, cards, plan = advise(current, service_id, call_input, as_of,
+                                       link=self._handout_link(service_id, hook_instance,
+                                                               current))
+        except InvalidBundleError as e:
+            log.info("%s %s: 422 input contract (%d issues)", service_id, hook_instance,
+                     len(e.issues))
+            raise ApiError(422, "invalid", outcome=e.operation_outcome) from None
+        except EngineError:
+            log.error("%s %s: engine failure", service_id, hook_instance)
+            raise ApiError(500, "exception", "the rule engine failed; no advice given"
+                           ) from None
+        if call is not None and plan is not None:
+            call.cards, call.held = cards, plan.exercise_held
+            call.referral_priorities = [a.referral.priority for a in plan.referrals]
+        rules = card_rules(plan, cards) if plan is not None else []
+        await self.record(service_id, hook_instance, current, as_of, input_text, body, rules)
+        if situations is not None:
+            log.info("%s %s: 200, %d cards (%s), %d resources in, prefetch %s, %.0f ms",
+                     service_id, hook_instance, len(cards),
+                     ",".join(k["source"]["topic"]["code"] for k in cards),
+                     len(call_input["bundle"]["entry"]),
+                     ",".join(f"{k}={v}" for k, v in situations.items()),
+                     (time.perf_counter() - started) * 1000)
+        return Response(body, media_type="application/json")
+
+    async def record(self, service_id: str, hook_instance: str, current: Engine,
+                     as_of: datetime, input_text: bytes, body: bytes,
+                     rules: list[dict[str, Any]]) -> None:
+        recorder = self.recorder
+        if recorder is None or not recorder.audits:
+            await _record_cards_only(self.store, rules)
+            return
+        try:
+            jobs = recorder.call_jobs(hook_instance, service_id, current, as_of, input_text,
+                                      body, rules)
+            await run_in_threadpool(recorder.write, jobs)
+        except Exception as e:
+            if recorder.required:  # fail closed: no advice without its audit record
+                log.error("%s %s: audit record not written (%s); no advice given",
+                          service_id, hook_instance, type(e).__name__)
+                raise ApiError(500, "exception", "the audit record could not be written; "
+                               "no advice given") from None
+            log.warning("%s %s: audit record not queued (%s)", service_id, hook_instance,
+                        type(e).__name__)
 
 
 # --- request checks -------------------------------------------------------------------------
@@ -752,9 +952,26 @@ def _link_handout(cards: list[dict[str, Any]], result: Any, engine: Engine,
     The card's uuid stays that of its advice: the link is not part of it."""
     page = handout_html(result, support=engine.support)
     url = f"{base_url}/handouts/{store.put(page)}"
-    link = {"label": "Patient handout: the exercises with pictures, a week plan and a log",
-            "url": url, "type": "absolute"}
+    add_handout_link(cards, {"label": HANDOUT_LINK_LABEL, "url": url, "type": "absolute"})
+
+
+HANDOUT_LINK_LABEL: Final = "Patient handout: the exercises with pictures, a week plan and a log"
+
+
+def add_handout_link(cards: list[dict[str, Any]], link: dict[str, Any]) -> None:
+    """The handout link goes first among the plan card's (the last card's) links."""
     cards[-1]["links"] = [link, *cards[-1].get("links", [])]
+
+
+def recorded_handout_link(body: bytes) -> dict[str, Any] | None:
+    """The handout link a recorded answer carried (replay puts the same one back)."""
+    try:
+        cards = json.loads(body)["cards"]
+        links = cards[-1].get("links", []) if cards else []
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return next((x for x in links if isinstance(x, dict)
+                 and x.get("label") == HANDOUT_LINK_LABEL), None)
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -800,14 +1017,18 @@ def create_app(
 
     engine = engine or load_engine(config, run_scenarios=run_scenarios,
                                    checked_release=checked_release)
-    live = LiveEngine(engine, Path(config.knowledge_base or bundled_path()),
-                      config.reload_check_seconds, settle=settle)
+    root = Path(config.knowledge_base or bundled_path())
     verifier = verifier if verifier is not None else _make_verifier(config)
     _log_fhir_access(config)
     own_store = store is None  # the app closes (drains) only a store it opened
     handouts = (HandoutStore(config.handout_database, config.handout_ttl_seconds)
                 if config.handouts_enabled else None)
     store = store if store is not None else _open_store(config)
+    recorder = Recorder(store, config) if store is not None else None
+    _archive_first(recorder, engine, root, store if own_store else None)
+    advice = _Advice(store, recorder, handouts, config.base_url)
+    live = LiveEngine(engine, root, config.reload_check_seconds, settle=settle,
+                      before_swap=recorder.archive if recorder is not None else None)
     observer = Observer.from_config(config)
     live.listeners.append(_reload_listener(live, observer))
     timeout = httpx.Timeout(config.fhir_timeout_seconds)
@@ -921,11 +1142,11 @@ def create_app(
 
     @app.post("/cds-services/{service_id}", openapi_extra=_CALL_BODY,
               responses=_responses(400, 401, 404, 412, 413, 422, 500))
-    async def call_service(service_id: str, request: Request) -> JSONResponse:
+    async def call_service(service_id: str, request: Request) -> Response:
         call = CallRecord(service_id if service_id in _BY_ID else UNKNOWN_SERVICE)
         return await observer.observe(call, answer_call(service_id, request, call))
 
-    async def answer_call(service_id: str, request: Request, call: CallRecord) -> JSONResponse:
+    async def answer_call(service_id: str, request: Request, call: CallRecord) -> Response:
         started = time.perf_counter()
         service = _BY_ID.get(service_id)
         if service is None:
@@ -939,7 +1160,9 @@ def create_app(
         if service.hook == "order-sign" and not _has_physio_referral(context["draftOrders"]):
             log.info("%s %s: no draft physiotherapy referral; no cards", service.id,
                      hook_instance)
-            return JSONResponse({"cards": []})
+            return await advice.answer(service.id, hook_instance, current,
+                                       {"draftOrders": context["draftOrders"]}, started,
+                                       call=call)
         auth = body.get("fhirAuthorization")
         try:
             bundle, situations = await build_input_bundle(
@@ -951,40 +1174,8 @@ def create_app(
         except PrefetchError as e:
             log.info("%s %s: %d %s", service.id, hook_instance, e.status, e.code)
             raise ApiError(e.status, e.code, e.diagnostics) from None
-        try:
-            result = current.evaluate(bundle, datetime.now(UTC))
-        except InvalidBundleError as e:
-            log.info("%s %s: 422 input contract (%d issues)", service.id, hook_instance,
-                     len(e.issues))
-            raise ApiError(422, "invalid", outcome=e.operation_outcome) from None
-        except EngineError:
-            log.error("%s %s: engine failure", service.id, hook_instance)
-            raise ApiError(500, "exception", "the rule engine failed; no advice given"
-                           ) from None
-        cards = plan_cards(result.plan, result.bundle, service.id)
-        call.cards, call.held = cards, result.plan.exercise_held
-        call.referral_priorities = [a.referral.priority for a in result.plan.referrals]
-        if handouts is not None:
-            try:
-                await run_in_threadpool(_link_handout, cards, result, current, handouts,
-                                        config.base_url)
-            except Exception as e:  # the advice goes out without the page, never a 500
-                log.warning("%s %s: no handout page (%s)", service.id, hook_instance,
-                            type(e).__name__)
-        record = getattr(store, "record_cards", None)
-        if callable(record):
-            try:
-                rows = [(r["card"], r["rule_ids"], r["knowledge_base"])
-                        for r in card_rules(result.plan, cards)]
-                await run_in_threadpool(record, rows, datetime.now(UTC))
-            except Exception as e:  # feedback bookkeeping never blocks advice
-                log.warning("record_cards failed (%s)", type(e).__name__)
-        log.info("%s %s: 200, %d cards (%s), %d resources in, prefetch %s, %.0f ms",
-                 service.id, hook_instance, len(cards),
-                 ",".join(k["source"]["topic"]["code"] for k in cards),
-                 len(bundle["entry"]), ",".join(f"{k}={v}" for k, v in situations.items()),
-                 (time.perf_counter() - started) * 1000)
-        return JSONResponse({"cards": cards})
+        return await advice.answer(service.id, hook_instance, current, {"bundle": bundle},
+                                   started, situations, call)
 
     @app.post("/cds-services/{service_id}/feedback", openapi_extra=_FEEDBACK_BODY,
               responses=_responses(400, 401, 404, 413, 503))
@@ -1018,6 +1209,7 @@ def create_app(
     app.state.live = live
     app.state.store = store
     app.state.observer = observer
+    app.state.recorder = recorder
     return app
 
 

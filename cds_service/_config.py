@@ -8,8 +8,13 @@ Every key (``docs/integrators/cds-hooks.md`` has the annotated example)::
     [service]
     base_url = "https://cds.example.org"   # required: the public base URL the EHR calls;
                                            # token audiences are base_url + the request path
-    database = "sqlite:////var/lib/movement-cds/feedback.db"  # feedback store (optional;
-                                           # four slashes: an absolute path)
+    database = "sqlite:////var/lib/movement-cds/feedback.db"  # feedback store and audit
+                                           # trail (optional; four slashes: an absolute
+                                           # path); several hosts share one PostgreSQL:
+                                           # "postgresql://cds@db.example.org/movement_cds"
+    spill_file = "/var/lib/movement-cds/spill.jsonl"  # writes the database could not take
+                                           # yet (default: beside an SQLite file, else next
+                                           # to this file)
     knowledge_base = "/etc/movement-cds/kb" # knowledge-base directory (default: bundled)
     max_body_bytes = 1048576               # larger request bodies get 413 (default 1 MiB)
     fhir_timeout_seconds = 3.0             # per HTTP call to the EHR's fhirServer
@@ -36,8 +41,17 @@ Every key (``docs/integrators/cds-hooks.md`` has the annotated example)::
     [auth]
     required = true                        # false only together with --insecure-no-auth
     replay_database = "replay-cache.sqlite3"  # used-token (jti) cache shared by the workers;
-                                           # default: next to the feedback database, else
-                                           # next to this file
+                                           # default: the PostgreSQL database when that is
+                                           # the [service] database (shared by the hosts),
+                                           # next to an SQLite database, else next to this
+                                           # file; a postgresql:// URL is allowed too
+
+    [audit]                                # every advice call (docs/audit-and-database.md)
+    store_inputs = true                    # keep the canonical input and the response
+                                           # (replayable); false: their digests only
+    required = false                       # true: a call whose audit record cannot be
+                                           # written answers 500 (no advice); false: the
+                                           # record is queued and retried, never lost
 
     [[auth.issuers]]                       # one table per EHR allowed to call
     iss = "https://ehr.example.org"        # the JWT "iss" value, exactly
@@ -53,8 +67,8 @@ Every key (``docs/integrators/cds-hooks.md`` has the annotated example)::
     [logging]
     call_log = false                       # true: one JSON line per call on standard output
 
-Relative paths (``knowledge_base``, ``jwks_file``, ``replay_database``) are relative to the
-config file.
+Relative paths (``knowledge_base``, ``jwks_file``, ``replay_database``, ``spill_file``) are
+relative to the config file.
 """
 
 from __future__ import annotations
@@ -83,6 +97,7 @@ from cds_service._errors import ConfigError
 __all__ = [
     "HANDOUT_DATABASE_NAME",
     "REPLAY_DATABASE_NAME",
+    "SPILL_FILE_NAME",
     "ConfigError",
     "IssuerConfig",
     "ServiceConfig",
@@ -96,6 +111,7 @@ HANDOUT_DATABASE_NAME: Final = "handouts.sqlite3"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK: Final[tuple[Network, ...]] = (ipaddress.ip_network("127.0.0.0/8"),
                                         ipaddress.ip_network("::1/128"))
+SPILL_FILE_NAME: Final = "movement-cds-spill.jsonl"
 
 
 @dataclass(frozen=True)
@@ -126,7 +142,11 @@ class ServiceConfig:
     issuers: tuple[IssuerConfig, ...] = field(default_factory=tuple)
     insecure_no_auth: bool = False
     allowed_servers: frozenset[str] = frozenset()  # normalised origins (origin_of)
-    replay_database: Path | None = None  # None: a private in-memory cache (no issuers)
+    # None: a private in-memory cache (no issuers); a str: a postgresql:// URL
+    replay_database: Path | str | None = None
+    spill_file: Path | None = None  # None: beside the SQLite database file
+    audit_store_inputs: bool = True
+    audit_required: bool = False
     handouts_enabled: bool = True
     handout_ttl_seconds: float = 604_800.0
     handout_database: Path | None = None  # None: in memory (one process only)
@@ -215,6 +235,12 @@ class _ServiceTable(_Table):
     engine_cache_size: int = Field(512, ge=0, le=1_000_000)
     balance_connections: bool = True
     reuse_port: bool = False
+    spill_file: NonEmpty | None = None
+
+    @field_validator("spill_file")
+    @classmethod
+    def _spill(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else str(_path(v, info))
 
     @field_validator("base_url")
     @classmethod
@@ -268,7 +294,9 @@ class _AuthTable(_Table):
     @field_validator("replay_database")
     @classmethod
     def _replay(cls, v: str | None, info: ValidationInfo) -> str | None:
-        return None if v is None else str(_path(v, info))
+        if v is None or _is_postgresql(v):
+            return v
+        return str(_path(v, info))
 
     @field_validator("issuers")
     @classmethod
@@ -305,6 +333,11 @@ class _LoggingTable(_Table):
     call_log: bool = False
 
 
+class _AuditTable(_Table):
+    store_inputs: bool = True
+    required: bool = False
+
+
 class _ConfigFile(_Table):
     service: _ServiceTable
     auth: _AuthTable = _AuthTable()
@@ -312,6 +345,7 @@ class _ConfigFile(_Table):
     handouts: _HandoutsTable = _HandoutsTable()
     metrics: _MetricsTable = _MetricsTable()
     logging: _LoggingTable = _LoggingTable()
+    audit: _AuditTable = _AuditTable()
 
 
 # --- errors with the key's path -------------------------------------------------------------
@@ -335,7 +369,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return text
 
 
-_TABLES: Final = ("service", "auth", "fhir", "handouts", "metrics", "logging")
+_TABLES: Final = ("service", "auth", "fhir", "handouts", "metrics", "logging", "audit")
 
 _MESSAGES: Final = {
     "extra_forbidden": "unknown key",
@@ -383,8 +417,12 @@ def _config_error(e: ValidationError) -> ConfigError:
 
 # --- building the service's configuration ----------------------------------------------------
 
-def _replay_default(database: str | None, base_dir: Path,
-                    name: str = REPLAY_DATABASE_NAME) -> Path:
+def _is_postgresql(url: str) -> bool:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    return scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+")
+
+
+def _beside_database(database: str | None, base_dir: Path, name: str) -> Path:
     """Next to the feedback database file when there is one, else next to the config."""
     if database and database.startswith("sqlite:///") \
             and database[len("sqlite:///"):] not in ("", ":memory:"):
@@ -392,11 +430,19 @@ def _replay_default(database: str | None, base_dir: Path,
     return base_dir / name
 
 
+def _replay_default(database: str | None, base_dir: Path) -> Path | str:
+    """The PostgreSQL database itself (shared by every host), else a file next to the
+    feedback database file when there is one, else next to the config."""
+    if database and _is_postgresql(database):
+        return database
+    return _beside_database(database, base_dir, REPLAY_DATABASE_NAME)
+
+
 def _handout_database(given: str | None, database: str | None, base_dir: Path,
                       from_file: bool) -> Path | None:
     if given:
         return Path(given)
-    beside = _replay_default(database, base_dir, HANDOUT_DATABASE_NAME)
+    beside = _beside_database(database, base_dir, HANDOUT_DATABASE_NAME)
     return beside if from_file or beside.parent != base_dir else None
 
 
@@ -426,8 +472,15 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path | None = None,
         IssuerConfig(t.iss, t.jwks_url, Path(t.jwks_file) if t.jwks_file else None,
                      tuple(t.tenants)) for t in auth.issuers)
     s = raw.service
-    replay = (Path(auth.replay_database) if auth.replay_database
-              else _replay_default(s.database, base_dir) if issuers else None)
+    if raw.audit.required and not s.database:
+        raise ConfigError("[audit] required = true needs a [service] database")
+    replay: Path | str | None = (
+        auth.replay_database if auth.replay_database and _is_postgresql(auth.replay_database)
+        else Path(auth.replay_database) if auth.replay_database
+        else _replay_default(s.database, base_dir) if issuers else None)
+    spill = (Path(s.spill_file) if s.spill_file
+             else base_dir / SPILL_FILE_NAME if s.database and _is_postgresql(s.database)
+             else None)
     return ServiceConfig(
         base_url=s.base_url,
         database=s.database,
@@ -453,6 +506,9 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path | None = None,
         metrics_enabled=raw.metrics.enabled,
         metrics_allow_from=tuple(ipaddress.ip_network(n) for n in raw.metrics.allow_from),
         call_log=raw.logging.call_log,
+        spill_file=spill,
+        audit_store_inputs=raw.audit.store_inputs,
+        audit_required=raw.audit.required,
     )
 
 

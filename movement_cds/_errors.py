@@ -29,6 +29,11 @@ MovementCDSError`` catches all of them and ``except ValueError`` still catches b
         ├── AuthError (PermissionError)                the request is not authenticated (401)
         ├── ReplayStoreError (OSError)                 the used-token cache cannot be read
         │                                              or written (the token is refused)
+        ├── StoreError (OSError)                       the service's database cannot be
+        │   │                                          written or read
+        │   └── StoreUnavailable                       ... now (busy, unreachable): retried
+        ├── AuditError (LookupError)                   an audit record cannot be shown or
+        │                                              replayed
         ├── PrefetchError                              needed data cannot be had (412/400)
         └── ApiError                                   an HTTP error answer with its
                                                        OperationOutcome

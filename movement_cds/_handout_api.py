@@ -16,11 +16,12 @@ from datetime import datetime
 from typing import Any
 
 from cds import InputIssue
-from fhir_adapters import InvalidBundleError, JSONTextError, parse_json
+from fhir_adapters import InvalidBundleError, JSONTextError, parse_json, read_progress
 from movement_cds._api import DecisionSupport, Evaluation, default_support
 from movement_cds._errors import HandoutExtraMissingError
 from movement_cds._handout import render_handout_html
 from movement_cds._handout_model import is_output_bundle, read_output_bundle
+from movement_cds._progress_chart import progress_chart_svg
 
 __all__ = ["handout_html", "handout_pdf"]
 
@@ -80,12 +81,12 @@ def handout_html(source: Evaluation | dict[str, Any] | str | bytes, *,
 
 
 def progress_chart_of(bundle: dict[str, Any]) -> str | None:
-    """THE SLOT for the progress chart (issue 17 part 2): the inline SVG of the pain, ODI and
-    adherence series the output Bundle carries across visits, or None when it carries none.
-    Not wired yet: when the facade has the chart function (``progress_chart_svg``), call it
-    here on the Bundle's series; the page shows the result in its ``progress-chart``
-    section, for the command line, the Python API and the service's page alike."""
-    return None
+    """The progress chart (issue 17 part 2): the inline SVG of the pain, ODI and adherence
+    series the output Bundle carries across visits (its progress DiagnosticReport, read back
+    with ``read_progress``), or None when it carries none; for the command line, the Python
+    API and the service's page alike."""
+    points = read_progress(bundle)
+    return progress_chart_svg(points) if points else None
 
 
 def handout_pdf(html: str) -> bytes:

@@ -80,7 +80,7 @@ def test_ping_raises_when_the_store_cannot_answer(tmp_path: Path) -> None:
         store.ping()
     inner = SQLiteFeedbackStore(tmp_path / "fb2.db")
     inner.close()
-    with pytest.raises(Exception, match="closed"):
+    with pytest.raises(Exception, match="unavailable"):  # StoreUnavailable (a closed connection)
         inner.ping()
 
 
