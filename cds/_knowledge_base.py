@@ -446,12 +446,7 @@ def _parse_knowledge_base(
             )
 
     kb = KnowledgeBase(
-        root=root,
-        manifest=manifest,
-        facts=facts,
-        exercises=exercises,
-        alerts=alerts,
-        rules=[],
+        root=root, manifest=manifest, facts=facts, exercises=exercises, alerts=alerts, rules=[],
         locations={**locations, **{f"rules:{k}": v for k, v in seen_rules.items()}},
         parameter_overrides=overrides,
         parameters=parameters,
