@@ -728,7 +728,10 @@ class _Writer:
                 {"reference": self.urn(f"detectedissue:{a.code}"), "display": a.display}
                 for a in p.alerts
             ] + ([{"reference": self.urn("progress"), "display": "Progress across visits"}]
-                 if self.progress is not None else []),
+                 if self.progress is not None else [])
+            # questionnaire answers behind an exercise: no reasonReference R4 allows
+            + _refs(sorted({s for item in (*p.exercises, *p.avoid) for s in item.sources
+                            if s != p.subject and not self.is_reason(s)})),
             "activity": activity,
             "note": [{"text": s} for s in p.safety_net],
         }
@@ -771,8 +774,8 @@ class _Writer:
         """``reasonReference`` of a CarePlan activity or a ServiceRequest: R4 allows
         Condition, Observation, DiagnosticReport and DocumentReference there, so the
         Patient (the source of age and sex) is left out (it is the subject), and so is a
-        QuestionnaireResponse (its answers are named in the text, the Provenance and, for a
-        referral, ``supportingInfo``)."""
+        QuestionnaireResponse (named in ``supportingInfo`` of the CarePlan or referral, and
+        in the Provenance)."""
         return _refs([s for s in sources if self.is_reason(s)])
 
     def is_reason(self, source: str) -> bool:

@@ -365,3 +365,26 @@ def test_the_committed_scenario_bundles_are_current() -> None:
                           text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 
+
+
+def test_an_exercise_driven_by_a_questionnaire_answer_names_it_in_support(
+        support: DecisionSupport) -> None:
+    """The example patient with the aberrant-movement finding sent in a questionnaire: the
+    exercise it drives lists the QuestionnaireResponse in the CarePlan's supportingInfo,
+    never in an activity's reasonReference; the output is valid (R4B-checked on write)."""
+    example = json.loads((Path(__file__).resolve().parents[1] / "examples"
+                          / "example-patient.json").read_text())
+    entries = example["entry"]
+    obs = next(e["resource"] for e in entries
+               if e["resource"].get("id") == "obs-aberrant-movement")
+    entries.remove(next(e for e in entries if e["resource"] is obs))
+    entries.append({"fullUrl": "urn:uuid:5b0e9a56-1c8e-4a57-9a3e-0c1f0f6a7d11", "resource": {
+        "resourceType": "QuestionnaireResponse", "id": "qr-exam", "status": "completed",
+        "subject": obs["subject"], "authored": obs["effectiveDateTime"],
+        "item": [{"linkId": "aberrant-movement", "answer": [{"valueBoolean": True}]}]}})
+    out = support.evaluate(example, as_of="2026-11-02T09:00:00Z").bundle
+    careplan = out["entry"][0]["resource"]
+    assert {"reference": "QuestionnaireResponse/qr-exam"} in careplan["supportingInfo"]
+    reasons = [r["reference"] for a in careplan["activity"]
+               for r in a.get("detail", {}).get("reasonReference", [])]
+    assert reasons and not any("QuestionnaireResponse" in r for r in reasons)
