@@ -730,11 +730,18 @@ class _Writer:
             ] + ([{"reference": self.urn("progress"), "display": "Progress across visits"}]
                  if self.progress is not None else [])
             # questionnaire answers behind an exercise: no reasonReference R4 allows
-            + _refs(sorted({s for item in (*p.exercises, *p.avoid) for s in item.sources
-                            if s != p.subject and not self.is_reason(s)})),
+            + self.questionnaire_support(),
             "activity": activity,
             "note": [{"text": s} for s in p.safety_net],
         }
+
+    def questionnaire_support(self) -> list[dict[str, Any]]:
+        """References the CarePlan's exercises rest on that R4 allows in no reasonReference
+        (QuestionnaireResponses), for ``CarePlan.supportingInfo``."""
+        p = self.plan
+        sources = {s for ex in p.exercises for s in ex.sources}
+        sources.update(s for av in p.avoid for s in av.sources)
+        return _refs(sorted(s for s in sources if s != p.subject and not self.is_reason(s)))
 
     def careplan_description(self) -> str:
         p = self.plan
