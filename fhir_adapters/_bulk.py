@@ -78,7 +78,7 @@ from urllib.parse import unquote, urlparse
 
 import orjson
 
-from cds import MovementCDSError
+from fhir_adapters._errors import BulkExportError, PopulationExtraMissingError
 from fhir_adapters._json_text import JSONTextError, parse_json
 
 __all__ = [
@@ -101,16 +101,6 @@ _URN_UUID: Final = "urn:uuid:"
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _BATCH_BYTES: Final = 4 << 20  # lines held before they are spilled to the bucket files
 _BATCH_ROWS: Final = 512
-
-
-class BulkExportError(MovementCDSError, ValueError):
-    """The export cannot be read at all (a missing or unreadable file, a file name without a
-    resource type, a manifest that is not one or points outside this machine, a broken gzip
-    stream). One line naming the file; never patient data."""
-
-
-class PopulationExtraMissingError(MovementCDSError, ImportError):
-    """The ``population`` extra (pyarrow) is not installed."""
 
 
 @dataclass(frozen=True)
