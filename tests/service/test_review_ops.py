@@ -140,8 +140,6 @@ def test_a_hung_postgresql_gives_an_answer_not_a_hang(
 # --- finding 2: the handout capability id in the access log ----------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="finding 2: uvicorn's access log writes GET "
-                   "/handouts/{id}: the capability that opens the patient's page is in the log")
 def test_the_access_log_does_not_hold_the_handout_capability(tmp_path: Path) -> None:
     from tests.service.conftest import write_config
 
