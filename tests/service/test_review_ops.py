@@ -161,3 +161,48 @@ def test_the_access_log_does_not_hold_the_handout_capability(tmp_path: Path) -> 
     text = log.read_text(errors="replace")
     assert "GET /handouts/" in text  # the access log is there, and shows the route
     assert page_id not in text
+
+
+# --- finding 3: SQLite's REPLACE conflict resolution rewrites an "append-only" record ---------
+
+
+def _one_audited_call(path: Path) -> Any:
+    """An SQLite store holding one audit record and one archived release."""
+    from datetime import UTC, datetime
+
+    from cds_service._audit import audit_job
+    from cds_service._feedback_store import open_store
+
+    store = open_store(f"sqlite:///{path}")
+    store.write_jobs([audit_job(
+        hook_instance="3f0c6a52-2c61-4c43-9a4e-1a1d8f2f0001", service_id="svc",
+        release="kb@1.0.0", digest="d" * 64, software="1.0", as_of=datetime.now(UTC),
+        call_input=b'{"bundle":1}', output=b'{"cards":[]}', cards=[], store_inputs=True)])
+    store.write_jobs([{"kind": "release", "rows": [["d" * 64, "kb@1.0.0",
+                                                     "2026-11-02T09:00:00Z", "AA=="]]}])
+    return store
+
+
+@pytest.mark.xfail(strict=True, reason="finding 3: INSERT OR REPLACE deletes and re-inserts an "
+                   "audit record (or an archived release) without firing the DELETE trigger")
+def test_sqlite_audit_tables_refuse_a_replace(tmp_path: Path) -> None:
+    import sqlite3
+
+    store = _one_audited_call(tmp_path / "audit.db")
+    store.close()
+    db = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+    try:
+        for statement in (
+                "INSERT OR REPLACE INTO audit_record (id, hook_instance, recorded_at, "
+                "service_id, release, kb_digest, software, as_of, input_digest, input, "
+                "output_digest, output, cards) SELECT id, hook_instance, recorded_at, "
+                "service_id, release, kb_digest, software, as_of, input_digest, "
+                "'{\"bundle\":2}', output_digest, output, cards FROM audit_record",
+                "REPLACE INTO kb_release (digest, release, archived_at, archive) "
+                "SELECT digest, 'kb@6.6.6', archived_at, archive FROM kb_release"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                db.execute(statement)
+        assert db.execute("SELECT input FROM audit_record").fetchall() == [('{"bundle":1}',)]
+        assert db.execute("SELECT release FROM kb_release").fetchall() == [("kb@1.0.0",)]
+    finally:
+        db.close()
