@@ -11,7 +11,8 @@ themselves are kept too, so the call can be replayed; ``false`` keeps their dige
 Replay is byte-identical because everything the answer depends on is pinned: the input (the
 canonical input is the Bundle the rules saw, after prefetch and FHIR reads: the EHR need not
 be asked again), the release (loaded from the release archive by its digest, which is
-checked), the evaluation instant (``as_of``: the plan's dates, check-in window and
+checked; so are the stored input and response against their recorded digests), the
+evaluation instant (``as_of``: the plan's dates, check-in window and
 follow-up timing derive from it), the service id (card uuids are UUID v5 of the service,
 the subject and the content; resource ids in the suggestions derive from the content, so
 nothing random is in an answer). The movement-cds version is recorded: a replay by another
@@ -218,6 +219,11 @@ def replay_one(store: Any, record: dict[str, Any], software_now: str) -> Replaye
     if record["input"] is None:
         raise AuditError(f"audit record of {record['hook_instance']} has no stored input "
                          "([audit] store_inputs was false): only its digests can be shown")
+    for key in ("input", "output"):  # what is replayed and compared is what was recorded
+        stored = record[key]
+        if stored is not None and sha256(stored.encode()) != record[f"{key}_digest"]:
+            raise AuditError(f"audit record of {record['hook_instance']}: the stored {key} "
+                             f"does not match its recorded digest: the record was altered")
     archived = store.release_archive(record["kb_digest"])
     if archived is None:
         raise AuditError(f"release {record['release']} ({record['kb_digest'][:12]}) is not "

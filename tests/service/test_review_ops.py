@@ -205,3 +205,63 @@ def test_sqlite_audit_tables_refuse_a_replace(tmp_path: Path) -> None:
         assert db.execute("SELECT release FROM kb_release").fetchall() == [("kb@1.0.0",)]
     finally:
         db.close()
+
+
+# --- finding 4: replay trusts a stored input that no longer matches its recorded digest -------
+
+
+def _tampered_copy(database: Path, hook_instance: str) -> str:
+    """A second record of the call (as a DBA with the triggers dropped could leave it): the
+    patient's name in the stored input changed, every digest as recorded; its hookInstance."""
+    import sqlite3
+
+    from cds_service._feedback_store import AUDIT_COLUMNS
+
+    db = sqlite3.connect(database, isolation_level=None)
+    try:
+        row = dict(zip(AUDIT_COLUMNS, db.execute(
+            f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit_record WHERE hook_instance = ?",
+            (hook_instance,)).fetchone(), strict=True))
+        forged = json.loads(row["input"])
+        patient = next(e["resource"] for e in forged["bundle"]["entry"]
+                       if e["resource"]["resourceType"] == "Patient")
+        patient["name"] = [{"family": "Forged", "given": ["Someone"]}]
+        row["input"] = json.dumps(forged, sort_keys=True, separators=(",", ":"))
+        row["hook_instance"] = "0f0f0f0f-0000-4000-8000-00000000f0f0"
+        db.execute(f"INSERT INTO audit_record ({', '.join(row)}) "
+                   f"VALUES ({', '.join('?' for _ in row)})", tuple(row.values()))
+    finally:
+        db.close()
+    return str(row["hook_instance"])
+
+
+@pytest.mark.slow
+def test_replay_refuses_an_input_that_does_not_match_its_digest(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.service.conftest import ROOT, write_config
+
+    port = free_port()
+    database = tmp_path / "audit.db"
+    cfg = write_config(tmp_path / "service.toml", port, database=f"sqlite:///{database}")
+    proc = start_service(["--config", str(cfg), "--insecure-no-auth"], port)
+    try:
+        body = call()
+        r = httpx.post(f"http://127.0.0.1:{port}{PV}", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+    finally:
+        stop_service(proc)  # drains the queue: the record is written
+
+    def replay(hook_instance: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "movement_cds", "audit", "replay",
+                               hook_instance, "--database", f"sqlite:///{database}"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120,
+                              check=False)
+
+    genuine = replay(body["hookInstance"])
+    assert genuine.returncode == 0 and "byte-identical" in genuine.stdout, genuine.stderr
+    forged = replay(_tampered_copy(database, body["hookInstance"]))
+    assert forged.returncode != 0, forged.stdout
+    assert "byte-identical" not in forged.stdout
+    assert "input" in (forged.stdout + forged.stderr)
