@@ -265,3 +265,43 @@ def test_replay_refuses_an_input_that_does_not_match_its_digest(tmp_path: Path) 
     assert forged.returncode != 0, forged.stdout
     assert "byte-identical" not in forged.stdout
     assert "input" in (forged.stdout + forged.stderr)
+
+
+# --- finding 5: a NUL character in feedback is acknowledged, then never reaches PostgreSQL ----
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="finding 5: feedback text with U+0000 answers 200 "
+                   "'stored', PostgreSQL refuses the row, and its batch sits in the spill file")
+def test_feedback_acknowledged_is_in_postgresql(postgres_server: str, tmp_path: Path) -> None:
+    import psycopg
+
+    from tests.service.test_pg_two_instances import feedback
+
+    url = new_database(postgres_server)
+    key = SigningKey("ES384")
+    keys = tmp_path / "jwks.json"
+    keys.write_text(json.dumps(jwks(key)))
+    port = free_port()
+    proc = start_service(["--config", str(host_config(tmp_path / "host", url, keys))],
+                         port, timeout=120, any_answer=True)
+    acknowledged = 0
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(timeout=30, trust_env=False) as http:
+            r = http.post(base + PV, json=call(), headers=bearer(key, PV))
+            assert r.status_code == 200, r.text
+            card = r.json()["cards"][-1]
+            for comment in ("seen in clinic\u0000 yesterday", "seen in clinic yesterday"):
+                body = feedback(card, "overridden")
+                body["feedback"][0]["overrideReason"]["userComment"] = comment
+                fb = http.post(base + PV + "/feedback", json=body,
+                               headers=bearer(key, PV + "/feedback"))
+                assert fb.status_code in (200, 400), fb.text
+                acknowledged += fb.status_code == 200
+    finally:
+        stop_service(proc)  # SIGTERM: the queue is drained into the database
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM feedback").fetchone()
+    assert acknowledged >= 1 and row is not None
+    assert row[0] == acknowledged  # every item answered "stored" is in the database
