@@ -152,6 +152,8 @@ def _text(value: object, where: str) -> str:
         raise ValueError(f"{where} must be a non-empty string")
     if len(value) > MAX_TEXT:
         raise ValueError(f"{where} is longer than {MAX_TEXT} characters")
+    if "\x00" in value:  # PostgreSQL text cannot hold it: refused now, not lost later
+        raise ValueError(f"{where} contains a NUL character (U+0000)")
     return value
 
 
