@@ -305,3 +305,42 @@ def test_feedback_acknowledged_is_in_postgresql(postgres_server: str, tmp_path: 
         row = conn.execute("SELECT count(*) FROM feedback").fetchone()
     assert acknowledged == 1 and row is not None  # the NUL one is a 400 naming the field
     assert row[0] == acknowledged  # every item answered "stored" is in the database
+
+
+# --- finding 6: the release digest and archive leave out files the knowledge base loads -------
+
+
+def _rule_files_loaded(root: Path) -> set[str]:
+    """The rule files the knowledge-base loader reads (``rules/*.yaml``, as it globs)."""
+    return {str(p.relative_to(root)) for p in (root / "rules").glob("*.yaml")}
+
+
+@pytest.mark.xfail(strict=True, reason="finding 6: kb_files skips hidden files and symlinked "
+                   "directories that the loader reads: the archive and digest miss rules")
+def test_the_release_archive_holds_every_rule_file_the_engine_loads(tmp_path: Path) -> None:
+    import io
+    import shutil
+    import tarfile
+
+    from cds_service._audit import archive_release, kb_digest
+    from tests.service.conftest import STARTER_KB
+
+    # a hidden rule file: loaded, so its content is part of the release
+    hidden = tmp_path / "hidden"
+    shutil.copytree(STARTER_KB, hidden)
+    first = sorted((hidden / "rules").glob("*.yaml"))[0]
+    dotted = first.with_name("." + first.name)
+    first.rename(dotted)
+    before = kb_digest(hidden)
+    dotted.write_text(dotted.read_text() + "\n# edited\n")
+    assert kb_digest(hidden) != before  # other rule text, another release
+    # a symlinked rules directory (a shared rule set): loaded through the link
+    linked = tmp_path / "linked"
+    shutil.copytree(STARTER_KB, linked)
+    shutil.move(linked / "rules", tmp_path / "shared-rules")
+    (linked / "rules").symlink_to(tmp_path / "shared-rules", target_is_directory=True)
+    for root in (hidden, linked):
+        _digest, archive = archive_release(root)
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            archived = set(tar.getnames())
+        assert _rule_files_loaded(root) <= archived, root.name
