@@ -89,13 +89,27 @@ def parse_instant(text: str) -> datetime:
 
 # --- the release archive ------------------------------------------------------------------------
 
+def _in_release(name: str) -> bool:
+    """A file that is part of a release: not a byte-code or backup file, and not hidden
+    unless the loader reads it (it globs ``*.yaml``, which matches ``.name.yaml`` too)."""
+    return not name.endswith((".pyc", "~")) and (not name.startswith(".")
+                                                 or name.endswith(".yaml"))
+
+
 def kb_files(root: Path) -> list[Path]:
-    """The files of a knowledge-base directory that make up a release, in a fixed order."""
+    """The files of a knowledge-base directory that make up a release, in a fixed order:
+    every file the loader can read, through symlinked directories too (each real directory
+    once), without hidden directories, ``__pycache__``, byte-code and backup files."""
     out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back to a directory already read
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
-        out += [Path(dirpath) / f for f in sorted(filenames)
-                if not f.startswith(".") and not f.endswith((".pyc", "~"))]
+        out += [Path(dirpath) / f for f in sorted(filenames) if _in_release(f)]
     return out
 
 

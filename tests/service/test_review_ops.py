@@ -315,8 +315,6 @@ def _rule_files_loaded(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in (root / "rules").glob("*.yaml")}
 
 
-@pytest.mark.xfail(strict=True, reason="finding 6: kb_files skips hidden files and symlinked "
-                   "directories that the loader reads: the archive and digest miss rules")
 def test_the_release_archive_holds_every_rule_file_the_engine_loads(tmp_path: Path) -> None:
     import io
     import shutil
