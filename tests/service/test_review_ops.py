@@ -364,9 +364,6 @@ def pg_host(postgres_server: str, tmp_path: Path) -> Iterator[tuple[str, Signing
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="finding 7: no lock_timeout/statement_timeout: while "
-                   "another session locks used_token (a migration, CREATE INDEX, a DBA), "
-                   "every authenticated call waits without end")
 def test_a_locked_used_token_table_gives_an_answer_not_a_hang(
         pg_host: tuple[str, SigningKey, str]) -> None:
     import psycopg
