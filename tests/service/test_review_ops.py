@@ -381,3 +381,35 @@ def test_a_locked_used_token_table_gives_an_answer_not_a_hang(
         finally:
             locker.rollback()
         assert status in (401, 503), status
+
+
+# --- finding 8: [audit] required refuses the advice but keeps its handout page ---------------
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="finding 8: with [audit] required, a call whose record "
+                   "cannot be written answers 500, yet the patient's handout page it rendered "
+                   "stays stored for ttl_seconds with no audit record behind it")
+def test_no_handout_page_is_kept_for_advice_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    from tests.service.conftest import write_config
+    from tests.service.test_feedback_queue import exclusive_lock
+
+    port = free_port()
+    database, pages = tmp_path / "audit.db", tmp_path / "handouts.sqlite3"
+    cfg = write_config(tmp_path / "service.toml", port, database=f"sqlite:///{database}")
+    cfg.write_text(cfg.read_text() + f'\n[audit]\nrequired = true\n\n[handouts]\n'
+                   f'database = "{pages}"\n')
+    proc = start_service(["--config", str(cfg), "--insecure-no-auth"], port)
+    try:
+        with exclusive_lock(database):  # the audit record cannot be written
+            r = httpx.post(f"http://127.0.0.1:{port}{PV}", json=call(), timeout=30)
+        assert r.status_code == 500 and "no advice given" in r.text
+    finally:
+        stop_service(proc)
+    db = sqlite3.connect(pages)
+    try:
+        assert db.execute("SELECT count(*) FROM handout").fetchone() == (0,)
+    finally:
+        db.close()
