@@ -98,6 +98,14 @@ class HandoutStore:
             db.close()
         return handout_id
 
+    def delete(self, handout_ids: list[str]) -> None:
+        """Remove pages (advice that was refused after its page was made)."""
+        db = self._connect()
+        try:
+            db.executemany("DELETE FROM handout WHERE id = ?", [(i,) for i in handout_ids])
+        finally:
+            db.close()
+
     def get(self, handout_id: str) -> str | None:
         """The page, or None when the id is unknown, malformed or expired."""
         if not HANDOUT_ID.fullmatch(handout_id):

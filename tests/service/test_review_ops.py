@@ -387,9 +387,6 @@ def test_a_locked_used_token_table_gives_an_answer_not_a_hang(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="finding 8: with [audit] required, a call whose record "
-                   "cannot be written answers 500, yet the patient's handout page it rendered "
-                   "stays stored for ttl_seconds with no audit record behind it")
 def test_no_handout_page_is_kept_for_advice_refused(tmp_path: Path) -> None:
     import sqlite3
 
