@@ -74,6 +74,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+import anyio
+import anyio.to_thread
 import httpx
 import orjson
 from fastapi import FastAPI, Request
@@ -142,6 +144,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("movement_cds.service")
+#: How long a token check (signature, claims, the used-token cache) may take before the call
+#: is refused (401): a hung database must not hang the call.
+AUTH_DEADLINE_SECONDS: Final = 5.0
 
 CONFIG_ENV: Final = "MOVEMENT_CDS_CONFIG"
 APP_FACTORY: Final = "cds_service._app:app_from_env"  # each worker's app (uvicorn)
@@ -1124,9 +1129,14 @@ def create_app(
         audience = config.base_url + request.url.path
         header = request.headers.get("authorization")
         try:
-            result = await run_in_threadpool(verifier.verify, header, audience)
-            if inspect.isawaitable(result):
-                await result
+            # a deadline: a database that holds the connection open and never answers (the
+            # used-token check) gives a 401 in bounded time, not a hung call; the thread is
+            # abandoned, and the shared thread limiter bounds how many can be
+            with anyio.fail_after(AUTH_DEADLINE_SECONDS):
+                result = await anyio.to_thread.run_sync(
+                    verifier.verify, header, audience, abandon_on_cancel=True)
+                if inspect.isawaitable(result):
+                    await result
         except Exception as e:
             log.info("authentication refused on %s (%s)", request.url.path, type(e).__name__)
             observer.auth_failed(str(e))

@@ -114,9 +114,6 @@ def bearer(key: SigningKey, path: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="finding 1: a hung PostgreSQL (no answer, connection "
-                   "open) makes every authenticated call hang: no client-side timeout on "
-                   "the used-token cache's statements")
 def test_a_hung_postgresql_gives_an_answer_not_a_hang(
         relayed_host: tuple[str, SigningKey, Relay]) -> None:
     url, key, relay = relayed_host
