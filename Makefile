@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (log: $(SETUP_LOG))"
 	@$(PY) -m venv $(VENV)
 	@( $(BIN)/python -m pip install --upgrade pip \
-	   && $(BIN)/python -m pip install -e '.[dev,service]' ) > $(SETUP_LOG) 2>&1 \
+	   && $(BIN)/python -m pip install -e '.[dev,service,population]' ) > $(SETUP_LOG) 2>&1 \
 	   || { tail -n 30 $(SETUP_LOG); echo "set-up failed: the whole log is $(SETUP_LOG)" >&2; exit 1; }
 	@touch $(STAMP)
 

@@ -23,9 +23,19 @@ from movement_cds._cli_common import fail, kb_app
 
 
 @contextmanager
-def progress_reporter(command: str) -> Iterator[Callable[[int, int], None]]:
+def progress_reporter(command: str, unit: str = "synthetic patients",
+                      rate: bool = False) -> Iterator[Callable[[int, int], None]]:
     """A progress callback on standard error: rich on a terminal, otherwise plain lines
-    (``{command}: done/total synthetic patients (pct%), s``) about every 10%."""
+    (``{command}: done/total {unit} (pct%), s``) about every 10%; ``rate``: with the
+    {unit} per second since the start."""
+    start = time.monotonic()
+    first: list[int] = []  # the count at the first call (a resumed run starts above 0)
+
+    def speed(done: int) -> str:
+        first[:] = first or [done]
+        elapsed, n = time.monotonic() - start, done - first[0]
+        return f"{n / elapsed:.0f}/s" if elapsed > 0 and n else "-/s"
+
     if sys.stderr.isatty():
         from rich.console import Console
         from rich.progress import (
@@ -37,25 +47,27 @@ def progress_reporter(command: str) -> Iterator[Callable[[int, int], None]]:
             TimeRemainingColumn,
         )
 
-        with Progress(TextColumn("synthetic patients"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TimeRemainingColumn(),
+        columns = [TextColumn(unit), BarColumn(), MofNCompleteColumn()]
+        if rate:
+            columns.append(TextColumn("{task.fields[rate]}"))
+        with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(),
                       console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task(command, total=None)
+            task = bar.add_task(command, total=None, rate="-/s")
 
             def update(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
+                bar.update(task, completed=done, total=total, rate=speed(done))
 
             yield update
         return
-    start = time.monotonic()
     state = {"next": 0}
 
     def lines(done: int, total: int) -> None:
         if total <= 0 or done < state["next"]:
             return
         pct = 100 * done // total
-        typer.echo(f"{command}: {done}/{total} synthetic patients ({pct}%), "
-                   f"{time.monotonic() - start:.0f} s", err=True)
+        per_s = f", {speed(done)}" if rate else ""
+        typer.echo(f"{command}: {done}/{total} {unit} ({pct}%), "
+                   f"{time.monotonic() - start:.0f} s{per_s}", err=True)
         state["next"] = done + max(1, total // 10) if done < total else total + 1
 
     yield lines
