@@ -20,6 +20,7 @@ import typer
 
 from fhir_adapters import InvalidBundleError
 from movement_cds._cli_common import fail, kb_app
+from movement_cds._cli_population import InputOption, SchedulerOption
 
 
 @contextmanager
@@ -103,6 +104,8 @@ def kb_diff(
         typer.Option("--workers", min=1, help="Worker processes (default: 1 below 2,000 "
                      "patients, else up to 4 by CPU count)."),
     ] = None,
+    scheduler: SchedulerOption = None,
+    input_dir: InputOption = None,
 ) -> None:
     """Run two knowledge-base versions over the scenarios and a synthetic population and
     report which outputs change, for how many patients, with examples."""
@@ -122,13 +125,21 @@ def kb_diff(
     for which, path in (("OLD", old), ("NEW", new)):
         if not path.is_dir():
             fail(f"{which} knowledge base {path} is not a directory")
+    from movement_cds._cli_population import population_input, where_from_options
+    from movement_cds._runner import RunnerError
+
+    where_from_options(workers, scheduler, dask=False, default_workers=1)  # exclusive
     try:
-        with progress_reporter("kb diff") as progress:
+        with population_input(input_dir, scheduler) as pop, progress_reporter(
+                "kb diff", unit="patients" if pop else "synthetic patients") as progress:
             report = diff_knowledge_bases(old, new, patients=patients, seed=seed, as_of=when,
-                                          workers=workers, progress=progress)
+                                          workers=workers, progress=progress,
+                                          scheduler=scheduler, population=pop)
     except KnowledgeBaseLoadError as e:
         for p in e.problems:
             typer.echo(f"{e.which}: {p}", err=True)
+        fail(str(e))
+    except RunnerError as e:
         fail(str(e))
     sys.stdout.write(report.to_text())
     if json_out is not None:

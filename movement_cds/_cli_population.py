@@ -15,15 +15,20 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fhir_adapters import InvalidBundleError
 from movement_cds._cli_common import KbOption, app, fail
-from movement_cds._cli_kb_diff import progress_reporter
 from movement_cds._runner import Where
+
+if TYPE_CHECKING:
+    from movement_cds._population_input import PopulationInput
 
 population_app = typer.Typer(no_args_is_help=True,
                              help="Evaluate a whole population (a FHIR Bulk Data export).")
@@ -59,6 +64,35 @@ def where_from_options(workers: int | None, scheduler: str | None, *, dask: bool
     return Where(workers=workers or default_workers, dask=dask)
 
 
+InputOption = Annotated[
+    Path | None,
+    typer.Option("--input", metavar="BULK_DIR",
+                 help="Run a real population (a FHIR Bulk Data export, or grouped bucket "
+                 "files) instead of the synthetic one."),
+]
+
+
+@contextmanager
+def population_input(source: Path | None,
+                     scheduler: str | None) -> Iterator[PopulationInput | None]:
+    """``--input`` as bucket files (grouped into a temporary directory, removed after; with
+    ``--scheduler`` the workers must see it: set TMPDIR to a shared filesystem), or None.
+    Exit 2 naming the file when it cannot be read; 1 when the extra is missing."""
+    if scheduler is not None:
+        require_population_extra()
+    if source is None:
+        yield None
+        return
+    from movement_cds._population_input import PopulationInputError, open_population
+
+    with tempfile.TemporaryDirectory(prefix="movement-cds-input-") as tmp:
+        try:
+            pop = open_population(source, Path(tmp))
+        except PopulationInputError as e:
+            fail(str(e), code=2)
+        yield pop
+
+
 @population_app.command("run")
 def population_run(
     source: Annotated[Path, typer.Argument(
@@ -82,6 +116,7 @@ def population_run(
     """Evaluate every patient of INPUT: output Bundles, summary.parquet, errors.ndjson and
     manifest.json in DIR."""
     from movement_cds._api import parse_instant
+    from movement_cds._cli_kb_diff import progress_reporter
     from movement_cds._population_input import PopulationInputError
     from movement_cds._population_run import PopulationRunError, run_population
     from movement_cds._runner import RunnerError
