@@ -349,7 +349,7 @@ class Profile:
         return {
             "knowledge_base": self.knowledge_base,
             "directory": self.directory,
-            "population": "primary-care",
+            "population": "input" if self.population else "primary-care",
             "as_of": self.as_of.isoformat(),
             "seed": self.seed,
             "population_input": self.population or None,

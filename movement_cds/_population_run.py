@@ -455,6 +455,16 @@ def _population(paths: _Paths, source: Path, buckets: int) -> tuple[PopulationIn
     return pop, sizes, time.monotonic() - started
 
 
+def _remove_temporaries(paths: _Paths) -> None:
+    """Half-written files of attempts an interrupted run left (``.NAME.*.tmp``); no task of
+    this run has started yet."""
+    for folder in (paths.out / "bundles", paths.work / "summary", paths.work / "errors",
+                   paths.work / "done", paths.out):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
 def _count_lines(path: Path) -> int:
     with path.open("rb") as f:
         return sum(1 for raw in f if raw.strip())
@@ -478,6 +488,7 @@ def run_population(
     paths = _Paths(out)
     settings = _start(paths, source, kb, as_of, resume)
     pop, sizes, group_s = _population(paths, source, buckets)
+    _remove_temporaries(paths)
     token = uuid.uuid4().hex
     todo = [n for n in range(len(pop.buckets)) if not paths.done(n).exists()]
     skipped = sum(sizes) - sum(sizes[n] for n in todo)

@@ -169,7 +169,7 @@ def dask_client(where: Where) -> Iterator[Client]:
 
     if where.scheduler is not None:
         try:
-            client = distributed.Client(where.scheduler, timeout="20s")
+            client = distributed.Client(where.scheduler, timeout="10s")
         except (OSError, TimeoutError) as e:
             raise RunnerError(f"cannot connect to the Dask scheduler {where.scheduler}: "
                               f"{type(e).__name__}") from None
