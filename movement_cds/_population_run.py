@@ -501,12 +501,20 @@ def run_population(
         if progress is not None:
             progress(skipped + done, skipped + total)
 
-    evaluate_started = time.monotonic()
-    run_tasks(tasks, where, report, lost_worker_retries=max(3, max(sizes, default=0)))
-    evaluate_s = time.monotonic() - evaluate_started
+    clock = {"start": time.monotonic()}
+    started_workers = clock["start"]
+
+    def ready() -> None:
+        clock["ready"] = time.monotonic()
+
+    run_tasks(tasks, where, report, lost_worker_retries=max(3, max(sizes, default=0)),
+              on_ready=ready)
+    evaluate_s = time.monotonic() - clock.get("ready", started_workers)
     combine_started = time.monotonic()
     _combine(paths, len(pop.buckets))
-    timings = {"group_s": group_s, "evaluate_s": evaluate_s,
+    timings = {"group_s": group_s,
+               "start_workers_s": clock.get("ready", started_workers) - started_workers,
+               "evaluate_s": evaluate_s,
                "combine_s": time.monotonic() - combine_started,
                "total_s": time.monotonic() - started,
                "evaluated_this_run": sum(t.size for t in tasks)}

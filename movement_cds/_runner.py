@@ -111,16 +111,21 @@ def run_tasks(
     *,
     local: Sequence[Callable[[], T]] | None = None,
     lost_worker_retries: int = 0,
+    on_ready: Callable[[], None] | None = None,
 ) -> list[T]:
     """Every task's result, in task order. ``local[i]`` (optional) replaces ``tasks[i]`` when
     running in this process (it may use objects already loaded here). ``progress(done,
-    total)`` counts patients as tasks complete. Raises ``RunnerError`` naming a task that
-    failed."""
+    total)`` counts patients as tasks complete; ``on_ready()`` is called once the workers
+    are started (a LocalCluster) or connected to (a scheduler), before the first task. Raises
+    ``RunnerError`` naming a task that failed."""
     total = sum(t.size for t in tasks)
     if progress:
         progress(0, total)
     if not tasks:
         return []
+    if where.in_process or (where.scheduler is None and not where.dask):
+        if on_ready:
+            on_ready()
     if where.in_process:
         out = []
         done = 0
@@ -133,6 +138,8 @@ def run_tasks(
     if where.scheduler is None and not where.dask:
         return _run_pool(tasks, where.workers, progress, total)
     with dask_client(where) as client:
+        if on_ready:
+            on_ready()
         return _run_dask(client, tasks, progress, total, lost_worker_retries)
 
 
