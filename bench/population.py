@@ -35,9 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fhir_adapters._population import synthetic_bundle  # noqa: E402
+from movement_cds import Where, run_population  # noqa: E402
 from movement_cds._api import parse_instant  # noqa: E402
-from movement_cds._population_run import run_population  # noqa: E402
-from movement_cds._runner import Where  # noqa: E402
 
 AS_OF = parse_instant("2026-11-02T09:00:00Z")
 

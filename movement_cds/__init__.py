@@ -19,12 +19,19 @@ Errors (all subclass built-in types)::
 For a service that loads knowledge bases itself (``cds_service``): ``run_all_scenarios(evaluator,
 root)`` runs a knowledge base's scenario tests (FHIR vignettes read with the production reader)
 and returns one outcome per scenario (``.passed``, ``.failures``, ``.file``, ``.line``).
+
+A whole population (``movement-cds population run``; needs the ``population`` extra):
+``run_population(source, out, as_of=..., where=Where(workers=4, dask=True))`` or
+``where=Where(scheduler="tcp://host:8786")``; see docs/population.md.
 """
 
 from cds import EngineError, InvalidInputError, KnowledgeBaseError, MovementCDSError, Plan
 from fhir_adapters import InvalidBundleError
 from movement_cds._api import DecisionSupport, Evaluation, evaluate
 from movement_cds._kbtools import run_all_scenarios
+from movement_cds._population_input import PopulationInputError
+from movement_cds._population_run import PopulationRunError, RunReport, run_population
+from movement_cds._runner import RunnerError, Where
 from movement_cds._version import __version__
 
 __all__ = [
@@ -36,7 +43,13 @@ __all__ = [
     "KnowledgeBaseError",
     "MovementCDSError",
     "Plan",
+    "PopulationInputError",
+    "PopulationRunError",
+    "RunReport",
+    "RunnerError",
+    "Where",
     "__version__",
     "evaluate",
     "run_all_scenarios",
+    "run_population",
 ]

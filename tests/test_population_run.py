@@ -31,16 +31,14 @@ pa_parquet = pytest.importorskip("pyarrow.parquet")
 
 from cds import Evaluator, Plan, load_knowledge_base  # noqa: E402
 from fhir_adapters import InvalidBundleError, read_bundle  # noqa: E402
-from movement_cds import DecisionSupport  # noqa: E402
+from movement_cds import DecisionSupport, Where, run_population  # noqa: E402
 from movement_cds._cli import app  # noqa: E402
 from movement_cds._population_run import (  # noqa: E402
     CRASH_HOOK_ENV,
     QUARANTINE_AFTER,
     SUMMARY_COLUMNS,
     _strikes,
-    run_population,
 )
-from movement_cds._runner import Where  # noqa: E402
 from tests.conftest import STARTER  # noqa: E402
 from tests.population_helpers import AS_OF, AS_OF_TEXT, write_buckets  # noqa: E402
 

@@ -17,10 +17,17 @@ def test_movement_cds_exports() -> None:
         "KnowledgeBaseError",
         "MovementCDSError",
         "Plan",
+        # population run (issue 16)
+        "PopulationInputError",
+        "PopulationRunError",
+        "RunReport",
+        "RunnerError",
+        "Where",
         "__version__",
         "evaluate",
         # the service's scenario check at start and on reload (issue 13 part 1)
         "run_all_scenarios",
+        "run_population",
     ]
 
 
