@@ -273,7 +273,9 @@ def _evaluate_one(b: _Bucket, support: Any, entry: BucketEntry,
                                                 f"evaluation failed: {type(e).__name__}"))
         return
     except Exception as e:  # a bug: one error row, the bucket goes on
-        log.exception("bucket %d: internal error for patient %s", b.job.number, pid)
+        # the type only: an exception's text may quote the patient's data
+        log.error("bucket %d: internal error (%s) for patient %s", b.job.number,
+                  type(e).__name__, pid)
         b.error(pid, "internal-error", _fail("fatal", "exception",
                                              f"internal error ({type(e).__name__})"))
         return

@@ -44,6 +44,8 @@ POPULATION_EXTRA = "pip install 'movement-cds[population]'"
 #: Worker deaths the scheduler of a LocalCluster we start tolerates per task before it gives
 #: up (``distributed.scheduler.allowed-failures``; Dask's default is 3).
 ALLOWED_FAILURES = 10
+#: How long to wait for a scheduler to have at least one worker before giving up.
+WAIT_FOR_WORKERS_S = 60
 Progress = Callable[[int, int], None]
 
 
@@ -181,12 +183,20 @@ def dask_client(where: Where) -> Iterator[Client]:
             raise RunnerError(f"cannot connect to the Dask scheduler {where.scheduler}: "
                               f"{type(e).__name__}") from None
         with client:
+            try:
+                client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS_S)
+            except TimeoutError:
+                raise RunnerError(f"the Dask scheduler {where.scheduler} has no workers "
+                                  f"(waited {WAIT_FOR_WORKERS_S} s)") from None
             yield client
         return
     with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
-        cluster = distributed.LocalCluster(
-            n_workers=max(1, where.workers), threads_per_worker=1, processes=True,
-            host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+        try:
+            cluster = distributed.LocalCluster(
+                n_workers=max(1, where.workers), threads_per_worker=1, processes=True,
+                host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+        except (RuntimeError, OSError) as e:
+            raise RunnerError(f"cannot start the local Dask workers: {e}") from None
         with cluster, distributed.Client(cluster) as client:
             yield client
 
