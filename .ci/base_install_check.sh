@@ -2,8 +2,8 @@
 # The library as an EHR integrator installs it: build the wheel, install it WITHOUT extras in
 # a fresh venv, then import every library module, run the README's Python example,
 # `movement-cds evaluate` on the bundled example and `movement-cds kb validate --strict`, and
-# check that `serve` says it needs the extra. Run it with `make base-install-check`; CI runs
-# it from .ci/run. pip's cache keeps durable-rules' build fast after the first time.
+# check that `serve` and `population run` say they need their extras. Run it with
+# `make base-install-check`; CI runs it from .ci/run. pip's cache keeps durable-rules' build fast after the first time.
 # Usage: base_install_check.sh PYTHON [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,4 +64,9 @@ if "$WORK/venv/bin/movement-cds" serve --insecure-no-auth --port 0 >"$WORK/serve
   echo "base-install-check: serve started without the service extra" >&2; exit 1
 fi
 grep -q "service' extra" "$WORK/serve.out" && ! grep -q Traceback "$WORK/serve.out"
+# population run says which extra it needs (no Dask, no pyarrow in the base install)
+if "$WORK/venv/bin/movement-cds" population run "$WORK" --out "$WORK/pop" >"$WORK/pop.out" 2>&1; then
+  echo "base-install-check: population run ran without the population extra" >&2; exit 1
+fi
+grep -q "movement-cds\[population\]" "$WORK/pop.out" && ! grep -q Traceback "$WORK/pop.out"
 echo "base-install-check: OK in $(( $(date +%s) - started )) s (wheel, fresh venv without extras)"
