@@ -149,6 +149,15 @@ def _from_grouped(source: Path) -> PopulationInput:
     return PopulationInput(source, "grouped", buckets, patients, tuple(files))
 
 
+def _field(obj: Any, *names: str) -> Any:
+    """The first of ``names`` that ``obj`` has (the grouping's field names, as built in
+    parallel with this module; the merge keeps the one that exists)."""
+    for name in names:
+        if hasattr(obj, name):
+            return getattr(obj, name)
+    raise AttributeError(f"{type(obj).__name__} has none of {names}")
+
+
 def _group_export(source: Path, work_dir: Path, buckets: int) -> PopulationInput:
     """The one call of ``fhir_adapters.group_export`` (issue 16 part 1): a Bulk Data export
     grouped per patient into ``buckets`` bucket files under ``work_dir``."""
@@ -158,8 +167,9 @@ def _group_export(source: Path, work_dir: Path, buckets: int) -> PopulationInput
             f"{source}: reading a FHIR Bulk Data export needs fhir_adapters.group_export, "
             "which this build lacks; give a directory of grouped bucket files instead")
     g = group_export(source, work_dir, buckets=buckets)
-    files = tuple(InputFileInfo(str(f.path), str(f.resource_type), str(f.sha256),
-                                int(f.resource_count)) for f in g.input_files)
+    files = tuple(InputFileInfo(str(f.path), str(_field(f, "resource_type", "type")),
+                                str(f.sha256), int(_field(f, "resources", "resource_count")))
+                  for f in g.input_files)
     return PopulationInput(source, "bulk-export", tuple(Path(b) for b in g.buckets),
                            int(g.patients), files, int(g.orphan_count), int(g.rejected_count),
                            str(g.orphans), str(g.rejected))

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import socket
 import sys
 import time
@@ -449,7 +450,10 @@ def _population(paths: _Paths, source: Path, buckets: int) -> tuple[PopulationIn
                               doc["rejected_file"])
         return pop, list(doc["sizes"]), 0.0
     started = time.monotonic()
-    pop = open_population(source, paths.work / "grouped", buckets=buckets)
+    grouped = paths.work / "grouped"
+    if grouped.is_dir() and not source.resolve().is_relative_to(grouped.resolve()):
+        shutil.rmtree(grouped)  # a grouping that an interruption left unfinished
+    pop = open_population(source, grouped, buckets=buckets)
     sizes = [_count_lines(b) for b in pop.buckets]
     doc = {**pop.to_json(), "source": str(pop.source),
            "buckets": [str(b) for b in pop.buckets], "sizes": sizes}
