@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 pytest.importorskip("distributed")
@@ -33,6 +35,7 @@ from cds import Evaluator, Plan, load_knowledge_base  # noqa: E402
 from fhir_adapters import InvalidBundleError, read_bundle  # noqa: E402
 from movement_cds import DecisionSupport, Where, run_population  # noqa: E402
 from movement_cds._cli import app  # noqa: E402
+from movement_cds._population_input import bucket_entries  # noqa: E402
 from movement_cds._population_run import (  # noqa: E402
     CRASH_HOOK_ENV,
     QUARANTINE_AFTER,
@@ -276,6 +279,42 @@ def test_strikes_count_the_attempts_of_this_run_that_died_on_each_patient(
     assert _strikes(log, "r2") == Counter({"p2": 2})
     assert _strikes(log, "r1") == Counter({"p1": 1})
     assert _strikes(tmp_path / "missing.log", "r2") == Counter()
+
+
+attempts = st.lists(st.tuples(st.sampled_from(["r1", "r2"]),
+                               st.lists(st.sampled_from(["p1", "p2", "p3"]), max_size=4),
+                               st.booleans()), max_size=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(attempts)
+def test_strikes_blame_the_last_patient_of_each_dead_attempt_of_the_run(
+        tmp_path_factory: pytest.TempPathFactory,
+        runs: list[tuple[str, list[str], bool]]) -> None:
+    log = tmp_path_factory.mktemp("log") / "part.log"
+    lines = []
+    for run, started, died in runs:
+        lines.append({"attempt": "x", "run": run})
+        lines += [{"start": p} for p in started]
+        if not died:
+            lines.append({"end": True})
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    for run in ("r1", "r2"):
+        assert _strikes(log, run) == Counter(
+            started[-1] for r, started, died in runs if r == run and died and started)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.binary(max_size=40).filter(lambda b: b"\n" not in b), max_size=6))
+def test_any_bucket_line_is_a_patient_or_a_problem_never_an_exception(
+        tmp_path_factory: pytest.TempPathFactory, raw: list[bytes]) -> None:
+    path = tmp_path_factory.mktemp("bucket") / "b.ndjson"
+    path.write_bytes(b"".join(x + b"\n" for x in raw))
+    entries = list(bucket_entries(path))
+    assert len(entries) == sum(1 for x in raw if x.strip())
+    for e in entries:
+        assert (e.bundle is None) == bool(e.problem)
+        assert e.problem == "" or f"line {e.line}" in e.problem
 
 
 # --- a real scheduler and worker on loopback --------------------------------------------------
