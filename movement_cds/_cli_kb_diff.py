@@ -14,13 +14,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fhir_adapters import InvalidBundleError
 from movement_cds._cli_common import fail, kb_app
 from movement_cds._cli_population import InputOption, SchedulerOption
+
+if TYPE_CHECKING:
+    from movement_cds._kb_diff import DiffReport
 
 
 @contextmanager
@@ -110,11 +113,7 @@ def kb_diff(
     """Run two knowledge-base versions over the scenarios and a synthetic population and
     report which outputs change, for how many patients, with examples."""
     from movement_cds._api import parse_instant
-    from movement_cds._kb_diff import (
-        KnowledgeBaseLoadError,
-        diff_knowledge_bases,
-        write_examples,
-    )
+    from movement_cds._kb_diff import KnowledgeBaseLoadError, diff_knowledge_bases
 
     when = None
     if as_of is not None:
@@ -142,6 +141,16 @@ def kb_diff(
     except RunnerError as e:
         fail(str(e))
     sys.stdout.write(report.to_text())
+    _write_outputs(report, json_out, examples_dir)
+    if fail_on_change and report.changed:
+        raise typer.Exit(1)
+
+
+def _write_outputs(report: DiffReport, json_out: Path | None,
+                   examples_dir: Path | None) -> None:
+    """``--json`` and ``--examples-dir``; exit 1 naming the path that cannot be written."""
+    from movement_cds._kb_diff import write_examples
+
     if json_out is not None:
         try:
             json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -154,5 +163,3 @@ def kb_diff(
                 typer.echo(f"example patient written to {path}", err=True)
         except OSError as e:
             fail(f"cannot write {examples_dir}: {e.strerror or e}")
-    if fail_on_change and report.changed:
-        raise typer.Exit(1)
