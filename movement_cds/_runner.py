@@ -194,7 +194,10 @@ def dask_client(where: Where) -> Iterator[Client]:
         try:
             cluster = distributed.LocalCluster(
                 n_workers=max(1, where.workers), threads_per_worker=1, processes=True,
-                host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+                host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR,
+                # no dashboard; the scheduler's small HTTP server (health, metrics) on a
+                # free loopback port, not 8787 (another cluster may hold it)
+                scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
         except (RuntimeError, OSError) as e:
             raise RunnerError(f"cannot start the local Dask workers: {e}") from None
         with cluster, distributed.Client(cluster) as client:
