@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 FHIRJS := tools/fhir-validator/node_modules/.installed-stamp
 AS_OF ?= 2026-11-02T09:00:00Z
 
-.PHONY: example test lint bench docs clean base-install-check
+.PHONY: example test lint bench docs clean base-install-check chromium
 
 SETUP_LOG := $(VENV)/setup.log
 
@@ -25,13 +25,17 @@ $(FHIRJS): tools/fhir-validator/package-lock.json
 	@cd tools/fhir-validator && npm ci --silent --no-audit --no-fund
 	@touch $(FHIRJS)
 
+# Headless Chromium for the tests that render pages (tests/browser.py), from the system packages
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
 ## Evaluate the bundled example patient: readable plan on the terminal, FHIR in out/.
 example: $(STAMP)
 	$(BIN)/movement-cds evaluate examples/example-patient.json --as-of $(AS_OF) \
 		--out out/example-careplan.json
 
 ## Lint, type-check (mypy strict) and run the test suite.
-test: $(STAMP) $(FHIRJS) lint
+test: $(STAMP) $(FHIRJS) chromium lint
 	$(BIN)/python -m pytest
 
 ## The library without extras, as an integrator installs it: build the wheel, install it in a

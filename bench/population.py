@@ -34,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fhir_adapters._population import synthetic_bundle  # noqa: E402
+from fhir_adapters import synthetic_bundle  # noqa: E402
 from movement_cds import Where, run_population  # noqa: E402
 from movement_cds._api import parse_instant  # noqa: E402
 

@@ -13,6 +13,7 @@ from cds._compiler import CompiledKnowledgeBase, compile_knowledge_base
 from cds._engine_result import EngineResult
 from cds._errors import (
     EngineError,
+    ExplainTargetError,
     InputIssue,
     InvalidInputError,
     KnowledgeBaseError,
@@ -28,6 +29,7 @@ from cds._followup import (
     FollowUp,
     PreviousExercise,
     PreviousPlan,
+    Rating,
 )
 from cds._kb_schema import evidence_url
 from cds._knowledge_base import KnowledgeBase, load_knowledge_base
@@ -40,6 +42,7 @@ from cds._plan import (
     PlanAlert,
     PlannedExercise,
     Referral,
+    resolve_plan,
 )
 from cds._reference import evaluate_reference
 
@@ -58,6 +61,7 @@ __all__ = [
     "ExerciseChange",
     "ExerciseDose",
     "ExerciseResponse",
+    "ExplainTargetError",
     "Fact",
     "FollowUp",
     "InputIssue",
@@ -72,10 +76,12 @@ __all__ = [
     "PlannedExercise",
     "PreviousExercise",
     "PreviousPlan",
+    "Rating",
     "Referral",
     "check_changelog",
     "compile_knowledge_base",
     "evaluate_reference",
     "evidence_url",
     "load_knowledge_base",
+    "resolve_plan",
 ]

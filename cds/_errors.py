@@ -5,7 +5,9 @@ Every error subclasses a built-in type that callers already catch::
     MovementCDSError (Exception)
     ├── KnowledgeBaseError (ValueError)    the rules, catalog or facts files are unusable
     ├── InvalidInputError (ValueError)     the patient data cannot be evaluated at all
-    └── EngineError (RuntimeError)         the rule engine failed; no advice is returned
+    ├── EngineError (RuntimeError)         the rule engine failed; no advice is returned
+    └── ExplainTargetError (LookupError)   ``explain`` was asked about an id the knowledge
+                                           base does not have
 
 ``fhir_adapters`` adds ``InvalidBundleError(InvalidInputError)``, which carries the FHIR
 OperationOutcome for the caller.
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "EngineError",
+    "ExplainTargetError",
     "InputIssue",
     "InvalidInputError",
     "KnowledgeBaseError",
@@ -93,3 +96,16 @@ class EngineError(MovementCDSError, RuntimeError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class ExplainTargetError(MovementCDSError, LookupError):
+    """The id asked about is not a rule, exercise, alert code or fact of this knowledge base."""
+
+    def __init__(self, target: str, near: list[str]) -> None:
+        self.target = target
+        self.near = near
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        super().__init__(
+            f"'{target}' is not a rule id, exercise id, alert code or fact of this knowledge "
+            f"base{hint}"
+        )

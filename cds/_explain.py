@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from cds._compiler import CompiledKnowledgeBase
 from cds._compiler import Literal as Lit
-from cds._errors import MovementCDSError
+from cds._errors import ExplainTargetError
 from cds._facts import Derivation, Fact, Scalar
 from cds._kb_schema import AllOf, AnyOf, AtLeast, Condition, FactTest, NoneOf, Param, ParamTest
 from cds._knowledge_base import KnowledgeBase, derived_names
@@ -61,19 +61,6 @@ _OP_WORDS = {
     "in": "is one of", "not-in": "is none of",
 }
 _OUTPUT_PREFIXES = ("alert.", "recommend.", "veto.", "gap.", "note.", "limit.")
-
-
-class ExplainTargetError(MovementCDSError, LookupError):
-    """The id asked about is not a rule, exercise, alert code or fact of this knowledge base."""
-
-    def __init__(self, target: str, near: list[str]) -> None:
-        self.target = target
-        self.near = near
-        hint = f"; did you mean {', '.join(near)}?" if near else ""
-        super().__init__(
-            f"'{target}' is not a rule id, exercise id, alert code or fact of this knowledge "
-            f"base{hint}"
-        )
 
 
 def _show(v: object) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 from cds._dose import ExerciseDose
 from cds._engine_result import EngineResult
 from cds._errors import InputIssue
-from cds._facts import AnswerNote, Derivation, Fact, PatientFacts
+from cds._facts import AnswerNote, Derivation, DerivedFact, Fact, PatientFacts
 from cds._followup import CheckIn, ExerciseChange
 from cds._kb_schema import Evidence, Param, VetoAction
 from cds._knowledge_base import KnowledgeBase
@@ -291,69 +291,71 @@ def _gap_wording(kb: KnowledgeBase, missing: list[str],
     return " ".join(parts)
 
 
-def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult) -> Plan:
-    """Turn derived facts into a Plan under the safety policy above."""
-    facts = {f.name: f for f in patient.facts}
-    derived = result.derived
-    index = _action_index(kb)
+@dataclass
+class _Resolution:
+    """What ``resolve_plan`` reads while it turns derived facts into a Plan; its steps are
+    the methods, in the order run."""
 
-    def sources_of(ds: tuple[Derivation, ...]) -> set[str]:
-        return _sources_of(ds, facts, derived, frozenset())
+    kb: KnowledgeBase
+    patient: PatientFacts
+    derived: Mapping[str, DerivedFact]
 
-    def rule_evidence(rule_ids: tuple[str, ...]) -> tuple[EvidenceRef, ...]:
-        known = index.evidence.get(rule_ids)
+    def __post_init__(self) -> None:
+        self.facts = {f.name: f for f in self.patient.facts}
+        self.index = _action_index(self.kb)
+        # how answers were read: notes about missing facts word the data gaps; the others
+        # go with every alert whose rules read the fact they are about
+        self.notes_by_fact: dict[str, list[AnswerNote]] = {}
+        for note in self.patient.answer_notes:
+            for name in note.facts:
+                self.notes_by_fact.setdefault(name, []).append(note)
+        self.missing_notes = {n: v for n, v in self.notes_by_fact.items()
+                              if n not in self.facts}
+
+    def sources_of(self, ds: tuple[Derivation, ...]) -> set[str]:
+        return _sources_of(ds, self.facts, self.derived, frozenset())
+
+    def rule_evidence(self, rule_ids: tuple[str, ...]) -> tuple[EvidenceRef, ...]:
+        known = self.index.evidence.get(rule_ids)
         if known is None:
-            refs = {e.id: EvidenceRef.of(e) for rid in rule_ids for e in kb.rule(rid).evidence}
-            if len(index.evidence) >= _EVIDENCE_MEMO:
-                index.evidence.clear()
-            known = index.evidence[rule_ids] = tuple(refs[k] for k in sorted(refs))
+            refs = {e.id: EvidenceRef.of(e) for rid in rule_ids
+                    for e in self.kb.rule(rid).evidence}
+            if len(self.index.evidence) >= _EVIDENCE_MEMO:
+                self.index.evidence.clear()
+            known = self.index.evidence[rule_ids] = tuple(refs[k] for k in sorted(refs))
         return known
 
-    def firing_of(name: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[Derivation, ...]]:
-        ds = derived[name].derivations
+    def firing_of(self, name: str
+                  ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[Derivation, ...]]:
+        ds = self.derived[name].derivations
         rids = tuple(sorted({d.rule_id for d in ds}))
-        return rids, tuple(sorted(sources_of(ds))), ds
+        return rids, tuple(sorted(self.sources_of(ds))), ds
 
-    # data gaps: which of the named facts are actually missing
-    gaps: list[DataGap] = []
-    gap_by_rule: dict[str, DataGap] = {}
-    for rid, gap in index.gaps:
-        if f"gap.{rid}" in derived:
-            missing = tuple(f for f in gap.facts if f not in facts)
-            g = DataGap(rid, missing, gap.detail)
-            gaps.append(g)
-            gap_by_rule[rid] = g
+    def data_gaps(self) -> list[DataGap]:
+        """The data-gap rules that fired, with which of their named facts are missing."""
+        return [DataGap(rid, tuple(f for f in gap.facts if f not in self.facts), gap.detail)
+                for rid, gap in self.index.gaps if f"gap.{rid}" in self.derived]
 
-    # how answers were read: notes about missing facts word the data gaps; the others go
-    # with every alert whose rules read the fact they are about
-    notes_by_fact: dict[str, list[AnswerNote]] = {}
-    for note in patient.answer_notes:
-        for name in note.facts:
-            notes_by_fact.setdefault(name, []).append(note)
-    missing_notes = {n: v for n, v in notes_by_fact.items() if n not in facts}
+    def alerts(self, gaps: list[DataGap]) -> list[PlanAlert]:
+        """One alert per code, most serious first."""
+        gap_by_rule = {g.rule_id: g for g in gaps}
+        codes = sorted({n.split(".", 1)[1] for n in self.derived if n.startswith("alert.")})
+        alerts = [self._alert(code, gap_by_rule) for code in codes]
+        alerts.sort(key=lambda a: (_LEVEL_ORDER[a.level], _PRIORITY_ORDER[a.referral.priority]
+                                   if a.referral else 9, a.code))
+        return alerts
 
-    def _alert_notes(name: str, gap_missing: list[str]) -> list[str]:
-        if not notes_by_fact:
-            return []
-        read = _facts_read(derived[name].derivations, derived, frozenset())
-        return list(dict.fromkeys(
-            n.text for f in sorted(read) if f not in gap_missing and f in facts
-            for n in notes_by_fact.get(f, ())))
-
-    # alerts: one per code; the most severe firing's wording wins, rules and sources merge
-    alerts: list[PlanAlert] = []
-    for code in sorted({n.split(".", 1)[1] for n in derived if n.startswith("alert.")}):
-        rids, srcs, _ = firing_of(f"alert.{code}")
-        actions = [
-            (rid, a.alert) for rid in rids for a in kb.rule(rid).then
-            if a.alert is not None and a.alert.code == code
-        ]
+    def _alert(self, code: str, gap_by_rule: Mapping[str, DataGap]) -> PlanAlert:
+        """The most severe firing's wording wins; rules and sources merge."""
+        rids, srcs, _ = self.firing_of(f"alert.{code}")
+        actions = [(rid, a.alert) for rid in rids for a in self.kb.rule(rid).then
+                   if a.alert is not None and a.alert.code == code]
         actions.sort(key=lambda ra: (
             _LEVEL_ORDER[ra[1].level.value],
             _PRIORITY_ORDER[ra[1].referral.priority.value] if ra[1].referral else 9,
             ra[0],
         ))
-        _rid, act = actions[0]
+        act = actions[0][1]
         referral = Referral(act.referral.priority.value, act.referral.to) if act.referral else None
         holds = any(
             (x.referral is not None and x.referral.priority.value in HOLDING_PRIORITIES)
@@ -364,82 +366,103 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
         gap_missing = sorted({m for r, _ in actions if r in gap_by_rule
                               for m in gap_by_rule[r].missing})
         if gap_missing:
-            detail = f"{detail} {_gap_wording(kb, gap_missing, missing_notes)}"
-        said = _alert_notes(f"alert.{code}", gap_missing)
-        alerts.append(
-            PlanAlert(code, kb.alerts[code].display, act.level.value,
-                      _with_notes(detail, said), act.mitigation, referral, holds, rids, srcs,
-                      rule_evidence(rids), tuple(said))
-        )
-    alerts.sort(key=lambda a: (_LEVEL_ORDER[a.level],
-                               _PRIORITY_ORDER[a.referral.priority] if a.referral else 9, a.code))
-    held = any(a.holds_exercise for a in alerts)
+            detail = f"{detail} {_gap_wording(self.kb, gap_missing, self.missing_notes)}"
+        said = self._alert_notes(f"alert.{code}", gap_missing)
+        return PlanAlert(code, self.kb.alerts[code].display, act.level.value,
+                         _with_notes(detail, said), act.mitigation, referral, holds, rids, srcs,
+                         self.rule_evidence(rids), tuple(said))
 
-    # vetoes: by properties, over the whole catalog
-    vetoes: list[tuple[str, VetoAction]] = [
-        (rid, v) for rid, v in index.vetoes if f"veto.{rid}" in derived]
-    avoid: list[AvoidedExercise] = []
-    vetoed: set[str] = set()
-    for ex in sorted(kb.exercises.values(), key=lambda e: e.id):
-        hits = [(rid, v) for rid, v in vetoes if v.covers(ex)]
-        if not hits:
-            continue
-        vetoed.add(ex.id)
-        rids = tuple(sorted({rid for rid, _ in hits}))
-        srcs = tuple(sorted(
-            {s for rid in rids for s in sources_of(derived[f"veto.{rid}"].derivations)}
-        ))
-        avoid.append(
-            AvoidedExercise(ex.id, ex.title, tuple(d.value for d in ex.direction), ex.load.value,
-                            ex.surface.value, " ".join(dict.fromkeys(v.why for _, v in hits)),
-                            rids, srcs, rule_evidence(rids))
-        )
+    def _alert_notes(self, name: str, gap_missing: list[str]) -> list[str]:
+        if not self.notes_by_fact:
+            return []
+        read = _facts_read(self.derived[name].derivations, self.derived, frozenset())
+        return list(dict.fromkeys(
+            n.text for f in sorted(read) if f not in gap_missing and f in self.facts
+            for n in self.notes_by_fact.get(f, ())))
 
-    # recommendations: ordered by the best-priority rule that recommended them
-    rank = _ranks(kb)
-    proposed: list[tuple[tuple[int, int], PlannedExercise]] = []
-    for name in sorted(n for n in derived if n.startswith("recommend.")):
-        ex_id = name.split(".", 1)[1]
-        if ex_id in vetoed:
-            continue
-        ex = kb.exercises[ex_id]
-        rids, srcs, _ = firing_of(name)
-        recs = [(rid, a.recommend) for rid in rids for a in kb.rule(rid).then
+    def avoid(self) -> list[AvoidedExercise]:
+        """Vetoes, by properties, over the whole catalog."""
+        vetoes: list[tuple[str, VetoAction]] = [
+            (rid, v) for rid, v in self.index.vetoes if f"veto.{rid}" in self.derived]
+        avoid: list[AvoidedExercise] = []
+        for ex in sorted(self.kb.exercises.values(), key=lambda e: e.id):
+            hits = [(rid, v) for rid, v in vetoes if v.covers(ex)]
+            if not hits:
+                continue
+            rids = tuple(sorted({rid for rid, _ in hits}))
+            srcs = tuple(sorted({s for rid in rids for s in self.sources_of(
+                self.derived[f"veto.{rid}"].derivations)}))
+            avoid.append(AvoidedExercise(
+                ex.id, ex.title, tuple(d.value for d in ex.direction), ex.load.value,
+                ex.surface.value, " ".join(dict.fromkeys(v.why for _, v in hits)),
+                rids, srcs, self.rule_evidence(rids)))
+        return avoid
+
+    def proposed(self, vetoed: set[str], held: bool) -> list[PlannedExercise]:
+        """Every recommended exercise not vetoed, ordered by the best-priority rule that
+        recommended it."""
+        rank = _ranks(self.kb)
+        proposed: list[tuple[tuple[int, int], PlannedExercise]] = []
+        for name in sorted(n for n in self.derived if n.startswith("recommend.")):
+            ex_id = name.split(".", 1)[1]
+            if ex_id not in vetoed:
+                proposed.append(self._recommended(ex_id, name, rank, held))
+        proposed.sort(key=lambda p: (p[0], p[1].exercise_id))
+        return [p for _, p in proposed]
+
+    def _recommended(self, ex_id: str, name: str, rank: Mapping[str, tuple[int, int]],
+                     held: bool) -> tuple[tuple[int, int], PlannedExercise]:
+        ex = self.kb.exercises[ex_id]
+        rids, srcs, _ = self.firing_of(name)
+        recs = [(rid, a.recommend) for rid in rids for a in self.kb.rule(rid).then
                 if a.recommend is not None and a.recommend.exercise == ex_id]
         recs.sort(key=lambda ra: rank[ra[0]])
         dose = ExerciseDose.of(ex.dose, recs[0][1].dose)
         rationale = " ".join(dict.fromkeys(r.why for _, r in recs))
-        proposed.append((
-            min(rank[r] for r in rids),
-            PlannedExercise(ex.id, ex.title, ex.purpose, ex.instructions,
-                            tuple(d.value for d in ex.direction), ex.load.value, ex.surface.value,
-                            dose, "on-hold" if held else "proposed", rationale, rids, srcs,
-                            rule_evidence(rids)),
-        ))
-    proposed.sort(key=lambda p: (p[0], p[1].exercise_id))
+        return min(rank[r] for r in rids), PlannedExercise(
+            ex.id, ex.title, ex.purpose, ex.instructions, tuple(d.value for d in ex.direction),
+            ex.load.value, ex.surface.value, dose, "on-hold" if held else "proposed",
+            rationale, rids, srcs, self.rule_evidence(rids))
 
-    # a focused programme: one exercise per purpose, at most the smallest limit that applies
-    limit, limit_why = plan_limit(kb, derived, len(proposed))
-    kept: list[PlannedExercise] = []
-    deferred: list[DeferredExercise] = []
-    by_purpose: dict[str, PlannedExercise] = {}
-    for _, pe in proposed:
-        first = by_purpose.get(pe.purpose)
-        if first is not None:
-            deferred.append(DeferredExercise(
-                pe.exercise_id, pe.title,
-                f"same purpose ({pe.purpose}) as {first.title}, which ranks higher",
-                pe.rule_ids))
-        elif len(kept) >= limit:
-            deferred.append(DeferredExercise(
-                pe.exercise_id, pe.title, f"beyond {limit} exercises: {limit_why}", pe.rule_ids))
-        else:
-            by_purpose[pe.purpose] = pe
-            kept.append(pe)
+    def focused(self, proposed: list[PlannedExercise]
+                ) -> tuple[list[PlannedExercise], list[DeferredExercise]]:
+        """A focused programme: one exercise per purpose, at most the smallest limit that
+        applies; the others deferred with the reason."""
+        limit, limit_why = plan_limit(self.kb, self.derived, len(proposed))
+        kept: list[PlannedExercise] = []
+        deferred: list[DeferredExercise] = []
+        by_purpose: dict[str, PlannedExercise] = {}
+        for pe in proposed:
+            first = by_purpose.get(pe.purpose)
+            if first is not None:
+                deferred.append(DeferredExercise(
+                    pe.exercise_id, pe.title,
+                    f"same purpose ({pe.purpose}) as {first.title}, which ranks higher",
+                    pe.rule_ids))
+            elif len(kept) >= limit:
+                deferred.append(DeferredExercise(
+                    pe.exercise_id, pe.title, f"beyond {limit} exercises: {limit_why}",
+                    pe.rule_ids))
+            else:
+                by_purpose[pe.purpose] = pe
+                kept.append(pe)
+        return kept, deferred
 
-    notes = list(kb.manifest.safety_net)
-    notes += [text for rid, text in index.notes if f"note.{rid}" in derived]
+    def safety_net(self) -> tuple[str, ...]:
+        notes = list(self.kb.manifest.safety_net)
+        notes += [text for rid, text in self.index.notes if f"note.{rid}" in self.derived]
+        return tuple(dict.fromkeys(notes))
 
+
+def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult) -> Plan:
+    """Turn derived facts into a Plan under the safety policy above."""
+    r = _Resolution(kb, patient, result.derived)
+    gaps = r.data_gaps()
+    alerts = r.alerts(gaps)
+    avoid = r.avoid()
+    proposed = r.proposed({a.exercise_id for a in avoid},
+                          held=any(a.holds_exercise for a in alerts))
+    kept, deferred = r.focused(proposed)
     return Plan(
         subject=patient.subject,
         as_of=patient.as_of,
@@ -450,14 +473,14 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
         exercises=tuple(kept),
         avoid=tuple(avoid),
         data_gaps=tuple(gaps),
-        safety_net=tuple(dict.fromkeys(notes)),
+        safety_net=r.safety_net(),
         issues=patient.issues,
         facts=patient.facts,
         firings=result.firings,
-        fact_descriptions=index.fact_descriptions,
+        fact_descriptions=r.index.fact_descriptions,
         ruleset=kb.ruleset_name,
-        derived=tuple((n, d.value) for n, d in sorted(derived.items())),
+        derived=tuple((n, d.value) for n, d in sorted(result.derived.items())),
         deferred=tuple(deferred),
-        candidates=tuple(p for _, p in proposed),
+        candidates=tuple(proposed),
         answer_notes=patient.answer_notes,
     )

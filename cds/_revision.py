@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from cds._dose import ExerciseDose
@@ -365,314 +365,417 @@ def _decision(kb: KnowledgeBase, result: EngineResult | None
     return winners[0][1].decision, winners, bad
 
 
+@dataclass(frozen=True)
+class _Reviewed:
+    """One exercise of the previous plan at this follow-up: its response and the decision
+    the per-exercise rules made for it."""
+
+    prev: PreviousExercise
+    order: int
+    response: ExerciseResponse | None
+    since: datetime | None
+    decision: str | None
+    winners: list[tuple[str, AdjustAction]]
+    consecutive_bad: int
+
+    @classmethod
+    def of(cls, kb: KnowledgeBase, prev: PreviousExercise, order: int,
+           response: ExerciseResponse | None, result: EngineResult | None,
+           created: datetime | None) -> _Reviewed:
+        decision, winners, bad = _decision(kb, result)
+        answered = response is not None and (response.pain_during is not None
+                                             or response.next_morning is not None)
+        carried_bad = prev.consecutive_bad + 1 if bad else (0 if answered else
+                                                            prev.consecutive_bad)
+        return cls(prev, order, response, prev.since or created, decision, winners, carried_bad)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(sorted(self.response.sources)) if self.response else ()
+
+    @property
+    def rule_ids(self) -> tuple[str, ...]:
+        return tuple(sorted({r for r, _ in self.winners}))
+
+    @property
+    def why(self) -> str:
+        return " ".join(dict.fromkeys(a.why for _, a in self.winners))
+
+    @property
+    def told(self) -> str:
+        """What the deciding rules tell the patient (empty when they say nothing)."""
+        return next((a.patient for _, a in self.winners if a.patient), "")
+
+    def change(self, kind: ChangeKind, patient_text: str, clinician_text: str, *,
+               rule_ids: tuple[str, ...] | None = None, exercise_id: str | None = None,
+               previous_id: str | None = None, variable: str | None = None,
+               dose: ExerciseDose | None = None, consecutive_bad: int | None = None,
+               since: datetime | None = None) -> ExerciseChange:
+        """The change of this exercise; what is not given keeps the previous exercise's
+        value (``since``: when it started, unless the exercise starts anew)."""
+        return ExerciseChange(
+            exercise_id=exercise_id or self.prev.exercise_id, kind=kind,
+            previous_exercise_id=previous_id, variable=variable,
+            patient_text=patient_text, clinician_text=clinician_text,
+            rule_ids=self.rule_ids if rule_ids is None else rule_ids,
+            sources=self.sources, previous_dose=self.prev.dose,
+            consecutive_bad=self.consecutive_bad if consecutive_bad is None
+            else consecutive_bad,
+            since=self.since if since is None else since,
+            dose=dose, decision=self.decision)
+
+
+def _unread(prev: PreviousExercise) -> str:
+    return "" if prev.dose else " The previous dose could not be read; the catalog dose is used."
+
+
+def _unlisted_responses(fu: FollowUp, previous_ids: set[str]) -> list[InputIssue]:
+    """A warning for each response naming an exercise the previous plan does not list."""
+    return [InputIssue(
+        "warning", "not-found", f"a response names exercise '{r.exercise_id}', which "
+        "the previous plan does not list; it was not used", f"response[{r.exercise_id}]")
+        for r in sorted(fu.responses, key=lambda r: r.exercise_id)
+        if r.exercise_id not in previous_ids]
+
+
+@dataclass
+class _Revision:
+    """The revision under way: what each previous exercise became, and what today's
+    evaluation adds. The steps of ``revise_plan`` are its methods, in the order run."""
+
+    kb: KnowledgeBase
+    base: Plan
+    prev_plan: PreviousPlan
+    as_of: datetime
+    items: list[_Item] = field(default_factory=list)
+    changes_out: list[ExerciseChange] = field(default_factory=list)  # exercises that leave
+    stopped_avoid: list[AvoidedExercise] = field(default_factory=list)
+    taken: set[str] = field(default_factory=set)  # exercise ids in the revised plan
+    removed: set[str] = field(default_factory=set)  # taken out (never re-added as new)
+    not_tolerated: set[str] = field(default_factory=set)  # regressed/swapped/stopped
+    new_deferred: list[DeferredExercise] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.holding = [a for a in self.base.alerts if a.holds_exercise]
+        self.avoid_now = {a.exercise_id: a for a in self.base.avoid}
+        self.prev_avoided = set(self.prev_plan.avoided)
+        self.previous_ids = {e.exercise_id for e in self.prev_plan.exercises}
+        self.live = [e for e in self.prev_plan.exercises if e.status != "stopped"]
+        self.model = _model_text(self.kb)
+
+    @property
+    def held(self) -> bool:
+        return bool(self.holding)
+
+    def keep(self, ex_id: str, dose: ExerciseDose, change: ExerciseChange, order: int) -> None:
+        self.items.append(_Item(ex_id, dose, change, True, order))
+        self.taken.add(ex_id)
+
+    def drop(self, ex_id: str, change: ExerciseChange,
+             avoided: AvoidedExercise | None = None) -> None:
+        self.changes_out.append(change)
+        if avoided is not None:
+            self.stopped_avoid.append(avoided)
+        self.removed.add(ex_id)
+
+    # --- step 1: each exercise of the previous plan ------------------------------------
+
+    def revise(self, r: _Reviewed) -> None:
+        ex = self.kb.exercises.get(r.prev.exercise_id)
+        if ex is None:
+            self.drop(r.prev.exercise_id, r.change(
+                "stopped", "Stop this exercise: it is no longer in the exercise catalog. "
+                "Your clinician will suggest another.",
+                f"'{r.prev.exercise_id}' is not in the catalog of {self.kb.ruleset_name}; "
+                "stopped.", rule_ids=()))
+            return
+        dose = r.prev.dose or ExerciseDose.of(ex.dose)
+        if self.held:
+            self._hold_for_alert(r, ex, dose)
+        elif ex.id in self.avoid_now:
+            av = self.avoid_now[ex.id]
+            self.drop(ex.id, r.change(
+                "stopped", f"Stop this exercise: {av.reason}",
+                f"Vetoed by today's evaluation ({', '.join(av.rule_ids)}): {av.reason} "
+                f"{_seen(r.response)}", rule_ids=av.rule_ids))
+        elif r.decision is None:
+            self._continue(r, ex, dose)
+        else:
+            self._apply_decision(r, ex, dose)
+
+    def _hold_for_alert(self, r: _Reviewed, ex: ExerciseDefinition,
+                        dose: ExerciseDose) -> None:
+        codes = ", ".join(a.code for a in self.holding)
+        self.keep(ex.id, dose, r.change(
+            "stopped", "Stop all your exercises for now and follow your clinician's advice "
+            "about the referral; they will tell you when to restart.",
+            f"Exercise held: {codes} (holding alert, re-checked at this follow-up). "
+            f"{_seen(r.response)}",
+            rule_ids=tuple(sorted({x for a in self.holding for x in a.rule_ids})),
+            dose=dose), r.order)
+
+    def _continue(self, r: _Reviewed, ex: ExerciseDefinition, dose: ExerciseDose) -> None:
+        """No rule decided anything: same dose (a missing answer is never read as fine)."""
+        if r.prev.status == "on-hold":
+            self.keep(ex.id, dose, r.change(
+                "continued", f"You can now start this exercise: {_short(dose)}",
+                "Was on hold in the previous plan; no holding alert now, so it starts at "
+                f"the same dose.{_unread(r.prev)}", dose=dose, since=self.as_of), r.order)
+            return
+        missing = _missing_items(r.response)
+        note = ("no response recorded" if r.response is None else
+                "response incomplete (missing: " + ", ".join(missing) + ")"
+                if missing else "no rule called for a change")
+        self.keep(ex.id, dose, r.change(
+            "continued", "Carry on with this exercise as before. Tell your clinician "
+            "how it goes: pain during it, the next morning, and how many sessions you "
+            "did.", f"Continued at the same dose: {note}; not progressed, since a "
+            f"missing answer is never read as fine. {_seen(r.response)}{_unread(r.prev)}",
+            dose=dose), r.order)
+
+    def _blocked(self) -> set[str]:
+        """Exercise ids a step or swap may not move to now."""
+        return (set(self.avoid_now) | self.prev_avoided | self.taken | self.removed
+                | {e.exercise_id for e in self.live})
+
+    def _apply_decision(self, r: _Reviewed, ex: ExerciseDefinition,
+                        dose: ExerciseDose) -> None:
+        base_text = f"{r.why} {_seen(r.response)} {self.model}{_unread(r.prev)}"
+        blocked = self._blocked()
+        if r.decision == "progress":
+            self._progress(r, ex, dose, base_text, blocked)
+        elif r.decision == "hold":
+            self.keep(ex.id, dose, r.change(
+                "held", f"{r.told} {_short(dose)}", f"{base_text} Held at the same dose.",
+                dose=dose), r.order)
+        elif r.decision == "regress":
+            self._regress(r, ex, dose, base_text, blocked)
+        elif r.decision == "swap":
+            self._swap(r, ex, base_text, blocked)
+        else:  # stop
+            self.not_tolerated.add(ex.id)
+            self.drop(ex.id, r.change("stopped", r.told or "Stop this exercise.", base_text),
+                      _avoided(self.kb, ex, "Stopped at follow-up: " + r.why, r.rule_ids,
+                               r.sources))
+
+    def _progress(self, r: _Reviewed, ex: ExerciseDefinition, dose: ExerciseDose,
+                  base_text: str, blocked: set[str]) -> None:
+        step = harder_step(self.kb, ex, dose, blocked) if r.prev.dose is not None else None
+        if step is not None:
+            self._step(r, ex, dose, base_text, ("progressed", "Progressed one variable"), step)
+            return
+        reason = ("the previous dose could not be read, so it is not progressed"
+                  if r.prev.dose is None else
+                  "it is already at the top of its progression in the catalog")
+        self.keep(ex.id, dose, r.change(
+            "held", "Keep this exercise as it is; it is going well.",
+            f"{base_text} Held: {reason}.", dose=dose), r.order)
+
+    def _regress(self, r: _Reviewed, ex: ExerciseDefinition, dose: ExerciseDose,
+                 base_text: str, blocked: set[str]) -> None:
+        self.not_tolerated.add(ex.id)
+        step = regress_step(self.kb, ex, dose, blocked)
+        if step is not None:
+            self._step(r, ex, dose, base_text, ("regressed", "Regressed one step"), step)
+            return
+        self.drop(ex.id, r.change(
+            "stopped", "Stop this exercise for now: it cannot be made any easier. "
+            "Your clinician will suggest another.",
+            f"{base_text} Stopped: no easier version and the dose is at its floor."),
+            _avoided(self.kb, ex, "Stopped at follow-up: it could not be made easier after "
+                     "a bad response.", r.rule_ids, r.sources))
+
+    def _swap(self, r: _Reviewed, ex: ExerciseDefinition, base_text: str,
+              blocked: set[str]) -> None:
+        self.not_tolerated.add(ex.id)
+        new_id = swap_candidate(self.kb, ex, blocked, self._recommended())
+        self.removed.add(ex.id)
+        self.stopped_avoid.append(_avoided(self.kb, ex, "Swapped at follow-up: " + r.why,
+                                           r.rule_ids, r.sources))
+        if new_id is None:
+            self.changes_out.append(r.change(
+                "stopped", f"{r.told} Your clinician will choose the new exercise with you.",
+                f"{base_text} No same-goal exercise in another direction or position is "
+                "available (catalog, vetoes, avoided); stopped. Clinician: please choose "
+                "an alternative."))
+            return
+        new_ex = self.kb.exercises[new_id]
+        new_dose = ExerciseDose.of(new_ex.dose)
+        self.keep(new_ex.id, new_dose, r.change(
+            "swapped", f"{r.told} Your new exercise is: {new_ex.title}. {_short(new_dose)}",
+            f"{base_text} Swapped {ex.title} -> {new_ex.title} (same purpose: "
+            f"{ex.purpose}; direction {'/'.join(d.value for d in new_ex.direction)}, "
+            f"position {new_ex.position}).",
+            exercise_id=new_ex.id, previous_id=ex.id, variable="exercise", dose=new_dose,
+            consecutive_bad=0, since=self.as_of), r.order)
+
+    def _recommended(self) -> list[str]:
+        return ([pe.exercise_id for pe in self.base.exercises]
+                + [d.exercise_id for d in self.base.deferred])
+
+    def _step(self, r: _Reviewed, ex: ExerciseDefinition, dose: ExerciseDose, base_text: str,
+              how: tuple[ChangeKind, str], step: tuple[str, ExerciseDose, str]) -> None:
+        """A progression or regression step: a dose variable, or the harder/easier version,
+        which then takes the previous one's place."""
+        (kind, verb), (new_id, new_dose, var) = how, step
+        title = self.kb.exercises[new_id].title
+        self.keep(new_id, new_dose, r.change(
+            kind, f"{r.told} {_patient_dose_words(var, new_dose, title)}",
+            f"{base_text} {verb}: {_dose_change(var, dose, new_dose, ex.title, title)}.",
+            exercise_id=new_id, previous_id=ex.id if new_id != ex.id else None,
+            variable=var, dose=new_dose, since=r.since if new_id == ex.id else self.as_of),
+            r.order)
+        if new_id != ex.id:
+            self.removed.add(ex.id)
+
+    # --- step 2: what today's evaluation recommends that the previous plan did not cover --
+
+    def add_recommended(self) -> None:
+        covered = set(self.taken)
+        for i in list(self.taken):
+            covered |= chain_relatives(self.kb, i)
+        # a harder version of an exercise that was just not tolerated is not started as new
+        too_hard = {h: i for i in sorted(self.not_tolerated)
+                    for h in harder_versions(self.kb, i)}
+        purposes = {self.kb.exercises[i].purpose for i in self.taken}
+        for pe in self.base.candidates or self.base.exercises:
+            if pe.exercise_id in self.taken or pe.exercise_id in self.removed \
+                    or pe.exercise_id in self.previous_ids or pe.exercise_id in self.prev_avoided:
+                continue
+            reason = self._not_new_reason(pe, too_hard, covered, purposes)
+            if reason is not None:
+                self.new_deferred.append(DeferredExercise(pe.exercise_id, pe.title, reason,
+                                                          pe.rule_ids))
+                continue
+            purposes.add(pe.purpose)
+            self.taken.add(pe.exercise_id)
+            self.items.append(_Item(pe.exercise_id, pe.dose, ExerciseChange(
+                exercise_id=pe.exercise_id, kind="new", previous_exercise_id=None,
+                variable=None, patient_text=f"New exercise: {pe.title}, {_short(pe.dose)}",
+                clinician_text=f"New: recommended by today's evaluation. {pe.rationale}",
+                rule_ids=pe.rule_ids, sources=pe.sources, since=self.as_of, dose=pe.dose),
+                False, len(self.live) + len(self.items)))
+
+    def _not_new_reason(self, pe: PlannedExercise, too_hard: dict[str, str],
+                        covered: set[str], purposes: set[str]) -> str | None:
+        if pe.exercise_id in too_hard:
+            easier = self.kb.exercises[too_hard[pe.exercise_id]].title
+            return (f"a harder version of {easier}, which was not tolerated at this "
+                    "follow-up: not started now")
+        if pe.exercise_id in covered:
+            return "a harder or easier version of it is already in the plan"
+        if pe.purpose in purposes:
+            return f"same purpose ({pe.purpose}) as an exercise already in the plan"
+        return None
+
+    # --- step 3: a minimal programme (or any size limit) ---------------------------------
+
+    def apply_limit(self) -> list[_Item]:
+        """The items kept (highest value first: the previous plan's exercises, then today's
+        ranking), in plan order; the others are left out with a reason."""
+        limit, limit_why = plan_limit(self.kb, dict(self.base.derived), len(self.items))
+        rank = {pe.exercise_id: i for i, pe in enumerate(self.base.exercises)}
+        rank.update({d.exercise_id: len(rank) + i for i, d in enumerate(self.base.deferred)})
+
+        def value(it: _Item) -> tuple[int, int, int]:
+            near = [rank[x] for x in chain_relatives(self.kb, it.exercise_id) if x in rank]
+            return (0 if it.from_previous else 1, min(near) if near else len(rank) + 1,
+                    it.order)
+
+        kept = sorted(self.items, key=value)[:limit] if len(self.items) > limit \
+            else list(self.items)
+        kept_ids = {id(it) for it in kept}
+        for it in self.items:
+            if id(it) not in kept_ids:
+                self._leave_out(it, limit, limit_why)
+        kept.sort(key=lambda it: it.order)
+        return kept
+
+    def _leave_out(self, it: _Item, limit: int, limit_why: str) -> None:
+        if it.from_previous:
+            self.changes_out.append(replace(
+                it.change, kind="stopped", variable=None, dose=None,
+                patient_text="Leave this exercise out for now: fewer exercises are easier to "
+                "keep up.", clinician_text=f"Left out: beyond {limit} exercises: {limit_why}. "
+                f"(It would have been: {it.change.kind}.)"))
+        else:
+            self.new_deferred.append(DeferredExercise(
+                it.exercise_id, self.kb.exercises[it.exercise_id].title,
+                f"beyond {limit} exercises: {limit_why}", it.change.rule_ids))
+
+    # --- step 4: the revised lists -------------------------------------------------------
+
+    def planned(self, kept: list[_Item]) -> list[PlannedExercise]:
+        out: list[PlannedExercise] = []
+        base_by_id = {pe.exercise_id: pe for pe in self.base.exercises}
+        for it in kept:
+            ex = self.kb.exercises[it.exercise_id]
+            b = base_by_id.get(ex.id)
+            rids = tuple(sorted(set(it.change.rule_ids) | set(b.rule_ids if b else ())))
+            srcs = tuple(sorted(set(it.change.sources) | set(b.sources if b else ())))
+            rationale = it.change.clinician_text if b is None or it.change.kind == "new" \
+                else f"{it.change.clinician_text} {b.rationale}"
+            out.append(PlannedExercise(
+                ex.id, ex.title, ex.purpose, ex.instructions,
+                tuple(d.value for d in ex.direction), ex.load.value, ex.surface.value,
+                it.dose, "on-hold" if self.held else "proposed", rationale, rids, srcs,
+                _evidence(self.kb, rids)))
+        return out
+
+    def avoid(self) -> list[AvoidedExercise]:
+        """Today's vetoes, exercises stopped now, and what the previous plan said to avoid."""
+        avoid = list(self.base.avoid)
+        listed = set(self.avoid_now)
+        for a in self.stopped_avoid:
+            if a.exercise_id not in listed and a.exercise_id not in self.taken:
+                avoid.append(a)
+                listed.add(a.exercise_id)
+        for ex_id in sorted(self.prev_avoided):
+            if ex_id in listed or ex_id in self.taken or ex_id not in self.kb.exercises:
+                continue
+            avoid.append(_avoided(
+                self.kb, self.kb.exercises[ex_id], "Listed as not to do in the previous plan; "
+                "restart only on the clinician's decision.", (), (self.prev_plan.reference,)))
+            listed.add(ex_id)
+        avoid.sort(key=lambda a: a.exercise_id)
+        return avoid
+
+    def deferred(self, planned: list[PlannedExercise]) -> list[DeferredExercise]:
+        """What today's rules recommended but the revised plan leaves out, with the
+        revision's own reasons (the first-plan selection's reasons no longer apply)."""
+        final_ids = {p.exercise_id for p in planned}
+        handled = final_ids | {x.exercise_id for x in self.new_deferred}
+        out = [d for d in self.new_deferred if d.exercise_id not in final_ids]
+        if self.held:  # nothing is added while exercise is held: keep today's list as it was
+            out += [d for d in self.base.deferred if d.exercise_id not in handled]
+        return out
+
+
 def revise_plan(kb: KnowledgeBase, patient: PatientFacts, base: Plan,
                 decisions: Mapping[str, EngineResult]) -> Plan:
     """The revised plan: ``base`` (today's facts, evaluated as a first visit) applied to the
     previous plan with each exercise's decision; ``decisions`` by previous exercise id."""
     fu = patient.follow_up
     assert fu is not None
-    prev_plan = fu.previous
-    as_of = patient.as_of
+    rev = _Revision(kb, base, fu.previous, patient.as_of)
+    issues = list(base.issues) + _unlisted_responses(fu, rev.previous_ids)
     responses = {r.exercise_id: r for r in fu.responses}
-    holding = [a for a in base.alerts if a.holds_exercise]
-    held = bool(holding)
-    avoid_now = {a.exercise_id: a for a in base.avoid}
-    prev_avoided = set(prev_plan.avoided)
-    previous_ids = {e.exercise_id for e in prev_plan.exercises}
-    recommended = [pe.exercise_id for pe in base.exercises] + [d.exercise_id
-                                                               for d in base.deferred]
-    model = _model_text(kb)
-    issues = list(base.issues)
-    for r in sorted(fu.responses, key=lambda r: r.exercise_id):
-        if r.exercise_id not in previous_ids:
-            issues.append(InputIssue(
-                "warning", "not-found", f"a response names exercise '{r.exercise_id}', which "
-                "the previous plan does not list; it was not used", f"response[{r.exercise_id}]"))
-
-    items: list[_Item] = []
-    changes_out: list[ExerciseChange] = []  # changes of exercises that leave the plan
-    stopped_avoid: list[AvoidedExercise] = []
-    taken: set[str] = set()  # exercise ids in the revised plan
-    removed: set[str] = set()  # ids taken out (never re-added as new this visit)
-    not_tolerated: set[str] = set()  # regressed, swapped or stopped after a bad response
     firings: list[Derivation] = list(base.firings)
-    live = [e for e in prev_plan.exercises if e.status != "stopped"]
-    blocked_base = set(avoid_now) | prev_avoided
-
-    for n, prev in enumerate(live):
-        resp = responses.get(prev.exercise_id)
-        srcs = tuple(sorted(resp.sources)) if resp else ()
-        seen = _seen(resp)
-        ex = kb.exercises.get(prev.exercise_id)
-        since = prev.since or prev_plan.created
+    for n, prev in enumerate(rev.live):
         result = decisions.get(prev.exercise_id)
         if result is not None:
             firings += result.firings
-        decision, winners, bad = _decision(kb, result)
-        rule_ids = tuple(sorted({r for r, _ in winners}))
-        answered = resp is not None and (resp.pain_during is not None
-                                         or resp.next_morning is not None)
-        carried_bad = prev.consecutive_bad + 1 if bad else (0 if answered else
-                                                            prev.consecutive_bad)
-
-        def change(kind: ChangeKind, patient_text: str, clinician_text: str,
-                   rids: tuple[str, ...] = rule_ids, exercise_id: str | None = None,
-                   previous_id: str | None = None, variable: str | None = None,
-                   dose: ExerciseDose | None = None, bad_count: int = carried_bad,
-                   since_: datetime | None = since, prev: PreviousExercise = prev,
-                   srcs: tuple[str, ...] = srcs, decision: str | None = decision,
-                   ) -> ExerciseChange:
-            return ExerciseChange(
-                exercise_id=exercise_id or prev.exercise_id, kind=kind,
-                previous_exercise_id=previous_id, variable=variable,
-                patient_text=patient_text, clinician_text=clinician_text, rule_ids=rids,
-                sources=srcs, previous_dose=prev.dose, consecutive_bad=bad_count,
-                since=since_, dose=dose, decision=decision)
-
-        if ex is None:
-            changes_out.append(change(
-                "stopped", "Stop this exercise: it is no longer in the exercise catalog. "
-                "Your clinician will suggest another.",
-                f"'{prev.exercise_id}' is not in the catalog of {kb.ruleset_name}; stopped.",
-                rids=()))
-            removed.add(prev.exercise_id)
-            continue
-        dose = prev.dose or ExerciseDose.of(ex.dose)
-        unread = "" if prev.dose else " The previous dose could not be read; the catalog dose " \
-            "is used."
-        why = " ".join(dict.fromkeys(a.why for _, a in winners))
-        told = next((a.patient for _, a in winners if a.patient), "")
-
-        if held:
-            codes = ", ".join(a.code for a in holding)
-            items.append(_Item(ex.id, dose, change(
-                "stopped", "Stop all your exercises for now and follow your clinician's advice "
-                "about the referral; they will tell you when to restart.",
-                f"Exercise held: {codes} (holding alert, re-checked at this follow-up). "
-                f"{seen}", rids=tuple(sorted({r for a in holding for r in a.rule_ids})),
-                dose=dose), True, n))
-            taken.add(ex.id)
-            continue
-        if ex.id in avoid_now:
-            av = avoid_now[ex.id]
-            changes_out.append(change(
-                "stopped", f"Stop this exercise: {av.reason}",
-                f"Vetoed by today's evaluation ({', '.join(av.rule_ids)}): {av.reason} {seen}",
-                rids=av.rule_ids))
-            removed.add(ex.id)
-            continue
-
-        blocked = blocked_base | taken | removed | {e.exercise_id for e in live}
-        if decision is None:
-            if prev.status == "on-hold":
-                items.append(_Item(ex.id, dose, change(
-                    "continued", f"You can now start this exercise: {_short(dose)}",
-                    "Was on hold in the previous plan; no holding alert now, so it starts at "
-                    f"the same dose.{unread}", dose=dose, since_=as_of), True, n))
-            else:
-                missing = _missing_items(resp)
-                note = ("no response recorded" if resp is None else
-                        "response incomplete (missing: " + ", ".join(missing) + ")"
-                        if missing else "no rule called for a change")
-                items.append(_Item(ex.id, dose, change(
-                    "continued", "Carry on with this exercise as before. Tell your clinician "
-                    "how it goes: pain during it, the next morning, and how many sessions you "
-                    "did.", f"Continued at the same dose: {note}; not progressed, since a "
-                    f"missing answer is never read as fine. {seen}{unread}", dose=dose),
-                    True, n))
-            taken.add(ex.id)
-            continue
-
-        base_text = f"{why} {seen} {model}{unread}"
-
-        stepped: tuple[ChangeKind, str, tuple[str, ExerciseDose, str]] | None = None
-        if decision == "progress":
-            step = harder_step(kb, ex, dose, blocked) if prev.dose is not None else None
-            if step is None:
-                reason = ("the previous dose could not be read, so it is not progressed"
-                          if prev.dose is None else
-                          "it is already at the top of its progression in the catalog")
-                items.append(_Item(ex.id, dose, change(
-                    "held", "Keep this exercise as it is; it is going well.",
-                    f"{base_text} Held: {reason}.", dose=dose), True, n))
-                taken.add(ex.id)
-                continue
-            stepped = ("progressed", "Progressed one variable", step)
-        elif decision == "hold":
-            items.append(_Item(ex.id, dose, change(
-                "held", f"{told} {_short(dose)}", f"{base_text} Held at the same dose.",
-                dose=dose), True, n))
-            taken.add(ex.id)
-        elif decision == "regress":
-            not_tolerated.add(ex.id)
-            step = regress_step(kb, ex, dose, blocked)
-            if step is None:
-                changes_out.append(change(
-                    "stopped", "Stop this exercise for now: it cannot be made any easier. "
-                    "Your clinician will suggest another.",
-                    f"{base_text} Stopped: no easier version and the dose is at its floor."))
-                stopped_avoid.append(_avoided(kb, ex, "Stopped at follow-up: it could not be "
-                                              "made easier after a bad response.",
-                                              rule_ids, srcs))
-                removed.add(ex.id)
-                continue
-            stepped = ("regressed", "Regressed one step", step)
-        elif decision == "swap":
-            not_tolerated.add(ex.id)
-            new_id_or_none = swap_candidate(kb, ex, blocked, recommended)
-            removed.add(ex.id)
-            stopped_avoid.append(_avoided(kb, ex, "Swapped at follow-up: " + why, rule_ids,
-                                          srcs))
-            if new_id_or_none is None:
-                changes_out.append(change(
-                    "stopped", f"{told} Your clinician will choose the new exercise with you.",
-                    f"{base_text} No same-goal exercise in another direction or position is "
-                    "available (catalog, vetoes, avoided); stopped. Clinician: please choose "
-                    "an alternative."))
-                continue
-            new_ex = kb.exercises[new_id_or_none]
-            new_dose = ExerciseDose.of(new_ex.dose)
-            items.append(_Item(new_ex.id, new_dose, change(
-                "swapped", f"{told} Your new exercise is: {new_ex.title}. "
-                f"{_short(new_dose)}",
-                f"{base_text} Swapped {ex.title} -> {new_ex.title} (same purpose: "
-                f"{ex.purpose}; direction {'/'.join(d.value for d in new_ex.direction)}, "
-                f"position {new_ex.position}).",
-                exercise_id=new_ex.id, previous_id=ex.id, variable="exercise", dose=new_dose,
-                bad_count=0, since_=as_of), True, n))
-            taken.add(new_ex.id)
-        else:  # stop
-            not_tolerated.add(ex.id)
-            changes_out.append(change("stopped", told or "Stop this exercise.", base_text))
-            stopped_avoid.append(_avoided(kb, ex, "Stopped at follow-up: " + why, rule_ids,
-                                          srcs))
-            removed.add(ex.id)
-
-        if stepped is not None:
-            # a progression or regression step: a dose variable, or the harder/easier
-            # version, which then takes the previous one's place
-            kind, verb, (new_id, new_dose, var) = stepped
-            title = kb.exercises[new_id].title
-            items.append(_Item(new_id, new_dose, change(
-                kind, f"{told} {_patient_dose_words(var, new_dose, title)}",
-                f"{base_text} {verb}: {_dose_change(var, dose, new_dose, ex.title, title)}.",
-                exercise_id=new_id, previous_id=ex.id if new_id != ex.id else None,
-                variable=var, dose=new_dose, since_=since if new_id == ex.id else as_of),
-                True, n))
-            taken.add(new_id)
-            if new_id != ex.id:
-                removed.add(ex.id)
-
-    # exercises today's evaluation recommends that the previous plan did not cover
-    covered = set(taken)
-    for i in list(taken):
-        covered |= chain_relatives(kb, i)
-    # a harder version of an exercise that was just not tolerated is not started as new
-    too_hard = {h: i for i in sorted(not_tolerated) for h in harder_versions(kb, i)}
-    purposes = {kb.exercises[i].purpose for i in taken}
-    new_deferred: list[DeferredExercise] = []
-    if not held:
-        for pe in base.candidates or base.exercises:
-            if pe.exercise_id in taken or pe.exercise_id in removed \
-                    or pe.exercise_id in previous_ids or pe.exercise_id in prev_avoided:
-                continue
-            if pe.exercise_id in too_hard:
-                easier = kb.exercises[too_hard[pe.exercise_id]].title
-                new_deferred.append(DeferredExercise(
-                    pe.exercise_id, pe.title, f"a harder version of {easier}, which was not "
-                    "tolerated at this follow-up: not started now", pe.rule_ids))
-                continue
-            if pe.exercise_id in covered:
-                new_deferred.append(DeferredExercise(
-                    pe.exercise_id, pe.title, "a harder or easier version of it is already "
-                    "in the plan", pe.rule_ids))
-                continue
-            if pe.purpose in purposes:
-                new_deferred.append(DeferredExercise(
-                    pe.exercise_id, pe.title, f"same purpose ({pe.purpose}) as an exercise "
-                    "already in the plan", pe.rule_ids))
-                continue
-            purposes.add(pe.purpose)
-            taken.add(pe.exercise_id)
-            items.append(_Item(pe.exercise_id, pe.dose, ExerciseChange(
-                exercise_id=pe.exercise_id, kind="new", previous_exercise_id=None,
-                variable=None, patient_text=f"New exercise: {pe.title}, {_short(pe.dose)}",
-                clinician_text=f"New: recommended by today's evaluation. {pe.rationale}",
-                rule_ids=pe.rule_ids, sources=pe.sources, since=as_of, dose=pe.dose),
-                False, len(live) + len(items)))
-
-    # a minimal programme (or any size limit): keep the highest-value exercises
-    derived = dict(base.derived)
-    limit, limit_why = plan_limit(kb, derived, len(items))
-    rank = {pe.exercise_id: i for i, pe in enumerate(base.exercises)}
-    rank.update({d.exercise_id: len(rank) + i for i, d in enumerate(base.deferred)})
-
-    def value(it: _Item) -> tuple[int, int, int]:
-        # the previous plan's exercises first (continuity), then by today's ranking of the
-        # exercise or its nearest easier/harder version
-        near = [rank[x] for x in chain_relatives(kb, it.exercise_id) if x in rank]
-        return (0 if it.from_previous else 1, min(near) if near else len(rank) + 1, it.order)
-
-    kept = sorted(items, key=value)[:limit] if len(items) > limit else list(items)
-    kept_ids = {id(it) for it in kept}
-    for it in items:
-        if id(it) in kept_ids:
-            continue
-        if it.from_previous:
-            changes_out.append(replace(
-                it.change, kind="stopped", variable=None, dose=None,
-                patient_text="Leave this exercise out for now: fewer exercises are easier to "
-                "keep up.", clinician_text=f"Left out: beyond {limit} exercises: {limit_why}. "
-                f"(It would have been: {it.change.kind}.)"))
-        else:
-            new_deferred.append(DeferredExercise(
-                it.exercise_id, kb.exercises[it.exercise_id].title,
-                f"beyond {limit} exercises: {limit_why}", it.change.rule_ids))
-    kept.sort(key=lambda it: it.order)
-
-    planned: list[PlannedExercise] = []
-    base_by_id = {pe.exercise_id: pe for pe in base.exercises}
-    for it in kept:
-        ex = kb.exercises[it.exercise_id]
-        b = base_by_id.get(ex.id)
-        rids = tuple(sorted(set(it.change.rule_ids) | set(b.rule_ids if b else ())))
-        srcs = tuple(sorted(set(it.change.sources) | set(b.sources if b else ())))
-        rationale = it.change.clinician_text if b is None or it.change.kind == "new" \
-            else f"{it.change.clinician_text} {b.rationale}"
-        planned.append(PlannedExercise(
-            ex.id, ex.title, ex.purpose, ex.instructions, tuple(d.value for d in ex.direction),
-            ex.load.value, ex.surface.value, it.dose, "on-hold" if held else "proposed",
-            rationale, rids, srcs, _evidence(kb, rids)))
-
-    # avoid: today's vetoes, exercises stopped now, and what the previous plan said to avoid
-    avoid = list(base.avoid)
-    listed = set(avoid_now)
-    for a in stopped_avoid:
-        if a.exercise_id not in listed and a.exercise_id not in taken:
-            avoid.append(a)
-            listed.add(a.exercise_id)
-    for ex_id in sorted(prev_avoided):
-        if ex_id in listed or ex_id in taken or ex_id not in kb.exercises:
-            continue
-        avoid.append(_avoided(
-            kb, kb.exercises[ex_id], "Listed as not to do in the previous plan; restart only "
-            "on the clinician's decision.", (), (prev_plan.reference,)))
-        listed.add(ex_id)
-    avoid.sort(key=lambda a: a.exercise_id)
-
-    # what today's rules recommended but the revised plan leaves out, with the revision's
-    # own reasons (the first-plan selection's reasons no longer apply)
-    final_ids = {p.exercise_id for p in planned}
-    handled = final_ids | {x.exercise_id for x in new_deferred}
-    deferred = [d for d in new_deferred if d.exercise_id not in final_ids]
-    if held:  # nothing is added while exercise is held: keep today's list as it was
-        deferred += [d for d in base.deferred if d.exercise_id not in handled]
-
-    changes = [it.change for it in kept] + changes_out
+        rev.revise(_Reviewed.of(kb, prev, n, responses.get(prev.exercise_id), result,
+                                fu.previous.created))
+    if not rev.held:
+        rev.add_recommended()
+    kept = rev.apply_limit()
+    planned = rev.planned(kept)
     plan = replace(
-        base, exercises=tuple(planned), avoid=tuple(avoid), deferred=tuple(deferred),
-        issues=tuple(issues), firings=tuple(sorted(set(firings))),
-        replaces=prev_plan.reference, changes=tuple(changes))
+        base, exercises=tuple(planned), avoid=tuple(rev.avoid()),
+        deferred=tuple(rev.deferred(planned)), issues=tuple(issues),
+        firings=tuple(sorted(set(firings))), replaces=fu.previous.reference,
+        changes=tuple([it.change for it in kept] + rev.changes_out))
     return with_check_in(kb, plan)
 
 

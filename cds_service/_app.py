@@ -88,6 +88,7 @@ from cds import (
 )
 from cds_service._cards import card_rules, plan_cards
 from cds_service._config import ConfigError, ServiceConfig, load_config
+from cds_service._errors import ApiError, ReloadRefused, StartupError
 from cds_service._heap import settle_heap
 from cds_service._prefetch import (
     FHIR_ID,
@@ -132,14 +133,6 @@ PHYSIO_CODES: Final = frozenset({
 _PHYSIO_TEXT: Final = re.compile(r"physio|physical therap", re.IGNORECASE)
 
 
-class StartupError(RuntimeError):
-    """The service cannot start: bad config, knowledge base or failing scenario tests."""
-
-
-class ReloadRefused(Exception):
-    """A new knowledge-base version was not taken into service; the message says why."""
-
-
 @dataclass(frozen=True)
 class HookService:
     id: str
@@ -177,16 +170,6 @@ _BY_ID: Final = {s.id: s for s in SERVICES}
 
 
 # --- errors ---------------------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, diagnostics: str | None = None,
-                 outcome: dict[str, Any] | None = None) -> None:
-        super().__init__(diagnostics or code)
-        self.status = status
-        self.code = code
-        self.diagnostics = diagnostics
-        self.outcome = outcome
 
 
 def _outcome(code: str, diagnostics: str | None, severity: str = "error") -> dict[str, Any]:

@@ -58,7 +58,8 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cds_service._replay import ReplayCache, ReplayStoreError
+from cds_service._errors import AuthError, ReplayStoreError
+from cds_service._replay import ReplayCache
 
 __all__ = ["ALLOWED_ALGORITHMS", "AuthError", "IssuerSettings", "TokenVerifier", "parse_jwks"]
 
@@ -79,11 +80,6 @@ _JWT: Final = jwt.PyJWT(options={
     "verify_exp": False, "verify_iat": False, "verify_nbf": False, "verify_iss": False,
     "verify_sub": False, "verify_jti": False, "enforce_minimum_key_length": True})
 _UNVERIFIED: Final = jwt.PyJWS()
-
-
-class AuthError(Exception):
-    """The request is not authenticated. ``str(err)`` is an internal reason (never the
-    token); the HTTP answer is a bare 401."""
 
 
 class IssuerSettings(Protocol):

@@ -62,6 +62,8 @@ from pydantic import (
     model_validator,
 )
 
+from cds_service._errors import ConfigError
+
 __all__ = [
     "REPLAY_DATABASE_NAME",
     "ConfigError",
@@ -73,10 +75,6 @@ __all__ = [
 ]
 
 REPLAY_DATABASE_NAME: Final = "replay-cache.sqlite3"
-
-
-class ConfigError(ValueError):
-    """The configuration is unusable; the message says which key and why."""
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ import httpx
 
 from cds import KnowledgeBase
 from cds_service._config import origin_of
+from cds_service._errors import PrefetchError
 from fhir_adapters import KNOWLEDGE_BASE_BASE, JSONTextError, input_codes, parse_json
 
 __all__ = [
@@ -75,16 +76,6 @@ log = logging.getLogger("movement_cds.service")
 FHIR_ID: Final = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _PLACEHOLDER: Final = re.compile(r"\{\{\s*context\.([A-Za-z]+)\s*\}\}")
 _MAX_RESPONSE_BYTES: Final = 20 * 1024 * 1024
-
-
-class PrefetchError(Exception):
-    """Needed data cannot be had (412) or a prefetch value is malformed (400)."""
-
-    def __init__(self, status: int, code: str, diagnostics: str) -> None:
-        super().__init__(diagnostics)
-        self.status = status
-        self.code = code
-        self.diagnostics = diagnostics
 
 
 @dataclass(frozen=True)

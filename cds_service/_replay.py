@@ -30,6 +30,8 @@ import sqlite3
 import threading
 from typing import Final
 
+from cds_service._errors import ReplayStoreError
+
 __all__ = ["ReplayCache", "ReplayStoreError"]
 
 _SCHEMA: Final = """
@@ -47,10 +49,6 @@ ON CONFLICT (iss, jti) DO UPDATE SET expires = excluded.expires
 WHERE used_token.expires < ?
 """
 _PURGE_EVERY_SECONDS: Final = 1.0
-
-
-class ReplayStoreError(Exception):
-    """The replay cache could not be read or written (the token must then be refused)."""
 
 
 class ReplayCache:

@@ -1,17 +1,30 @@
-"""FHIR-side errors: the one documented error type of the library's FHIR entry points.
+"""Every error the FHIR adapters raise (the whole tree is drawn in ``movement_cds._errors``)::
 
-    ValueError
-    └── cds.InvalidInputError
-        └── InvalidBundleError     carries .operation_outcome (a FHIR R4 OperationOutcome dict)
+    cds.MovementCDSError
+    ├── cds.InvalidInputError (ValueError)
+    │   └── InvalidBundleError           .operation_outcome: a FHIR R4 OperationOutcome dict
+    ├── JSONTextError (ValueError)       JSON text that cannot be used; .path says where
+    ├── OutputValidationError (RuntimeError)  an output failed R4 validation: a bug
+    └── UndocumentedRedFlagError (ValueError) a red-flag item the synthetic population
+        └── UnclassifiedRedFlagError          has no rate (or class) for
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Final
 
-from cds import InputIssue, InvalidInputError
+from cds import InputIssue, InvalidInputError, MovementCDSError
 
-__all__ = ["InvalidBundleError", "operation_outcome"]
+__all__ = [
+    "InvalidBundleError",
+    "JSONTextError",
+    "OutputValidationError",
+    "UnclassifiedRedFlagError",
+    "UndocumentedRedFlagError",
+    "format_path",
+    "operation_outcome",
+]
 
 
 def _issue(i: InputIssue) -> dict[str, Any]:
@@ -36,3 +49,59 @@ class InvalidBundleError(InvalidInputError):
     @property
     def operation_outcome(self) -> dict[str, Any]:
         return operation_outcome(self.issues)
+
+
+Path = tuple[str | int, ...]
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_MAX_KEY: Final = 64
+
+
+class JSONTextError(MovementCDSError, ValueError):
+    """JSON text that cannot be used. ``path`` says where (empty: the text as a whole; the
+    message then gives the byte, or line and column); ``describe(root)`` is the message with
+    the place written from ``root`` (``Bundle``, ``prefetch``...)."""
+
+    def __init__(self, template: str, path: Path = (), code: str = "invalid",
+                 at: Path | None = None) -> None:
+        self.template = template  # "{where}" stands for the place
+        self.path = path
+        self.at = path if at is None else at
+        self.code = code
+        super().__init__(self.describe(""))
+
+    def describe(self, root: str) -> str:
+        return self.template.replace("{where}", format_path(root, self.at) or "the top level")
+
+    def where(self, root: str) -> str:
+        return format_path(root, self.path)
+
+
+def format_path(root: str, path: Path) -> str:
+    out = root
+    for seg in path:
+        if isinstance(seg, int):
+            out += f"[{seg}]"
+        elif _IDENTIFIER.match(seg):
+            out += ("." if out else "") + seg
+        else:
+            out += ("." if out else "") + "`" + _printable(seg).replace("`", "\\`") + "`"
+    return out
+
+
+def _printable(key: str) -> str:
+    """A key as it can be shown (ASCII, at most 64 characters)."""
+    shown = key[:_MAX_KEY].encode("ascii", "backslashreplace").decode("ascii")
+    return shown + ("..." if len(key) > _MAX_KEY else "")
+
+
+class OutputValidationError(MovementCDSError, RuntimeError):
+    """The output failed FHIR R4 validation: a bug in this module, never returned as advice."""
+
+
+class UndocumentedRedFlagError(MovementCDSError, ValueError):
+    """The fact catalog has a red-flag item the population has no documented rate for."""
+
+
+class UnclassifiedRedFlagError(UndocumentedRedFlagError):
+    """The fact catalog gives its red-flag items no class at all (a catalog older than the
+    ``red-flag: specific|weak`` attribute)."""

@@ -193,9 +193,9 @@ from cds import (
     PatientFacts,
     PreviousExercise,
     PreviousPlan,
+    Rating,
 )
-from cds._followup import Rating
-from cds._kb_schema import Param
+from cds.authoring import Param
 from fhir_adapters._errors import InvalidBundleError
 from fhir_adapters._json_text import (
     JSONTextError,

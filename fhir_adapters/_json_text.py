@@ -26,56 +26,14 @@ Cost: ~2x ``json.loads`` (``object_pairs_hook``), ~80 us for a 19 kB CDS Hooks r
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
+from fhir_adapters._errors import JSONTextError, Path, _printable, format_path
+
 __all__ = ["JSONTextError", "format_path", "parse_json", "surrogate_error", "unusable_text_path"]
-
-Path = tuple[str | int, ...]
-_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_MAX_KEY: Final = 64
-
-
-class JSONTextError(ValueError):
-    """JSON text that cannot be used. ``path`` says where (empty: the text as a whole; the
-    message then gives the byte, or line and column); ``describe(root)`` is the message with
-    the place written from ``root`` (``Bundle``, ``prefetch``...)."""
-
-    def __init__(self, template: str, path: Path = (), code: str = "invalid",
-                 at: Path | None = None) -> None:
-        self.template = template  # "{where}" stands for the place
-        self.path = path
-        self.at = path if at is None else at
-        self.code = code
-        super().__init__(self.describe(""))
-
-    def describe(self, root: str) -> str:
-        return self.template.replace("{where}", format_path(root, self.at) or "the top level")
-
-    def where(self, root: str) -> str:
-        return format_path(root, self.path)
-
-
-def format_path(root: str, path: Path) -> str:
-    out = root
-    for seg in path:
-        if isinstance(seg, int):
-            out += f"[{seg}]"
-        elif _IDENTIFIER.match(seg):
-            out += ("." if out else "") + seg
-        else:
-            out += ("." if out else "") + "`" + _printable(seg).replace("`", "\\`") + "`"
-    return out
-
-
-def _printable(key: str) -> str:
-    """A key as it can be shown (ASCII, at most 64 characters)."""
-    shown = key[:_MAX_KEY].encode("ascii", "backslashreplace").decode("ascii")
-    return shown + ("..." if len(key) > _MAX_KEY else "")
-
 
 def _first_repeated(keys: list[str]) -> str:
     seen: set[str] = set()

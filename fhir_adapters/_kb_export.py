@@ -40,9 +40,9 @@ from fhir.resources.R4B.library import Library
 from fhir.resources.R4B.plandefinition import PlanDefinition
 from pydantic import ValidationError
 
-from cds import ExerciseDose, KnowledgeBase
-from cds._changelog import CHANGELOG_FILE, parse_changelog
-from cds._kb_schema import (
+from cds import ExerciseDose, KnowledgeBase, evidence_url
+from cds.authoring import (
+    CHANGELOG_FILE,
     Action,
     AllOf,
     AnyOf,
@@ -56,7 +56,7 @@ from cds._kb_schema import (
     Param,
     ParamTest,
     Rule,
-    evidence_url,
+    parse_changelog,
 )
 from fhir_adapters._outbound import (
     ALERT_SYSTEM,

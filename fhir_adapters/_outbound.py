@@ -181,13 +181,12 @@ from cds import (
     ExerciseChange,
     ExerciseDose,
     KnowledgeBase,
-    MovementCDSError,
     Plan,
     PlanAlert,
     PlannedExercise,
     PreviousPlan,
 )
-from fhir_adapters._errors import operation_outcome
+from fhir_adapters._errors import OutputValidationError, operation_outcome
 
 __all__ = [
     "ALERT_SYSTEM",
@@ -271,10 +270,6 @@ _ISSUE_TYPE: Final = frozenset({
 })
 _DETECTED_ISSUE_SEVERITY: Final = frozenset({"high", "moderate", "low"})
 _UNITS_OF_TIME: Final = frozenset({"s", "min", "h", "d", "wk", "mo", "a"})
-
-
-class OutputValidationError(MovementCDSError, RuntimeError):
-    """The output failed FHIR R4 validation: a bug in this module, never returned as advice."""
 
 
 def _software_version() -> str:

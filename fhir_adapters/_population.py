@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from fhir_adapters._errors import UnclassifiedRedFlagError, UndocumentedRedFlagError
+
 if TYPE_CHECKING:
     from cds import KnowledgeBase
 
@@ -561,15 +563,6 @@ class RedFlagItem:
     kind: RedFlagClass  # specific: points to one serious pathology; weak: a general flag
     system: str
     code: str
-
-
-class UndocumentedRedFlagError(ValueError):
-    """The fact catalog has a red-flag item the population has no documented rate for."""
-
-
-class UnclassifiedRedFlagError(UndocumentedRedFlagError):
-    """The fact catalog gives its red-flag items no class at all (a catalog older than the
-    ``red-flag: specific|weak`` attribute)."""
 
 
 def red_flag_items(kb: KnowledgeBase) -> tuple[RedFlagItem, ...]:

@@ -8,7 +8,8 @@ proposal for a licensed clinician.
     >>> result.bundle        # the output FHIR Bundle (dict)
     >>> print(result.summary)  # the plan in plain words
 
-Errors (all subclass built-in types)::
+What ``evaluate`` can raise (each subclasses a built-in type; the project's whole error tree,
+service and tools included, is drawn in ``movement_cds._errors``)::
 
     MovementCDSError (Exception)
     ├── InvalidInputError (ValueError)

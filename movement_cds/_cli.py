@@ -99,7 +99,7 @@ def kb_schema(
     ] = None,
 ) -> None:
     """Export the knowledge-base file format as JSON Schema (for editors)."""
-    from cds._schema_export import schemas
+    from cds.authoring import schemas
 
     docs = schemas()
     if out is None:

@@ -19,16 +19,12 @@ import typer
 from cds import (
     EngineError,
     Evaluator,
+    ExplainTargetError,
     KnowledgeBaseError,
     MovementCDSError,
     load_knowledge_base,
 )
-from cds._explain import (
-    Explainer,
-    ExplainTargetError,
-    render_plan_explanation,
-    render_target,
-)
+from cds.authoring import Explainer, render_plan_explanation, render_target
 from fhir_adapters import InvalidBundleError, read_bundle
 from knowledge_base import bundled_path
 from movement_cds._api import parse_instant

@@ -28,13 +28,17 @@ from cds import (
     KnowledgeBaseError,
     KnowledgeBaseProblem,
     MovementCDSError,
+    check_changelog,
     compile_knowledge_base,
     load_knowledge_base,
 )
-from cds._changelog import check_changelog
-from cds._explain import Explainer
-from cds._kb_lint import lint_knowledge_base, plain_problems
-from cds._scenarios import CaseOutcome, load_scenarios
+from cds.authoring import (
+    CaseOutcome,
+    Explainer,
+    lint_knowledge_base,
+    load_scenarios,
+    plain_problems,
+)
 from knowledge_base import bundled_path
 from movement_cds._cli_common import fail, kb_app
 from movement_cds._kbtools import CASE_RUNNERS

@@ -31,7 +31,7 @@ def kb_docs(
 ) -> None:
     """Rebuild the clinical catalog (rules, exercises, parameters; Markdown and one
     searchable HTML page) from the knowledge base."""
-    from cds._catalog_docs import write_catalog
+    from cds.authoring import write_catalog
     from movement_cds._docs import catalog_pages
 
     root = directory or bundled_path()

@@ -23,8 +23,7 @@ def kb_export_fhir(
 ) -> None:
     """Write the knowledge base as FHIR R4 PlanDefinitions, ActivityDefinitions, CodeSystems
     and a Library index (each validated before anything is written)."""
-    from fhir_adapters._kb_export import export_knowledge_base
-    from fhir_adapters._outbound import OutputValidationError
+    from fhir_adapters import OutputValidationError, export_knowledge_base
 
     root = kb or bundled_path()
     try:

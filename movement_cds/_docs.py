@@ -9,10 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cds import load_knowledge_base
-from cds._catalog_docs import render_catalog
-from cds._catalog_html import render_catalog_html
-from cds._scenarios import load_scenarios
-from cds._trajectories import load_trajectories
+from cds.authoring import load_scenarios, load_trajectories, render_catalog, render_catalog_html
 
 __all__ = ["catalog_pages"]
 

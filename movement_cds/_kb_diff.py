@@ -37,21 +37,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cds import (
+    Derivation,
+    EngineResult,
     Evaluator,
+    Fact,
     InputIssue,
     InvalidInputError,
     KnowledgeBase,
     KnowledgeBaseError,
     MovementCDSError,
     PatientFacts,
+    Plan,
     load_knowledge_base,
+    resolve_plan,
 )
-from cds._engine_result import EngineResult
-from cds._facts import Derivation, Fact
-from cds._plan import Plan, resolve_plan
-from cds._scenarios import DEFAULT_AS_OF, Scenario, load_scenarios
-from fhir_adapters import InvalidBundleError, read_bundle
-from fhir_adapters._population import synthetic_bundle
+from cds.authoring import DEFAULT_AS_OF, Scenario, load_scenarios
+from fhir_adapters import InvalidBundleError, read_bundle, synthetic_bundle
+from movement_cds._errors import KnowledgeBaseLoadError
 from movement_cds._population_input import PopulationInput, bucket_entries
 from movement_cds._runner import Task, Where, run_tasks
 
@@ -78,17 +80,6 @@ T = TypeVar("T")
 EXAMPLES = 3
 _PRIORITY = ("stat", "asap", "urgent", "routine")
 ChangeKey = tuple[str, str, str, str]  # (category, item, before, after); "" = absent
-
-
-class KnowledgeBaseLoadError(MovementCDSError):
-    """One of the two knowledge bases cannot be used; ``which`` is "OLD" or "NEW"."""
-
-    def __init__(self, which: str, root: Path, problems: list[str]) -> None:
-        self.which, self.root, self.problems = which, root, problems
-        n = len(problems)
-        first = f": {problems[0]}" if problems else ""
-        name = f"{which} knowledge base" if which else "knowledge base"
-        super().__init__(f"{name} {root} is invalid ({n} problem(s)){first}")
 
 
 # --- one evaluation, normalised ------------------------------------------------------------

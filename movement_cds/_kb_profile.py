@@ -36,16 +36,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-from cds import MovementCDSError
-from cds._plan import Plan
-from fhir_adapters import InvalidBundleError, read_bundle
-from fhir_adapters._population import (
+from cds import MovementCDSError, Plan
+from fhir_adapters import (
+    InvalidBundleError,
     RedFlagItem,
     UnclassifiedRedFlagError,
     UndocumentedRedFlagError,
     primary_care_bundle,
+    read_bundle,
     red_flag_items,
 )
+from movement_cds._errors import ProfileError
 from movement_cds._kb_diff import (
     DEFAULT_AS_OF,
     KnowledgeBaseLoadError,
@@ -82,10 +83,6 @@ CAUDA_EQUINA_ITEMS: Final = ("rf-saddle-anaesthesia", "rf-bladder-dysfunction",
 NO_SPECIFIC_FLAG_GOAL: Final = 1.0  # percent, at most
 CAUDA_EQUINA_GOAL: Final = 100.0  # percent, at least
 LEVEL_FACT: Final = "classification.red-flag-concern"
-
-
-class ProfileError(MovementCDSError):
-    """The population cannot be made for this knowledge base (its red-flag items)."""
 
 
 # --- one version, ready to evaluate ----------------------------------------------------------

@@ -8,17 +8,19 @@ from datetime import datetime
 from pathlib import Path
 
 from cds import Evaluator, KnowledgeBase, PatientFacts
-from cds._explain import Explainer
-from cds._scenarios import (
+from cds.authoring import (
     BundleReader,
     CaseOutcome,
     ExpectationRow,
+    Explainer,
     ScenarioOutcome,
+    TrajectoryOutcome,
     load_scenarios,
+    load_trajectories,
     run_scenarios,
+    run_trajectories,
     scenario_case,
 )
-from cds._trajectories import TrajectoryOutcome, load_trajectories, run_trajectories
 from fhir_adapters import read_bundle
 
 __all__ = [

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +52,12 @@ def kb_copy(tmp_path: Path) -> Path:
     dest = tmp_path / "kb"
     shutil.copytree(STARTER, dest)
     return dest
+
+
+@pytest.fixture
+def browser_page() -> Iterator[Any]:
+    """A page in a real headless Chromium (tests/browser.py); skipped without one off CI."""
+    from tests.browser import page
+
+    with page() as p:
+        yield p

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fhir_adapters._population import synthetic_bundle
+from fhir_adapters import synthetic_bundle
 
 AS_OF = datetime(2026, 11, 2, 9, tzinfo=UTC)
 AS_OF_TEXT = "2026-11-02T09:00:00+00:00"

@@ -1,6 +1,7 @@
 """The package layers hold (docs/architecture.md): cds_service > movement_cds > fhir_adapters >
-cds > knowledge_base; a package imports only packages below it, and the decision core imports
-nothing of FHIR or HTTP. The contracts are import-linter's, in pyproject.toml
+cds > knowledge_base; a package imports only packages below it and only their public names
+(never another package's ``_private`` module), and the decision core imports nothing of FHIR
+or HTTP. The contracts are import-linter's, in pyproject.toml
 ([tool.importlinter]); these tests run ``lint-imports`` on the tree, and on copies of it with
 one violating import added, to show that the contracts fail when a layer is crossed."""
 
@@ -41,6 +42,7 @@ def test_the_contracts_are_the_documented_layers() -> None:
     assert set(config["root_packages"]) == set(PACKAGES)
     contracts = {c["type"]: c for c in config["contracts"]}
     assert contracts["layers"]["layers"] == list(PACKAGES)
+    assert "packages_with_private_modules" not in contracts["private_modules"]  # all of them
     forbidden = contracts["forbidden"]
     assert set(forbidden["source_modules"]) == {"cds", "knowledge_base"}
     assert {"fhir", "fastapi", "starlette", "httpx", "uvicorn"} <= set(
@@ -50,16 +52,17 @@ def test_the_contracts_are_the_documented_layers() -> None:
 def test_the_tree_keeps_its_layers() -> None:
     run = _lint(ROOT)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "2 kept, 0 broken" in run.stdout
+    assert "3 kept, 0 broken" in run.stdout
 
 
 LAYERS = "Layers"
 NO_FHIR = "knows nothing of FHIR or HTTP"
+PRIVATE = "private modules"
 
 
 @pytest.mark.parametrize(("module", "line", "broken"), [
     # the facade reaching up into the service (what `movement-cds serve` did before)
-    ("movement_cds/_cli.py", "from cds_service._app import create_app", {LAYERS}),
+    ("movement_cds/_cli.py", "from cds_service._app import create_app", {LAYERS, PRIVATE}),
     # FHIR in and out importing the facade (a package cycle)
     ("fhir_adapters/_inbound.py", "import movement_cds", {LAYERS}),
     # the decision core learning FHIR: a layer crossed, and fhir.resources reached through it
@@ -68,6 +71,10 @@ NO_FHIR = "knows nothing of FHIR or HTTP"
     ("cds/_evaluator.py", "import httpx", {NO_FHIR}),
     # the knowledge base's Python (data below the core) reaching into the core
     ("knowledge_base/__init__.py", "import cds", {LAYERS}),
+    # the facade reaching into the core's private modules instead of its public names
+    ("movement_cds/_summary.py", "from cds._plan import resolve_plan", {PRIVATE}),
+    # the service reaching into the FHIR adapters' private modules
+    ("cds_service/_cards.py", "from fhir_adapters._outbound import write_bundle", {PRIVATE}),
 ])
 def test_a_crossed_layer_fails_the_contracts(tmp_path: Path, module: str, line: str,
                                              broken: set[str]) -> None:

@@ -43,13 +43,19 @@ def test_fhir_adapters_exports() -> None:
         # the strict JSON text parser, the codes the reader reads, the project's systems
         "JSONTextError", "parse_json", "InputCodes", "input_codes",
         "ALERT_SYSTEM", "CHANGE_DISPLAY", "EXERCISE_SYSTEM", "KNOWLEDGE_BASE_BASE",
+        # what the command line reached through private modules before issue 14 part 2: the
+        # FHIR export of a release and the synthetic populations of kb diff / kb profile
+        "export_knowledge_base", "OutputValidationError", "synthetic_bundle",
+        "primary_care_bundle", "red_flag_items", "RedFlagItem", "UndocumentedRedFlagError",
+        "UnclassifiedRedFlagError",
     ])
 
 
 def test_cds_exports() -> None:
     assert sorted(cds.__all__) == sorted([
         "AvoidedExercise", "CompiledKnowledgeBase", "DataGap", "Derivation", "DerivedFact",
-        "EngineError", "EngineResult", "Evaluator", "EvidenceRef", "ExerciseDose", "Fact",
+        "EngineError", "EngineResult", "Evaluator", "ExplainTargetError", "EvidenceRef",
+        "ExerciseDose", "Fact",
         "InputIssue", "InvalidInputError", "KnowledgeBase", "KnowledgeBaseError",
         "KnowledgeBaseProblem", "MovementCDSError", "PatientFacts", "Plan", "PlanAlert",
         "PlannedExercise", "Referral", "compile_knowledge_base", "evaluate_reference",
@@ -61,6 +67,33 @@ def test_cds_exports() -> None:
         "AnswerNote",
         # knowledge-base helpers the CDS Hooks service uses (issue 13 part 1)
         "check_changelog", "evidence_url",
+        # issue 14 part 2: what kb diff needs of the core, public instead of reached privately
+        "Rating", "resolve_plan",
+    ])
+
+
+def test_authoring_exports() -> None:
+    """The knowledge-base toolchain (issue 14 part 2): what ``movement-cds kb ...`` is built
+    from, public in ``cds.authoring`` instead of reached through private modules."""
+    import cds.authoring
+
+    assert sorted(cds.authoring.__all__) == sorted([
+        # the file model
+        "Action", "AllOf", "AnyOf", "AtLeast", "Condition", "DoseSpec", "Evidence",
+        "ExerciseDefinition", "FactTest", "NoneOf", "Param", "ParamTest", "Rule",
+        "evidence_url",
+        # checks
+        "lint_knowledge_base", "plain_problems", "CHANGELOG_FILE", "check_changelog",
+        "parse_changelog",
+        # tests: scenarios and trajectories
+        "DEFAULT_AS_OF", "BundleReader", "CaseOutcome", "ExpectationRow", "Scenario",
+        "ScenarioOutcome", "load_scenarios", "run_scenarios", "scenario_case",
+        "TrajectoryOutcome", "load_trajectories", "run_trajectories",
+        # explanations
+        "Explainer", "ExplainTargetError", "render_item", "render_plan_explanation",
+        "render_target",
+        # documents
+        "render_catalog", "render_catalog_html", "write_catalog", "schemas",
     ])
 
 
@@ -72,7 +105,9 @@ def test_cds_service_exports_nothing() -> None:
 
 
 def test_every_export_exists_and_errors_subclass_builtins() -> None:
-    for mod in (cds, fhir_adapters, movement_cds):
+    import cds.authoring
+
+    for mod in (cds, cds.authoring, fhir_adapters, movement_cds):
         for name in mod.__all__:
             assert hasattr(mod, name), f"{mod.__name__}.{name}"
     assert issubclass(movement_cds.InvalidBundleError, ValueError)

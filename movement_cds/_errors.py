@@ -1,0 +1,61 @@
+"""Every error movement-cds raises on purpose, in one tree.
+
+Each subclasses a built-in type callers already catch, under one root, so ``except
+MovementCDSError`` catches all of them and ``except ValueError`` still catches bad input::
+
+    MovementCDSError (Exception)                       cds
+    ├── InvalidInputError (ValueError)                 cds: the patient data cannot be evaluated
+    │   └── InvalidBundleError                         fhir_adapters: .operation_outcome says
+    │                                                  why, entry by entry
+    ├── KnowledgeBaseError (ValueError)                cds: the rules/catalog files are
+    │                                                  unusable; .problems has file:line:column
+    ├── EngineError (RuntimeError)                     cds: the rule engine failed; no advice
+    ├── ExplainTargetError (LookupError)               cds: ``explain`` of an unknown id
+    ├── JSONTextError (ValueError)                     fhir_adapters: unusable JSON text; .path
+    ├── OutputValidationError (RuntimeError)           fhir_adapters: an output failed R4
+    │                                                  validation (a bug, never returned)
+    ├── UndocumentedRedFlagError (ValueError)          fhir_adapters: a red-flag item the
+    │   └── UnclassifiedRedFlagError                   synthetic population has no rate for
+    ├── KnowledgeBaseLoadError (ValueError)            movement_cds: a release given to
+    │                                                  ``kb diff``/``kb profile`` is unusable
+    ├── ProfileError (ValueError)                      movement_cds: no population can be
+    │                                                  made for this knowledge base
+    └── ServiceError                                   cds_service (the CDS Hooks service)
+        ├── ConfigError (ValueError)                   the configuration file is unusable
+        ├── StartupError (RuntimeError)                the service cannot start
+        ├── ReloadRefused (RuntimeError)               a new release was not taken live
+        ├── AuthError (PermissionError)                the request is not authenticated (401)
+        ├── ReplayStoreError (OSError)                 the used-token cache cannot be read
+        │                                              or written (the token is refused)
+        ├── PrefetchError                              needed data cannot be had (412/400)
+        └── ApiError                                   an HTTP error answer with its
+                                                       OperationOutcome
+
+One errors module per package defines its part of the tree: ``cds._errors``,
+``fhir_adapters._errors``, this module and ``cds_service._errors``; tests/test_errors.py
+pins the tree to this drawing. Exceptions used only inside one module for control flow
+(their names start with ``_``) never leave it and are not part of the tree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cds import MovementCDSError
+
+__all__ = ["KnowledgeBaseLoadError", "ProfileError"]
+
+
+class KnowledgeBaseLoadError(MovementCDSError, ValueError):
+    """One of the two knowledge bases cannot be used; ``which`` is "OLD" or "NEW"."""
+
+    def __init__(self, which: str, root: Path, problems: list[str]) -> None:
+        self.which, self.root, self.problems = which, root, problems
+        n = len(problems)
+        first = f": {problems[0]}" if problems else ""
+        name = f"{which} knowledge base" if which else "knowledge base"
+        super().__init__(f"{name} {root} is invalid ({n} problem(s)){first}")
+
+
+class ProfileError(MovementCDSError, ValueError):
+    """The population cannot be made for this knowledge base (its red-flag items)."""
