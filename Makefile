@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 FHIRJS := tools/fhir-validator/node_modules/.installed-stamp
 AS_OF ?= 2026-11-02T09:00:00Z
 
-.PHONY: example test lint bench docs clean base-install-check chromium
+.PHONY: example test test-fast lint bench bench-speed docs clean base-install-check chromium pango postgres
 
 SETUP_LOG := $(VENV)/setup.log
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (log: $(SETUP_LOG))"
 	@$(PY) -m venv $(VENV)
 	@( $(BIN)/python -m pip install --upgrade pip \
-	   && $(BIN)/python -m pip install -e '.[dev,service,population]' ) > $(SETUP_LOG) 2>&1 \
+	   && $(BIN)/python -m pip install -e '.[dev,service,handout,population]' ) > $(SETUP_LOG) 2>&1 \
 	   || { tail -n 30 $(SETUP_LOG); echo "set-up failed: the whole log is $(SETUP_LOG)" >&2; exit 1; }
 	@touch $(STAMP)
 
@@ -29,14 +29,31 @@ $(FHIRJS): tools/fhir-validator/package-lock.json
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
+# Pango (and a font) for WeasyPrint, the 'handout' extra's PDF printer, from the system packages
+pango:
+	@ldconfig -p | grep -q 'libpangoft2-1.0.so.0' && fc-list 2>/dev/null | grep -q . \
+	  || { apt-get update -qq && apt-get install -y -qq libpango-1.0-0 libpangoft2-1.0-0 \
+	       fonts-dejavu-core >/dev/null; }
+
+# PostgreSQL's server binaries (initdb, pg_ctl) for the shared-store tests, from the system
+# packages; the tests start a throwaway cluster of their own (tests/service/pg_cluster.py)
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
 ## Evaluate the bundled example patient: readable plan on the terminal, FHIR in out/.
 example: $(STAMP)
 	$(BIN)/movement-cds evaluate examples/example-patient.json --as-of $(AS_OF) \
 		--out out/example-careplan.json
 
 ## Lint, type-check (mypy strict) and run the test suite.
-test: $(STAMP) $(FHIRJS) chromium lint
+test: $(STAMP) $(FHIRJS) chromium pango postgres lint
 	$(BIN)/python -m pytest
+
+## The core of the suite while you work (no slow tests: service start-ups, browsers,
+## clusters, the authoring guide); `make test` (CI) runs everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
 
 ## The library without extras, as an integrator installs it: build the wheel, install it in a
 ## fresh venv (no extras), import every library module, run the README's Python example and
@@ -57,6 +74,10 @@ docs: $(STAMP)
 ## Benchmarks (figures, not pass/fail): see docs/performance.md.
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
+
+## Issue 15's table in one run: engine, output, cold start, each a ratio measured side by side.
+bench-speed: $(STAMP)
+	$(BIN)/python bench/speed.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

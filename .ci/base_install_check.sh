@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The library as an EHR integrator installs it: build the wheel, install it WITHOUT extras in
 # a fresh venv, then import every library module, run the README's Python example,
-# `movement-cds evaluate` on the bundled example and `movement-cds kb validate --strict`, and
-# check that `serve` and `population run` say they need their extras. Run it with
-# `make base-install-check`; CI runs it from .ci/run. pip's cache keeps durable-rules' build fast after the first time.
+# `movement-cds evaluate` on the bundled example and `movement-cds kb validate --strict`, write
+# the patient handout as HTML, and check that `serve`, a PDF handout and `population run` say
+# which extra they need. Run it with `make base-install-check`; CI runs
+# it from .ci/run. pip's cache keeps durable-rules' build fast after the first time.
 # Usage: base_install_check.sh PYTHON [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ wheel=$(ls "$WORK"/dist/movement_cds-*.whl)
 "$WORK/venv/bin/python" -m pip install --quiet "$wheel" 2>&1 | grep -v "^WARNING: Location" || true
 
 cd "$WORK"  # away from the source tree: only the installed wheel can be imported
-for extra in fastapi uvicorn httpx uvloop httptools jwt; do
+for extra in fastapi uvicorn httpx uvloop httptools jwt weasyprint; do
   if "$WORK/venv/bin/python" -c "import $extra" 2>/dev/null; then
     echo "base-install-check: $extra is installed without the service extra" >&2; exit 1
   fi
@@ -64,6 +65,15 @@ if "$WORK/venv/bin/movement-cds" serve --insecure-no-auth --port 0 >"$WORK/serve
   echo "base-install-check: serve started without the service extra" >&2; exit 1
 fi
 grep -q "service' extra" "$WORK/serve.out" && ! grep -q Traceback "$WORK/serve.out"
+# the patient handout: HTML with the base install; a PDF names the 'handout' extra
+"$WORK/venv/bin/movement-cds" handout "$OLDPWD/examples/example-patient.json" \
+  --as-of 2026-11-02T09:00:00Z --out "$WORK/handout.html" 2>/dev/null
+grep -q "Your back exercises" "$WORK/handout.html"
+if "$WORK/venv/bin/movement-cds" handout "$OLDPWD/examples/example-patient.json" \
+     --as-of 2026-11-02T09:00:00Z --out "$WORK/handout.pdf" >"$WORK/pdf.out" 2>&1; then
+  echo "base-install-check: a PDF handout was written without the handout extra" >&2; exit 1
+fi
+grep -q "'handout' extra" "$WORK/pdf.out" && ! grep -q Traceback "$WORK/pdf.out"
 # population run says which extra it needs (no Dask, no pyarrow in the base install)
 if "$WORK/venv/bin/movement-cds" population run "$WORK" --out "$WORK/pop" >"$WORK/pop.out" 2>&1; then
   echo "base-install-check: population run ran without the population extra" >&2; exit 1

@@ -6,6 +6,8 @@
 #                   [--patients N]            (N different synthetic patients, in turn)
 #                   [--shared-accept]         (balance_connections = false: uvicorn's race)
 #                   [--reuse-port]            (reuse_port = true: a SO_REUSEPORT socket per worker)
+#                   [--no-metrics]            ([metrics] enabled = false: nothing recorded)
+#                   [--metrics-out FILE]      (save a scrape of /metrics after the run)
 #
 # Starts `movement-cds serve` (bundled knowledge base) on 127.0.0.1, POSTs patient-view
 # with a full prefetch built from examples/example-patient.json (patient, observations
@@ -41,7 +43,9 @@ while [[ $# -gt 0 ]]; do
         --patients) PATIENTS="$2"; shift 2 ;;
         --shared-accept) BALANCE=false; shift ;;
         --reuse-port) BALANCE=false; REUSE_PORT=true; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        --no-metrics) METRICS=false; shift ;;
+        --metrics-out) METRICS_OUT="$2"; shift 2 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "load.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -113,6 +117,9 @@ reuse_port = $REUSE_PORT
 
 [auth]
 required = false
+
+[metrics]
+enabled = ${METRICS:-true}
 EOF
 
 if [[ "$PATIENTS" -gt 0 ]]; then
@@ -199,6 +206,10 @@ if command -v ss >/dev/null 2>&1; then  # which worker took how many of wrk's co
 fi
 wait "$WRK_PID"
 cat "$WORK/wrk.out"
+if [[ -n "${METRICS_OUT:-}" ]]; then  # one scrape: every worker's counts (multiprocess)
+    "$PY" -c "import sys, httpx; sys.stdout.write(httpx.get(sys.argv[1], timeout=10).text)" \
+        "$BASE/metrics" > "$METRICS_OUT" || echo "could not read $BASE/metrics"
+fi
 
 echo "--- summary (workers=$WORKERS, balance_connections=$BALANCE, reuse_port=$REUSE_PORT, engine_cache_size=$CACHE, patients=$PATIENTS (0: the example patient only), auth OFF) ---"
 echo "connections per worker: ${SPLIT:-unknown (no ss)}"

@@ -6,6 +6,9 @@ It knows nothing of FHIR or HTTP; ``fhir_adapters`` turns FHIR into ``PatientFac
 Two knowledge-base helpers are public for the packages above (the CDS Hooks service):
 ``check_changelog`` (the versioning checks of ``kb validate``: semver manifest version, a
 CHANGELOG section for it) and ``evidence_url`` (where a reader can look an evidence id up).
+``exercise_figure_svg(id, title)`` draws an exercise's start and end position as an inline
+SVG stick figure (for the patient handout and the catalog; ``cds/_poses.py`` has a pose for
+every bundled exercise).
 """
 
 from cds._changelog import check_changelog
@@ -44,9 +47,26 @@ from cds._plan import (
     Referral,
     resolve_plan,
 )
+from cds._poses import exercise_figure_svg
+from cds._progress import (
+    MEASURES,
+    PROGRESS_FACTS,
+    Measure,
+    MeasureInfo,
+    ProgressPoint,
+    adherence_points,
+    human_date,
+    human_instant,
+    progress_by_measure,
+    show_number,
+    trend_text,
+)
+from cds._progress import Role as ProgressRole
 from cds._reference import evaluate_reference
 
 __all__ = [
+    "MEASURES",
+    "PROGRESS_FACTS",
     "AnswerNote",
     "AvoidedExercise",
     "CheckIn",
@@ -69,6 +89,8 @@ __all__ = [
     "KnowledgeBase",
     "KnowledgeBaseError",
     "KnowledgeBaseProblem",
+    "Measure",
+    "MeasureInfo",
     "MovementCDSError",
     "PatientFacts",
     "Plan",
@@ -76,12 +98,21 @@ __all__ = [
     "PlannedExercise",
     "PreviousExercise",
     "PreviousPlan",
+    "ProgressPoint",
+    "ProgressRole",
     "Rating",
     "Referral",
+    "adherence_points",
     "check_changelog",
     "compile_knowledge_base",
     "evaluate_reference",
     "evidence_url",
+    "exercise_figure_svg",
+    "human_date",
+    "human_instant",
     "load_knowledge_base",
+    "progress_by_measure",
     "resolve_plan",
+    "show_number",
+    "trend_text",
 ]

@@ -11,10 +11,12 @@ to durable-rules negation, which is gated on a stratum marker (engine safety rul
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import combinations, product
 from typing import Any
 
 from cds._errors import KnowledgeBaseError, KnowledgeBaseProblem
+from cds._facts import Derivation
 from cds._kb_schema import AllOf, AtLeast, Condition, FactTest, NoneOf, Param, ParamTest, Scope
 from cds._knowledge_base import KnowledgeBase, derived_names
 
@@ -62,6 +64,21 @@ class CompiledKnowledgeBase:
     strata: tuple[str, ...]
     rules: tuple[CompiledRule, ...]
     fact_names: frozenset[str]
+
+    @cached_property
+    def derivations(self) -> tuple[tuple[Derivation, ...], ...]:
+        """Per rule, per term: what one firing records (facts read, absences relied on)."""
+        return tuple(
+            tuple(
+                Derivation(
+                    rule.rule_id,
+                    tuple(sorted({lit.fact for lit in term if lit.op != "missing"})),
+                    tuple(sorted({lit.fact for lit in term if lit.op == "missing"})),
+                )
+                for term in rule.terms
+            )
+            for rule in self.rules
+        )
 
     @property
     def read_names(self) -> frozenset[str]:

@@ -30,12 +30,7 @@ class FiringLog:
 
     def fire(self, rule_index: int, term_index: int) -> list[tuple[str, Any]]:
         rule = self._compiled.rules[rule_index]
-        term = rule.terms[term_index]
-        d = Derivation(
-            rule.rule_id,
-            tuple(sorted({lit.fact for lit in term if lit.op != "missing"})),
-            tuple(sorted({lit.fact for lit in term if lit.op == "missing"})),
-        )
+        d = self._compiled.derivations[rule_index][term_index]
         self._firings.append(d)
         new: list[tuple[str, Any]] = []
         for name, value in rule.derives:
@@ -54,7 +49,13 @@ class FiringLog:
 
     def result(self) -> EngineResult:
         derived = {
-            name: DerivedFact(name, self._values[name], tuple(sorted(set(ds))))
+            name: DerivedFact(name, self._values[name], tuple(sorted(set(ds), key=_order)))
             for name, ds in sorted(self._by_name.items())
         }
-        return EngineResult(self._compiled.name, derived, tuple(sorted(set(self._firings))))
+        return EngineResult(self._compiled.name, derived,
+                            tuple(sorted(set(self._firings), key=_order)))
+
+
+def _order(d: Derivation) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """``Derivation``'s own order (its fields in turn), compared as a tuple."""
+    return d.rule_id, d.used, d.absent

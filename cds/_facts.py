@@ -14,6 +14,7 @@ from datetime import datetime
 
 from cds._errors import InputIssue
 from cds._followup import FollowUp
+from cds._progress import ProgressPoint
 
 __all__ = ["AnswerNote", "Derivation", "DerivedFact", "Fact", "PatientFacts", "Scalar"]
 
@@ -88,6 +89,12 @@ class PatientFacts:
     # how answers were read where the clinician must be told (stale, undated, contradicted,
     # unreadable red-flag answers; a partial birth date at an age threshold)
     answer_notes: tuple[AnswerNote, ...] = ()
+    # every dated value of the progress measures the input holds, earlier visits' included
+    progress: tuple[ProgressPoint, ...] = ()
+    # when the answer behind each fact read from an Observation was recorded (by name)
+    recorded: tuple[tuple[str, datetime], ...] = ()
+    # the patient's IANA time zone when the input gives one (for showing dates), else None
+    time_zone: str | None = None
 
     def by_name(self) -> dict[str, Fact]:
         return {f.name: f for f in self.facts}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
 from cds._errors import KnowledgeBaseError, KnowledgeBaseProblem
+from cds._kb_cache import cache_dir, cache_key, read_cached, write_cached
 from cds._kb_schema import (
     AlertDefinition,
     AllOf,
@@ -51,6 +53,7 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger("movement_cds.kb")
 _VALUE_OPS = ("is", "is-not", "in", "not-in")
 
 
@@ -284,8 +287,33 @@ def load_knowledge_base(
     root: str | Path, parameter_overrides: dict[str, Any] | None = None
 ) -> KnowledgeBase:
     """Load and cross-check a knowledge base; raise ``KnowledgeBaseError`` listing every
-    problem found (not just the first)."""
+    problem found (not just the first).
+
+    A knowledge base whose every file is byte for byte one that loaded before comes from
+    the cache (``cds._kb_cache``: keyed by the digest of its content, the overrides and
+    this code); anything else is parsed with positions, so problems keep file:line:col."""
     root = Path(root)
+    key = None
+    if root.is_dir() and cache_dir() is not None:
+        try:
+            key = cache_key(root, dict(parameter_overrides or {}))
+        except OSError:  # unreadable file: the loader says which
+            key = None
+    if key is not None:
+        hit = read_cached(key)
+        if isinstance(hit, KnowledgeBase):
+            hit.root = root
+            log.debug("knowledge base %s from the cache", hit.ruleset_name)
+            return hit
+    kb = _parse_knowledge_base(root, parameter_overrides)
+    if key is not None:
+        write_cached(key, kb)
+    return kb
+
+
+def _parse_knowledge_base(
+    root: Path, parameter_overrides: dict[str, Any] | None
+) -> KnowledgeBase:
     problems: list[KnowledgeBaseProblem] = []
     if not root.is_dir():
         raise KnowledgeBaseError(

@@ -26,6 +26,7 @@ from cds._facts import AnswerNote, Derivation, DerivedFact, Fact, PatientFacts
 from cds._followup import CheckIn, ExerciseChange
 from cds._kb_schema import Evidence, Param, VetoAction
 from cds._knowledge_base import KnowledgeBase
+from cds._progress import ProgressPoint
 
 __all__ = [
     "AvoidedExercise",
@@ -158,6 +159,11 @@ class Plan:
     # every note on how an answer was read (shown first: stale, undated, contradicted or
     # unreadable red-flag answers; a partial birth date at an age threshold)
     answer_notes: tuple[AnswerNote, ...] = ()
+    # progress across visits (every dated pain, ODI and adherence value), when each fact's
+    # answer was recorded, and the patient's time zone: as the front end read them
+    progress: tuple[ProgressPoint, ...] = ()
+    recorded: tuple[tuple[str, datetime], ...] = ()
+    time_zone: str | None = None
 
     @property
     def knowledge_base(self) -> str:
@@ -483,4 +489,7 @@ def resolve_plan(kb: KnowledgeBase, patient: PatientFacts, result: EngineResult)
         deferred=tuple(deferred),
         candidates=tuple(proposed),
         answer_notes=patient.answer_notes,
+        progress=patient.progress,
+        recorded=patient.recorded,
+        time_zone=patient.time_zone,
     )

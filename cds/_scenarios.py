@@ -211,56 +211,72 @@ def check_scenario(sc: Scenario, plan: Plan) -> list[str]:
     return [r.line() for r in check_expectations(sc, plan) if not r.passed]
 
 
+class _Rows(list[ExpectationRow]):
+    """The expectation rows of one scenario, in the order checked."""
+
+    def need(self, cond: bool, what: str, expected: Any, actual: Any, *subjects: str) -> None:
+        self.append(ExpectationRow(what, expected, actual, cond, tuple(subjects)))
+
+
 def check_expectations(sc: Scenario, plan: Plan) -> list[ExpectationRow]:
     """Every expectation of the scenario checked against the plan, passed or not, with what
     to explain when it fails (``subjects``: ids for ``Explainer.why``, or ``@held``,
     ``@referral``, ``@gaps``, ``@exercises`` for the plan's parts)."""
-    e = sc.expect
-    rows: list[ExpectationRow] = []
+    rows = _Rows()
+    for check in (_check_alerts, _check_exercises, _check_properties, _check_rules,
+                  _check_wording):
+        check(sc.expect, plan, rows)
+    return list(rows)
+
+
+def _check_alerts(e: Expectation, plan: Plan, rows: _Rows) -> None:
     alerts = {a.code for a in plan.alerts}
-    proposed = [x for x in plan.exercises if x.status == "proposed"]
-    listed = {x.exercise_id for x in plan.exercises}
-    fired = {d.rule_id for d in plan.firings}
-
-    def need(cond: bool, what: str, expected: Any, actual: Any, *subjects: str) -> None:
-        rows.append(ExpectationRow(what, expected, actual, cond, tuple(subjects)))
-
     if e.alerts is not None:
-        need(alerts == set(e.alerts), "alerts", sorted(e.alerts), sorted(alerts),
-             *sorted(alerts ^ set(e.alerts)))
+        rows.need(alerts == set(e.alerts), "alerts", sorted(e.alerts), sorted(alerts),
+                  *sorted(alerts ^ set(e.alerts)))
     for code in e.alerts_include or []:
-        need(code in alerts, f"alert {code}", "present", sorted(alerts), code)
+        rows.need(code in alerts, f"alert {code}", "present", sorted(alerts), code)
     for code in e.alerts_exclude or []:
-        need(code not in alerts, f"alert {code}", "absent", "present", code)
+        rows.need(code not in alerts, f"alert {code}", "absent", "present", code)
     if e.referral is not None:
         prios = sorted((a.referral.priority for a in plan.alerts if a.referral),
                        key=_PRIORITY.index)
         top = prios[0] if prios else "none"
-        need(top == e.referral, "most urgent referral", e.referral, top, "@referral")
+        rows.need(top == e.referral, "most urgent referral", e.referral, top, "@referral")
     if e.exercise_held is not None:
-        need(plan.exercise_held == e.exercise_held, "exercise held", e.exercise_held,
-             plan.exercise_held, "@held")
+        rows.need(plan.exercise_held == e.exercise_held, "exercise held", e.exercise_held,
+                  plan.exercise_held, "@held")
+
+
+def _check_exercises(e: Expectation, plan: Plan, rows: _Rows) -> None:
+    listed = {x.exercise_id for x in plan.exercises}
     if e.exercises is not None:
-        need(listed == set(e.exercises), "exercises", sorted(e.exercises), sorted(listed),
-             *sorted(listed ^ set(e.exercises)))
+        rows.need(listed == set(e.exercises), "exercises", sorted(e.exercises),
+                  sorted(listed), *sorted(listed ^ set(e.exercises)))
     for ex in e.exercises_include or []:
-        need(ex in listed, f"exercise {ex}", "proposed", sorted(listed), ex)
+        rows.need(ex in listed, f"exercise {ex}", "proposed", sorted(listed), ex)
     for ex in e.exercises_exclude or []:
-        need(ex not in listed, f"exercise {ex}", "not proposed", "proposed", ex)
+        rows.need(ex not in listed, f"exercise {ex}", "not proposed", "proposed", ex)
     if e.exercise_count is not None:
         lo, hi = e.exercise_count
-        need(lo <= len(listed) <= hi, "number of exercises", f"{lo}-{hi}", len(listed),
-             "@exercises")
+        rows.need(lo <= len(listed) <= hi, "number of exercises", f"{lo}-{hi}", len(listed),
+                  "@exercises")
     avoided = {a.exercise_id for a in plan.avoid}
     for ex in e.avoid_include or []:
-        need(ex in avoided, f"avoid {ex}", "listed as do-not-perform", sorted(avoided), ex)
+        rows.need(ex in avoided, f"avoid {ex}", "listed as do-not-perform", sorted(avoided),
+                  ex)
+
+
+def _check_properties(e: Expectation, plan: Plan, rows: _Rows) -> None:
+    """No proposed exercise has a forbidden property; some has each required one."""
+    proposed = [x for x in plan.exercises if x.status == "proposed"]
     if e.forbidden_properties is not None:
         fp = e.forbidden_properties
         for x in proposed:
             bad = (set(fp.direction or []) & set(x.direction)) | (
                 {x.load} & set(fp.load or [])) | ({x.surface} & set(fp.surface or []))
-            need(not bad, f"exercise {x.exercise_id}", f"none of {sorted(bad)}", "has them",
-                 x.exercise_id)
+            rows.need(not bad, f"exercise {x.exercise_id}", f"none of {sorted(bad)}",
+                      "has them", x.exercise_id)
     if e.required_properties is not None:
         rp = e.required_properties
         for prop, wanted in (("direction", rp.direction), ("load", rp.load),
@@ -269,31 +285,38 @@ def check_expectations(sc: Scenario, plan: Plan) -> list[ExpectationRow]:
                 continue
             have = {v for x in proposed for v in (
                 x.direction if prop == "direction" else (getattr(x, prop),))}
-            need(bool(have & set(wanted)), f"some proposed exercise with {prop}",
-                 f"one of {wanted}", sorted(have), "@exercises")
+            rows.need(bool(have & set(wanted)), f"some proposed exercise with {prop}",
+                      f"one of {wanted}", sorted(have), "@exercises")
+
+
+def _check_rules(e: Expectation, plan: Plan, rows: _Rows) -> None:
+    fired = {d.rule_id for d in plan.firings}
     for rid in e.fires or []:
-        need(rid in fired, f"rule {rid}", "fires", "does not fire", rid)
+        rows.need(rid in fired, f"rule {rid}", "fires", "does not fire", rid)
     for rid in e.does_not_fire or []:
-        need(rid not in fired, f"rule {rid}", "does not fire", "fires", rid)
+        rows.need(rid not in fired, f"rule {rid}", "does not fire", "fires", rid)
     if e.missing is not None:
         got = sorted({m for g in plan.data_gaps for m in g.missing})
-        need(got == sorted(e.missing), "missing items", sorted(e.missing), got, "@gaps")
+        rows.need(got == sorted(e.missing), "missing items", sorted(e.missing), got, "@gaps")
+
+
+def _check_wording(e: Expectation, plan: Plan, rows: _Rows) -> None:
+    """What alerts say, the notes on how answers were read, and derived findings."""
     details = {a.code: a.detail for a in plan.alerts}
     for code, phrases in (e.alert_says or {}).items():
         for phrase in phrases:
-            need(phrase in details.get(code, ""), f"alert {code} says '{phrase}'", "said",
-                 details.get(code, "(no such alert)"), code)
+            rows.need(phrase in details.get(code, ""), f"alert {code} says '{phrase}'",
+                      "said", details.get(code, "(no such alert)"), code)
     if e.answer_notes is not None:
         kinds = sorted({n.kind for n in plan.answer_notes})
-        need(kinds == sorted(set(e.answer_notes)), "notes on how answers were read",
-             sorted(set(e.answer_notes)), kinds, "@gaps")
+        rows.need(kinds == sorted(set(e.answer_notes)), "notes on how answers were read",
+                  sorted(set(e.answer_notes)), kinds, "@gaps")
     if e.findings:
         facts = {f.name: f.value for f in plan.facts}
         derived = plan.derived_values
         for name, value in e.findings.items():
             actual = derived.get(name, facts.get(name, "(absent)"))
-            need(actual == value, f"finding {name}", value, actual, name)
-    return rows
+            rows.need(actual == value, f"finding {name}", value, actual, name)
 
 
 def run_scenarios(

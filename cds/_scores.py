@@ -36,6 +36,8 @@ from all nine items.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from cds._facts import Fact, Scalar
 
 __all__ = ["CLEARING", "FMS_TESTS", "derive_scores"]
@@ -67,91 +69,126 @@ def _num(f: Fact) -> int | float:
     return v
 
 
-def derive_scores(facts: list[Fact], bilateral: set[str]) -> list[Fact]:
-    by = {f.name: f for f in facts}
-    sent = set(by)
+@dataclass
+class _Scoring:
+    """The facts as sent plus what is computed from them; ``derive_scores`` runs the steps
+    (the methods below) in order, each reading what the earlier ones put."""
 
-    def put(name: str, value: Scalar, *src: Fact | None) -> None:
-        prelim = any(f.preliminary for f in src if f is not None)
-        by[name] = Fact(name, value, _src(*src), prelim)
-
+    by: dict[str, Fact]
+    bilateral: set[str]
     # tests whose final score is known although a side is missing or in doubt (clearing)
-    final_known: set[str] = set()
+    final_known: set[str] = field(default_factory=set)
     # tests whose per-side scores no longer show the real asymmetry
-    no_asymmetry: set[str] = set()
+    no_asymmetry: set[str] = field(default_factory=set)
     # the clearing facts that zeroed each parent's final score
-    zeroed_by: dict[str, list[Fact]] = {}
+    zeroed_by: dict[str, list[Fact]] = field(default_factory=dict)
 
-    # 1. clearing tests: a painful one scores its parent 0
-    for clear, parent in CLEARING.items():
-        sided_clear = clear in bilateral
-        parent_sided = parent in bilateral
-        for side in ("", *SIDES):
-            c = by.get(clear + side)
-            if c is None or c.value is not True:
+    def __post_init__(self) -> None:
+        self.sent = set(self.by)
+
+    def put(self, name: str, value: Scalar, *src: Fact | None) -> None:
+        prelim = any(f.preliminary for f in src if f is not None)
+        self.by[name] = Fact(name, value, _src(*src), prelim)
+
+    def clearing(self) -> None:
+        """1. Clearing tests: a painful one scores its parent 0."""
+        for clear, parent in CLEARING.items():
+            for side in ("", *SIDES):
+                c = self.by.get(clear + side)
+                if c is not None and c.value is True:
+                    self._cleared(c, clear, parent, side)
+
+    def _cleared(self, c: Fact, clear: str, parent: str, side: str) -> None:
+        parent_sided = parent in self.bilateral
+        if side and parent_sided:
+            # that side only
+            self.put(parent + side, 0, c, self.by.get(parent + side))
+        elif not side and clear in self.bilateral and parent_sided:
+            # painful, side not given: the final score is 0; which side is unknown
+            self.no_asymmetry.add(parent)
+        elif parent_sided:
+            # a whole-test clearing test: the final score and every recorded side
+            for s in SIDES:
+                if parent + s in self.by:
+                    self.put(parent + s, 0, c, self.by[parent + s])
+        self.zeroed_by.setdefault(parent, []).append(c)
+        self.final_known.add(parent)
+
+    def sides(self) -> None:
+        """2. Bilateral facts: the final (lower-side) score and the asymmetry."""
+        for name in sorted(self.bilateral):
+            left, right = self.by.get(name + ".left"), self.by.get(name + ".right")
+            top = self.by.get(name)
+            sides = [f for f in (left, right) if f is not None]
+            if not sides:
                 continue
-            if side and parent_sided:
-                # that side only
-                put(parent + side, 0, c, by.get(parent + side))
-            elif not side and sided_clear and parent_sided:
-                # painful, side not given: the final score is 0; which side is unknown
-                no_asymmetry.add(parent)
-            elif parent_sided:
-                # a whole-test clearing test: the final score and every recorded side
-                for s in SIDES:
-                    if parent + s in by:
-                        put(parent + s, 0, c, by[parent + s])
-            zeroed_by.setdefault(parent, []).append(c)
-            final_known.add(parent)
+            if all(isinstance(f.value, bool) for f in sides) and (
+                top is None or isinstance(top.value, bool)
+            ):
+                self._either_side(name, sides, top)
+            elif all(_number(f) for f in sides) and (top is None or _number(top)):
+                self._lower_side(name, left, right, top)
+            # else mixed types: nothing sensible to compute
 
-    # 2. bilateral facts: the final (lower-side) score and the asymmetry
-    for name in sorted(bilateral):
-        left, right, top = by.get(name + ".left"), by.get(name + ".right"), by.get(name)
+    def _either_side(self, name: str, sides: list[Fact], top: Fact | None) -> None:
+        """A boolean test (true = painful / positive): either side true makes it true."""
+        if any(f.value is True for f in sides):
+            self.put(name, True, *[f for f in sides if f.value is True])
+        elif top is None and len(sides) == 2:
+            self.put(name, False, *sides)
+
+    def _lower_side(self, name: str, left: Fact | None, right: Fact | None,
+                    top: Fact | None) -> None:
         sides = [f for f in (left, right) if f is not None]
-        if not sides:
-            continue
-        if all(isinstance(f.value, bool) for f in sides) and (
-            top is None or isinstance(top.value, bool)
-        ):
-            # a boolean test (true = painful / positive): either side true makes it true
-            if any(f.value is True for f in sides):
-                put(name, True, *[f for f in sides if f.value is True])
-            elif top is None and len(sides) == 2:
-                put(name, False, *sides)
-            continue
-        if not all(_number(f) for f in sides) or (top is not None and not _number(top)):
-            continue  # mixed types: nothing sensible to compute
         values = [_num(f) for f in sides] + ([_num(top)] if top is not None else [])
         lowest = min(values)
-        put(name, lowest, *sides, top)
-        if left is not None and right is not None and name not in no_asymmetry:
-            put(name + ".asymmetry", abs(_num(left) - _num(right)), left, right)
+        self.put(name, lowest, *sides, top)
+        if left is not None and right is not None and name not in self.no_asymmetry:
+            self.put(name + ".asymmetry", abs(_num(left) - _num(right)), left, right)
         if len(sides) == 2 or top is not None or lowest == 0:
-            final_known.add(name)  # 0 is the floor: one side at 0 settles the lower side
+            self.final_known.add(name)  # 0 is the floor: one side at 0 settles the lower side
 
-    # 3. a painful clearing test: the final score is 0 whatever the sides say
-    for parent, clears in zeroed_by.items():
-        put(parent, 0, *clears, by.get(parent), by.get(parent + ".left"),
-            by.get(parent + ".right"))
+    def painful_clearing(self) -> None:
+        """3. A painful clearing test: the final score is 0 whatever the sides say."""
+        for parent, clears in self.zeroed_by.items():
+            self.put(parent, 0, *clears, self.by.get(parent), self.by.get(parent + ".left"),
+                     self.by.get(parent + ".right"))
 
-    # 4. the FMS total from the seven final scores, when each is known and it was not sent
-    def known_final(t: str) -> bool:
-        if not _number(by.get(t)):
+    def fms_total(self) -> None:
+        """4. The FMS total from the seven final scores, when each is known and it was not
+        sent."""
+        if "fms-total" not in self.by and all(self._known_final(t) for t in FMS_TESTS):
+            parts = [self.by[t] for t in FMS_TESTS]
+            self.put("fms-total", sum(int(p.value) for p in parts), *parts)
+
+    def _known_final(self, t: str) -> bool:
+        if not _number(self.by.get(t)):
             return False
-        if t not in bilateral:
+        if t not in self.bilateral:
             return True
-        return t in sent or t in final_known
+        return t in self.sent or t in self.final_known
 
-    if "fms-total" not in by and all(known_final(t) for t in FMS_TESTS):
-        parts = [by[t] for t in FMS_TESTS]
-        put("fms-total", sum(int(p.value) for p in parts), *parts)
-
-    # 5. STarT Back totals from all nine items, when not sent
-    items = [by.get(f"startback-item-{i}") for i in range(1, 10)]
-    if all(i is not None for i in items):
-        if "startback-total" not in by:
-            put("startback-total", sum(1 for i in items if i and i.value is True), *items)
-        if "startback-psychosocial" not in by:
+    def startback_totals(self) -> None:
+        """5. STarT Back totals from all nine items, when not sent."""
+        items = [self.by.get(f"startback-item-{i}") for i in range(1, 10)]
+        if not all(i is not None for i in items):
+            return
+        if "startback-total" not in self.by:
+            self.put("startback-total", sum(1 for i in items if i and i.value is True), *items)
+        if "startback-psychosocial" not in self.by:
             sub = items[4:]
-            put("startback-psychosocial", sum(1 for i in sub if i and i.value is True), *sub)
-    return sorted(by.values(), key=lambda f: f.name)
+            self.put("startback-psychosocial", sum(1 for i in sub if i and i.value is True),
+                     *sub)
+
+
+def derive_scores(facts: list[Fact], bilateral: set[str]) -> list[Fact]:
+    """The facts with the scores computed from them (final bilateral scores, asymmetries,
+    clearing-test zeros, the FMS and STarT Back totals); what was sent is never replaced
+    by a total."""
+    s = _Scoring({f.name: f for f in facts}, bilateral)
+    s.clearing()
+    s.sides()
+    s.painful_clearing()
+    s.fms_total()
+    s.startback_totals()
+    return sorted(s.by.values(), key=lambda f: f.name)

@@ -7,6 +7,13 @@ Routes (CDS Hooks 2.0; docs/integrators/cds-hooks.md; C1-C22 number the requirem
                                        knowledge-base release
 ``POST /cds-services/{id}``            call a service (C5-C15)
 ``POST /cds-services/{id}/feedback``   card feedback (C16), stored by ``FeedbackStore``
+``GET  /handouts/{id}``                the patient handout page the plan card links to
+                                       (``cds_service._handouts``: a random id, kept
+                                       ``[handouts] ttl_seconds``; no authentication, the
+                                       link is the capability; unknown or expired: 404)
+``GET  /healthz``, ``/readyz``, ``/metrics``  for operators, no client token
+                                       (``cds_service._operations``, docs/operations.md;
+                                       ``/readyz`` answers a small JSON of its own)
 
 Every call is authenticated by ``cds_service._auth.TokenVerifier`` (C17-C19) with the
 audience ``base_url`` + the request path; a failure is a 401 whose OperationOutcome has no
@@ -50,9 +57,9 @@ patient ids or clinical values.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import importlib
 import inspect
+import json
 import logging
 import os
 import re
@@ -72,6 +79,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, Response
 from fastapi.responses import JSONResponse as _StarletteJSON
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -86,10 +94,23 @@ from cds import (
     check_changelog,
     load_knowledge_base,
 )
+from cds_service._audit import (
+    AuditError,
+    archive_release,
+    audit_job,
+    canonical,
+    card_summary,
+    kb_digest,
+    kb_files,
+    release_job,
+)
 from cds_service._cards import card_rules, plan_cards
 from cds_service._config import ConfigError, ServiceConfig, load_config
 from cds_service._errors import ApiError, ReloadRefused, StartupError
+from cds_service._handouts import HandoutStore
 from cds_service._heap import settle_heap
+from cds_service._metrics import UNKNOWN_SERVICE
+from cds_service._operations import CallRecord, Observer, add_operations_routes
 from cds_service._prefetch import (
     FHIR_ID,
     PrefetchError,
@@ -98,7 +119,7 @@ from cds_service._prefetch import (
     prefetch_keys,
 )
 from fhir_adapters import JSONTextError, parse_json
-from movement_cds import InvalidBundleError
+from movement_cds import InvalidBundleError, __version__, handout_html
 
 __all__ = [
     "APP_FACTORY",
@@ -108,12 +129,16 @@ __all__ = [
     "LiveEngine",
     "ReloadRefused",
     "StartupError",
+    "add_handout_link",
+    "advise",
     "app_from_env",
     "check_auth",
     "create_app",
+    "engine_for_replay",
     "kb_digest",
     "kb_fingerprint",
     "load_engine",
+    "recorded_handout_link",
 ]
 
 log = logging.getLogger("movement_cds.service")
@@ -211,6 +236,8 @@ class Engine:
         self.digest = ""
         self.fingerprint: Fingerprint = ()
         self.loaded_at = datetime.now(UTC)
+        # its scenario tests passed (here or, for the same content, in the parent process)
+        self.scenarios_passed = False
 
     def evaluate(self, bundle: dict[str, Any], as_of: datetime) -> Any:
         with self._lock:  # the cards need only the advice resources of the output Bundle
@@ -229,25 +256,48 @@ class Engine:
                 "loaded": self.loaded_at.isoformat(timespec="seconds").replace("+00:00", "Z")}
 
 
+def advise(engine: Engine, service_id: str, call_input: dict[str, Any],
+           as_of: datetime, *, link: Callable[[list[dict[str, Any]], Any], None] | None = None,
+           ) -> tuple[bytes, list[dict[str, Any]], Any]:
+    """The response body, cards and plan for a call's canonical input (``{"bundle": ...}``,
+    or ``{"draftOrders": ...}`` for an order-sign call without a physiotherapy referral):
+    what a call answers, and what ``movement-cds audit replay`` recomputes. The body is
+    the bytes sent. ``link`` adds the patient handout link to the plan card (a per-call
+    capability URL, not advice: replay puts back the recorded one)."""
+    if "bundle" not in call_input:
+        if _has_physio_referral(call_input["draftOrders"]):
+            raise AuditError("the recorded draft orders now count as a physiotherapy "
+                             "referral: this version decides differently")
+        return orjson.dumps({"cards": []}), [], None
+    result = engine.evaluate(call_input["bundle"], as_of)
+    cards = plan_cards(result.plan, result.bundle, service_id)
+    if link is not None and cards:
+        link(cards, result)  # the handout page link: the service's own, or the recorded one
+    return orjson.dumps({"cards": cards}), cards, result.plan
+
+
+def engine_for_replay(root: Path) -> Engine:
+    """An engine for an archived release (no scenario tests, no warm-up: replay only)."""
+    from movement_cds import DecisionSupport
+
+    try:
+        engine = Engine(DecisionSupport(root, engine_cache_size=0))
+    except MovementCDSError as e:
+        raise AuditError(f"the archived release does not load: {e}") from None
+    engine.digest = kb_digest(root)
+    return engine
+
+
 # --- what is on disk ------------------------------------------------------------------------
 
 Fingerprint = tuple[tuple[str, int, int, int, int], ...]
-
-
-def _kb_files(root: Path) -> list[Path]:
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
-        out += [Path(dirpath) / f for f in sorted(filenames)
-                if not f.startswith(".") and not f.endswith((".pyc", "~"))]
-    return out
 
 
 def kb_fingerprint(root: Path) -> Fingerprint:
     """Cheap (metadata only): every file's path, size, inode and modification time. Any
     change means "read it again"; ``kb_digest`` then says whether the content changed."""
     out = []
-    for f in _kb_files(root):
+    for f in kb_files(root):
         try:
             st = f.stat()
         except OSError:
@@ -255,19 +305,6 @@ def kb_fingerprint(root: Path) -> Fingerprint:
         out.append((str(f.relative_to(root)), st.st_size, st.st_ino, st.st_dev,
                     st.st_mtime_ns))
     return tuple(out)
-
-
-def kb_digest(root: Path) -> str:
-    """SHA-256 over every file's relative path and bytes."""
-    h = hashlib.sha256()
-    for f in _kb_files(root):
-        try:
-            data = f.read_bytes()
-        except OSError:
-            continue
-        h.update(str(f.relative_to(root)).encode() + b"\0" + len(data).to_bytes(8, "big"))
-        h.update(data)
-    return h.hexdigest()
 
 
 def _warm_up_bundle() -> dict[str, Any]:
@@ -336,6 +373,7 @@ def load_engine(config: ServiceConfig, *, run_scenarios: bool = True,
             raise StartupError(f"knowledge base {root}: {failure}")
     engine = Engine(support)
     engine.digest, engine.fingerprint = digest, fingerprint
+    engine.scenarios_passed = run_scenarios
     try:
         _warm_up(engine)
     except MovementCDSError as e:
@@ -373,6 +411,7 @@ def _candidate(root: Path, live: Engine, digest: str, fingerprint: Fingerprint) 
         raise ReloadRefused(f"{name}: {failure}")
     engine = Engine(support)
     engine.digest, engine.fingerprint = digest, fingerprint
+    engine.scenarios_passed = True
     try:
         _warm_up(engine)
     except MovementCDSError as e:
@@ -386,8 +425,10 @@ class LiveEngine:
     version (see the module docstring). ``check`` runs in a worker thread."""
 
     def __init__(self, engine: Engine, root: Path, interval: float, *,
-                 settle: bool = False) -> None:
+                 settle: bool = False,
+                 before_swap: Callable[[Engine, Path], None] | None = None) -> None:
         self.engine = engine
+        self.before_swap = before_swap  # archives the release; raising refuses the swap
         self.root = root
         self.interval = interval
         self._seen = engine.fingerprint or kb_fingerprint(root)
@@ -395,6 +436,8 @@ class LiveEngine:
             engine.digest = kb_digest(root)
         self._checking = threading.Lock()
         self.settle = settle  # settle_heap() after each swap (service workers)
+        # called with (outcome, engine before the check) after every check (metrics)
+        self.listeners: list[Callable[[str, Engine], None]] = []
 
     def check(self, force: bool = False) -> str:
         """Look for a new version and take it into service if it passes every check.
@@ -403,9 +446,12 @@ class LiveEngine:
         if not self._checking.acquire(blocking=False):
             return "busy"
         try:
+            before = self.engine
             outcome = self._check(force)
             if outcome == "swapped" and self.settle:
                 settle_heap()  # here, once the old engine is no longer held by the check
+            for listener in self.listeners:
+                listener(outcome, before)
             return outcome
         finally:
             self._checking.release()
@@ -435,6 +481,8 @@ class LiveEngine:
             log.info("knowledge base %s changed while it was tested; looking again later",
                      self.root)
             return "changing"
+        if not self._archived(candidate, fingerprint):
+            return "refused"
         candidate.loaded_at = datetime.now(UTC)
         self.engine = candidate  # one reference assignment: requests in flight keep theirs
         self._seen = fingerprint
@@ -442,6 +490,20 @@ class LiveEngine:
                  candidate.kb.ruleset_name, live.kb.ruleset_name,
                  time.perf_counter() - started)
         return "swapped"
+
+    def _archived(self, candidate: Engine, fingerprint: Fingerprint) -> bool:
+        """Run ``before_swap`` (the release archive); False, logged, if it failed."""
+        if self.before_swap is None:
+            return True
+        try:
+            self.before_swap(candidate, self.root)
+        except Exception as e:
+            self._seen = fingerprint
+            log.warning("knowledge-base reload refused, still serving %s: release %s could "
+                        "not be archived (%s: %s)", self.engine.kb.ruleset_name,
+                        candidate.kb.ruleset_name, type(e).__name__, e)
+            return False
+        return True
 
     async def watch(self, wake: asyncio.Event) -> None:
         """Runs on the event loop for the app's lifetime: a check every ``interval`` seconds
@@ -458,6 +520,8 @@ class LiveEngine:
             except Exception as e:  # a bug must not stop the service or later checks
                 log.error("knowledge-base reload check failed (%s)", type(e).__name__,
                           exc_info=e)
+                for listener in self.listeners:
+                    listener("error", self.engine)
 
 
 def _make_verifier(config: ServiceConfig) -> Any:
@@ -508,10 +572,168 @@ def _open_store(config: ServiceConfig) -> Any:
     try:
         # writes go through a queue and a writer thread: a locked database never holds up
         # advice, and nothing is lost (see QueuedFeedbackStore)
-        return mod.QueuedFeedbackStore(mod.open_store(config.database))
+        return mod.QueuedFeedbackStore(mod.open_store(config.database),
+                                       spill_path=config.spill_file)
     except Exception as e:  # a bad database URL stops the service at start
         raise StartupError(f"[service] database: cannot open ({type(e).__name__}: {e})"
                            ) from None
+
+
+async def _record_cards_only(store: Any, rules: list[dict[str, Any]]) -> None:
+    """A store without jobs (a test's stand-in): card records only, as before the audit."""
+    record = getattr(store, "record_cards", None)
+    if not callable(record) or not rules:
+        return
+    try:
+        rows = [(r["card"], r["rule_ids"], r["knowledge_base"]) for r in rules]
+        await run_in_threadpool(record, rows, datetime.now(UTC))
+    except Exception as e:  # feedback bookkeeping never blocks advice
+        log.warning("record_cards failed (%s)", type(e).__name__)
+
+
+def _archive_first(recorder: Recorder | None, engine: Engine, root: Path,
+                   own_store: Any) -> None:
+    """The release about to serve goes into the archive first; ``StartupError`` if that
+    fails (``[audit] required``) or the directory changed since it was loaded."""
+    if recorder is None:
+        return
+    try:
+        recorder.archive(engine, root)
+    except Exception as e:
+        if own_store is not None:
+            own_store.close()
+        raise StartupError(f"knowledge-base release {engine.kb.ruleset_name} could not be "
+                           f"archived for the audit trail ({type(e).__name__}: {e})") from None
+
+
+class Recorder:
+    """What the service writes about its advice: card records (for feedback), audit
+    records and the release archive (``cds_service._audit``). ``[audit] required``: written
+    at once, and a failure is raised (the call answers 500, a start or reload is refused);
+    otherwise queued (``QueuedFeedbackStore``: retried, spilled, never lost)."""
+
+    def __init__(self, store: Any, config: ServiceConfig) -> None:
+        self.required = config.audit_required
+        self.store_inputs = config.audit_store_inputs
+        self.within = 5.0  # required: seconds a busy database is retried before a 500
+        self._store = store
+        names = ("write_now", "write_jobs") if self.required else ("record_jobs",
+                                                                   "write_jobs")
+        found = [n for n in names if callable(getattr(store, n, None))]
+        self._method = found[0] if found else None
+
+    @property
+    def audits(self) -> bool:
+        """False for a store without jobs (tests' stand-ins): card records only."""
+        return self._method is not None
+
+    def write(self, jobs: list[Any]) -> None:
+        if self._method == "write_now":
+            self._store.write_now(jobs, within=self.within)
+        elif self._method is not None:
+            getattr(self._store, self._method)(jobs)
+
+    def archive(self, engine: Engine, root: Path) -> None:
+        """Put the release ``engine`` serves into the archive (before it answers)."""
+        if not self.audits:
+            return
+        digest, data = archive_release(root)
+        if digest != engine.digest:
+            raise AuditError("the knowledge-base directory changed after it was loaded")
+        self.write([release_job(engine.kb.ruleset_name, digest, data)])
+
+    def call_jobs(self, hook_instance: str, service_id: str, engine: Engine,
+                  as_of: datetime, call_input: bytes, body: bytes,
+                  rules: list[dict[str, Any]]) -> list[Any]:
+        """The card and audit jobs of one advice call."""
+        from cds_service._feedback_store import card_job
+
+        now = datetime.now(UTC)
+        jobs = [card_job([(r["card"], r["rule_ids"], r["knowledge_base"]) for r in rules],
+                         now)] if rules else []
+        return [*jobs, audit_job(
+            hook_instance=hook_instance, service_id=service_id,
+            release=engine.kb.ruleset_name, digest=engine.digest, software=__version__,
+            as_of=as_of, call_input=call_input, output=body, cards=card_summary(rules),
+            store_inputs=self.store_inputs, recorded_at=now)]
+
+
+class _Advice:
+    """Answering an advice call once its input is known: evaluate, record (cards, audit),
+    answer; the body sent is the body recorded."""
+
+    def __init__(self, store: Any, recorder: Recorder | None,
+                 handouts: HandoutStore | None = None, base_url: str = "") -> None:
+        self.store = store
+        self.recorder = recorder
+        self.handouts = handouts
+        self.base_url = base_url
+
+    def _handout_link(self, service_id: str, hook_instance: str, current: Engine
+                      ) -> Callable[[list[dict[str, Any]], Any], None] | None:
+        handouts = self.handouts
+        if handouts is None:
+            return None
+
+        def link(cards: list[dict[str, Any]], result: Any) -> None:
+            try:
+                _link_handout(cards, result, current, handouts, self.base_url)
+            except Exception as e:  # the advice goes out without the page, never a 500
+                log.warning("%s %s: no handout page (%s)", service_id, hook_instance,
+                            type(e).__name__)
+        return link
+
+    async def answer(self, service_id: str, hook_instance: str, current: Engine,
+                     call_input: dict[str, Any], started: float,
+                     situations: dict[str, str] | None = None,
+                     call: CallRecord | None = None) -> Response:
+        as_of = datetime.now(UTC)
+        input_text = canonical(call_input)  # before evaluation: what the rules were given
+        try:
+            body, cards, plan = advise(current, service_id, call_input, as_of,
+                                       link=self._handout_link(service_id, hook_instance,
+                                                               current))
+        except InvalidBundleError as e:
+            log.info("%s %s: 422 input contract (%d issues)", service_id, hook_instance,
+                     len(e.issues))
+            raise ApiError(422, "invalid", outcome=e.operation_outcome) from None
+        except EngineError:
+            log.error("%s %s: engine failure", service_id, hook_instance)
+            raise ApiError(500, "exception", "the rule engine failed; no advice given"
+                           ) from None
+        if call is not None and plan is not None:
+            call.cards, call.held = cards, plan.exercise_held
+            call.referral_priorities = [a.referral.priority for a in plan.referrals]
+        rules = card_rules(plan, cards) if plan is not None else []
+        await self.record(service_id, hook_instance, current, as_of, input_text, body, rules)
+        if situations is not None:
+            log.info("%s %s: 200, %d cards (%s), %d resources in, prefetch %s, %.0f ms",
+                     service_id, hook_instance, len(cards),
+                     ",".join(k["source"]["topic"]["code"] for k in cards),
+                     len(call_input["bundle"]["entry"]),
+                     ",".join(f"{k}={v}" for k, v in situations.items()),
+                     (time.perf_counter() - started) * 1000)
+        return Response(body, media_type="application/json")
+
+    async def record(self, service_id: str, hook_instance: str, current: Engine,
+                     as_of: datetime, input_text: bytes, body: bytes,
+                     rules: list[dict[str, Any]]) -> None:
+        recorder = self.recorder
+        if recorder is None or not recorder.audits:
+            await _record_cards_only(self.store, rules)
+            return
+        try:
+            jobs = recorder.call_jobs(hook_instance, service_id, current, as_of, input_text,
+                                      body, rules)
+            await run_in_threadpool(recorder.write, jobs)
+        except Exception as e:
+            if recorder.required:  # fail closed: no advice without its audit record
+                log.error("%s %s: audit record not written (%s); no advice given",
+                          service_id, hook_instance, type(e).__name__)
+                raise ApiError(500, "exception", "the audit record could not be written; "
+                               "no advice given") from None
+            log.warning("%s %s: audit record not queued (%s)", service_id, hook_instance,
+                        type(e).__name__)
 
 
 # --- request checks -------------------------------------------------------------------------
@@ -712,6 +934,46 @@ _OO_SCHEMA: Final = {"type": "object", "required": ["resourceType", "issue"],
                                     "issue": {"type": "array"}}}
 
 
+# the handout page: never cached or indexed, no referrer leaks the capability URL, and the
+# page (one self-contained document, no script) may load nothing
+_HANDOUT_HEADERS: Final = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Robots-Tag": "noindex, nofollow",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "frame-ancestors 'none'",
+}
+
+
+def _link_handout(cards: list[dict[str, Any]], result: Any, engine: Engine,
+                  store: HandoutStore, base_url: str) -> None:
+    """Keep the plan's patient handout page and link the plan card (the last card) to it.
+    The card's uuid stays that of its advice: the link is not part of it."""
+    page = handout_html(result, support=engine.support)
+    url = f"{base_url}/handouts/{store.put(page)}"
+    add_handout_link(cards, {"label": HANDOUT_LINK_LABEL, "url": url, "type": "absolute"})
+
+
+HANDOUT_LINK_LABEL: Final = "Patient handout: the exercises with pictures, a week plan and a log"
+
+
+def add_handout_link(cards: list[dict[str, Any]], link: dict[str, Any]) -> None:
+    """The handout link goes first among the plan card's (the last card's) links."""
+    cards[-1]["links"] = [link, *cards[-1].get("links", [])]
+
+
+def recorded_handout_link(body: bytes) -> dict[str, Any] | None:
+    """The handout link a recorded answer carried (replay puts the same one back)."""
+    try:
+        cards = json.loads(body)["cards"]
+        links = cards[-1].get("links", []) if cards else []
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return next((x for x in links if isinstance(x, dict)
+                 and x.get("label") == HANDOUT_LINK_LABEL), None)
+
+
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"description": "OperationOutcome",
                 "content": {"application/fhir+json": {"schema": _OO_SCHEMA}}} for c in codes}
@@ -755,12 +1017,20 @@ def create_app(
 
     engine = engine or load_engine(config, run_scenarios=run_scenarios,
                                    checked_release=checked_release)
-    live = LiveEngine(engine, Path(config.knowledge_base or bundled_path()),
-                      config.reload_check_seconds, settle=settle)
+    root = Path(config.knowledge_base or bundled_path())
     verifier = verifier if verifier is not None else _make_verifier(config)
     _log_fhir_access(config)
     own_store = store is None  # the app closes (drains) only a store it opened
+    handouts = (HandoutStore(config.handout_database, config.handout_ttl_seconds)
+                if config.handouts_enabled else None)
     store = store if store is not None else _open_store(config)
+    recorder = Recorder(store, config) if store is not None else None
+    _archive_first(recorder, engine, root, store if own_store else None)
+    advice = _Advice(store, recorder, handouts, config.base_url)
+    live = LiveEngine(engine, root, config.reload_check_seconds, settle=settle,
+                      before_swap=recorder.archive if recorder is not None else None)
+    observer = Observer.from_config(config)
+    live.listeners.append(_reload_listener(live, observer))
     timeout = httpx.Timeout(config.fhir_timeout_seconds)
 
     def new_client() -> httpx.AsyncClient:
@@ -787,14 +1057,18 @@ def create_app(
                      " and on SIGHUP" if hup else "")
         if settle:
             settle_heap()
+        observer.serving(*_release_labels(live.engine))
         try:
             yield
         finally:
+            observer.stopped_serving(*_release_labels(live.engine))
             if watcher is not None:
                 watcher.cancel()
             if hup:
                 loop.remove_signal_handler(signal.SIGHUP)
             await state["http"].aclose()
+            if handouts is not None:
+                handouts.close()
             close = getattr(verifier, "close", None)
             if callable(close):
                 close()
@@ -845,6 +1119,7 @@ def create_app(
                 await result
         except Exception as e:
             log.info("authentication refused on %s (%s)", request.url.path, type(e).__name__)
+            observer.auth_failed(str(e))
             raise ApiError(401, "login") from None
 
     def discovery(current: Engine) -> dict[str, Any]:
@@ -860,22 +1135,34 @@ def create_app(
         await authenticate(request)
         return JSONResponse(discovery(live.engine))
 
+    add_operations_routes(
+        app, engine=lambda: live.engine, store=store, metrics_enabled=config.metrics_enabled,
+        allow_from=config.metrics_allow_from,
+        forbidden=lambda text: _error_response(ApiError(403, "forbidden", text)))
+
     @app.post("/cds-services/{service_id}", openapi_extra=_CALL_BODY,
               responses=_responses(400, 401, 404, 412, 413, 422, 500))
-    async def call_service(service_id: str, request: Request) -> JSONResponse:
+    async def call_service(service_id: str, request: Request) -> Response:
+        call = CallRecord(service_id if service_id in _BY_ID else UNKNOWN_SERVICE)
+        return await observer.observe(call, answer_call(service_id, request, call))
+
+    async def answer_call(service_id: str, request: Request, call: CallRecord) -> Response:
         started = time.perf_counter()
         service = _BY_ID.get(service_id)
         if service is None:
             raise ApiError(404, "not-found", "no such CDS service")
         await authenticate(request)
         body = _check_request(service, await _read_json(request, config.max_body_bytes))
-        hook_instance = body["hookInstance"]
+        hook_instance = call.hook_instance = body["hookInstance"]  # a UUID (checked)
         context = body["context"]
         current = live.engine  # this request keeps it, whatever a reload does meanwhile
+        call.release = current.kb.ruleset_name
         if service.hook == "order-sign" and not _has_physio_referral(context["draftOrders"]):
             log.info("%s %s: no draft physiotherapy referral; no cards", service.id,
                      hook_instance)
-            return JSONResponse({"cards": []})
+            return await advice.answer(service.id, hook_instance, current,
+                                       {"draftOrders": context["draftOrders"]}, started,
+                                       call=call)
         auth = body.get("fhirAuthorization")
         try:
             bundle, situations = await build_input_bundle(
@@ -887,31 +1174,8 @@ def create_app(
         except PrefetchError as e:
             log.info("%s %s: %d %s", service.id, hook_instance, e.status, e.code)
             raise ApiError(e.status, e.code, e.diagnostics) from None
-        try:
-            result = current.evaluate(bundle, datetime.now(UTC))
-        except InvalidBundleError as e:
-            log.info("%s %s: 422 input contract (%d issues)", service.id, hook_instance,
-                     len(e.issues))
-            raise ApiError(422, "invalid", outcome=e.operation_outcome) from None
-        except EngineError:
-            log.error("%s %s: engine failure", service.id, hook_instance)
-            raise ApiError(500, "exception", "the rule engine failed; no advice given"
-                           ) from None
-        cards = plan_cards(result.plan, result.bundle, service.id)
-        record = getattr(store, "record_cards", None)
-        if callable(record):
-            try:
-                rows = [(r["card"], r["rule_ids"], r["knowledge_base"])
-                        for r in card_rules(result.plan, cards)]
-                await run_in_threadpool(record, rows, datetime.now(UTC))
-            except Exception as e:  # feedback bookkeeping never blocks advice
-                log.warning("record_cards failed (%s)", type(e).__name__)
-        log.info("%s %s: 200, %d cards (%s), %d resources in, prefetch %s, %.0f ms",
-                 service.id, hook_instance, len(cards),
-                 ",".join(k["source"]["topic"]["code"] for k in cards),
-                 len(bundle["entry"]), ",".join(f"{k}={v}" for k, v in situations.items()),
-                 (time.perf_counter() - started) * 1000)
-        return JSONResponse({"cards": cards})
+        return await advice.answer(service.id, hook_instance, current, {"bundle": bundle},
+                                   started, situations, call)
 
     @app.post("/cds-services/{service_id}/feedback", openapi_extra=_FEEDBACK_BODY,
               responses=_responses(400, 401, 404, 413, 503))
@@ -929,13 +1193,36 @@ def create_app(
         except Exception as e:
             log.error("feedback store failed (%s)", type(e).__name__)
             raise ApiError(500, "exception", "feedback could not be stored") from None
+        observer.feedback_stored(service_id, items)
         log.info("%s feedback: %d item(s) stored", service_id, len(items))
         return JSONResponse({"stored": int(n) if isinstance(n, int) else len(items)})
+
+    @app.get("/handouts/{handout_id}", response_class=HTMLResponse, responses=_responses(404))
+    async def get_handout(handout_id: str) -> HTMLResponse:
+        page = (await run_in_threadpool(handouts.get, handout_id)
+                if handouts is not None else None)
+        if page is None:  # unknown, malformed or expired: the same answer, no detail
+            raise ApiError(404, "not-found")
+        return HTMLResponse(page, headers=_HANDOUT_HEADERS)
 
     app.state.engine = engine  # the one it started with; live.engine is the current one
     app.state.live = live
     app.state.store = store
+    app.state.observer = observer
+    app.state.recorder = recorder
     return app
+
+
+def _release_labels(engine: Engine) -> tuple[str, str]:
+    return engine.kb.ruleset_name, engine.digest[:12]
+
+
+def _reload_listener(live: LiveEngine, observer: Observer) -> Callable[[str, Engine], None]:
+    def listener(outcome: str, before: Engine) -> None:
+        observer.reload(outcome)
+        if outcome == "swapped":
+            observer.serving(*_release_labels(live.engine), old=_release_labels(before))
+    return listener
 
 
 def app_from_env() -> FastAPI:

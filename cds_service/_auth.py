@@ -59,7 +59,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cds_service._errors import AuthError, ReplayStoreError
-from cds_service._replay import ReplayCache
+from cds_service._replay import open_replay_cache
 
 __all__ = ["ALLOWED_ALGORITHMS", "AuthError", "IssuerSettings", "TokenVerifier", "parse_jwks"]
 
@@ -259,7 +259,7 @@ class TokenVerifier:
                 self._load_file(keyset, strict=True)
             self._issuers[issuer.iss] = keyset
         try:
-            self._replay = ReplayCache(replay_cache, max_entries=jti_cache_size)
+            self._replay = open_replay_cache(replay_cache, max_entries=jti_cache_size)
         except ReplayStoreError as e:
             raise ValueError(str(e)) from None
 

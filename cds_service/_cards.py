@@ -285,7 +285,8 @@ class _Cards:
                     else "Create the draft exercise CarePlan (proposal)")
         words = {"CarePlan": careplan,
                  "ServiceRequest": "Create the draft referral",
-                 "DetectedIssue": "Record the alert the plan refers to"}
+                 "DetectedIssue": "Record the alert the plan refers to",
+                 "DiagnosticReport": "Record the progress across visits the plan refers to"}
         out = []
         for e in self.bundle.get("entry", []):
             res = e["resource"]

@@ -1,4 +1,5 @@
-"""The service's ``movement-cds`` commands: ``serve`` and ``feedback report``.
+"""The service's ``movement-cds`` commands: ``serve``, ``feedback report``, ``audit show``,
+``audit replay`` and ``db upgrade``.
 
 ``movement_cds._cli`` finds ``register`` through the ``movement_cds.cli`` entry-point group
 (pyproject.toml) and calls it with its Typer app: the facade never imports this package.
@@ -27,11 +28,19 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``serve`` and ``feedback report`` to the ``movement-cds`` command line."""
+    """Add ``serve``, ``feedback``, ``audit`` and ``db`` to the ``movement-cds`` command
+    line."""
     app.command()(serve)
     feedback_app = typer.Typer(no_args_is_help=True, help="CDS Hooks card feedback.")
     feedback_app.command("report")(feedback_report)
     app.add_typer(feedback_app, name="feedback")
+    audit_app = typer.Typer(no_args_is_help=True, help="The audit trail of advice given.")
+    audit_app.command("show")(audit_show)
+    audit_app.command("replay")(audit_replay)
+    app.add_typer(audit_app, name="audit")
+    db_app = typer.Typer(no_args_is_help=True, help="The service's database.")
+    db_app.command("upgrade")(db_upgrade)
+    app.add_typer(db_app, name="db")
 
 
 class LogLevel(StrEnum):
@@ -67,6 +76,13 @@ def _log_config(level: str) -> dict[str, Any]:
     for name in ("movement_cds", "cds_service", "fhir_adapters"):
         cfg["loggers"][name] = {"handlers": ["service"], "level": level.upper(),
                                 "propagate": False}
+    # the call log ([logging] call_log): bare JSON lines on standard output, whatever the
+    # level of the other logs
+    cfg["formatters"]["calls"] = {"format": "%(message)s"}
+    cfg["handlers"]["calls"] = {"formatter": "calls", "class": "logging.StreamHandler",
+                                "stream": "ext://sys.stdout"}
+    cfg["loggers"]["movement_cds.calls"] = {"handlers": ["calls"], "level": "INFO",
+                                            "propagate": False}
     return cfg
 
 
@@ -101,6 +117,9 @@ def serve(
     scenario tests first; any failure stops it with a one-line reason)."""
     import os
 
+    # never metric files left by something else: --workers N gets a fresh directory below
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+        os.environ.pop(name, None)
     try:
         import uvicorn
 
@@ -118,6 +137,7 @@ def serve(
         from cds_service._balancer import supported as balancer_supported
         from cds_service._config import ConfigError, load_config, parse_config
         from cds_service._http_protocol import configure
+        from cds_service._metrics import multiprocess_directory
         from cds_service._reuseport import REUSEPORT_LOOP
         from cds_service._reuseport import supported as reuseport_supported
     except ImportError as e:
@@ -154,13 +174,13 @@ def serve(
         "log_level": log_level.value, "timeout_worker_healthcheck": 60,
         "log_config": _log_config(log_level.value)}
     if cfg.reuse_port and reuseport_supported():
-        _serve_reuseport(configure(uvicorn.Config(APP_FACTORY, loop=REUSEPORT_LOOP, **options),
-                                   read_timeout))
+        run, uv = _serve_reuseport, uvicorn.Config(APP_FACTORY, loop=REUSEPORT_LOOP, **options)
     elif cfg.balance_connections and balancer_supported():
-        _serve_balanced(configure(uvicorn.Config(APP_FACTORY, loop=BALANCED_LOOP, **options),
-                                  read_timeout))
+        run, uv = _serve_balanced, uvicorn.Config(APP_FACTORY, loop=BALANCED_LOOP, **options)
     else:  # uvicorn's shared accept
-        _serve_shared(configure(uvicorn.Config(APP_FACTORY, **options), read_timeout))
+        run, uv = _serve_shared, uvicorn.Config(APP_FACTORY, **options)
+    with multiprocess_directory(cfg.metrics_enabled):  # the workers' metric files
+        run(configure(uv, read_timeout))
 
 
 def _serve_one(config: Any) -> None:
@@ -178,11 +198,29 @@ def _serve_one(config: Any) -> None:
 
 def _supervise(config: Any, listener: Any) -> None:
     """uvicorn's supervisor (worker restarts, SIGHUP, SIGTTIN/SIGTTOU) over ``listener``,
-    closed on the way out."""
+    closed on the way out; each worker that stops is marked dead for the metrics."""
     from uvicorn.supervisors import Multiprocess
 
+    from cds_service._metrics import mark_worker_dead
+
+    class Supervisor(Multiprocess):
+        def _mark_gone(self, before: set[int | None]) -> None:
+            for pid in before - {p.pid for p in self.processes}:
+                if pid is not None:
+                    mark_worker_dead(pid)
+
+        def keep_subprocess_alive(self) -> None:
+            before = {p.pid for p in self.processes}
+            super().keep_subprocess_alive()
+            self._mark_gone(before)
+
+        def restart_all(self) -> None:
+            before = {p.pid for p in self.processes}
+            super().restart_all()
+            self._mark_gone(before)
+
     try:
-        Multiprocess(config, sockets=[listener]).run()
+        Supervisor(config, sockets=[listener]).run()
     except KeyboardInterrupt:
         pass
     finally:
@@ -258,3 +296,117 @@ def feedback_report(
             for x in r.override_reasons[:top]
         ) or "-"
         typer.echo(f"{r.rule_id:<{width}}  {r.accepted:>8}  {r.overridden:>10}  {reasons}")
+
+
+# --- the audit trail and the database (docs/audit-and-database.md) ---------------------------
+
+DatabaseOption = Annotated[
+    str | None, typer.Option("--database", help="Database URL: sqlite:///path.db or "
+                             "postgresql://user@host:port/db.")]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="Take the database from this service "
+                              "config's [service] database.")]
+
+
+def _database_url(database: str | None, config: Path | None) -> str:
+    if database:
+        return database
+    if config is None:
+        fail("give --database URL or --config FILE")
+    from cds_service._config import ConfigError, load_config
+
+    try:
+        url = load_config(config, insecure_no_auth=True).database
+    except ConfigError as e:
+        fail(str(e))
+    if not url:
+        fail(f"config {config} has no [service] database")
+    return url
+
+
+def _open_for_reading(url: str) -> Any:
+    from cds_service._feedback_store import StoreError, open_store
+
+    try:
+        return open_store(url, create=False)
+    except (ValueError, StoreError) as e:
+        fail(str(e))
+
+
+def audit_show(
+    hook_instance: Annotated[str, typer.Argument(help="The call's hookInstance.")],
+    database: DatabaseOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Print the audit record of one advice call as JSON (several if the hookInstance was
+    used more than once)."""
+    from cds_service._audit import show
+
+    store = _open_for_reading(_database_url(database, config))
+    try:
+        records = store.audit_records(hook_instance)
+    finally:
+        store.close()
+    if not records:
+        fail(f"no audit record for hookInstance {hook_instance}")
+    shown: Any = [show(r) for r in records]
+    sys.stdout.write(json.dumps(shown[0] if len(shown) == 1 else shown, indent=2) + "\n")
+
+
+def audit_replay(
+    hook_instance: Annotated[str, typer.Argument(help="The call's hookInstance.")],
+    database: DatabaseOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Re-evaluate a call's stored input with the release it was answered with, at its
+    recorded instant: exit 0 if the answer is byte-identical, 1 with a diff if not."""
+    from cds_service._audit import AuditError, replay
+    from movement_cds import __version__
+
+    store = _open_for_reading(_database_url(database, config))
+    try:
+        results = replay(store, hook_instance, __version__)
+    except AuditError as e:
+        fail(str(e))
+    finally:
+        store.close()
+    for r in results:
+        rec = r.record
+        typer.echo(f"hookInstance {rec['hook_instance']} ({rec['service_id']}, recorded "
+                   f"{rec['recorded_at']}): release {rec['release']} "
+                   f"({rec['kb_digest'][:12]}), as of {rec['as_of']}")
+        if rec["software"] != r.software_now:
+            typer.echo(f"  note: answered by movement-cds {rec['software']}, replayed by "
+                       f"{r.software_now}")
+        if r.identical:
+            typer.echo(f"  byte-identical: {len(r.output)} bytes, sha256 "
+                       f"{rec['output_digest']}")
+        else:
+            typer.echo("  DIFFERENT from the recorded answer:")
+            typer.echo(r.diff.rstrip("\n"))
+    if not all(r.identical for r in results):
+        raise typer.Exit(1)
+
+
+def db_upgrade(
+    database: DatabaseOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Bring the database (SQLite or PostgreSQL) to the schema this version uses (Alembic
+    migrations shipped in the package). Safe to run again; one host at a time migrates."""
+    from cds_service._feedback_store import StoreError
+
+    try:
+        from cds_service._db import upgrade
+    except ImportError as e:
+        fail(f"db upgrade needs the 'service' extra (pip install 'movement-cds[service]'): "
+             f"{e}")
+    url = _database_url(database, config)
+    try:
+        before, after = upgrade(url)
+    except (ValueError, StoreError) as e:
+        fail(str(e))
+    if before == after:
+        typer.echo(f"database schema already at revision {after}")
+    else:
+        typer.echo(f"database schema upgraded: {before or 'empty'} -> {after}")

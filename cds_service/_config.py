@@ -8,8 +8,13 @@ Every key (``docs/integrators/cds-hooks.md`` has the annotated example)::
     [service]
     base_url = "https://cds.example.org"   # required: the public base URL the EHR calls;
                                            # token audiences are base_url + the request path
-    database = "sqlite:////var/lib/movement-cds/feedback.db"  # feedback store (optional;
-                                           # four slashes: an absolute path)
+    database = "sqlite:////var/lib/movement-cds/feedback.db"  # feedback store and audit
+                                           # trail (optional; four slashes: an absolute
+                                           # path); several hosts share one PostgreSQL:
+                                           # "postgresql://cds@db.example.org/movement_cds"
+    spill_file = "/var/lib/movement-cds/spill.jsonl"  # writes the database could not take
+                                           # yet (default: beside an SQLite file, else next
+                                           # to this file)
     knowledge_base = "/etc/movement-cds/kb" # knowledge-base directory (default: bundled)
     max_body_bytes = 1048576               # larger request bodies get 413 (default 1 MiB)
     fhir_timeout_seconds = 3.0             # per HTTP call to the EHR's fhirServer
@@ -22,6 +27,13 @@ Every key (``docs/integrators/cds-hooks.md`` has the annotated example)::
     reuse_port = false                     # with --workers N: a SO_REUSEPORT socket per
                                            # worker instead (overrides balance_connections)
 
+    [handouts]                             # the patient handout page the plan card links to
+    enabled = true                         # default true
+    ttl_seconds = 604800                   # how long a page is kept (default 7 days;
+                                           # 1 to 2592000)
+    database = "handouts.sqlite3"          # shared by the workers; default: next to the
+                                           # feedback database, else next to this file
+
     [fhir]
     allowed_servers = ["https://fhir.ehr.example.org"]  # the only fhirServer origins ever
                                            # contacted; default none (prefetch only)
@@ -29,8 +41,17 @@ Every key (``docs/integrators/cds-hooks.md`` has the annotated example)::
     [auth]
     required = true                        # false only together with --insecure-no-auth
     replay_database = "replay-cache.sqlite3"  # used-token (jti) cache shared by the workers;
-                                           # default: next to the feedback database, else
-                                           # next to this file
+                                           # default: the PostgreSQL database when that is
+                                           # the [service] database (shared by the hosts),
+                                           # next to an SQLite database, else next to this
+                                           # file; a postgresql:// URL is allowed too
+
+    [audit]                                # every advice call (docs/audit-and-database.md)
+    store_inputs = true                    # keep the canonical input and the response
+                                           # (replayable); false: their digests only
+    required = false                       # true: a call whose audit record cannot be
+                                           # written answers 500 (no advice); false: the
+                                           # record is queued and retried, never lost
 
     [[auth.issuers]]                       # one table per EHR allowed to call
     iss = "https://ehr.example.org"        # the JWT "iss" value, exactly
@@ -38,12 +59,21 @@ Every key (``docs/integrators/cds-hooks.md`` has the annotated example)::
     # jwks_file = "/etc/movement-cds/ehr-jwks.json"             # a static JWK Set
     tenants = ["hospital-a"]               # allowed "tenant" claims (optional)
 
-Relative paths (``knowledge_base``, ``jwks_file``, ``replay_database``) are relative to the
-config file.
+    [metrics]                              # GET /metrics (docs/operations.md)
+    enabled = true                         # false: no /metrics (404), nothing recorded
+    allow_from = ["127.0.0.1", "::1"]      # client addresses or networks (CIDR) that may
+                                           # read it; default loopback only
+
+    [logging]
+    call_log = false                       # true: one JSON line per call on standard output
+
+Relative paths (``knowledge_base``, ``jwks_file``, ``replay_database``, ``spill_file``) are
+relative to the config file.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +95,9 @@ from pydantic import (
 from cds_service._errors import ConfigError
 
 __all__ = [
+    "HANDOUT_DATABASE_NAME",
     "REPLAY_DATABASE_NAME",
+    "SPILL_FILE_NAME",
     "ConfigError",
     "IssuerConfig",
     "ServiceConfig",
@@ -75,6 +107,11 @@ __all__ = [
 ]
 
 REPLAY_DATABASE_NAME: Final = "replay-cache.sqlite3"
+HANDOUT_DATABASE_NAME: Final = "handouts.sqlite3"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK: Final[tuple[Network, ...]] = (ipaddress.ip_network("127.0.0.0/8"),
+                                        ipaddress.ip_network("::1/128"))
+SPILL_FILE_NAME: Final = "movement-cds-spill.jsonl"
 
 
 @dataclass(frozen=True)
@@ -105,7 +142,17 @@ class ServiceConfig:
     issuers: tuple[IssuerConfig, ...] = field(default_factory=tuple)
     insecure_no_auth: bool = False
     allowed_servers: frozenset[str] = frozenset()  # normalised origins (origin_of)
-    replay_database: Path | None = None  # None: a private in-memory cache (no issuers)
+    # None: a private in-memory cache (no issuers); a str: a postgresql:// URL
+    replay_database: Path | str | None = None
+    spill_file: Path | None = None  # None: beside the SQLite database file
+    audit_store_inputs: bool = True
+    audit_required: bool = False
+    handouts_enabled: bool = True
+    handout_ttl_seconds: float = 604_800.0
+    handout_database: Path | None = None  # None: in memory (one process only)
+    metrics_enabled: bool = True
+    metrics_allow_from: tuple[Network, ...] = LOOPBACK
+    call_log: bool = False
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -151,6 +198,14 @@ def _absolute_http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as e:
+        raise ValueError(f"not an IP address or network (CIDR): {value[:60]!r} ({e})"
+                         ) from None
+
+
 def _path(value: str, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir", Path("."))
     p = Path(value).expanduser()
@@ -180,6 +235,12 @@ class _ServiceTable(_Table):
     engine_cache_size: int = Field(512, ge=0, le=1_000_000)
     balance_connections: bool = True
     reuse_port: bool = False
+    spill_file: NonEmpty | None = None
+
+    @field_validator("spill_file")
+    @classmethod
+    def _spill(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else str(_path(v, info))
 
     @field_validator("base_url")
     @classmethod
@@ -233,7 +294,9 @@ class _AuthTable(_Table):
     @field_validator("replay_database")
     @classmethod
     def _replay(cls, v: str | None, info: ValidationInfo) -> str | None:
-        return None if v is None else str(_path(v, info))
+        if v is None or _is_postgresql(v):
+            return v
+        return str(_path(v, info))
 
     @field_validator("issuers")
     @classmethod
@@ -246,14 +309,43 @@ class _AuthTable(_Table):
         return v
 
 
+class _HandoutsTable(_Table):
+    enabled: bool = True
+    ttl_seconds: Annotated[float, Field(ge=1, le=2_592_000)] = 604_800.0
+    database: NonEmpty | None = None
+
+    @field_validator("database")
+    @classmethod
+    def _db(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else str(_path(v, info))
+
+
 class _FhirTable(_Table):
     allowed_servers: list[Annotated[str, AfterValidator(_origin)]] = []
+
+
+class _MetricsTable(_Table):
+    enabled: bool = True
+    allow_from: list[Annotated[str, AfterValidator(_network)]] = [str(n) for n in LOOPBACK]
+
+
+class _LoggingTable(_Table):
+    call_log: bool = False
+
+
+class _AuditTable(_Table):
+    store_inputs: bool = True
+    required: bool = False
 
 
 class _ConfigFile(_Table):
     service: _ServiceTable
     auth: _AuthTable = _AuthTable()
     fhir: _FhirTable = _FhirTable()
+    handouts: _HandoutsTable = _HandoutsTable()
+    metrics: _MetricsTable = _MetricsTable()
+    logging: _LoggingTable = _LoggingTable()
+    audit: _AuditTable = _AuditTable()
 
 
 # --- errors with the key's path -------------------------------------------------------------
@@ -268,7 +360,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
             and isinstance(rest[1], int):
         text = f"[[auth.issuers]] #{rest[1] + 1}"
         rest = rest[2:]
-    elif not rest and head not in ("service", "auth", "fhir"):
+    elif not rest and head not in _TABLES:
         return head  # a key at the top level
     else:
         text = f"[{head}]"
@@ -276,6 +368,8 @@ def _where(loc: tuple[int | str, ...]) -> str:
         text += f"[{part}]" if isinstance(part, int) else f" {part}"
     return text
 
+
+_TABLES: Final = ("service", "auth", "fhir", "handouts", "metrics", "logging", "audit")
 
 _MESSAGES: Final = {
     "extra_forbidden": "unknown key",
@@ -306,7 +400,8 @@ def _message(err: Any) -> str:
 
 
 _BOUNDS: Final = {"engine_cache_size": "0 (off) to 1000000",
-                  "reload_check_seconds": "0 (off) to 86400"}
+                  "reload_check_seconds": "0 (off) to 86400",
+                  "ttl_seconds": "1 to 2592000"}
 
 
 def _config_error(e: ValidationError) -> ConfigError:
@@ -322,19 +417,45 @@ def _config_error(e: ValidationError) -> ConfigError:
 
 # --- building the service's configuration ----------------------------------------------------
 
-def _replay_default(database: str | None, base_dir: Path) -> Path:
+def _is_postgresql(url: str) -> bool:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    return scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+")
+
+
+def _beside_database(database: str | None, base_dir: Path, name: str) -> Path:
     """Next to the feedback database file when there is one, else next to the config."""
     if database and database.startswith("sqlite:///") \
             and database[len("sqlite:///"):] not in ("", ":memory:"):
-        return Path(database[len("sqlite:///"):]).parent / REPLAY_DATABASE_NAME
-    return base_dir / REPLAY_DATABASE_NAME
+        return Path(database[len("sqlite:///"):]).parent / name
+    return base_dir / name
 
 
-def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
+def _replay_default(database: str | None, base_dir: Path) -> Path | str:
+    """The PostgreSQL database itself (shared by every host), else a file next to the
+    feedback database file when there is one, else next to the config."""
+    if database and _is_postgresql(database):
+        return database
+    return _beside_database(database, base_dir, REPLAY_DATABASE_NAME)
+
+
+def _handout_database(given: str | None, database: str | None, base_dir: Path,
+                      from_file: bool) -> Path | None:
+    if given:
+        return Path(given)
+    beside = _beside_database(database, base_dir, HANDOUT_DATABASE_NAME)
+    return beside if from_file or beside.parent != base_dir else None
+
+
+def parse_config(doc: dict[str, Any], *, base_dir: Path | None = None,
                  insecure_no_auth: bool = False) -> ServiceConfig:
-    """Check a parsed TOML document and build the configuration (``ConfigError`` if bad)."""
+    """Check a parsed TOML document and build the configuration (``ConfigError`` if bad).
+    ``base_dir``: the config file's folder (relative paths; default: the working directory).
+    Without a config file and a feedback database, handout pages are kept in memory (one
+    process)."""
+    from_file = base_dir is not None
+    base_dir = base_dir if base_dir is not None else Path(".")
     if not isinstance(doc.get("service"), dict):
-        unknown = sorted(set(doc) - {"service", "auth", "fhir"})
+        unknown = sorted(set(doc) - set(_TABLES))
         if unknown:
             raise ConfigError(f"unknown key in the top level: {', '.join(unknown)}")
         raise ConfigError("missing [service] table (it needs at least base_url)")
@@ -351,8 +472,15 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
         IssuerConfig(t.iss, t.jwks_url, Path(t.jwks_file) if t.jwks_file else None,
                      tuple(t.tenants)) for t in auth.issuers)
     s = raw.service
-    replay = (Path(auth.replay_database) if auth.replay_database
-              else _replay_default(s.database, base_dir) if issuers else None)
+    if raw.audit.required and not s.database:
+        raise ConfigError("[audit] required = true needs a [service] database")
+    replay: Path | str | None = (
+        auth.replay_database if auth.replay_database and _is_postgresql(auth.replay_database)
+        else Path(auth.replay_database) if auth.replay_database
+        else _replay_default(s.database, base_dir) if issuers else None)
+    spill = (Path(s.spill_file) if s.spill_file
+             else base_dir / SPILL_FILE_NAME if s.database and _is_postgresql(s.database)
+             else None)
     return ServiceConfig(
         base_url=s.base_url,
         database=s.database,
@@ -371,6 +499,16 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path = Path("."),
         insecure_no_auth=insecure_no_auth,
         allowed_servers=frozenset(raw.fhir.allowed_servers),
         replay_database=replay,
+        handouts_enabled=raw.handouts.enabled,
+        handout_ttl_seconds=float(raw.handouts.ttl_seconds),
+        handout_database=_handout_database(raw.handouts.database, s.database, base_dir,
+                                           from_file),
+        metrics_enabled=raw.metrics.enabled,
+        metrics_allow_from=tuple(ipaddress.ip_network(n) for n in raw.metrics.allow_from),
+        call_log=raw.logging.call_log,
+        spill_file=spill,
+        audit_store_inputs=raw.audit.store_inputs,
+        audit_required=raw.audit.required,
     )
 
 

@@ -8,6 +8,9 @@ project's one error tree (drawn in full in ``movement_cds._errors``)::
         ├── ReloadRefused (RuntimeError)    a new knowledge-base release was not taken live
         ├── AuthError (PermissionError)     the request is not authenticated (a bare 401)
         ├── ReplayStoreError (OSError)      the used-token cache cannot be read or written
+        ├── StoreError (OSError)            the database cannot be written or read
+        │   └── StoreUnavailable            ... now (busy, unreachable): retrying may succeed
+        ├── AuditError (LookupError)        an audit record cannot be shown or replayed
         ├── PrefetchError                   needed data cannot be had (412) or is malformed (400)
         └── ApiError                        an HTTP error answer with its OperationOutcome
 """
@@ -20,6 +23,7 @@ from cds import MovementCDSError
 
 __all__ = [
     "ApiError",
+    "AuditError",
     "AuthError",
     "ConfigError",
     "PrefetchError",
@@ -27,6 +31,8 @@ __all__ = [
     "ReplayStoreError",
     "ServiceError",
     "StartupError",
+    "StoreError",
+    "StoreUnavailable",
 ]
 
 
@@ -55,6 +61,20 @@ class AuthError(ServiceError, PermissionError):
 
 class ReplayStoreError(ServiceError, OSError):
     """The replay cache could not be read or written (the token must then be refused)."""
+
+
+class StoreError(ServiceError, OSError):
+    """A write or read of the service's database failed for a reason retrying will not
+    mend (a constraint, a trigger, a schema at another revision)."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or is busy now; retrying later may succeed."""
+
+
+class AuditError(ServiceError, LookupError):
+    """An audit record cannot be shown or replayed (not found, input not stored, release
+    not archived or corrupt); the message says which and why."""
 
 
 class StartupError(ServiceError, RuntimeError):

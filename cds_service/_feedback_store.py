@@ -1,13 +1,16 @@
-"""Durable storage of CDS Hooks card feedback (spec point C16), readable back per rule.
+"""Durable storage of CDS Hooks card feedback (spec point C16) and of the audit trail.
 
 Clinicians accept or override cards; ``POST {base}/cds-services/{id}/feedback`` reports it.
 Rule authors read it back per knowledge-base rule: the service records, for every card it
 returns, which rules produced it (:meth:`FeedbackStore.record_cards`), and feedback (which
 names only the card ``uuid``) is joined back to rules through that record.
 
-:class:`FeedbackStore` is the storage interface; :class:`SQLiteFeedbackStore` the built-in
-backend (one file, WAL journal, ``synchronous=FULL``: a committed write survives a crash). A
-PostgreSQL backend implements the same protocol with the same two tables. The service wraps
+:class:`FeedbackStore` is the storage interface; :class:`SQLiteFeedbackStore` the one-host
+backend (one file, WAL journal, ``synchronous=FULL``: a committed write survives a crash);
+``cds_service._pg_store.PostgresStore`` the shared one (``postgresql://``), with the same
+tables. Both also keep the audit trail (``audit_record``: one row per advice call) and the
+release archive (``kb_release``: every knowledge-base release served, by content digest),
+append-only: triggers refuse UPDATE and DELETE on both (``cds_service._audit``). The service wraps
 it in :class:`QueuedFeedbackStore`: writes go through a bounded queue to one writer thread
 that retries while the database is locked, so a locked database never holds up advice;
 a full queue spills to a file beside the database, and a clean shutdown drains the queue.
@@ -18,6 +21,7 @@ rejects the whole batch with a ``ValueError`` naming its index.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import logging
@@ -34,16 +38,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from cds_service._errors import StoreError, StoreUnavailable
+
 __all__ = [
     "UNRECORDED_CARD",
     "FeedbackStore",
+    "JobStore",
     "OverrideReasonCount",
     "QueuedFeedbackStore",
     "RuleFeedback",
     "SQLiteFeedbackStore",
+    "StoreError",
+    "StoreUnavailable",
     "open_store",
+    "summarise",
     "validate_feedback",
 ]
+
 
 #: The rule id under which feedback on cards this store never recorded is summarised.
 UNRECORDED_CARD = "(card not recorded)"
@@ -110,6 +121,27 @@ class FeedbackStore(Protocol):
         """Per rule id (sorted): accepted and overridden counts and override reasons."""
         ...
 
+    def ping(self) -> None:
+        """Return if the database answers now (``/readyz``); raise (any error) if not."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class JobStore(Protocol):
+    """A database behind :class:`QueuedFeedbackStore` (SQLite or PostgreSQL)."""
+
+    @property
+    def path(self) -> str | None:
+        """The SQLite file (``":memory:"``), None for a database server."""
+        ...
+
+    def write_jobs(self, jobs: Sequence[Job]) -> None: ...
+    def set_busy_timeout(self, seconds: float) -> None: ...
+    def summary_by_rule(self) -> list[RuleFeedback]: ...
+    def audit_records(self, hook_instance: str) -> list[dict[str, Any]]: ...
+    def release_archive(self, digest: str) -> tuple[str, bytes] | None: ...
+    def ping(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -218,7 +250,15 @@ def _utc(moment: datetime, what: str) -> str:
 # A job: one write, validated, as JSON-able data (so it can wait in a queue or a spill file).
 #   {"kind": "cards", "rows": [[card uuid, rule ids (JSON text), knowledge base, created]]}
 #   {"kind": "feedback", "service": id, "received": instant, "rows": [[_Row fields...]]}
+#   {"kind": "audit", "rows": [[AUDIT_COLUMNS values...]]}          (cds_service._audit)
+#   {"kind": "release", "rows": [[digest, release, archived at, base64 tar.gz]]}
 Job = dict[str, Any]
+
+#: The columns of one audit record, in the order of an audit job's row.
+AUDIT_COLUMNS = ("hook_instance", "recorded_at", "service_id", "release", "kb_digest",
+                 "software", "as_of", "input_digest", "input", "output_digest", "output",
+                 "cards")
+RELEASE_COLUMNS = ("digest", "release", "archived_at", "archive")
 
 
 def card_job(cards: Sequence[tuple[str, Sequence[str], str]],
@@ -248,6 +288,31 @@ def _job_size(job: Job) -> int:
     return len(job["rows"])
 
 
+def summarise(grouped: Sequence[Sequence[Any]]) -> list[RuleFeedback]:
+    """Per rule, from the rows of ``SUMMARY_QUERY`` (rule ids JSON, outcome, reason system,
+    code, display, count), whichever database ran it."""
+    accepted: dict[str, int] = defaultdict(int)
+    overridden: dict[str, int] = defaultdict(int)
+    reasons: dict[str, dict[tuple[str | None, str | None], list[Any]]] = defaultdict(dict)
+    for rule_ids, outcome, system, code, display, count in grouped:
+        rules = json.loads(rule_ids) if rule_ids is not None else [UNRECORDED_CARD]
+        for rule in dict.fromkeys(rules):
+            if outcome == "accepted":
+                accepted[rule] += count
+                continue
+            overridden[rule] += count
+            slot = reasons[rule].setdefault((system, code), [display, 0])
+            slot[0] = slot[0] or display
+            slot[1] += count
+    out = []
+    for rule in sorted(set(accepted) | set(overridden)):
+        counted = [OverrideReasonCount(s, c, d, n)
+                   for (s, c), (d, n) in reasons[rule].items()]
+        counted.sort(key=lambda r: (-r.count, r.code is None, r.code or "", r.system or ""))
+        out.append(RuleFeedback(rule, accepted[rule], overridden[rule], counted))
+    return out
+
+
 # --- SQLite ------------------------------------------------------------------------------------
 
 _SCHEMA = """
@@ -271,7 +336,67 @@ CREATE TABLE IF NOT EXISTS feedback (
     received_at            TEXT NOT NULL   -- UTC instant
 );
 CREATE INDEX IF NOT EXISTS feedback_card ON feedback (card_uuid);
+CREATE TABLE IF NOT EXISTS audit_record (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    hook_instance TEXT NOT NULL,
+    recorded_at   TEXT NOT NULL,   -- UTC instant
+    service_id    TEXT NOT NULL,
+    release       TEXT NOT NULL,   -- {kb-id}@{version}
+    kb_digest     TEXT NOT NULL,   -- SHA-256 of the release's files (kb_release.digest)
+    software      TEXT NOT NULL,   -- movement-cds version that answered
+    as_of         TEXT NOT NULL,   -- the evaluation instant, to the microsecond
+    input_digest  TEXT NOT NULL,   -- SHA-256 of the canonical input
+    input         TEXT,            -- the canonical input ([audit] store_inputs)
+    output_digest TEXT NOT NULL,   -- SHA-256 of the response body
+    output        TEXT,            -- the response body ([audit] store_inputs)
+    cards         TEXT NOT NULL    -- JSON: [{uuid, code, rules}]
+);
+CREATE INDEX IF NOT EXISTS audit_record_hook_instance ON audit_record (hook_instance);
+CREATE TABLE IF NOT EXISTS kb_release (
+    digest      TEXT PRIMARY KEY,
+    release     TEXT NOT NULL,
+    archived_at TEXT NOT NULL,
+    archive     BLOB NOT NULL       -- tar.gz of the knowledge-base directory
+);
+CREATE TRIGGER IF NOT EXISTS audit_record_no_update BEFORE UPDATE ON audit_record
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_record_no_delete BEFORE DELETE ON audit_record
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS kb_release_no_update BEFORE UPDATE ON kb_release
+BEGIN SELECT RAISE(ABORT, 'the release archive is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS kb_release_no_delete BEFORE DELETE ON kb_release
+BEGIN SELECT RAISE(ABORT, 'the release archive is append-only'); END;
 """
+
+_SQLITE_WRITES: dict[str, str] = {
+    "cards": "INSERT INTO cards (card_uuid, rule_ids, knowledge_base, created_at) "
+             "VALUES (?, ?, ?, ?) ON CONFLICT (card_uuid) DO NOTHING",
+    "audit": f"INSERT INTO audit_record ({', '.join(AUDIT_COLUMNS)}) "
+             f"VALUES ({', '.join('?' for _ in AUDIT_COLUMNS)})",
+    "release": "INSERT INTO kb_release (digest, release, archived_at, archive) "
+               "VALUES (?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING",
+}
+_FEEDBACK_INSERT = (
+    "INSERT INTO feedback (service_id, card_uuid, outcome,"
+    " override_reason_system, override_reason_code,"
+    " override_reason_display, override_user_comment,"
+    " accepted_suggestions, outcome_timestamp, received_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+SUMMARY_QUERY = (
+    "SELECT c.rule_ids, f.outcome, f.override_reason_system,"
+    " f.override_reason_code, MAX(f.override_reason_display), COUNT(*)"
+    " FROM feedback f LEFT JOIN cards c ON c.card_uuid = f.card_uuid"
+    " GROUP BY c.rule_ids, f.outcome, f.override_reason_system,"
+    " f.override_reason_code")
+
+
+def job_rows(job: Job) -> list[list[Any]]:
+    """A job's rows as database parameters (a release's archive decoded to bytes)."""
+    if job["kind"] == "feedback":
+        return [[job["service"], *row, job["received"]] for row in job["rows"]]
+    if job["kind"] == "release":
+        return [[*row[:3], base64.b64decode(row[3])] for row in job["rows"]]
+    return [list(row) for row in job["rows"]]
 
 
 class SQLiteFeedbackStore:
@@ -310,22 +435,28 @@ class SQLiteFeedbackStore:
         return len(job["rows"])
 
     def write_jobs(self, jobs: Sequence[Job]) -> None:
-        """Write validated jobs (``card_job``, ``feedback_job``) in one transaction.
-        ``sqlite3.OperationalError`` when the database is locked (nothing written)."""
+        """Write validated jobs (``card_job``, ``feedback_job``, audit and release jobs) in
+        one transaction. ``sqlite3.OperationalError`` when the database is locked (nothing
+        written)."""
         with self._lock, self._transaction():
             for job in jobs:
-                if job["kind"] == "cards":
-                    self._db.executemany(
-                        "INSERT INTO cards (card_uuid, rule_ids, knowledge_base, created_at) "
-                        "VALUES (?, ?, ?, ?) ON CONFLICT (card_uuid) DO NOTHING", job["rows"])
-                else:
-                    self._db.executemany(
-                        "INSERT INTO feedback (service_id, card_uuid, outcome,"
-                        " override_reason_system, override_reason_code,"
-                        " override_reason_display, override_user_comment,"
-                        " accepted_suggestions, outcome_timestamp, received_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(job["service"], *row, job["received"]) for row in job["rows"]])
+                sql = _SQLITE_WRITES.get(job["kind"], _FEEDBACK_INSERT)
+                self._db.executemany(sql, job_rows(job))
+
+    def audit_records(self, hook_instance: str) -> list[dict[str, Any]]:
+        """Every audit record of one call (normally one), oldest first."""
+        with self._lock:
+            cur = self._db.execute(
+                f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit_record"
+                " WHERE hook_instance = ? ORDER BY id", (hook_instance,))
+            return [dict(zip(AUDIT_COLUMNS, row, strict=True)) for row in cur.fetchall()]
+
+    def release_archive(self, digest: str) -> tuple[str, bytes] | None:
+        """``(release, tar.gz bytes)`` of an archived knowledge-base release, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT release, archive FROM kb_release WHERE digest = ?",
+                                   (digest,)).fetchone()
+        return None if row is None else (str(row[0]), bytes(row[1]))
 
     def set_busy_timeout(self, seconds: float) -> None:
         with self._lock:
@@ -333,32 +464,22 @@ class SQLiteFeedbackStore:
 
     def summary_by_rule(self) -> list[RuleFeedback]:
         with self._lock:
-            grouped = self._db.execute(
-                "SELECT c.rule_ids, f.outcome, f.override_reason_system,"
-                " f.override_reason_code, MAX(f.override_reason_display), COUNT(*)"
-                " FROM feedback f LEFT JOIN cards c ON c.card_uuid = f.card_uuid"
-                " GROUP BY c.rule_ids, f.outcome, f.override_reason_system,"
-                " f.override_reason_code").fetchall()
-        accepted: dict[str, int] = defaultdict(int)
-        overridden: dict[str, int] = defaultdict(int)
-        reasons: dict[str, dict[tuple[str | None, str | None], list[Any]]] = defaultdict(dict)
-        for rule_ids, outcome, system, code, display, count in grouped:
-            rules = json.loads(rule_ids) if rule_ids is not None else [UNRECORDED_CARD]
-            for rule in dict.fromkeys(rules):
-                if outcome == "accepted":
-                    accepted[rule] += count
-                    continue
-                overridden[rule] += count
-                slot = reasons[rule].setdefault((system, code), [display, 0])
-                slot[0] = slot[0] or display
-                slot[1] += count
-        out = []
-        for rule in sorted(set(accepted) | set(overridden)):
-            counted = [OverrideReasonCount(s, c, d, n)
-                       for (s, c), (d, n) in reasons[rule].items()]
-            counted.sort(key=lambda r: (-r.count, r.code is None, r.code or "", r.system or ""))
-            out.append(RuleFeedback(rule, accepted[rule], overridden[rule], counted))
-        return out
+            grouped = self._db.execute(SUMMARY_QUERY).fetchall()
+        return summarise(grouped)
+
+    def ping(self) -> None:
+        """A read of both tables (``StoreUnavailable`` if it fails); ``OSError`` when the
+        database file is gone (deleted, or its volume unmounted: the open connection would
+        still read the old file)."""
+        try:
+            with self._lock:
+                self._db.execute("SELECT 1 FROM cards LIMIT 1").fetchall()
+                self._db.execute("SELECT 1 FROM feedback LIMIT 1").fetchall()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"feedback database unavailable ({type(e).__name__})"
+                                   ) from None
+        if self.path != ":memory:":
+            os.stat(self.path)
 
     def close(self) -> None:
         with self._lock:
@@ -387,26 +508,36 @@ class _Transaction:
         self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
-def open_store(database_url: str, *, create: bool = True) -> SQLiteFeedbackStore:
+def is_postgresql(database_url: str) -> bool:
+    scheme = database_url.split("://", 1)[0].lower() if "://" in database_url else ""
+    return scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+")
+
+
+def open_store(database_url: str, *, create: bool = True) -> Any:
     """The store a database URL names.
 
     ``sqlite:///<path>``: everything after the three slashes is the file path, so
     ``sqlite:///feedback.db`` is relative to the working directory and
     ``sqlite:////var/lib/movement-cds/feedback.db`` (or ``f"sqlite:///{abs_path}"``) is
-    absolute; ``sqlite:///:memory:`` is a throwaway in-memory store. Other schemes raise
-    ``ValueError``.
+    absolute; ``sqlite:///:memory:`` is a throwaway in-memory store.
+    ``postgresql://user@host:port/db`` (``postgres://``, ``postgresql+psycopg://``): the
+    shared store (``cds_service._pg_store``; its schema comes from ``movement-cds db
+    upgrade``). Other schemes raise ``ValueError``.
     """
     if not isinstance(database_url, str) or "://" not in database_url:
         raise ValueError(f"not a database URL: {database_url!r} "
                          f"(expected sqlite:///path/to/feedback.db)")
     scheme = database_url.split("://", 1)[0].lower()
-    if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
-        raise ValueError("PostgreSQL feedback storage is not built in this version; "
-                         "implement FeedbackStore (cds_service._feedback_store) for it, "
-                         "or use sqlite:///path/to/feedback.db")
+    if is_postgresql(database_url):
+        try:
+            from cds_service._pg_store import PostgresStore
+        except ImportError as e:
+            raise ValueError(f"PostgreSQL needs the 'service' extra (pip install "
+                             f"'movement-cds[service]'): {e}") from None
+        return PostgresStore(database_url)
     if scheme != "sqlite":
         raise ValueError(f"unsupported database URL scheme {scheme!r}; "
-                         f"use sqlite:///path/to/feedback.db")
+                         f"use sqlite:///path/to/feedback.db or postgresql://...")
     if not database_url.startswith("sqlite:///"):
         raise ValueError("an SQLite URL has no host: sqlite:///relative.db or "
                          "sqlite:////absolute/path.db")
@@ -443,13 +574,13 @@ class QueuedFeedbackStore:
     locked).
     """
 
-    def __init__(self, inner: SQLiteFeedbackStore, *, max_queued: int = 10_000,
+    def __init__(self, inner: JobStore, *, max_queued: int = 10_000,
                  spill_path: str | Path | None = None, drain_seconds: float = 60.0,
                  attempt_seconds: float = 0.25) -> None:
         self.inner = inner
         self.spill_path = (Path(spill_path) if spill_path is not None
-                           else None if inner.path == ":memory:"
-                           else Path(inner.path + ".spill.jsonl"))
+                           else None if inner.path in (":memory:", None)
+                           else Path(f"{inner.path}.spill.jsonl"))
         self.drain_seconds = drain_seconds
         self.spilled = 0  # jobs written to the spill file (this process)
         self.lost = 0     # rows lost: queue full and the spill file not writable
@@ -477,8 +608,42 @@ class QueuedFeedbackStore:
     def summary_by_rule(self) -> list[RuleFeedback]:
         return self.inner.summary_by_rule()
 
+    def record_jobs(self, jobs: Sequence[Job]) -> None:
+        """Queue validated jobs (audit records, release archives) like any other write."""
+        for job in jobs:
+            self._put(job)
+
+    def write_now(self, jobs: Sequence[Job], within: float = 5.0) -> None:
+        """Write at once, in one transaction, retrying a busy database for up to ``within``
+        seconds (``[audit] required``); ``StoreError`` if it cannot be written."""
+        deadline, delay = time.monotonic() + within, 0.01
+        while True:
+            try:
+                self.inner.write_jobs(jobs)
+                return
+            except (sqlite3.OperationalError, StoreUnavailable) as e:
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(f"database busy or unreachable ({type(e).__name__})"
+                                     ) from None
+            except (sqlite3.Error, StoreError) as e:
+                raise StoreError(f"write failed ({type(e).__name__})") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def audit_records(self, hook_instance: str) -> list[dict[str, Any]]:
+        return self.inner.audit_records(hook_instance)
+
+    def release_archive(self, digest: str) -> tuple[str, bytes] | None:
+        return self.inner.release_archive(digest)
+
     def queued(self) -> int:
         return self._queue.qsize()
+
+    def ping(self) -> None:
+        """The database answers (``SQLiteFeedbackStore.ping``) and the writer is running."""
+        if not self._writer.is_alive():
+            raise RuntimeError("the feedback writer thread has stopped")
+        self.inner.ping()
 
     def close(self) -> None:
         """Drain the queue (up to ``drain_seconds`` of retries, then spill), then close."""
@@ -574,7 +739,7 @@ class QueuedFeedbackStore:
         while True:
             try:
                 self.inner.write_jobs(jobs)
-            except sqlite3.OperationalError as e:
+            except (sqlite3.OperationalError, StoreUnavailable) as e:
                 if since is None:
                     since = time.monotonic()
                     _log.warning("feedback database busy (%s); retrying, %d write(s) "
@@ -585,7 +750,7 @@ class QueuedFeedbackStore:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
                 continue
-            except sqlite3.Error as e:  # not a lock: retrying will not help
+            except (sqlite3.Error, StoreError) as e:  # not a lock: retrying will not help
                 _log.error("feedback database write failed (%s); spilling %d write(s)",
                            type(e).__name__, len(jobs))
                 self._spill(jobs)
@@ -619,7 +784,7 @@ class QueuedFeedbackStore:
             if jobs:
                 try:
                     self.inner.write_jobs(jobs)
-                except sqlite3.Error:
+                except (sqlite3.Error, StoreError):
                     return  # still busy: next time
             with self._spill_lock, path.open("r+b") as fh:
                 fcntl.flock(fh, fcntl.LOCK_EX)

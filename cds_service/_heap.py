@@ -14,7 +14,7 @@ from __future__ import annotations
 import gc
 import logging
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("movement_cds.service")
 
 _YOUNG = 20_000
 

@@ -21,6 +21,9 @@ Any SQLite failure (disk full, file locked beyond ``busy_timeout_seconds``) make
 :meth:`ReplayCache.remember` raise :class:`ReplayStoreError`: the caller refuses the token
 (fail closed), never accepts it unchecked. The file holds issuer URLs, token ids and
 instants; no token, no patient data.
+
+Several hosts: :func:`open_replay_cache` with a ``postgresql://`` URL gives
+``cds_service._pg_store.PostgresReplayCache``, the same cache in the shared database.
 """
 
 from __future__ import annotations
@@ -28,11 +31,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from typing import Final
+from typing import Final, Protocol
 
 from cds_service._errors import ReplayStoreError
 
-__all__ = ["ReplayCache", "ReplayStoreError"]
+__all__ = ["ReplayCache", "ReplayStoreError", "UsedTokens", "open_replay_cache"]
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS used_token (
@@ -49,6 +52,27 @@ ON CONFLICT (iss, jti) DO UPDATE SET expires = excluded.expires
 WHERE used_token.expires < ?
 """
 _PURGE_EVERY_SECONDS: Final = 1.0
+
+
+class UsedTokens(Protocol):
+    """A replay cache: :class:`ReplayCache` or the PostgreSQL one."""
+
+    def remember(self, iss: str, jti: str, until: float, now: float) -> bool: ...
+    def entries(self) -> frozenset[tuple[str, str]]: ...
+    def close(self) -> None: ...
+
+
+def open_replay_cache(target: str | os.PathLike[str], *,
+                      max_entries: int = 100_000) -> UsedTokens:
+    """A :class:`ReplayCache` in the SQLite file ``target``, or the shared PostgreSQL one
+    when ``target`` is a ``postgresql://`` URL."""
+    text = os.fspath(target)
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
+        from cds_service._pg_store import PostgresReplayCache
+
+        return PostgresReplayCache(text, max_entries=max_entries)
+    return ReplayCache(target, max_entries=max_entries)
 
 
 class ReplayCache:

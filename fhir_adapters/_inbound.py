@@ -174,6 +174,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Final, Literal, NoReturn, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.careplan import CarePlan
@@ -183,6 +184,7 @@ from fhir.resources.R4B.patient import Patient
 from pydantic import BaseModel, ValidationError
 
 from cds import (
+    PROGRESS_FACTS,
     AnswerNote,
     ExerciseDose,
     ExerciseResponse,
@@ -190,11 +192,15 @@ from cds import (
     FollowUp,
     InputIssue,
     KnowledgeBase,
+    Measure,
     PatientFacts,
     PreviousExercise,
     PreviousPlan,
+    ProgressPoint,
     Rating,
+    adherence_points,
 )
+from cds import ProgressRole as Role
 from cds.authoring import Param
 from fhir_adapters._errors import InvalidBundleError
 from fhir_adapters._json_text import (
@@ -210,6 +216,7 @@ from fhir_adapters._outbound import (
     KNOWLEDGE_BASE_BASE,
 )
 from fhir_adapters._red_flag_answers import Answer, read_red_flag, show_date
+from fhir_adapters._terminology import TIMEZONE_EXTENSIONS
 
 __all__ = ["InputCodes", "input_codes", "read_bundle"]
 
@@ -513,6 +520,16 @@ def _date_as_sent(res: Mapping[str, Any]) -> str | None:
     return None
 
 
+@functools.cache
+def _known_zone(name: str) -> bool:
+    """Whether ``name`` is an IANA time zone this machine knows."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 def _fmt(x: float | None) -> str:
     return "" if x is None else f"{x:g}"
 
@@ -593,6 +610,10 @@ class _Reader:
         self.notes: list[AnswerNote] = []
         # red-flag answer states the rules read (red-flag-discordant, -unreadable, ...)
         self.answer_states: dict[str, set[str]] = {}
+        # progress across visits, when each fact's answer was recorded, the patient's zone
+        self.progress: list[ProgressPoint] = []
+        self.recorded: dict[str, datetime] = {}
+        self.time_zone: str | None = None
 
     # reporting
     def note(self, entry: _Entry | None, severity: str, code: str, message: str) -> None:
@@ -627,6 +648,10 @@ class _Reader:
 
         result = PatientFacts.build(subject, self.as_of, self.facts.values(), self.issues,
                                     follow_up=self.follow_up, answer_notes=self.notes)
+        result = dataclasses.replace(
+            result, progress=tuple(sorted(self.progress)), time_zone=self.time_zone,
+            recorded=tuple(sorted((n, t) for n, t in self.recorded.items()
+                                  if n in self.facts)))
         if self.extras:
             result = dataclasses.replace(result, extras=self.extras)
         return result
@@ -785,6 +810,7 @@ class _Reader:
     # --- Patient
     def patient_facts(self, patient: _Entry) -> None:
         res, src = patient.resource, _sources(patient)
+        self.patient_time_zone(patient)
         spec = self.imap.age
         birth = res.get("birthDate")
         if spec is not None and birth is not None:
@@ -809,6 +835,23 @@ class _Reader:
                 self.note(patient, "warning", "value",
                           f"gender is not one of {', '.join(sorted(spec.codes))}; sex is "
                           "unknown")
+
+    def patient_time_zone(self, patient: _Entry) -> None:
+        """The patient's IANA time zone (Patient.extension ``timezone`` or ``tz-code``,
+        valueCode), for showing dates to people; an unknown zone is reported and dates are
+        shown in UTC."""
+        for raw in _list(patient.resource.get("extension")):
+            ext = _dict(raw)
+            if ext is None or ext.get("url") not in TIMEZONE_EXTENSIONS:
+                continue
+            zone = ext.get("valueCode")
+            if isinstance(zone, str) and _known_zone(zone):
+                self.time_zone = zone
+                return
+            self.note(patient, "warning", "value",
+                      "the time-zone extension does not name an IANA time zone (valueCode, "
+                      "e.g. Europe/London); dates are shown in UTC")
+            return
 
     def oldest_age(self, patient: _Entry, age: int, oldest: int | None, partial: bool) -> None:
         """``age-oldest-possible``: red-flag age thresholds use the oldest age a partial
@@ -943,6 +986,41 @@ class _Reader:
         winner = self.latest(candidates)
         if winner is not None:
             self.use(winner)
+        measure = PROGRESS_FACTS.get(candidates[0].spec.name)
+        if measure is not None:
+            self.progress_points(measure, candidates, winner)
+
+    def progress_points(self, measure: Measure, candidates: list[_Candidate],
+                        winner: _Candidate | None) -> None:
+        """Every dated, readable value of a progress measure that existed at the as-of
+        instant, each marked used, stale (the latest, too old: counted as missing) or
+        superseded (an earlier one: not read). Nothing is reported here: ``latest`` and
+        ``use`` reported each of them already."""
+        name = candidates[0].spec.name
+        fact = self.facts.get(name)
+        allowed = self.as_of + self.imap.clock_skew
+        current = [c for c in candidates if c.key[0] and c.key[1] <= allowed + (
+            _EARLIEST_ZONE if c.key[2] < 4 else timedelta(0))]
+        latest = max(current, key=lambda c: c.key, default=None)
+        for c in current:
+            try:
+                values = dict(_extract(c.spec, c.entry.resource, []))
+            except _Unusable:
+                continue
+            value = values.get(name)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            src = _sources(c.entry)
+            role: Role
+            if c is winner and fact is not None and fact.sources == src:
+                role, instead = "used", None
+            elif c is latest and winner is None:
+                role, instead = "stale", None
+            else:
+                role = "superseded"
+                instead = fact.sources[0] if fact is not None and fact.sources else None
+            self.progress.append(ProgressPoint(measure, c.key[1], float(value), role, src,
+                                               instead))
 
     def latest(self, candidates: list[_Candidate]) -> _Candidate | None:
         """The current answer among Observations of one fact (the others reported), or None
@@ -1024,6 +1102,9 @@ class _Reader:
             behind = [answers[i][1] for i in used]
             preliminary = all(c.entry.resource.get("status") == "preliminary" for c in behind)
             self.facts[spec.name] = Fact(spec.name, reading.value, reading.sources, preliminary)
+            dates = [a.when for a in reading.used if a.when is not None]
+            if dates:
+                self.recorded[spec.name] = max(dates)
         for kind, text, sources in reading.notes:
             states = []
             if kind in ("discordant", "contradicted"):
@@ -1123,6 +1204,8 @@ class _Reader:
         src = _sources(e)
         for name, value in values:
             self.facts[name] = Fact(name, value, src, preliminary)
+            if c.key[0]:
+                self.recorded[name] = c.key[1]
 
     def pregnancy(self, e: _Entry) -> list[tuple[str, Scalar]]:
         res = e.resource
@@ -1388,6 +1471,34 @@ class _Reader:
             sources.setdefault(ex, set()).update(_sources(e))
         responses = tuple(_response(ex, answers[ex], sources[ex]) for ex in sorted(answers))
         self.follow_up = FollowUp(previous, responses)
+        self.adherence(groups, frozenset(s for ss in sources.values() for s in ss))
+
+    _ADHERENCE_FIELDS: Final = {"exercise-sessions-done": "done",
+                                "exercise-sessions-prescribed": "prescribed"}
+
+    def adherence(self, groups: Mapping[tuple[str, str], list[_Candidate]],
+                  current: frozenset[str]) -> None:
+        """Adherence per visit day from every dated, readable sessions-done and
+        sessions-prescribed response (earlier visits' included); the day whose responses the
+        revision read is marked ``response``, earlier days ``superseded``."""
+        allowed = self.as_of + self.imap.clock_skew
+        reports: list[tuple[datetime, str, str, int, str]] = []
+        for (ex, code), candidates in groups.items():
+            field_name = self._ADHERENCE_FIELDS.get(code)
+            if field_name is None:
+                continue
+            for c in candidates:
+                if not c.key[0] or c.key[1] > allowed + (
+                        _EARLIEST_ZONE if c.key[2] < 4 else timedelta(0)):
+                    continue
+                try:
+                    value = _response_value(c.spec, c.entry.resource)
+                except _Unusable:
+                    continue
+                if isinstance(value, int) and not isinstance(value, bool):
+                    reports.extend((c.key[1], ex, field_name, value, s)
+                                   for s in _sources(c.entry)[:1])
+        self.progress.extend(adherence_points(reports, current))
 
     def response_exercise(self, e: _Entry) -> str | None:
         """The exercise a response is about (its ``screen#exercise`` component), or None

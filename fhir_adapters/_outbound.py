@@ -10,9 +10,11 @@ entries in this order:
    ``doNotPerform`` = true per exercise to avoid, and a follow-up's check-in;
 2. one ``ServiceRequest`` per alert that carries a referral (in alert order);
 3. one ``DetectedIssue`` per alert (in alert order);
-4. an ``OperationOutcome`` when there is anything to report about the input: one issue per
+4. a ``DiagnosticReport``, progress across visits, when a progress measure has two or more
+   values (``fhir_adapters._progress_fhir`` says what it holds);
+5. an ``OperationOutcome`` when there is anything to report about the input: one issue per
    ``InputIssue`` and one per fact that a data-gap rule found missing;
-5. a ``Provenance`` for the CarePlan.
+6. a ``Provenance`` for the CarePlan.
 
 Machine-readable choices (documented for integrators)
 ----------------------------------------------------
@@ -421,6 +423,11 @@ def _digest(plan: Plan, kb: KnowledgeBase, previous: PreviousPlan | None) -> str
         content["follow_up"] = [plan.replaces, plan.changes, plan.check_in]
     if previous is not None:
         content["previous"] = previous
+    if len(plan.progress) > 2:  # earlier values (not in the facts) make a progress report
+        from fhir_adapters._progress_fhir import progress_series
+
+        if progress_series(plan):
+            content["progress"] = plan.progress
     return hashlib.sha256(_digest_text(content)).hexdigest()
 
 
@@ -532,6 +539,11 @@ class _Writer:
         self.avoid_ids = {a.exercise_id for a in plan.avoid}
         self.changes = {c.exercise_id: c for c in plan.changes}
         self.ids: dict[str, str] = {}
+        # imported here: _progress_fhir builds on this module (and on _terminology, which
+        # does too)
+        from fhir_adapters._progress_fhir import progress_report
+
+        self.progress = progress_report(plan, self.id("progress"), self.fact_coding)
 
     def id(self, role: str) -> str:
         rid = self.ids.get(role)
@@ -710,7 +722,8 @@ class _Writer:
             "supportingInfo": [
                 {"reference": self.urn(f"detectedissue:{a.code}"), "display": a.display}
                 for a in p.alerts
-            ],
+            ] + ([{"reference": self.urn("progress"), "display": "Progress across visits"}]
+                 if self.progress is not None else []),
             "activity": activity,
             "note": [{"text": s} for s in p.safety_net],
         }
@@ -792,6 +805,11 @@ class _Writer:
         d = self.kb.facts.get(name)
         desc = d.description if d else self.plan.fact_descriptions.get(name, name)
         return desc.split(" (")[0]
+
+    def fact_coding(self, name: str) -> list[dict[str, Any]]:
+        d = self.kb.facts.get(name)
+        return ([{"system": d.coding.system, "code": d.coding.code, "display": d.coding.display}]
+                if d is not None and d.coding is not None else [])
 
     def fact_concept(self, name: str) -> dict[str, Any]:
         d = self.kb.facts.get(name)
@@ -898,6 +916,8 @@ class _Writer:
         resources: list[dict[str, Any]] = [self.careplan()]
         resources += [self.service_request(a) for a in p.alerts if a.referral is not None]
         resources += [self.detected_issue(a) for a in p.alerts]
+        if self.progress is not None:
+            resources.append(self.progress)
         if not advice_only:
             oo = self.operation_outcome()
             if oo is not None:

@@ -19,7 +19,8 @@ writes them as ``CodeSystem-<id>.json``:
 * ``plan-change`` (``http://movement-cds.org/fhir/CodeSystem/plan-change``): what a revised
   plan did to each exercise (new, continued, progressed, held, regressed, swapped, stopped)
   and ``check-in``, the code of the proposed check-in activity (follow-ups; an extension of
-  the output contract, see docs/integrators/follow-up.md).
+  the output contract, see docs/integrators/follow-up.md); ``progress`` and ``adherence``,
+  the codes of the progress-across-visits DiagnosticReport (docs/integrators/output.md).
 
 Each has ``version`` = the knowledge-base version, ``status`` = the manifest's status
 (draft | active | retired), ``content`` ``complete`` and is validated with the
@@ -46,7 +47,34 @@ from fhir_adapters._outbound import (
     OutputValidationError,
 )
 
-__all__ = ["code_systems", "export_terminology"]
+__all__ = [
+    "ADHERENCE_CODE",
+    "EXT_PROGRESS_ROLE",
+    "PROGRESS_CODE",
+    "TIMEZONE_EXTENSIONS",
+    "code_systems",
+    "export_terminology",
+]
+
+# --- progress across visits (output contract: docs/integrators/output.md, "Progress") ------
+# the DiagnosticReport that carries the series, and the code of its adherence values, in the
+# plan-change CodeSystem: (code, display, definition)
+PROGRESS_CODE: Final = (
+    "progress", "Progress across visits",
+    "Pain now, Oswestry Disability Index and exercise adherence at each visit the input "
+    "held, with which value the decision read (DiagnosticReport.code of the output).")
+ADHERENCE_CODE: Final = (
+    "adherence", "Exercise sessions done (% of prescribed)",
+    "Sessions done as a percentage of sessions prescribed, summed over the exercises whose "
+    "follow-up responses of that day gave both (valueQuantity, %).")
+# on each value of the series: used | superseded | stale | response (valueCode)
+EXT_PROGRESS_ROLE: Final = "http://movement-cds.org/fhir/StructureDefinition/progress-role"
+# the patient's IANA time zone on Patient (valueCode): the Extensions Pack's and the R4-era
+# core extension's URLs, both read
+TIMEZONE_EXTENSIONS: Final = frozenset({
+    "http://hl7.org/fhir/StructureDefinition/timezone",
+    "http://hl7.org/fhir/StructureDefinition/tz-code",
+})
 
 _ANSWER: Final = "Answer code"
 
@@ -220,14 +248,15 @@ def _alert(kb: KnowledgeBase) -> dict[str, Any]:
 def _plan_change(kb: KnowledgeBase) -> dict[str, Any]:
     concepts = [{"code": code, "display": display, "definition": definition}
                 for code, (display, definition) in CHANGE_DISPLAY.items()]
-    code, display, definition = CHECK_IN_CODE
-    concepts.append({"code": code, "display": display, "definition": definition})
+    for code, display, definition in (CHECK_IN_CODE, PROGRESS_CODE, ADHERENCE_CODE):
+        concepts.append({"code": code, "display": display, "definition": definition})
     cs = _header(kb, "plan-change", PLAN_CHANGE_SYSTEM, "MovementCdsPlanChange",
                  "movement-cds follow-up plan changes",
                  "What a revised plan did to each exercise of the plan it replaces (the kind "
                  "sub-extension of http://movement-cds.org/fhir/StructureDefinition/"
                  "exercise-change on CarePlan.activity.detail), and the code of the proposed "
-                 "check-in activity. An extension of the output contract for follow-ups.")
+                 "check-in activity, and the codes of the progress-across-visits report. An "
+                 "extension of the output contract for follow-ups.")
     cs["count"] = len(concepts)
     cs["concept"] = concepts
     return cs

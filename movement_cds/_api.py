@@ -15,7 +15,7 @@ from fhir_adapters import InvalidBundleError, read_bundle, write_bundle
 from knowledge_base import bundled_path
 from movement_cds._summary import render_summary
 
-__all__ = ["DecisionSupport", "Evaluation", "evaluate", "parse_instant"]
+__all__ = ["DecisionSupport", "Evaluation", "default_support", "evaluate", "parse_instant"]
 
 
 def parse_instant(value: datetime | str | None) -> datetime | None:
@@ -120,12 +120,17 @@ _DEFAULT: DecisionSupport | None = None
 _DEFAULT_LOCK = threading.Lock()
 
 
-def evaluate(
-    bundle: dict[str, Any] | str | bytes, *, as_of: datetime | str | None = None
-) -> Evaluation:
-    """Evaluate with the bundled knowledge base (loaded once per process)."""
+def default_support() -> DecisionSupport:
+    """The bundled knowledge base, loaded once per process."""
     global _DEFAULT
     with _DEFAULT_LOCK:
         if _DEFAULT is None:
             _DEFAULT = DecisionSupport()
-    return _DEFAULT.evaluate(bundle, as_of=as_of)
+        return _DEFAULT
+
+
+def evaluate(
+    bundle: dict[str, Any] | str | bytes, *, as_of: datetime | str | None = None
+) -> Evaluation:
+    """Evaluate with the bundled knowledge base (loaded once per process)."""
+    return default_support().evaluate(bundle, as_of=as_of)

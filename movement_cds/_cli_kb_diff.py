@@ -20,7 +20,7 @@ import typer
 
 from fhir_adapters import InvalidBundleError
 from movement_cds._cli_common import fail, kb_app
-from movement_cds._cli_population import InputOption, SchedulerOption
+from movement_cds._cli_runner_options import InputOption, SchedulerOption
 
 if TYPE_CHECKING:
     from movement_cds._kb_diff import DiffReport
@@ -124,7 +124,7 @@ def kb_diff(
     for which, path in (("OLD", old), ("NEW", new)):
         if not path.is_dir():
             fail(f"{which} knowledge base {path} is not a directory")
-    from movement_cds._cli_population import population_input, where_from_options
+    from movement_cds._cli_runner_options import population_input, where_from_options
     from movement_cds._runner import RunnerError
 
     where_from_options(workers, scheduler, dask=False, default_workers=1)  # exclusive

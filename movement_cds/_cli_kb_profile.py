@@ -22,7 +22,7 @@ from fhir_adapters import InvalidBundleError
 from knowledge_base import bundled_path
 from movement_cds._cli_common import fail, kb_app
 from movement_cds._cli_kb_diff import progress_reporter
-from movement_cds._cli_population import InputOption, SchedulerOption
+from movement_cds._cli_runner_options import InputOption, SchedulerOption
 
 DEFAULT_PATIENTS = 2000
 
@@ -90,7 +90,7 @@ def kb_profile(
     root = directory if directory is not None else bundled_path()
     if not root.is_dir():
         fail(f"knowledge base {root} is not a directory", code=2)
-    from movement_cds._cli_population import population_input, where_from_options
+    from movement_cds._cli_runner_options import population_input, where_from_options
     from movement_cds._runner import RunnerError
 
     where_from_options(w, scheduler, dask=False, default_workers=1)  # exclusive

@@ -1,96 +1,121 @@
-"""``movement-cds population``: a whole population (a FHIR Bulk Data export) at once.
+"""``movement-cds population ...``: a whole population from a FHIR Bulk Data export
+(issue 16; docs/population.md).
 
-``population run INPUT --out DIR``: every patient evaluated on Dask ``distributed`` (a local
-cluster of worker processes by default, or an existing scheduler with ``--scheduler``); see
-``movement_cds._population_run`` for the outputs and docs/population.md for running on a
-cluster. Progress goes to standard error (a bar with patients per second on a terminal,
-otherwise a line about every 10%), the summary counts to standard output. Exit status: 0 when
-the run finished (patients that could not be evaluated are rows of errors.ndjson, not a
-failure); 2 for a bad argument or input; 1 when the run cannot go on (the scheduler is
-unreachable, the output directory holds another run, the extra is missing).
+This module owns the ``population`` sub-app; each command of it is defined here:
+
+* ``synth``: write a synthetic Bulk Data export (``fhir_adapters.synth_export``);
+* ``run``: evaluate every patient of an export on Dask ``distributed`` (a local cluster of
+  worker processes by default, or an existing scheduler with ``--scheduler``); see
+  ``movement_cds._population_run`` for the outputs. Exit status 0 when the run finished
+  (patients that could not be evaluated are rows of errors.ndjson, not a failure); 2 for a
+  bad argument or input; 1 when the run cannot go on (the scheduler is unreachable, the
+  output directory holds another run, the extra is missing).
+
+Exit status: 0 success; 2 a bad argument (one line naming it); 1 anything else (one line,
+never a traceback). Progress goes to standard error (a live bar on a terminal, otherwise a
+line about every 10%); the summary of what was written goes to standard output.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from fhir_adapters import InvalidBundleError
+from cds import KnowledgeBaseError, load_knowledge_base
+from fhir_adapters import InvalidBundleError, synth_export
+from knowledge_base import bundled_path
 from movement_cds._cli_common import KbOption, app, fail
-from movement_cds._runner import Where
+from movement_cds._cli_kb_diff import progress_reporter
+from movement_cds._cli_kb_profile import whole_number
+from movement_cds._cli_runner_options import (
+    SchedulerOption,
+    require_population_extra,
+    where_from_options,
+)
 
-if TYPE_CHECKING:
-    from movement_cds._population_input import PopulationInput
+__all__ = ["population_app"]
 
-population_app = typer.Typer(no_args_is_help=True,
-                             help="Evaluate a whole population (a FHIR Bulk Data export).")
+population_app = typer.Typer(
+    no_args_is_help=True,
+    help="Populations: FHIR Bulk Data exports, grouped per patient (docs/population.md).")
 app.add_typer(population_app, name="population")
 
-SchedulerOption = Annotated[
-    str | None,
-    typer.Option("--scheduler", metavar="ADDRESS",
-                 help="Run on this Dask scheduler (tcp://host:8786) instead of on this "
-                 "machine; the workers must see the input and output paths."),
-]
+
+def _as_of(text: str | None) -> datetime:
+    from movement_cds._api import parse_instant
+
+    if text is None:
+        return datetime.now(UTC).replace(microsecond=0)
+    try:
+        when = parse_instant(text)
+    except InvalidBundleError as e:
+        fail(f"--as-of: {e.issues[0].message if e.issues else e}", code=2)
+    assert when is not None
+    return when
 
 
-def require_population_extra() -> None:
-    """Exit 1 with one line naming the extra when Dask or pyarrow is missing."""
-    missing = [m for m in ("distributed", "pyarrow") if importlib.util.find_spec(m) is None]
-    if missing:
-        fail(f"{' and '.join(missing)} not installed: pip install "
-             "'movement-cds[population]'")
-
-
-def where_from_options(workers: int | None, scheduler: str | None, *, dask: bool,
-                       default_workers: int) -> Where:
-    """The runner's ``Where`` for ``--workers`` / ``--scheduler`` (exit 2 when both)."""
-    if workers is not None and scheduler is not None:
-        fail("--workers and --scheduler exclude each other (the scheduler's workers run "
-             "the tasks)", code=2)
-    if scheduler is not None:
-        if "://" not in scheduler:
-            fail(f"--scheduler: {scheduler!r} is not an address such as tcp://host:8786",
-                 code=2)
-        return Where(scheduler=scheduler)
-    return Where(workers=workers or default_workers, dask=dask)
-
-
-InputOption = Annotated[
-    Path | None,
-    typer.Option("--input", metavar="BULK_DIR",
-                 help="Run a real population (a FHIR Bulk Data export, or grouped bucket "
-                 "files) instead of the synthetic one."),
-]
-
-
-@contextmanager
-def population_input(source: Path | None,
-                     scheduler: str | None) -> Iterator[PopulationInput | None]:
-    """``--input`` as bucket files (grouped into a temporary directory, removed after; with
-    ``--scheduler`` the workers must see it: set TMPDIR to a shared filesystem), or None.
-    Exit 2 naming the file when it cannot be read; 1 when the extra is missing."""
-    if scheduler is not None:
-        require_population_extra()
-    if source is None:
-        yield None
-        return
-    from movement_cds._population_input import PopulationInputError, open_population
-
-    with tempfile.TemporaryDirectory(prefix="movement-cds-input-") as tmp:
-        try:
-            pop = open_population(source, Path(tmp))
-        except PopulationInputError as e:
-            fail(str(e), code=2)
-        yield pop
+@population_app.command("synth")
+def synth(
+    patients: Annotated[str, typer.Option("--patients", metavar="N",
+                                          help="How many patients.")],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", file_okay=False,
+                                      help="Directory to write the export into (new or "
+                                      "holding no *.ndjson files).")],
+    seed: Annotated[str, typer.Option("--seed", metavar="S",
+                                      help="Seed: the same seed, N and as-of give the same "
+                                      "files.")] = "1",
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", metavar="ISO", help="The instant the data is dated before, "
+                     "ISO 8601 with a time zone (default: now, to the second). Evaluate the "
+                     "export at the same instant."),
+    ] = None,
+    compress: Annotated[bool, typer.Option("--gzip", help="Write .ndjson.gz files.")] = False,
+    lines_per_file: Annotated[
+        str, typer.Option("--lines-per-file", metavar="L",
+                          help="Start a new Observation file after about L lines.")
+    ] = "100000",
+) -> None:
+    """Write a synthetic FHIR Bulk Data export: Patient, Observation.NNN, Condition and
+    CarePlan NDJSON files and a $export manifest.json, with history (superseded
+    Observations), follow-ups (a previous CarePlan and responses) and a few bad lines (broken
+    JSON, an Observation of a patient not in the export, a resource in the wrong file)."""
+    n = whole_number("--patients", patients, 1)
+    s = whole_number("--seed", seed, 0)
+    split = whole_number("--lines-per-file", lines_per_file, 1)
+    when = _as_of(as_of)
+    if out.exists() and not out.is_dir():
+        fail(f"--out: {out} is not a directory", code=2)
+    if out.is_dir() and any(out.glob("*.ndjson*")):
+        fail(f"--out: {out} already holds *.ndjson files (an export); choose a new directory",
+             code=2)
+    try:
+        kb = load_knowledge_base(bundled_path())
+    except KnowledgeBaseError as e:
+        fail(str(e))
+    start = time.monotonic()
+    try:
+        with progress_reporter("population synth") as progress:
+            report = synth_export(out, patients=n, seed=s, as_of=when, kb=kb,
+                                  compress=compress, lines_per_file=split, progress=progress)
+    except OSError as e:
+        fail(f"cannot write {out}: {e.strerror or e}")
+    seconds = time.monotonic() - start
+    typer.echo(f"{report.patients} patients, as of {when.isoformat()}, seed {s}: "
+               f"{sum(c for _, _, c in report.files)} lines in {len(report.files)} files "
+               f"in {seconds:.1f} s")
+    for rtype, path, count in report.files:
+        typer.echo(f"  {path.name}: {count} lines ({rtype})")
+    kinds = [k for k, _, _ in report.bad]
+    typer.echo("bad lines on purpose: " + ", ".join(
+        f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds)))
+    typer.echo(f"manifest: {report.manifest}")
 
 
 @population_app.command("run")
@@ -116,7 +141,6 @@ def population_run(
     """Evaluate every patient of INPUT: output Bundles, summary.parquet, errors.ndjson and
     manifest.json in DIR."""
     from movement_cds._api import parse_instant
-    from movement_cds._cli_kb_diff import progress_reporter
     from movement_cds._population_input import PopulationInputError
     from movement_cds._population_run import PopulationRunError, run_population
     from movement_cds._runner import RunnerError

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from movement_cds import (
     _cli_explain,  # noqa: F401
+    _cli_handout,  # noqa: F401
     _cli_kb_check,  # noqa: F401
     _cli_kb_diff,  # noqa: F401
     _cli_kb_docs,  # noqa: F401

@@ -16,10 +16,16 @@ MovementCDSError`` catches all of them and ``except ValueError`` still catches b
     │                                                  validation (a bug, never returned)
     ├── UndocumentedRedFlagError (ValueError)          fhir_adapters: a red-flag item the
     │   └── UnclassifiedRedFlagError                   synthetic population has no rate for
+    ├── BulkExportError (ValueError)                   fhir_adapters: a FHIR Bulk Data export
+    │                                                  that cannot be read at all
+    ├── PopulationExtraMissingError (ImportError)      fhir_adapters: ``population`` needs
+    │                                                  the 'population' extra (pyarrow)
     ├── KnowledgeBaseLoadError (ValueError)            movement_cds: a release given to
     │                                                  ``kb diff``/``kb profile`` is unusable
     ├── ProfileError (ValueError)                      movement_cds: no population can be
     │                                                  made for this knowledge base
+    ├── HandoutExtraMissingError (ImportError)         movement_cds: a PDF handout needs the
+    │                                                  'handout' extra (WeasyPrint, Pango)
     └── ServiceError                                   cds_service (the CDS Hooks service)
         ├── ConfigError (ValueError)                   the configuration file is unusable
         ├── StartupError (RuntimeError)                the service cannot start
@@ -27,6 +33,11 @@ MovementCDSError`` catches all of them and ``except ValueError`` still catches b
         ├── AuthError (PermissionError)                the request is not authenticated (401)
         ├── ReplayStoreError (OSError)                 the used-token cache cannot be read
         │                                              or written (the token is refused)
+        ├── StoreError (OSError)                       the service's database cannot be
+        │   │                                          written or read
+        │   └── StoreUnavailable                       ... now (busy, unreachable): retried
+        ├── AuditError (LookupError)                   an audit record cannot be shown or
+        │                                              replayed
         ├── PrefetchError                              needed data cannot be had (412/400)
         └── ApiError                                   an HTTP error answer with its
                                                        OperationOutcome
@@ -43,7 +54,7 @@ from pathlib import Path
 
 from cds import MovementCDSError
 
-__all__ = ["KnowledgeBaseLoadError", "ProfileError"]
+__all__ = ["HandoutExtraMissingError", "KnowledgeBaseLoadError", "ProfileError"]
 
 
 class KnowledgeBaseLoadError(MovementCDSError, ValueError):
@@ -59,3 +70,7 @@ class KnowledgeBaseLoadError(MovementCDSError, ValueError):
 
 class ProfileError(MovementCDSError, ValueError):
     """The population cannot be made for this knowledge base (its red-flag items)."""
+
+
+class HandoutExtraMissingError(MovementCDSError, ImportError):
+    """A PDF handout needs the ``handout`` extra (WeasyPrint, and the system's Pango)."""

@@ -3,9 +3,9 @@
 
 The input is either a FHIR Bulk Data export (a directory of NDJSON files named by resource
 type, or a completed ``$export`` status manifest), which ``fhir_adapters.group_export``
-groups per patient into hash buckets on disk (:func:`_group_export`, the only place that
-calls it), or a directory of bucket files grouped earlier (``population run`` leaves them in
-``DIR/work/grouped``), used as they are.
+groups per patient into hash buckets on disk (:func:`_group_export`), or a directory of
+bucket files grouped earlier (``population run`` leaves them in ``DIR/work/grouped/buckets``),
+used as they are.
 
 A bucket file is plain NDJSON, one line per patient, sorted by patient id::
 
@@ -15,7 +15,6 @@ A bucket file is plain NDJSON, one line per patient, sorted by patient id::
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cds import MovementCDSError
+from fhir_adapters import BulkExportError, group_export
 
 __all__ = [
     "BucketEntry",
@@ -149,30 +149,14 @@ def _from_grouped(source: Path) -> PopulationInput:
     return PopulationInput(source, "grouped", buckets, patients, tuple(files))
 
 
-def _field(obj: Any, *names: str) -> Any:
-    """The first of ``names`` that ``obj`` has (the grouping's field names, as built in
-    parallel with this module; the merge keeps the one that exists)."""
-    for name in names:
-        if hasattr(obj, name):
-            return getattr(obj, name)
-    raise AttributeError(f"{type(obj).__name__} has none of {names}")
-
-
 def _group_export(source: Path, work_dir: Path, buckets: int) -> PopulationInput:
-    """The one call of ``fhir_adapters.group_export`` (issue 16 part 1): a Bulk Data export
-    grouped per patient into ``buckets`` bucket files under ``work_dir``."""
-    group_export = getattr(importlib.import_module("fhir_adapters"), "group_export", None)
-    if group_export is None:
-        raise PopulationInputError(
-            f"{source}: reading a FHIR Bulk Data export needs fhir_adapters.group_export, "
-            "which this build lacks; give a directory of grouped bucket files instead")
+    """The one call of ``fhir_adapters.group_export``: a Bulk Data export grouped per
+    patient into ``buckets`` bucket files under ``work_dir``."""
     g = group_export(source, work_dir, buckets=buckets)
-    files = tuple(InputFileInfo(str(f.path), str(_field(f, "resource_type", "type")),
-                                str(f.sha256), int(_field(f, "resources", "resource_count")))
+    files = tuple(InputFileInfo(str(f.path), f.resource_type, f.sha256, f.resources)
                   for f in g.input_files)
-    return PopulationInput(source, "bulk-export", tuple(Path(b) for b in g.buckets),
-                           int(g.patients), files, int(g.orphan_count), int(g.rejected_count),
-                           str(g.orphans), str(g.rejected))
+    return PopulationInput(source, "bulk-export", g.buckets, g.patients, files,
+                           g.orphan_count, g.rejected_count, str(g.orphans), str(g.rejected))
 
 
 def open_population(source: Path, work_dir: Path, *, buckets: int = 64) -> PopulationInput:
@@ -185,6 +169,8 @@ def open_population(source: Path, work_dir: Path, *, buckets: int = 64) -> Popul
         if is_grouped(source):
             return _from_grouped(source)
         return _group_export(source, work_dir, buckets)
+    except BulkExportError as e:
+        raise PopulationInputError(str(e)) from None
     except OSError as e:
         raise PopulationInputError(f"cannot read {e.filename or source}: "
                                    f"{e.strerror or e}") from None

@@ -30,11 +30,14 @@ PACKAGES = ("cds", "fhir_adapters", "movement_cds", "cds_service", "knowledge_ba
 SERVICE_MODULES = frozenset({
     "cds_service._app", "cds_service._auth", "cds_service._prefetch",
     "cds_service._balancer", "cds_service._http_protocol", "cds_service._reuseport",
+    "cds_service._metrics", "cds_service._operations",
+    "cds_service._db", "cds_service._pg_store",
 })
 
 
 def _is_service(module: str) -> bool:
-    return module in SERVICE_MODULES
+    # the Alembic migrations run only under `movement-cds db upgrade` (the service extra)
+    return module in SERVICE_MODULES or module.startswith("cds_service.migrations")
 
 
 def _declared() -> dict[str, set[str]]:

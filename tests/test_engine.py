@@ -200,3 +200,41 @@ def test_at_least_expands_to_combinations_and_negates_three_valued() -> None:
 def test_at_least_must_be_possible() -> None:
     with pytest.raises(ValueError, match="between 1 and 2"):
         _when({"at-least": 3, "of": [{"fact": "a", "is": True}, {"fact": "b", "is": True}]})
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_the_kept_session_is_emptied_and_carries_nothing_to_the_next_patient(
+    data: st.DataObject, durable: Evaluator, reference: Evaluator, kb: KnowledgeBase
+) -> None:
+    """Each ruleset keeps one session between evaluations (a new one costs durable ~0.8 ms):
+    everything asserted is retracted, and the next patient sees none of it."""
+    import durable_rules_engine
+
+    from cds import _engine
+
+    first = durable.prepare(_patient(*data.draw(fact_strategy(kb))))
+    second = durable.prepare(_patient(*data.draw(fact_strategy(kb))))
+    durable.derive(first)
+    sid = _engine._IDLE[durable.compiled.name]
+    assert durable_rules_engine.get_facts(durable._engine._handle, sid) == "[]"  # type: ignore[union-attr]
+    assert durable.derive(second) == reference.derive(second)
+    assert _engine._IDLE[durable.compiled.name] == sid  # the same session, reused
+    assert durable.derive(durable.prepare(_patient())) == reference.derive(
+        reference.prepare(_patient()))
+
+
+def test_a_failed_evaluation_deletes_its_session(kb_copy: Path) -> None:
+    from cds import _engine
+
+    kb = _write_conflicting_kb(kb_copy, "0.1.0-session")
+    ev = Evaluator(kb)
+    ev.evaluate(_patient(Fact("pain-now", 2, ("Observation/1",))))
+    kept = _engine._IDLE[ev.compiled.name]
+    with pytest.raises(EngineError, match="rules disagree"):
+        ev.evaluate(_patient(Fact("pain-now", 7, ("Observation/1",))))
+    assert ev.compiled.name not in _engine._IDLE  # deleted, not kept half-full
+    plan = ev.evaluate(_patient(Fact("pain-now", 1, ("Observation/1",))))
+    assert plan.kb_version == "0.1.0-session"
+    assert _engine._IDLE[ev.compiled.name] != kept

@@ -421,7 +421,8 @@ def test_every_change_code_written_is_published(kb: KnowledgeBase,
     (cs,) = [c for c in code_systems(kb) if c["url"] == PLAN_CHANGE_SYSTEM]
     published = {c["code"]: c["display"] for c in cs["concept"]}
     assert set(published) == {"new", "continued", "progressed", "held", "regressed",
-                              "swapped", "stopped", "check-in"}
+                              "swapped", "stopped", "check-in", "progress",
+                              "adherence"}
     plan = visit_1[0]
     for kind in ("new", "continued", "held", "regressed"):
         change = ExerciseChange(plan.exercises[0].exercise_id, kind, None, None, "p", "c",

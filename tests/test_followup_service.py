@@ -214,7 +214,7 @@ def test_evaluate_prints_the_changes_and_the_check_in(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     previous = careplan(load("visit-1-output.json"))
     assert f"CHANGES SINCE THE LAST PLAN (CarePlan/{previous['id']})" in r.stderr
-    assert "CHECK-IN\n" in r.stderr and "For the patient:" in r.stderr
+    assert "CHECK-IN\n" in r.stderr and "What changed, " in r.stderr
     # the command line gives exactly the committed output (the generator used the library)
     assert json.loads(out.read_text()) == load("visit-2-output.json")
 

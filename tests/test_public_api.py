@@ -12,11 +12,15 @@ def test_movement_cds_exports() -> None:
         "DecisionSupport",
         "EngineError",
         "Evaluation",
+        # the patient handout (issue 17 part 1)
+        "HandoutExtraMissingError",
         "InvalidBundleError",
         "InvalidInputError",
         "KnowledgeBaseError",
         "MovementCDSError",
         "Plan",
+        # progress across visits, and its chart for the handout (issue 17 part 2)
+        "ProgressPoint",
         # population run (issue 16)
         "PopulationInputError",
         "PopulationRunError",
@@ -25,6 +29,10 @@ def test_movement_cds_exports() -> None:
         "Where",
         "__version__",
         "evaluate",
+        "handout_html",
+        "handout_pdf",
+        "progress_chart_svg",
+        "read_progress",
         # the service's scenario check at start and on reload (issue 13 part 1)
         "run_all_scenarios",
         "run_population",
@@ -43,11 +51,18 @@ def test_fhir_adapters_exports() -> None:
         # the strict JSON text parser, the codes the reader reads, the project's systems
         "JSONTextError", "parse_json", "InputCodes", "input_codes",
         "ALERT_SYSTEM", "CHANGE_DISPLAY", "EXERCISE_SYSTEM", "KNOWLEDGE_BASE_BASE",
+        # the progress series back from an output Bundle (issue 17 part 2)
+        "read_progress",
         # what the command line reached through private modules before issue 14 part 2: the
         # FHIR export of a release and the synthetic populations of kb diff / kb profile
         "export_knowledge_base", "OutputValidationError", "synthetic_bundle",
         "primary_care_bundle", "red_flag_items", "RedFlagItem", "UndocumentedRedFlagError",
         "UnclassifiedRedFlagError",
+        # population runs (issue 16 part 1): a Bulk Data export grouped per patient
+        "BulkExportError", "GroupedExport", "InputFile", "bucket_of", "group_export",
+        "read_bucket",
+        # and its synthetic exports (issue 16 part 6)
+        "SynthReport", "synth_export", "synth_patient",
     ])
 
 
@@ -67,6 +82,12 @@ def test_cds_exports() -> None:
         "AnswerNote",
         # knowledge-base helpers the CDS Hooks service uses (issue 13 part 1)
         "check_changelog", "evidence_url",
+        # progress across visits, shown with human dates (issue 17 parts 2 and 3)
+        "MEASURES", "Measure", "MeasureInfo", "PROGRESS_FACTS", "ProgressPoint",
+        "ProgressRole", "adherence_points", "human_date", "human_instant",
+        "progress_by_measure", "show_number", "trend_text",
+        # the exercise drawings, for the handout and the catalog (issue 17)
+        "exercise_figure_svg",
         # issue 14 part 2: what kb diff needs of the core, public instead of reached privately
         "Rating", "resolve_plan",
     ])

@@ -244,3 +244,7 @@ def service_url(tmp_path_factory: pytest.TempPathFactory,
 def client(service_url: str) -> Iterator[CheckedClient]:
     with httpx.Client(base_url=service_url, timeout=20) as c:
         yield CheckedClient(c)
+
+
+# --- PostgreSQL (issue 18): a throwaway cluster for the session, a fresh database per test ---
+from tests.service.pg_cluster import postgres_server, postgres_url  # noqa: E402, F401

@@ -246,9 +246,7 @@ def test_concurrent_writers(db_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("url", "message"), [
-    ("postgresql://cds@db/feedback", "not built in this version; implement FeedbackStore"),
-    ("postgres://cds@db/feedback", "implement FeedbackStore"),
-    ("postgresql+psycopg://cds@db/feedback", "implement FeedbackStore"),
+    ("postgresql+psycopg2://cds@127.0.0.1:1/feedback", "driver 'psycopg2' is not supported"),
     ("mysql://db/feedback", "unsupported database URL scheme 'mysql'"),
     ("feedback.db", "not a database URL"),
     ("sqlite://host/feedback.db", "no host"),
@@ -258,6 +256,17 @@ def test_concurrent_writers(db_path: Path) -> None:
 def test_open_store_refuses_other_urls(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("+", r"\+")):
         open_store(url)
+
+
+@pytest.mark.parametrize("url", ["postgresql://cds:secret@127.0.0.1:1/feedback",
+                                 "postgres://cds:secret@127.0.0.1:1/feedback",
+                                 "postgresql+psycopg://cds:secret@127.0.0.1:1/feedback"])
+def test_open_store_postgresql_unreachable_names_the_server_not_the_password(url: str) -> None:
+    from cds_service._feedback_store import StoreUnavailable
+
+    with pytest.raises(StoreUnavailable, match=r"127\.0\.0\.1:1/feedback unreachable") as e:
+        open_store(url)
+    assert "secret" not in str(e.value)
 
 
 def test_open_store_relative_and_absolute(tmp_path: Path,
@@ -316,8 +325,9 @@ def test_report_command_errors(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "no feedback database" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "none.db").exists()
-    r = run_cli("feedback", "report", "--database", "postgresql://db/x")
-    assert r.returncode == 1 and "implement FeedbackStore" in r.stderr
+    r = run_cli("feedback", "report", "--database", "postgresql://127.0.0.1:1/x")
+    assert r.returncode == 1 and "127.0.0.1:1/x unreachable" in r.stderr
+    assert "Traceback" not in r.stderr
     SQLiteFeedbackStore(tmp_path / "empty.db").close()
     r = run_cli("feedback", "report", "--database", f"sqlite:///{tmp_path / 'empty.db'}")
     assert r.returncode == 0 and "no feedback recorded" in r.stdout
