@@ -432,6 +432,45 @@ def test_resume_with_another_as_of_or_a_foreign_directory_is_refused(
     assert r.exit_code == 1 and "not empty" in r.stderr, r.stderr
 
 
+# --- from a Bulk Data export: population synth, grouped, then run -----------------------------
+
+
+@pytest.mark.slow
+def test_a_bulk_export_is_grouped_then_run_with_its_files_and_orphans_in_the_manifest(
+        tmp_path: Path) -> None:
+    import hashlib
+
+    from fhir_adapters import group_export, read_bucket, synth_export
+    from knowledge_base import bundled_path
+
+    export = tmp_path / "export"
+    synth_export(export, patients=24, seed=5, as_of=AS_OF,
+                 kb=load_knowledge_base(bundled_path()))
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["population", "run", str(export), "--out", str(out), "--as-of",
+                            AS_OF_TEXT, "--workers", "1", "--buckets", "4"])
+    assert r.exit_code == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["input"]["kind"] == "bulk-export" and m["counts"]["buckets"] == 4
+    files = {Path(f["path"]).name: f for f in m["input"]["files"]}
+    assert files and all(
+        f["sha256"] == hashlib.sha256((export / name).read_bytes()).hexdigest()
+        for name, f in files.items())
+    # the same grouping done independently: same patients, orphans and rejected lines
+    g = group_export(export, tmp_path / "again", buckets=4)
+    assert m["counts"]["patients"] == g.patients == 24
+    assert (m["input"]["orphans"], m["input"]["rejected"]) == (g.orphan_count,
+                                                               g.rejected_count)
+    assert g.orphan_count > 0 and g.rejected_count > 0  # synth writes some on purpose
+    rows = {x["patient"]: x for x in _summary(out)}
+    support = DecisionSupport()
+    pid, bundle = next(read_bucket(g.buckets[0]))
+    want = support.evaluate(bundle, as_of=AS_OF)
+    assert rows[pid]["alerts"] == sorted({a.code for a in want.plan.alerts})
+    lines = gzip.decompress((out / "bundles" / "part-00000.ndjson.gz").read_bytes())
+    assert _canonical(want.bundle) in lines.decode().splitlines()
+
+
 # --- kb diff over a real population -----------------------------------------------------------
 
 

@@ -19,11 +19,11 @@ def test_movement_cds_exports() -> None:
         "KnowledgeBaseError",
         "MovementCDSError",
         "Plan",
-        # progress across visits, and its chart for the handout (issue 17 part 2)
-        "ProgressPoint",
         # population run (issue 16)
         "PopulationInputError",
         "PopulationRunError",
+        # progress across visits, and its chart for the handout (issue 17 part 2)
+        "ProgressPoint",
         "RunReport",
         "RunnerError",
         "Where",
