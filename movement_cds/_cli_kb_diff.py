@@ -33,11 +33,13 @@ def progress_reporter(command: str, unit: str = "synthetic patients",
     (``{command}: done/total {unit} (pct%), s``) about every 10%; ``rate``: with the
     {unit} per second since the start."""
     start = time.monotonic()
-    first: list[int] = []  # the count at the first call (a resumed run starts above 0)
+    # the count and time of the first call: a resumed run starts above 0, and the work
+    # before it (grouping an export, starting workers) is not counted in the rate
+    first: list[float] = []
 
     def speed(done: int) -> str:
-        first[:] = first or [done]
-        elapsed, n = time.monotonic() - start, done - first[0]
+        first[:] = first or [done, time.monotonic()]
+        elapsed, n = time.monotonic() - first[1], done - first[0]
         return f"{n / elapsed:.0f}/s" if elapsed > 0 and n else "-/s"
 
     if sys.stderr.isatty():
