@@ -101,8 +101,8 @@ def test_authoring_exports() -> None:
     assert sorted(cds.authoring.__all__) == sorted([
         # the file model
         "Action", "AllOf", "AnyOf", "AtLeast", "Condition", "DoseSpec", "Evidence",
-        "ExerciseDefinition", "FactTest", "NoneOf", "Param", "ParamTest", "Rule",
-        "evidence_url",
+        "ExerciseDefinition", "FactDefinition", "FactTest", "NoneOf", "Param", "ParamTest",
+        "Rule", "SynonymGroup", "evidence_url",
         # checks
         "lint_knowledge_base", "plain_problems", "CHANGELOG_FILE", "check_changelog",
         "parse_changelog",
@@ -114,7 +114,7 @@ def test_authoring_exports() -> None:
         "Explainer", "ExplainTargetError", "render_item", "render_plan_explanation",
         "render_target",
         # documents
-        "render_catalog", "render_catalog_html", "write_catalog", "schemas",
+        "render_catalog", "render_catalog_html", "ExercisePicture", "write_catalog", "schemas",
     ])
 
 
