@@ -3,7 +3,13 @@
 
 This module owns the ``population`` sub-app; each command of it is defined here:
 
-* ``synth``: write a synthetic Bulk Data export (``fhir_adapters.synth_export``).
+* ``synth``: write a synthetic Bulk Data export (``fhir_adapters.synth_export``);
+* ``run``: evaluate every patient of an export on Dask ``distributed`` (a local cluster of
+  worker processes by default, or an existing scheduler with ``--scheduler``); see
+  ``movement_cds._population_run`` for the outputs. Exit status 0 when the run finished
+  (patients that could not be evaluated are rows of errors.ndjson, not a failure); 2 for a
+  bad argument or input; 1 when the run cannot go on (the scheduler is unreachable, the
+  output directory holds another run, the extra is missing).
 
 Exit status: 0 success; 2 a bad argument (one line naming it); 1 anything else (one line,
 never a traceback). Progress goes to standard error (a live bar on a terminal, otherwise a
@@ -12,6 +18,8 @@ line about every 10%); the summary of what was written goes to standard output.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,9 +30,14 @@ import typer
 from cds import KnowledgeBaseError, load_knowledge_base
 from fhir_adapters import InvalidBundleError, synth_export
 from knowledge_base import bundled_path
-from movement_cds._cli_common import app, fail
+from movement_cds._cli_common import KbOption, app, fail
 from movement_cds._cli_kb_diff import progress_reporter
 from movement_cds._cli_kb_profile import whole_number
+from movement_cds._cli_runner_options import (
+    SchedulerOption,
+    require_population_extra,
+    where_from_options,
+)
 
 __all__ = ["population_app"]
 
@@ -103,3 +116,69 @@ def synth(
     typer.echo("bad lines on purpose: " + ", ".join(
         f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds)))
     typer.echo(f"manifest: {report.manifest}")
+
+
+@population_app.command("run")
+def population_run(
+    source: Annotated[Path, typer.Argument(
+        metavar="INPUT", help="A FHIR Bulk Data export (directory of NDJSON files or $export "
+        "manifest), or a directory of grouped bucket files.")],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Output directory.")],
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", metavar="ISO", help="Evaluation instant, ISO 8601 with a time zone "
+        "(default: now, recorded for --resume).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, metavar="N",
+        help="Local Dask worker processes, one thread each (default: CPU count).")] = None,
+    scheduler: SchedulerOption = None,
+    kb: KbOption = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Finish the run in --out: skip the buckets already done.")] = False,
+    buckets: Annotated[int, typer.Option(
+        "--buckets", min=1, metavar="N", help="Buckets (tasks) a Bulk export is grouped "
+        "into.")] = 64,
+) -> None:
+    """Evaluate every patient of INPUT: output Bundles, summary.parquet, errors.ndjson and
+    manifest.json in DIR."""
+    from movement_cds._api import parse_instant
+    from movement_cds._population_input import PopulationInputError
+    from movement_cds._population_run import PopulationRunError, run_population
+    from movement_cds._runner import RunnerError
+
+    require_population_extra()
+    where = where_from_options(workers, scheduler, dask=True,
+                               default_workers=max(1, os.cpu_count() or 1))
+    when = None
+    if as_of is not None:
+        try:
+            when = parse_instant(as_of)
+        except InvalidBundleError as e:
+            fail(f"--as-of: {e.issues[0].message if e.issues else e}", code=2)
+    try:
+        with progress_reporter("population run", unit="patients", rate=True) as progress:
+            report = run_population(source, out, as_of=when, where=where, kb=kb,
+                                    resume=resume, buckets=buckets, progress=progress)
+    except PopulationInputError as e:
+        fail(str(e), code=2)
+    except (PopulationRunError, RunnerError) as e:
+        fail(str(e))
+    sys.stdout.write(format_counts(report.manifest))
+
+
+def format_counts(manifest: dict[str, object]) -> str:
+    """The manifest's counts in a few lines."""
+    c = manifest["counts"]
+    t = manifest["timings"]
+    assert isinstance(c, dict) and isinstance(t, dict)
+    lines = [
+        f"patients: {c['patients']} in {c['buckets']} bucket(s) "
+        f"({c['buckets_skipped_as_finished']} already done), evaluated {c['evaluated']}, "
+        f"errors {c['errors']}",
+        f"evaluated this run in {t['evaluate_s']:.1f} s, {t['patients_per_s']} patients/s",
+    ]
+    for key in ("errors_by_code", "level_of_concern", "top_referral"):
+        if c[key]:
+            lines.append(f"{key.replace('_', ' ')}: " + ", ".join(
+                f"{k} {v}" for k, v in c[key].items()))
+    lines.append(f"exercise held: {c['exercise_held']}")
+    return "\n".join(lines) + "\n"

@@ -19,8 +19,14 @@ def test_movement_cds_exports() -> None:
         "KnowledgeBaseError",
         "MovementCDSError",
         "Plan",
+        # population run (issue 16)
+        "PopulationInputError",
+        "PopulationRunError",
         # progress across visits, and its chart for the handout (issue 17 part 2)
         "ProgressPoint",
+        "RunReport",
+        "RunnerError",
+        "Where",
         "__version__",
         "evaluate",
         "handout_html",
@@ -29,6 +35,7 @@ def test_movement_cds_exports() -> None:
         "read_progress",
         # the service's scenario check at start and on reload (issue 13 part 1)
         "run_all_scenarios",
+        "run_population",
     ]
 
 
