@@ -6,15 +6,22 @@ are unchanged; a failed fetch and another patient's questionnaire are refused.""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import functools
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from cds import KnowledgeBase, load_knowledge_base
+from cds_service._prefetch import PrefetchError, build_input_bundle, prefetch_keys
 from tests.service.conftest import (
     FHIR_TOKEN,
+    STARTER_KB,
     CheckedClient,
     FhirData,
     resources,
@@ -26,6 +33,12 @@ NRF = "no-red-flags.json"  # every red-flag question answered no, by Observation
 PID = "pat-nrf"
 SADDLE = "rf-saddle-anaesthesia"  # a cauda equina item: one yes is an emergency
 QR_KEY = "questionnaireResponses"
+ALL_KEYS = ("patient", "observations", "conditions", "careplan", QR_KEY)
+
+
+@functools.cache
+def _kb() -> KnowledgeBase:
+    return load_knowledge_base(STARTER_KB)
 
 
 def _now() -> str:
@@ -175,3 +188,37 @@ def test_another_patients_questionnaire_is_422(client: CheckedClient) -> None:
     named = [i for i in issues if "qr-someone-else" in i.get("diagnostics", "")]
     assert named and named[0]["code"] == "business-rule"
     assert "another subject" in named[0]["diagnostics"]
+
+
+# --- every combination of absent keys, without fhirServer (no network: the function itself) --
+
+
+@settings(max_examples=40, deadline=None)
+@given(absent=st.sets(st.sampled_from(ALL_KEYS)), client_error=st.booleans())
+def test_only_mandatory_keys_are_412_without_server(absent: set[str],
+                                                    client_error: bool) -> None:
+    """With no fhirServer, a call is a 412 exactly when a mandatory key is unfilled (absent,
+    or an OperationOutcome); an unfilled optional key is recorded as such and goes on."""
+    prefetch = call()["prefetch"]
+    for k in absent:
+        if client_error and k != "patient":
+            prefetch[k] = {"resourceType": "OperationOutcome",
+                           "issue": [{"severity": "error", "code": "timeout"}]}
+        else:
+            del prefetch[k]
+    keys = prefetch_keys(_kb())
+    try:
+        bundle, situations = asyncio.run(build_input_bundle(
+            keys, context={"patientId": PID}, prefetch=prefetch, fhir_server=None,
+            access_token=None, client=None, budget_seconds=1, max_pages=1))
+    except PrefetchError as e:
+        assert e.status == 412
+        assert absent - {QR_KEY}
+        return
+    assert absent <= {QR_KEY}
+    types = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    if absent:
+        assert situations[QR_KEY].endswith("-optional")
+        assert "QuestionnaireResponse" not in types
+    else:
+        assert situations[QR_KEY] == "prefetched" and "QuestionnaireResponse" in types
