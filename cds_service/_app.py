@@ -669,15 +669,16 @@ class _Advice:
         self.handouts = handouts
         self.base_url = base_url
 
-    def _handout_link(self, service_id: str, hook_instance: str, current: Engine
-                      ) -> Callable[[list[dict[str, Any]], Any], None] | None:
+    def _handout_link(self, service_id: str, hook_instance: str, current: Engine,
+                      made: list[str]) -> Callable[[list[dict[str, Any]], Any], None] | None:
+        """The link step of ``advise``: the page's id goes into ``made``."""
         handouts = self.handouts
         if handouts is None:
             return None
 
         def link(cards: list[dict[str, Any]], result: Any) -> None:
             try:
-                _link_handout(cards, result, current, handouts, self.base_url)
+                made.append(_link_handout(cards, result, current, handouts, self.base_url))
             except Exception as e:  # the advice goes out without the page, never a 500
                 log.warning("%s %s: no handout page (%s)", service_id, hook_instance,
                             type(e).__name__)
@@ -689,10 +690,11 @@ class _Advice:
                      call: CallRecord | None = None) -> Response:
         as_of = datetime.now(UTC)
         input_text = canonical(call_input)  # before evaluation: what the rules were given
+        pages: list[str] = []
         try:
             body, cards, plan = advise(current, service_id, call_input, as_of,
                                        link=self._handout_link(service_id, hook_instance,
-                                                               current))
+                                                               current, pages))
         except InvalidBundleError as e:
             log.info("%s %s: 422 input contract (%d issues)", service_id, hook_instance,
                      len(e.issues))
@@ -705,7 +707,13 @@ class _Advice:
             call.cards, call.held = cards, plan.exercise_held
             call.referral_priorities = [a.referral.priority for a in plan.referrals]
         rules = card_rules(plan, cards) if plan is not None else []
-        await self.record(service_id, hook_instance, current, as_of, input_text, body, rules)
+        try:
+            await self.record(service_id, hook_instance, current, as_of, input_text, body,
+                              rules)
+        except ApiError:  # no advice given ([audit] required): no page kept for it either
+            if pages and self.handouts is not None:
+                await run_in_threadpool(self.handouts.delete, pages)
+            raise
         if situations is not None:
             log.info("%s %s: 200, %d cards (%s), %d resources in, prefetch %s, %.0f ms",
                      service_id, hook_instance, len(cards),
@@ -947,12 +955,14 @@ _HANDOUT_HEADERS: Final = {
 
 
 def _link_handout(cards: list[dict[str, Any]], result: Any, engine: Engine,
-                  store: HandoutStore, base_url: str) -> None:
-    """Keep the plan's patient handout page and link the plan card (the last card) to it.
-    The card's uuid stays that of its advice: the link is not part of it."""
+                  store: HandoutStore, base_url: str) -> str:
+    """Keep the plan's patient handout page and link the plan card (the last card) to it;
+    the page's id. The card's uuid stays that of its advice: the link is not part of it."""
     page = handout_html(result, support=engine.support)
-    url = f"{base_url}/handouts/{store.put(page)}"
-    add_handout_link(cards, {"label": HANDOUT_LINK_LABEL, "url": url, "type": "absolute"})
+    page_id = store.put(page)
+    add_handout_link(cards, {"label": HANDOUT_LINK_LABEL, "url": f"{base_url}/handouts/{page_id}",
+                             "type": "absolute"})
+    return page_id
 
 
 HANDOUT_LINK_LABEL: Final = "Patient handout: the exercises with pictures, a week plan and a log"
