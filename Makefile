@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 FHIRJS := tools/fhir-validator/node_modules/.installed-stamp
 AS_OF ?= 2026-11-02T09:00:00Z
 
-.PHONY: example test lint bench bench-speed docs clean base-install-check chromium pango postgres
+.PHONY: example test test-fast lint bench bench-speed docs clean base-install-check chromium pango postgres
 
 SETUP_LOG := $(VENV)/setup.log
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (log: $(SETUP_LOG))"
 	@$(PY) -m venv $(VENV)
 	@( $(BIN)/python -m pip install --upgrade pip \
-	   && $(BIN)/python -m pip install -e '.[dev,service,handout]' ) > $(SETUP_LOG) 2>&1 \
+	   && $(BIN)/python -m pip install -e '.[dev,service,handout,population]' ) > $(SETUP_LOG) 2>&1 \
 	   || { tail -n 30 $(SETUP_LOG); echo "set-up failed: the whole log is $(SETUP_LOG)" >&2; exit 1; }
 	@touch $(STAMP)
 
@@ -49,6 +49,11 @@ example: $(STAMP)
 ## Lint, type-check (mypy strict) and run the test suite.
 test: $(STAMP) $(FHIRJS) chromium pango postgres lint
 	$(BIN)/python -m pytest
+
+## The core of the suite while you work (no slow tests: service start-ups, browsers,
+## clusters, the authoring guide); `make test` (CI) runs everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
 
 ## The library without extras, as an integrator installs it: build the wheel, install it in a
 ## fresh venv (no extras), import every library module, run the README's Python example and

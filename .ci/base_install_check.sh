@@ -2,8 +2,8 @@
 # The library as an EHR integrator installs it: build the wheel, install it WITHOUT extras in
 # a fresh venv, then import every library module, run the README's Python example,
 # `movement-cds evaluate` on the bundled example and `movement-cds kb validate --strict`, write
-# the patient handout as HTML, and check that `serve` and a PDF handout say which extra they
-# need. Run it with `make base-install-check`; CI runs
+# the patient handout as HTML, and check that `serve`, a PDF handout and `population run` say
+# which extra they need. Run it with `make base-install-check`; CI runs
 # it from .ci/run. pip's cache keeps durable-rules' build fast after the first time.
 # Usage: base_install_check.sh PYTHON [WORKDIR]
 set -euo pipefail
@@ -74,4 +74,9 @@ if "$WORK/venv/bin/movement-cds" handout "$OLDPWD/examples/example-patient.json"
   echo "base-install-check: a PDF handout was written without the handout extra" >&2; exit 1
 fi
 grep -q "'handout' extra" "$WORK/pdf.out" && ! grep -q Traceback "$WORK/pdf.out"
+# population run says which extra it needs (no Dask, no pyarrow in the base install)
+if "$WORK/venv/bin/movement-cds" population run "$WORK" --out "$WORK/pop" >"$WORK/pop.out" 2>&1; then
+  echo "base-install-check: population run ran without the population extra" >&2; exit 1
+fi
+grep -q "movement-cds\[population\]" "$WORK/pop.out" && ! grep -q Traceback "$WORK/pop.out"
 echo "base-install-check: OK in $(( $(date +%s) - started )) s (wheel, fresh venv without extras)"

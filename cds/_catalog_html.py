@@ -1,11 +1,25 @@
 """The clinical catalog as one static HTML page a clinician can browse and search offline.
 
-``render_catalog_html(kb, scenarios)`` returns the page: rules (stratum, conditions in plain
-words, outputs, evidence with links, the scenarios that specify each), exercises
-(properties, dose, easier/harder chain, the rules that recommend or avoid each), alerts (the
-rules that raise each) and parameters (default, range, evidence tag; unverified [M] ones
-flagged). Every rule, exercise, alert and parameter has an anchor (``catalog.html#RF-01-CES``,
-``#bird-dog-breathing``, ``#alert-<code>``, ``#param-<name>``).
+``render_catalog_html(kb, scenarios)`` returns the page: a red-flag overview table (pathway,
+presentation, level, action, evidence), the questions in plain words (``cds._catalog_sections``),
+rules (stratum, conditions in plain words, outputs, evidence with links, the scenarios that
+specify each), exercises (properties, dose, easier/harder chain, the rules that recommend or
+avoid each, and a picture when a drawing function is given), alerts (the rules that raise
+each) and parameters (default, range, evidence tag; unverified [M] ones flagged). Every
+question, rule, exercise, alert and parameter has an anchor (``#fact-rf-fever``,
+``catalog.html#RF-01-CES``, ``#bird-dog-breathing``, ``#alert-<code>``, ``#param-<name>``).
+
+Exercise pictures: ``render_catalog_html(..., exercise_picture=f)`` with ``f(exercise)``
+returning an SVG element as text (or ``None`` for no picture) puts that SVG in each
+exercise's entry (``<figure class="picture">``). The SVG is inserted as given, so ``f`` must
+be the project's own drawing code, never text from outside. Without ``f`` the page has no
+pictures; ``movement_cds._docs.catalog_pages`` (``kb docs``) passes ``cds.exercise_figure_svg``,
+the patient handout's line drawings.
+
+Search: every word typed must occur in an entry's text; a word (or a whole search) that is a
+term of a synonym group of the knowledge base (``search-synonyms.yaml``: UK and US spellings,
+everyday words) also matches the group's other terms, so "incontinence" finds "leaking" and
+"anesthesia" finds "anaesthesia".
 
 One self-contained file: inline CSS and a few lines of JavaScript (a search box that filters
 as you type), nothing loaded from the network, so it works from ``file://`` on a ward PC.
@@ -16,11 +30,17 @@ deterministic (the staleness test compares it byte for byte).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from html import escape
 from typing import Any
 
 from cds._catalog_docs import Segment, condition_parts, value_segments
+from cds._catalog_sections import (
+    facts_section,
+    red_flag_overview,
+    rule_questions,
+    search_synonyms_json,
+)
 from cds._kb_schema import (
     Condition,
     ExerciseDefinition,
@@ -31,7 +51,10 @@ from cds._kb_schema import (
 from cds._knowledge_base import KnowledgeBase
 from cds._plan import ExerciseDose
 
-__all__ = ["evidence_url", "render_catalog_html"]
+__all__ = ["ExercisePicture", "evidence_url", "render_catalog_html"]
+
+#: The hook for exercise pictures: exercise -> an SVG element as text, or None for none.
+ExercisePicture = Callable[[ExerciseDefinition], str | None]
 
 
 _HOLDING = frozenset({"stat", "asap", "urgent"})  # the plan's safety policy (cds._plan)
@@ -166,6 +189,7 @@ def _rules(kb: KnowledgeBase, scenarios: dict[str, list[str]]) -> list[str]:
             html += [
                 f'<article class="item rule" id="{_e(r.id)}">',
                 f'<h4><a class="anchor" href="#{_e(r.id)}">{_e(r.id)}</a> {_e(r.title)}</h4>',
+                rule_questions(kb, r),
                 f'<p class="meta">Stratum <code>{_e(r.stratum)}</code>, priority '
                 f"{r.priority}. Source <code>{_e(where)}</code>."
                 + (" Evaluated once per exercise of the previous plan (scope "
@@ -206,7 +230,15 @@ def _chain(kb: KnowledgeBase, ex: ExerciseDefinition) -> str:
     return " → ".join(parts) + " (easier → harder)"
 
 
-def _exercises(kb: KnowledgeBase) -> list[str]:
+def _picture(ex: ExerciseDefinition, exercise_picture: ExercisePicture | None) -> str:
+    svg = exercise_picture(ex) if exercise_picture is not None else None
+    if not svg:
+        return ""
+    return (f'<figure class="picture" aria-label="{_e(ex.title)}">{svg}'
+            f"<figcaption>{_e(ex.title)}</figcaption></figure>")
+
+
+def _exercises(kb: KnowledgeBase, exercise_picture: ExercisePicture | None) -> list[str]:
     html = ['<section id="exercises"><h2>Exercises</h2>',
             f"<p>{len(kb.exercises)} exercises. Properties (direction, load, surface) are "
             "what precautions veto by, so a new exercise is covered without touching the "
@@ -221,6 +253,7 @@ def _exercises(kb: KnowledgeBase) -> list[str]:
         html += [
             f'<article class="item exercise" id="{_e(ex.id)}">',
             f'<h4><a class="anchor" href="#{_e(ex.id)}">{_e(ex.id)}</a> {_e(ex.title)}</h4>',
+            _picture(ex, exercise_picture),
             '<table class="props"><tr><th>purpose</th><th>direction</th><th>load</th>'
             "<th>surface</th><th>position</th><th>equipment</th></tr>"
             f"<tr><td>{_e(ex.purpose)}</td>"
@@ -327,30 +360,60 @@ table.props{border-collapse:collapse;font-size:.9em}
 table.props th,table.props td{border:1px solid #dde;padding:.15em .5em;text-align:left}
 a.anchor{text-decoration:none}
 .hidden{display:none}
+h4.question{font-size:1.05em}
+.tag-flag{background:#fbd5d5}
+table.overview{border-collapse:collapse;font-size:.9em;width:100%}
+table.overview th,table.overview td{border:1px solid #dde;padding:.25em .5em;text-align:left;
+vertical-align:top}
+table.overview thead th{background:#f4f6f8;position:sticky;top:0}
+figure.picture{float:right;margin:0 0 .5em 1em;width:300px;max-width:40%}
+figure.picture svg{width:100%;height:auto}
+figure.picture figcaption{font-size:.8em;color:#555;text-align:center}
+article.item::after{content:"";display:block;clear:both}
+section,.group h3,article.item,tr.item{scroll-margin-top:14em}
 """
 
-# Filters as you type: every whitespace-separated word must occur in an item's text.
-# A link to an item that the filter hides clears the filter first.
+# Filters as you type: every whitespace-separated word must occur in an item's text (or a
+# synonym of it: SYN, the knowledge base's search-synonyms.yaml). A whole search that is a
+# phrase of a synonym group counts as one word. A link to an item that the filter hides
+# clears the filter first.
 _JS = """
 (function () {
+  var SYN = JSON.parse(document.getElementById('synonyms').textContent);
   var q = document.getElementById('q');
   var count = document.getElementById('count');
-  var items = Array.prototype.slice.call(document.querySelectorAll('article.item'));
+  var items = Array.prototype.slice.call(document.querySelectorAll('.item'));
   var groups = Array.prototype.slice.call(document.querySelectorAll('.group, section'));
+  function alternatives(word) {
+    var alts = [word];
+    SYN.forEach(function (g) {
+      if (g.indexOf(word) >= 0) { alts = alts.concat(g); }
+    });
+    return alts;
+  }
+  function words(text) {
+    var whole = text.replace(/\\s+/g, ' ');
+    var phrase = whole.indexOf(' ') > 0 && SYN.some(function (g) {
+      return g.indexOf(whole) >= 0;
+    });
+    return phrase ? [whole] : whole.split(' ').filter(Boolean);
+  }
   function apply() {
-    var words = q.value.toLowerCase().split(/\\s+/).filter(Boolean);
+    var wanted = words(q.value.toLowerCase().trim()).map(alternatives);
     var shown = 0;
     items.forEach(function (el) {
       var text = el.textContent.toLowerCase();
-      var ok = words.every(function (w) { return text.indexOf(w) >= 0; });
+      var ok = wanted.every(function (alts) {
+        return alts.some(function (a) { return text.indexOf(a) >= 0; });
+      });
       el.classList.toggle('hidden', !ok);
       if (ok) { shown += 1; }
     });
     groups.forEach(function (g) {
-      var any = g.querySelector('article.item:not(.hidden)');
+      var any = g.querySelector('.item:not(.hidden)');
       g.classList.toggle('hidden', !any);
     });
-    count.textContent = words.length ? shown + ' of ' + items.length + ' shown' : '';
+    count.textContent = wanted.length ? shown + ' of ' + items.length + ' shown' : '';
   }
   q.addEventListener('input', apply);
   window.addEventListener('hashchange', function () {
@@ -361,8 +424,10 @@ _JS = """
 """
 
 
-def render_catalog_html(kb: KnowledgeBase, scenarios: dict[str, list[str]]) -> str:
-    """The whole catalog page. ``scenarios`` maps rule id -> ids of scenarios covering it."""
+def render_catalog_html(kb: KnowledgeBase, scenarios: dict[str, list[str]],
+                        exercise_picture: ExercisePicture | None = None) -> str:
+    """The whole catalog page. ``scenarios`` maps rule id -> ids of scenarios covering it;
+    ``exercise_picture`` draws each exercise (the pictures hook; module docstring)."""
     title = f"Clinical catalog: {kb.manifest.title}"
     body = [
         "<!DOCTYPE html>",
@@ -375,16 +440,21 @@ def render_catalog_html(kb: KnowledgeBase, scenarios: dict[str, list[str]]) -> s
         f'<p class="meta">Knowledge base <code>{_e(kb.ruleset_name)}</code> '
         f"({_e(kb.manifest.status)}). Generated by <code>movement-cds kb docs</code>; do not "
         "edit by hand. Every output is a proposal for a licensed clinician.</p>",
-        '<nav><a href="#rules">Rules</a><a href="#exercises">Exercises</a>'
+        '<nav><a href="#red-flags">Red flags</a><a href="#facts">Questions</a>'
+        '<a href="#rules">Rules</a><a href="#exercises">Exercises</a>'
         '<a href="#alerts">Alerts</a><a href="#parameters">Parameters</a></nav>',
-        '<p><input id="q" type="search" placeholder="Search: rule id, exercise, fact, '
-        'evidence, words..." aria-label="Search the catalog" autocomplete="off">'
+        '<p><input id="q" type="search" placeholder="Search: a question, symptom, rule id, '
+        'exercise, evidence..." aria-label="Search the catalog" autocomplete="off">'
         '<span id="count" aria-live="polite"></span></p>',
         "</header><main>",
+        *red_flag_overview(kb),
+        *facts_section(kb),
         *_rules(kb, scenarios),
-        *_exercises(kb),
+        *_exercises(kb, exercise_picture),
         *_alerts(kb),
         *_parameters(kb),
-        f"</main><script>{_JS}</script></body></html>",
+        "</main>",
+        f'<script type="application/json" id="synonyms">{search_synonyms_json(kb)}</script>',
+        f"<script>{_JS}</script></body></html>",
     ]
     return "\n".join(x for x in body if x) + "\n"

@@ -143,6 +143,12 @@ class FactDefinition(_Model):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*(\.[a-z0-9-]+)?$")]
     type: Literal["boolean", "integer", "decimal", "code"]
     description: str
+    question: str | None = Field(
+        default=None,
+        description="The item in plain words, as it is asked (the catalog's facts section and "
+        "the published Questionnaire items). Required for every fact an input code carries "
+        "(one with a coding); not allowed on a derived fact.",
+    )
     derived: bool = False
     min: float | None = None
     max: float | None = None
@@ -205,7 +211,29 @@ class FactDefinition(_Model):
             raise ValueError("lifelong and hold-when-unreadable need red-flag: specific|weak")
         if self.also_coded and self.coding is None:
             raise ValueError("also-coded needs a coding")
+        if self.coding is not None and not (self.question or "").strip():
+            raise ValueError(f"fact '{self.name}' is carried by an input code but has no "
+                             "question: add the item in plain words (question: ...)")
+        if self.derived and self.question is not None:
+            raise ValueError(f"fact '{self.name}' is derived: a question is only for input "
+                             "facts")
         return self
+
+
+# --- catalog search synonyms ----------------------------------------------------------------
+
+
+class SynonymGroup(_Model):
+    """Words the catalog's search treats as the same (search-synonyms.yaml): UK and US
+    spellings (anaesthesia, anesthesia) and the everyday words for a clinical term
+    (incontinence, leaking). A search for any term also finds the others."""
+
+    terms: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9' -]*[a-z0-9]$")]] = Field(
+        min_length=2,
+        description="Lower-case words or phrases, at least two; a search word that equals "
+        "one of them (or a whole search that equals a phrase) finds every one.",
+    )
+    note: str | None = None
 
 
 # --- exercise catalog ---------------------------------------------------------------------

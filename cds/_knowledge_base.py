@@ -7,6 +7,7 @@ A knowledge base is a directory::
     exercises.yaml     exercises:  the exercise catalog
     alerts.yaml        alerts:     the alert codes
     rules/*.yaml       rules:      the rules, any number of files
+    search-synonyms.yaml  synonyms: optional; words the catalog's search treats as the same
     scenarios/*.yaml   scenario tests (read by the test runner, not here)
 """
 
@@ -41,6 +42,7 @@ from cds._kb_schema import (
     ParameterDefinition,
     ParamTest,
     Rule,
+    SynonymGroup,
 )
 
 __all__ = [
@@ -78,6 +80,7 @@ class KnowledgeBase:
     warnings: list[KnowledgeBaseProblem] = field(default_factory=list)
     parameter_overrides: dict[str, Any] = field(default_factory=dict)
     parameters: dict[str, ParameterDefinition] = field(default_factory=dict)
+    search_synonyms: list[SynonymGroup] = field(default_factory=list)
     _by_id: dict[str, Rule] = field(default_factory=dict, repr=False, compare=False)
     derived_cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -443,15 +446,11 @@ def _parse_knowledge_base(
             )
 
     kb = KnowledgeBase(
-        root=root,
-        manifest=manifest,
-        facts=facts,
-        exercises=exercises,
-        alerts=alerts,
-        rules=[],
+        root=root, manifest=manifest, facts=facts, exercises=exercises, alerts=alerts, rules=[],
         locations={**locations, **{f"rules:{k}": v for k, v in seen_rules.items()}},
         parameter_overrides=overrides,
         parameters=parameters,
+        search_synonyms=_synonyms(root, problems),
     )
     problems.extend(_cross_check(kb, rules))
     errors = [p for p in problems if p.severity == "error"]
@@ -461,6 +460,31 @@ def _parse_knowledge_base(
     kb.rules = sorted(rules, key=lambda r: (order[r.stratum], r.priority, r.id))
     kb.warnings = [p for p in problems if p.severity != "error"]
     return kb
+
+
+def _synonyms(root: Path, problems: list[KnowledgeBaseProblem]) -> list[SynonymGroup]:
+    """The catalog's search synonyms (``search-synonyms.yaml``, optional): each group checked
+    with its position, and a term in two groups refused (a search must mean one thing)."""
+    path = root / "search-synonyms.yaml"
+    if not path.is_file():
+        return []
+    rel = path.name
+    doc = _read(path, root, problems)
+    groups: list[SynonymGroup] = []
+    seen: dict[str, int] = {}
+    for i, node in _items(doc, "synonyms", rel, problems):
+        group = _validate(SynonymGroup, node, rel, ("synonyms", i), doc, problems)
+        if group is None:
+            continue
+        line, col = _position(doc, ("synonyms", i))
+        for term in group.terms:
+            if term in seen:
+                problems.append(KnowledgeBaseProblem(
+                    rel, line, col, f"search synonym '{term}' is already in the group at "
+                    f"line {seen[term]}"))
+            seen.setdefault(term, line or 0)
+        groups.append(group)
+    return groups
 
 
 def _cross_check(kb: KnowledgeBase, rules: list[Rule]) -> list[KnowledgeBaseProblem]:

@@ -6,7 +6,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from cds._kb_schema import AlertDefinition, ExerciseDefinition, FactDefinition, Manifest, Rule
+from cds._kb_schema import (
+    AlertDefinition,
+    ExerciseDefinition,
+    FactDefinition,
+    Manifest,
+    Rule,
+    SynonymGroup,
+)
 
 __all__ = ["schemas"]
 
@@ -24,13 +31,15 @@ def _list_of(name: str, key: str, item: type[BaseModel]) -> type[BaseModel]:
 
 
 def schemas() -> dict[str, dict[str, Any]]:
-    """One schema per file kind: manifest, facts, exercises, alerts, rules."""
+    """One schema per file kind: manifest, facts, exercises, alerts, rules, search
+    synonyms."""
     files: dict[str, type[BaseModel]] = {
         "manifest": Manifest,
         "facts": _list_of("FactsFile", "facts", FactDefinition),
         "exercises": _list_of("ExercisesFile", "exercises", ExerciseDefinition),
         "alerts": _list_of("AlertsFile", "alerts", AlertDefinition),
         "rules": _list_of("RulesFile", "rules", Rule),
+        "search-synonyms": _list_of("SearchSynonymsFile", "synonyms", SynonymGroup),
     }
     out = {}
     for name, model in files.items():

@@ -16,11 +16,12 @@ that the caller passes in, the production reader in practice).
 - **explanations**: ``Explainer`` with ``render_target``/``render_plan_explanation``
   (``kb explain``: why, and why not);
 - **documents**: ``render_catalog``/``write_catalog`` (the Markdown catalog),
-  ``render_catalog_html`` (the one-page HTML catalog), ``schemas`` (JSON Schemas of the files).
+  ``render_catalog_html`` (the one-page HTML catalog; ``ExercisePicture`` is the type of
+  its exercise-picture hook), ``schemas`` (JSON Schemas of the files).
 """
 
 from cds._catalog_docs import render_catalog, write_catalog
-from cds._catalog_html import render_catalog_html
+from cds._catalog_html import ExercisePicture, render_catalog_html
 from cds._changelog import CHANGELOG_FILE, check_changelog, parse_changelog
 from cds._explain import (
     Explainer,
@@ -39,11 +40,13 @@ from cds._kb_schema import (
     DoseSpec,
     Evidence,
     ExerciseDefinition,
+    FactDefinition,
     FactTest,
     NoneOf,
     Param,
     ParamTest,
     Rule,
+    SynonymGroup,
     evidence_url,
 )
 from cds._scenarios import (
@@ -73,9 +76,11 @@ __all__ = [
     "DoseSpec",
     "Evidence",
     "ExerciseDefinition",
+    "ExercisePicture",
     "ExpectationRow",
     "ExplainTargetError",
     "Explainer",
+    "FactDefinition",
     "FactTest",
     "NoneOf",
     "Param",
@@ -83,6 +88,7 @@ __all__ = [
     "Rule",
     "Scenario",
     "ScenarioOutcome",
+    "SynonymGroup",
     "TrajectoryOutcome",
     "check_changelog",
     "evidence_url",

@@ -74,6 +74,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+import anyio
+import anyio.to_thread
 import httpx
 import orjson
 from fastapi import FastAPI, Request
@@ -142,6 +144,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("movement_cds.service")
+#: How long a token check (signature, claims, the used-token cache) may take before the call
+#: is refused (401): a hung database must not hang the call.
+AUTH_DEADLINE_SECONDS: Final = 5.0
 
 CONFIG_ENV: Final = "MOVEMENT_CDS_CONFIG"
 APP_FACTORY: Final = "cds_service._app:app_from_env"  # each worker's app (uvicorn)
@@ -669,15 +674,16 @@ class _Advice:
         self.handouts = handouts
         self.base_url = base_url
 
-    def _handout_link(self, service_id: str, hook_instance: str, current: Engine
-                      ) -> Callable[[list[dict[str, Any]], Any], None] | None:
+    def _handout_link(self, service_id: str, hook_instance: str, current: Engine,
+                      made: list[str]) -> Callable[[list[dict[str, Any]], Any], None] | None:
+        """The link step of ``advise``: the page's id goes into ``made``."""
         handouts = self.handouts
         if handouts is None:
             return None
 
         def link(cards: list[dict[str, Any]], result: Any) -> None:
             try:
-                _link_handout(cards, result, current, handouts, self.base_url)
+                made.append(_link_handout(cards, result, current, handouts, self.base_url))
             except Exception as e:  # the advice goes out without the page, never a 500
                 log.warning("%s %s: no handout page (%s)", service_id, hook_instance,
                             type(e).__name__)
@@ -689,10 +695,11 @@ class _Advice:
                      call: CallRecord | None = None) -> Response:
         as_of = datetime.now(UTC)
         input_text = canonical(call_input)  # before evaluation: what the rules were given
+        pages: list[str] = []
         try:
             body, cards, plan = advise(current, service_id, call_input, as_of,
                                        link=self._handout_link(service_id, hook_instance,
-                                                               current))
+                                                               current, pages))
         except InvalidBundleError as e:
             log.info("%s %s: 422 input contract (%d issues)", service_id, hook_instance,
                      len(e.issues))
@@ -705,7 +712,13 @@ class _Advice:
             call.cards, call.held = cards, plan.exercise_held
             call.referral_priorities = [a.referral.priority for a in plan.referrals]
         rules = card_rules(plan, cards) if plan is not None else []
-        await self.record(service_id, hook_instance, current, as_of, input_text, body, rules)
+        try:
+            await self.record(service_id, hook_instance, current, as_of, input_text, body,
+                              rules)
+        except ApiError:  # no advice given ([audit] required): no page kept for it either
+            if pages and self.handouts is not None:
+                await run_in_threadpool(self.handouts.delete, pages)
+            raise
         if situations is not None:
             log.info("%s %s: 200, %d cards (%s), %d resources in, prefetch %s, %.0f ms",
                      service_id, hook_instance, len(cards),
@@ -947,12 +960,14 @@ _HANDOUT_HEADERS: Final = {
 
 
 def _link_handout(cards: list[dict[str, Any]], result: Any, engine: Engine,
-                  store: HandoutStore, base_url: str) -> None:
-    """Keep the plan's patient handout page and link the plan card (the last card) to it.
-    The card's uuid stays that of its advice: the link is not part of it."""
+                  store: HandoutStore, base_url: str) -> str:
+    """Keep the plan's patient handout page and link the plan card (the last card) to it;
+    the page's id. The card's uuid stays that of its advice: the link is not part of it."""
     page = handout_html(result, support=engine.support)
-    url = f"{base_url}/handouts/{store.put(page)}"
-    add_handout_link(cards, {"label": HANDOUT_LINK_LABEL, "url": url, "type": "absolute"})
+    page_id = store.put(page)
+    add_handout_link(cards, {"label": HANDOUT_LINK_LABEL, "url": f"{base_url}/handouts/{page_id}",
+                             "type": "absolute"})
+    return page_id
 
 
 HANDOUT_LINK_LABEL: Final = "Patient handout: the exercises with pictures, a week plan and a log"
@@ -1114,9 +1129,14 @@ def create_app(
         audience = config.base_url + request.url.path
         header = request.headers.get("authorization")
         try:
-            result = await run_in_threadpool(verifier.verify, header, audience)
-            if inspect.isawaitable(result):
-                await result
+            # a deadline: a database that holds the connection open and never answers (the
+            # used-token check) gives a 401 in bounded time, not a hung call; the thread is
+            # abandoned, and the shared thread limiter bounds how many can be
+            with anyio.fail_after(AUTH_DEADLINE_SECONDS):
+                result = await anyio.to_thread.run_sync(
+                    verifier.verify, header, audience, abandon_on_cancel=True)
+                if inspect.isawaitable(result):
+                    await result
         except Exception as e:
             log.info("authentication refused on %s (%s)", request.url.path, type(e).__name__)
             observer.auth_failed(str(e))

@@ -11,7 +11,8 @@ themselves are kept too, so the call can be replayed; ``false`` keeps their dige
 Replay is byte-identical because everything the answer depends on is pinned: the input (the
 canonical input is the Bundle the rules saw, after prefetch and FHIR reads: the EHR need not
 be asked again), the release (loaded from the release archive by its digest, which is
-checked), the evaluation instant (``as_of``: the plan's dates, check-in window and
+checked; so are the stored input and response against their recorded digests), the
+evaluation instant (``as_of``: the plan's dates, check-in window and
 follow-up timing derive from it), the service id (card uuids are UUID v5 of the service,
 the subject and the content; resource ids in the suggestions derive from the content, so
 nothing random is in an answer). The movement-cds version is recorded: a replay by another
@@ -88,13 +89,27 @@ def parse_instant(text: str) -> datetime:
 
 # --- the release archive ------------------------------------------------------------------------
 
+def _in_release(name: str) -> bool:
+    """A file that is part of a release: not a byte-code or backup file, and not hidden
+    unless the loader reads it (it globs ``*.yaml``, which matches ``.name.yaml`` too)."""
+    return not name.endswith((".pyc", "~")) and (not name.startswith(".")
+                                                 or name.endswith(".yaml"))
+
+
 def kb_files(root: Path) -> list[Path]:
-    """The files of a knowledge-base directory that make up a release, in a fixed order."""
+    """The files of a knowledge-base directory that make up a release, in a fixed order:
+    every file the loader can read, through symlinked directories too (each real directory
+    once), without hidden directories, ``__pycache__``, byte-code and backup files."""
     out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back to a directory already read
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
-        out += [Path(dirpath) / f for f in sorted(filenames)
-                if not f.startswith(".") and not f.endswith((".pyc", "~"))]
+        out += [Path(dirpath) / f for f in sorted(filenames) if _in_release(f)]
     return out
 
 
@@ -218,6 +233,11 @@ def replay_one(store: Any, record: dict[str, Any], software_now: str) -> Replaye
     if record["input"] is None:
         raise AuditError(f"audit record of {record['hook_instance']} has no stored input "
                          "([audit] store_inputs was false): only its digests can be shown")
+    for key in ("input", "output"):  # what is replayed and compared is what was recorded
+        stored = record[key]
+        if stored is not None and sha256(stored.encode()) != record[f"{key}_digest"]:
+            raise AuditError(f"audit record of {record['hook_instance']}: the stored {key} "
+                             f"does not match its recorded digest: the record was altered")
     archived = store.release_archive(record["kb_digest"])
     if archived is None:
         raise AuditError(f"release {record['release']} ({record['kb_digest'][:12]}) is not "

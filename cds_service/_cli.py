@@ -67,6 +67,9 @@ def _log_config(level: str) -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
 
     cfg: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    # the handout pages' ids are capabilities: the access log shows /handouts/<id>
+    cfg.setdefault("filters", {})["handout_ids"] = {"()": "cds_service._handouts.RedactHandoutIds"}
+    cfg["handlers"]["access"]["filters"] = ["handout_ids"]
     cfg["formatters"]["service"] = {
         "()": "uvicorn.logging.DefaultFormatter",
         "fmt": "%(levelprefix)s %(name)s: %(message)s",

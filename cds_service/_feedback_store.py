@@ -152,6 +152,8 @@ def _text(value: object, where: str) -> str:
         raise ValueError(f"{where} must be a non-empty string")
     if len(value) > MAX_TEXT:
         raise ValueError(f"{where} is longer than {MAX_TEXT} characters")
+    if "\x00" in value:  # PostgreSQL text cannot hold it: refused now, not lost later
+        raise ValueError(f"{where} contains a NUL character (U+0000)")
     return value
 
 
@@ -366,6 +368,14 @@ CREATE TRIGGER IF NOT EXISTS kb_release_no_update BEFORE UPDATE ON kb_release
 BEGIN SELECT RAISE(ABORT, 'the release archive is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS kb_release_no_delete BEFORE DELETE ON kb_release
 BEGIN SELECT RAISE(ABORT, 'the release archive is append-only'); END;
+-- REPLACE deletes the row it conflicts with without firing a DELETE trigger: refuse the
+-- insert instead (an archived release is kept as it is, like ON CONFLICT DO NOTHING)
+CREATE TRIGGER IF NOT EXISTS audit_record_no_replace BEFORE INSERT ON audit_record
+WHEN EXISTS (SELECT 1 FROM audit_record WHERE id = NEW.id)
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS kb_release_no_replace BEFORE INSERT ON kb_release
+WHEN EXISTS (SELECT 1 FROM kb_release WHERE digest = NEW.digest)
+BEGIN SELECT RAISE(IGNORE); END;
 """
 
 _SQLITE_WRITES: dict[str, str] = {

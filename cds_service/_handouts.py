@@ -10,7 +10,9 @@ The link is a capability: whoever has it can read the page until it expires (the
 it to the clinician, who may print it or pass it on; the page has no name or record id). So:
 pages expire ``ttl_seconds`` after they were made (``[handouts] ttl_seconds``), an unknown,
 malformed or expired id gets the same 404 with no detail, nothing lists the pages, and the
-answer says ``Cache-Control: no-store`` and ``Referrer-Policy: no-referrer``.
+answer says ``Cache-Control: no-store`` and ``Referrer-Policy: no-referrer``. The access log
+(``movement-cds serve``) writes the route as ``/handouts/<id>``, never the id itself
+(``RedactHandoutIds``): whoever reads the logs must not be able to open the pages.
 
 The pages live in one SQLite file (``[handouts] database``) shared by the worker processes,
 since the call and the page's GET may reach different workers. Expired pages are deleted
@@ -19,6 +21,7 @@ when a new page is stored.
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import sqlite3
@@ -27,10 +30,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-__all__ = ["HANDOUT_ID", "HandoutStore"]
+__all__ = ["HANDOUT_ID", "HandoutStore", "RedactHandoutIds"]
 
 #: What a handout id looks like (``secrets.token_urlsafe(32)``); anything else is a 404.
 HANDOUT_ID: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+
+_IN_PATH: Final = re.compile(r"(/handouts/)[^?#\s]*")
+
+
+class RedactHandoutIds(logging.Filter):
+    """A log filter (uvicorn's access log): ``/handouts/{id}`` in a record's arguments
+    becomes ``/handouts/<id>``; the record is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(a, str) and "/handouts/" in a
+                                           for a in args):
+            record.args = tuple(_IN_PATH.sub(r"\1<id>", a) if isinstance(a, str) else a
+                                for a in args)
+        elif isinstance(record.msg, str) and "/handouts/" in record.msg:
+            record.msg = _IN_PATH.sub(r"\1<id>", record.msg)
+        return True
+
 
 _SCHEMA: Final = ("CREATE TABLE IF NOT EXISTS handout (id TEXT PRIMARY KEY, html TEXT NOT "
                   "NULL, expires REAL NOT NULL)")
@@ -76,6 +97,14 @@ class HandoutStore:
         finally:
             db.close()
         return handout_id
+
+    def delete(self, handout_ids: list[str]) -> None:
+        """Remove pages (advice that was refused after its page was made)."""
+        db = self._connect()
+        try:
+            db.executemany("DELETE FROM handout WHERE id = ?", [(i,) for i in handout_ids])
+        finally:
+            db.close()
 
     def get(self, handout_id: str) -> str | None:
         """The page, or None when the id is unknown, malformed or expired."""

@@ -86,10 +86,29 @@ def _where(database_url: str) -> str:
     return f"{u.host or 'localhost'}:{u.port or 5432}/{u.database or ''}"
 
 
+#: Server-side limits on each connection: a statement waits at most ``LOCK_TIMEOUT`` for a
+#: lock another session holds (a migration, a CREATE INDEX, a DBA's LOCK TABLE) and runs at
+#: most ``STATEMENT_TIMEOUT``; past that it fails like an unreachable server (the used-token
+#: check refuses the token, the queue retries), never a call waiting without end.
+LOCK_TIMEOUT: Final = "2s"
+STATEMENT_TIMEOUT: Final = "15s"
+
+
+def _limit_waits(dbapi_connection: Any, _record: Any) -> None:
+    with dbapi_connection.cursor() as cur:  # SET, not options=: works through PgBouncer
+        cur.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+        cur.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT}'")
+    dbapi_connection.commit()  # a SET rolled back with its transaction would not stay
+
+
 def connect(database_url: str) -> Engine:
     """A pooled engine for the URL (no connection is made yet)."""
-    return create_engine(sqlalchemy_url(database_url), pool_pre_ping=True, pool_size=4,
-                         max_overflow=4, connect_args={"connect_timeout": 5})
+    from sqlalchemy import event
+
+    engine = create_engine(sqlalchemy_url(database_url), pool_pre_ping=True, pool_size=4,
+                           max_overflow=4, connect_args={"connect_timeout": 5})
+    event.listen(engine, "connect", _limit_waits)
+    return engine
 
 
 @contextmanager

@@ -10,6 +10,10 @@ Prefetch keys (templates: ``prefetch_templates``; CDS Hooks C6):
                    project's knowledge-base URI>&_sort=-_lastUpdated&_count=1``: the
                    previous plan of a follow-up (with the response Observations it makes
                    the evaluation revise that plan; see docs/integrators/follow-up.md)
+``questionnaireResponses``  ``QuestionnaireResponse?patient={{context.patientId}}&_sort=
+                   -authored&_count=50`` (R4 search parameters ``patient`` and
+                   ``authored``): the red-flag screen and STarT Back sent as questionnaires
+                   (fhir_adapters/_questionnaire_response.py). OPTIONAL (below).
 
 Each prefetch situation (C7) is handled distinctly:
 
@@ -23,6 +27,17 @@ Each prefetch situation (C7) is handled distinctly:
 * a searchset with a ``next`` link: the rest is fetched from ``fhirServer`` (same origin
   and base path only: the token is never sent elsewhere); without a ``fhirServer``: 412,
   since the missing pages may hold the latest answer to a red-flag question.
+
+An **optional** key (``PrefetchKey.optional``: ``questionnaireResponses``, added after
+integrations that do not fill it were live) differs in one situation only: **absent** or
+an **OperationOutcome** and no ``fhirServer`` goes on without it (situation
+``absent-optional`` or ``client-error-optional``, logged by key name) instead of a 412; an
+EHR that keeps its red-flag screen as Observations loses nothing, and one that keeps it as
+QuestionnaireResponses and does not fill the key gets the "red-flag questions unanswered"
+caution, never a silent "no red flags". With a ``fhirServer`` it is fetched like any other
+key, and a failed fetch is the same 412: a failing server is not "no data" (it may hold a
+red-flag yes). A QuestionnaireResponse about another patient reaches the input contract,
+which refuses the call (422 naming the entry), as for an Observation.
 
 Entries whose ``search.mode`` is ``outcome`` and resources of another type (``_include``)
 are dropped; duplicates (same type and id, e.g. overlapping pages) are kept once. CarePlans
@@ -84,6 +99,7 @@ class PrefetchKey:
     resource_type: str
     template: str
     single: bool  # an instance read (one resource), not a search
+    optional: bool = False  # absent (or client error) and no fhirServer: go on without it
 
 
 def prefetch_keys(kb: KnowledgeBase) -> tuple[PrefetchKey, ...]:
@@ -104,6 +120,10 @@ def prefetch_keys(kb: KnowledgeBase) -> tuple[PrefetchKey, ...]:
         "careplan", "CarePlan",
         f"CarePlan?patient={pid}&instantiates-uri:below={KNOWLEDGE_BASE_BASE}/{kb.manifest.id}"
         "&_sort=-_lastUpdated&_count=1", False))
+    keys.append(PrefetchKey(
+        "questionnaireResponses", "QuestionnaireResponse",
+        f"QuestionnaireResponse?patient={pid}&_sort=-authored&_count=50", False,
+        optional=True))
     return tuple(keys)
 
 
@@ -367,6 +387,11 @@ async def _resolve(spec: PrefetchKey, prefetch: Mapping[str, Any], context: Mapp
                                 "OperationOutcome")
     else:
         situations[spec.key] = "absent"
+    if fetcher is None and spec.optional:
+        situations[spec.key] += "-optional"
+        log.info("prefetch %s: %s and no fhirServer; optional, the call goes on without it",
+                 spec.key, situations[spec.key])
+        return []
     if fetcher is None:
         why = "the client reported an error for it" if client_error else "it was not prefetched"
         raise PrefetchError(412, "incomplete",

@@ -9,8 +9,20 @@ code systems and canonical base (``ALERT_SYSTEM``, ``EXERCISE_SYSTEM``, ``CHANGE
 ``KNOWLEDGE_BASE_BASE``); the knowledge base as FHIR conformance resources
 (``export_knowledge_base``); and the seeded synthetic populations that ``kb diff`` and
 ``kb profile`` evaluate (``synthetic_bundle``, ``primary_care_bundle``, ``red_flag_items``);
-the progress series back from an output Bundle (``read_progress``)."""
+the progress series back from an output Bundle (``read_progress``);
+a FHIR Bulk Data export grouped per patient (``group_export``, ``read_bucket``,
+``bucket_of``; docs/population.md) and synthetic exports (``synth_export``,
+``synth_patient``)."""
 
+from fhir_adapters._bulk import (
+    BulkExportError,
+    GroupedExport,
+    InputFile,
+    bucket_of,
+    group_export,
+    read_bucket,
+)
+from fhir_adapters._bulk_synth import SynthReport, synth_export, synth_patient
 from fhir_adapters._errors import (
     InvalidBundleError,
     OutputValidationError,
@@ -42,23 +54,32 @@ __all__ = [
     "CHANGE_DISPLAY",
     "EXERCISE_SYSTEM",
     "KNOWLEDGE_BASE_BASE",
+    "BulkExportError",
+    "GroupedExport",
     "InputCodes",
+    "InputFile",
     "InvalidBundleError",
     "JSONTextError",
     "OutputValidationError",
     "RedFlagItem",
+    "SynthReport",
     "UnclassifiedRedFlagError",
     "UndocumentedRedFlagError",
+    "bucket_of",
     "code_systems",
     "export_knowledge_base",
     "export_terminology",
+    "group_export",
     "input_codes",
     "operation_outcome",
     "parse_json",
     "primary_care_bundle",
+    "read_bucket",
     "read_bundle",
     "read_progress",
     "red_flag_items",
+    "synth_export",
+    "synth_patient",
     "synthetic_bundle",
     "write_bundle",
 ]

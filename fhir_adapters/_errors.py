@@ -5,8 +5,10 @@
     │   └── InvalidBundleError           .operation_outcome: a FHIR R4 OperationOutcome dict
     ├── JSONTextError (ValueError)       JSON text that cannot be used; .path says where
     ├── OutputValidationError (RuntimeError)  an output failed R4 validation: a bug
-    └── UndocumentedRedFlagError (ValueError) a red-flag item the synthetic population
-        └── UnclassifiedRedFlagError          has no rate (or class) for
+    ├── UndocumentedRedFlagError (ValueError) a red-flag item the synthetic population
+    │   └── UnclassifiedRedFlagError          has no rate (or class) for
+    ├── BulkExportError (ValueError)     a FHIR Bulk Data export that cannot be read at all
+    └── PopulationExtraMissingError (ImportError)  the 'population' extra is not installed
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any, Final
 from cds import InputIssue, InvalidInputError, MovementCDSError
 
 __all__ = [
+    "BulkExportError",
     "InvalidBundleError",
     "JSONTextError",
     "OutputValidationError",
+    "PopulationExtraMissingError",
     "UnclassifiedRedFlagError",
     "UndocumentedRedFlagError",
     "format_path",
@@ -105,3 +109,13 @@ class UndocumentedRedFlagError(MovementCDSError, ValueError):
 class UnclassifiedRedFlagError(UndocumentedRedFlagError):
     """The fact catalog gives its red-flag items no class at all (a catalog older than the
     ``red-flag: specific|weak`` attribute)."""
+
+
+class BulkExportError(MovementCDSError, ValueError):
+    """The export cannot be read at all (a missing or unreadable file, a file name without a
+    resource type, a manifest that is not one or points outside this machine, a broken gzip
+    stream). One line naming the file; never patient data."""
+
+
+class PopulationExtraMissingError(MovementCDSError, ImportError):
+    """The ``population`` extra (pyarrow) is not installed."""

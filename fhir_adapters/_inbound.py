@@ -41,8 +41,8 @@ Locations
     invalid value is described by its type or its allowed range.
 
 One patient
-    Exactly one Patient. Every Observation, Condition and CarePlan (the contract's "a
-    resource about any other subject") must have ``subject.reference`` equal to
+    Exactly one Patient. Every Observation, QuestionnaireResponse, Condition and CarePlan
+    (the contract's "a resource about any other subject") must have ``subject.reference`` equal to
     ``Patient/{id}``, the Patient entry's ``fullUrl``, or an absolute ``{base}/Patient/{id}``
     (a ``/_history/{version}`` suffix is accepted on all forms). When the Patient's fullUrl is
     itself a RESTful URL, an absolute reference must use that same base. A missing subject,
@@ -94,6 +94,15 @@ Red-flag answers (fhir_adapters/_red_flag_answers.py; docs/integrators/red-flag-
     by a newer readable one sets ``red-flag-unreadable`` (and ``red-flag-unreadable-holding``
     for ``hold-when-unreadable`` items). The notes on how each was read go to
     ``PatientFacts.answer_notes``.
+
+QuestionnaireResponses (fhir_adapters/_questionnaire_response.py)
+    Each answered item (linkId = a fact's name, or ending in a catalog code; at any depth)
+    becomes an Observation-shaped answer dated ``authored`` and is read above, with the
+    Observations: one code path. ``completed``/``amended`` are used, ``in-progress`` and
+    ``stopped`` read as preliminary (reported once), ``entered-in-error`` and any other
+    status ignored and reported; unknown items are reported; several different answers to
+    one item cannot be read. Issues about an item name it (``item 'rf-fever': ...``), and
+    the facts' sources are the QuestionnaireResponse's reference.
 
 Patient
     ``birthDate`` gives ``age`` in whole years at the as-of date (the as-of instant's date in
@@ -181,6 +190,7 @@ from fhir.resources.R4B.careplan import CarePlan
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from pydantic import BaseModel, ValidationError
 
 from cds import (
@@ -215,6 +225,7 @@ from fhir_adapters._outbound import (
     EXT_FOLLOW_UP_STATE,
     KNOWLEDGE_BASE_BASE,
 )
+from fhir_adapters._questionnaire_response import QR_STATUS, Question, item_answers
 from fhir_adapters._red_flag_answers import Answer, read_red_flag, show_date
 from fhir_adapters._terminology import TIMEZONE_EXTENSIONS
 
@@ -266,8 +277,10 @@ MODELS: Final[Mapping[str, type[BaseModel]]] = {
     "Observation": Observation,
     "Condition": Condition,
     "CarePlan": CarePlan,
+    "QuestionnaireResponse": QuestionnaireResponse,
 }
-SUBJECT_TYPES: Final = frozenset({"Observation", "Condition", "CarePlan"})
+SUBJECT_TYPES: Final = frozenset({"Observation", "Condition", "CarePlan",
+                                  "QuestionnaireResponse"})
 
 _DATE_TIME = re.compile(
     r"(\d{4})(?:-(\d{2})(?:-(\d{2})"
@@ -338,6 +351,9 @@ class InputMap:
     history: frozenset[str] = frozenset()
     clock_skew: timedelta = timedelta(0)
     discordance_days: float = 30.0
+    # QuestionnaireResponse items: by linkId = the fact's name, or by a code of one fact
+    link_ids: Mapping[str, Question] = dataclasses.field(default_factory=dict)
+    question_codes: Mapping[str, Question] = dataclasses.field(default_factory=dict)
 
     @staticmethod
     def from_knowledge_base(kb: KnowledgeBase) -> InputMap:
@@ -345,6 +361,8 @@ class InputMap:
         conditions: dict[Coded, str] = {}
         age: _Spec | None = None
         sex: _Spec | None = None
+        by_code: dict[str, set[Question]] = {}
+        link_ids: dict[str, Question] = {}
         for name, d in kb.facts.items():
             if d.derived:
                 continue
@@ -369,8 +387,13 @@ class InputMap:
                 sex = spec
             if d.coding is None:
                 continue
+            question = Question((d.coding.system, d.coding.code), d.unit)
+            if not name.startswith("condition-"):
+                link_ids[name] = question
             for coding in (d.coding, *d.also_coded):
                 key = (coding.system, coding.code)
+                if not name.startswith("condition-"):
+                    by_code.setdefault(coding.code, set()).add(question)
                 if name.startswith("condition-"):
                     conditions[key] = name
                     if key == PREGNANCY_CONDITION:
@@ -383,6 +406,8 @@ class InputMap:
             history=frozenset(n for n, d in kb.facts.items() if d.history),
             clock_skew=timedelta(minutes=_parameter(kb, "clock-skew-tolerance-minutes", 0)),
             discordance_days=_parameter(kb, "red-flag-discordance-window-days", 30),
+            link_ids=link_ids,
+            question_codes={c: next(iter(q)) for c, q in by_code.items() if len(q) == 1},
         )
 
 
@@ -562,6 +587,7 @@ class _Entry:
     ref: str | None  # Type/id, else fullUrl
     full_url: str | None
     valid: bool = True
+    item: str | None = None  # the linkId, for an answer read from a QuestionnaireResponse
 
     @property
     def location(self) -> str:
@@ -573,7 +599,8 @@ class _Entry:
 
     @property
     def named(self) -> str:
-        return self.ref if self.ref is not None else f"{self.rtype} without id or fullUrl"
+        name = self.ref if self.ref is not None else f"{self.rtype} without id or fullUrl"
+        return f"{name} item '{self.item}'" if self.item is not None else name
 
 
 @dataclass
@@ -617,6 +644,8 @@ class _Reader:
 
     # reporting
     def note(self, entry: _Entry | None, severity: str, code: str, message: str) -> None:
+        if entry is not None and entry.item is not None:
+            message = f"item '{entry.item}': {message}"
         self.issues.append(InputIssue(severity, code, message,
                                       entry.location if entry is not None else None))
 
@@ -638,6 +667,9 @@ class _Reader:
         # an Observation that fails strict validation is reported and not used, except a
         # red-flag answer: that is read all the same (a YES is never lost)
         observations = [e for e in entries if e.rtype == "Observation"]
+        # a questionnaire's answers are read as Observations: the same rules, one code path
+        observations += self.questionnaire_answers(
+            [e for e in entries if e.rtype == "QuestionnaireResponse"])
         self.observation_facts(observations)
         self.startback_consistency()
         self.condition_facts([e for e in entries if e.rtype == "Condition" and e.valid])
@@ -924,6 +956,42 @@ class _Reader:
                 self.use_latest(group)
         self.response_entries = follow_ups
 
+    def questionnaire_answers(self, entries: list[_Entry]) -> list[_Entry]:
+        """Each question a QuestionnaireResponse answers, as an Observation-shaped entry
+        (``_questionnaire_response``): ``authored`` is its date; completed and amended are
+        used, in-progress and stopped read as preliminary, entered-in-error (or any other
+        status) ignored and reported."""
+        out: list[_Entry] = []
+        for e in entries:
+            res = e.resource
+            status = _str(res.get("status"))
+            if status is None or status not in QR_STATUS:
+                if status == "entered-in-error":
+                    self.note(e, "information", "informational",
+                              "status 'entered-in-error': ignored, with all its answers")
+                else:
+                    self.note(e, "warning", "value", "status is missing or not a "
+                              "QuestionnaireResponse status; ignored, with all its answers")
+                continue
+            if QR_STATUS[status] == "preliminary":
+                self.note(e, "information", "informational",
+                          f"status '{status}': the questionnaire was not finished; its "
+                          "answers are read as preliminary")
+            authored = res.get("authored")
+            if authored is not None and _parse_instant(authored) is None:
+                self.note(e, "warning", "value",
+                          "authored is not a valid FHIR date; the answers are undated")
+                authored = None
+            answers, problems = item_answers(res, self.imap.link_ids, self.imap.question_codes,
+                                             QR_STATUS[status], cast(str | None, authored))
+            for severity, code, message in problems:
+                self.note(e, severity, code, message)
+            if not answers and not problems:
+                self.note(e, "information", "informational", "no answered item; nothing read")
+            out += [_Entry(e.index, a.observation, "Observation", e.ref, e.full_url, e.valid,
+                           item=a.link_id) for a in answers]
+        return out
+
     def startback_consistency(self) -> None:
         """STarT Back totals that contradict each other or the items are not used (input
         contract v2): the psychosocial subscale above the total, or a total that differs
@@ -1085,7 +1153,7 @@ class _Reader:
             value = self.red_flag_value(c)
             if value is _NO_ANSWER:
                 continue
-            if c.entry.resource.get("status") == "preliminary":
+            if c.entry.resource.get("status") == "preliminary" and c.entry.item is None:
                 self.note(c.entry, "information", "informational",
                           "status 'preliminary': used, but the result is not final")
             a = Answer(value if isinstance(value, bool) else None,
@@ -1198,7 +1266,7 @@ class _Reader:
         if spec.kind == "pregnancy":
             return
         preliminary = e.resource.get("status") == "preliminary"
-        if preliminary:
+        if preliminary and e.item is None:  # a questionnaire's status is reported once
             self.note(e, "information", "informational",
                       "status 'preliminary': used, but the result is not final")
         src = _sources(e)

@@ -17,6 +17,15 @@ rules say (``docs/knowledge-base-format.md`` "FHIR export" documents every choic
   ``ServiceRequest``, ``intent`` ``proposal``, ``code`` from the exercise CodeSystem, how
   often in ``timingTiming``, how much in the ``exercise-dose`` extension the CarePlan uses;
 * ``CodeSystem-{screen,exercise,alert}.json`` from ``export_terminology``;
+* ``Questionnaire-red-flag-screen.json`` (every fact marked ``red-flag``) and
+  ``Questionnaire-startback.json`` (``startback-item-1`` ... ``-9``, coded with LOINC's
+  panel ``91349-1``), generated from the fact catalog: one item per fact, ``linkId`` = the
+  fact's name, ``text`` = its ``question``, ``code`` = its coding and ``also-coded`` codes
+  (the STarT Back items' LOINC codes), ``type`` from the fact's type (boolean, integer,
+  decimal, choice). A QuestionnaireResponse to them (or to a LOINC form whose linkIds end
+  in the LOINC item codes) is read like Observations
+  (``_questionnaire_response``); a questionnaire with no fact in this knowledge base is not
+  written;
 * ``Library-<kb-id>.json``: the index (``asset-collection``), one ``composed-of``
   RelatedArtifact per file above. Its ``url|version`` is exactly the CarePlan's
   ``instantiatesUri``, so a plan points at the release that made it.
@@ -38,6 +47,7 @@ from typing import Any, Final
 from fhir.resources.R4B.activitydefinition import ActivityDefinition
 from fhir.resources.R4B.library import Library
 from fhir.resources.R4B.plandefinition import PlanDefinition
+from fhir.resources.R4B.questionnaire import Questionnaire
 from pydantic import ValidationError
 
 from cds import ExerciseDose, KnowledgeBase, evidence_url
@@ -51,6 +61,7 @@ from cds.authoring import (
     DoseSpec,
     Evidence,
     ExerciseDefinition,
+    FactDefinition,
     FactTest,
     NoneOf,
     Param,
@@ -65,7 +76,7 @@ from fhir_adapters._outbound import (
     KNOWLEDGE_BASE_BASE,
     OutputValidationError,
 )
-from fhir_adapters._terminology import code_systems
+from fhir_adapters._terminology import QUESTIONNAIRE_BASE, STARTBACK_PANEL, code_systems
 
 __all__ = [
     "ACTIVITY_DEFINITION_BASE",
@@ -75,6 +86,7 @@ __all__ = [
     "PLAN_DEFINITION_BASE",
     "export_knowledge_base",
     "knowledge_base_resources",
+    "questionnaires",
     "render_condition",
     "render_condition_words",
 ]
@@ -88,7 +100,10 @@ EXT_RULE_PRIORITY: Final = _SD + "rule-priority"
 _PLAN_TYPE: Final = "http://terminology.hl7.org/CodeSystem/plan-definition-type"
 _LIBRARY_TYPE: Final = "http://terminology.hl7.org/CodeSystem/library-type"
 _UCUM: Final = "http://unitsofmeasure.org"
-_KINDS: Final = ("PlanDefinition", "ActivityDefinition", "CodeSystem", "Library")
+_KINDS: Final = ("PlanDefinition", "ActivityDefinition", "CodeSystem", "Questionnaire",
+                 "Library")
+_ITEM_TYPE: Final = {"boolean": "boolean", "integer": "integer", "decimal": "decimal",
+                     "code": "choice"}
 
 # --- conditions as text --------------------------------------------------------------------
 
@@ -484,7 +499,8 @@ def _library(kb: KnowledgeBase, members: list[dict[str, Any]], day: str | None
         for n, p in sorted(kb.parameters.items()))
     text = (f"{' '.join((m.description or m.title).split())}\n\nThe knowledge base "
             f"{m.id}@{m.version} as FHIR Clinical Reasoning artifacts: one PlanDefinition "
-            "per pathway, one ActivityDefinition per exercise and the CodeSystems. A CarePlan "
+            "per pathway, one ActivityDefinition per exercise, the CodeSystems and the "
+            "Questionnaires (red-flag screen, STarT Back). A CarePlan "
             f"made by this release has instantiatesUri {KNOWLEDGE_BASE_BASE}/{m.id}|"
             f"{m.version}, which is this Library.")
     if params:
@@ -502,7 +518,50 @@ def _library(kb: KnowledgeBase, members: list[dict[str, Any]], day: str | None
 
 _MODELS: Final[dict[str, Any]] = {"PlanDefinition": PlanDefinition,
                                   "ActivityDefinition": ActivityDefinition,
+                                  "Questionnaire": Questionnaire,
                                   "Library": Library}
+
+# (id, title, description, which facts, the questionnaire's own code)
+_QUESTIONNAIRES: Final = (
+    ("red-flag-screen", "Red-flag screen for low back pain",
+     "The red-flag questions, asked at every visit. A yes never expires silently and an "
+     "unanswered question is never read as no.",
+     lambda name, d: d.red_flag is not None, None),
+    ("startback", "STarT Back Screening Tool",
+     "The nine STarT Back items (agree = true; item 9: true for 'very much' or "
+     "'extremely'); the totals are computed from them.",
+     lambda name, d: name.startswith("startback-item-"), STARTBACK_PANEL),
+)
+
+
+def _questionnaire_item(name: str, d: FactDefinition) -> dict[str, Any]:
+    assert d.coding is not None and d.question is not None
+    item: dict[str, Any] = {
+        "linkId": name, "text": " ".join(d.question.split()), "type": _ITEM_TYPE[d.type],
+        "code": [{"system": c.system, "code": c.code, "display": c.display}
+                 for c in (d.coding, *d.also_coded)]}
+    if d.type == "code":
+        item["answerOption"] = [{"valueCoding": {"system": d.coding.system, "code": c}}
+                                for c in d.codes or ()]
+    return item
+
+
+def questionnaires(kb: KnowledgeBase, day: str | None = None) -> list[dict[str, Any]]:
+    """The Questionnaires generated from the fact catalog (module docstring)."""
+    out = []
+    for ident, title, description, wanted, code in _QUESTIONNAIRES:
+        facts = [(n, d) for n, d in kb.facts.items()
+                 if not d.derived and d.coding is not None and d.question and wanted(n, d)]
+        if not facts:
+            continue
+        q = _header(kb, "Questionnaire", ident, f"{QUESTIONNAIRE_BASE}/{ident}",
+                    _name(ident), title, description, day)
+        q["subjectType"] = ["Patient"]
+        if code is not None:
+            q["code"] = [dict(code)]
+        q["item"] = [_questionnaire_item(n, d) for n, d in facts]
+        out.append(q)
+    return out
 
 
 def knowledge_base_resources(kb: KnowledgeBase) -> list[dict[str, Any]]:
@@ -516,6 +575,7 @@ def knowledge_base_resources(kb: KnowledgeBase) -> list[dict[str, Any]]:
         _plan_definition(kb, s, by_stratum[s], day) for s in kb.manifest.strata
         if s in by_stratum]
     members += [_activity_definition(kb, ex, day) for ex in kb.exercises.values()]
+    members += questionnaires(kb, day)
     for r in members:
         try:
             _MODELS[r["resourceType"]].model_validate(r)

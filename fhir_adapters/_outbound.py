@@ -151,6 +151,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import re
 import threading
 import uuid
 from collections import defaultdict
@@ -429,6 +430,10 @@ def _digest(plan: Plan, kb: KnowledgeBase, previous: PreviousPlan | None) -> str
         if progress_series(plan):
             content["progress"] = plan.progress
     return hashlib.sha256(_digest_text(content)).hexdigest()
+
+
+# a reference to a QuestionnaireResponse (relative or absolute): not a reasonReference in R4
+_NOT_A_REASON: Final = re.compile(r"(^|/)QuestionnaireResponse/[^/]+(/_history/[^/]+)?$")
 
 
 def _refs(sources: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
@@ -723,10 +728,20 @@ class _Writer:
                 {"reference": self.urn(f"detectedissue:{a.code}"), "display": a.display}
                 for a in p.alerts
             ] + ([{"reference": self.urn("progress"), "display": "Progress across visits"}]
-                 if self.progress is not None else []),
+                 if self.progress is not None else [])
+            # questionnaire answers behind an exercise: no reasonReference R4 allows
+            + self.questionnaire_support(),
             "activity": activity,
             "note": [{"text": s} for s in p.safety_net],
         }
+
+    def questionnaire_support(self) -> list[dict[str, Any]]:
+        """References the CarePlan's exercises rest on that R4 allows in no reasonReference
+        (QuestionnaireResponses), for ``CarePlan.supportingInfo``."""
+        p = self.plan
+        sources = {s for ex in p.exercises for s in ex.sources}
+        sources.update(s for av in p.avoid for s in av.sources)
+        return _refs(sorted(s for s in sources if s != p.subject and not self.is_reason(s)))
 
     def careplan_description(self) -> str:
         p = self.plan
@@ -765,8 +780,15 @@ class _Writer:
     def reasons(self, sources: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
         """``reasonReference`` of a CarePlan activity or a ServiceRequest: R4 allows
         Condition, Observation, DiagnosticReport and DocumentReference there, so the
-        Patient (the source of age and sex) is left out; it is the subject."""
-        return _refs([s for s in sources if s != self.plan.subject])
+        Patient (the source of age and sex) is left out (it is the subject), and so is a
+        QuestionnaireResponse (named in ``supportingInfo`` of the CarePlan or referral, and
+        in the Provenance)."""
+        return _refs([s for s in sources if self.is_reason(s)])
+
+    def is_reason(self, source: str) -> bool:
+        """Whether R4 allows ``source`` as a reasonReference (urn:uuid references, whose
+        type is unknown here, are Observations or Conditions read by the reader)."""
+        return source != self.plan.subject and not _NOT_A_REASON.search(source)
 
     # ServiceRequest ------------------------------------------------------------------------
 
@@ -793,8 +815,8 @@ class _Writer:
             "reasonReference": [
                 {"reference": self.urn(f"detectedissue:{a.code}"), "display": a.display},
                 *self.reasons(a.sources)],
-            # the Patient (age, sex) is no reason R4 allows; it is the subject, and named here
-            "supportingInfo": _refs([s for s in a.sources if s == self.plan.subject]) or None,
+            # the Patient (age, sex) and questionnaire answers are no reason R4 allows here
+            "supportingInfo": _refs([s for s in a.sources if not self.is_reason(s)]) or None,
             "note": [{"text": f"{a.detail} {a.mitigation}"}],
             "patientInstruction": f"{_PRIORITY_WORDS.get(r.priority, r.priority)}: {r.to}.",
         }

@@ -460,13 +460,18 @@ class _Patient:
                     raw={"valueCodeableConcept": {"coding": [{"system": LOINC,
                                                               "code": answer}]}})
 
-    def bundle(self) -> dict[str, Any]:
+    def visit(self) -> list[dict[str, Any]]:
+        """The resources of the visit (the Patient first), without a Bundle around them."""
         age, gender = self.person()
         self.red_flag_screen(age)
         self.symptoms()
         self.questionnaires()
         self.movement_screen()
         self.conditions(age, gender)
+        return self.resources
+
+    def bundle(self) -> dict[str, Any]:
+        self.visit()
         entries = []
         for res in self.resources:
             key = f"{self.pid}/{res['resourceType']}/{res['id']}"

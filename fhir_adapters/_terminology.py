@@ -51,10 +51,19 @@ __all__ = [
     "ADHERENCE_CODE",
     "EXT_PROGRESS_ROLE",
     "PROGRESS_CODE",
+    "QUESTIONNAIRE_BASE",
+    "STARTBACK_PANEL",
     "TIMEZONE_EXTENSIONS",
     "code_systems",
     "export_terminology",
 ]
+
+#: Canonical base of the Questionnaires ``kb export-fhir`` publishes (red-flag screen,
+#: STarT Back); a QuestionnaireResponse names one in ``questionnaire``.
+QUESTIONNAIRE_BASE: Final = "http://movement-cds.org/fhir/Questionnaire"
+#: LOINC's STarT Back Screening Tool panel: the code of the STarT Back Questionnaire.
+STARTBACK_PANEL: Final = {"system": "http://loinc.org", "code": "91349-1",
+                          "display": "STarT Back Screening Tool panel"}
 
 # --- progress across visits (output contract: docs/integrators/output.md, "Progress") ------
 # the DiagnosticReport that carries the series, and the code of its adherence values, in the

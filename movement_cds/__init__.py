@@ -30,6 +30,10 @@ one self-contained HTML page; ``handout_pdf(html)`` prints it, or raises
 For a service that loads knowledge bases itself (``cds_service``): ``run_all_scenarios(evaluator,
 root)`` runs a knowledge base's scenario tests (FHIR vignettes read with the production reader)
 and returns one outcome per scenario (``.passed``, ``.failures``, ``.file``, ``.line``).
+
+A whole population (``movement-cds population run``; needs the ``population`` extra):
+``run_population(source, out, as_of=..., where=Where(workers=4, dask=True))`` or
+``where=Where(scheduler="tcp://host:8786")``; see docs/population.md.
 """
 
 from cds import (
@@ -45,7 +49,10 @@ from movement_cds._api import DecisionSupport, Evaluation, evaluate
 from movement_cds._errors import HandoutExtraMissingError
 from movement_cds._handout_api import handout_html, handout_pdf
 from movement_cds._kbtools import run_all_scenarios
+from movement_cds._population_input import PopulationInputError
+from movement_cds._population_run import PopulationRunError, RunReport, run_population
 from movement_cds._progress_chart import progress_chart_svg
+from movement_cds._runner import RunnerError, Where
 from movement_cds._version import __version__
 
 __all__ = [
@@ -58,7 +65,12 @@ __all__ = [
     "KnowledgeBaseError",
     "MovementCDSError",
     "Plan",
+    "PopulationInputError",
+    "PopulationRunError",
     "ProgressPoint",
+    "RunReport",
+    "RunnerError",
+    "Where",
     "__version__",
     "evaluate",
     "handout_html",
@@ -66,4 +78,5 @@ __all__ = [
     "progress_chart_svg",
     "read_progress",
     "run_all_scenarios",
+    "run_population",
 ]

@@ -14,18 +14,34 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fhir_adapters import InvalidBundleError
 from movement_cds._cli_common import fail, kb_app
+from movement_cds._cli_runner_options import InputOption, SchedulerOption
+
+if TYPE_CHECKING:
+    from movement_cds._kb_diff import DiffReport
 
 
 @contextmanager
-def progress_reporter(command: str) -> Iterator[Callable[[int, int], None]]:
+def progress_reporter(command: str, unit: str = "synthetic patients",
+                      rate: bool = False) -> Iterator[Callable[[int, int], None]]:
     """A progress callback on standard error: rich on a terminal, otherwise plain lines
-    (``{command}: done/total synthetic patients (pct%), s``) about every 10%."""
+    (``{command}: done/total {unit} (pct%), s``) about every 10%; ``rate``: with the
+    {unit} per second since the start."""
+    start = time.monotonic()
+    # the count and time of the first call: a resumed run starts above 0, and the work
+    # before it (grouping an export, starting workers) is not counted in the rate
+    first: list[float] = []
+
+    def speed(done: int) -> str:
+        first[:] = first or [done, time.monotonic()]
+        elapsed, n = time.monotonic() - first[1], done - first[0]
+        return f"{n / elapsed:.0f}/s" if elapsed > 0 and n else "-/s"
+
     if sys.stderr.isatty():
         from rich.console import Console
         from rich.progress import (
@@ -37,25 +53,27 @@ def progress_reporter(command: str) -> Iterator[Callable[[int, int], None]]:
             TimeRemainingColumn,
         )
 
-        with Progress(TextColumn("synthetic patients"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TimeRemainingColumn(),
+        columns = [TextColumn(unit), BarColumn(), MofNCompleteColumn()]
+        if rate:
+            columns.append(TextColumn("{task.fields[rate]}"))
+        with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(),
                       console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task(command, total=None)
+            task = bar.add_task(command, total=None, rate="-/s")
 
             def update(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
+                bar.update(task, completed=done, total=total, rate=speed(done))
 
             yield update
         return
-    start = time.monotonic()
     state = {"next": 0}
 
     def lines(done: int, total: int) -> None:
         if total <= 0 or done < state["next"]:
             return
         pct = 100 * done // total
-        typer.echo(f"{command}: {done}/{total} synthetic patients ({pct}%), "
-                   f"{time.monotonic() - start:.0f} s", err=True)
+        per_s = f", {speed(done)}" if rate else ""
+        typer.echo(f"{command}: {done}/{total} {unit} ({pct}%), "
+                   f"{time.monotonic() - start:.0f} s{per_s}", err=True)
         state["next"] = done + max(1, total // 10) if done < total else total + 1
 
     yield lines
@@ -91,15 +109,13 @@ def kb_diff(
         typer.Option("--workers", min=1, help="Worker processes (default: 1 below 2,000 "
                      "patients, else up to 4 by CPU count)."),
     ] = None,
+    scheduler: SchedulerOption = None,
+    input_dir: InputOption = None,
 ) -> None:
     """Run two knowledge-base versions over the scenarios and a synthetic population and
     report which outputs change, for how many patients, with examples."""
     from movement_cds._api import parse_instant
-    from movement_cds._kb_diff import (
-        KnowledgeBaseLoadError,
-        diff_knowledge_bases,
-        write_examples,
-    )
+    from movement_cds._kb_diff import KnowledgeBaseLoadError, diff_knowledge_bases
 
     when = None
     if as_of is not None:
@@ -110,15 +126,33 @@ def kb_diff(
     for which, path in (("OLD", old), ("NEW", new)):
         if not path.is_dir():
             fail(f"{which} knowledge base {path} is not a directory")
+    from movement_cds._cli_runner_options import population_input, where_from_options
+    from movement_cds._runner import RunnerError
+
+    where_from_options(workers, scheduler, dask=False, default_workers=1)  # exclusive
     try:
-        with progress_reporter("kb diff") as progress:
+        with population_input(input_dir, scheduler) as pop, progress_reporter(
+                "kb diff", unit="patients" if pop else "synthetic patients") as progress:
             report = diff_knowledge_bases(old, new, patients=patients, seed=seed, as_of=when,
-                                          workers=workers, progress=progress)
+                                          workers=workers, progress=progress,
+                                          scheduler=scheduler, population=pop)
     except KnowledgeBaseLoadError as e:
         for p in e.problems:
             typer.echo(f"{e.which}: {p}", err=True)
         fail(str(e))
+    except RunnerError as e:
+        fail(str(e))
     sys.stdout.write(report.to_text())
+    _write_outputs(report, json_out, examples_dir)
+    if fail_on_change and report.changed:
+        raise typer.Exit(1)
+
+
+def _write_outputs(report: DiffReport, json_out: Path | None,
+                   examples_dir: Path | None) -> None:
+    """``--json`` and ``--examples-dir``; exit 1 naming the path that cannot be written."""
+    from movement_cds._kb_diff import write_examples
+
     if json_out is not None:
         try:
             json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -131,5 +165,3 @@ def kb_diff(
                 typer.echo(f"example patient written to {path}", err=True)
         except OSError as e:
             fail(f"cannot write {examples_dir}: {e.strerror or e}")
-    if fail_on_change and report.changed:
-        raise typer.Exit(1)

@@ -22,6 +22,7 @@ from fhir_adapters import InvalidBundleError
 from knowledge_base import bundled_path
 from movement_cds._cli_common import fail, kb_app
 from movement_cds._cli_kb_diff import progress_reporter
+from movement_cds._cli_runner_options import InputOption, SchedulerOption
 
 DEFAULT_PATIENTS = 2000
 
@@ -64,6 +65,8 @@ def kb_profile(
         typer.Option("--workers", metavar="N", help="Worker processes (default: 1 below 2,000 "
                      "patients, else up to 4 by CPU count)."),
     ] = None,
+    scheduler: SchedulerOption = None,
+    input_dir: InputOption = None,
 ) -> None:
     """Run a knowledge base over a synthetic primary-care population (complete, current
     red-flag screens) and report, for clinical governance, the rates of each level of concern,
@@ -87,13 +90,21 @@ def kb_profile(
     root = directory if directory is not None else bundled_path()
     if not root.is_dir():
         fail(f"knowledge base {root} is not a directory", code=2)
+    from movement_cds._cli_runner_options import population_input, where_from_options
+    from movement_cds._runner import RunnerError
+
+    where_from_options(w, scheduler, dask=False, default_workers=1)  # exclusive
     try:
-        with progress_reporter("kb profile") as progress:
+        with population_input(input_dir, scheduler) as pop, progress_reporter(
+                "kb profile", unit="patients" if pop else "synthetic patients") as progress:
             profile = profile_knowledge_base(root, patients=n, seed=s, as_of=when, workers=w,
-                                             progress=progress)
+                                             progress=progress, scheduler=scheduler,
+                                             population=pop)
     except KnowledgeBaseLoadError as e:
         for p in e.problems:
             typer.echo(p, err=True)
+        fail(str(e))
+    except RunnerError as e:
         fail(str(e))
     except ProfileError as e:
         fail(str(e))

@@ -13,4 +13,5 @@ from movement_cds import (
     _cli_kb_docs,  # noqa: F401
     _cli_kb_export,  # noqa: F401
     _cli_kb_profile,  # noqa: F401
+    _cli_population,  # noqa: F401
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cds import load_knowledge_base
+from cds import exercise_figure_svg, load_knowledge_base
 from cds.authoring import load_scenarios, load_trajectories, render_catalog, render_catalog_html
 
 __all__ = ["catalog_pages"]
@@ -25,4 +25,6 @@ def catalog_pages(root: Path) -> dict[str, str]:
     for tr, _, _ in load_trajectories(root):  # multi-visit follow-up tests
         for rid in tr.covers:
             covering.setdefault(rid, []).append(tr.id)
-    return {**render_catalog(kb, covering), "catalog.html": render_catalog_html(kb, covering)}
+    html = render_catalog_html(  # each exercise drawn by the handout's line drawings
+        kb, covering, exercise_picture=lambda ex: exercise_figure_svg(ex.id, ex.title))
+    return {**render_catalog(kb, covering), "catalog.html": html}

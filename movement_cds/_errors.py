@@ -16,6 +16,10 @@ MovementCDSError`` catches all of them and ``except ValueError`` still catches b
     │                                                  validation (a bug, never returned)
     ├── UndocumentedRedFlagError (ValueError)          fhir_adapters: a red-flag item the
     │   └── UnclassifiedRedFlagError                   synthetic population has no rate for
+    ├── BulkExportError (ValueError)                   fhir_adapters: a FHIR Bulk Data export
+    │                                                  that cannot be read at all
+    ├── PopulationExtraMissingError (ImportError)      fhir_adapters: ``population`` needs
+    │                                                  the 'population' extra (pyarrow)
     ├── KnowledgeBaseLoadError (ValueError)            movement_cds: a release given to
     │                                                  ``kb diff``/``kb profile`` is unusable
     ├── ProfileError (ValueError)                      movement_cds: no population can be

@@ -30,11 +30,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -56,6 +54,8 @@ from cds import (
 from cds.authoring import DEFAULT_AS_OF, Scenario, load_scenarios
 from fhir_adapters import InvalidBundleError, read_bundle, synthetic_bundle
 from movement_cds._errors import KnowledgeBaseLoadError
+from movement_cds._population_input import PopulationInput, bucket_entries
+from movement_cds._runner import Task, Where, run_tasks
 
 __all__ = [
     "DEFAULT_AS_OF",
@@ -68,6 +68,7 @@ __all__ = [
     "default_workers",
     "describe",
     "diff_knowledge_bases",
+    "run_in_buckets",
     "run_in_chunks",
     "write_examples",
 ]
@@ -387,6 +388,7 @@ class DiffReport:
     population: Section
     profiles: tuple[Profile, Profile] | None = None  # OLD, NEW on the primary-care population
     profile_note: str = ""  # why there are no profiles
+    population_input: str = ""  # the real population run instead of the synthetic one
 
     @property
     def changed(self) -> bool:
@@ -401,18 +403,23 @@ class DiffReport:
             "engine": "reference",
             "changed": self.changed,
             "scenarios": self.scenarios.to_json(),
-            "synthetic": self.population.to_json(),
+            ("input_population" if self.population_input else "synthetic"):
+                self.population.to_json(),
+            "population_input": self.population_input or None,
             "profile": ({"old": self.profiles[0].to_json(), "new": self.profiles[1].to_json()}
                         if self.profiles else None),
             "profile_note": self.profile_note or None,
         }
 
     def to_text(self) -> str:
+        seed = (f"population {self.population_input}" if self.population_input
+                else f"seed {self.seed}")
         lines = [f"kb diff: {self.old} ({self.old_root}) -> {self.new} ({self.new_root})",
-                 f"as of {self.as_of.isoformat()}, seed {self.seed}", ""]
+                 f"as of {self.as_of.isoformat()}, {seed}", ""]
         for title, sec, unit in (
             ("Scenario corpus", self.scenarios, "scenarios"),
-            ("Synthetic population", self.population, "patients"),
+            ("Input population" if self.population_input else "Synthetic population",
+             self.population, "patients"),
         ):
             pct = 100.0 * sec.changed / sec.patients if sec.patients else 0.0
             lines.append(f"{title}: {sec.changed} of {sec.patients} {unit} change "
@@ -577,53 +584,100 @@ def default_workers(patients: int) -> int:
 
 def run_in_chunks(
     n: int,
-    workers: int,
+    where: Where,
     progress: Callable[[int, int], None] | None,
     local: Callable[[int, int], T],
     remote: Callable[[int, int], T],
     initializer: Callable[..., None],
     initargs: tuple[Any, ...],
 ) -> list[T]:
-    """Patients 0 .. n-1 in chunks: ``local(start, k)`` in this process when ``workers`` is 1,
-    else ``remote(start, k)`` (picklable) in ``workers`` spawned processes, each set up once by
+    """Patients 0 .. n-1 in chunks, on the shared runner (``movement_cds._runner``):
+    ``local(start, k)`` in this process when ``where`` is this process, else ``remote(start,
+    k)`` (picklable) in worker processes (a process pool or Dask), each set up once by
     ``initializer(*initargs)``. Returns the chunks' results in patient order, so that merging
     them gives the same result for any number of workers. ``progress(done, n)`` is called as
     chunks complete."""
     if n <= 0:
         return []
-    size = max(50, min(500, n // (workers * 8) or 50))
+    size = max(50, min(500, n // (max(1, where.workers) * 8) or 50))
     chunks = [(s, min(size, n - s)) for s in range(0, n, size)]
-    done = 0
-    if progress:
-        progress(0, n)
-    if workers <= 1:
-        out = []
-        for start, k in chunks:
-            out.append(local(start, k))
-            done += k
-            if progress:
-                progress(done, n)
-        return out
-    parts: dict[int, T] = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                             initializer=initializer, initargs=initargs) as pool:
-        futures = {pool.submit(remote, start, k): (start, k) for start, k in chunks}
-        for fut in as_completed(futures):
-            start, k = futures[fut]
-            parts[start] = fut.result()
-            done += k
-            if progress:
-                progress(done, n)
-    return [parts[start] for start in sorted(parts)]
+    tasks = [Task(remote, (s, k), k, initializer, initargs, name=f"chunk-{s}")
+             for s, k in chunks]
+    return run_tasks(tasks, where, progress, local=[partial(local, s, k) for s, k in chunks])
+
+
+def run_in_buckets(
+    population: PopulationInput,
+    sizes: list[int],
+    where: Where,
+    progress: Callable[[int, int], None] | None,
+    local: Callable[[str, int], T],
+    remote: Callable[[str, int], T],
+    initializer: Callable[..., None],
+    initargs: tuple[Any, ...],
+) -> list[T]:
+    """``run_in_chunks`` over a real population: one task per bucket file,
+    ``local``/``remote(path, bucket_number)``, results in bucket order."""
+    paths = [str(b) for b in population.buckets]
+    tasks = [Task(remote, (p, i), sizes[i], initializer, initargs, name=f"bucket-{i}")
+             for i, p in enumerate(paths)]
+    return run_tasks(tasks, where, progress,
+                     local=[partial(local, p, i) for i, p in enumerate(paths)])
+
+
+def bucket_sizes(population: PopulationInput) -> list[int]:
+    """Patients (lines) per bucket file, for progress."""
+    out = []
+    for b in population.buckets:
+        with b.open("rb") as f:
+            out.append(sum(1 for raw in f if raw.strip()))
+    return out
+
+
+def _refused(problem: str) -> Callable[[], PatientFacts]:
+    def read() -> PatientFacts:
+        raise InvalidBundleError([InputIssue("error", "structure", problem)])
+
+    return read
+
+
+#: A bucket patient's place in the merged order: bucket number, then line.
+BUCKET_ORDER = 10_000_000
+
+
+def _bucket_chunk(old: _Version, new: _Version, as_of: datetime, path: str,
+                  number: int) -> _Tally:
+    tally = _Tally()
+    for pos, e in enumerate(bucket_entries(Path(path))):
+        label = f"patient {e.patient or f'(line {e.line} of bucket {number})'}"
+        if e.bundle is None:
+            a = _evaluate(old.evaluator, _refused(e.problem))
+            b = _evaluate(new.evaluator, _refused(e.problem))
+        else:
+            a = _evaluate(old.evaluator, partial(read_bundle, e.bundle, kb=old.kb, as_of=as_of))
+            b = _evaluate(new.evaluator, partial(read_bundle, e.bundle, kb=new.kb, as_of=as_of))
+        tally.add(number * BUCKET_ORDER + pos, label, None, a, b)
+    return tally
+
+
+def _worker_bucket(as_of: datetime, path: str, number: int) -> _Tally:
+    assert _WORKER is not None, "worker not initialised"
+    return _bucket_chunk(_WORKER[0], _WORKER[1], as_of, path, number)
 
 
 def _run_population(old: _Version, new: _Version, n: int, seed: int, as_of: datetime,
-                    workers: int, progress: Callable[[int, int], None] | None) -> _Tally:
+                    where: Where, progress: Callable[[int, int], None] | None,
+                    population: PopulationInput | None = None) -> _Tally:
     total = _Tally()
-    for part in run_in_chunks(n, workers, progress,
-                              partial(_chunk, old, new, seed, as_of),
-                              partial(_worker_chunk, seed, as_of),
-                              _init_worker, (str(old.root), str(new.root))):
+    init = (str(old.root), str(new.root))
+    if population is not None:
+        parts = run_in_buckets(population, bucket_sizes(population), where, progress,
+                               partial(_bucket_chunk, old, new, as_of),
+                               partial(_worker_bucket, as_of), _init_worker, init)
+    else:
+        parts = run_in_chunks(n, where, progress, partial(_chunk, old, new, seed, as_of),
+                              partial(_worker_chunk, seed, as_of), _init_worker, init)
+    for part in parts:
         total.merge(part)
     return total
 
@@ -637,13 +691,17 @@ def diff_knowledge_bases(
     as_of: datetime | None = None,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    scheduler: str | None = None,
+    population: PopulationInput | None = None,
 ) -> DiffReport:
-    """Run OLD and NEW over the scenarios and ``patients`` synthetic patients; report what
+    """Run OLD and NEW over the scenarios and ``patients`` synthetic patients (or, given,
+    every patient of ``population``, a real population as bucket files); report what
     changes. Raises ``KnowledgeBaseLoadError`` naming the version that cannot be loaded.
 
     ``as_of`` applies to the population and overrides every scenario's own instant (default:
     each scenario's own, and ``DEFAULT_AS_OF`` for the population, so reports are the same any
-    day). ``progress(done, total)`` is called as synthetic patients complete.
+    day). ``progress(done, total)`` is called as patients complete. ``scheduler``: run the
+    population on that Dask scheduler instead of ``workers`` local processes.
     """
     from movement_cds._kb_profile import ProfileError, profile_versions
 
@@ -651,32 +709,35 @@ def diff_knowledge_bases(
     new, new_sc = _load("NEW", new_root)
     when = as_of or DEFAULT_AS_OF
     scen = _run_scenarios(old, new, old_sc, new_sc, as_of)
-    n_workers = workers if workers is not None else default_workers(patients)
+    n = population.patients if population is not None else patients
+    where = (Where(scheduler=scheduler) if scheduler is not None else
+             Where(workers=workers if workers is not None else default_workers(n)))
 
     def stage(offset: int) -> Callable[[int, int], None] | None:
         """Progress over both populations as one count (2 x patients)."""
         if progress is None:
             return None
         report = progress
-        return lambda done, _total: report(offset + done, 2 * patients)
+        return lambda done, _total: report(offset + done, 2 * n)
 
-    pop = _run_population(old, new, patients, seed, when, n_workers, stage(0))
+    pop = _run_population(old, new, patients, seed, when, where, stage(0), population)
     profiles, note = None, ""
-    if patients > 0:
+    if n > 0:
         try:
             a, b = profile_versions([old_root, new_root], patients=patients, seed=seed,
-                                    as_of=when, workers=n_workers, progress=stage(patients),
-                                    which=("OLD", "NEW"))
+                                    as_of=when, workers=where, progress=stage(n),
+                                    which=("OLD", "NEW"), population=population)
             profiles = (a, b)
         except ProfileError as e:
             note = str(e)
             if progress is not None:
-                progress(2 * patients, 2 * patients)
+                progress(2 * n, 2 * n)
     return DiffReport(
         old=old.kb.ruleset_name, new=new.kb.ruleset_name, old_root=str(old_root),
         new_root=str(new_root), as_of=when, seed=seed,
         scenarios=Section.of("scenarios", scen), population=Section.of("synthetic", pop),
         profiles=profiles, profile_note=note,
+        population_input=str(population.source) if population is not None else "",
     )
 
 

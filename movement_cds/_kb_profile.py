@@ -20,8 +20,10 @@ referral priority, with exercise held, and for whom each rule fired; the share a
 
 Each version reads the population with its own fact catalog and generates it from its own
 red-flag item list; two versions with the same items see the very same Bundles. Chunks run in
-worker processes through ``movement_cds._kb_diff.run_in_chunks`` (the pool of ``kb diff``),
-and the merged profile is the same for any number of workers.
+worker processes through ``movement_cds._kb_diff.run_in_chunks`` on the shared runner
+(``movement_cds._runner``: a process pool by default, or a Dask scheduler), and the merged
+profile is the same for any number of workers. ``--input`` profiles a real population (a Bulk
+Data export, grouped per patient into bucket files) instead, one task per bucket.
 """
 
 from __future__ import annotations
@@ -50,9 +52,13 @@ from movement_cds._kb_diff import (
     KnowledgeBaseLoadError,
     _load,
     _Version,
+    bucket_sizes,
     default_workers,
+    run_in_buckets,
     run_in_chunks,
 )
+from movement_cds._population_input import PopulationInput, bucket_entries
+from movement_cds._runner import Where
 
 __all__ = [
     "CAUDA_EQUINA_ITEMS",
@@ -239,6 +245,25 @@ def _worker_chunk(seed: int, as_of: datetime, start: int, n: int) -> list[Profil
     return _chunk(_WORKER, seed, as_of, start, n)
 
 
+def _bucket_chunk(versions: Sequence[_Profiled], as_of: datetime, path: str,
+                  number: int) -> list[ProfileTally]:
+    """A real population's bucket: each patient as the export has it (a line that is no
+    patient counts as failed)."""
+    tallies = [ProfileTally() for _ in versions]
+    for e in bucket_entries(Path(path)):
+        for v, tally in zip(versions, tallies, strict=True):
+            if e.bundle is None:
+                tally.add(v, {}, None)
+            else:
+                _evaluate(v, e.bundle, as_of, tally)
+    return tallies
+
+
+def _worker_bucket(as_of: datetime, path: str, number: int) -> list[ProfileTally]:
+    assert _WORKER, "worker not initialised"
+    return _bucket_chunk(_WORKER, as_of, path, number)
+
+
 # --- the report ------------------------------------------------------------------------------
 
 
@@ -265,6 +290,15 @@ class Profile:
     tally: ProfileTally
     items: tuple[RedFlagItem, ...]  # the catalog's red-flag items, in catalog order
     borrowed: str = ""  # red-flag classes taken from this version (its catalog has none)
+    population: str = ""  # a real population (its path) instead of the synthetic one
+
+    def describe_population(self) -> str:
+        if self.population:
+            return (f"input population {self.population}: {self.tally.patients} patients, "
+                    f"as of {self.as_of.isoformat()}")
+        return (f"primary-care population: {self.tally.patients} patients, seed {self.seed}, "
+                f"as of {self.as_of.isoformat()}; every red-flag question answered within "
+                "the last 3 days")
 
     @property
     def no_specific_met(self) -> bool | None:
@@ -312,9 +346,10 @@ class Profile:
         return {
             "knowledge_base": self.knowledge_base,
             "directory": self.directory,
-            "population": "primary-care",
+            "population": "input" if self.population else "primary-care",
             "as_of": self.as_of.isoformat(),
             "seed": self.seed,
+            "population_input": self.population or None,
             "engine": "reference",
             "red_flag_classes_from": self.borrowed or "own catalog",
             "patients": n,
@@ -341,9 +376,7 @@ class Profile:
         t = self.tally
         lines = [
             f"kb profile: {self.knowledge_base} ({self.directory})",
-            f"primary-care population: {t.patients} patients, seed {self.seed}, as of "
-            f"{self.as_of.isoformat()}; every red-flag question answered within the last "
-            "3 days",
+            self.describe_population(),
             "",
             "Key safety figures",
         ]
@@ -394,8 +427,10 @@ def side_by_side(old: Profile, new: Profile) -> str:
               "no specific flag, urgent or higher",
               "stat for cauda equina presentations": "cauda equina, stat"}
     width = max(len(labels.get(r.label, r.label)) for r in a)
-    lines = [f"Primary-care profile: {ot.patients} patients, seed {old.seed} "
-             f"(every red-flag question answered within the last 3 days)",
+    head = (f"Input population profile: {ot.patients} patients ({old.population})"
+            if old.population else f"Primary-care profile: {ot.patients} patients, seed "
+            f"{old.seed} (every red-flag question answered within the last 3 days)")
+    lines = [head,
              f"  {'':<{width}}  {'OLD':>20}  {'NEW':>20}  {'change':>9}"]
     for tag, p in (("OLD", old), ("NEW", new)):
         if p.borrowed:
@@ -438,24 +473,33 @@ def profile_versions(
     patients: int,
     seed: int,
     as_of: datetime,
-    workers: int,
+    workers: int | Where,
     progress: Callable[[int, int], None] | None = None,
     which: Sequence[str] = (),
+    population: PopulationInput | None = None,
 ) -> list[Profile]:
-    """Profiles of each knowledge base in ``roots`` over the same primary-care population.
-    ``which`` labels the roots in load errors ("OLD", "NEW")."""
+    """Profiles of each knowledge base in ``roots`` over the same primary-care population
+    (or over ``population``, a real one as bucket files). ``which`` labels the roots in load
+    errors ("OLD", "NEW"); ``workers``: local processes, or where to run (a Dask scheduler)."""
     labels = tuple(which) or ("",) * len(roots)
     versions = _load_profiled(labels, roots)
     totals = [ProfileTally() for _ in versions]
-    parts = run_in_chunks(patients, workers, progress,
-                          partial(_chunk, versions, seed, as_of),
-                          partial(_worker_chunk, seed, as_of),
-                          _init_worker, (labels, tuple(str(r) for r in roots)))
+    where = workers if isinstance(workers, Where) else Where(workers=workers)
+    init = (labels, tuple(str(r) for r in roots))
+    if population is not None:
+        parts = run_in_buckets(population, bucket_sizes(population), where, progress,
+                               partial(_bucket_chunk, versions, as_of),
+                               partial(_worker_bucket, as_of), _init_worker, init)
+    else:
+        parts = run_in_chunks(patients, where, progress,
+                              partial(_chunk, versions, seed, as_of),
+                              partial(_worker_chunk, seed, as_of), _init_worker, init)
     for part in parts:
         for total, t in zip(totals, part, strict=True):
             total.merge(t)
+    source = str(population.source) if population is not None else ""
     return [Profile(v.version.kb.ruleset_name, str(v.version.root), as_of, seed, t, v.items,
-                    v.borrowed)
+                    v.borrowed, source)
             for v, t in zip(versions, totals, strict=True)]
 
 
@@ -467,11 +511,17 @@ def profile_knowledge_base(
     as_of: datetime | None = None,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    scheduler: str | None = None,
+    population: PopulationInput | None = None,
 ) -> Profile:
-    """The profile of one knowledge base. Raises ``KnowledgeBaseLoadError`` when it cannot be
-    loaded and ``ProfileError`` when its red-flag items cannot be generated."""
+    """The profile of one knowledge base (over ``population`` when given, a real population
+    as bucket files; on the Dask ``scheduler`` when given). Raises
+    ``KnowledgeBaseLoadError`` when it cannot be loaded and ``ProfileError`` when its
+    red-flag items cannot be generated."""
+    n = population.patients if population is not None else patients
+    where = (Where(scheduler=scheduler) if scheduler is not None else
+             Where(workers=workers if workers is not None else default_workers(n)))
     return profile_versions(
-        [root], patients=patients, seed=seed, as_of=as_of or DEFAULT_AS_OF,
-        workers=workers if workers is not None else default_workers(patients),
-        progress=progress)[0]
+        [root], patients=patients, seed=seed, as_of=as_of or DEFAULT_AS_OF, workers=where,
+        progress=progress, population=population)[0]
 

@@ -15,6 +15,7 @@ from fhir.resources.R4B.activitydefinition import ActivityDefinition
 from fhir.resources.R4B.codesystem import CodeSystem
 from fhir.resources.R4B.library import Library
 from fhir.resources.R4B.plandefinition import PlanDefinition
+from fhir.resources.R4B.questionnaire import Questionnaire
 
 from cds import KnowledgeBase, load_knowledge_base
 from cds._knowledge_base import condition_facts
@@ -32,7 +33,8 @@ from tests.conftest import STARTER
 
 MODELS: dict[str, Any] = {"PlanDefinition": PlanDefinition,
                           "ActivityDefinition": ActivityDefinition,
-                          "CodeSystem": CodeSystem, "Library": Library}
+                          "CodeSystem": CodeSystem, "Questionnaire": Questionnaire,
+                          "Library": Library}
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -125,8 +127,8 @@ def test_export_starter_via_cli(tmp_path: Path, starter_kb: KnowledgeBase,
     files = read_all(out)
     assert sorted(stdout.split()) == sorted(str(out / n) for n in files)
     n_cs = len(code_systems(starter_kb))
-    assert f"starter-fixture@0.1.0: 5 PlanDefinition, 33 ActivityDefinition, {n_cs} " \
-           "CodeSystem, 1 Library" in err
+    assert f"starter-fixture@0.1.0: 5 PlanDefinition, 33 ActivityDefinition, " \
+           f"1 Questionnaire, {n_cs} CodeSystem, 1 Library" in err  # no STarT Back items there
     check_export(starter_kb, files)
     assert files["Library-starter-fixture.json"]["date"] == "2026-11-22"  # from CHANGELOG.md
 

@@ -124,6 +124,7 @@ def test_a_catalog_item_without_a_documented_rate_is_refused(bundled_copy: Path)
     type: boolean
     red-flag: weak
     description: A new red-flag question (test)
+    question: Is this a new question?
     coding:
       system: http://movement-cds.org/fhir/CodeSystem/screen
       code: rf-new-question

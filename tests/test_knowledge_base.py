@@ -160,7 +160,8 @@ def test_error_type_is_a_value_error(kb_copy: Path) -> None:
 
 def test_json_schema_export_covers_every_file_kind() -> None:
     docs = schemas()
-    assert set(docs) == {"manifest", "facts", "exercises", "alerts", "rules"}
+    assert set(docs) == {"manifest", "facts", "exercises", "alerts", "rules", "search-synonyms"}
+    assert "question" in docs["facts"]["$defs"]["FactDefinition"]["properties"]
     rule = docs["rules"]["$defs"]["Rule"]
     assert {"id", "when", "then", "evidence"} <= set(rule["properties"])
     assert set(rule["required"]) >= {"id", "when", "then", "evidence"}

@@ -19,8 +19,14 @@ def test_movement_cds_exports() -> None:
         "KnowledgeBaseError",
         "MovementCDSError",
         "Plan",
+        # population run (issue 16)
+        "PopulationInputError",
+        "PopulationRunError",
         # progress across visits, and its chart for the handout (issue 17 part 2)
         "ProgressPoint",
+        "RunReport",
+        "RunnerError",
+        "Where",
         "__version__",
         "evaluate",
         "handout_html",
@@ -29,6 +35,7 @@ def test_movement_cds_exports() -> None:
         "read_progress",
         # the service's scenario check at start and on reload (issue 13 part 1)
         "run_all_scenarios",
+        "run_population",
     ]
 
 
@@ -51,6 +58,11 @@ def test_fhir_adapters_exports() -> None:
         "export_knowledge_base", "OutputValidationError", "synthetic_bundle",
         "primary_care_bundle", "red_flag_items", "RedFlagItem", "UndocumentedRedFlagError",
         "UnclassifiedRedFlagError",
+        # population runs (issue 16 part 1): a Bulk Data export grouped per patient
+        "BulkExportError", "GroupedExport", "InputFile", "bucket_of", "group_export",
+        "read_bucket",
+        # and its synthetic exports (issue 16 part 6)
+        "SynthReport", "synth_export", "synth_patient",
     ])
 
 
@@ -89,8 +101,8 @@ def test_authoring_exports() -> None:
     assert sorted(cds.authoring.__all__) == sorted([
         # the file model
         "Action", "AllOf", "AnyOf", "AtLeast", "Condition", "DoseSpec", "Evidence",
-        "ExerciseDefinition", "FactTest", "NoneOf", "Param", "ParamTest", "Rule",
-        "evidence_url",
+        "ExerciseDefinition", "FactDefinition", "FactTest", "NoneOf", "Param", "ParamTest",
+        "Rule", "SynonymGroup", "evidence_url",
         # checks
         "lint_knowledge_base", "plain_problems", "CHANGELOG_FILE", "check_changelog",
         "parse_changelog",
@@ -102,7 +114,7 @@ def test_authoring_exports() -> None:
         "Explainer", "ExplainTargetError", "render_item", "render_plan_explanation",
         "render_target",
         # documents
-        "render_catalog", "render_catalog_html", "write_catalog", "schemas",
+        "render_catalog", "render_catalog_html", "ExercisePicture", "write_catalog", "schemas",
     ])
 
 

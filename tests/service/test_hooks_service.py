@@ -26,7 +26,8 @@ def prefetch_for(name: str) -> dict[str, Any]:
     return {"patient": resources(name, "Patient")[0],
             "observations": searchset(resources(name, "Observation")),
             "conditions": searchset(resources(name, "Condition")),
-            "careplan": None}
+            "careplan": None,
+            "questionnaireResponses": searchset(resources(name, "QuestionnaireResponse"))}
 
 
 def call(name: str = CES, *, hook: str = "patient-view", **extra: Any) -> dict[str, Any]:
@@ -66,8 +67,11 @@ def test_discovery(client: CheckedClient) -> None:
         "patient-view", "encounter-start", "encounter-discharge", "order-sign"}
     for s in services:
         assert s["id"] and s["description"] and s["title"]
-        assert set(s["prefetch"]) == {"patient", "observations", "conditions", "careplan"}
+        assert set(s["prefetch"]) == {"patient", "observations", "conditions", "careplan",
+                                      "questionnaireResponses"}
         assert s["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+        assert s["prefetch"]["questionnaireResponses"] == (
+            "QuestionnaireResponse?patient={{context.patientId}}&_sort=-authored&_count=50")
         for q in s["prefetch"].values():
             assert "{{context.patientId}}" in q
 

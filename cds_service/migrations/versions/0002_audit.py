@@ -47,6 +47,13 @@ BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END""",
 BEGIN SELECT RAISE(ABORT, 'the release archive is append-only'); END""",
     """CREATE TRIGGER IF NOT EXISTS kb_release_no_delete BEFORE DELETE ON kb_release
 BEGIN SELECT RAISE(ABORT, 'the release archive is append-only'); END""",
+    # REPLACE deletes the row it conflicts with without firing a DELETE trigger
+    """CREATE TRIGGER IF NOT EXISTS audit_record_no_replace BEFORE INSERT ON audit_record
+WHEN EXISTS (SELECT 1 FROM audit_record WHERE id = NEW.id)
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS kb_release_no_replace BEFORE INSERT ON kb_release
+WHEN EXISTS (SELECT 1 FROM kb_release WHERE digest = NEW.digest)
+BEGIN SELECT RAISE(IGNORE); END""",
 )
 
 _POSTGRESQL = (
