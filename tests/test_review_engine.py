@@ -248,3 +248,75 @@ def test_an_entry_from_other_parser_or_model_library_versions_is_not_read(
         m.setattr(ruamel.yaml, "__version__", "0.0.0-other")
         load_knowledge_base(kb_copy)
     assert len(list(cache.glob("kb-*.pickle"))) == 3
+
+
+def test_threads_and_a_forked_child_share_no_patient(
+    durable: Evaluator, reference: Evaluator, starter: Evaluator,
+    starter_reference: Evaluator, kb: KnowledgeBase,
+) -> None:
+    """What held up: threads evaluating at once on two knowledge bases (every evaluation
+    holds the engine's lock, the kept sessions included), and a child forked while kept
+    sessions exist evaluating on its copy while the parent goes on."""
+    import random
+    import threading
+
+    def draw(rng: random.Random) -> PatientFacts:
+        facts = []
+        for name, d in sorted(kb.facts.items()):
+            if d.derived or d.scope != "patient" or rng.random() < 0.6:
+                continue
+            value = (rng.random() < 0.3 if d.type == "boolean"
+                     else rng.choice(d.codes or [""]) if d.type == "code"
+                     else rng.randint(int(d.min or 0), int(d.max or 100)))
+            facts.append(Fact(name, float(value) if d.type == "decimal" else value,
+                              (f"Observation/{name}",)))
+        return PatientFacts.build("Patient/p", AS_OF, facts)
+
+    rng = random.Random(15)
+    patients = [draw(rng) for _ in range(12)]
+    names = starter.compiled.fact_names
+    small = [PatientFacts.build("Patient/p", AS_OF, [f for f in p.facts if f.name in names])
+             for p in patients]
+    want = [reference.evaluate(p) for p in patients]
+    want_small = [starter_reference.evaluate(p) for p in small]
+    wrong: list[int] = []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(40):
+            i = rng.randrange(len(patients))
+            if rng.random() < 0.5 and durable.evaluate(patients[i]) != want[i]:
+                wrong.append(i)
+            elif starter.evaluate(small[i]) != want_small[i]:
+                wrong.append(-i)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports by its exit code
+        same = all(durable.evaluate(p) == w for p, w in zip(patients, want, strict=True))
+        os._exit(0 if same else 1)
+    same = all(starter.evaluate(p) == w for p, w in zip(small, want_small, strict=True))
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 and same
+
+
+def test_concurrent_cold_loads_write_one_entry_and_no_stray_file(
+    kb_copy: Path, cache: Path
+) -> None:
+    """What held up: eight threads loading at once with a cold cache all get the same
+    knowledge base, and the directory ends with one entry, no temporary file."""
+    import threading
+
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(load_knowledge_base(kb_copy)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 8 and all(r == results[0] for r in results)
+    assert [p.name.startswith("kb-") for p in cache.iterdir()] == [True]
