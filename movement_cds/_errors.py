@@ -26,6 +26,12 @@ MovementCDSError`` catches all of them and ``except ValueError`` still catches b
     │                                                  made for this knowledge base
     ├── HandoutExtraMissingError (ImportError)         movement_cds: a PDF handout needs the
     │                                                  'handout' extra (WeasyPrint, Pango)
+    ├── PopulationInputError (ValueError)              movement_cds: a population input that
+    │                                                  cannot be read (names file and line)
+    ├── PopulationRunError (ValueError)                movement_cds: a population run that
+    │                                                  cannot start, finish or resume
+    ├── RunnerError (RuntimeError)                     movement_cds: the tasks cannot be run
+    │                                                  (scheduler, extra, a failing task)
     └── ServiceError                                   cds_service (the CDS Hooks service)
         ├── ConfigError (ValueError)                   the configuration file is unusable
         ├── StartupError (RuntimeError)                the service cannot start
@@ -54,7 +60,14 @@ from pathlib import Path
 
 from cds import MovementCDSError
 
-__all__ = ["HandoutExtraMissingError", "KnowledgeBaseLoadError", "ProfileError"]
+__all__ = [
+    "HandoutExtraMissingError",
+    "KnowledgeBaseLoadError",
+    "PopulationInputError",
+    "PopulationRunError",
+    "ProfileError",
+    "RunnerError",
+]
 
 
 class KnowledgeBaseLoadError(MovementCDSError, ValueError):
@@ -74,3 +87,17 @@ class ProfileError(MovementCDSError, ValueError):
 
 class HandoutExtraMissingError(MovementCDSError, ImportError):
     """A PDF handout needs the ``handout`` extra (WeasyPrint, and the system's Pango)."""
+
+
+class RunnerError(MovementCDSError, RuntimeError):
+    """The tasks cannot be run: the scheduler is unreachable, the extra is missing, a task
+    failed (the message names it) or kept killing its workers."""
+
+
+class PopulationInputError(MovementCDSError, ValueError):
+    """The population input cannot be read; the message names the file (and line)."""
+
+
+class PopulationRunError(MovementCDSError, ValueError):
+    """The run cannot start or finish (an output directory holding another run, a setting
+    that differs from the run being resumed); the message says what to do."""

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cds import MovementCDSError
 from fhir_adapters import BulkExportError, group_export
+from movement_cds._errors import PopulationInputError
 
 __all__ = [
     "BucketEntry",
@@ -33,10 +33,6 @@ __all__ = [
     "open_population",
     "sha256_file",
 ]
-
-
-class PopulationInputError(MovementCDSError, ValueError):
-    """The population input cannot be read; the message names the file (and line)."""
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ from typing import Any, Final
 
 from cds import EngineError, InputIssue, MovementCDSError, Plan
 from fhir_adapters import InvalidBundleError, operation_outcome
+from movement_cds._errors import PopulationRunError
 from movement_cds._population_input import (
     BucketEntry,
     PopulationInput,
@@ -96,11 +97,6 @@ SUMMARY_COLUMNS: Final = ("patient", "bucket", "knowledge_base", "as_of", "level
                           "error")
 _PRIORITY: Final = ("stat", "asap", "urgent", "routine")
 _LEVEL_FACT: Final = "classification.red-flag-concern"
-
-
-class PopulationRunError(MovementCDSError, ValueError):
-    """The run cannot start or finish (an output directory holding another run, a setting
-    that differs from the run being resumed); the message says what to do."""
 
 
 # --- paths ---------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from cds import MovementCDSError
+from movement_cds._errors import RunnerError
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -47,11 +47,6 @@ ALLOWED_FAILURES = 10
 #: How long to wait for a scheduler to have at least one worker before giving up.
 WAIT_FOR_WORKERS_S = 60
 Progress = Callable[[int, int], None]
-
-
-class RunnerError(MovementCDSError, RuntimeError):
-    """The tasks cannot be run: the scheduler is unreachable, the extra is missing, a task
-    failed (the message names it) or kept killing its workers."""
 
 
 @dataclass(frozen=True)
