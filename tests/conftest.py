@@ -61,3 +61,31 @@ def browser_page() -> Iterator[Any]:
 
     with page() as p:
         yield p
+
+
+# Modules whose tests start real processes (the service under its server, worker pools,
+# PostgreSQL clusters, Dask schedulers), a browser, or run whole guides: all ``slow``, so
+# that ``make test-fast`` (``-m "not slow"``) runs the core in about a minute. ``make test``
+# (CI) runs everything. Single slow tests elsewhere carry ``@pytest.mark.slow`` themselves.
+SLOW_MODULES = frozenset({
+    "tests/test_authoring_guide.py", "tests/test_population_run.py",
+    "tests/test_handout_browser.py", "tests/test_catalog_browser.py", "tests/test_browser.py",
+    "tests/test_kb_profile.py", "tests/test_kb_diff.py", "tests/test_container.py",
+    "tests/test_fhir_js.py", "tests/test_followup_service.py",
+    "tests/service/test_balancer.py", "tests/service/test_http_robustness.py",
+    "tests/service/test_replay_workers.py", "tests/service/test_operations_workers.py",
+    "tests/service/test_hot_reload.py", "tests/service/test_feedback_queue.py",
+    "tests/service/test_auth_e2e.py", "tests/service/test_fhir_access.py",
+    "tests/service/test_store_backends.py", "tests/service/test_audit.py",
+    "tests/service/test_pg_two_instances.py", "tests/service/test_review_ops.py",
+    "tests/service/test_handout_link.py", "tests/service/test_operations.py",
+    "tests/service/test_hooks_service.py", "tests/service/test_questionnaire_prefetch.py",
+    "tests/service/test_demo_request.py", "tests/service/test_replay_cache.py",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    root = Path(__file__).resolve().parents[1]
+    for item in items:
+        if str(Path(item.path).relative_to(root)) in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
