@@ -81,6 +81,12 @@ SLOW_MODULES = frozenset({
     "tests/service/test_handout_link.py", "tests/service/test_operations.py",
     "tests/service/test_hooks_service.py", "tests/service/test_questionnaire_prefetch.py",
     "tests/service/test_demo_request.py", "tests/service/test_replay_cache.py",
+    # command-line runs in subprocesses, the service's start-up checks, lint-imports runs
+    "tests/test_cli.py", "tests/test_kb_validate.py", "tests/test_kb_test_command.py",
+    "tests/test_layers.py", "tests/service/test_hooks_startup.py", "tests/service/test_auth.py",
+    "tests/service/test_feedback_store.py", "tests/test_review_engine.py",
+    # the long property runs (200 examples each): CI runs them on every submission
+    "tests/test_red_flag_calibration.py", "tests/test_outbound.py",
 })
 
 
