@@ -376,14 +376,7 @@ def load_engine(config: ServiceConfig, *, run_scenarios: bool = True,
         failure = _scenario_failures(support.evaluator, root)
         if failure is not None:
             raise StartupError(f"knowledge base {root}: {failure}")
-    engine = Engine(support)
-    engine.digest, engine.fingerprint = digest, fingerprint
-    engine.scenarios_passed = run_scenarios
-    try:
-        _warm_up(engine)
-    except MovementCDSError as e:
-        raise StartupError(f"warm-up evaluation failed: {e}") from None
-    _log_changelog(root, name)
+    engine = _warmed_up(support, root, digest, fingerprint, run_scenarios, StartupError)
     log.info("knowledge base %s loaded, warmed up", name)
     return engine
 
@@ -414,14 +407,22 @@ def _candidate(root: Path, live: Engine, digest: str, fingerprint: Fingerprint) 
         raise ReloadRefused(f"{name}: {e}") from None
     if failure is not None:
         raise ReloadRefused(f"{name}: {failure}")
+    return _warmed_up(support, root, digest, fingerprint, True,
+                      lambda why: ReloadRefused(f"{name}: {why}"))
+
+
+def _warmed_up(support: Any, root: Path, digest: str, fingerprint: Fingerprint,
+               scenarios_passed: bool, refuse: Callable[[str], Exception]) -> Engine:
+    """The engine for a checked release, warmed up (``refuse(why)`` raised if the warm-up
+    evaluation fails), its changelog logged: the last step of start and of reload."""
     engine = Engine(support)
     engine.digest, engine.fingerprint = digest, fingerprint
-    engine.scenarios_passed = True
+    engine.scenarios_passed = scenarios_passed
     try:
         _warm_up(engine)
     except MovementCDSError as e:
-        raise ReloadRefused(f"{name}: warm-up evaluation failed: {e}") from None
-    _log_changelog(root, name)
+        raise refuse(f"warm-up evaluation failed: {e}") from None
+    _log_changelog(root, engine.kb.ruleset_name)
     return engine
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -47,6 +48,19 @@ def fail_input(err: InvalidBundleError) -> NoReturn:
 def fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"movement-cds: {message}", err=True)
     raise typer.Exit(code)
+
+
+def as_of_option(text: str | None) -> datetime | None:
+    """``--as-of`` read as an instant (``None`` when not given); a bad one is one line and
+    exit 2."""
+    if text is None:
+        return None
+    from movement_cds._api import parse_instant
+
+    try:
+        return parse_instant(text)
+    except InvalidBundleError as e:
+        fail(f"--as-of: {e.issues[0].message if e.issues else e}", code=2)
 
 
 def read_input(file: str) -> bytes:

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fhir_adapters import InvalidBundleError
-from movement_cds._cli_common import fail, kb_app
+from movement_cds._cli_common import as_of_option, fail, kb_app
 from movement_cds._cli_runner_options import InputOption, SchedulerOption
 
 if TYPE_CHECKING:
@@ -114,15 +113,9 @@ def kb_diff(
 ) -> None:
     """Run two knowledge-base versions over the scenarios and a synthetic population and
     report which outputs change, for how many patients, with examples."""
-    from movement_cds._api import parse_instant
     from movement_cds._kb_diff import KnowledgeBaseLoadError, diff_knowledge_bases
 
-    when = None
-    if as_of is not None:
-        try:
-            when = parse_instant(as_of)
-        except InvalidBundleError as e:
-            fail(f"--as-of: {e.issues[0].message if e.issues else e}", code=2)
+    when = as_of_option(as_of)
     for which, path in (("OLD", old), ("NEW", new)):
         if not path.is_dir():
             fail(f"{which} knowledge base {path} is not a directory")

@@ -18,9 +18,8 @@ from typing import Annotated
 
 import typer
 
-from fhir_adapters import InvalidBundleError
 from knowledge_base import bundled_path
-from movement_cds._cli_common import fail, kb_app
+from movement_cds._cli_common import as_of_option, fail, kb_app
 from movement_cds._cli_kb_diff import progress_reporter
 from movement_cds._cli_runner_options import InputOption, SchedulerOption
 
@@ -71,7 +70,6 @@ def kb_profile(
     """Run a knowledge base over a synthetic primary-care population (complete, current
     red-flag screens) and report, for clinical governance, the rates of each level of concern,
     referral priority, exercise held and rule, with the key safety figures and their goals."""
-    from movement_cds._api import parse_instant
     from movement_cds._kb_profile import (
         KnowledgeBaseLoadError,
         ProfileError,
@@ -81,12 +79,7 @@ def kb_profile(
     n = whole_number("--patients", patients, 1)
     s = whole_number("--seed", seed, 0)
     w = whole_number("--workers", workers, 1) if workers is not None else None
-    when = None
-    if as_of is not None:
-        try:
-            when = parse_instant(as_of)
-        except InvalidBundleError as e:
-            fail(f"--as-of: {e.issues[0].message if e.issues else e}", code=2)
+    when = as_of_option(as_of)
     root = directory if directory is not None else bundled_path()
     if not root.is_dir():
         fail(f"knowledge base {root} is not a directory", code=2)

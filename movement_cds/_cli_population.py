@@ -28,9 +28,9 @@ from typing import Annotated
 import typer
 
 from cds import KnowledgeBaseError, load_knowledge_base
-from fhir_adapters import InvalidBundleError, synth_export
+from fhir_adapters import synth_export
 from knowledge_base import bundled_path
-from movement_cds._cli_common import KbOption, app, fail
+from movement_cds._cli_common import KbOption, app, as_of_option, fail
 from movement_cds._cli_kb_diff import progress_reporter
 from movement_cds._cli_kb_profile import whole_number
 from movement_cds._cli_runner_options import (
@@ -48,16 +48,8 @@ app.add_typer(population_app, name="population")
 
 
 def _as_of(text: str | None) -> datetime:
-    from movement_cds._api import parse_instant
-
-    if text is None:
-        return datetime.now(UTC).replace(microsecond=0)
-    try:
-        when = parse_instant(text)
-    except InvalidBundleError as e:
-        fail(f"--as-of: {e.issues[0].message if e.issues else e}", code=2)
-    assert when is not None
-    return when
+    when = as_of_option(text)
+    return when if when is not None else datetime.now(UTC).replace(microsecond=0)
 
 
 @population_app.command("synth")
@@ -140,7 +132,6 @@ def population_run(
 ) -> None:
     """Evaluate every patient of INPUT: output Bundles, summary.parquet, errors.ndjson and
     manifest.json in DIR."""
-    from movement_cds._api import parse_instant
     from movement_cds._population_input import PopulationInputError
     from movement_cds._population_run import PopulationRunError, run_population
     from movement_cds._runner import RunnerError
@@ -148,12 +139,7 @@ def population_run(
     require_population_extra()
     where = where_from_options(workers, scheduler, dask=True,
                                default_workers=max(1, os.cpu_count() or 1))
-    when = None
-    if as_of is not None:
-        try:
-            when = parse_instant(as_of)
-        except InvalidBundleError as e:
-            fail(f"--as-of: {e.issues[0].message if e.issues else e}", code=2)
+    when = as_of_option(as_of)
     try:
         with progress_reporter("population run", unit="patients", rate=True) as progress:
             report = run_population(source, out, as_of=when, where=where, kb=kb,
