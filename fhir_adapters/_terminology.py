@@ -49,7 +49,10 @@ from fhir_adapters._outbound import (
 
 __all__ = [
     "ADHERENCE_CODE",
+    "CONDITION_CATEGORY",
+    "EXAMPLE_MRN",
     "EXT_PROGRESS_ROLE",
+    "OBSERVATION_CATEGORY",
     "PROGRESS_CODE",
     "QUESTIONNAIRE_BASE",
     "STARTBACK_PANEL",
@@ -64,6 +67,13 @@ QUESTIONNAIRE_BASE: Final = "http://movement-cds.org/fhir/Questionnaire"
 #: LOINC's STarT Back Screening Tool panel: the code of the STarT Back Questionnaire.
 STARTBACK_PANEL: Final = {"system": "http://loinc.org", "code": "91349-1",
                           "display": "STarT Back Screening Tool panel"}
+
+#: HL7 category systems the generated example input uses (Observation survey/exam,
+#: Condition problem-list-item); the reader does not need them.
+OBSERVATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
+CONDITION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/condition-category"
+#: The identifier system of the made-up medical record numbers in examples and vignettes.
+EXAMPLE_MRN: Final = "https://example.org/fhir/mrn"
 
 # --- progress across visits (output contract: docs/integrators/output.md, "Progress") ------
 # the DiagnosticReport that carries the series, and the code of its adherence values, in the
