@@ -441,13 +441,6 @@ class BundleBuilder:
             rid, items, subject=subject or self.subject, authored=authored, status=status,
             questionnaire=questionnaire))
 
-    def screen_items(self, present: Iterable[str] = (),
-                     omit: Iterable[str] = ()) -> list[dict[str, Any]]:
-        """The red-flag screen as questionnaire items: ``present`` yes, ``omit`` not asked."""
-        present, omit = set(present), set(omit)
-        return [questionnaire_item(self.kb, rf, {"valueBoolean": rf in present})
-                for rf in self.red_flag_questions if rf not in omit]
-
     def bundle(self) -> dict[str, Any]:
         return bundle(self.resources, namespace=self.namespace, key_prefix=self.key_prefix,
                       bundle_id=self.bundle_id, timestamp=self.timestamp)

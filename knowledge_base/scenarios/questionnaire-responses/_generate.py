@@ -28,11 +28,13 @@ _spec = importlib.util.spec_from_file_location(
 assert _spec is not None and _spec.loader is not None
 _cases = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_cases)
+_builder = _cases._builder  # the vignettes' script: the registry and the file writer
+
+from fhir_adapters import SNOMED, questionnaire_item  # noqa: E402
+
 person = _cases.person
 RED_FLAGS: tuple[str, ...] = _cases.RED_FLAGS
-KB = _cases._builder.KB
-SNOMED = "http://snomed.info/sct"
-QUESTIONNAIRE = "http://movement-cds.org/fhir/Questionnaire/"
+KB = _builder.KB
 
 TODAY = "2026-11-02T08:30:00Z"
 YESTERDAY = "2026-11-01T09:05:00Z"
@@ -40,20 +42,12 @@ LAST_MONTH = "2026-10-01T10:00:00Z"  # 32 days before the as-of instant: stale (
 LONG_AGO = "2026-03-10T10:00:00Z"
 
 CASES: dict[str, Callable[[], Any]] = {}
-
-
-def case(fn: Callable[[str], Any]) -> Callable[[str], Any]:
-    name = fn.__name__.replace("_", "-")
-    assert name not in CASES, name
-    CASES[name] = lambda: fn(name)
-    return fn
+case = _builder.registry(CASES)
 
 
 def item(fact: str, *answers: dict[str, Any]) -> dict[str, Any]:
     """One question, as the published Questionnaire asks it (linkId = the fact's name)."""
-    d = KB.facts[fact]
-    return {"linkId": fact, "text": d.question,
-            **({"answer": list(answers)} if answers else {})}
+    return questionnaire_item(KB, fact, *answers)
 
 
 def yes_no(value: bool) -> dict[str, Any]:
@@ -63,14 +57,9 @@ def yes_no(value: bool) -> dict[str, Any]:
 def response(b: Any, rid: str, items: list[dict[str, Any]], *, authored: str | None,
              status: str = "completed", questionnaire: str = "red-flag-screen",
              subject: dict[str, Any] | None = None) -> dict[str, Any]:
-    res: dict[str, Any] = {
-        "resourceType": "QuestionnaireResponse", "id": rid,
-        "questionnaire": QUESTIONNAIRE + questionnaire, "status": status,
-        "subject": subject or b.subject, "item": items,
-    }
-    if authored is not None:
-        res["authored"] = authored
-    added: dict[str, Any] = b._add(res)  # the vignette builder adds resources this way
+    added: dict[str, Any] = b.questionnaire_response(
+        rid, items, authored=authored, status=status, questionnaire=questionnaire,
+        subject=subject)
     return added
 
 
@@ -245,34 +234,8 @@ def startback_by_link_id_low_risk(name: str) -> Any:
     return b
 
 
-def render() -> dict[str, str]:
-    out = {}
-    for name, make in sorted(CASES.items()):
-        b = make()
-        out[f"{name}.json"] = json.dumps(b.bundle(), indent=1, sort_keys=True) + "\n"
-    return out
-
-
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
-    stale = []
-    wanted = render()
-    for fname, text in wanted.items():
-        path = HERE / fname
-        if path.exists() and path.read_text(encoding="utf-8") == text:
-            continue
-        stale.append(fname)
-        if not check:
-            path.write_text(text, encoding="utf-8")
-    extra = sorted(p.name for p in HERE.glob("*.json") if p.name not in wanted)
-    for fname in extra:
-        stale.append(fname)
-        if not check:
-            (HERE / fname).unlink()
-    if check and stale:
-        print("out of date:", ", ".join(stale))
-        return 1
-    return 0
+    return int(_builder.sync(HERE, _builder.render(CASES, indent=1), argv, prune=True))
 
 
 if __name__ == "__main__":

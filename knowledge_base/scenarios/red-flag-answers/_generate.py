@@ -25,11 +25,12 @@ _spec = importlib.util.spec_from_file_location(
     "_vignette_builder", HERE.parent / "vignettes" / "_generate.py")
 assert _spec is not None and _spec.loader is not None
 _builder = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_builder)
+_spec.loader.exec_module(_builder)  # (it puts the repository on sys.path)
+
+from fhir_adapters import LOINC, SNOMED, concept, red_flag_questions  # noqa: E402
+
 Vignette = _builder.Vignette
-RED_FLAGS: tuple[str, ...] = _builder.RED_FLAGS
-SNOMED = "http://snomed.info/sct"
-LOINC = "http://loinc.org"
+RED_FLAGS: tuple[str, ...] = red_flag_questions(_builder.KB)
 
 AS_OF = "2026-11-02T09:00:00Z"
 TODAY = "2026-11-02T08:30:00Z"  # asked again at this visit
@@ -39,13 +40,7 @@ SIXTEEN_DAYS = "2026-10-17T10:00:00Z"
 LONG_AGO = "2026-03-10T10:00:00Z"
 
 CASES: dict[str, Callable[[], Any]] = {}
-
-
-def case(fn: Callable[[str], Any]) -> Callable[[str], Any]:
-    name = fn.__name__.replace("_", "-")
-    assert name not in CASES, name
-    CASES[name] = lambda: fn(name)
-    return fn
+case = _builder.registry(CASES)
 
 
 def person(name: str, *, birth_date: str = "1981-04-12", gender: str = "female",
@@ -64,14 +59,11 @@ def person(name: str, *, birth_date: str = "1981-04-12", gender: str = "female",
 def answer(b: Any, fact: str, value: Any, when: str | None, oid: str,
            raw: dict[str, Any] | None = None) -> None:
     """One more answer to a red-flag question (``when`` None: undated)."""
-    res = b.obs(fact, value, when=when or YESTERDAY, oid=oid, raw_value=raw)
-    if when is None:
-        del res["effectiveDateTime"]
+    b.obs(fact, value, when=when, oid=oid, raw_value=raw)
 
 
 def coded(system: str, code: str, display: str) -> dict[str, Any]:
-    return {"valueCodeableConcept": {"coding": [{"system": system, "code": code,
-                                                 "display": display}]}}
+    return {"valueCodeableConcept": concept(system, code, display)}
 
 
 # --- a YES never expires silently --------------------------------------------------------
@@ -321,34 +313,8 @@ def diabetes_type_2_code_counts(name: str) -> Any:
     return b
 
 
-def render() -> dict[str, str]:
-    out = {}
-    for name, make in sorted(CASES.items()):
-        b = make()
-        out[f"{name}.json"] = json.dumps(b.bundle(), indent=1, sort_keys=True) + "\n"
-    return out
-
-
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
-    stale = []
-    wanted = render()
-    for fname, text in wanted.items():
-        path = HERE / fname
-        if path.exists() and path.read_text(encoding="utf-8") == text:
-            continue
-        stale.append(fname)
-        if not check:
-            path.write_text(text, encoding="utf-8")
-    extra = sorted(p.name for p in HERE.glob("*.json") if p.name not in wanted)
-    for fname in extra:
-        stale.append(fname)
-        if not check:
-            (HERE / fname).unlink()
-    if check and stale:
-        print("out of date:", ", ".join(stale))
-        return 1
-    return 0
+    return int(_builder.sync(HERE, _builder.render(CASES, indent=1), argv, prune=True))
 
 
 if __name__ == "__main__":

@@ -32,113 +32,31 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from cds import load_knowledge_base  # noqa: E402
+from fhir_adapters import BundleBuilder, patient  # noqa: E402
 from knowledge_base import bundled_path  # noqa: E402
 
 KB = load_knowledge_base(bundled_path())
-SCREEN = "http://movement-cds.org/fhir/CodeSystem/screen"
-SNOMED = "http://snomed.info/sct"
-UCUM = "http://unitsofmeasure.org"
-OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
-CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 NAMESPACE = uuid.UUID("3d1c6a8e-9f4b-4e27-b0a5-7c2e1f9d8b64")
 
 # When things were recorded (the scenarios evaluate as of 2026-11-02T09:00:00Z).
 INTAKE = "2026-10-28T15:20:00Z"  # episode duration and history, at booking
 QUESTIONNAIRES = "2026-10-30T18:45:00Z"  # STarT Back, PHQ-2, Oswestry, filled in at home
-RED_FLAGS_ASKED = "2026-11-01T09:05:00Z"  # red-flag screen, asked at the visit
 PAIN_RATED = "2026-11-01T09:10:00Z"
-EXAMINED = "2026-11-01T09:30:00Z"  # symptom distribution, repeated movements, neuro exam
-SCREENED = "2026-11-01T10:00:00Z"  # movement screen and loaded patterns
-
-RED_FLAGS = (
-    "rf-saddle-anaesthesia", "rf-bladder-dysfunction", "rf-bowel-dysfunction",
-    "rf-bilateral-leg-symptoms", "rf-progressive-weakness", "rf-foot-drop",
-    "rf-sexual-dysfunction", "rf-fever", "rf-unexplained-weight-loss", "rf-cancer-history",
-    "rf-night-pain", "rf-significant-trauma", "rf-corticosteroid-use", "rf-iv-drug-use",
-    "rf-immunosuppression", "rf-recent-infection", "rf-pulsatile-abdominal-mass",
-    "rf-not-improving",
-)
-SURVEY_PREFIXES = ("rf-", "startback-", "phq2-", "odi-", "pain-", "episode-")
-SIDES = {"left": ("7771000", "Left"), "right": ("24028007", "Right")}
-BILATERAL_SCREEN = ("fms-hurdle-step", "fms-inline-lunge", "fms-active-slr",
-                    "fms-rotary-stability")
+# the builder's defaults: red-flag screen asked at the visit at 09:05, symptom distribution,
+# repeated movements and neuro exam at 09:30, movement screen and loaded patterns at 10:00
+SCREENED = "2026-11-01T10:00:00Z"
 
 
-class Vignette:
+class Vignette(BundleBuilder):
     """The resources of one vignette Bundle, all about one Patient."""
 
     def __init__(self, name: str, *, birth_date: str, gender: str) -> None:
+        super().__init__(
+            KB, patient(f"pat-{name}", mrn=f"VIGNETTE-{name}", gender=gender,
+                        birth_date=birth_date),
+            bundle_id=f"vignette-{name}", namespace=NAMESPACE, key_prefix=f"vignette/{name}/",
+            timestamp="2026-11-01T11:00:00Z")
         self.name = name
-        self.patient_id = f"pat-{name}"
-        self.subject = {"reference": f"Patient/{self.patient_id}"}
-        self.resources: list[dict[str, Any]] = [{
-            "resourceType": "Patient",
-            "id": self.patient_id,
-            "identifier": [{"system": "https://example.org/fhir/mrn",
-                            "value": f"VIGNETTE-{name}"}],
-            "gender": gender,
-            "birthDate": birth_date,
-        }]
-        self._ids: set[str] = set()
-
-    def _add(self, resource: dict[str, Any]) -> dict[str, Any]:
-        assert resource["id"] not in self._ids, (self.name, resource["id"])
-        self._ids.add(resource["id"])
-        self.resources.append(resource)
-        return resource
-
-    # --- Observations ---------------------------------------------------------------------
-    def obs(self, fact: str, value: Any = None, *, when: str = EXAMINED,
-            status: str = "final", left: Any = None, right: Any = None,
-            provoked: bool | None = None, oid: str | None = None,
-            raw_value: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One Observation of a catalog fact; ``left``/``right`` become laterality
-        components, ``provoked`` the ``lbp-provoked`` component."""
-        d = KB.facts[fact]
-        assert d.coding is not None, fact
-        category = "survey" if fact.startswith(SURVEY_PREFIXES) else "exam"
-        res: dict[str, Any] = {
-            "resourceType": "Observation",
-            "id": oid or f"obs-{fact}",
-            "status": status,
-            "category": [{"coding": [{"system": OBS_CATEGORY, "code": category}]}],
-            "code": {"coding": [{"system": d.coding.system, "code": d.coding.code,
-                                 "display": d.coding.display}]},
-            "subject": self.subject,
-            "effectiveDateTime": when,
-        }
-        if raw_value is not None:
-            res.update(raw_value)
-        elif value is not None:
-            res.update(encode(fact, value))
-        components: list[dict[str, Any]] = []
-        for side, v in (("left", left), ("right", right)):
-            if v is not None:
-                code, display = SIDES[side]
-                components.append({"code": {"coding": [{"system": SNOMED, "code": code,
-                                                        "display": display}]},
-                                   **encode(fact, v)})
-        if provoked is not None:
-            components.append({
-                "code": {"coding": [{"system": SCREEN, "code": "lbp-provoked",
-                                     "display": "Test reproduced or increased low back pain"}]},
-                "valueBoolean": provoked,
-            })
-        if components:
-            res["component"] = components
-        return self._add(res)
-
-    def red_flags(self, *present: str, omit: tuple[str, ...] = (),
-                  when: str = RED_FLAGS_ASKED) -> None:
-        """The red-flag screen: every question answered, ``present`` ones "yes", the rest
-        "no"; ``omit`` ones not asked at all."""
-        unknown = set(present) | set(omit)
-        assert unknown <= set(RED_FLAGS), unknown - set(RED_FLAGS)
-        for rf in RED_FLAGS:
-            if rf not in omit:
-                self.obs(rf, rf in present, when=when)
 
     def pain(self, nrs: int, *, odi: float | None = None, days: float | None = None,
              where: str | None = None) -> None:
@@ -149,7 +67,7 @@ class Vignette:
         if days is not None:
             self.obs("episode-duration", days, when=INTAKE)
         if where is not None:
-            self.obs("symptom-distribution", where, when=EXAMINED)
+            self.obs("symptom-distribution", where)
 
     def startback(self, *agree: int) -> None:
         """The nine STarT Back items (the totals are computed from them); ``agree`` lists
@@ -157,85 +75,67 @@ class Vignette:
         for i in range(1, 10):
             self.obs(f"startback-item-{i}", i in agree, when=QUESTIONNAIRES)
 
-    def fms(self, *, squat: int = 2, hurdle: tuple[int, int] = (2, 2),
-            lunge: tuple[int, int] = (2, 2), shoulder: tuple[int, int] = (3, 3),
-            aslr: tuple[int, int] = (2, 2), pushup: int = 2,
-            rotary: tuple[int, int] = (2, 2), painful_clearing: tuple[str, ...] = ()) -> None:
+    def fms(self, *, painful_clearing: tuple[str, ...] = (), **scores: Any) -> None:
         """A full functional movement screen, scored per side, with the three clearing
         tests; no test increased the low back pain unless a clearing test was painful."""
-        b = self
-        b.obs("fms-deep-squat", squat, when=SCREENED, provoked=False)
-        b.obs("fms-hurdle-step", left=hurdle[0], right=hurdle[1], when=SCREENED, provoked=False)
-        b.obs("fms-inline-lunge", left=lunge[0], right=lunge[1], when=SCREENED, provoked=False)
-        b.obs("fms-shoulder-mobility", left=shoulder[0], right=shoulder[1], when=SCREENED)
-        b.obs("fms-active-slr", left=aslr[0], right=aslr[1], when=SCREENED, provoked=False)
-        b.obs("fms-trunk-stability-pushup", pushup, when=SCREENED, provoked=False)
-        b.obs("fms-rotary-stability", left=rotary[0], right=rotary[1], when=SCREENED,
-              provoked=False)
-        b.obs("clear-shoulder", left=False, right=False, when=SCREENED)
+        self.movement_screen(**scores)
+        self.obs("clear-shoulder", left=False, right=False, when=SCREENED)
         for test in ("clear-spinal-extension", "clear-spinal-flexion"):
-            b.obs(test, test in painful_clearing, when=SCREENED)
+            self.obs(test, test in painful_clearing, when=SCREENED)
 
     def pattern(self, fact: str, score: int | None = None, *, provoked: bool = False,
                 left: int | None = None, right: int | None = None) -> None:
         """A loaded pattern (squat, hinge, lateral bend) and whether it increased LBP."""
         self.obs(fact, score, left=left, right=right, provoked=provoked, when=SCREENED)
 
-    # --- Conditions -----------------------------------------------------------------------
-    def condition(self, fact: str, *, onset: str, clinical: str = "active",
-                  verification: str = "confirmed") -> dict[str, Any]:
-        d = KB.facts[fact]
-        assert d.coding is not None, fact
-        return self._add({
-            "resourceType": "Condition",
-            "id": f"cond-{fact.removeprefix('condition-')}",
-            "clinicalStatus": {"coding": [{"system": CLINICAL, "code": clinical}]},
-            "verificationStatus": {"coding": [{"system": VERIFICATION, "code": verification}]},
-            "category": [{"coding": [{"system": CONDITION_CATEGORY,
-                                      "code": "problem-list-item"}]}],
-            "code": {"coding": [{"system": d.coding.system, "code": d.coding.code,
-                                 "display": d.coding.display}]},
-            "subject": self.subject,
-            "onsetDateTime": onset,
-            "recordedDate": INTAKE,
-        })
-
-    def bundle(self) -> dict[str, Any]:
-        def full_url(r: dict[str, Any]) -> str:
-            key = f"vignette/{self.name}/{r['resourceType']}/{r['id']}"
-            return f"urn:uuid:{uuid.uuid5(NAMESPACE, key)}"
-
-        return {
-            "resourceType": "Bundle",
-            "id": f"vignette-{self.name}",
-            "type": "collection",
-            "timestamp": "2026-11-01T11:00:00Z",
-            "entry": [{"fullUrl": full_url(r), "resource": r} for r in self.resources],
-        }
+    def condition(self, fact: str, *, onset: str, cid: str | None = None,
+                  clinical: str = "active", verification: str = "confirmed",
+                  recorded: str | None = INTAKE) -> dict[str, Any]:
+        return super().condition(fact, onset=onset, cid=cid, clinical=clinical,
+                                 verification=verification, recorded=recorded)
 
 
-def encode(fact: str, value: Any) -> dict[str, Any]:
-    """The value[x] of a fact, in the form the input contract asks for."""
-    d = KB.facts[fact]
-    if d.type == "boolean":
-        return {"valueBoolean": value}
-    if d.type == "code":
-        return {"valueCodeableConcept": {"coding": [{"system": SCREEN, "code": value}]}}
-    if d.type == "integer":
-        return {"valueInteger": value}
-    unit = d.unit or "1"
-    return {"valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit}}
+def registry(table: dict[str, Callable[[], Any]]) -> Callable[[Callable[[str], Any]],
+                                                              Callable[[str], Any]]:
+    """A decorator that registers a case in ``table``; its file name is the function name
+    with dashes (the scenario generators next to this one use it too)."""
+    def register(fn: Callable[[str], Any]) -> Callable[[str], Any]:
+        name = fn.__name__.replace("_", "-")
+        assert name not in table, name
+        table[name] = lambda: fn(name)
+        return fn
+    return register
 
 
-VIGNETTES: dict[str, Callable[[], Vignette]] = {}
+def render(cases: dict[str, Callable[[], Any]], *, indent: int) -> dict[str, str]:
+    """File name -> exact file text (sorted keys) of every case's Bundle."""
+    return {f"{name}.json": json.dumps(make().bundle(), indent=indent, sort_keys=True,
+                                       ensure_ascii=False) + "\n"
+            for name, make in sorted(cases.items())}
 
 
-def vignette(fn: Callable[[str], Vignette]) -> Callable[[str], Vignette]:
-    """Register a vignette; its file name is the function name with dashes."""
-    name = fn.__name__.replace("_", "-")
-    assert name not in VIGNETTES, name
-    VIGNETTES[name] = lambda: fn(name)
-    return fn
+def sync(here: Path, files: dict[str, str], argv: list[str], *, prune: bool) -> int:
+    """Write ``files`` into ``here`` (``prune``: and delete the JSON files no case writes);
+    with ``--check`` in ``argv`` write nothing and exit 1 if any is stale or extra."""
+    stale = sorted(f for f, text in files.items()
+                   if not (here / f).is_file() or (here / f).read_text(encoding="utf-8") != text)
+    extra = sorted(p.name for p in here.glob("*.json") if p.name not in files)
+    if "--check" in argv:
+        if stale:
+            print(f"out of date (run python {here.relative_to(ROOT)}/_generate.py):",
+                  ", ".join(stale))
+        if extra:
+            print("no case writes:", ", ".join(extra))
+        return 1 if stale or extra else 0
+    for fname in stale:
+        (here / fname).write_text(files[fname], encoding="utf-8")
+    for fname in extra if prune else ():
+        (here / fname).unlink()
+    return 0
+
+
+VIGNETTES: dict[str, Callable[[], Any]] = {}
+vignette = registry(VIGNETTES)
 
 
 # ===========================================================================================
@@ -783,33 +683,8 @@ def full_acute_lifting_strain(name: str) -> Vignette:
 
 # ===========================================================================================
 
-def render() -> dict[str, str]:
-    """File name -> exact file text."""
-    return {
-        f"{name}.json": json.dumps(make().bundle(), indent=2, sort_keys=True,
-                                   ensure_ascii=False) + "\n"
-        for name, make in VIGNETTES.items()
-    }
-
-
 def main(argv: list[str]) -> int:
-    files = render()
-    if "--check" in argv:
-        stale = sorted(f for f, text in files.items()
-                       if not (HERE / f).is_file()
-                       or (HERE / f).read_text(encoding="utf-8") != text)
-        extra = sorted(p.name for p in HERE.glob("*.json") if p.name not in files)
-        if stale or extra:
-            if stale:
-                print("out of date (run python knowledge_base/scenarios/vignettes/"
-                      "_generate.py):", ", ".join(stale))
-            if extra:
-                print("no vignette writes:", ", ".join(extra))
-            return 1
-        return 0
-    for fname, text in files.items():
-        (HERE / fname).write_text(text, encoding="utf-8")
-    return 0
+    return sync(HERE, render(VIGNETTES, indent=2), argv, prune=False)
 
 
 if __name__ == "__main__":
