@@ -56,11 +56,13 @@ if TYPE_CHECKING:
     from cds.authoring import FactDefinition
 
 __all__ = [
+    "CLINICAL_STATUS",
     "EXERCISE_SYSTEM",
     "LOINC",
     "SCREEN_SYSTEM",
     "SNOMED",
     "UCUM",
+    "VERIFICATION_STATUS",
     "BundleBuilder",
     "FactCatalogError",
     "Kind",
