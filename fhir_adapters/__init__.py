@@ -29,6 +29,7 @@ from fhir_adapters._bundle_builder import (
     LOINC,
     SCREEN_SYSTEM,
     SNOMED,
+    STARTBACK_PANEL,
     UCUM,
     BundleBuilder,
     bundle,
@@ -50,6 +51,7 @@ from fhir_adapters._bundle_builder import (
     value_x,
 )
 from fhir_adapters._errors import (
+    FactCatalogError,
     InvalidBundleError,
     OutputValidationError,
     UnclassifiedRedFlagError,
@@ -83,6 +85,7 @@ __all__ = [
     "LOINC",
     "SCREEN_SYSTEM",
     "SNOMED",
+    "STARTBACK_PANEL",
     "UCUM",
     "BulkExportError",
     "BundleBuilder",

@@ -49,6 +49,7 @@ from fhir_adapters._terminology import (
     EXAMPLE_MRN,
     OBSERVATION_CATEGORY,
     QUESTIONNAIRE_BASE,
+    STARTBACK_PANEL,
 )
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ __all__ = [
     "LOINC",
     "SCREEN_SYSTEM",
     "SNOMED",
+    "STARTBACK_PANEL",
     "UCUM",
     "VERIFICATION_STATUS",
     "BundleBuilder",

@@ -16,7 +16,6 @@ instead of Observations. Scenarios evaluate as of
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ _cases = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_cases)
 _builder = _cases._builder  # the vignettes' script: the registry and the file writer
 
-from fhir_adapters import SNOMED, questionnaire_item  # noqa: E402
+from fhir_adapters import LOINC, SNOMED, STARTBACK_PANEL, questionnaire_item  # noqa: E402
 
 person = _cases.person
 RED_FLAGS: tuple[str, ...] = _cases.RED_FLAGS
@@ -205,8 +204,10 @@ def questionnaire_yes_after_observation_no(name: str) -> Any:
 
 # --- STarT Back ----------------------------------------------------------------------------
 
-_STARTBACK_LOINC = ("91340-0", "91341-8", "91342-6", "91343-4", "91344-2", "91345-9",
-                    "91346-7", "91347-5", "91348-3")
+# the LOINC codes of the nine items, as the fact catalog lists them (also-coded)
+_STARTBACK_LOINC = tuple(next(c.code for c in KB.facts[f"startback-item-{i}"].also_coded
+                              if c.system == LOINC) for i in range(1, 10))
+_PANEL = STARTBACK_PANEL["code"]
 
 
 @case
@@ -216,9 +217,9 @@ def startback_loinc_items_high_risk(name: str) -> Any:
     b = qr_person(name)
     response(b, "qr-screen", screen(), authored=YESTERDAY)
     agree = (1, 2, 3, 5, 6, 7, 8, 9)
-    items = [{"linkId": f"/91349-1/{code}", "answer": [{"valueBoolean": i in agree}]}
+    items = [{"linkId": f"/{_PANEL}/{code}", "answer": [{"valueBoolean": i in agree}]}
              for i, code in enumerate(_STARTBACK_LOINC, start=1)]
-    response(b, "qr-startback", [{"linkId": "/91349-1", "item": items}], authored=YESTERDAY,
+    response(b, "qr-startback", [{"linkId": f"/{_PANEL}", "item": items}], authored=YESTERDAY,
              questionnaire="startback")
     return b
 

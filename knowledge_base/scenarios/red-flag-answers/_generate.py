@@ -14,7 +14,6 @@ says otherwise. Scenarios evaluate as of 2026-11-02T09:00:00Z.
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
