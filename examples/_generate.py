@@ -11,20 +11,25 @@ exercises; visit 3's input holds visit 2's CarePlan and the responses to it. Eac
 re-asks the red-flag questions. The outputs change whenever the rules do: re-run this script
 after a knowledge-base change (``--check`` says when they are stale).
 
-Codes and displays come from the bundled knowledge base's fact catalog, so the examples stay
-in step with it. Every file is a FHIR R4 Bundle of type ``collection`` with one Patient; ids
+The people are data: ``_people.yaml`` holds each one's Patient and what was recorded (each a
+call of fhir_adapters' ``BundleBuilder``). Codes and displays come from the bundled knowledge
+base's fact catalog, so the examples stay in step with it. Every file is a FHIR R4 Bundle
+of type ``collection`` with one Patient; ids
 and ``urn:uuid`` fullUrls are derived from the file and resource names, so regenerating gives
 byte-identical files.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -55,126 +60,18 @@ def example(name: str, patient_id: str, *, birth_date: str, gender: str,
         timestamp="2026-11-01T10:00:00Z", survey=SURVEY_PREFIXES)
 
 
-def no_red_flags() -> BundleBuilder:
-    b = example("no-red-flags", "pat-nrf", birth_date="1978-03-14", gender="female",
-                family="Okafor", given="Ada")
-    b.red_flags()
-    b.obs("pain-now", 4)
-    b.obs("odi-score", 28.0)
-    b.movement_screen(rotary=(1, 1), aslr=(1, 2))
-    b.obs("pattern-hinge", 1, when="2026-11-01T10:20:00Z", provoked=False)
-    b.obs("directional-preference", "extension", when="2026-11-01T10:30:00Z")
-    b.condition("condition-low-back-pain", cid="cond-lbp", onset="2025-06-01")
-    return b
-
-
-def cauda_equina() -> BundleBuilder:
-    b = example("cauda-equina", "pat-ces", birth_date="1969-09-02", gender="male",
-                family="Lindqvist", given="Per")
-    b.red_flags("rf-bladder-dysfunction", "rf-saddle-anaesthesia",
-                omit=("rf-iv-drug-use", "rf-pulsatile-abdominal-mass", "rf-not-improving"))
-    b.obs("pain-now", 8)
-    b.obs("symptom-distribution", "both-legs")
-    b.condition("condition-sciatica", cid="cond-sciatica", onset="2026-10-20")
-    return b
-
-
-def flexion_precaution() -> BundleBuilder:
-    b = example("flexion-precaution", "pat-flex", birth_date="1985-11-23", gender="male",
-                family="Moreau", given="Luc")
-    b.red_flags()
-    b.obs("pain-now", 5)
-    b.obs("symptom-distribution", "below-knee")
-    b.obs("repeated-flexion-response", "peripheralizes", when="2026-11-01T10:10:00Z")
-    b.obs("repeated-extension-response", "centralizes", when="2026-11-01T10:15:00Z")
-    b.obs("directional-preference", "extension", when="2026-11-01T10:20:00Z")
-    b.obs("slr-angle", left=55.0, right=80.0, when="2026-11-01T10:25:00Z")
-    b.condition("condition-sciatica", cid="cond-sciatica", onset="2026-09-15")
-    return b
-
-
-def red_flags_missing() -> BundleBuilder:
-    b = example("red-flags-missing", "pat-rfm", birth_date="1958-01-30", gender="female",
-                family="Haddad", given="Mira")
-    b.red_flags(omit=("rf-fever", "rf-cancer-history", "rf-significant-trauma"))
-    # an earlier answer entered by mistake: ignored, and reported
-    b.obs("rf-cancer-history", True, status="entered-in-error", oid="obs-rf-cancer-history-eie",
-          when="2026-11-01T09:00:00Z")
-    # pain recorded by a student, not yet signed off: used, and flagged as preliminary
-    b.obs("pain-now", 6, status="preliminary")
-    b.obs("odi-score", 36.0)
-    return b
-
-
-def bilateral_asymmetry() -> BundleBuilder:
-    b = example("bilateral-asymmetry", "pat-bil", birth_date="1990-07-08", gender="female",
-                family="Tanaka", given="Yui")
-    b.red_flags()
-    b.obs("pain-now", 3)
-    b.movement_screen(hurdle=(3, 1), lunge=(2, 2))
-    b.obs("pattern-lateral-bend", left=3, right=1, when="2026-11-01T10:20:00Z")
-    b.obs("clear-shoulder", left=False, right=True, when="2026-11-01T10:05:00Z")
-    return b
-
-
-def invalid_other_patient() -> BundleBuilder:
-    b = example("invalid-other-patient", "pat-one", birth_date="1975-05-05", gender="male",
-                family="Novak", given="Jan")
-    b.red_flags()
-    b.obs("pain-now", 5)
-    stray = b.obs("odi-score", 30.0, oid="obs-odi-other-patient")
-    stray["subject"] = {"reference": "Patient/pat-two"}  # recorded for someone else
-    return b
-
-
-def invalid_values() -> BundleBuilder:
-    b = example("invalid-values", "pat-inv", birth_date="1981-12-12", gender="other",
-                family="Rossi", given="Sam")
-    b.red_flags()
-    b.obs("pain-now", 14)  # NRS is 0-10
-    b.obs("fms-deep-squat", raw_value={"valueString": "seven"}, when="2026-11-01T10:00:00Z")
-    b.obs("odi-score", 22.0)
-    b.obs("fms-rotary-stability", left=1, right=2, when="2026-11-01T10:00:00Z")
-    return b
-
-
-def example_patient() -> BundleBuilder:
-    b = example("example-patient", "example-patient", birth_date="1974-06-21",
-                gender="female", family="Example", given="Alex")
-    b.red_flags()
-    b.obs("pain-now", 4)
-    b.obs("odi-score", 32.0)
-    b.obs("episode-duration", 120.0)
-    b.obs("symptom-distribution", "above-knee")
-    for i, agree in enumerate((True, False, True, False, False, True, False, False, False), 1):
-        b.obs(f"startback-item-{i}", agree, when="2026-11-01T09:15:00Z")
-    b.obs("phq2-total", 1, when="2026-11-01T09:20:00Z")
-    b.movement_screen(squat=2, hurdle=(2, 2), lunge=(3, 2), shoulder=(3, 2), aslr=(1, 2), pushup=2,
-        rotary=(1, 1))
-    for clear in ("clear-spinal-extension", "clear-spinal-flexion"):
-        b.obs(clear, False, when="2026-11-01T10:00:00Z")
-    b.obs("clear-shoulder", left=False, right=False, when="2026-11-01T10:00:00Z")
-    b.obs("pattern-squat", 2, when="2026-11-01T10:20:00Z", provoked=False)
-    b.obs("pattern-hinge", 1, when="2026-11-01T10:20:00Z", provoked=True)
-    b.obs("pattern-lateral-bend", left=3, right=1, when="2026-11-01T10:20:00Z")
-    b.obs("slr-angle", left=75.0, right=80.0, when="2026-11-01T10:30:00Z")
-    b.obs("prone-instability-test", True, when="2026-11-01T10:30:00Z")
-    b.obs("aberrant-movement", True, when="2026-11-01T10:30:00Z")
-    b.obs("directional-preference", "none", when="2026-11-01T10:35:00Z")
-    b.condition("condition-chronic-low-back-pain", cid="cond-clbp", onset="2026-07-04")
+def build(name: str, person: dict[str, Any]) -> BundleBuilder:
+    """An example from its entry in _people.yaml: each recorded step a builder call."""
+    p = person["patient"]
+    b = example(name, p["id"], birth_date=p["born"], gender=p["gender"], family=p["family"],
+                given=p["given"])
+    b.apply(person["recorded"])
     return b
 
 
 EXAMPLES: dict[str, Callable[[], BundleBuilder]] = {
-    "no-red-flags": no_red_flags,
-    "cauda-equina": cauda_equina,
-    "flexion-precaution": flexion_precaution,
-    "red-flags-missing": red_flags_missing,
-    "bilateral-asymmetry": bilateral_asymmetry,
-    "invalid-other-patient": invalid_other_patient,
-    "invalid-values": invalid_values,
-    "example-patient": example_patient,
-}
+    name: functools.partial(build, name, person) for name, person in yaml.safe_load(
+        (HERE / "_people.yaml").read_text(encoding="utf-8")).items()}
 
 
 # --- follow-up: three visits ---------------------------------------------------------------
@@ -198,23 +95,15 @@ RESPONSE_DISPLAY = {
 # hurt during and the next morning (regress), the third felt fine but was done only half
 # the time (hold); visit 3 - the first went well again (progress), the second hurt again
 # (the second bad response in a row: swap), and leg symptoms spread with the third (stop).
-RESPONSES: dict[int, tuple[dict[str, Any], ...]] = {
-    2: (
-        {"pain-during": 2, "pain-next-morning": "same", "sessions-done": 6,
-         "sessions-prescribed": 6, "perceived-effect": "better", "peripheralization": False},
-        {"pain-during": 7, "pain-next-morning": "worse", "sessions-done": 5,
-         "sessions-prescribed": 6, "peripheralization": False},
-        {"pain-during": 3, "pain-next-morning": "same", "sessions-done": 3,
-         "sessions-prescribed": 6, "perceived-effect": "better", "peripheralization": False},
-    ),
-    3: (
-        {"pain-during": 1, "pain-next-morning": "better", "sessions-done": 6,
-         "sessions-prescribed": 6, "perceived-effect": "better", "peripheralization": False},
-        {"pain-during": 6, "pain-next-morning": "worse", "sessions-done": 6,
-         "sessions-prescribed": 6, "peripheralization": False},
-        {"pain-during": 3, "pain-next-morning": "same", "sessions-done": 6,
-         "sessions-prescribed": 6, "perceived-effect": "better", "peripheralization": True},
-    ),
+# (pain during, pain next morning, sessions done, sessions prescribed, perceived effect,
+# leg symptoms spread), per exercise; None: not answered
+RESPONSE_ITEMS = ("pain-during", "pain-next-morning", "sessions-done", "sessions-prescribed",
+                  "perceived-effect", "peripheralization")
+RESPONSES: dict[int, tuple[tuple[Any, ...], ...]] = {
+    2: ((2, "same", 6, 6, "better", False), (7, "worse", 5, 6, None, False),
+        (3, "same", 3, 6, "better", False)),
+    3: ((1, "better", 6, 6, "better", False), (6, "worse", 6, 6, None, False),
+        (3, "same", 6, 6, "better", True)),
 }
 
 
@@ -269,8 +158,9 @@ def follow_up_visits() -> dict[str, dict[str, Any]]:
                 if c["system"] == EXERCISE_SYSTEM and act["detail"].get("status") in (
                     "not-started", "on-hold") and not act["detail"].get("doNotPerform")]
             for exercise, answers in zip(exercises, RESPONSES[visit], strict=False):
-                for item, value in answers.items():
-                    response(b, visit, exercise, item, value)
+                for item, value in zip(RESPONSE_ITEMS, answers, strict=True):
+                    if value is not None:
+                        response(b, visit, exercise, item, value)
         bundle = b.bundle()
         bundle["timestamp"] = as_of
         if previous is not None:  # the previous CarePlan keeps its own urn:uuid fullUrl

@@ -104,11 +104,9 @@ def _context(seed: int, as_of: datetime, kb: KnowledgeBase) -> _Context:
     exercises = []
     for ex_id in sorted(kb.exercises):
         d = kb.exercises[ex_id].dose
-        subs: list[dict[str, Any]] = []
-        if d.sets is not None:
-            subs.append({"url": "sets", "valueInteger": d.sets})
-        if d.repetitions is not None:
-            subs.append({"url": "repetitions", "valueInteger": d.repetitions})
+        subs: list[dict[str, Any]] = [
+            {"url": url, **value_x("integer", n)}
+            for url, n in (("sets", d.sets), ("repetitions", d.repetitions)) if n is not None]
         if d.hold_seconds is not None:
             subs.append({"url": "hold-seconds", **quantity(d.hold_seconds, "s")})
         subs.append({"url": "pain-monitoring", "valueString": d.pain_monitoring})

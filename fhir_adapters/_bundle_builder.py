@@ -25,7 +25,7 @@ included (the generated files are compared byte for byte).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from fhir_adapters._errors import FactCatalogError
@@ -139,17 +139,16 @@ def value_x(kind: Kind, value: Any, unit: str | None = None) -> dict[str, Any]:
     return quantity(value, unit)
 
 
+_KINDS: Final[tuple[tuple[type, Kind], ...]] = (
+    (bool, "boolean"), (int, "integer"), (float, "decimal"), (str, "code"))
+
+
 def kind_of(value: Any) -> Kind:
     """The fact type a Python value stands for (bool, int, float, str)."""
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "decimal"
-    if isinstance(value, str):
-        return "code"
-    raise TypeError(f"no FHIR value[x] for {type(value).__name__} {value!r}")
+    kind = next((k for t, k in _KINDS if isinstance(value, t)), None)
+    if kind is None:
+        raise TypeError(f"no FHIR value[x] for {type(value).__name__} {value!r}")
+    return kind
 
 
 def side_component(side: Literal["left", "right"], fields: dict[str, Any], *,
@@ -166,25 +165,30 @@ def provoked_component(value: bool, *, display: bool = False) -> dict[str, Any]:
             "valueBoolean": value}
 
 
+def _resource(resource_type: str, **fields: Any) -> dict[str, Any]:
+    """A resource with the fields that are not None, in the order given."""
+    return {"resourceType": resource_type, **{k: v for k, v in fields.items() if v is not None}}
+
+
+def _reference(subject: str | dict[str, str] | None) -> dict[str, str] | None:
+    return {"reference": subject} if isinstance(subject, str) else subject
+
+
+def _status(system: str, code: str | None) -> dict[str, Any] | None:
+    return None if code is None else concept(system, code)
+
+
 def observation(code: dict[str, Any], *, oid: str | None = None, status: str = "final",
                 category: str | None = None, subject: str | dict[str, str] | None = None,
                 when: str | None = None, value: dict[str, Any] | None = None,
                 components: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """An Observation: ``code`` a CodeableConcept, ``value`` its value[x] (or any raw fields),
     ``subject`` a reference (text or dict), ``when`` its effectiveDateTime."""
-    res: dict[str, Any] = {"resourceType": "Observation"}
-    if oid is not None:
-        res["id"] = oid
-    res["status"] = status
-    if category is not None:
-        res["category"] = [concept(OBSERVATION_CATEGORY, category)]
-    res["code"] = code
-    if subject is not None:
-        res["subject"] = {"reference": subject} if isinstance(subject, str) else subject
-    if when is not None:
-        res["effectiveDateTime"] = when
-    if value:
-        res.update(value)
+    res = _resource("Observation", id=oid, status=status,
+                    category=None if category is None else [
+                        concept(OBSERVATION_CATEGORY, category)],
+                    code=code, subject=_reference(subject), effectiveDateTime=when)
+    res.update(value or {})
     if components:
         res["component"] = list(components)
     return res
@@ -209,41 +213,23 @@ def condition(code: dict[str, Any], *, cid: str | None, clinical: str | None = N
               subject: str | None = None, onset: str | None = None,
               recorded: str | None = None) -> dict[str, Any]:
     """A Condition (statuses from the HL7 condition-clinical/-ver-status systems)."""
-    res: dict[str, Any] = {"resourceType": "Condition"}
-    if cid is not None:
-        res["id"] = cid
-    if clinical is not None:
-        res["clinicalStatus"] = concept(CLINICAL_STATUS, clinical)
-    if verification is not None:
-        res["verificationStatus"] = concept(VERIFICATION_STATUS, verification)
-    if problem_list:
-        res["category"] = [concept(CONDITION_CATEGORY, "problem-list-item")]
-    res["code"] = code
-    if subject is not None:
-        res["subject"] = {"reference": subject}
-    if onset is not None:
-        res["onsetDateTime"] = onset
-    if recorded is not None:
-        res["recordedDate"] = recorded
-    return res
+    return _resource(
+        "Condition", id=cid, clinicalStatus=_status(CLINICAL_STATUS, clinical),
+        verificationStatus=_status(VERIFICATION_STATUS, verification),
+        category=[concept(CONDITION_CATEGORY, "problem-list-item")] if problem_list else None,
+        code=code, subject=_reference(subject), onsetDateTime=onset, recordedDate=recorded)
 
 
 def patient(pid: str | None, *, mrn: str | None = None, family: str | None = None,
             given: str | None = None, gender: str | None = None,
             birth_date: str | None = None) -> dict[str, Any]:
     """A Patient; ``mrn`` becomes an identifier in the examples' record-number system."""
-    res: dict[str, Any] = {"resourceType": "Patient"}
-    if pid is not None:
-        res["id"] = pid
-    if mrn is not None:
-        res["identifier"] = [{"system": EXAMPLE_MRN, "value": mrn}]
-    if family is not None or given is not None:
-        res["name"] = [{"family": family, "given": [given]}]
-    if gender is not None:
-        res["gender"] = gender
-    if birth_date is not None:
-        res["birthDate"] = birth_date
-    return res
+    named = family is not None or given is not None
+    return _resource(
+        "Patient", id=pid,
+        identifier=None if mrn is None else [{"system": EXAMPLE_MRN, "value": mrn}],
+        name=[{"family": family, "given": [given]}] if named else None,
+        gender=gender, birthDate=birth_date)
 
 
 def questionnaire_response(rid: str, items: list[dict[str, Any]], *,
@@ -383,10 +369,12 @@ class BundleBuilder:
     def obs(self, fact: str, value: Any = None, *, when: str | None = OBSERVED,
             status: str = "final", left: Any = None, right: Any = None,
             provoked: bool | None = None, oid: str | None = None,
-            raw_value: dict[str, Any] | None = None) -> dict[str, Any]:
+            raw_value: dict[str, Any] | None = None,
+            subject: str | None = None) -> dict[str, Any]:
         """One Observation of a catalog fact; ``left``/``right`` become laterality
         components, ``provoked`` the ``lbp-provoked`` component, ``raw_value`` any fields
-        sent instead of the value (``when`` None: undated)."""
+        sent instead of the value (``when`` None: undated); ``subject`` another patient's
+        reference (an Observation filed against the wrong patient)."""
         sides = [side_component(side, fact_value(self.kb, fact, v), display=True)
                  for side, v in (("left", left), ("right", right)) if v is not None]
         if provoked is not None:
@@ -396,7 +384,7 @@ class BundleBuilder:
         return self.add(observation(
             fact_code(self.kb, fact), oid=oid or f"obs-{fact}", status=status,
             category="survey" if fact.startswith(self.survey) else "exam",
-            subject=self.subject, when=when, value=value_fields, components=sides))
+            subject=subject or self.subject, when=when, value=value_fields, components=sides))
 
     def red_flags(self, *present: str, omit: Iterable[str] = (),
                   when: str = RED_FLAGS_ASKED) -> None:
@@ -444,6 +432,27 @@ class BundleBuilder:
         return self.add(questionnaire_response(
             rid, items, subject=subject or self.subject, authored=authored, status=status,
             questionnaire=questionnaire))
+
+    def apply(self, steps: Iterable[Mapping[str, Any]],
+              names: Mapping[str, Any] | None = None) -> None:
+        """Calls of this builder's methods written as data (the generators' YAML files):
+        each step is ``{method: [positional..., {keyword: value}]}``, ``{method: {keyword:
+        value}}`` or ``{method: value}``; lists become tuples, and a string that is a key of
+        ``names`` its value (named times)."""
+        def value(v: Any) -> Any:
+            if isinstance(v, list):
+                return tuple(v)
+            return (names or {}).get(v, v) if isinstance(v, str) else v
+
+        for step in steps:
+            ((method, spec),) = step.items()
+            if method.startswith("_") or not callable(getattr(self, method, None)):
+                raise ValueError(f"{self.bundle_id}: no builder step {method!r}")
+            args = spec if isinstance(spec, list) else [] if isinstance(spec, dict) else [spec]
+            kwargs = spec if isinstance(spec, dict) else {}
+            if args and isinstance(args[-1], dict):
+                args, kwargs = args[:-1], args[-1]
+            getattr(self, method)(*map(value, args), **{k: value(v) for k, v in kwargs.items()})
 
     def bundle(self) -> dict[str, Any]:
         return bundle(self.resources, namespace=self.namespace, key_prefix=self.key_prefix,

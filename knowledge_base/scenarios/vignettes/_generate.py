@@ -143,24 +143,10 @@ TIMES = {"intake": INTAKE, "questionnaires": QUESTIONNAIRES, "pain rated": PAIN_
          "screened": SCREENED}
 
 
-def _value(v: Any) -> Any:
-    """A value of people.yaml as the builder takes it: lists as tuples, times by name."""
-    if isinstance(v, list):
-        return tuple(v)
-    return TIMES.get(v, v) if isinstance(v, str) else v
-
-
 def build(name: str, person: dict[str, Any]) -> Vignette:
     """A vignette from its entry in people.yaml: each recorded step a builder call."""
     b = Vignette(name, birth_date=person["born"], gender=person["gender"])
-    for step in person["recorded"]:
-        ((method, spec),) = step.items()
-        args = spec if isinstance(spec, list) else [spec] if not isinstance(spec, dict) else []
-        kwargs = spec if isinstance(spec, dict) else {}
-        if args and isinstance(args[-1], dict):
-            args, kwargs = args[:-1], args[-1]
-        getattr(b, method)(*(_value(a) for a in args),
-                           **{k: _value(v) for k, v in kwargs.items()})
+    b.apply(person["recorded"], TIMES)
     return b
 
 
