@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -69,9 +69,10 @@ def build(name: str, person: dict[str, Any]) -> BundleBuilder:
     return b
 
 
+PEOPLE: dict[str, Any] = YAML(typ="safe", pure=True).load(
+    (HERE / "_people.yaml").read_text(encoding="utf-8"))
 EXAMPLES: dict[str, Callable[[], BundleBuilder]] = {
-    name: functools.partial(build, name, person) for name, person in yaml.safe_load(
-        (HERE / "_people.yaml").read_text(encoding="utf-8")).items()}
+    name: functools.partial(build, name, person) for name, person in PEOPLE.items()}
 
 
 # --- follow-up: three visits ---------------------------------------------------------------

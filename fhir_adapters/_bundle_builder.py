@@ -151,10 +151,10 @@ def kind_of(value: Any) -> Kind:
     return kind
 
 
-def side_component(side: Literal["left", "right"], fields: dict[str, Any], *,
-               display: bool = False) -> dict[str, Any]:
-    """A component for one side of a bilateral test (SNOMED left/right)."""
-    system, code = LEFT if side == "left" else RIGHT
+def side_component(side: str, fields: dict[str, Any], *,
+                   display: bool = False) -> dict[str, Any]:
+    """A component for one side (``left`` or ``right``) of a bilateral test (SNOMED)."""
+    system, code = {"left": LEFT, "right": RIGHT}[side]
     return {"code": concept(system, code, SIDE_DISPLAY[side] if display else None), **fields}
 
 

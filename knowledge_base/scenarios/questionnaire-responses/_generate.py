@@ -41,7 +41,7 @@ LAST_MONTH = "2026-10-01T10:00:00Z"  # 32 days before the as-of instant: stale (
 LONG_AGO = "2026-03-10T10:00:00Z"
 
 CASES: dict[str, Callable[[], Any]] = {}
-case = _builder.registry(CASES)
+case: Callable[[Callable[[str], Any]], Callable[[str], Any]] = _builder.registry(CASES)
 
 
 def item(fact: str, *answers: dict[str, Any]) -> dict[str, Any]:

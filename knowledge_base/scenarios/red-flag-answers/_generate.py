@@ -22,8 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location(
     "_vignette_builder", HERE.parent / "vignettes" / "_generate.py")
@@ -45,7 +43,7 @@ SIXTEEN_DAYS = "2026-10-17T10:00:00Z"
 LONG_AGO = "2026-03-10T10:00:00Z"
 
 CASES: dict[str, Callable[[], Any]] = {}
-case = _builder.registry(CASES)
+case: Callable[[Callable[[str], Any]], Callable[[str], Any]] = _builder.registry(CASES)
 
 
 def person(name: str, *, birth_date: str = "1981-04-12", gender: str = "female",
@@ -123,8 +121,9 @@ def _raw(fields: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def build(name: str, spec: dict[str, Any]) -> Any:
     """A case from its entry in cases.yaml."""
-    b = person(name, **{k: tuple(v) if isinstance(v, list) else v
-                        for k, v in spec.get("person", {}).items()})
+    kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                              for k, v in spec.get("person", {}).items()}
+    b = person(name, **kwargs)
     for fact, value, when, oid, *raw in spec.get("answers", []):
         answer(b, fact, value, TIMES.get(when, when), oid, _raw(raw[0] if raw else None))
     for fact, kwargs in spec.get("conditions", []):
@@ -132,7 +131,7 @@ def build(name: str, spec: dict[str, Any]) -> Any:
     return b
 
 
-for _name, _spec in yaml.safe_load((HERE / "cases.yaml").read_text(encoding="utf-8")).items():
+for _name, _spec in _builder.load_data(HERE / "cases.yaml").items():
     assert _name not in CASES, _name
     CASES[_name] = functools.partial(build, _name, _spec)
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
@@ -150,8 +150,13 @@ def build(name: str, person: dict[str, Any]) -> Vignette:
     return b
 
 
-PEOPLE: dict[str, dict[str, Any]] = yaml.safe_load(
-    (HERE / "people.yaml").read_text(encoding="utf-8"))
+def load_data(path: Path) -> dict[str, Any]:
+    """A generator's YAML data file (people.yaml, ../red-flag-answers/cases.yaml)."""
+    data: dict[str, Any] = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+    return data
+
+
+PEOPLE = load_data(HERE / "people.yaml")
 VIGNETTES: dict[str, Callable[[], Any]] = {
     name: functools.partial(build, name, person) for name, person in PEOPLE.items()}
 
