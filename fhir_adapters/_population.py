@@ -14,7 +14,9 @@ Bundle that an EHR could send under the input contract (the Observations, Condit
 codes listed in docs/knowledge-base-format.md and docs/integrators/cds-hooks.md).
 Its codes and value ranges (the table below) are copied from the contract, not from any
 knowledge base, so that a version that changes how old an answer may be, or a range, sees
-the change.
+the change (tests/test_kb_diff.py and tests/test_generators_match_kb.py check the table and
+the red-flag list against the bundled catalog). The resources themselves are made with the
+project's one input builder (``fhir_adapters._bundle_builder``).
 
 Each patient depends only on ``(seed, index, as_of)`` (its own ``random.Random``), so the
 population is deterministic, can be cut into chunks for worker processes in any way, and a
