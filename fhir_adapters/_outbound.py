@@ -190,58 +190,28 @@ from cds import (
     PreviousPlan,
 )
 from fhir_adapters._errors import OutputValidationError, operation_outcome
+from fhir_adapters._terminology import (
+    ALERT_SYSTEM,
+    CANONICAL_BASE,
+    CHANGE_DISPLAY,
+    CHECK_IN_CODE,
+    DATA_OPERATION,
+    EXERCISE_SYSTEM,
+    EXT_EVIDENCE,
+    EXT_EXERCISE_CHANGE,
+    EXT_EXERCISE_DOSE,
+    EXT_FOLLOW_UP_STATE,
+    EXT_SOURCE_RULE,
+    KNOWLEDGE_BASE_BASE,
+    PLAN_CHANGE_SYSTEM,
+    PROVENANCE_PARTICIPANT_TYPE,
+    SNOMED,
+    UCUM,
+)
 
-__all__ = [
-    "ALERT_SYSTEM",
-    "CHANGE_DISPLAY",
-    "CHECK_IN_CODE",
-    "EXERCISE_SYSTEM",
-    "EXT_EVIDENCE",
-    "EXT_EXERCISE_CHANGE",
-    "EXT_EXERCISE_DOSE",
-    "EXT_FOLLOW_UP_STATE",
-    "EXT_SOURCE_RULE",
-    "KNOWLEDGE_BASE_BASE",
-    "PLAN_CHANGE_SYSTEM",
-    "SCREEN_SYSTEM",
-    "OutputValidationError",
-    "write_bundle",
-]
+__all__ = ["OutputValidationError", "write_bundle"]
 
-SCREEN_SYSTEM: Final = "http://movement-cds.org/fhir/CodeSystem/screen"
-EXERCISE_SYSTEM: Final = "http://movement-cds.org/fhir/CodeSystem/exercise"
-ALERT_SYSTEM: Final = "http://movement-cds.org/fhir/CodeSystem/alert"
-_SD: Final = "http://movement-cds.org/fhir/StructureDefinition/"
-EXT_EXERCISE_DOSE: Final = _SD + "exercise-dose"
-EXT_SOURCE_RULE: Final = _SD + "source-rule"
-EXT_EVIDENCE: Final = _SD + "evidence"
-EXT_FOLLOW_UP_STATE: Final = _SD + "exercise-follow-up"
-EXT_EXERCISE_CHANGE: Final = _SD + "exercise-change"
-PLAN_CHANGE_SYSTEM: Final = "http://movement-cds.org/fhir/CodeSystem/plan-change"
-# the plan-change CodeSystem: change kind -> (display, definition); and the check-in code
-CHANGE_DISPLAY: Final[dict[str, tuple[str, str]]] = {
-    "new": ("New", "Not in the previous plan."),
-    "continued": ("Continued", "The same exercise at the same dose (also when no response "
-                  "was recorded: a missing response is never read as 'fine')."),
-    "progressed": ("Progressed", "One variable of the dose up (load, repetitions, sets, "
-                   "hold, tempo), or the harder version of the exercise."),
-    "held": ("Held", "The same dose again: the response was acceptable but not yet ready "
-             "to progress."),
-    "regressed": ("Regressed", "Less load, range or complexity, or the easier version of "
-                  "the exercise."),
-    "swapped": ("Swapped", "Replaced by an exercise with the same goal in another "
-                "direction or plane."),
-    "stopped": ("Stopped", "Taken out of the plan (peripheralisation, new neurological "
-                "symptoms, a red flag or a precaution)."),
-}
-CHECK_IN_CODE: Final = ("check-in", "Check-in after a new or changed exercise",
-                        "A proposed contact with the patient 48-72 hours (configurable) "
-                        "after a new or changed exercise (CarePlan activity).")
-KNOWLEDGE_BASE_BASE: Final = "http://movement-cds.org/fhir/KnowledgeBase"
-
-_SNOMED: Final = "http://snomed.info/sct"
-_UCUM: Final = "http://unitsofmeasure.org"
-_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "http://movement-cds.org/fhir")
+_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, CANONICAL_BASE)
 
 _HOLDING_PRIORITIES: Final = frozenset({"stat", "asap", "urgent"})
 _SEVERITY: Final = {"emergency": "high", "urgent": "high", "caution": "moderate",
@@ -474,7 +444,7 @@ def _dose_extension(dose: ExerciseDose) -> dict[str, Any]:
         subs.append({"url": "repetitions", "valueInteger": dose.repetitions})
     if dose.hold_seconds is not None:
         subs.append({"url": "hold-seconds", "valueQuantity": {
-            "value": dose.hold_seconds, "unit": "s", "system": _UCUM, "code": "s"}})
+            "value": dose.hold_seconds, "unit": "s", "system": UCUM, "code": "s"}})
     if dose.tempo:
         subs.append({"url": "tempo", "valueString": dose.tempo})
     if dose.load:
@@ -803,7 +773,7 @@ class _Writer:
             "status": "draft",
             "intent": "proposal",
             "category": [{"coding": [
-                {"system": _SNOMED, "code": "3457005", "display": "Patient referral"}]}],
+                {"system": SNOMED, "code": "3457005", "display": "Patient referral"}]}],
             "priority": r.priority,
             "code": {"text": f"Referral to {r.to}"},
             "subject": {"reference": self.plan.subject},
@@ -915,11 +885,11 @@ class _Writer:
             "target": [{"reference": self.urn("careplan")}],
             "recorded": self.as_of,
             "activity": {"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                "system": DATA_OPERATION,
                 "code": "CREATE", "display": "create"}]},
             "agent": [{
                 "type": {"coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                    "system": PROVENANCE_PARTICIPANT_TYPE,
                     "code": "author", "display": "Author"}]},
                 "who": {"type": "Device", "display": _SOFTWARE},
             }],

@@ -26,14 +26,13 @@ from pydantic import model_validator
 
 from cds import Evaluator, Fact, InputIssue, KnowledgeBase, PatientFacts, Plan
 from fhir_adapters import InvalidBundleError, _outbound, read_bundle
-from fhir_adapters._outbound import (
+from fhir_adapters._outbound import OutputValidationError, write_bundle
+from fhir_adapters._terminology import (
     ALERT_SYSTEM,
     EXERCISE_SYSTEM,
     EXT_EVIDENCE,
     EXT_EXERCISE_DOSE,
     EXT_SOURCE_RULE,
-    OutputValidationError,
-    write_bundle,
 )
 from tests.patients import AS_OF, fact_strategy
 
