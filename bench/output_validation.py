@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cds import Evaluator, KnowledgeBase, Plan, load_knowledge_base  # noqa: E402
-from fhir_adapters import _outbound, read_bundle  # noqa: E402
+from fhir_adapters import _outbound, _output_check, read_bundle  # noqa: E402
 from knowledge_base import bundled_path  # noqa: E402
 
 AS_OF = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -86,7 +86,7 @@ def report(label: str, write: Callable[[Plan, KnowledgeBase], Any], kb: Knowledg
         total = median_ms(lambda p: write(p, kb), plans)
         line = f"  {label:<34} {name}  write_bundle {total:7.3f} ms"
         if split:
-            build = median_ms(lambda p: _outbound._prune(_outbound._Writer(p, kb).bundle()),
+            build = median_ms(lambda p: _output_check._prune(_outbound._Writer(p, kb).bundle()),
                               plans)
             line += f"   (build {build:6.3f} ms, validation ~{total - build:6.3f} ms)"
         print(line)
@@ -135,8 +135,8 @@ def main() -> None:
         report(f"baseline {args.baseline.name}", baseline.write_bundle, kb, warm[:300], cold,
                split=False)
 
-    print(f"  shapes cached: {len(_outbound._SHAPES)} "
-          f"(bound {_outbound._SHAPES.maxsize})")
+    print(f"  shapes cached: {len(_output_check._SHAPES)} "
+          f"(bound {_output_check._SHAPES.maxsize})")
     more = list(new_patients(ev, args.evaluations, start=args.patients))
     gc.collect()
     before = rss_mib()
@@ -144,7 +144,7 @@ def main() -> None:
         _outbound.write_bundle(p, kb)
     gc.collect()
     print(f"  after {args.evaluations} more new patients: shapes cached "
-          f"{len(_outbound._SHAPES)}, RSS {before:.1f} -> {rss_mib():.1f} MiB")
+          f"{len(_output_check._SHAPES)}, RSS {before:.1f} -> {rss_mib():.1f} MiB")
 
 
 if __name__ == "__main__":
