@@ -24,8 +24,10 @@ a Coding), each node as two parts:
   encoding determines the shape exactly (the stand-ins are fixed per field), so a cache hit
   is the model's verdict on exactly that content;
 * its **values**: every primitive value, on every call, by the validator the model compiled
-  for that field (taken from the model's own core schema), in one batch per validator; and
-  every child node, the same way, recursively.
+  for that field (taken from the model's own core schema), in one batch per validator, less
+  the strings that validator accepted before (remembered per validator, bounded: its
+  verdict on a value never changes, as it sees only the value); and every child node, the
+  same way, recursively.
 
 Why the verdict is ``Bundle.model_validate``'s: for these models, validating a JSON object is
 (1) each present field validated by its own validator, which never sees another field
@@ -179,12 +181,19 @@ Model = type[FHIRAbstractModel]
 class _Leaf:
     """The validator an R4B model compiled for one primitive field (for its items, if the
     field is a list), taken from the model's own core schema, run over a batch of values; and
-    a stand-in value it accepts (preferably one it keeps as the same Python type)."""
+    a stand-in value it accepts (preferably one it keeps as the same Python type).
 
-    __slots__ = ("batch", "stand_in")
+    ``valid`` remembers strings it accepted (bounded: emptied when full), so a string seen
+    before (a code, a system, a display, a text of the knowledge base) is not validated
+    again: the field's validator sees only the value, so its verdict on a string never
+    changes. Only strings are remembered: a string never equals an ``int``, ``float`` or
+    ``bool``, while those equal one another (``1 == 1.0 == True``)."""
+
+    __slots__ = ("batch", "stand_in", "valid")
 
     def __init__(self, schema: CoreSchema, config: CoreConfig | None) -> None:
         self.batch = SchemaValidator(core_schema.list_schema(schema), config)
+        self.valid: set[str] = set()
         accepted: list[Any] = []
         for candidate in _STAND_INS:
             try:
@@ -500,95 +509,136 @@ def _pruned_split(node: dict[str, Any], model: Model,
     write_bundle path). Returns the pruned node; ``{}`` (nothing checked) if it prunes away.
 
     A child is pruned before its key is kept, so the shapes and leaves are exactly those
-    of the pruned tree. Where a list is not all objects, or a Resource's type is unknown,
-    the value is pruned whole and kept verbatim, as ``_split`` would have it."""
+    of the pruned tree. The commonest values (primitives, one element) are handled here;
+    lists and Resources by ``_pruned_many``; anything else is pruned whole and kept
+    verbatim (``_verbatim``), as ``_split`` would have it."""
     spec = _SPECS.get(model, _UNSEEN)
     if spec is _UNSEEN:
         spec = _spec(model)
     if spec is None:
-        whole = _prune(node)
-        if whole:
-            _check_shape(model, (_canonical(whole),))
-        return cast(dict[str, Any], whole)
+        return _pruned_whole(node, model)
     out: dict[str, Any] = {}
-    parts: list[Any] = []
+    parts: list[Any] | None = None  # the shape parts, once one is not just its key
     for k, v in node.items():
         t = type(v)
-        f = spec.get(k, _UNSEEN)
-        if f is _UNSEEN:
-            f = _entry(model, spec, k)
         if t is str:
             v = v.strip()
             if not v:
                 continue
-            if f is not None and f[0] == _PRIM:  # the commonest node: a string primitive
-                out[k] = v
-                parts.append(k)
-                leaves[f[1]].append(v)
-                continue
         elif v is None:
             continue
+        f = spec.get(k, _UNSEEN)
+        if f is _UNSEEN:
+            f = _entry(model, spec, k)
         if f is not None:
-            kind, arg = f
-            if t is dict:
-                if kind == _CPLX:
-                    child = _pruned_split(v, arg, leaves)
+            kind = f[0]
+            if kind == _PRIM:
+                if t in _SCALARS:
+                    out[k] = v
+                    if parts is not None:
+                        parts.append(k)
+                    leaves[f[1]].append(v)
+                    continue
+            elif kind == _CPLX:
+                if t is dict:
+                    child = _pruned_split(v, f[1], leaves)
                     if child:
                         out[k] = child
-                        parts.append(k)
+                        if parts is not None:
+                            parts.append(k)
                     continue
-                if kind == _POLY:
-                    cls = _poly_class_of(arg, v)
-                    if cls is not None:
-                        child = _pruned_split(v, cls, leaves)
-                        if child:
-                            out[k] = child
-                            parts.append((k, cls))
-                        continue
-            elif t is list:
-                if kind == _CPLX_LIST and all(type(x) is dict or x is None for x in v):
-                    items = [c for x in v if x is not None
-                             if (c := _pruned_split(x, arg, leaves))]
-                    if items:
-                        out[k] = items
-                        parts.append(k)
+            elif t is list or t is dict:
+                kept = _pruned_many(v, kind, f[1], leaves)
+                if kept is not _VERBATIM:
+                    if kept is not None:
+                        value, part = kept
+                        if part is not None and parts is None:
+                            parts = list(out)
+                        out[k] = value
+                        if parts is not None:
+                            parts.append(k if part is None else (k, part))
                     continue
-                if kind == _POLY_LIST and all(type(x) is dict or x is None for x in v):
-                    present = [x for x in v if x is not None]
-                    classes = [_poly_class_of(arg, x) for x in present]
-                    if None not in classes:
-                        items, kept = [], []
-                        for x, cls in zip(present, classes, strict=True):
-                            c = _pruned_split(x, cls, leaves)  # type: ignore[arg-type]
-                            if c:
-                                items.append(c)
-                                kept.append(cls)
-                        if items:
-                            out[k] = items
-                            parts.append((k, tuple(dict.fromkeys(kept))))
-                        continue
-                if kind == _PRIM_LIST:
-                    pv = _prune(v)
-                    if pv and all(type(x) in _SCALARS for x in pv):
-                        out[k] = pv
-                        parts.append(k)
-                        leaves[arg].extend(pv)
-                        continue
-                    v, t = pv, list  # verbatim below (already pruned)
-            elif kind == _PRIM and t in _SCALARS:
-                out[k] = v
-                parts.append(k)
-                leaves[arg].append(v)
-                continue
-        if t is dict or t is list:  # anything else: pruned, verbatim
-            v = _prune(v)
-            if not v:
-                continue
-        out[k] = v
-        parts.append((k, _canonical(v)))
+        if parts is None:
+            parts = list(out)
+        _verbatim(k, v, out, parts)
     if out:
-        _check_shape(model, tuple(parts))
+        _check_shape(model, tuple(out) if parts is None else tuple(parts))
     return out
+
+
+_VERBATIM: Final[Any] = object()  # _pruned_many: not split off, kept verbatim
+_DICT_OR_NONE: Final = frozenset({dict, type(None)})
+
+
+def _pruned_many(v: Any, kind: int, arg: Any,
+                 leaves: defaultdict[_Leaf, list[Any]]) -> Any:
+    """A list value, or a Resource value, of a split-off field, pruned and checked: ``(pruned,
+    shape part)`` (part None: the key itself), None if it prunes away, or ``_VERBATIM``
+    (nothing checked) where ``_split`` keeps it verbatim: a list that is not all objects, a
+    Resource type not known, a list of primitives not all scalars once pruned."""
+    if kind == _CPLX_LIST:
+        if type(v) is not list or not set(map(type, v)) <= _DICT_OR_NONE:
+            return _VERBATIM
+        items = []
+        for x in v:
+            if x is not None:
+                c = _pruned_split(x, arg, leaves)
+                if c:
+                    items.append(c)
+        return (items, None) if items else None
+    if kind == _POLY or kind == _POLY_LIST:
+        return _pruned_resources(v, kind, arg, leaves)
+    if kind == _PRIM_LIST and type(v) is list:
+        pv = _prune(v)
+        if pv and all(type(x) in _SCALARS for x in pv):
+            leaves[arg].extend(pv)
+            return pv, None
+    return _VERBATIM
+
+
+def _pruned_resources(v: Any, kind: int, prefix: str,
+                      leaves: defaultdict[_Leaf, list[Any]]) -> Any:
+    """``_pruned_many`` for a Resource (``_POLY``: a dict) or a list of them: each checked
+    with the model its ``resourceType`` names; the shape part names the models."""
+    if kind == _POLY:
+        if type(v) is not dict:
+            return _VERBATIM
+        cls = _poly_class_of(prefix, v)
+        if cls is None:
+            return _VERBATIM
+        child = _pruned_split(v, cls, leaves)
+        return (child, cls) if child else None
+    if type(v) is not list or not set(map(type, v)) <= _DICT_OR_NONE:
+        return _VERBATIM
+    present = [x for x in v if x is not None]
+    classes = [_poly_class_of(prefix, x) for x in present]
+    if None in classes:
+        return _VERBATIM
+    items, kept = [], []
+    for x, cls in zip(present, classes, strict=True):
+        c = _pruned_split(x, cls, leaves)  # type: ignore[arg-type]
+        if c:
+            items.append(c)
+            kept.append(cls)
+    return (items, tuple(dict.fromkeys(kept))) if items else None
+
+
+def _verbatim(k: str, v: Any, out: dict[str, Any], parts: list[Any]) -> None:
+    """Keep ``v`` under ``k`` as it is (pruned), its canonical JSON in the shape."""
+    if type(v) is dict or type(v) is list:
+        v = _prune(v)
+        if not v:
+            return
+    out[k] = v
+    parts.append((k, _canonical(v)))
+
+
+def _pruned_whole(node: dict[str, Any], model: Model) -> dict[str, Any]:
+    """A node of a model validated whole: pruned, its canonical JSON the shape."""
+    whole = _prune(node)
+    if whole:
+        _check_shape(model, (_canonical(whole),))
+    return cast(dict[str, Any], whole)
 
 
 def _check_shape(model: Model, parts: tuple[Any, ...]) -> None:
@@ -602,9 +652,7 @@ def _prune_check_fast(raw: dict[str, Any]) -> dict[str, Any]:
     """``_prune(raw)``, which ``_check_fast`` accepts (raises otherwise), in one walk."""
     leaves: defaultdict[_Leaf, list[Any]] = defaultdict(list)
     bundle = _pruned_split(raw, Bundle, leaves)
-    for leaf, values in leaves.items():
-        if None in leaf.batch.validate_python(values):
-            raise ValueError("a primitive value validated to null")
+    _check_values(leaves)
     return bundle
 
 
@@ -615,9 +663,27 @@ def _check_fast(bundle: dict[str, Any]) -> None:
         raise TypeError("the output Bundle is not a JSON object")
     leaves: defaultdict[_Leaf, list[Any]] = defaultdict(list)
     _split(bundle, Bundle, leaves)
+    _check_values(leaves)
+
+
+_VALID_STRINGS_PER_FIELD: Final = 4096
+
+
+def _check_values(leaves: defaultdict[_Leaf, list[Any]]) -> None:
+    """Raise unless every value is accepted by its field's validator: one batch per
+    validator, of the values not known valid (all of them when one is not a string: a set
+    would merge ``1`` and ``True``)."""
     for leaf, values in leaves.items():
-        if None in leaf.batch.validate_python(values):
+        new = set(values).difference(leaf.valid)
+        if not new:
+            continue
+        strings = all(type(v) is str for v in new)
+        batch = list(new) if strings else values
+        if None in leaf.batch.validate_python(batch):
             raise ValueError("a primitive value validated to null")
+        if len(leaf.valid) > _VALID_STRINGS_PER_FIELD:
+            leaf.valid.clear()
+        leaf.valid.update(new if strings else (v for v in new if type(v) is str))
 
 
 def _validate_fast(bundle: dict[str, Any]) -> None:
