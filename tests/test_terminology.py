@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -168,10 +169,9 @@ NOT_TERMINOLOGY = {
 }
 
 
-def retyped_uris(source: str) -> list[tuple[int, str]]:
-    """(line, value) of each string constant in ``source`` (f-string parts included,
+def retyped_uris(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, value) of each string constant in ``tree`` (f-string parts included,
     docstrings not) that starts with a URI scheme and is not in NOT_TERMINOLOGY."""
-    tree = ast.parse(source)
     docstrings = {id(node.body[0].value) for node in ast.walk(tree)
                   if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef
                                 | ast.AsyncFunctionDef)
@@ -182,21 +182,23 @@ def retyped_uris(source: str) -> list[tuple[int, str]]:
                   and node.value not in NOT_TERMINOLOGY)
 
 
-def _package_modules() -> list[Path]:
-    return sorted(p for pkg in SCANNED for p in (ROOT / pkg).rglob("*.py")
-                  if p != ROOT / "fhir_adapters" / "_terminology.py")
+@functools.cache
+def _package_trees() -> dict[str, ast.Module]:
+    """Every module of the scanned packages but _terminology.py, parsed once."""
+    return {str(p.relative_to(ROOT)): ast.parse(p.read_text(encoding="utf-8"))
+            for pkg in SCANNED for p in sorted((ROOT / pkg).rglob("*.py"))
+            if p != ROOT / "fhir_adapters" / "_terminology.py"}
 
 
 def test_no_uri_is_typed_again_outside_the_terminology_module() -> None:
-    found = {str(p.relative_to(ROOT)): hits for p in _package_modules()
-             if (hits := retyped_uris(p.read_text(encoding="utf-8")))}
+    found = {name: hits for name, tree in _package_trees().items()
+             if (hits := retyped_uris(tree))}
     assert found == {}, "import these from fhir_adapters._terminology (or its public names)"
 
 
 def test_every_allowed_uri_is_still_used() -> None:
     """The allow-list does not outlive its reasons."""
-    used = {node.value for p in _package_modules()
-            for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+    used = {node.value for tree in _package_trees().values() for node in ast.walk(tree)
             if isinstance(node, ast.Constant) and node.value in NOT_TERMINOLOGY}
     assert used == set(NOT_TERMINOLOGY)
 
@@ -207,7 +209,7 @@ def test_the_uri_scan_finds_a_retyped_uri() -> None:
               'def f(x):\n'
               '    """https://hl7.org/fhir says how."""\n'
               '    return f"urn:oid:{x}", "urn:uuid:", {"system": "https://snomed.info/sct"}\n')
-    assert retyped_uris(source) == [(2, "http://loinc.org"), (5, "https://snomed.info/sct"),
+    assert retyped_uris(ast.parse(source)) == [(2, "http://loinc.org"), (5, "https://snomed.info/sct"),
                                     (5, "urn:oid:")]
 
 
