@@ -5,16 +5,20 @@ package imports no package above it (``movement_cds``, ``cds_service``).
 Besides the reader and the writer, the public names a FHIR client of the library needs:
 the strict JSON text parser (``parse_json``, ``JSONTextError``: invalid Unicode and duplicate
 keys refused, with the path), the codes the reader reads (``input_codes``) and the project's
-code systems and canonical base (``ALERT_SYSTEM``, ``EXERCISE_SYSTEM``, ``CHANGE_DISPLAY``,
-``KNOWLEDGE_BASE_BASE``); the knowledge base as FHIR conformance resources
-(``export_knowledge_base``); and the seeded synthetic populations that ``kb diff`` and
-``kb profile`` evaluate (``synthetic_bundle``, ``primary_care_bundle``, ``red_flag_items``);
-the progress series back from an output Bundle (``read_progress``);
-a FHIR Bulk Data export grouped per patient (``group_export``, ``read_bucket``,
-``bucket_of``; docs/population.md) and synthetic exports (``synth_export``,
-``synth_patient``); the one builder of FHIR input that the examples, the scenario
-generators, the tests and the populations use, driven by the fact catalog
-(``BundleBuilder``, ``observation``, ``patient``, ``bundle``... and ``FactCatalogError``)."""
+code systems, extension URLs and canonical base (``ALERT_SYSTEM``, ``EXERCISE_SYSTEM``,
+``CHANGE_DISPLAY``, ``KNOWLEDGE_BASE_BASE``, ``EXT_EXERCISE_DOSE``, ``EXT_EXERCISE_CHANGE``;
+the CDS Hooks cards' ``CARD_SYSTEM`` and ``OVERRIDE_SYSTEM``), all defined in
+``fhir_adapters._terminology``, the one module that spells out a URI; the knowledge base
+as FHIR conformance resources (``export_knowledge_base``); and the seeded synthetic
+populations that ``kb diff`` and ``kb profile`` evaluate (``synthetic_bundle``,
+``primary_care_bundle``, ``red_flag_items``); the progress series back from an output
+Bundle (``read_progress``); a FHIR Bulk Data export grouped per patient (``group_export``,
+``read_bucket``, ``bucket_of``; docs/population.md) and synthetic exports
+(``synth_export``, ``synth_patient``); the one builder of FHIR input that the examples,
+the scenario generators, the tests and the populations use, driven by the fact catalog
+(``BundleBuilder``, ``observation``, ``patient``, ``bundle``... and ``FactCatalogError``),
+with the systems it names (``SCREEN_SYSTEM``, ``LOINC``, ``SNOMED``, ``UCUM``,
+``STARTBACK_PANEL``)."""
 
 from fhir_adapters._bulk import (
     BulkExportError,
@@ -26,11 +30,6 @@ from fhir_adapters._bulk import (
 )
 from fhir_adapters._bulk_synth import SynthReport, synth_export, synth_patient
 from fhir_adapters._bundle_builder import (
-    LOINC,
-    SCREEN_SYSTEM,
-    SNOMED,
-    STARTBACK_PANEL,
-    UCUM,
     BundleBuilder,
     bundle,
     coding,
@@ -50,6 +49,7 @@ from fhir_adapters._bundle_builder import (
     side_component,
     value_x,
 )
+from fhir_adapters._code_systems import code_systems, export_terminology
 from fhir_adapters._errors import (
     FactCatalogError,
     InvalidBundleError,
@@ -61,13 +61,7 @@ from fhir_adapters._errors import (
 from fhir_adapters._inbound import InputCodes, input_codes, read_bundle
 from fhir_adapters._json_text import JSONTextError, parse_json
 from fhir_adapters._kb_export import export_knowledge_base
-from fhir_adapters._outbound import (
-    ALERT_SYSTEM,
-    CHANGE_DISPLAY,
-    EXERCISE_SYSTEM,
-    KNOWLEDGE_BASE_BASE,
-    write_bundle,
-)
+from fhir_adapters._outbound import write_bundle
 from fhir_adapters._population import (
     RedFlagItem,
     primary_care_bundle,
@@ -75,14 +69,32 @@ from fhir_adapters._population import (
     synthetic_bundle,
 )
 from fhir_adapters._progress_fhir import read_progress
-from fhir_adapters._terminology import code_systems, export_terminology
+from fhir_adapters._terminology import (
+    ALERT_SYSTEM,
+    CARD_SYSTEM,
+    CHANGE_DISPLAY,
+    EXERCISE_SYSTEM,
+    EXT_EXERCISE_CHANGE,
+    EXT_EXERCISE_DOSE,
+    KNOWLEDGE_BASE_BASE,
+    LOINC,
+    OVERRIDE_SYSTEM,
+    SCREEN_SYSTEM,
+    SNOMED,
+    STARTBACK_PANEL,
+    UCUM,
+)
 
 __all__ = [
     "ALERT_SYSTEM",
+    "CARD_SYSTEM",
     "CHANGE_DISPLAY",
     "EXERCISE_SYSTEM",
+    "EXT_EXERCISE_CHANGE",
+    "EXT_EXERCISE_DOSE",
     "KNOWLEDGE_BASE_BASE",
     "LOINC",
+    "OVERRIDE_SYSTEM",
     "SCREEN_SYSTEM",
     "SNOMED",
     "STARTBACK_PANEL",

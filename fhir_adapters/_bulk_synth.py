@@ -45,8 +45,6 @@ from typing import IO, TYPE_CHECKING, Any, Final
 import orjson
 
 from fhir_adapters._bundle_builder import (
-    SCREEN_SYSTEM,
-    SNOMED,
     concept,
     condition,
     exercise_response,
@@ -54,16 +52,18 @@ from fhir_adapters._bundle_builder import (
     quantity,
     value_x,
 )
-from fhir_adapters._outbound import (
-    EXERCISE_SYSTEM,
-    EXT_EXERCISE_DOSE,
-    EXT_FOLLOW_UP_STATE,
-    KNOWLEDGE_BASE_BASE,
-)
 from fhir_adapters._population import (
     _Patient,
     _PrimaryCarePatient,
     red_flag_items,
+)
+from fhir_adapters._terminology import (
+    EXERCISE_SYSTEM,
+    EXT_EXERCISE_DOSE,
+    EXT_FOLLOW_UP_STATE,
+    KNOWLEDGE_BASE_BASE,
+    SCREEN_SYSTEM,
+    SNOMED,
 )
 
 if TYPE_CHECKING:

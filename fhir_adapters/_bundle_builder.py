@@ -30,26 +30,27 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from fhir_adapters._errors import FactCatalogError
 
-# the project's URIs and codes, from where they are defined (one import, one place)
+# the codes the reader reads them by, and every URI from the terminology module
 from fhir_adapters._inbound import (
-    CLINICAL_STATUS,
     EXERCISE_COMPONENT,
     FOLLOW_UP_PREFIX,
     LBP_PROVOKED,
     LEFT,
-    LOINC,
     RIGHT,
-    SNOMED,
-    UCUM,
-    VERIFICATION_STATUS,
 )
-from fhir_adapters._outbound import EXERCISE_SYSTEM, SCREEN_SYSTEM
 from fhir_adapters._terminology import (
+    CLINICAL_STATUS,
     CONDITION_CATEGORY,
     EXAMPLE_MRN,
+    EXERCISE_SYSTEM,
+    LOINC,
     OBSERVATION_CATEGORY,
     QUESTIONNAIRE_BASE,
+    SCREEN_SYSTEM,
+    SNOMED,
     STARTBACK_PANEL,
+    UCUM,
+    VERIFICATION_STATUS,
 )
 
 if TYPE_CHECKING:

@@ -45,11 +45,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from fhir_adapters._bundle_builder import (
-    CLINICAL_STATUS,
-    LOINC,
-    SCREEN_SYSTEM,
-    SNOMED,
-    VERIFICATION_STATUS,
     bundle,
     concept,
     condition,
@@ -61,6 +56,13 @@ from fhir_adapters._bundle_builder import (
     value_x,
 )
 from fhir_adapters._errors import UnclassifiedRedFlagError, UndocumentedRedFlagError
+from fhir_adapters._terminology import (
+    CLINICAL_STATUS,
+    LOINC,
+    SCREEN_SYSTEM,
+    SNOMED,
+    VERIFICATION_STATUS,
+)
 
 if TYPE_CHECKING:
     from cds import KnowledgeBase
