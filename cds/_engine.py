@@ -32,10 +32,10 @@ import json
 import math
 import re
 import threading
+from json.encoder import encode_basestring as _encode_str  # json.dumps' own, ensure_ascii=False
 from typing import Any
 
 import durable_rules_engine as _c
-from json.encoder import encode_basestring as _encode_str  # json.dumps' own, ensure_ascii=False
 from durable import engine as _durable
 
 from cds._compiler import CompiledKnowledgeBase, Literal
