@@ -206,27 +206,31 @@ class RuleEngine:
     def _settle(self, log: FiringLog, sid: str, asserted: tuple[int, int],
                 into: list[str]) -> None:
         """Run every action the last assert made ready, until none is left (what durable's
-        ``Host`` does, without a JSON state round trip per action). Each firing's newly
-        derived facts are asserted in one batch before the next action is taken (and added
-        to ``into``)."""
+        ``Host`` does, without a JSON state round trip per action). The facts the firings
+        derive are asserted in one batch when no action is left (and added to ``into``),
+        then the actions that batch made ready run, until nothing new is derived: a fact
+        only ever adds matches, so when it arrives changes no result."""
         handle, keys, terms, fire = self._handle, self._keys, self._terms, log.fire
         state = _accepted(asserted)
-        started = _c.start_action_for_state(handle, state)
-        message = started[1] if started else None
-        while message:
-            try:
-                term = terms.get(message[2:message.find('"', 2)]) or _message_rule(message)
-                # only what some rule reads goes into the session: no other fact can fire
-                # anything (the result is the firing log's, not the session's)
-                new = [nv for nv in fire(*term) if nv[0] in keys]
-                if new:
-                    text = _dumps(sid, new, self._derived_heads)
-                    into.append(text)
-                    _accepted(_c.assert_facts(handle, text))
-            except BaseException:
-                _c.abandon_action(handle, state)
-                raise
-            message = _c.complete_and_start_action(handle, state)
+        while True:
+            started = _c.start_action_for_state(handle, state)
+            message = started[1] if started else None
+            new: list[tuple[str, Any]] = []
+            while message:
+                try:
+                    term = terms.get(message[2:message.find('"', 2)]) or _message_rule(message)
+                    # only what some rule reads goes into the session: no other fact can
+                    # fire anything (the result is the firing log's, not the session's)
+                    new += [nv for nv in fire(*term) if nv[0] in keys]
+                except BaseException:
+                    _c.abandon_action(handle, state)
+                    raise
+                message = _c.complete_and_start_action(handle, state)
+            if not new:
+                return
+            text = _dumps(sid, new, self._derived_heads)
+            into.append(text)
+            state = _accepted(_c.assert_facts(handle, text))
 
 
 def _marker(sid: str, k: int) -> str:
