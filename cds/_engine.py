@@ -238,16 +238,17 @@ def _marker(sid: str, k: int) -> str:
 
 
 def _dumps(sid: str, facts: list[tuple[str, Any]], heads: dict[str, str]) -> str:
-    """The facts as durable-rules reads them, ``[{"sid":"s1","id":"f:name","f12":7},..]``:
+    """The facts as durable-rules reads them, ``[{"sid":"s1","id":"f:name","g3":1,"f12":7},..]``:
     ``heads`` gives each fact's text after the sid up to its value (``_heads``)."""
     return "[" + ",".join(f'{{"sid":"{sid}{heads[n]}{_value_text(n, v)}}}'
                           for n, v in facts) + "]"
 
 
-def _heads(keys: dict[str, str], kind: str) -> dict[str, str]:
-    """Per fact: ``","id":"f:name","f12":`` (``kind`` f for input facts, d for derived)."""
-    return {n: '",' + f'"id":{json.dumps(f"{kind}:{n}")},{json.dumps(k)}:'
-            for n, k in keys.items()}
+def _heads(keys: dict[str, tuple[str, str]], kind: str) -> dict[str, str]:
+    """Per fact: ``","id":"f:name","g3":1,"f12":`` (``kind`` f for input facts, d for
+    derived; the properties: ``CompiledKnowledgeBase.durable_keys``)."""
+    return {n: '",' + f'"id":{json.dumps(f"{kind}:{n}")},{json.dumps(g)}:1,{json.dumps(k)}:'
+            for n, (g, k) in keys.items()}
 
 
 def _value_text(name: str, v: Any) -> str:
