@@ -8,12 +8,15 @@ The safety rules (docs/architecture.md) this module enforces:
    asserted (markers first, so no rule can wake) and checking the session is empty with no
    action pending; only then is it kept for the ruleset's next evaluation (one per
    ruleset), otherwise (and after any error) ``delete_state`` runs, in ``finally``;
-4. negation is gated: every rule waits for its stratum marker, asserted after all input
-   facts and after the earlier strata have settled;
+4. negation is gated: a term that tests an absence waits for the stratum marker after which
+   every fact it needs absent is final (marker 0, at the end of the input facts' batch, for
+   input facts); markers go in order, each after the last has settled; a term with value
+   tests only needs none when its facts never arrive after its stratum's turn
+   (``CompiledKnowledgeBase.waits_for`` gives the argument);
 5. action errors are surfaced: actions are taken from durable's C layer and run here
    (``RuleEngine._settle``), so an error in one (two rules deriving different values)
    abandons the action and fails the evaluation (no partial advice); an assert durable
-   refuses fails it too; sink rules make every fact type handled;
+   refuses fails it too; a sink rule per fact makes every fact handled;
 6. every fact has an explicit unique ``id``, and every input fact is checked to be present
    after evaluation;
 7. one ruleset per ``{kb-id}@{version}``, registered once, never replaced;
