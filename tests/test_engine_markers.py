@@ -20,7 +20,7 @@ from cds._engine import RuleEngine
 _VERSION = itertools.count(1)
 
 
-def L(fact: str, op: str, value: Any = None) -> Literal:  # noqa: N802 - reads as a literal
+def L(fact: str, op: str, value: Any = None) -> Literal:
     return Literal(fact, op, value)
 
 
