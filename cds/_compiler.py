@@ -150,6 +150,7 @@ class CompiledKnowledgeBase:
         """The durable-rules ruleset definition, without actions (the runner adds them)."""
         out: dict[str, dict[str, Any]] = {}
         keys = self.durable_keys
+        always: set[str] = set()  # facts some pattern takes whatever their value
         for ri, rule in enumerate(self.rules):
             for ti, term in enumerate(rule.terms):
                 patterns: list[dict[str, Any]] = []
@@ -157,6 +158,8 @@ class CompiledKnowledgeBase:
                 if marker is not None:
                     patterns.append({"ctl": {"stratum": marker}})
                 for pi, (fact, lits) in enumerate(_group(term)):
+                    if all(lit.op in ("present", "missing") for lit in lits):
+                        always.add(fact)
                     # every pattern on a fact starts with "its group's property exists",
                     # then "its own property exists" (``durable_keys``)
                     exists = _exists(*keys[fact])
@@ -169,8 +172,11 @@ class CompiledKnowledgeBase:
                 pri = 10 * (rule.stratum * 100 + rule.priority)
                 out[f"{ri}:{ti}"] = {"all": patterns, "pri": pri}
         # sinks: every fact is handled whatever its value (markers are sent only when some
-        # term waits for them); a sink never completes its join, so it never fires
+        # term waits for them); a sink never completes its join, so it never fires. A fact
+        # some term tests for presence or absence alone is always handled: no sink
         for fact, (group, key) in keys.items():
+            if fact in always:
+                continue
             out[f"sink:{fact}"] = {"all": [{"m": _exists(group, key)},
                                            {"never": {"$ex": {"never-asserted": 1}}}],
                                    "pri": 10 * 10_000}
