@@ -120,7 +120,11 @@ class CompiledKnowledgeBase:
         with the input facts, after them) for a fact no rule derives, else the marker
         after the last stratum that derives one (the loader refuses an absence test on a
         fact derived in the reader's stratum or later). Any other term waits for its own
-        stratum's marker, as every term did before."""
+        stratum's marker, as every term did before. (A value test on a fact derived both
+        before and after the reader's stratum is the one case where durable and the
+        reference can differ, before this scheme as after it: the reader fires when the
+        later producer's fact arrives. The loader allows it; the bundled knowledge base
+        has none; ``tests/test_engine_markers.py`` pins the markers such terms get.)"""
         produced_in: dict[str, list[int]] = {}
         read_in: dict[str, list[int]] = {}
         for rule in self.rules:
