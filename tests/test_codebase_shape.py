@@ -17,7 +17,6 @@ MAX_LINES = 80
 # (module, function): its length when the ratchet came in; shrink this list, never grow it
 STILL_LONG = {
     ("cds_service/_app.py", "create_app"): 220,
-    ("fhir_adapters/_outbound.py", "_pruned_split"): 95,
     ("cds_service/_cli.py", "serve"): 95,
     ("cds_service/_auth.py", "_verify"): 84,
 }
