@@ -633,8 +633,9 @@ def _condition_checks(
     kb: KnowledgeBase, r: Rule, mine: int, producers: dict[str, set[int]],
     rule_ids: set[str], out: _Problems,
 ) -> None:
-    """Each fact test names a known fact, parameter and code, and reads what an earlier
-    stratum derives (an absence only once nothing later can derive it)."""
+    """Each fact test names a known fact, parameter and code, and reads what its own or an
+    earlier stratum derives and no later one does (an absence only once nothing in its own
+    or a later stratum can derive it)."""
     for test, negated in condition_facts(r.when):
         if not _known(kb, rule_ids, test.fact):
             out.rule(r, f"unknown fact '{test.fact}'")
@@ -655,6 +656,11 @@ def _condition_checks(
                          "same or a later stratum; move this rule to a later stratum")
             elif min(producers[test.fact]) > mine:
                 out.rule(r, f"reads '{test.fact}', which is only derived later")
+            elif max(producers[test.fact]) > mine:
+                # the reference fires this rule once, at its stratum; durable would fire it
+                # again when the later stratum's fact arrives: refuse the ambiguity
+                out.rule(r, f"reads '{test.fact}', which a later stratum derives too; move "
+                         "this rule after every stratum that derives it")
         elif defn is not None and defn.derived:
             out.rule(r, f"reads '{test.fact}', which no rule produces (unreachable)",
                      "warning")
