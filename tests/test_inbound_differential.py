@@ -25,7 +25,7 @@ def test_every_input_and_variant_reads_as_recorded(kb: KnowledgeBase) -> None:
 
 def test_the_check_can_fail(kb: KnowledgeBase) -> None:
     """One changed fact value changes the digest (the check is not blind)."""
-    name, data = next(iter(cases()))
+    _name, data = next(iter(cases()))
     before = digest(outcome(kb, data))
     obs = next(e["resource"] for e in data["entry"]
                if e["resource"]["resourceType"] == "Observation")
