@@ -329,6 +329,7 @@ FOLLOW_UP_SPECS: Final[Mapping[str, _Spec]] = {
     "exercise-peripheralization": _Spec("peripheralization", "boolean"),
 }
 FOLLOW_UP_CODES: Final = tuple((SCREEN, c) for c in sorted(FOLLOW_UP_SPECS))
+_FOLLOW_UP_KEYS: Final = frozenset(FOLLOW_UP_CODES)
 # previous CarePlan activity status -> PreviousExercise.status
 PREVIOUS_STATUS: Final[Mapping[str, str]] = {
     "not-started": "proposed", "scheduled": "proposed", "in-progress": "proposed",
@@ -494,11 +495,13 @@ def _status_code(concept: object, system: str) -> str | None:
 
 def _value_key(holder: Mapping[str, Any]) -> str | Literal[False] | None:
     """The one ``value[x]`` key present, None when there is none, False when several."""
-    keys = [k for k in holder
-            if isinstance(k, str) and k.startswith("value") and k[5:6].isupper()]
-    if not keys:
-        return None
-    return keys[0] if len(keys) == 1 else False
+    found: str | None = None
+    for k in holder:
+        if isinstance(k, str) and k.startswith("value") and k[5:6].isupper():
+            if found is not None:
+                return False
+            found = k
+    return found
 
 
 def _parse_instant(text: object) -> tuple[datetime, int] | None:
@@ -536,13 +539,23 @@ def _date_as_sent(res: Mapping[str, Any]) -> str | None:
     period = _dict(res.get("effectivePeriod"))
     for raw in (res.get("effectiveDateTime"), res.get("effectiveInstant"),
                 period.get("end") if period is not None else None, res.get("issued")):
-        if isinstance(raw, str) and _parse_instant_text(raw) is not None:
-            m = _DATE_TIME.fullmatch(raw)
-            assert m is not None
-            y, mo, d = m.group(1), m.group(2), m.group(3)
-            return show_date(datetime(int(y), int(mo or 1), int(d or 1), tzinfo=UTC),
-                             1 + (mo is not None) + (d is not None))
+        if isinstance(raw, str):
+            shown = _shown_as_sent(raw)
+            if shown is not None:
+                return shown
     return None
+
+
+@functools.lru_cache(maxsize=4096)  # like _parse_instant_text: a chart's dates come back
+def _shown_as_sent(raw: str) -> str | None:
+    """``raw`` (a FHIR date) as ``_date_as_sent`` shows it; None when it is not a date."""
+    if _parse_instant_text(raw) is None:
+        return None
+    m = _DATE_TIME.fullmatch(raw)
+    assert m is not None
+    y, mo, d = m.group(1), m.group(2), m.group(3)
+    return show_date(datetime(int(y), int(mo or 1), int(d or 1), tzinfo=UTC),
+                     1 + (mo is not None) + (d is not None))
 
 
 @functools.cache
@@ -922,10 +935,11 @@ class _Reader:
                               "status is missing or not an Observation status; ignored")
                 continue
             codes = _codings(res.get("code"))
-            if any(s == SCREEN and c in FOLLOW_UP_SPECS for s, c in codes):
+            if not _FOLLOW_UP_KEYS.isdisjoint(codes):
                 follow_ups.append(e)  # read once the previous plan is known
                 continue
-            specs = {by_code[c] for c in codes if c in by_code}
+            matched = [by_code[c] for c in codes if c in by_code]
+            specs = set(matched) if len(matched) > 1 else matched  # one: no hashing
             if not specs:
                 shown = ", ".join(f"{s}|{c}" for s, c in sorted(codes)) or "no coding"
                 self.note(e, "information", "not-supported",
@@ -1149,16 +1163,21 @@ class _Reader:
     def use_red_flag(self, candidates: list[_Candidate]) -> None:
         spec = candidates[0].spec
         answers: dict[int, tuple[Answer, _Candidate]] = {}
-        for c in self.not_in_future(candidates):
+        current = self.not_in_future(candidates)
+        # the canonical JSON orders only answers of one instant, precision and reference:
+        # it is computed for those alone (a json.dumps of the resource each)
+        keys = [c.key for c in current]
+        for c in current:
             value = self.red_flag_value(c)
             if value is _NO_ANSWER:
                 continue
             if c.entry.resource.get("status") == "preliminary" and c.entry.item is None:
                 self.note(c.entry, "information", "informational",
                           "status 'preliminary': used, but the result is not final")
+            tie = c.canonical if keys.count(c.key) > 1 else ""
             a = Answer(value if isinstance(value, bool) else None,
                        c.key[1] if c.key[0] else None,
-                       _sources(c.entry), (c.key[2], c.key[3], c.canonical), c.key[2],
+                       _sources(c.entry), (c.key[2], c.key[3], tie), c.key[2],
                        _date_as_sent(c.entry.resource) if c.key[0] else None)
             answers[id(a)] = (a, c)
         reading = read_red_flag(spec.question, [a for a, _ in answers.values()], self.as_of,
