@@ -216,6 +216,8 @@ class _ActionIndex:
     limits: tuple[tuple[str, Any], ...]
     fact_descriptions: dict[str, str]
     evidence: dict[tuple[str, ...], tuple[EvidenceRef, ...]]
+    # (exercise, rule ids) -> (rank, dose, rationale): what only the knowledge base decides
+    recommended: dict[tuple[str, tuple[str, ...]], tuple[tuple[int, int], ExerciseDose, str]]
 
 
 def _action_index(kb: KnowledgeBase) -> _ActionIndex:
@@ -230,6 +232,7 @@ def _action_index(kb: KnowledgeBase) -> _ActionIndex:
             # shared by every plan of this knowledge base: read, never written
             fact_descriptions={n: d.description for n, d in kb.facts.items()},
             evidence={},
+            recommended={},
         )
         kb.derived_cache["plan-actions"] = cached
     index: _ActionIndex = cached
@@ -420,12 +423,18 @@ class _Resolution:
                      held: bool) -> tuple[tuple[int, int], PlannedExercise]:
         ex = self.kb.exercises[ex_id]
         rids, srcs, _ = self.firing_of(name)
-        recs = [(rid, a.recommend) for rid in rids for a in self.kb.rule(rid).then
-                if a.recommend is not None and a.recommend.exercise == ex_id]
-        recs.sort(key=lambda ra: rank[ra[0]])
-        dose = ExerciseDose.of(ex.dose, recs[0][1].dose)
-        rationale = " ".join(dict.fromkeys(r.why for _, r in recs))
-        return min(rank[r] for r in rids), PlannedExercise(
+        known = self.index.recommended.get((ex_id, rids))
+        if known is None:
+            recs = [(rid, a.recommend) for rid in rids for a in self.kb.rule(rid).then
+                    if a.recommend is not None and a.recommend.exercise == ex_id]
+            recs.sort(key=lambda ra: rank[ra[0]])
+            known = (min(rank[r] for r in rids), ExerciseDose.of(ex.dose, recs[0][1].dose),
+                     " ".join(dict.fromkeys(r.why for _, r in recs)))
+            if len(self.index.recommended) >= _EVIDENCE_MEMO:
+                self.index.recommended.clear()
+            self.index.recommended[(ex_id, rids)] = known
+        best, dose, rationale = known
+        return best, PlannedExercise(
             ex.id, ex.title, ex.purpose, ex.instructions, tuple(d.value for d in ex.direction),
             ex.load.value, ex.surface.value, dose, "on-hold" if held else "proposed",
             rationale, rids, srcs, self.rule_evidence(rids))

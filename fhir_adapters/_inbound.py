@@ -495,8 +495,13 @@ def _status_code(concept: object, system: str) -> str | None:
 
 def _value_key(holder: Mapping[str, Any]) -> str | Literal[False] | None:
     """The one ``value[x]`` key present, None when there is none, False when several."""
+    return _value_key_of(tuple(holder))
+
+
+@functools.lru_cache(maxsize=1024)  # Observations and components come in a few shapes
+def _value_key_of(keys: tuple[object, ...]) -> str | Literal[False] | None:
     found: str | None = None
-    for k in holder:
+    for k in keys:
         if isinstance(k, str) and k.startswith("value") and k[5:6].isupper():
             if found is not None:
                 return False
@@ -691,15 +696,11 @@ class _Reader:
         self.merge_conditions()
         self.merge_answer_states()
 
-        result = PatientFacts.build(subject, self.as_of, self.facts.values(), self.issues,
-                                    follow_up=self.follow_up, answer_notes=self.notes)
-        result = dataclasses.replace(
-            result, progress=tuple(sorted(self.progress)), time_zone=self.time_zone,
-            recorded=tuple(sorted((n, t) for n, t in self.recorded.items()
-                                  if n in self.facts)))
-        if self.extras:
-            result = dataclasses.replace(result, extras=self.extras)
-        return result
+        return PatientFacts.build(
+            subject, self.as_of, self.facts.values(), self.issues, follow_up=self.follow_up,
+            answer_notes=self.notes, progress=self.progress, time_zone=self.time_zone,
+            recorded=[(n, t) for n, t in self.recorded.items() if n in self.facts],
+            extras=self.extras or None)
 
     def load(self, data: object) -> dict[str, Any]:
         """The Bundle as a dict. JSON text is parsed strictly (``parse_json``: invalid UTF-8,
@@ -748,14 +749,14 @@ class _Reader:
         out: list[_Entry] = []
         fatal: list[InputIssue] = []
         for i, raw in enumerate(_list(bundle.get("entry"))):
-            path = f"Bundle.entry[{i}]"
             if not isinstance(raw, dict):
+                path = f"Bundle.entry[{i}]"
                 fatal.append(InputIssue("error", "structure", f"{path} is not an object", path))
                 continue
             full_url = _str(raw.get("fullUrl"))
             res = raw.get("resource")
             if not isinstance(res, dict):
-                where = full_url or path
+                where = full_url or f"Bundle.entry[{i}]"
                 self.issues.append(InputIssue("information", "not-supported",
                                               "entry has no resource; ignored", where))
                 continue
@@ -1855,7 +1856,7 @@ def _extract(
         if comp is None:
             continue
         codes = set(_codings(comp.get("code")))
-        sides = [s for s, c in (("left", LEFT), ("right", RIGHT)) if c in codes]
+        sides = [s for s, c in _SIDES if c in codes] if LEFT in codes or RIGHT in codes else []
         if LBP_PROVOKED in codes and spec.provoked and not sides:
             name, label = f"{spec.name}.lbp-provoked", "lbp-provoked component"
             if _value_key(comp) != "valueBoolean" or not isinstance(comp["valueBoolean"], bool):
@@ -1986,6 +1987,9 @@ def _quantity(spec: _Spec, raw: object, label: str) -> int | float:
 
 def _got(key: str, raw: object) -> str:
     return f"{key} ({_json_type(raw)})" if key in ("valueBoolean", "valueInteger") else key
+
+
+_SIDES: Final = (("left", LEFT), ("right", RIGHT))
 
 
 # --- public entry point --------------------------------------------------------------------
