@@ -961,7 +961,7 @@ class _Reader:
                           f"coded with several red-flag questions ({names}); the answer "
                           "counts for each")
             key = (*self.when(e), e.ref or "")
-            for spec in sorted(specs, key=lambda s: s.name):
+            for spec in specs if len(specs) == 1 else sorted(specs, key=lambda s: s.name):
                 groups.setdefault(spec.name, []).append(_Candidate(e, spec, key))
         for name in sorted(groups):
             group = groups[name]
@@ -1046,7 +1046,11 @@ class _Reader:
         finding existed then)."""
         res = e.resource
         period = _dict(res.get("effectivePeriod"))
-        if period is not None and res.get("effectiveDateTime") is None:
+        if period is None:  # the usual case: a valid effectiveDateTime decides
+            parsed = _parse_instant(res.get("effectiveDateTime"))
+            if parsed is not None:
+                return 1, parsed[0], parsed[1]
+        elif res.get("effectiveDateTime") is None:
             began = _parse_instant(period.get("start"))
             ends = _parse_instant(period.get("end"))
             if began is not None and ends is not None and began[0] <= self.as_of < ends[0]:
