@@ -263,7 +263,7 @@ def test_the_fast_path_never_changes_a_value_or_an_error(text: str) -> None:
     '{"a": 1, "a": 2}', '{"a": 1, "a": "\\u003a"}', '{"a:b": 1, "a": {"c": 1, "c": 1}}',
     '{"\\u003a": 1, ":": 2}',
     '{"x": 18446744073709551616}', '{"x": -9223372036854775809}', '{"x": 1e400}',
-    '{"x": "\\ud800"}', '{"x": NaN}', '[' * 2000 + ']' * 2000,
+    '{"x": "\\ud800"}', '{"x": "\ud800"}', '{"x": NaN}', '[' * 2000 + ']' * 2000,
 ])
 def test_text_the_fast_path_cannot_prove_goes_the_strict_way(text: str) -> None:
     from fhir_adapters._json_text import _SLOW, _fast, _strict
