@@ -246,7 +246,7 @@ class Engine:
 
     def evaluate(self, bundle: dict[str, Any], as_of: datetime) -> Any:
         with self._lock:  # the cards need only the advice resources of the output Bundle
-            return self.support._evaluate(bundle, as_of, advice_only=True)
+            return self.support.pipeline.evaluate(bundle, as_of, advice_only=True)
 
     @property
     def release(self) -> str:

@@ -43,7 +43,6 @@ from fhir_adapters import (
     UnclassifiedRedFlagError,
     UndocumentedRedFlagError,
     primary_care_bundle,
-    read_bundle,
     red_flag_items,
 )
 from movement_cds._errors import ProfileError
@@ -53,9 +52,9 @@ from movement_cds._kb_diff import (
     _load,
     _Version,
     bucket_sizes,
-    default_workers,
     run_in_buckets,
     run_in_chunks,
+    where_for,
 )
 from movement_cds._population_input import PopulationInput, bucket_entries
 from movement_cds._runner import Where
@@ -212,13 +211,13 @@ class ProfileTally:
 
 def _evaluate(v: _Profiled, data: dict[str, Any], as_of: datetime,
               tally: ProfileTally) -> None:
+    pipeline = v.version.pipeline  # the one every evaluation takes
     try:
-        patient = read_bundle(data, kb=v.version.kb, as_of=as_of)
-        plan = v.version.evaluator.evaluate(patient)
+        steps = pipeline.run(pipeline.read(data, as_of))
     except (InvalidBundleError, MovementCDSError):
         tally.add(v, {}, None)
         return
-    tally.add(v, {f.name: f.value for f in patient.facts}, plan)
+    tally.add(v, {f.name: f.value for f in steps.patient.facts}, steps.plan)
 
 
 def _chunk(versions: Sequence[_Profiled], seed: int, as_of: datetime, start: int,
@@ -518,9 +517,7 @@ def profile_knowledge_base(
     as bucket files; on the Dask ``scheduler`` when given). Raises
     ``KnowledgeBaseLoadError`` when it cannot be loaded and ``ProfileError`` when its
     red-flag items cannot be generated."""
-    n = population.patients if population is not None else patients
-    where = (Where(scheduler=scheduler) if scheduler is not None else
-             Where(workers=workers if workers is not None else default_workers(n)))
+    where = where_for(patients, population, workers, scheduler)
     return profile_versions(
         [root], patients=patients, seed=seed, as_of=as_of or DEFAULT_AS_OF, workers=where,
         progress=progress, population=population)[0]
