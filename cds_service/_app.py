@@ -94,6 +94,7 @@ from cds import (
     KnowledgeBaseError,
     MovementCDSError,
     check_changelog,
+    knowledge_base_files,
     load_knowledge_base,
 )
 from cds_service._audit import (
@@ -103,7 +104,6 @@ from cds_service._audit import (
     canonical,
     card_summary,
     kb_digest,
-    kb_files,
     release_job,
 )
 from cds_service._cards import card_rules, plan_cards
@@ -302,7 +302,7 @@ def kb_fingerprint(root: Path) -> Fingerprint:
     """Cheap (metadata only): every file's path, size, inode and modification time. Any
     change means "read it again"; ``kb_digest`` then says whether the content changed."""
     out = []
-    for f in kb_files(root):
+    for f in knowledge_base_files(root):
         try:
             st = f.stat()
         except OSError:
