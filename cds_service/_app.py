@@ -67,7 +67,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -1029,6 +1029,56 @@ def create_app(
     (its lifespan), ``LiveEngine.watch`` takes new knowledge-base versions into service.
     ``settle`` (service workers, not tests): ``settle_heap()`` before the first request and
     after each reload, so full garbage collections do not walk the loaded engine."""
+    svc = _service_parts(config, engine, verifier, store, run_scenarios=run_scenarios,
+                         checked_release=checked_release, settle=settle)
+    timeout = httpx.Timeout(config.fhir_timeout_seconds)
+
+    def new_client() -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
+
+    # redirect_slashes=False: ".../{id}/" is a 404 OperationOutcome, never a 307 whose
+    # Location would be built from the request's Host header
+    app = FastAPI(title="movement-cds CDS Hooks service", version="1.0.0",
+                  lifespan=_lifespan(svc, http_client_factory or new_client, settle),
+                  docs_url=None, redoc_url=None, redirect_slashes=False)
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                           allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type"])
+    _add_error_handlers(app)
+    authenticate = _authenticator(svc)
+    _add_advice_routes(app, svc, authenticate)
+    _add_feedback_and_handout_routes(app, svc, authenticate)
+    app.state.engine = svc.engine  # the one it started with; live.engine is the current one
+    app.state.live = svc.live
+    app.state.store = svc.store
+    app.state.observer = svc.observer
+    app.state.recorder = svc.recorder
+    return app
+
+
+@dataclass
+class _Service:
+    """What one app serves with (built by ``_service_parts``, used by its routes)."""
+
+    config: ServiceConfig
+    engine: Engine  # the one it started with
+    live: LiveEngine  # the one requests use now
+    verifier: Any
+    store: Any
+    own_store: bool  # the app closes (drains) only a store it opened
+    handouts: HandoutStore | None
+    recorder: Recorder | None
+    advice: _Advice
+    observer: Observer
+    state: dict[str, Any]  # "http": the fhirServer client, while the app runs
+
+
+def _service_parts(config: ServiceConfig, engine: Engine | None, verifier: Any, store: Any, *,
+                   run_scenarios: bool, checked_release: str | None,
+                   settle: bool) -> _Service:
+    """The engine (loaded and warmed up unless given), the token verifier, the stores, the
+    release archived before it serves, the reload watch and the metrics."""
     from knowledge_base import bundled_path
 
     engine = engine or load_engine(config, run_scenarios=run_scenarios,
@@ -1036,7 +1086,7 @@ def create_app(
     root = Path(config.knowledge_base or bundled_path())
     verifier = verifier if verifier is not None else _make_verifier(config)
     _log_fhir_access(config)
-    own_store = store is None  # the app closes (drains) only a store it opened
+    own_store = store is None
     handouts = (HandoutStore(config.handout_database, config.handout_ttl_seconds)
                 if config.handouts_enabled else None)
     store = store if store is not None else _open_store(config)
@@ -1047,17 +1097,20 @@ def create_app(
                       before_swap=recorder.archive if recorder is not None else None)
     observer = Observer.from_config(config)
     live.listeners.append(_reload_listener(live, observer))
-    timeout = httpx.Timeout(config.fhir_timeout_seconds)
+    return _Service(config, engine, live, verifier, store, own_store, handouts, recorder,
+                    advice, observer, {})
 
-    def new_client() -> httpx.AsyncClient:
-        return httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
 
-    make_client = http_client_factory or new_client
-    state: dict[str, Any] = {}
+def _lifespan(svc: _Service, make_client: Callable[[], httpx.AsyncClient],
+              settle: bool) -> Callable[[FastAPI], Any]:
+    """The app's lifespan: the fhirServer client, the reload watch (every
+    ``reload_check_seconds`` and on SIGHUP), and on the way out everything closed, the
+    feedback queue drained."""
+    live, observer = svc.live, svc.observer
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        state["http"] = make_client()
+        svc.state["http"] = make_client()
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         hup = False
@@ -1082,26 +1135,30 @@ def create_app(
                 watcher.cancel()
             if hup:
                 loop.remove_signal_handler(signal.SIGHUP)
-            await state["http"].aclose()
-            if handouts is not None:
-                handouts.close()
-            close = getattr(verifier, "close", None)
-            if callable(close):
-                close()
-            if own_store and store is not None:  # drains the feedback queue (SIGTERM)
-                queued = getattr(store, "queued", None)
-                if callable(queued) and queued():
-                    log.info("feedback: writing %d queued write(s) before exit", queued())
-                await asyncio.to_thread(store.close)
+            await _close_parts(svc)
 
-    # redirect_slashes=False: ".../{id}/" is a 404 OperationOutcome, never a 307 whose
-    # Location would be built from the request's Host header
-    app = FastAPI(title="movement-cds CDS Hooks service", version="1.0.0",
-                  lifespan=lifespan, docs_url=None, redoc_url=None, redirect_slashes=False)
-    if config.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
-                           allow_methods=["GET", "POST", "OPTIONS"],
-                           allow_headers=["Authorization", "Content-Type"])
+    return lifespan
+
+
+async def _close_parts(svc: _Service) -> None:
+    """The fhirServer client, the handout store, the verifier, and the feedback store if
+    the app opened it (its queue written first: SIGTERM loses nothing)."""
+    await svc.state["http"].aclose()
+    if svc.handouts is not None:
+        svc.handouts.close()
+    close = getattr(svc.verifier, "close", None)
+    if callable(close):
+        close()
+    store = svc.store
+    if svc.own_store and store is not None:  # drains the feedback queue (SIGTERM)
+        queued = getattr(store, "queued", None)
+        if callable(queued) and queued():
+            log.info("feedback: writing %d queued write(s) before exit", queued())
+        await asyncio.to_thread(store.close)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answer is an OperationOutcome (C21)."""
 
     @app.exception_handler(ApiError)
     async def api_error(_r: Request, exc: ApiError) -> JSONResponse:
@@ -1124,10 +1181,18 @@ def create_app(
         log.error("unexpected %s", type(exc).__name__, exc_info=exc)
         return _error_response(ApiError(500, "exception", "internal error; no advice given"))
 
+
+Authenticate = Callable[[Request], Awaitable[None]]
+
+
+def _authenticator(svc: _Service) -> Authenticate:
+    """The token check of every call (C17-C19): a 401 with no detail when it fails."""
+    verifier, base_url, observer = svc.verifier, svc.config.base_url, svc.observer
+
     async def authenticate(request: Request) -> None:
         if verifier is None:
             return
-        audience = config.base_url + request.url.path
+        audience = base_url + request.url.path
         header = request.headers.get("authorization")
         try:
             # a deadline: a database that holds the connection open and never answers (the
@@ -1143,60 +1208,80 @@ def create_app(
             observer.auth_failed(str(e))
             raise ApiError(401, "login") from None
 
-    def discovery(current: Engine) -> dict[str, Any]:
-        templates = {k.key: k.template for k in current.keys}
-        ext = {KB_EXTENSION: current.describe()}
-        return {"services": [
-            {"hook": s.hook, "id": s.id, "title": s.title, "description": s.description,
-             "prefetch": templates, "extension": ext} for s in SERVICES],
-            "extension": ext}
+    return authenticate
+
+
+def _discovery(current: Engine) -> dict[str, Any]:
+    templates = {k.key: k.template for k in current.keys}
+    ext = {KB_EXTENSION: current.describe()}
+    return {"services": [
+        {"hook": s.hook, "id": s.id, "title": s.title, "description": s.description,
+         "prefetch": templates, "extension": ext} for s in SERVICES],
+        "extension": ext}
+
+
+def _add_advice_routes(app: FastAPI, svc: _Service, authenticate: Authenticate) -> None:
+    """Discovery, the operators' routes and the service calls."""
+    config, live, observer = svc.config, svc.live, svc.observer
 
     @app.get("/cds-services", responses=_responses(401))
     async def get_discovery(request: Request) -> JSONResponse:
         await authenticate(request)
-        return JSONResponse(discovery(live.engine))
+        return JSONResponse(_discovery(live.engine))
 
     add_operations_routes(
-        app, engine=lambda: live.engine, store=store, metrics_enabled=config.metrics_enabled,
-        allow_from=config.metrics_allow_from,
+        app, engine=lambda: live.engine, store=svc.store,
+        metrics_enabled=config.metrics_enabled, allow_from=config.metrics_allow_from,
         forbidden=lambda text: _error_response(ApiError(403, "forbidden", text)))
 
     @app.post("/cds-services/{service_id}", openapi_extra=_CALL_BODY,
               responses=_responses(400, 401, 404, 412, 413, 422, 500))
     async def call_service(service_id: str, request: Request) -> Response:
         call = CallRecord(service_id if service_id in _BY_ID else UNKNOWN_SERVICE)
-        return await observer.observe(call, answer_call(service_id, request, call))
+        return await observer.observe(call, _answer_call(svc, authenticate, service_id,
+                                                         request, call))
 
-    async def answer_call(service_id: str, request: Request, call: CallRecord) -> Response:
-        started = time.perf_counter()
-        service = _BY_ID.get(service_id)
-        if service is None:
-            raise ApiError(404, "not-found", "no such CDS service")
-        await authenticate(request)
-        body = _check_request(service, await _read_json(request, config.max_body_bytes))
-        hook_instance = call.hook_instance = body["hookInstance"]  # a UUID (checked)
-        context = body["context"]
-        current = live.engine  # this request keeps it, whatever a reload does meanwhile
-        call.release = current.kb.ruleset_name
-        if service.hook == "order-sign" and not _has_physio_referral(context["draftOrders"]):
-            log.info("%s %s: no draft physiotherapy referral; no cards", service.id,
-                     hook_instance)
-            return await advice.answer(service.id, hook_instance, current,
-                                       {"draftOrders": context["draftOrders"]}, started,
-                                       call=call)
-        auth = body.get("fhirAuthorization")
-        try:
-            bundle, situations = await build_input_bundle(
-                current.keys, context=context, prefetch=body.get("prefetch") or {},
-                fhir_server=body.get("fhirServer"),
-                access_token=auth["access_token"] if auth else None,
-                client=state.get("http"), budget_seconds=config.fetch_budget_seconds,
-                max_pages=config.max_pages, allowed_servers=config.allowed_servers)
-        except PrefetchError as e:
-            log.info("%s %s: %d %s", service.id, hook_instance, e.status, e.code)
-            raise ApiError(e.status, e.code, e.diagnostics) from None
-        return await advice.answer(service.id, hook_instance, current, {"bundle": bundle},
-                                   started, situations, call)
+
+async def _answer_call(svc: _Service, authenticate: Authenticate, service_id: str,
+                       request: Request, call: CallRecord) -> Response:
+    """One service call: checked, its input Bundle built (prefetch, fhirServer), answered."""
+    config, advice = svc.config, svc.advice
+    started = time.perf_counter()
+    service = _BY_ID.get(service_id)
+    if service is None:
+        raise ApiError(404, "not-found", "no such CDS service")
+    await authenticate(request)
+    body = _check_request(service, await _read_json(request, config.max_body_bytes))
+    hook_instance = call.hook_instance = body["hookInstance"]  # a UUID (checked)
+    context = body["context"]
+    current = svc.live.engine  # this request keeps it, whatever a reload does meanwhile
+    call.release = current.kb.ruleset_name
+    if service.hook == "order-sign" and not _has_physio_referral(context["draftOrders"]):
+        log.info("%s %s: no draft physiotherapy referral; no cards", service.id,
+                 hook_instance)
+        return await advice.answer(service.id, hook_instance, current,
+                                   {"draftOrders": context["draftOrders"]}, started,
+                                   call=call)
+    auth = body.get("fhirAuthorization")
+    try:
+        bundle, situations = await build_input_bundle(
+            current.keys, context=context, prefetch=body.get("prefetch") or {},
+            fhir_server=body.get("fhirServer"),
+            access_token=auth["access_token"] if auth else None,
+            client=svc.state.get("http"), budget_seconds=config.fetch_budget_seconds,
+            max_pages=config.max_pages, allowed_servers=config.allowed_servers)
+    except PrefetchError as e:
+        log.info("%s %s: %d %s", service.id, hook_instance, e.status, e.code)
+        raise ApiError(e.status, e.code, e.diagnostics) from None
+    return await advice.answer(service.id, hook_instance, current, {"bundle": bundle},
+                               started, situations, call)
+
+
+def _add_feedback_and_handout_routes(app: FastAPI, svc: _Service,
+                                     authenticate: Authenticate) -> None:
+    """Card feedback (C16) and the patient handout pages."""
+    store, observer, handouts = svc.store, svc.observer, svc.handouts
+    max_body = svc.config.max_body_bytes
 
     @app.post("/cds-services/{service_id}/feedback", openapi_extra=_FEEDBACK_BODY,
               responses=_responses(400, 401, 404, 413, 503))
@@ -1204,7 +1289,7 @@ def create_app(
         if service_id not in _BY_ID:
             raise ApiError(404, "not-found", "no such CDS service")
         await authenticate(request)
-        items = _check_feedback(await _read_json(request, config.max_body_bytes))
+        items = _check_feedback(await _read_json(request, max_body))
         if store is None:
             raise ApiError(503, "not-supported", "feedback storage is not configured")
         try:
@@ -1225,13 +1310,6 @@ def create_app(
         if page is None:  # unknown, malformed or expired: the same answer, no detail
             raise ApiError(404, "not-found")
         return HTMLResponse(page, headers=_HANDOUT_HEADERS)
-
-    app.state.engine = engine  # the one it started with; live.engine is the current one
-    app.state.live = live
-    app.state.store = store
-    app.state.observer = observer
-    app.state.recorder = recorder
-    return app
 
 
 def _release_labels(engine: Engine) -> tuple[str, str]:

@@ -16,7 +16,6 @@ PACKAGES = ("cds", "fhir_adapters", "movement_cds", "cds_service", "knowledge_ba
 MAX_LINES = 80
 # (module, function): its length when the ratchet came in; shrink this list, never grow it
 STILL_LONG = {
-    ("cds_service/_app.py", "create_app"): 220,
     ("cds/_knowledge_base.py", "_cross_check"): 152,
     ("cds/_knowledge_base.py", "_parse_knowledge_base"): 146,
     ("cds/_kb_lint.py", "lint_knowledge_base"): 102,
