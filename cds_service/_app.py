@@ -90,6 +90,7 @@ from starlette.requests import ClientDisconnect
 from cds import (
     EngineError,
     Evaluator,
+    InputIssue,
     KnowledgeBase,
     KnowledgeBaseError,
     MovementCDSError,
@@ -120,7 +121,7 @@ from cds_service._prefetch import (
     build_input_bundle,
     prefetch_keys,
 )
-from fhir_adapters import JSONTextError, parse_json
+from fhir_adapters import JSONTextError, operation_outcome, parse_json
 from movement_cds import InvalidBundleError, __version__, handout_html
 
 __all__ = [
@@ -165,32 +166,38 @@ _PHYSIO_TEXT: Final = re.compile(r"physio|physical therap", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class HookService:
-    id: str
+    """One CDS service: its hook, its discovery text and the context fields it needs and
+    reads; its id is ``movement-cds-{hook}``."""
+
     hook: str
     title: str
     description: str
     required: tuple[str, ...]
     optional: tuple[str, ...]
 
+    @property
+    def id(self) -> str:
+        return f"movement-cds-{self.hook}"
+
 
 SERVICES: Final = (
-    HookService("movement-cds-patient-view", "patient-view",
+    HookService("patient-view",
                 "Low back pain: red flags and exercise plan",
                 "Checks the recorded red-flag answers and movement screen of a patient with "
                 "persistent low back pain and proposes a draft exercise CarePlan and any "
                 "referral, for clinician review.",
                 ("userId", "patientId"), ("encounterId",)),
-    HookService("movement-cds-encounter-start", "encounter-start",
+    HookService("encounter-start",
                 "Low back pain: red flags before the visit",
                 "At the start of an encounter: red-flag alerts, missing red-flag answers and "
                 "the current draft exercise plan.",
                 ("userId", "patientId", "encounterId"), ()),
-    HookService("movement-cds-encounter-discharge", "encounter-discharge",
+    HookService("encounter-discharge",
                 "Low back pain: exercise plan at discharge",
                 "At discharge: the draft exercise CarePlan (home programme) and any open "
                 "red-flag alert, for clinician review.",
                 ("userId", "patientId", "encounterId"), ()),
-    HookService("movement-cds-order-sign", "order-sign",
+    HookService("order-sign",
                 "Low back pain: check a physiotherapy referral",
                 "When a draft physiotherapy referral is signed: red flags that call for "
                 "another pathway first, and the proposed exercise plan.",
@@ -203,10 +210,12 @@ _BY_ID: Final = {s.id: s for s in SERVICES}
 
 
 def _outcome(code: str, diagnostics: str | None, severity: str = "error") -> dict[str, Any]:
-    issue: dict[str, Any] = {"severity": severity, "code": code}
-    if diagnostics:
-        issue["diagnostics"] = diagnostics
-    return {"resourceType": "OperationOutcome", "issue": [issue]}
+    """The library's OperationOutcome; with no detail (a 401), the issue has no
+    ``diagnostics`` at all (C1: nothing empty)."""
+    body = operation_outcome([InputIssue(severity, code, diagnostics or "")])
+    if not diagnostics:
+        del body["issue"][0]["diagnostics"]
+    return body
 
 
 _HTTP_CODES: Final = {401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
@@ -787,12 +796,8 @@ async def _read_json(request: Request, limit: int) -> Any:
     try:
         return parse_json(body)
     except JSONTextError as e:
-        issue: dict[str, Any] = {"severity": "error", "code": e.code,
-                                 "diagnostics": e.describe("")}
-        if e.path:
-            issue["expression"] = [e.where("")]
-        raise ApiError(400, e.code, outcome={"resourceType": "OperationOutcome",
-                                             "issue": [issue]}) from None
+        issue = InputIssue("error", e.code, e.describe(""), e.where("") if e.path else None)
+        raise ApiError(400, e.code, outcome=operation_outcome([issue])) from None
 
 
 def _is_uuid(v: Any) -> bool:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 from cds import (
     Derivation,
@@ -66,6 +66,7 @@ __all__ = [
     "Example",
     "KnowledgeBaseLoadError",
     "Outcome",
+    "PopulationOptions",
     "Section",
     "default_workers",
     "describe",
@@ -589,14 +590,33 @@ def default_workers(patients: int) -> int:
     return 1 if patients < 2000 else max(1, min(4, os.cpu_count() or 1))
 
 
-def where_for(patients: int, population: PopulationInput | None, workers: int | None,
-              scheduler: str | None) -> Where:
+class PopulationOptions(TypedDict, total=False):
+    """The keyword arguments ``diff_knowledge_bases`` and ``profile_knowledge_base`` share:
+    the synthetic population (``patients``, ``seed``), the instant (``as_of``), where it runs
+    (``workers`` local processes, or on the Dask ``scheduler``), ``progress(done, total)``,
+    and a real ``population`` (bucket files) instead of the synthetic one."""
+
+    patients: int
+    seed: int
+    as_of: datetime | None
+    workers: int | None
+    progress: Callable[[int, int], None] | None
+    scheduler: str | None
+    population: PopulationInput | None
+
+
+def where_for(options: PopulationOptions, patients: int) -> Where:
     """Where ``kb diff`` and ``kb profile`` run: on the Dask ``scheduler`` when given, else
     ``workers`` local processes (default: ``default_workers`` of the patients to run, all of
-    ``population``'s when given)."""
+    ``population``'s when given). ``TypeError`` for an option neither function takes."""
+    unknown = sorted(set(options) - set(PopulationOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+    scheduler, population = options.get("scheduler"), options.get("population")
     if scheduler is not None:
         return Where(scheduler=scheduler)
     n = population.patients if population is not None else patients
+    workers = options.get("workers")
     return Where(workers=workers if workers is not None else default_workers(n))
 
 
@@ -700,21 +720,12 @@ def _run_population(old: _Version, new: _Version, n: int, seed: int, as_of: date
     return total
 
 
-def diff_knowledge_bases(
-    old_root: Path,
-    new_root: Path,
-    *,
-    patients: int = 10_000,
-    seed: int = 1,
-    as_of: datetime | None = None,
-    workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    scheduler: str | None = None,
-    population: PopulationInput | None = None,
-) -> DiffReport:
-    """Run OLD and NEW over the scenarios and ``patients`` synthetic patients (or, given,
-    every patient of ``population``, a real population as bucket files); report what
-    changes. Raises ``KnowledgeBaseLoadError`` naming the version that cannot be loaded.
+def diff_knowledge_bases(old_root: Path, new_root: Path,
+                         **options: Unpack[PopulationOptions]) -> DiffReport:
+    """Run OLD and NEW over the scenarios and ``patients`` synthetic patients (default
+    10,000; seed 1; or, given, every patient of ``population``, a real population as bucket
+    files); report what changes. Raises ``KnowledgeBaseLoadError`` naming the version that
+    cannot be loaded. The options: ``PopulationOptions``.
 
     ``as_of`` applies to the population and overrides every scenario's own instant (default:
     each scenario's own, and ``DEFAULT_AS_OF`` for the population, so reports are the same any
@@ -723,12 +734,15 @@ def diff_knowledge_bases(
     """
     from movement_cds._kb_profile import ProfileError, profile_versions
 
+    patients, seed = options.get("patients", 10_000), options.get("seed", 1)
+    where = where_for(options, patients)
+    as_of, progress = options.get("as_of"), options.get("progress")
+    population = options.get("population")
     old, old_sc = _load("OLD", old_root)
     new, new_sc = _load("NEW", new_root)
     when = as_of or DEFAULT_AS_OF
     scen = _run_scenarios(old, new, old_sc, new_sc, as_of)
     n = population.patients if population is not None else patients
-    where = where_for(patients, population, workers, scheduler)
 
     def stage(offset: int) -> Callable[[int, int], None] | None:
         """Progress over both populations as one count (2 x patients)."""

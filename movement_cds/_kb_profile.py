@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 from cds import MovementCDSError, Plan
 from fhir_adapters import (
@@ -49,6 +49,7 @@ from movement_cds._errors import ProfileError
 from movement_cds._kb_diff import (
     DEFAULT_AS_OF,
     KnowledgeBaseLoadError,
+    PopulationOptions,
     _load,
     _Version,
     bucket_sizes,
@@ -502,23 +503,15 @@ def profile_versions(
             for v, t in zip(versions, totals, strict=True)]
 
 
-def profile_knowledge_base(
-    root: Path,
-    *,
-    patients: int = 2000,
-    seed: int = 1,
-    as_of: datetime | None = None,
-    workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    scheduler: str | None = None,
-    population: PopulationInput | None = None,
-) -> Profile:
-    """The profile of one knowledge base (over ``population`` when given, a real population
-    as bucket files; on the Dask ``scheduler`` when given). Raises
+def profile_knowledge_base(root: Path, **options: Unpack[PopulationOptions]) -> Profile:
+    """The profile of one knowledge base over ``patients`` synthetic patients (default 2000;
+    seed 1; over ``population`` when given, a real population as bucket files; on the Dask
+    ``scheduler`` when given; the options: ``PopulationOptions``). Raises
     ``KnowledgeBaseLoadError`` when it cannot be loaded and ``ProfileError`` when its
     red-flag items cannot be generated."""
-    where = where_for(patients, population, workers, scheduler)
+    patients = options.get("patients", 2000)
+    where = where_for(options, patients)
     return profile_versions(
-        [root], patients=patients, seed=seed, as_of=as_of or DEFAULT_AS_OF, workers=where,
-        progress=progress, population=population)[0]
-
+        [root], patients=patients, seed=options.get("seed", 1),
+        as_of=options.get("as_of") or DEFAULT_AS_OF, workers=where,
+        progress=options.get("progress"), population=options.get("population"))[0]

@@ -68,3 +68,16 @@ def test_kb_diff_and_kb_profile_see_the_plan_the_facade_makes(
     assert _evaluate(version.pipeline, _reader(version, bundle, AS_OF)).outcome == want
     steps = version.pipeline.run(version.pipeline.read(bundle, AS_OF))
     assert _normalise(steps.plan)[0] == want
+
+
+def test_an_option_kb_diff_and_kb_profile_do_not_take_is_refused() -> None:
+    """They share one option list (``PopulationOptions``); a misspelt one is an error, never
+    silently ignored."""
+    from movement_cds._kb_diff import diff_knowledge_bases
+    from movement_cds._kb_profile import profile_knowledge_base
+
+    with pytest.raises(TypeError, match="patient"):
+        profile_knowledge_base(Path(bundled_path()), patient=3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="worker"):
+        diff_knowledge_bases(Path(bundled_path()), Path(bundled_path()),
+                             worker=2)  # type: ignore[call-arg]
