@@ -39,7 +39,7 @@ process has one engine, used under a lock in the thread pool. Scale with process
 loads the knowledge base and warms up before it accepts requests.
 
 New knowledge-base versions go live without a restart and without dropping a request
-(``LiveEngine``): at most every ``reload_check_seconds`` (and at once on SIGHUP) each worker
+(``LiveRelease``): at most every ``reload_check_seconds`` (and at once on SIGHUP) each worker
 compares the knowledge-base directory's file list, sizes, inodes and modification times with
 what it loaded; when they differ and the content digest does too, it loads, validates, runs
 the scenario tests (plain-Python reference evaluator first, so a failing release never
@@ -128,8 +128,8 @@ __all__ = [
     "APP_FACTORY",
     "CONFIG_ENV",
     "KB_EXTENSION",
-    "Engine",
-    "LiveEngine",
+    "LiveRelease",
+    "LoadedRelease",
     "ReloadRefused",
     "StartupError",
     "add_handout_link",
@@ -230,14 +230,16 @@ def _error_response(exc: ApiError) -> JSONResponse:
                         media_type="application/fhir+json")
 
 
-# --- the engine -----------------------------------------------------------------------------
+# --- the loaded release --------------------------------------------------------------------
 
 
-class Engine:
-    """One process's knowledge base and rule engine; evaluations are serialised.
+class LoadedRelease:
+    """One knowledge-base release as this process loaded it: its ``DecisionSupport`` (the
+    compiled rules, one rule engine), its prefetch keys and what identifies it; evaluations
+    are serialised. (Variables holding one are still called ``engine``.)
 
     ``digest`` (content) and ``fingerprint`` (file metadata) describe the directory as it was
-    when this engine was loaded; ``loaded_at`` is when it went live."""
+    when this release was loaded; ``loaded_at`` is when it went live."""
 
     def __init__(self, support: Any) -> None:
         from movement_cds import DecisionSupport
@@ -270,7 +272,7 @@ class Engine:
                 "loaded": self.loaded_at.isoformat(timespec="seconds").replace("+00:00", "Z")}
 
 
-def advise(engine: Engine, service_id: str, call_input: dict[str, Any],
+def advise(engine: LoadedRelease, service_id: str, call_input: dict[str, Any],
            as_of: datetime, *, link: Callable[[list[dict[str, Any]], Any], None] | None = None,
            ) -> tuple[bytes, list[dict[str, Any]], Any]:
     """The response body, cards and plan for a call's canonical input (``{"bundle": ...}``,
@@ -290,12 +292,12 @@ def advise(engine: Engine, service_id: str, call_input: dict[str, Any],
     return orjson.dumps({"cards": cards}), cards, result.plan
 
 
-def engine_for_replay(root: Path) -> Engine:
+def engine_for_replay(root: Path) -> LoadedRelease:
     """An engine for an archived release (no scenario tests, no warm-up: replay only)."""
     from movement_cds import DecisionSupport
 
     try:
-        engine = Engine(DecisionSupport(root, engine_cache_size=0))
+        engine = LoadedRelease(DecisionSupport(root, engine_cache_size=0))
     except MovementCDSError as e:
         raise AuditError(f"the archived release does not load: {e}") from None
     engine.digest = kb_digest(root)
@@ -345,7 +347,7 @@ def _scenario_failures(evaluator: Evaluator, root: Path) -> str | None:
             f"({evaluator.engine_kind}):\n  " + "\n  ".join(lines))
 
 
-def _warm_up(engine: Engine) -> None:
+def _warm_up(engine: LoadedRelease) -> None:
     result = engine.evaluate(_warm_up_bundle(), datetime.now(UTC))
     plan_cards(result.plan, result.bundle, "warm-up")
 
@@ -358,9 +360,9 @@ def _log_changelog(root: Path, name: str) -> None:
 
 
 def load_engine(config: ServiceConfig, *, run_scenarios: bool = True,
-                checked_release: str | None = None) -> Engine:
+                checked_release: str | None = None) -> LoadedRelease:
     """Load the knowledge base, run its scenario tests, warm up; ``StartupError`` if any
-    of it fails. ``checked_release`` (``Engine.release`` of the copy the parent process
+    of it fails. ``checked_release`` (``LoadedRelease.release`` of the copy the parent process
     checked): scenarios are skipped when the directory still has that content, and a
     different content under the same ``{kb-id}@{version}`` is refused."""
     from knowledge_base import bundled_path
@@ -390,7 +392,8 @@ def load_engine(config: ServiceConfig, *, run_scenarios: bool = True,
     return engine
 
 
-def _candidate(root: Path, live: Engine, digest: str, fingerprint: Fingerprint) -> Engine:
+def _candidate(root: Path, live: LoadedRelease, digest: str,
+               fingerprint: Fingerprint) -> LoadedRelease:
     """A new engine for the release now in ``root``, validated and tested before anything
     else sees it; ``ReloadRefused`` saying why not."""
     from movement_cds import DecisionSupport
@@ -421,10 +424,10 @@ def _candidate(root: Path, live: Engine, digest: str, fingerprint: Fingerprint) 
 
 
 def _warmed_up(support: Any, root: Path, digest: str, fingerprint: Fingerprint,
-               scenarios_passed: bool, refuse: Callable[[str], Exception]) -> Engine:
+               scenarios_passed: bool, refuse: Callable[[str], Exception]) -> LoadedRelease:
     """The engine for a checked release, warmed up (``refuse(why)`` raised if the warm-up
     evaluation fails), its changelog logged: the last step of start and of reload."""
-    engine = Engine(support)
+    engine = LoadedRelease(support)
     engine.digest, engine.fingerprint = digest, fingerprint
     engine.scenarios_passed = scenarios_passed
     try:
@@ -435,13 +438,14 @@ def _warmed_up(support: Any, root: Path, digest: str, fingerprint: Fingerprint,
     return engine
 
 
-class LiveEngine:
-    """The engine requests use now, and the check that replaces it by a new knowledge-base
-    version (see the module docstring). ``check`` runs in a worker thread."""
+class LiveRelease:
+    """The hot-reloadable holder of the release requests use now (``engine``, a
+    ``LoadedRelease``) and the check that replaces it by a new knowledge-base version (see
+    the module docstring). ``check`` runs in a worker thread."""
 
-    def __init__(self, engine: Engine, root: Path, interval: float, *,
+    def __init__(self, engine: LoadedRelease, root: Path, interval: float, *,
                  settle: bool = False,
-                 before_swap: Callable[[Engine, Path], None] | None = None) -> None:
+                 before_swap: Callable[[LoadedRelease, Path], None] | None = None) -> None:
         self.engine = engine
         self.before_swap = before_swap  # archives the release; raising refuses the swap
         self.root = root
@@ -452,7 +456,7 @@ class LiveEngine:
         self._checking = threading.Lock()
         self.settle = settle  # settle_heap() after each swap (service workers)
         # called with (outcome, engine before the check) after every check (metrics)
-        self.listeners: list[Callable[[str, Engine], None]] = []
+        self.listeners: list[Callable[[str, LoadedRelease], None]] = []
 
     def check(self, force: bool = False) -> str:
         """Look for a new version and take it into service if it passes every check.
@@ -506,7 +510,7 @@ class LiveEngine:
                  time.perf_counter() - started)
         return "swapped"
 
-    def _archived(self, candidate: Engine, fingerprint: Fingerprint) -> bool:
+    def _archived(self, candidate: LoadedRelease, fingerprint: Fingerprint) -> bool:
         """Run ``before_swap`` (the release archive); False, logged, if it failed."""
         if self.before_swap is None:
             return True
@@ -606,7 +610,7 @@ async def _record_cards_only(store: Any, rules: list[dict[str, Any]]) -> None:
         log.warning("record_cards failed (%s)", type(e).__name__)
 
 
-def _archive_first(recorder: Recorder | None, engine: Engine, root: Path,
+def _archive_first(recorder: Recorder | None, engine: LoadedRelease, root: Path,
                    own_store: Any) -> None:
     """The release about to serve goes into the archive first; ``StartupError`` if that
     fails (``[audit] required``) or the directory changed since it was loaded."""
@@ -648,7 +652,7 @@ class Recorder:
         elif self._method is not None:
             getattr(self._store, self._method)(jobs)
 
-    def archive(self, engine: Engine, root: Path) -> None:
+    def archive(self, engine: LoadedRelease, root: Path) -> None:
         """Put the release ``engine`` serves into the archive (before it answers)."""
         if not self.audits:
             return
@@ -657,7 +661,7 @@ class Recorder:
             raise AuditError("the knowledge-base directory changed after it was loaded")
         self.write([release_job(engine.kb.ruleset_name, digest, data)])
 
-    def call_jobs(self, hook_instance: str, service_id: str, engine: Engine,
+    def call_jobs(self, hook_instance: str, service_id: str, engine: LoadedRelease,
                   as_of: datetime, call_input: bytes, body: bytes,
                   rules: list[dict[str, Any]]) -> list[Any]:
         """The card and audit jobs of one advice call."""
@@ -684,7 +688,7 @@ class _Advice:
         self.handouts = handouts
         self.base_url = base_url
 
-    def _handout_link(self, service_id: str, hook_instance: str, current: Engine,
+    def _handout_link(self, service_id: str, hook_instance: str, current: LoadedRelease,
                       made: list[str]) -> Callable[[list[dict[str, Any]], Any], None] | None:
         """The link step of ``advise``: the page's id goes into ``made``."""
         handouts = self.handouts
@@ -699,7 +703,7 @@ class _Advice:
                             type(e).__name__)
         return link
 
-    async def answer(self, service_id: str, hook_instance: str, current: Engine,
+    async def answer(self, service_id: str, hook_instance: str, current: LoadedRelease,
                      call_input: dict[str, Any], started: float,
                      situations: dict[str, str] | None = None,
                      call: CallRecord | None = None) -> Response:
@@ -738,7 +742,7 @@ class _Advice:
                      (time.perf_counter() - started) * 1000)
         return Response(body, media_type="application/json")
 
-    async def record(self, service_id: str, hook_instance: str, current: Engine,
+    async def record(self, service_id: str, hook_instance: str, current: LoadedRelease,
                      as_of: datetime, input_text: bytes, body: bytes,
                      rules: list[dict[str, Any]]) -> None:
         recorder = self.recorder
@@ -965,7 +969,7 @@ _HANDOUT_HEADERS: Final = {
 }
 
 
-def _link_handout(cards: list[dict[str, Any]], result: Any, engine: Engine,
+def _link_handout(cards: list[dict[str, Any]], result: Any, engine: LoadedRelease,
                   store: HandoutStore, base_url: str) -> str:
     """Keep the plan's patient handout page and link the plan card (the last card) to it;
     the page's id. The card's uuid stays that of its advice: the link is not part of it."""
@@ -1020,7 +1024,7 @@ _FEEDBACK_BODY: Final = {"requestBody": {"required": True, "content": {"applicat
 def create_app(
     config: ServiceConfig,
     *,
-    engine: Engine | None = None,
+    engine: LoadedRelease | None = None,
     verifier: Any = None,
     store: Any = None,
     http_client_factory: Callable[[], httpx.AsyncClient] | None = None,
@@ -1031,7 +1035,7 @@ def create_app(
     """The CDS Hooks app. Loads (and warms up) the engine now unless one is given, so a
     worker never takes a request before it is ready. ``StartupError`` if it cannot start.
     ``verifier`` and ``store`` default to the ones the config describes. While the app runs
-    (its lifespan), ``LiveEngine.watch`` takes new knowledge-base versions into service.
+    (its lifespan), ``LiveRelease.watch`` takes new knowledge-base versions into service.
     ``settle`` (service workers, not tests): ``settle_heap()`` before the first request and
     after each reload, so full garbage collections do not walk the loaded engine."""
     svc = _service_parts(config, engine, verifier, store, run_scenarios=run_scenarios,
@@ -1067,8 +1071,8 @@ class _Service:
     """What one app serves with (built by ``_service_parts``, used by its routes)."""
 
     config: ServiceConfig
-    engine: Engine  # the one it started with
-    live: LiveEngine  # the one requests use now
+    engine: LoadedRelease  # the one it started with
+    live: LiveRelease  # the one requests use now
     verifier: Any
     store: Any
     own_store: bool  # the app closes (drains) only a store it opened
@@ -1079,8 +1083,8 @@ class _Service:
     state: dict[str, Any]  # "http": the fhirServer client, while the app runs
 
 
-def _service_parts(config: ServiceConfig, engine: Engine | None, verifier: Any, store: Any, *,
-                   run_scenarios: bool, checked_release: str | None,
+def _service_parts(config: ServiceConfig, engine: LoadedRelease | None, verifier: Any,
+                   store: Any, *, run_scenarios: bool, checked_release: str | None,
                    settle: bool) -> _Service:
     """The engine (loaded and warmed up unless given), the token verifier, the stores, the
     release archived before it serves, the reload watch and the metrics."""
@@ -1098,7 +1102,7 @@ def _service_parts(config: ServiceConfig, engine: Engine | None, verifier: Any, 
     recorder = Recorder(store, config) if store is not None else None
     _archive_first(recorder, engine, root, store if own_store else None)
     advice = _Advice(store, recorder, handouts, config.base_url)
-    live = LiveEngine(engine, root, config.reload_check_seconds, settle=settle,
+    live = LiveRelease(engine, root, config.reload_check_seconds, settle=settle,
                       before_swap=recorder.archive if recorder is not None else None)
     observer = Observer.from_config(config)
     live.listeners.append(_reload_listener(live, observer))
@@ -1216,7 +1220,7 @@ def _authenticator(svc: _Service) -> Authenticate:
     return authenticate
 
 
-def _discovery(current: Engine) -> dict[str, Any]:
+def _discovery(current: LoadedRelease) -> dict[str, Any]:
     templates = {k.key: k.template for k in current.keys}
     ext = {KB_EXTENSION: current.describe()}
     return {"services": [
@@ -1317,12 +1321,12 @@ def _add_feedback_and_handout_routes(app: FastAPI, svc: _Service,
         return HTMLResponse(page, headers=_HANDOUT_HEADERS)
 
 
-def _release_labels(engine: Engine) -> tuple[str, str]:
+def _release_labels(engine: LoadedRelease) -> tuple[str, str]:
     return engine.kb.ruleset_name, engine.digest[:12]
 
 
-def _reload_listener(live: LiveEngine, observer: Observer) -> Callable[[str, Engine], None]:
-    def listener(outcome: str, before: Engine) -> None:
+def _reload_listener(live: LiveRelease, observer: Observer) -> Callable[[str, LoadedRelease], None]:
+    def listener(outcome: str, before: LoadedRelease) -> None:
         observer.reload(outcome)
         if outcome == "swapped":
             observer.serving(*_release_labels(live.engine), old=_release_labels(before))
