@@ -1,31 +1,32 @@
-"""Output benchmark: ``write_bundle`` with node-by-node validation (shape cache) against
-whole-Bundle validation. Prints figures; never asserts.
+"""Output-check benchmark: the cost of checking the output Bundle, node by node (the default)
+against whole-Bundle R4B validation, and against another version of the check. Prints
+figures; never asserts.
 
-    .venv/bin/python bench/output_validation.py [--iterations 1000] [--patients 300]
-        [--baseline OLD_OUTBOUND.py]
+    .venv/bin/python bench/output_validation.py [--rounds 400] [--patients 200]
+        [--baseline OLD.py]
 
-For the ~30-Observation example patient (6 exercises, 52 input references):
+``--baseline`` is an older module with ``_prune_check_fast`` and ``_check_rules`` (before
+issue 14 part 3 the check lived in ``fhir_adapters/_outbound.py``:
+``git show 8dc32cd:fhir_adapters/_outbound.py > /tmp/old_outbound.py``; since then in
+``fhir_adapters/_output_check.py``), loaded from its file with its own caches.
 
-* first call   the very first ``write_bundle`` in this process (empty caches: the R4B models'
-               field validators are looked up and each distinct shape validated once);
-* warm         the same plan over and over;
-* cold         a patient never seen before on every call: the example with every resource
-               id (so every reference) and the as-of instant changed, one new plan per call
-               (built beforehand, not timed). The shape cache is shared between patients, so
-               this is what the cache is for;
-* shapes       how many shapes the cache holds after all of it, and after ``--evaluations``
-               more new patients (the cache is bounded; RSS should stay flat).
+Every figure is thread CPU time (``time.thread_time_ns``) of checking one Bundle the writer
+built (``_Writer(...).bundle()``, built beforehand, not timed) into the pruned, validated
+Bundle that ``write_bundle`` returns. The contenders run interleaved, in a rotating order,
+on the same Bundle, so drift and noise of a shared machine fall on all of them alike;
+each line gives the median and the spread (25th-75th percentile) of the per-Bundle times
+and the ratio of medians of the per-Bundle ratios against R4B (``Bundle.model_validate``,
+``full_validation=True``) and against the baseline:
 
-Each is timed for ``write_bundle(plan, kb)`` (node by node, the default) and
-``write_bundle(plan, kb, full_validation=True)`` (``Bundle.model_validate``, as before), split
-into building the Bundle and validating it. ``--baseline`` also times another version of
-``fhir_adapters/_outbound.py`` (e.g. ``git show <rev>:fhir_adapters/_outbound.py > old.py``).
+* warm   the example patient (~30 Observations, 6 exercises) over and over;
+* cold   a patient never seen before each time: the example with every resource id (so
+         every reference) and the as-of instant changed. The shape cache is shared between
+         patients, so this is the figure for real use.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.util
 import json
 import os
@@ -42,26 +43,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cds import Evaluator, KnowledgeBase, Plan, load_knowledge_base  # noqa: E402
-from fhir_adapters import _outbound, read_bundle  # noqa: E402
+from fhir_adapters import _outbound, _output_check, read_bundle  # noqa: E402
 from knowledge_base import bundled_path  # noqa: E402
 
 AS_OF = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 EXAMPLE = ROOT / "examples" / "example-patient.json"
+Check = Callable[[dict[str, Any]], Any]
 
 
-def rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def new_patients(ev: Evaluator, n: int, start: int = 0) -> Iterator[Plan]:
+def new_patients(ev: Evaluator, n: int) -> Iterator[Plan]:
     """Plans for patients never seen: the example with new ids and a new as-of instant."""
     text = EXAMPLE.read_text()
     ids = sorted(set(re.findall(r'"id": "([^"]+)"', text)))
-    for i in range(start, start + n):
+    for i in range(n):
         renamed = text
         for rid in ids:  # every resource id, and so every reference to it
             renamed = renamed.replace(f'"id": "{rid}"', f'"id": "p{i}-{rid}"').replace(
@@ -70,81 +64,86 @@ def new_patients(ev: Evaluator, n: int, start: int = 0) -> Iterator[Plan]:
         yield ev.evaluate(read_bundle(data, kb=ev.kb, as_of=AS_OF + timedelta(minutes=i)))
 
 
-def median_ms(fn: Callable[[Plan], Any], plans: list[Plan]) -> float:
-    gc.collect()
-    xs = []
-    for plan in plans:
-        t0 = time.perf_counter_ns()
-        fn(plan)
-        xs.append((time.perf_counter_ns() - t0) / 1e6)
-    return statistics.median(xs)
+def cpu_us(check: Check, raw: dict[str, Any]) -> float:
+    t0 = time.thread_time_ns()
+    check(raw)
+    return (time.thread_time_ns() - t0) / 1e3
 
 
-def report(label: str, write: Callable[[Plan, KnowledgeBase], Any], kb: KnowledgeBase,
-           warm: list[Plan], cold: list[Plan], split: bool = True) -> None:
-    for name, plans in (("warm", warm), ("cold", cold)):
-        total = median_ms(lambda p: write(p, kb), plans)
-        line = f"  {label:<34} {name}  write_bundle {total:7.3f} ms"
-        if split:
-            build = median_ms(lambda p: _outbound._prune(_outbound._Writer(p, kb).bundle()),
-                              plans)
-            line += f"   (build {build:6.3f} ms, validation ~{total - build:6.3f} ms)"
+def interleaved(checks: dict[str, Check], raws: list[dict[str, Any]]) -> dict[str, list[float]]:
+    names = list(checks)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i, raw in enumerate(raws):
+        for n in names[i % len(names):] + names[:i % len(names)]:  # rotate the order
+            times[n].append(cpu_us(checks[n], raw))
+    return times
+
+
+def spread(xs: list[float]) -> str:
+    q = statistics.quantiles(xs, n=4)
+    return f"{statistics.median(xs):8.1f} us  [{q[0]:7.1f}-{q[2]:7.1f}]"
+
+
+def report(label: str, times: dict[str, list[float]]) -> None:
+    print(f"{label}: {len(times['R4B whole Bundle'])} Bundles")
+    for name, xs in times.items():
+        line = f"  {name:<22} {spread(xs)}"
+        for ref in ("R4B whole Bundle", "baseline"):
+            if ref in times and ref != name:
+                ratios = [a / b for a, b in zip(xs, times[ref], strict=True)]
+                line += f"   / {ref}: {statistics.median(ratios):.3f}"
         print(line)
 
 
+def load_baseline(path: Path) -> Check:
+    spec = importlib.util.spec_from_file_location("baseline_output_check", path)
+    assert spec is not None and spec.loader is not None
+    old = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old)
+
+    def check(raw: dict[str, Any]) -> Any:
+        bundle = old._prune_check_fast(raw)
+        old._check_rules(bundle)
+        return bundle
+
+    return check
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--iterations", type=int, default=1000, help="warm calls timed")
-    ap.add_argument("--patients", type=int, default=300, help="new patients timed (cold)")
-    ap.add_argument("--evaluations", type=int, default=2000,
-                    help="further new patients for the cache-size / RSS check")
-    ap.add_argument("--baseline", type=Path, help="another _outbound.py to time as well")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=400, help="warm Bundles timed")
+    ap.add_argument("--patients", type=int, default=200, help="new patients timed (cold)")
+    ap.add_argument("--baseline", type=Path, help="an older check module to time as well")
     args = ap.parse_args()
     try:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         pinned = "pinned to one core"
     except (AttributeError, OSError):
         pinned = "not pinned"
-    print(f"write_bundle benchmark: Python {sys.version.split()[0]}, {pinned}")
+    print(f"output-check benchmark: Python {sys.version.split()[0]}, {pinned}, "
+          "thread CPU time")
 
-    kb = load_knowledge_base(bundled_path())
+    kb: KnowledgeBase = load_knowledge_base(bundled_path())
     ev = Evaluator(kb)
     plan = ev.evaluate(read_bundle(json.loads(EXAMPLE.read_text()), kb=kb, as_of=AS_OF))
-    t0 = time.perf_counter()
-    _outbound.write_bundle(plan, kb)
-    first = (time.perf_counter() - t0) * 1e3
-    print(f"{EXAMPLE.name}: {len(plan.exercises)} exercises, "
-          f"{len({s for f in plan.facts for s in f.sources})} input references")
-    print(f"  first call in this process (empty caches): {first:.1f} ms")
-
-    warm = [plan] * args.iterations
-    cold = list(new_patients(ev, args.patients))
-    for p in warm[:50]:  # warm up the interpreter, not the cache of any cold patient
-        _outbound.write_bundle(p, kb)
-        _outbound.write_bundle(p, kb, full_validation=True)
-
-    report("node by node (default)", _outbound.write_bundle, kb, warm, cold)
-    report("whole Bundle (full_validation=True)",
-           lambda p, k: _outbound.write_bundle(p, k, full_validation=True), kb, warm, cold)
+    checks: dict[str, Check] = {
+        "node by node (now)": _output_check.checked_bundle,
+        "R4B whole Bundle": lambda raw: _output_check.checked_bundle(raw, full_validation=True),
+    }
     if args.baseline:
-        spec = importlib.util.spec_from_file_location("baseline_outbound", args.baseline)
-        assert spec is not None and spec.loader is not None
-        baseline = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(baseline)
-        baseline.write_bundle(plan, kb)
-        report(f"baseline {args.baseline.name}", baseline.write_bundle, kb, warm[:300], cold,
-               split=False)
+        checks["baseline"] = load_baseline(args.baseline)
+    warm_raw = _outbound._Writer(plan, kb, None).bundle()
+    outputs = {n: json.dumps(c(warm_raw), sort_keys=True) for n, c in checks.items()}
+    assert len(set(outputs.values())) == 1, "the checks return different Bundles"
+    for _ in range(20):  # warm up the interpreter and the shape caches
+        for c in checks.values():
+            c(warm_raw)
 
-    print(f"  shapes cached: {len(_outbound._SHAPES)} "
-          f"(bound {_outbound._SHAPES.maxsize})")
-    more = list(new_patients(ev, args.evaluations, start=args.patients))
-    gc.collect()
-    before = rss_mib()
-    for p in more:
-        _outbound.write_bundle(p, kb)
-    gc.collect()
-    print(f"  after {args.evaluations} more new patients: shapes cached "
-          f"{len(_outbound._SHAPES)}, RSS {before:.1f} -> {rss_mib():.1f} MiB")
+    report("warm (the same patient)", interleaved(checks, [warm_raw] * args.rounds))
+    cold = [_outbound._Writer(p, kb, None).bundle() for p in new_patients(ev, args.patients)]
+    report("cold (a new patient each time)", interleaved(checks, cold))
+    print(f"  shapes cached: {len(_output_check._SHAPES)} (bound {_output_check._SHAPES.maxsize})")
 
 
 if __name__ == "__main__":

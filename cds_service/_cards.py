@@ -29,15 +29,19 @@ import uuid
 from typing import Any, Final
 
 from cds import EvidenceRef, Plan, PlanAlert, evidence_url
-from fhir_adapters import ALERT_SYSTEM, CHANGE_DISPLAY, EXERCISE_SYSTEM
+from fhir_adapters import (
+    ALERT_SYSTEM,
+    CARD_SYSTEM,
+    CHANGE_DISPLAY,
+    EXERCISE_SYSTEM,
+    OVERRIDE_SYSTEM,
+)
 
 __all__ = [
     "CARD_SYSTEM", "NO_RULE", "OVERRIDE_SYSTEM", "card_rules", "evidence_url", "plan_cards",
     "prune",
 ]
 
-CARD_SYSTEM: Final = "http://movement-cds.org/fhir/CodeSystem/card"
-OVERRIDE_SYSTEM: Final = "http://movement-cds.org/fhir/CodeSystem/override-reason"
 _NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "http://movement-cds.org/cds-hooks/card")
 _MAX_LINKS: Final = 12
 _CHANGE_ORDER: Final = tuple(CHANGE_DISPLAY)

@@ -5,14 +5,16 @@ package imports no package above it (``movement_cds``, ``cds_service``).
 Besides the reader and the writer, the public names a FHIR client of the library needs:
 the strict JSON text parser (``parse_json``, ``JSONTextError``: invalid Unicode and duplicate
 keys refused, with the path), the codes the reader reads (``input_codes``) and the project's
-code systems and canonical base (``ALERT_SYSTEM``, ``EXERCISE_SYSTEM``, ``CHANGE_DISPLAY``,
-``KNOWLEDGE_BASE_BASE``); the knowledge base as FHIR conformance resources
-(``export_knowledge_base``); and the seeded synthetic populations that ``kb diff`` and
-``kb profile`` evaluate (``synthetic_bundle``, ``primary_care_bundle``, ``red_flag_items``);
-the progress series back from an output Bundle (``read_progress``);
-a FHIR Bulk Data export grouped per patient (``group_export``, ``read_bucket``,
-``bucket_of``; docs/population.md) and synthetic exports (``synth_export``,
-``synth_patient``)."""
+code systems, extension URLs and canonical base (``ALERT_SYSTEM``, ``EXERCISE_SYSTEM``,
+``CHANGE_DISPLAY``, ``KNOWLEDGE_BASE_BASE``, ``EXT_EXERCISE_DOSE``, ``EXT_EXERCISE_CHANGE``;
+the CDS Hooks cards' ``CARD_SYSTEM`` and ``OVERRIDE_SYSTEM``), all defined in
+``fhir_adapters._terminology``, the one module that spells out a URI; the knowledge base
+as FHIR conformance resources (``export_knowledge_base``); and the seeded synthetic
+populations that ``kb diff`` and ``kb profile`` evaluate (``synthetic_bundle``,
+``primary_care_bundle``, ``red_flag_items``); the progress series back from an output
+Bundle (``read_progress``); a FHIR Bulk Data export grouped per patient (``group_export``,
+``read_bucket``, ``bucket_of``; docs/population.md) and synthetic exports
+(``synth_export``, ``synth_patient``)."""
 
 from fhir_adapters._bulk import (
     BulkExportError,
@@ -23,6 +25,7 @@ from fhir_adapters._bulk import (
     read_bucket,
 )
 from fhir_adapters._bulk_synth import SynthReport, synth_export, synth_patient
+from fhir_adapters._code_systems import code_systems, export_terminology
 from fhir_adapters._errors import (
     InvalidBundleError,
     OutputValidationError,
@@ -33,13 +36,7 @@ from fhir_adapters._errors import (
 from fhir_adapters._inbound import InputCodes, input_codes, read_bundle
 from fhir_adapters._json_text import JSONTextError, parse_json
 from fhir_adapters._kb_export import export_knowledge_base
-from fhir_adapters._outbound import (
-    ALERT_SYSTEM,
-    CHANGE_DISPLAY,
-    EXERCISE_SYSTEM,
-    KNOWLEDGE_BASE_BASE,
-    write_bundle,
-)
+from fhir_adapters._outbound import write_bundle
 from fhir_adapters._population import (
     RedFlagItem,
     primary_care_bundle,
@@ -47,13 +44,26 @@ from fhir_adapters._population import (
     synthetic_bundle,
 )
 from fhir_adapters._progress_fhir import read_progress
-from fhir_adapters._terminology import code_systems, export_terminology
+from fhir_adapters._terminology import (
+    ALERT_SYSTEM,
+    CARD_SYSTEM,
+    CHANGE_DISPLAY,
+    EXERCISE_SYSTEM,
+    EXT_EXERCISE_CHANGE,
+    EXT_EXERCISE_DOSE,
+    KNOWLEDGE_BASE_BASE,
+    OVERRIDE_SYSTEM,
+)
 
 __all__ = [
     "ALERT_SYSTEM",
+    "CARD_SYSTEM",
     "CHANGE_DISPLAY",
     "EXERCISE_SYSTEM",
+    "EXT_EXERCISE_CHANGE",
+    "EXT_EXERCISE_DOSE",
     "KNOWLEDGE_BASE_BASE",
+    "OVERRIDE_SYSTEM",
     "BulkExportError",
     "GroupedExport",
     "InputCodes",

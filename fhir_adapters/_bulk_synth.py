@@ -44,19 +44,20 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import orjson
 
-from fhir_adapters._outbound import (
-    EXERCISE_SYSTEM,
-    EXT_EXERCISE_DOSE,
-    EXT_FOLLOW_UP_STATE,
-    KNOWLEDGE_BASE_BASE,
-)
 from fhir_adapters._population import (
-    SCREEN,
-    UCUM,
     _Patient,
     _PrimaryCarePatient,
     red_flag_items,
 )
+from fhir_adapters._terminology import (
+    EXERCISE_SYSTEM,
+    EXT_EXERCISE_DOSE,
+    EXT_FOLLOW_UP_STATE,
+    KNOWLEDGE_BASE_BASE,
+    SNOMED,
+    UCUM,
+)
+from fhir_adapters._terminology import SCREEN_SYSTEM as SCREEN
 
 if TYPE_CHECKING:
     from cds import KnowledgeBase
@@ -312,7 +313,7 @@ def _bad_line(kind: str, index: int, n: int, ctx: _Context) -> bytes:
             "effectiveDateTime": _stamp(ctx.as_of - timedelta(days=1)), "valueBoolean": False})
     return orjson.dumps({
         "resourceType": "Condition", "id": f"misplaced-{n}",
-        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "279039007"}]},
+        "code": {"coding": [{"system": SNOMED, "code": "279039007"}]},
         "subject": {"reference": f"Patient/syn-{index}"}})
 
 

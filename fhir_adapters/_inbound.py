@@ -219,24 +219,23 @@ from fhir_adapters._json_text import (
     surrogate_error,
     unusable_text_path,
 )
-from fhir_adapters._outbound import (
+from fhir_adapters._questionnaire_response import QR_STATUS, Question, item_answers
+from fhir_adapters._red_flag_answers import Answer, read_red_flag, show_date
+from fhir_adapters._terminology import (
+    CLINICAL_STATUS,
     EXERCISE_SYSTEM,
     EXT_EXERCISE_DOSE,
     EXT_FOLLOW_UP_STATE,
     KNOWLEDGE_BASE_BASE,
+    LOINC,
+    SNOMED,
+    TIMEZONE_EXTENSIONS,
+    UCUM,
+    VERIFICATION_STATUS,
 )
-from fhir_adapters._questionnaire_response import QR_STATUS, Question, item_answers
-from fhir_adapters._red_flag_answers import Answer, read_red_flag, show_date
-from fhir_adapters._terminology import TIMEZONE_EXTENSIONS
+from fhir_adapters._terminology import SCREEN_SYSTEM as SCREEN
 
 __all__ = ["InputCodes", "input_codes", "read_bundle"]
-
-SCREEN: Final = "http://movement-cds.org/fhir/CodeSystem/screen"
-LOINC: Final = "http://loinc.org"
-SNOMED: Final = "http://snomed.info/sct"
-UCUM: Final = "http://unitsofmeasure.org"
-CLINICAL_STATUS: Final = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-VERIFICATION_STATUS: Final = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 
 LEFT: Final = (SNOMED, "7771000")
 RIGHT: Final = (SNOMED, "24028007")

@@ -26,14 +26,22 @@ Cost: ~2x ``json.loads`` (``object_pairs_hook``), ~80 us for a 19 kB CDS Hooks r
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from json.encoder import (  # type: ignore[attr-defined]
+    c_make_encoder,
+    encode_basestring,
+    encode_basestring_ascii,
+)
 from typing import Any
 
 import orjson
 
 from fhir_adapters._errors import JSONTextError, Path, _printable, format_path
 
-__all__ = ["JSONTextError", "format_path", "parse_json", "surrogate_error", "unusable_text_path"]
+__all__ = [
+    "JSONTextError", "encoder", "format_path", "parse_json", "surrogate_error",
+    "unusable_text_path",
+]
 
 def _first_repeated(keys: list[str]) -> str:
     seen: set[str] = set()
@@ -161,3 +169,20 @@ def _first(value: Any, test: Any, *, keys: bool = False) -> tuple[Path, Any] | N
         if (keys or not is_key) and test(v):
             return path, v
     return None
+
+
+def encoder(**options: Any) -> Callable[[Any], str]:
+    """``json.dumps(v, **options)`` for acyclic values, without building an encoder per call."""
+    encoder = json.JSONEncoder(check_circular=False, **options)
+    if c_make_encoder is None:  # no C accelerator
+        return encoder.encode
+    iterencode = c_make_encoder(
+        None, encoder.default,
+        encode_basestring_ascii if encoder.ensure_ascii else encode_basestring,
+        None, encoder.key_separator, encoder.item_separator, encoder.sort_keys,
+        encoder.skipkeys, encoder.allow_nan)
+
+    def encode(v: Any) -> str:
+        return "".join(iterencode(v, 0))
+
+    return encode

@@ -69,14 +69,23 @@ from cds.authoring import (
     Rule,
     parse_changelog,
 )
-from fhir_adapters._outbound import (
+from fhir_adapters._code_systems import code_systems
+from fhir_adapters._errors import OutputValidationError
+from fhir_adapters._terminology import (
+    ACTIVITY_DEFINITION_BASE,
     ALERT_SYSTEM,
     EXERCISE_SYSTEM,
     EXT_EXERCISE_DOSE,
+    EXT_RULE_OUTPUT,
+    EXT_RULE_PRIORITY,
     KNOWLEDGE_BASE_BASE,
-    OutputValidationError,
+    LIBRARY_TYPE,
+    PLAN_DEFINITION_BASE,
+    PLAN_DEFINITION_TYPE,
+    QUESTIONNAIRE_BASE,
+    STARTBACK_PANEL,
+    UCUM,
 )
-from fhir_adapters._terminology import QUESTIONNAIRE_BASE, STARTBACK_PANEL, code_systems
 
 __all__ = [
     "ACTIVITY_DEFINITION_BASE",
@@ -92,14 +101,6 @@ __all__ = [
 ]
 
 CONDITION_LANGUAGE: Final = "text/x-movement-cds-condition"
-PLAN_DEFINITION_BASE: Final = "http://movement-cds.org/fhir/PlanDefinition"
-ACTIVITY_DEFINITION_BASE: Final = "http://movement-cds.org/fhir/ActivityDefinition"
-_SD: Final = "http://movement-cds.org/fhir/StructureDefinition/"
-EXT_RULE_OUTPUT: Final = _SD + "rule-output"
-EXT_RULE_PRIORITY: Final = _SD + "rule-priority"
-_PLAN_TYPE: Final = "http://terminology.hl7.org/CodeSystem/plan-definition-type"
-_LIBRARY_TYPE: Final = "http://terminology.hl7.org/CodeSystem/library-type"
-_UCUM: Final = "http://unitsofmeasure.org"
 _KINDS: Final = ("PlanDefinition", "ActivityDefinition", "CodeSystem", "Questionnaire",
                  "Library")
 _ITEM_TYPE: Final = {"boolean": "boolean", "integer": "integer", "decimal": "decimal",
@@ -280,7 +281,7 @@ def _dose_extension(dose: DoseSpec | ExerciseDose) -> dict[str, Any]:
         subs.append({"url": "repetitions", "valueInteger": dose.repetitions})
     if dose.hold_seconds is not None:
         subs.append({"url": "hold-seconds", "valueQuantity": {
-            "value": dose.hold_seconds, "unit": "s", "system": _UCUM, "code": "s"}})
+            "value": dose.hold_seconds, "unit": "s", "system": UCUM, "code": "s"}})
     for key, v in (("tempo", dose.tempo), ("load", dose.load),
                    ("pain-monitoring", dose.pain_monitoring)):
         if v:
@@ -448,7 +449,7 @@ def _plan_definition(kb: KnowledgeBase, stratum: str, rules: list[Rule],
         "output. A test on a fact with no usable answer is never true, not even under "
         "'not': missing data is never read as normal. Every output is a proposal for a "
         "licensed clinician.", day)
-    pd["type"] = {"coding": [{"system": _PLAN_TYPE, "code": "eca-rule",
+    pd["type"] = {"coding": [{"system": PLAN_DEFINITION_TYPE, "code": "eca-rule",
                               "display": "ECA Rule"}]}
     pd["library"] = [_canonical(KNOWLEDGE_BASE_BASE, m.id, kb)]
     pd["action"] = [_rule_action(kb, r) for r in rules]
@@ -508,7 +509,7 @@ def _library(kb: KnowledgeBase, members: list[dict[str, Any]], day: str | None
                  f"$name):\n\n{params}")
     lib = _header(kb, "Library", m.id, f"{KNOWLEDGE_BASE_BASE}/{m.id}", _name(m.id),
                   m.title, text, day)
-    lib["type"] = {"coding": [{"system": _LIBRARY_TYPE, "code": "asset-collection",
+    lib["type"] = {"coding": [{"system": LIBRARY_TYPE, "code": "asset-collection",
                                "display": "Asset Collection"}]}
     lib["relatedArtifact"] = [
         {"type": "composed-of", "display": r["title"],

@@ -1,4 +1,4 @@
-"""Plan -> the output FHIR R4 Bundle (docs/integrators/output.md).
+"""The resource writer: plan -> the output FHIR R4 Bundle (docs/integrators/output.md).
 
 ``write_bundle(plan, kb)`` returns a ``Bundle`` of type ``collection`` as a plain JSON dict,
 entries in this order:
@@ -102,80 +102,24 @@ instant, never the wall clock. The same plan gives a byte-identical
 
 Validation
 ----------
-No element is ever null, ``""``, ``[]`` or ``{}`` (they are pruned). Every Bundle returned has
-been accepted by the ``fhir.resources.R4B`` models, with the verdict of
-``Bundle.model_validate(bundle)`` (which validates every entry's resource with its own model),
-and passes the checks the models do not make: the codes of the required bindings this module
-fills, and the invariants cpl-3 (an activity has a reference or a detail, not both; here always
-one), bdl-7 (fullUrls unique) and fullUrl = ``urn:uuid:`` + id. Any failure raises
+Every Bundle returned has been pruned (no element is ever null, ``""``, ``[]`` or ``{}``) and
+accepted by the output check, ``fhir_adapters._output_check.checked_bundle``: the verdict
+of the ``fhir.resources.R4B`` models on the whole Bundle plus the required bindings and
+invariants they do not check (that module says how and why it is fast). Any failure raises
 ``OutputValidationError``, a bug: unvalidated output is never returned.
-
-Validating the whole Bundle with the models takes ~4 ms, nearly all of it per-element Python
-work, while most of each output's *structure* is the same from call to call. So the Bundle is
-validated node by node (a node: a JSON object an R4B model validates, from the Bundle down to
-a Coding), each node as two parts:
-
-* its **shape**: its keys in order, each primitive value replaced by a fixed stand-in that the
-  field's type accepts, each element value by a stub instance of the field's model (a list of
-  them by a one-stub list), each resource by a stub of the model its ``resourceType`` names,
-  and anything else (a null, an empty list, a string where an element belongs, an unknown
-  key, ...) kept verbatim as canonical JSON. The node's own model validates the shape, and the
-  shape's encoding is remembered in a bounded cache (4096 shapes, first in first out). The
-  encoding determines the shape exactly (the stand-ins are fixed per field), so a cache hit
-  is the model's verdict on exactly that content;
-* its **values**: every primitive value, on every call, by the validator the model compiled
-  for that field (taken from the model's own core schema), in one batch per validator; and
-  every child node, the same way, recursively.
-
-Why the verdict is ``Bundle.model_validate``'s: for these models, validating a JSON object is
-(1) each present field validated by its own validator, which never sees another field
-(primitives by their core schema; elements by the child model, which accepts an instance of
-itself as it is; resources by the model ``resourceType`` names), and (2) checks that look
-only at which fields are present and non-null: unknown keys are refused, required elements
-must be there, a choice element (``value[x]``, ``scheduled[x]``) has at most one type, a list
-of elements holds no null, ``resourceType`` matches. Putting a valid stand-in for a valid
-value, or a stub for a valid child (one stub for a list of valid children), changes nothing
-in (2), so: node valid <=> shape valid and every value valid and every child valid, and by
-induction the Bundle is valid exactly when every shape, value and node in it is. This holds
-only for models whose validation is exactly (1) and (2): each model is checked for that on
-first use (configuration, validators, no field constraints besides the type); a node of any
-other model is validated whole, keyed by its canonical JSON. What varies per patient (ids,
-references, statuses, dates, texts) is values, checked on every call; what repeats (shapes)
-hits the cache, for a patient never seen before too. The output must be JSON: a value of any
-other Python type is refused. ``write_bundle(..., full_validation=True)`` validates with
-``Bundle.model_validate`` instead; the tests check that both accept the same Bundles.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import json
 import re
-import threading
 import uuid
-from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
-from json.encoder import (  # type: ignore[attr-defined]
-    c_make_encoder,
-    encode_basestring,
-    encode_basestring_ascii,
-)
-from types import UnionType
-from typing import Any, Final, Union, cast, get_args, get_origin
+from typing import Any, Final
 
 import orjson
-from fhir.resources.R4B.bundle import Bundle
-from fhir.resources.R4B.fhirprimitiveextension import FHIRPrimitiveExtension
-from fhir_core.constraints import FHIR_TYPES_MAPS
-from fhir_core.fhirabstractmodel import FHIRAbstractModel
-from fhir_core.types import FhirBase, FhirElementOrResourceBase
-from pydantic import BaseModel, ValidationError
-from pydantic.fields import FieldInfo
-from pydantic_core import CoreConfig, CoreSchema, SchemaValidator, core_schema
 
 from cds import (
     AvoidedExercise,
@@ -190,58 +134,30 @@ from cds import (
     PreviousPlan,
 )
 from fhir_adapters._errors import OutputValidationError, operation_outcome
+from fhir_adapters._json_text import encoder
+from fhir_adapters._output_check import checked_bundle
+from fhir_adapters._terminology import (
+    ALERT_SYSTEM,
+    CANONICAL_BASE,
+    CHANGE_DISPLAY,
+    CHECK_IN_CODE,
+    DATA_OPERATION,
+    EXERCISE_SYSTEM,
+    EXT_EVIDENCE,
+    EXT_EXERCISE_CHANGE,
+    EXT_EXERCISE_DOSE,
+    EXT_FOLLOW_UP_STATE,
+    EXT_SOURCE_RULE,
+    KNOWLEDGE_BASE_BASE,
+    PLAN_CHANGE_SYSTEM,
+    PROVENANCE_PARTICIPANT_TYPE,
+    SNOMED,
+    UCUM,
+)
 
-__all__ = [
-    "ALERT_SYSTEM",
-    "CHANGE_DISPLAY",
-    "CHECK_IN_CODE",
-    "EXERCISE_SYSTEM",
-    "EXT_EVIDENCE",
-    "EXT_EXERCISE_CHANGE",
-    "EXT_EXERCISE_DOSE",
-    "EXT_FOLLOW_UP_STATE",
-    "EXT_SOURCE_RULE",
-    "KNOWLEDGE_BASE_BASE",
-    "PLAN_CHANGE_SYSTEM",
-    "SCREEN_SYSTEM",
-    "OutputValidationError",
-    "write_bundle",
-]
+__all__ = ["OutputValidationError", "write_bundle"]
 
-SCREEN_SYSTEM: Final = "http://movement-cds.org/fhir/CodeSystem/screen"
-EXERCISE_SYSTEM: Final = "http://movement-cds.org/fhir/CodeSystem/exercise"
-ALERT_SYSTEM: Final = "http://movement-cds.org/fhir/CodeSystem/alert"
-_SD: Final = "http://movement-cds.org/fhir/StructureDefinition/"
-EXT_EXERCISE_DOSE: Final = _SD + "exercise-dose"
-EXT_SOURCE_RULE: Final = _SD + "source-rule"
-EXT_EVIDENCE: Final = _SD + "evidence"
-EXT_FOLLOW_UP_STATE: Final = _SD + "exercise-follow-up"
-EXT_EXERCISE_CHANGE: Final = _SD + "exercise-change"
-PLAN_CHANGE_SYSTEM: Final = "http://movement-cds.org/fhir/CodeSystem/plan-change"
-# the plan-change CodeSystem: change kind -> (display, definition); and the check-in code
-CHANGE_DISPLAY: Final[dict[str, tuple[str, str]]] = {
-    "new": ("New", "Not in the previous plan."),
-    "continued": ("Continued", "The same exercise at the same dose (also when no response "
-                  "was recorded: a missing response is never read as 'fine')."),
-    "progressed": ("Progressed", "One variable of the dose up (load, repetitions, sets, "
-                   "hold, tempo), or the harder version of the exercise."),
-    "held": ("Held", "The same dose again: the response was acceptable but not yet ready "
-             "to progress."),
-    "regressed": ("Regressed", "Less load, range or complexity, or the easier version of "
-                  "the exercise."),
-    "swapped": ("Swapped", "Replaced by an exercise with the same goal in another "
-                "direction or plane."),
-    "stopped": ("Stopped", "Taken out of the plan (peripheralisation, new neurological "
-                "symptoms, a red flag or a precaution)."),
-}
-CHECK_IN_CODE: Final = ("check-in", "Check-in after a new or changed exercise",
-                        "A proposed contact with the patient 48-72 hours (configurable) "
-                        "after a new or changed exercise (CarePlan activity).")
-KNOWLEDGE_BASE_BASE: Final = "http://movement-cds.org/fhir/KnowledgeBase"
-
-_SNOMED: Final = "http://snomed.info/sct"
-_UCUM: Final = "http://unitsofmeasure.org"
-_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "http://movement-cds.org/fhir")
+_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, CANONICAL_BASE)
 
 _HOLDING_PRIORITIES: Final = frozenset({"stat", "asap", "urgent"})
 _SEVERITY: Final = {"emergency": "high", "urgent": "high", "caution": "moderate",
@@ -252,28 +168,6 @@ _PRIORITY_WORDS: Final = {
     "urgent": "Urgent assessment, within about two weeks",
     "routine": "Routine referral",
 }
-
-# required bindings this module fills from data (R4 value sets)
-_ACTIVITY_STATUS: Final = frozenset({
-    "not-started", "scheduled", "in-progress", "on-hold", "completed", "cancelled", "stopped",
-    "unknown", "entered-in-error",
-})
-_ACTIVITY_KIND: Final = frozenset({
-    "Appointment", "CommunicationRequest", "DeviceRequest", "MedicationRequest",
-    "NutritionOrder", "Task", "ServiceRequest", "VisionPrescription",
-})
-_REQUEST_PRIORITY: Final = frozenset({"routine", "urgent", "asap", "stat"})
-_ISSUE_SEVERITY: Final = frozenset({"fatal", "error", "warning", "information"})
-_ISSUE_TYPE: Final = frozenset({
-    "invalid", "structure", "required", "value", "invariant", "security", "login", "unknown",
-    "expired", "forbidden", "suppressed", "processing", "not-supported", "duplicate",
-    "multiple-matches", "not-found", "deleted", "too-long", "code-invalid", "extension",
-    "too-costly", "business-rule", "conflict", "transient", "lock-lost", "no-store",
-    "exception", "timeout", "incomplete", "throttled", "informational",
-})
-_DETECTED_ISSUE_SEVERITY: Final = frozenset({"high", "moderate", "low"})
-_UNITS_OF_TIME: Final = frozenset({"s", "min", "h", "d", "wk", "mo", "a"})
-
 
 def _software_version() -> str:
     try:
@@ -286,46 +180,6 @@ _SOFTWARE: Final = f"movement-cds {_software_version()}"
 
 
 # --- small helpers --------------------------------------------------------------------------
-
-
-def _prune(v: Any) -> Any:
-    """Drop null, blank strings, empty arrays and empty objects, bottom up; strip strings."""
-    if isinstance(v, dict):
-        out = {}
-        for k, x in v.items():
-            t = type(x)
-            if t is str:
-                x = x.strip()
-                if x:
-                    out[k] = x
-            elif t in _PLAIN:
-                out[k] = x
-            elif x is not None:
-                x = _prune(x)
-                if x or not isinstance(x, str | list | dict):
-                    out[k] = x
-        return out
-    if isinstance(v, list):
-        items = []
-        for x in v:
-            t = type(x)
-            if t is str:
-                x = x.strip()
-                if x:
-                    items.append(x)
-            elif t in _PLAIN:
-                items.append(x)
-            elif x is not None:
-                x = _prune(x)
-                if x or not isinstance(x, str | list | dict):
-                    items.append(x)
-        return items
-    if isinstance(v, str):
-        return v.strip()
-    return v
-
-
-_PLAIN: Final = frozenset({bool, int, float})
 
 
 def _instant(dt: datetime) -> str:
@@ -349,29 +203,10 @@ def _json_default(v: Any) -> Any:
     return {n: getattr(v, n) for n in names}
 
 
-def _encoder(**options: Any) -> Callable[[Any], str]:
-    """``json.dumps(v, **options)`` for acyclic values, without building an encoder per call."""
-    encoder = json.JSONEncoder(check_circular=False, **options)
-    if c_make_encoder is None:  # no C accelerator
-        return encoder.encode
-    iterencode = c_make_encoder(
-        None, encoder.default,
-        encode_basestring_ascii if encoder.ensure_ascii else encode_basestring,
-        None, encoder.key_separator, encoder.item_separator, encoder.sort_keys,
-        encoder.skipkeys, encoder.allow_nan)
-
-    def encode(v: Any) -> str:
-        return "".join(iterencode(v, 0))
-
-    return encode
-
-
 # json.dumps(x, sort_keys=True): orders the facts; then the digested text
-_FACT_ORDER: Final = _encoder(sort_keys=True)
-_CANONICAL: Final = _encoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                             allow_nan=False)
-_DIGEST_TEXT: Final = _encoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                               default=_json_default)
+_FACT_ORDER: Final = encoder(sort_keys=True)
+_DIGEST_TEXT: Final = encoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              default=_json_default)
 
 
 _ORJSON_DIGEST: Final = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
@@ -474,7 +309,7 @@ def _dose_extension(dose: ExerciseDose) -> dict[str, Any]:
         subs.append({"url": "repetitions", "valueInteger": dose.repetitions})
     if dose.hold_seconds is not None:
         subs.append({"url": "hold-seconds", "valueQuantity": {
-            "value": dose.hold_seconds, "unit": "s", "system": _UCUM, "code": "s"}})
+            "value": dose.hold_seconds, "unit": "s", "system": UCUM, "code": "s"}})
     if dose.tempo:
         subs.append({"url": "tempo", "valueString": dose.tempo})
     if dose.load:
@@ -544,8 +379,7 @@ class _Writer:
         self.avoid_ids = {a.exercise_id for a in plan.avoid}
         self.changes = {c.exercise_id: c for c in plan.changes}
         self.ids: dict[str, str] = {}
-        # imported here: _progress_fhir builds on this module (and on _terminology, which
-        # does too)
+        # imported here: _progress_fhir builds on this module (its _instant)
         from fhir_adapters._progress_fhir import progress_report
 
         self.progress = progress_report(plan, self.id("progress"), self.fact_coding)
@@ -803,7 +637,7 @@ class _Writer:
             "status": "draft",
             "intent": "proposal",
             "category": [{"coding": [
-                {"system": _SNOMED, "code": "3457005", "display": "Patient referral"}]}],
+                {"system": SNOMED, "code": "3457005", "display": "Patient referral"}]}],
             "priority": r.priority,
             "code": {"text": f"Referral to {r.to}"},
             "subject": {"reference": self.plan.subject},
@@ -915,11 +749,11 @@ class _Writer:
             "target": [{"reference": self.urn("careplan")}],
             "recorded": self.as_of,
             "activity": {"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                "system": DATA_OPERATION,
                 "code": "CREATE", "display": "create"}]},
             "agent": [{
                 "type": {"coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                    "system": PROVENANCE_PARTICIPANT_TYPE,
                     "code": "author", "display": "Author"}]},
                 "who": {"type": "Device", "display": _SOFTWARE},
             }],
@@ -954,575 +788,6 @@ class _Writer:
         }
 
 
-# --- validation -----------------------------------------------------------------------------
-#
-# Node by node, shape (cached) and values (every call): see "Validation" in the module
-# docstring for why this gives the verdict of Bundle.model_validate.
-
-_PRIM, _PRIM_LIST, _CPLX, _CPLX_LIST, _POLY, _POLY_LIST = range(6)
-_SCALARS: Final = frozenset({str, int, float, bool})
-# stand-ins tried, in order, for a primitive type; the first one its R4B type accepts is used
-_STAND_INS: Final[tuple[Any, ...]] = (
-    "x", "2000-01-01T00:00:00Z", "2000-01-01", "00:00:00", "http://example.org",
-    "urn:oid:1.2", "AAAA", "00000000-0000-4000-8000-000000000000",
-    '<div xmlns="http://www.w3.org/1999/xhtml">x</div>', 1, True,
-)
-_NO_STAND_IN: Final = object()
-_SHAPE_CACHE_SIZE: Final = 4096
-
-# What R4B model validation does besides validating each field by its own type: it is split
-# soundly only for models that do exactly this (checked per model, see _decomposable).
-_MODEL_CONFIG: Final = {"extra": "forbid", "validate_assignment": True, "populate_by_name": True}
-
-
-def _function(f: Any) -> Any:
-    """The function behind a (class) method."""
-    return getattr(f, "__func__", f)
-
-
-_PRESENCE_VALIDATORS: Final = {
-    name: _function(dec.func)
-    for owner in (FHIRAbstractModel, FHIRPrimitiveExtension)
-    for name, dec in owner.__pydantic_decorators__.model_validators.items()
-}
-_BASE_METHODS: Final = ("_validate_one_of_many", "_validate_required_primitive_elements")
-
-Model = type[FHIRAbstractModel]
-
-
-class _Leaf:
-    """The validator an R4B model compiled for one primitive field (for its items, if the
-    field is a list), taken from the model's own core schema, run over a batch of values; and
-    a stand-in value it accepts (preferably one it keeps as the same Python type)."""
-
-    __slots__ = ("batch", "stand_in")
-
-    def __init__(self, schema: CoreSchema, config: CoreConfig | None) -> None:
-        self.batch = SchemaValidator(core_schema.list_schema(schema), config)
-        accepted: list[Any] = []
-        for candidate in _STAND_INS:
-            try:
-                (out,) = self.batch.validate_python([candidate])
-            except ValidationError:
-                continue
-            if out is not None:
-                accepted.append(candidate)
-                if type(out) is type(candidate):
-                    accepted.insert(0, candidate)
-                    break
-        self.stand_in: Any = accepted[0] if accepted else _NO_STAND_IN
-
-
-class _ShapeCache:
-    """Shapes an R4B model has accepted, by exact encoding; bounded, first in first out.
-
-    ``seen`` is read without the lock (a dict lookup is atomic); it is changed only under it.
-    """
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self.seen: dict[tuple[Model, tuple[Any, ...]], None] = {}
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self.seen)
-
-    def add(self, key: tuple[Model, tuple[Any, ...]]) -> None:
-        with self._lock:
-            self.seen[key] = None
-            while len(self.seen) > self.maxsize:
-                del self.seen[next(iter(self.seen))]
-
-    def clear(self) -> None:
-        with self._lock:
-            self.seen.clear()
-
-
-_SHAPES: Final = _ShapeCache(_SHAPE_CACHE_SIZE)
-_SPECS: dict[Model, dict[Any, tuple[int, Any] | None] | None] = {}
-_UNSEEN: Final[Any] = object()  # not yet in _SPECS / a spec
-_FIELD_NAMES: dict[Model, dict[str, str]] = {}
-_LEAVES: dict[Any, _Leaf] = {}
-_POLY_CLASSES: dict[tuple[str, str], Model] = {}
-_STUBS: dict[Model, FHIRAbstractModel] = {}
-
-
-def _strip_none(annotation: Any) -> Any:
-    if get_origin(annotation) in (Union, UnionType):
-        args = tuple(a for a in get_args(annotation) if a is not type(None))
-        return args[0] if len(args) == 1 else Union[args]  # noqa: UP007
-    return annotation
-
-
-def _is_fhir_type(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, FhirBase)
-
-
-def _mentions_fhir_type(annotation: Any) -> bool:
-    return _is_fhir_type(annotation) or any(_mentions_fhir_type(a) for a in get_args(annotation))
-
-
-def _model_fields_schema(model: Model) -> tuple[dict[str, Any], CoreConfig | None] | None:
-    """The compiled schema of each field of ``model`` (by field name), and the model's config
-    (less its ``title``, which only names the model in error messages)."""
-    s: Any = model.__pydantic_core_schema__
-    config: CoreConfig | None = None
-    while isinstance(s, dict) and s.get("type") != "model-fields":
-        if s.get("type") == "model" and s.get("config") is not None:
-            config = cast(CoreConfig, {k: v for k, v in s["config"].items() if k != "title"})
-        s = s.get("schema")
-    return (s["fields"], config) if isinstance(s, dict) else None
-
-
-def _pure(schema: Any) -> bool:
-    """True if ``schema`` is plain data (so equal schemas validate alike) and self-contained."""
-    if isinstance(schema, dict):
-        return (schema.get("type") != "definition-ref" and "ref" not in schema
-                and all(_pure(v) for v in schema.values()))
-    if isinstance(schema, list | tuple):
-        return all(_pure(v) for v in schema)
-    return schema is None or type(schema) in (str, int, float, bool)
-
-
-def _unwrap(schema: Any, *kinds: str) -> Any:
-    """``schema`` without outer wrappers of the given kinds that add nothing else."""
-    while isinstance(schema, dict) and schema.get("type") in kinds and (
-        set(schema) <= {"type", "schema", "default"}
-        and (schema["type"] != "default" or schema.get("default") is None)
-    ):
-        schema = schema["schema"]
-    return schema
-
-
-def _leaf(model: Model, name: str, many: bool) -> _Leaf | None:
-    """The batch validator of a primitive field of ``model`` (its items if ``many``)."""
-    found = _model_fields_schema(model)
-    if found is None:
-        return None
-    fields_schema, config = found
-    schema = _unwrap(fields_schema[name]["schema"], "default", "nullable")
-    if many:
-        if not (isinstance(schema, dict) and schema.get("type") == "list"
-                and set(schema) == {"type", "items_schema"}):
-            return None  # a list with constraints of its own: kept verbatim
-        schema = schema["items_schema"]
-    key: Any = (repr(schema), repr(config)) if _pure(schema) and _pure(config) else (
-        model, name)
-    leaf = _LEAVES.get(key)
-    if leaf is None:
-        try:
-            leaf = _Leaf(schema, config)
-        except Exception:  # a schema that does not stand alone: kept verbatim
-            return None
-        _LEAVES[key] = leaf
-    return leaf if leaf.stand_in is not _NO_STAND_IN else None
-
-
-def _decomposable(model: Model) -> bool:
-    """True if ``model`` validates a JSON object by validating each field with its own type
-    (no field sees another) plus checks that look only at which fields are present: extra keys
-    forbidden, required elements, one value per choice element, no null in a list of elements.
-    """
-    d = model.__pydantic_decorators__
-    return (
-        dict(model.model_config) == _MODEL_CONFIG
-        and not (d.field_validators or d.validators or d.root_validators)
-        and all(_PRESENCE_VALIDATORS.get(name) is _function(v.func)
-                for name, v in d.model_validators.items())
-        and model.__init__ is FHIRAbstractModel.__init__
-        and model.model_post_init is BaseModel.model_post_init
-        and all(getattr(model, m) is getattr(FHIRAbstractModel, m) for m in _BASE_METHODS)
-        and all(not fi.metadata for fi in model.model_fields.values())
-        and all(f.alias in (None, name) or f.alias not in model.model_fields
-                for name, f in model.model_fields.items())  # a JSON key names one field
-    )
-
-
-def _field_spec(model: Model, name: str, field: FieldInfo) -> tuple[int, Any] | None:
-    """How a field's value is split off its node, or None: kept in the shape verbatim."""
-    annotation, many = _strip_none(field.annotation), False
-    if get_origin(annotation) is list:
-        (item,) = get_args(annotation)
-        annotation, many = _strip_none(item), True
-    if _is_fhir_type(annotation):
-        if issubclass(annotation, FhirElementOrResourceBase):
-            return (_POLY_LIST if many else _POLY, annotation._prefix)
-        return (_CPLX_LIST if many else _CPLX, annotation.get_model_klass())
-    if _mentions_fhir_type(annotation):
-        return None
-    leaf = _leaf(model, name, many)
-    return None if leaf is None else (_PRIM_LIST if many else _PRIM, leaf)
-
-
-def _spec(model: Model) -> dict[Any, tuple[int, Any] | None] | None:
-    """How ``model``'s fields are split off, by JSON key (alias or field name; filled in on
-    first use, see _entry), or None if ``model`` is validated whole."""
-    if model in _SPECS:
-        return _SPECS[model]
-    spec: dict[Any, tuple[int, Any] | None] | None = None
-    if _decomposable(model):
-        spec = {}
-        _FIELD_NAMES[model] = {
-            **{name: name for name in model.model_fields},
-            **{f.alias: name for name, f in model.model_fields.items() if f.alias},
-        }
-    _SPECS[model] = spec
-    return spec
-
-
-def _entry(model: Model, spec: dict[Any, tuple[int, Any] | None], key: Any) -> Any:
-    """``spec[key]``, worked out on first use: None for a key kept verbatim. Only the model's
-    own keys are remembered (so data cannot grow ``spec``)."""
-    name = _FIELD_NAMES[model].get(key) if type(key) is str else None
-    if name is None:
-        return None
-    entry = spec[key] = _field_spec(model, name, model.model_fields[name])
-    return entry
-
-
-def _poly_class(prefix: str, value: Any) -> Model | None:
-    """The model a Resource-typed field validates ``value`` with (as fhir.resources picks it)."""
-    if type(value) is not dict:
-        return None
-    rt = value.get("resourceType")
-    if type(rt) is not str:
-        return None
-    cls = _POLY_CLASSES.get((prefix, rt))
-    if cls is None:
-        path = FHIR_TYPES_MAPS.get(prefix + rt + "Type")
-        if path is None:
-            return None
-        module, _, name = path.rpartition(".")
-        cls = _POLY_CLASSES[(prefix, rt)] = getattr(importlib.import_module(module), name)
-    return cls
-
-
-def _stub(model: Model) -> FHIRAbstractModel:
-    """An instance of ``model``; a field of that element type accepts it as it is."""
-    stub = _STUBS.get(model)
-    if stub is None:
-        stub = _STUBS[model] = model.model_construct()
-    return stub
-
-
-def _json_native(v: Any) -> bool:
-    t = type(v)
-    if t is dict:
-        return all(type(k) is str and _json_native(x) for k, x in v.items())
-    if t is list:
-        return all(_json_native(x) for x in v)
-    return v is None or t in _SCALARS
-
-
-def _canonical(v: Any) -> str:
-    """Exact canonical JSON of a JSON-native value (anything else is not output)."""
-    if not _json_native(v):
-        raise TypeError(f"not a JSON value: {type(v).__name__}")
-    return _CANONICAL(v)
-
-
-def _shape(model: Model, parts: tuple[Any, ...]) -> Any:
-    """The JSON object a shape encoding stands for (see _split)."""
-    spec = _spec(model)
-    if spec is None:
-        (whole,) = parts
-        return json.loads(whole)
-    out: dict[Any, Any] = {}
-    for p in parts:
-        if type(p) is str:
-            kind, arg = cast(tuple[int, Any], spec[p])  # a split-off field
-            out[p] = (arg.stand_in if kind == _PRIM else [arg.stand_in] if kind == _PRIM_LIST
-                      else _stub(arg) if kind == _CPLX else [_stub(arg)])
-        else:
-            key, what = p
-            out[key] = (json.loads(what) if type(what) is str
-                        else [_stub(c) for c in what] if type(what) is tuple else _stub(what))
-    return out
-
-
-def _split(node: dict[str, Any], model: Model, leaves: defaultdict[_Leaf, list[Any]]) -> None:
-    """Check ``node`` as ``model`` would: its shape against the cache (validated on a miss),
-    its primitive values into ``leaves`` (validated by the caller), its children recursively.
-
-    The shape encoding is a tuple with, per key in order: the key itself (a field whose value
-    was split off: a primitive replaced by its type's stand-in, an element by a stub, a list
-    of them by a one-item list), ``(key, model)`` / ``(key, (model, ...))`` (a Resource / list
-    of Resources replaced by stubs of those models), or ``(key, canonical JSON)`` (verbatim).
-    A model validated whole is encoded as ``(canonical JSON,)``.
-    """
-    spec = _SPECS[model] if model in _SPECS else _spec(model)
-    parts: list[Any]
-    if spec is None:
-        parts = [_canonical(node)]
-    else:
-        parts = []
-        for k, v in node.items():
-            f = spec[k] if k in spec else _entry(model, spec, k)
-            if f is not None:
-                kind, arg = f
-                t = type(v)
-                if kind == _PRIM and t in _SCALARS:
-                    parts.append(k)
-                    leaves[arg].append(v)
-                    continue
-                if kind == _CPLX and t is dict:
-                    parts.append(k)
-                    _split(v, arg, leaves)
-                    continue
-                if kind == _CPLX_LIST and t is list and v and all(type(x) is dict for x in v):
-                    parts.append(k)
-                    for x in v:
-                        _split(x, arg, leaves)
-                    continue
-                if kind == _PRIM_LIST and t is list and v and all(
-                        type(x) in _SCALARS for x in v):
-                    parts.append(k)
-                    leaves[arg].extend(v)
-                    continue
-                if kind == _POLY:
-                    cls = _poly_class(arg, v)
-                    if cls is not None:
-                        parts.append((k, cls))
-                        _split(v, cls, leaves)
-                        continue
-                if kind == _POLY_LIST and t is list and v:
-                    classes = [_poly_class(arg, x) for x in v]
-                    if None not in classes:
-                        parts.append((k, tuple(dict.fromkeys(classes))))
-                        for x, cls in zip(v, classes, strict=True):
-                            _split(x, cls, leaves)  # type: ignore[arg-type]
-                        continue
-            parts.append((k, _canonical(v)))  # anything else: verbatim
-    key = (model, tuple(parts))
-    if key not in _SHAPES.seen:
-        model.model_validate(_shape(model, key[1]))
-        _SHAPES.add(key)
-
-
-def _poly_class_of(prefix: str, value: dict[str, Any]) -> Model | None:
-    """``_poly_class`` of ``value`` as ``_prune`` will leave it (resourceType stripped)."""
-    rt = value.get("resourceType")
-    if type(rt) is not str:
-        return None
-    stripped = rt.strip()
-    return _poly_class(prefix, value if stripped == rt else {"resourceType": stripped})
-
-
-def _pruned_split(node: dict[str, Any], model: Model,
-                  leaves: defaultdict[_Leaf, list[Any]]) -> dict[str, Any]:
-    """``_prune(node)``, checked as ``_split`` checks it, in one walk instead of two (the
-    write_bundle path). Returns the pruned node; ``{}`` (nothing checked) if it prunes away.
-
-    A child is pruned before its key is kept, so the shapes and leaves are exactly those
-    of the pruned tree. Where a list is not all objects, or a Resource's type is unknown,
-    the value is pruned whole and kept verbatim, as ``_split`` would have it."""
-    spec = _SPECS.get(model, _UNSEEN)
-    if spec is _UNSEEN:
-        spec = _spec(model)
-    if spec is None:
-        whole = _prune(node)
-        if whole:
-            _check_shape(model, (_canonical(whole),))
-        return cast(dict[str, Any], whole)
-    out: dict[str, Any] = {}
-    parts: list[Any] = []
-    for k, v in node.items():
-        t = type(v)
-        f = spec.get(k, _UNSEEN)
-        if f is _UNSEEN:
-            f = _entry(model, spec, k)
-        if t is str:
-            v = v.strip()
-            if not v:
-                continue
-            if f is not None and f[0] == _PRIM:  # the commonest node: a string primitive
-                out[k] = v
-                parts.append(k)
-                leaves[f[1]].append(v)
-                continue
-        elif v is None:
-            continue
-        if f is not None:
-            kind, arg = f
-            if t is dict:
-                if kind == _CPLX:
-                    child = _pruned_split(v, arg, leaves)
-                    if child:
-                        out[k] = child
-                        parts.append(k)
-                    continue
-                if kind == _POLY:
-                    cls = _poly_class_of(arg, v)
-                    if cls is not None:
-                        child = _pruned_split(v, cls, leaves)
-                        if child:
-                            out[k] = child
-                            parts.append((k, cls))
-                        continue
-            elif t is list:
-                if kind == _CPLX_LIST and all(type(x) is dict or x is None for x in v):
-                    items = [c for x in v if x is not None
-                             if (c := _pruned_split(x, arg, leaves))]
-                    if items:
-                        out[k] = items
-                        parts.append(k)
-                    continue
-                if kind == _POLY_LIST and all(type(x) is dict or x is None for x in v):
-                    present = [x for x in v if x is not None]
-                    classes = [_poly_class_of(arg, x) for x in present]
-                    if None not in classes:
-                        items, kept = [], []
-                        for x, cls in zip(present, classes, strict=True):
-                            c = _pruned_split(x, cls, leaves)  # type: ignore[arg-type]
-                            if c:
-                                items.append(c)
-                                kept.append(cls)
-                        if items:
-                            out[k] = items
-                            parts.append((k, tuple(dict.fromkeys(kept))))
-                        continue
-                if kind == _PRIM_LIST:
-                    pv = _prune(v)
-                    if pv and all(type(x) in _SCALARS for x in pv):
-                        out[k] = pv
-                        parts.append(k)
-                        leaves[arg].extend(pv)
-                        continue
-                    v, t = pv, list  # verbatim below (already pruned)
-            elif kind == _PRIM and t in _SCALARS:
-                out[k] = v
-                parts.append(k)
-                leaves[arg].append(v)
-                continue
-        if t is dict or t is list:  # anything else: pruned, verbatim
-            v = _prune(v)
-            if not v:
-                continue
-        out[k] = v
-        parts.append((k, _canonical(v)))
-    if out:
-        _check_shape(model, tuple(parts))
-    return out
-
-
-def _check_shape(model: Model, parts: tuple[Any, ...]) -> None:
-    key = (model, parts)
-    if key not in _SHAPES.seen:
-        model.model_validate(_shape(model, parts))
-        _SHAPES.add(key)
-
-
-def _prune_check_fast(raw: dict[str, Any]) -> dict[str, Any]:
-    """``_prune(raw)``, which ``_check_fast`` accepts (raises otherwise), in one walk."""
-    leaves: defaultdict[_Leaf, list[Any]] = defaultdict(list)
-    bundle = _pruned_split(raw, Bundle, leaves)
-    for leaf, values in leaves.items():
-        if None in leaf.batch.validate_python(values):
-            raise ValueError("a primitive value validated to null")
-    return bundle
-
-
-def _check_fast(bundle: dict[str, Any]) -> None:
-    """Raise (any exception) unless ``Bundle.model_validate(bundle)`` would accept the JSON
-    value ``bundle``: every node's shape (cached) and every primitive value (each call)."""
-    if type(bundle) is not dict:
-        raise TypeError("the output Bundle is not a JSON object")
-    leaves: defaultdict[_Leaf, list[Any]] = defaultdict(list)
-    _split(bundle, Bundle, leaves)
-    for leaf, values in leaves.items():
-        if None in leaf.batch.validate_python(values):
-            raise ValueError("a primitive value validated to null")
-
-
-def _validate_fast(bundle: dict[str, Any]) -> None:
-    """Validate ``bundle`` as ``Bundle.model_validate`` would, node by node (see _split)."""
-    try:
-        _check_fast(bundle)
-    except Exception as e:  # any failure rejects; the whole-Bundle models say where
-        try:
-            Bundle.model_validate(bundle)
-        except Exception as full:
-            raise OutputValidationError(f"output Bundle is not valid FHIR R4: {full}") from e
-        raise OutputValidationError(f"output Bundle is not valid FHIR R4: {e!r}") from e
-    _check_rules(bundle)
-
-
-def _validate_full(bundle: dict[str, Any]) -> None:
-    """Validate ``bundle`` with ``Bundle.model_validate`` (which validates every entry's
-    resource with its own R4B model), as a whole."""
-    try:
-        Bundle.model_validate(bundle)
-    except Exception as e:
-        raise OutputValidationError(f"output Bundle is not valid FHIR R4: {e}") from e
-    _check_rules(bundle)
-
-
-def _check_rules(bundle: dict[str, Any]) -> None:
-    bad = _check_bindings(bundle) + _check_invariants(bundle)
-    if bad:
-        raise OutputValidationError("output Bundle is not valid FHIR R4: " + "; ".join(bad))
-
-
-def _check_bindings(bundle: dict[str, Any]) -> list[str]:
-    """Codes of required bindings filled from data (the R4B models do not check them)."""
-    bad: list[str] = []
-
-    def need(ok: bool, where: str, value: Any) -> None:
-        if not ok:
-            bad.append(f"{where}: {value!r} is not in the required value set")
-
-    for i, entry in enumerate(bundle.get("entry", [])):
-        r = entry["resource"]
-        at = f"Bundle.entry[{i}].resource({r.get('resourceType')})"
-        kind = r.get("resourceType")
-        if kind == "CarePlan":
-            for j, act in enumerate(r.get("activity", [])):
-                d = act.get("detail")
-                if d is None:
-                    continue
-                need(d.get("status") in _ACTIVITY_STATUS, f"{at}.activity[{j}].detail.status",
-                     d.get("status"))
-                if "kind" in d:
-                    need(d["kind"] in _ACTIVITY_KIND, f"{at}.activity[{j}].detail.kind",
-                         d["kind"])
-                unit = d.get("scheduledTiming", {}).get("repeat", {}).get("periodUnit")
-                if unit is not None:
-                    need(unit in _UNITS_OF_TIME, f"{at}.activity[{j}]...periodUnit", unit)
-        elif kind == "ServiceRequest":
-            need(r.get("priority") in _REQUEST_PRIORITY, f"{at}.priority", r.get("priority"))
-        elif kind == "DetectedIssue":
-            need(r.get("severity") in _DETECTED_ISSUE_SEVERITY, f"{at}.severity",
-                 r.get("severity"))
-        elif kind == "OperationOutcome":
-            for j, issue in enumerate(r.get("issue", [])):
-                need(issue.get("severity") in _ISSUE_SEVERITY, f"{at}.issue[{j}].severity",
-                     issue.get("severity"))
-                need(issue.get("code") in _ISSUE_TYPE, f"{at}.issue[{j}].code", issue.get("code"))
-    return bad
-
-
-def _check_invariants(bundle: dict[str, Any]) -> list[str]:
-    """FHIR invariants the R4B models do not check, for what this module writes."""
-    bad: list[str] = []
-    urls: set[Any] = set()
-    for i, entry in enumerate(bundle.get("entry", [])):
-        r = entry.get("resource", {})
-        at = f"Bundle.entry[{i}]"
-        url = entry.get("fullUrl")
-        if url in urls:  # bdl-7
-            bad.append(f"{at}.fullUrl: {url!r} is not unique in the Bundle")
-        urls.add(url)
-        if url != f"urn:uuid:{r.get('id')}":
-            bad.append(f"{at}.fullUrl: {url!r} is not urn:uuid: and the resource id")
-        if r.get("resourceType") == "CarePlan":
-            for j, act in enumerate(r.get("activity", [])):
-                # cpl-3 (reference or detail, not both); this module always gives one
-                if ("reference" in act) == ("detail" in act):
-                    bad.append(f"{at}.resource.activity[{j}]: needs exactly one of reference "
-                               "and detail")
-    return bad
-
-
 # --- public ---------------------------------------------------------------------------------
 
 
@@ -1544,16 +809,5 @@ def write_bundle(
     cards carry only these) leaves out the OperationOutcome and the Provenance: the same
     Bundle id and the same CarePlan, ServiceRequests and DetectedIssues, byte for byte.
     """
-    raw = _Writer(plan, kb, previous).bundle(advice_only)
-    if full_validation:
-        bundle: dict[str, Any] = _prune(raw)
-        _validate_full(bundle)
-        return bundle
-    try:
-        bundle = _prune_check_fast(raw)
-    except Exception:  # _validate_fast says why (or, if the fast check was wrong, accepts)
-        bundle = _prune(raw)
-        _validate_fast(bundle)
-        return bundle
-    _check_rules(bundle)
-    return bundle
+    return checked_bundle(_Writer(plan, kb, previous).bundle(advice_only),
+                          full_validation=full_validation)

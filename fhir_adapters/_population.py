@@ -43,6 +43,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from fhir_adapters._errors import UnclassifiedRedFlagError, UndocumentedRedFlagError
+from fhir_adapters._terminology import CLINICAL_STATUS as CLINICAL
+from fhir_adapters._terminology import (
+    LOINC,
+    SNOMED,
+    UCUM,
+)
+from fhir_adapters._terminology import SCREEN_SYSTEM as SCREEN
+from fhir_adapters._terminology import VERIFICATION_STATUS as VERIFICATION
 
 if TYPE_CHECKING:
     from cds import KnowledgeBase
@@ -61,12 +69,6 @@ __all__ = [
     "synthetic_population",
 ]
 
-SCREEN: Final = "http://movement-cds.org/fhir/CodeSystem/screen"
-LOINC: Final = "http://loinc.org"
-SNOMED: Final = "http://snomed.info/sct"
-UCUM: Final = "http://unitsofmeasure.org"
-CLINICAL: Final = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-VERIFICATION: Final = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 LEFT: Final = "7771000"
 RIGHT: Final = "24028007"
 _NS: Final = uuid.UUID("3b9e4c1d-7a52-4f0e-9c6b-2d8a1f5e7c30")

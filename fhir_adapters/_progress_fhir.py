@@ -31,13 +31,17 @@ from cds import (
     trend_text,
 )
 from fhir_adapters._errors import InvalidBundleError
-from fhir_adapters._outbound import PLAN_CHANGE_SYSTEM
 from fhir_adapters._outbound import _instant as instant_text
-from fhir_adapters._terminology import ADHERENCE_CODE, EXT_PROGRESS_ROLE, PROGRESS_CODE
+from fhir_adapters._terminology import (
+    ADHERENCE_CODE,
+    EXT_PROGRESS_ROLE,
+    PLAN_CHANGE_SYSTEM,
+    PROGRESS_CODE,
+    UCUM,
+)
 
 __all__ = ["PROGRESS_FACT", "progress_report", "progress_series", "read_progress"]
 
-_UCUM: Final = "http://unitsofmeasure.org"
 # the catalog fact whose coding codes each measure's values (adherence has its own code)
 PROGRESS_FACT: Final[dict[Measure, str]] = {"pain": "pain-now", "odi": "odi-score"}
 _UNIT: Final[dict[Measure, str]] = {"pain": "{score}", "odi": "%", "adherence": "%"}
@@ -57,7 +61,7 @@ def progress_series(plan: Plan) -> dict[Measure, list[ProgressPoint]]:
 def _value(p: ProgressPoint) -> dict[str, Any]:
     v: int | float = int(p.value) if p.value == int(p.value) else p.value
     unit = _UNIT[p.measure]
-    return {"value": v, "unit": unit, "system": _UCUM, "code": unit}
+    return {"value": v, "unit": unit, "system": UCUM, "code": unit}
 
 
 def _observation(p: ProgressPoint, oid: str, subject: str,

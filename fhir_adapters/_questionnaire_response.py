@@ -37,6 +37,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from fhir_adapters._terminology import UCUM
+
 __all__ = ["QR_STATUS", "ItemAnswer", "Question", "item_answers", "question_of"]
 
 #: QuestionnaireResponse.status -> the Observation status its answers are read with.
@@ -44,7 +46,6 @@ QR_STATUS: Final[Mapping[str, str]] = {
     "completed": "final", "amended": "amended",
     "in-progress": "preliminary", "stopped": "preliminary",
 }
-UCUM: Final = "http://unitsofmeasure.org"
 
 Coded = tuple[str, str]
 

@@ -21,12 +21,16 @@ from datetime import datetime
 from typing import Any
 
 from cds import InputIssue, KnowledgeBase
-from fhir_adapters import EXERCISE_SYSTEM, KNOWLEDGE_BASE_BASE, InvalidBundleError
+from fhir_adapters import (
+    EXERCISE_SYSTEM,
+    EXT_EXERCISE_CHANGE,
+    EXT_EXERCISE_DOSE,
+    KNOWLEDGE_BASE_BASE,
+    InvalidBundleError,
+)
 
 __all__ = ["HandoutDose", "HandoutExercise", "HandoutPlan", "read_output_bundle"]
 
-_DOSE_URL = "http://movement-cds.org/fhir/StructureDefinition/exercise-dose"
-_CHANGE_URL = "http://movement-cds.org/fhir/StructureDefinition/exercise-change"
 _DOING = ("not-started", "scheduled", "in-progress")
 
 
@@ -98,7 +102,7 @@ def _int(ext: dict[str, Any], key: str) -> int | None:
 def _dose(detail: dict[str, Any]) -> HandoutDose | None:
     parts: dict[str, Any] = {}
     for ext in detail.get("extension", []):
-        if ext.get("url") == _DOSE_URL:
+        if ext.get("url") == EXT_EXERCISE_DOSE:
             for sub in ext.get("extension", []):  # pain-monitoring: see _pain_text
                 parts[sub["url"]] = (_int(sub, sub["url"]) if sub["url"] in
                                      ("sets", "repetitions", "hold-seconds")
@@ -114,7 +118,7 @@ def _dose(detail: dict[str, Any]) -> HandoutDose | None:
 def _pain_text(activities: list[dict[str, Any]]) -> str | None:
     for activity in activities:
         for ext in (activity.get("detail") or {}).get("extension", []):
-            if ext.get("url") == _DOSE_URL:
+            if ext.get("url") == EXT_EXERCISE_DOSE:
                 for sub in ext.get("extension", []):
                     if sub.get("url") == "pain-monitoring" and sub.get("valueString"):
                         return str(sub["valueString"])
@@ -127,7 +131,7 @@ def _threshold(kb: KnowledgeBase, name: str) -> int | None:
 
 def _change_text(detail: dict[str, Any]) -> str | None:
     for ext in detail.get("extension", []):
-        if ext.get("url") == _CHANGE_URL:
+        if ext.get("url") == EXT_EXERCISE_CHANGE:
             for sub in ext.get("extension", []):
                 if sub.get("url") == "patient-text":
                     return str(sub["valueString"])

@@ -19,7 +19,6 @@ STILL_LONG = {
     ("cds/_knowledge_base.py", "_cross_check"): 152,
     ("cds/_knowledge_base.py", "_parse_knowledge_base"): 146,
     ("cds/_kb_lint.py", "lint_knowledge_base"): 102,
-    ("fhir_adapters/_outbound.py", "_pruned_split"): 95,
 }
 LOGGER = re.compile(r"movement_cds(\.[a-z_]+)+\Z")
 

@@ -31,7 +31,7 @@ from cds import (
     PreviousPlan,
 )
 from fhir_adapters import InvalidBundleError, code_systems, read_bundle, write_bundle
-from fhir_adapters._outbound import (
+from fhir_adapters._terminology import (
     EXERCISE_SYSTEM,
     EXT_EXERCISE_CHANGE,
     EXT_EXERCISE_DOSE,

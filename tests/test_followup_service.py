@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fhir_adapters._outbound import EXT_EXERCISE_CHANGE, PLAN_CHANGE_SYSTEM
+from fhir_adapters._terminology import EXT_EXERCISE_CHANGE, PLAN_CHANGE_SYSTEM
 from tests.service.conftest import (
     FHIR_TOKEN,
     CheckedClient,

@@ -19,6 +19,7 @@ from fhir.resources.R4B.questionnaire import Questionnaire
 
 from cds import KnowledgeBase, load_knowledge_base
 from cds._knowledge_base import condition_facts
+from fhir_adapters._code_systems import code_systems
 from fhir_adapters._kb_export import (
     ACTIVITY_DEFINITION_BASE,
     CONDITION_LANGUAGE,
@@ -26,8 +27,7 @@ from fhir_adapters._kb_export import (
     export_knowledge_base,
     render_condition,
 )
-from fhir_adapters._outbound import ALERT_SYSTEM, EXERCISE_SYSTEM, KNOWLEDGE_BASE_BASE
-from fhir_adapters._terminology import code_systems
+from fhir_adapters._terminology import ALERT_SYSTEM, EXERCISE_SYSTEM, KNOWLEDGE_BASE_BASE
 from movement_cds._cli import main
 from tests.conftest import STARTER
 

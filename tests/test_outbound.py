@@ -25,15 +25,14 @@ from hypothesis import strategies as st
 from pydantic import model_validator
 
 from cds import Evaluator, Fact, InputIssue, KnowledgeBase, PatientFacts, Plan
-from fhir_adapters import InvalidBundleError, _outbound, read_bundle
-from fhir_adapters._outbound import (
+from fhir_adapters import InvalidBundleError, _outbound, _output_check, read_bundle
+from fhir_adapters._outbound import OutputValidationError, write_bundle
+from fhir_adapters._terminology import (
     ALERT_SYSTEM,
     EXERCISE_SYSTEM,
     EXT_EVIDENCE,
     EXT_EXERCISE_DOSE,
     EXT_SOURCE_RULE,
-    OutputValidationError,
-    write_bundle,
 )
 from tests.patients import AS_OF, fact_strategy
 
@@ -483,7 +482,7 @@ def test_any_catalog_patient_gives_valid_safe_output(
 # --- validation: node by node (the default) == Bundle.model_validate (full_validation) --------
 #
 # write_bundle validates node by node: each node's shape (cached) and every primitive value
-# (every call); see "Validation" in fhir_adapters/_outbound.py. These tests hold it to the
+# (every call); see fhir_adapters/_output_check.py. These tests hold it to the
 # verdict of Bundle.model_validate on the same output, valid or not.
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -511,7 +510,7 @@ def outcome(plan: Plan, kb: KnowledgeBase, *, full: bool) -> str:
 
 def fast_verdict(bundle: Any) -> bool:
     try:
-        _outbound._check_fast(bundle)
+        _output_check._check_fast(bundle)
     except Exception:
         return False
     return True
@@ -580,7 +579,7 @@ def test_a_new_patient_needs_no_new_shape(durable: Evaluator) -> None:
     text = (EXAMPLES / "example-patient.json").read_text()
     first = durable.evaluate(read_bundle(json.loads(text), kb=durable.kb, as_of=AS_OF))
     write_bundle(first, durable.kb)
-    seen = len(_outbound._SHAPES)
+    seen = len(_output_check._SHAPES)
     other = json.loads(renamed(text, "p-2"))
     plan = durable.evaluate(read_bundle(other, kb=durable.kb, as_of=AS_OF + timedelta(days=3)))
     b = write_bundle(plan, durable.kb)
@@ -588,7 +587,7 @@ def test_a_new_patient_needs_no_new_shape(durable: Evaluator) -> None:
     sources = {s for f in plan.facts for s in f.sources}
     assert sources and not sources & {s for f in first.facts for s in f.sources}
     assert not _ids(b) & _ids(write_bundle(first, durable.kb))
-    assert len(_outbound._SHAPES) == seen
+    assert len(_output_check._SHAPES) == seen
 
 
 # the values a mutation puts somewhere in a valid Bundle
@@ -661,9 +660,9 @@ def test_the_one_walk_prune_and_check_is_prune_then_check(
     """write_bundle prunes and checks in one walk: the same pruned Bundle, the same verdict
     as ``_prune`` then ``_check_fast``, for any Bundle (empties and blanks included)."""
     b = data.draw(mutated(example_bundles))
-    expected = _outbound._prune(b)
+    expected = _output_check._prune(b)
     try:
-        got = _outbound._prune_check_fast(copy.deepcopy(b))
+        got = _output_check._prune_check_fast(copy.deepcopy(b))
     except Exception:
         assert not fast_verdict(expected)
     else:
@@ -759,21 +758,21 @@ def test_an_invalid_knowledge_base_dose_is_refused_after_the_valid_one_was_cache
 
 
 def test_the_shape_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    small = _outbound._ShapeCache(8)
-    monkeypatch.setattr(_outbound, "_SHAPES", small)
+    small = _output_check._ShapeCache(8)
+    monkeypatch.setattr(_output_check, "_SHAPES", small)
 
     def bundle(i: int) -> dict[str, Any]:  # a new shape each time (a verbatim comment)
         return {"resourceType": "Bundle", "type": "collection", "fhir_comments": [f"c{i}"]}
 
     for i in range(30):
-        _outbound._check_fast(bundle(i))
+        _output_check._check_fast(bundle(i))
         assert len(small) == min(i + 1, 8)
     assert (Bundle, (("resourceType", '"Bundle"'), "type", ("fhir_comments", '["c29"]'))) \
         in small.seen
-    full = _outbound._ShapeCache(_outbound._SHAPE_CACHE_SIZE)
-    for i in range(_outbound._SHAPE_CACHE_SIZE + 500):
+    full = _output_check._ShapeCache(_output_check._SHAPE_CACHE_SIZE)
+    for i in range(_output_check._SHAPE_CACHE_SIZE + 500):
         full.add((Bundle, (i,)))
-    assert len(full) == _outbound._SHAPE_CACHE_SIZE == 4096
+    assert len(full) == _output_check._SHAPE_CACHE_SIZE == 4096
     assert (Bundle, (0,)) not in full.seen and (Bundle, (4595,)) in full.seen
 
 
@@ -789,7 +788,7 @@ def test_the_models_split_node_by_node_are_exactly_the_r4b_ones() -> None:
         and m.__module__ == f"fhir.resources.R4B.{info.name}"
     ]
     assert len(models) > 600
-    assert all(_outbound._decomposable(m) for m in models)
+    assert all(_output_check._decomposable(m) for m in models)
 
     class CheckedReference(Reference):
         @model_validator(mode="after")
@@ -798,12 +797,12 @@ def test_the_models_split_node_by_node_are_exactly_the_r4b_ones() -> None:
                 raise ValueError("display without reference")
             return self
 
-    assert not _outbound._decomposable(CheckedReference)
-    assert _outbound._spec(CheckedReference) is None
+    assert not _output_check._decomposable(CheckedReference)
+    assert _output_check._spec(CheckedReference) is None
     leaves: Any = collections.defaultdict(list)
-    _outbound._split({"display": "x", "reference": "Patient/p"}, CheckedReference, leaves)
+    _output_check._split({"display": "x", "reference": "Patient/p"}, CheckedReference, leaves)
     with pytest.raises(ValueError):
-        _outbound._split({"display": "x"}, CheckedReference, leaves)
+        _output_check._split({"display": "x"}, CheckedReference, leaves)
 
 
 def test_non_json_output_is_refused() -> None:

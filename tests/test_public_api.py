@@ -51,6 +51,9 @@ def test_fhir_adapters_exports() -> None:
         # the strict JSON text parser, the codes the reader reads, the project's systems
         "JSONTextError", "parse_json", "InputCodes", "input_codes",
         "ALERT_SYSTEM", "CHANGE_DISPLAY", "EXERCISE_SYSTEM", "KNOWLEDGE_BASE_BASE",
+        # the extension URLs the handout reads and the cards' systems, which movement_cds
+        # and cds_service re-typed before issue 14 part 3 (one terminology module)
+        "EXT_EXERCISE_DOSE", "EXT_EXERCISE_CHANGE", "CARD_SYSTEM", "OVERRIDE_SYSTEM",
         # the progress series back from an output Bundle (issue 17 part 2)
         "read_progress",
         # what the command line reached through private modules before issue 14 part 2: the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,8 +13,8 @@ import pytest
 from fhir.resources.R4B.codesystem import CodeSystem
 
 from cds import Evaluator, Fact, KnowledgeBase, PatientFacts, load_knowledge_base
+from fhir_adapters._code_systems import code_systems, export_terminology
 from fhir_adapters._outbound import write_bundle
-from fhir_adapters._terminology import code_systems, export_terminology
 
 SCREEN = "http://movement-cds.org/fhir/CodeSystem/screen"
 EXERCISE = "http://movement-cds.org/fhir/CodeSystem/exercise"
@@ -141,3 +143,81 @@ def test_plan_codes_are_in_the_published_systems(
             assert part.split('"', 1)[0] in codes
             found += 1
     assert found
+
+
+# --- one terminology module (issue 14 part 3) -------------------------------------------------
+# Every URI the packages write or read is spelled out once, in fhir_adapters/_terminology.py;
+# elsewhere a string constant starting with a URI scheme is one of these, each with its reason.
+
+ROOT = Path(__file__).resolve().parents[1]
+SCANNED = ("cds_service", "fhir_adapters", "movement_cds")
+URI_PREFIXES = ("http://", "https://", "urn:")
+NOT_TERMINOLOGY = {
+    "http://": "a bare scheme: whether a reference is absolute (the reader), the service's "
+               "own loopback base URL from host and port (serve --check)",
+    "https://": "a bare scheme: whether a reference is absolute (the reader)",
+    "urn:uuid:": "the URN scheme of a UUID (RFC 4122): Bundle-local fullUrls and references",
+    "urn:uuid:00000000-0000-4000-8000-000000000001":
+        "the fullUrl of the service's warm-up input Bundle (a sample input, not terminology)",
+    "https://ehr.example.org/fhir/":
+        "the base URL of the made-up EHR that synthetic Bulk Data exports come from",
+    "http://example.org": "a stand-in value the output check puts in a uri-typed field",
+    "urn:oid:1.2": "a stand-in value the output check puts in an oid-typed field",
+    "http://movement-cds.org/cds-hooks/card":
+        "the name of the UUID namespace CDS Hooks card ids are made in (uuid5): no FHIR "
+        "URI, and changing it changes every card id",
+}
+
+
+def retyped_uris(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, value) of each string constant in ``tree`` (f-string parts included,
+    docstrings not) that starts with a URI scheme and is not in NOT_TERMINOLOGY."""
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef
+                                | ast.AsyncFunctionDef)
+                  and node.body and isinstance(node.body[0], ast.Expr)}
+    return sorted((node.lineno, node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                  and node.value.startswith(URI_PREFIXES) and id(node) not in docstrings
+                  and node.value not in NOT_TERMINOLOGY)
+
+
+@functools.cache
+def _package_trees() -> dict[str, ast.Module]:
+    """Every module of the scanned packages but _terminology.py, parsed once."""
+    return {str(p.relative_to(ROOT)): ast.parse(p.read_text(encoding="utf-8"))
+            for pkg in SCANNED for p in sorted((ROOT / pkg).rglob("*.py"))
+            if p != ROOT / "fhir_adapters" / "_terminology.py"}
+
+
+def test_no_uri_is_typed_again_outside_the_terminology_module() -> None:
+    found = {name: hits for name, tree in _package_trees().items()
+             if (hits := retyped_uris(tree))}
+    assert found == {}, "import these from fhir_adapters._terminology (or its public names)"
+
+
+def test_every_allowed_uri_is_still_used() -> None:
+    """The allow-list does not outlive its reasons."""
+    used = {node.value for tree in _package_trees().values() for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and node.value in NOT_TERMINOLOGY}
+    assert used == set(NOT_TERMINOLOGY)
+
+
+def test_the_uri_scan_finds_a_retyped_uri() -> None:
+    source = ('"""Reads http://loinc.org codes."""\n'
+              'LOINC = "http://loinc.org"\n'
+              'def f(x):\n'
+              '    """https://hl7.org/fhir says how."""\n'
+              '    return f"urn:oid:{x}", "urn:uuid:", {"system": "https://snomed.info/sct"}\n')
+    assert retyped_uris(ast.parse(source)) == [(2, "http://loinc.org"), (5, "https://snomed.info/sct"),
+                                    (5, "urn:oid:")]
+
+
+def test_the_terminology_module_is_a_leaf() -> None:
+    """It imports nothing of the project, so any module can take its URIs from it."""
+    tree = ast.parse((ROOT / "fhir_adapters" / "_terminology.py").read_text(encoding="utf-8"))
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                for a in n.names}
+    imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree)
+                 if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"__future__", "typing"}
