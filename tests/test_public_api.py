@@ -100,6 +100,8 @@ def test_cds_exports() -> None:
         "exercise_figure_svg",
         # issue 14 part 2: what kb diff needs of the core, public instead of reached privately
         "Rating", "resolve_plan",
+        # issue 14 part 5: the release's files, for the cache key and the release archive
+        "knowledge_base_files",
     ])
 
 
