@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, Unpack
 
 from cds import (
     Derivation,
@@ -68,6 +68,7 @@ __all__ = [
     "Outcome",
     "PopulationOptions",
     "Section",
+    "Work",
     "default_workers",
     "describe",
     "diff_knowledge_bases",
@@ -620,47 +621,46 @@ def where_for(options: PopulationOptions, patients: int) -> Where:
     return Where(workers=workers if workers is not None else default_workers(n))
 
 
-def run_in_chunks(
-    n: int,
-    where: Where,
-    progress: Callable[[int, int], None] | None,
-    local: Callable[[int, int], T],
-    remote: Callable[[int, int], T],
-    initializer: Callable[..., None],
-    initargs: tuple[Any, ...],
-) -> list[T]:
-    """Patients 0 .. n-1 in chunks, on the shared runner (``movement_cds._runner``):
-    ``local(start, k)`` in this process when ``where`` is this process, else ``remote(start,
-    k)`` (picklable) in worker processes (a process pool or Dask), each set up once by
-    ``initializer(*initargs)``. Returns the chunks' results in patient order, so that merging
+@dataclass(frozen=True)
+class Work(Generic[T]):
+    """What a run does with each part (a chunk of synthetic patients, or a bucket file):
+    ``local(*part)`` in this process when ``where`` is this process, else ``remote(*part)``
+    (picklable) in worker processes (a process pool or Dask), each set up once by
+    ``initializer(*initargs)``."""
+
+    local: Callable[..., T]
+    remote: Callable[..., T]
+    initializer: Callable[..., None]
+    initargs: tuple[Any, ...]
+
+
+def run_in_chunks(n: int, where: Where, progress: Callable[[int, int], None] | None,
+                  work: Work[T]) -> list[T]:
+    """Patients 0 .. n-1 in chunks ``(start, k)``, on the shared runner
+    (``movement_cds._runner``). Returns the chunks' results in patient order, so that merging
     them gives the same result for any number of workers. ``progress(done, n)`` is called as
     chunks complete."""
     if n <= 0:
         return []
     size = max(50, min(500, n // (max(1, where.workers) * 8) or 50))
-    chunks = [(s, min(size, n - s)) for s in range(0, n, size)]
-    tasks = [Task(remote, (s, k), k, initializer, initargs, name=f"chunk-{s}")
-             for s, k in chunks]
-    return run_tasks(tasks, where, progress, local=[partial(local, s, k) for s, k in chunks])
+    parts = [((s, min(size, n - s)), min(size, n - s), f"chunk-{s}") for s in range(0, n, size)]
+    return _run_parts(parts, where, progress, work)
 
 
-def run_in_buckets(
-    population: PopulationInput,
-    sizes: list[int],
-    where: Where,
-    progress: Callable[[int, int], None] | None,
-    local: Callable[[str, int], T],
-    remote: Callable[[str, int], T],
-    initializer: Callable[..., None],
-    initargs: tuple[Any, ...],
-) -> list[T]:
-    """``run_in_chunks`` over a real population: one task per bucket file,
-    ``local``/``remote(path, bucket_number)``, results in bucket order."""
-    paths = [str(b) for b in population.buckets]
-    tasks = [Task(remote, (p, i), sizes[i], initializer, initargs, name=f"bucket-{i}")
-             for i, p in enumerate(paths)]
+def run_in_buckets(population: PopulationInput, sizes: list[int], where: Where,
+                   progress: Callable[[int, int], None] | None, work: Work[T]) -> list[T]:
+    """``run_in_chunks`` over a real population: one part ``(path, bucket_number)`` per
+    bucket file, results in bucket order."""
+    parts = [((str(b), i), sizes[i], f"bucket-{i}") for i, b in enumerate(population.buckets)]
+    return _run_parts(parts, where, progress, work)
+
+
+def _run_parts(parts: list[tuple[tuple[Any, ...], int, str]], where: Where,
+               progress: Callable[[int, int], None] | None, work: Work[T]) -> list[T]:
+    tasks = [Task(work.remote, args, size, work.initializer, work.initargs, name=name)
+             for args, size, name in parts]
     return run_tasks(tasks, where, progress,
-                     local=[partial(local, p, i) for i, p in enumerate(paths)])
+                     local=[partial(work.local, *args) for args, _, _ in parts])
 
 
 def bucket_sizes(population: PopulationInput) -> list[int]:
@@ -710,11 +710,12 @@ def _run_population(old: _Version, new: _Version, n: int, seed: int, as_of: date
     init = (str(old.root), str(new.root))
     if population is not None:
         parts = run_in_buckets(population, bucket_sizes(population), where, progress,
-                               partial(_bucket_chunk, old, new, as_of),
-                               partial(_worker_bucket, as_of), _init_worker, init)
+                               Work(partial(_bucket_chunk, old, new, as_of),
+                                    partial(_worker_bucket, as_of), _init_worker, init))
     else:
-        parts = run_in_chunks(n, where, progress, partial(_chunk, old, new, seed, as_of),
-                              partial(_worker_chunk, seed, as_of), _init_worker, init)
+        parts = run_in_chunks(n, where, progress,
+                              Work(partial(_chunk, old, new, seed, as_of),
+                                   partial(_worker_chunk, seed, as_of), _init_worker, init))
     for part in parts:
         total.merge(part)
     return total

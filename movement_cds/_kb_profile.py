@@ -50,6 +50,7 @@ from movement_cds._kb_diff import (
     DEFAULT_AS_OF,
     KnowledgeBaseLoadError,
     PopulationOptions,
+    Work,
     _load,
     _Version,
     bucket_sizes,
@@ -488,12 +489,12 @@ def profile_versions(
     init = (labels, tuple(str(r) for r in roots))
     if population is not None:
         parts = run_in_buckets(population, bucket_sizes(population), where, progress,
-                               partial(_bucket_chunk, versions, as_of),
-                               partial(_worker_bucket, as_of), _init_worker, init)
+                               Work(partial(_bucket_chunk, versions, as_of),
+                                    partial(_worker_bucket, as_of), _init_worker, init))
     else:
         parts = run_in_chunks(patients, where, progress,
-                              partial(_chunk, versions, seed, as_of),
-                              partial(_worker_chunk, seed, as_of), _init_worker, init)
+                              Work(partial(_chunk, versions, seed, as_of),
+                                   partial(_worker_chunk, seed, as_of), _init_worker, init))
     for part in parts:
         for total, t in zip(totals, part, strict=True):
             total.merge(t)
