@@ -54,6 +54,7 @@ from __future__ import annotations
 import importlib
 import json
 import threading
+from json.encoder import encode_basestring
 from collections import defaultdict
 from types import UnionType
 from typing import Any, Final, Union, cast, get_args, get_origin
@@ -189,9 +190,10 @@ class _Leaf:
     changes. Only strings are remembered: a string never equals an ``int``, ``float`` or
     ``bool``, while those equal one another (``1 == 1.0 == True``)."""
 
-    __slots__ = ("batch", "stand_in", "valid")
+    __slots__ = ("batch", "config", "index", "schema", "stand_in", "valid")
 
     def __init__(self, schema: CoreSchema, config: CoreConfig | None) -> None:
+        self.schema, self.config, self.index = schema, config, -1
         self.batch = SchemaValidator(core_schema.list_schema(schema), config)
         self.valid: set[str] = set()
         accepted: list[Any] = []
@@ -206,6 +208,54 @@ class _Leaf:
                     accepted.insert(0, candidate)
                     break
         self.stand_in: Any = accepted[0] if accepted else _NO_STAND_IN
+
+
+class _AllFields:
+    """Every field validator made so far (``_Leaf``), numbered, and one validator for all of
+    them: a tuple of one batch per field, each validated by ``list_schema`` of the field's
+    own schema, as ``_Leaf.batch`` does (so a Bundle's new values take one call). Rebuilt
+    when a field validator is added; None if their configurations differ (then each field's
+    batch is validated on its own)."""
+
+    def __init__(self) -> None:
+        self.leaves: list[_Leaf] = []
+        self.combined: tuple[SchemaValidator | None, int] = (None, 0)
+        self._lock = threading.Lock()
+
+    def add(self, leaf: _Leaf) -> None:
+        with self._lock:
+            leaf.index = len(self.leaves)
+            self.leaves.append(leaf)
+
+    def _validator(self, size: int) -> tuple[SchemaValidator | None, int]:
+        combined = self.combined
+        if combined[1] >= size:
+            return combined
+        with self._lock:
+            leaves = list(self.leaves)
+            validator = None
+            if len({repr(leaf.config) for leaf in leaves}) == 1:
+                validator = SchemaValidator(core_schema.tuple_schema(
+                    [core_schema.list_schema(leaf.schema) for leaf in leaves]),
+                    leaves[0].config)
+            self.combined = (validator, len(leaves))
+            return self.combined
+
+    def validate(self, batches: list[tuple[_Leaf, list[Any]]]) -> None:
+        """Raise unless each field's validator accepts every value of its batch."""
+        validator, size = self._validator(1 + max(leaf.index for leaf, _ in batches))
+        if validator is None:
+            results: Any = [leaf.batch.validate_python(batch) for leaf, batch in batches]
+        else:
+            columns: list[list[Any]] = [[]] * size
+            for leaf, batch in batches:
+                columns[leaf.index] = batch
+            results = validator.validate_python(columns)
+        if any(None in r for r in results):
+            raise ValueError("a primitive value validated to null")
+
+
+_FIELDS: Final = _AllFields()
 
 
 class _ShapeCache:
@@ -237,6 +287,7 @@ _SHAPES: Final = _ShapeCache(_SHAPE_CACHE_SIZE)
 _SPECS: dict[Model, dict[Any, tuple[int, Any] | None] | None] = {}
 _UNSEEN: Final[Any] = object()  # not yet in _SPECS / a spec
 _FIELD_NAMES: dict[Model, dict[str, str]] = {}
+_STRING_LEAVES: dict[Model, dict[str, _Leaf]] = {}  # the _PRIM entries of _SPECS[model]
 _LEAVES: dict[Any, _Leaf] = {}
 _POLY_CLASSES: dict[tuple[str, str], Model] = {}
 _STUBS: dict[Model, FHIRAbstractModel] = {}
@@ -310,6 +361,7 @@ def _leaf(model: Model, name: str, many: bool) -> _Leaf | None:
         except Exception:  # a schema that does not stand alone: kept verbatim
             return None
         _LEAVES[key] = leaf
+        _FIELDS.add(leaf)
     return leaf if leaf.stand_in is not _NO_STAND_IN else None
 
 
@@ -357,6 +409,7 @@ def _spec(model: Model) -> dict[Any, tuple[int, Any] | None] | None:
     spec: dict[Any, tuple[int, Any] | None] | None = None
     if _decomposable(model):
         spec = {}
+        _STRING_LEAVES[model] = {}
         _FIELD_NAMES[model] = {
             **{name: name for name in model.model_fields},
             **{f.alias: name for name, f in model.model_fields.items() if f.alias},
@@ -372,6 +425,8 @@ def _entry(model: Model, spec: dict[Any, tuple[int, Any] | None], key: Any) -> A
     if name is None:
         return None
     entry = spec[key] = _field_spec(model, name, model.model_fields[name])
+    if entry is not None and entry[0] == _PRIM:
+        _STRING_LEAVES[model][key] = entry[1]
     return entry
 
 
@@ -411,6 +466,8 @@ def _json_native(v: Any) -> bool:
 
 def _canonical(v: Any) -> str:
     """Exact canonical JSON of a JSON-native value (anything else is not output)."""
+    if type(v) is str:
+        return encode_basestring(v)  # what the encoder writes for a str
     if not _json_native(v):
         raise TypeError(f"not a JSON value: {type(v).__name__}")
     return _CANONICAL(v)
@@ -509,14 +566,16 @@ def _pruned_split(node: dict[str, Any], model: Model,
     write_bundle path). Returns the pruned node; ``{}`` (nothing checked) if it prunes away.
 
     A child is pruned before its key is kept, so the shapes and leaves are exactly those
-    of the pruned tree. The commonest values (primitives, one element) are handled here;
-    lists and Resources by ``_pruned_many``; anything else is pruned whole and kept
-    verbatim (``_verbatim``), as ``_split`` would have it."""
+    of the pruned tree. The commonest values (a string of a primitive field, one element)
+    are handled here, a string its field's validator accepted before is not collected
+    again (``_Leaf.valid``); lists and Resources by ``_pruned_many``; anything else is
+    pruned whole and kept verbatim (``_verbatim``), as ``_split`` would have it."""
     spec = _SPECS.get(model, _UNSEEN)
     if spec is _UNSEEN:
         spec = _spec(model)
     if spec is None:
         return _pruned_whole(node, model)
+    strings = _STRING_LEAVES[model]
     out: dict[str, Any] = {}
     parts: list[Any] | None = None  # the shape parts, once one is not just its key
     for k, v in node.items():
@@ -525,6 +584,14 @@ def _pruned_split(node: dict[str, Any], model: Model,
             v = v.strip()
             if not v:
                 continue
+            leaf = strings.get(k)
+            if leaf is not None:
+                out[k] = v
+                if parts is not None:
+                    parts.append(k)
+                if v not in leaf.valid:
+                    leaves[leaf].append(v)
+                continue
         elif v is None:
             continue
         f = spec.get(k, _UNSEEN)
@@ -532,20 +599,33 @@ def _pruned_split(node: dict[str, Any], model: Model,
             f = _entry(model, spec, k)
         if f is not None:
             kind = f[0]
-            if kind == _PRIM:
-                if t in _SCALARS:
-                    out[k] = v
-                    if parts is not None:
-                        parts.append(k)
-                    leaves[f[1]].append(v)
-                    continue
-            elif kind == _CPLX:
+            if kind == _CPLX:
                 if t is dict:
                     child = _pruned_split(v, f[1], leaves)
                     if child:
                         out[k] = child
                         if parts is not None:
                             parts.append(k)
+                    continue
+            elif kind == _CPLX_LIST:
+                if t is list and _DICT_OR_NONE.issuperset(map(type, v)):
+                    items = []
+                    for x in v:
+                        if x is not None:
+                            child = _pruned_split(x, f[1], leaves)
+                            if child:
+                                items.append(child)
+                    if items:
+                        out[k] = items
+                        if parts is not None:
+                            parts.append(k)
+                    continue
+            elif kind == _PRIM:
+                if t in _SCALARS:
+                    out[k] = v
+                    if parts is not None:
+                        parts.append(k)
+                    leaves[f[1]].append(v)
                     continue
             elif t is list or t is dict:
                 kept = _pruned_many(v, kind, f[1], leaves)
@@ -562,7 +642,10 @@ def _pruned_split(node: dict[str, Any], model: Model,
             parts = list(out)
         _verbatim(k, v, out, parts)
     if out:
-        _check_shape(model, tuple(out) if parts is None else tuple(parts))
+        key = (model, tuple(out) if parts is None else tuple(parts))
+        if key not in _SHAPES.seen:
+            model.model_validate(_shape(model, key[1]))
+            _SHAPES.add(key)
     return out
 
 
@@ -672,18 +755,23 @@ _VALID_STRINGS_PER_FIELD: Final = 4096
 def _check_values(leaves: defaultdict[_Leaf, list[Any]]) -> None:
     """Raise unless every value is accepted by its field's validator: one batch per
     validator, of the values not known valid (all of them when one is not a string: a set
-    would merge ``1`` and ``True``)."""
+    would merge ``1`` and ``True``), all batches in one call (``_AllFields``)."""
+    batches = []
     for leaf, values in leaves.items():
         new = set(values).difference(leaf.valid)
-        if not new:
-            continue
-        strings = all(type(v) is str for v in new)
-        batch = list(new) if strings else values
-        if None in leaf.batch.validate_python(batch):
-            raise ValueError("a primitive value validated to null")
+        if new:
+            batches.append((leaf, new, _STR_ONLY.issuperset(map(type, new)), values))
+    if not batches:
+        return
+    _FIELDS.validate([(leaf, list(new) if strings else values)
+                      for leaf, new, strings, values in batches])
+    for leaf, new, strings, _ in batches:
         if len(leaf.valid) > _VALID_STRINGS_PER_FIELD:
             leaf.valid.clear()
         leaf.valid.update(new if strings else (v for v in new if type(v) is str))
+
+
+_STR_ONLY: Final = frozenset({str})
 
 
 def _validate_fast(bundle: dict[str, Any]) -> None:
