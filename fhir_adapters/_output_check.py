@@ -296,7 +296,9 @@ _SPECS: dict[Model, dict[Any, tuple[int, Any] | None] | None] = {}
 _UNSEEN: Final[Any] = object()  # not yet in _SPECS / a spec
 _FIELD_NAMES: dict[Model, dict[str, str]] = {}
 _STRING_LEAVES: dict[Model, dict[str, _Leaf]] = {}  # the _PRIM entries of _SPECS[model]
-_WALKS: dict[Model, tuple[dict[Any, Any], dict[str, _Leaf]]] = {}  # split models' both
+# per split model: its spec, its _STRING_LEAVES and the key tuples of the shapes it accepted
+# with every value split off (bounded: emptied when full), looked up before _SHAPES
+_WALKS: dict[Model, tuple[dict[Any, Any], dict[str, _Leaf], set[tuple[str, ...]]]] = {}
 _LEAVES: dict[Any, _Leaf] = {}
 _POLY_CLASSES: dict[tuple[str, str], Model] = {}
 _STUBS: dict[Model, FHIRAbstractModel] = {}
@@ -598,8 +600,8 @@ def _pruned_split(node: dict[str, Any], model: Model,
         spec = _spec(model)
         if spec is None:
             return _pruned_whole(node, model)
-        walk = _WALKS[model] = (spec, _STRING_LEAVES[model])
-    spec, strings = walk
+        walk = _WALKS[model] = (spec, _STRING_LEAVES[model], set())
+    spec, strings, known = walk
     parts: list[Any] | None = None  # the shape parts, once one is not just its key
     dead: list[str] = []  # keys whose values prune away
     for k, v in node.items():
@@ -657,10 +659,15 @@ def _pruned_split(node: dict[str, Any], model: Model,
     for k in dead:
         del node[k]
     if node:
-        key = (model, tuple(node) if parts is None else tuple(parts))
-        if key not in _SHAPES.seen:
-            model.model_validate(_shape(model, key[1]))
-            _SHAPES.add(key)
+        if parts is not None:
+            _check_shape(model, tuple(parts))
+        else:
+            keys = tuple(node)
+            if keys not in known:
+                _check_shape(model, keys)
+                if len(known) >= _SHAPE_CACHE_SIZE:
+                    known.clear()
+                known.add(keys)
     return node
 
 
