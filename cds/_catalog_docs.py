@@ -111,12 +111,7 @@ def _outputs(kb: KnowledgeBase, rule_id: str) -> list[str]:
             out.append(f"- recommends `{a.recommend.exercise}`: {a.recommend.why.strip()}")
         elif a.veto:
             v = a.veto
-            props = "; ".join(
-                f"{k} {', '.join(x.value for x in vals)}"
-                for k, vals in (("direction", v.direction), ("load", v.load),
-                                ("surface", v.surface)) if vals
-            )
-            out.append(f"- avoids every exercise with {props}: {v.why.strip()}")
+            out.append(f"- avoids every exercise with {v.described()}: {v.why.strip()}")
         elif a.data_gap:
             out.append(f"- reports missing: {', '.join(f'`{x}`' for x in a.data_gap.facts)}")
         elif a.safety_net:

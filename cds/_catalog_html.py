@@ -36,6 +36,7 @@ from typing import Any
 
 from cds._catalog_docs import Segment, condition_parts, value_segments
 from cds._catalog_sections import (
+    evidence_ident,
     facts_section,
     red_flag_overview,
     rule_questions,
@@ -122,11 +123,7 @@ def _outputs(kb: KnowledgeBase, rule: Rule) -> list[str]:
                        f"{_e(_words(a.recommend.why))}")
         elif a.veto:
             v = a.veto
-            props = "; ".join(
-                f"{k} {', '.join(x.value for x in vals)}"
-                for k, vals in (("direction", v.direction), ("load", v.load),
-                                ("surface", v.surface)) if vals
-            )
+            props = v.described()
             hits = [e.id for e in sorted(kb.exercises.values(), key=lambda x: x.id)
                     if v.covers(e)]
             listed = ", ".join(_exercise_link(kb, h) for h in hits) or "none in the catalog"
@@ -153,10 +150,7 @@ def _outputs(kb: KnowledgeBase, rule: Rule) -> list[str]:
 def _evidence(rule: Rule) -> str:
     items = []
     for ev in rule.evidence:
-        url = evidence_url(ev.id)
-        ident = (f'<a class="evidence" href="{_e(url)}" rel="noopener noreferrer" '
-                 f'target="_blank"><code>{_e(ev.id)}</code></a>' if url
-                 else f"<code>{_e(ev.id)}</code>")
+        ident = evidence_ident(ev.id, code=True)
         grade = f", grade {_e(ev.grade)}" if ev.grade else ""
         tag = (f'<span class="tag tag-{_e(ev.tag.value)}" title="evidence tag">'
                f"{_e(ev.tag.value)}</span>")

@@ -26,6 +26,7 @@ from cds._knowledge_base import KnowledgeBase, condition_facts
 __all__ = [
     "RedFlagRow",
     "answers_in_words",
+    "evidence_ident",
     "facts_section",
     "question_groups",
     "red_flag_overview",
@@ -168,12 +169,18 @@ def _red_flag_rules(kb: KnowledgeBase) -> list[tuple[Rule, int]]:
     return out
 
 
+def evidence_ident(ev_id: str, *, code: bool = False) -> str:
+    """An evidence id (in ``<code>`` if asked), linked to its source where it names one."""
+    url = evidence_url(ev_id)
+    text = f"<code>{_e(ev_id)}</code>" if code else _e(ev_id)
+    return (f'<a class="evidence" href="{_e(url)}" rel="noopener noreferrer" '
+            f'target="_blank">{text}</a>' if url else text)
+
+
 def _evidence_links(rule: Rule) -> str:
     parts = []
     for ev in rule.evidence:
-        url = evidence_url(ev.id)
-        ident = (f'<a class="evidence" href="{_e(url)}" rel="noopener noreferrer" '
-                 f'target="_blank">{_e(ev.id)}</a>' if url else _e(ev.id))
+        ident = evidence_ident(ev.id)
         parts.append(f"{ident} <span class=\"tag tag-{_e(ev.tag.value)}\">"
                      f"{_e(ev.tag.value)}</span>")
     return "<br>".join(parts)

@@ -10,6 +10,7 @@ to durable-rules negation, which is gated on a stratum marker (engine safety rul
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import combinations, product
@@ -85,31 +86,109 @@ class CompiledKnowledgeBase:
         """Facts some rule reads; no other fact can change a result."""
         return frozenset(lit.fact for r in self.rules for t in r.terms for lit in t)
 
+    @cached_property
+    def durable_keys(self) -> dict[str, tuple[str, str]]:
+        """The two properties each fact read by a rule is asserted under in durable-rules,
+        its group and its own (``{"sid":..,"id":"f:pain-now","g3":1,"f12":7}``).
+
+        durable's alpha network finds the tests for a message by property name: at each
+        node, every property of the message is looked up in a table of the node's children
+        (hashed by property name, linear probing from one of 32 start slots), so a lookup
+        walks about as many entries as the node has children. One shared ``n`` property
+        made every fact run the name test of every fact; a property per fact under the
+        root made each of a message's properties walk ~130 entries; a group property
+        (~sqrt(n) groups) under the root, then the fact's own property under its group,
+        keeps both tables short (input facts' assert 150 -> 100 us in an A/B)."""
+        names = sorted(self.read_names)
+        groups = max(1, math.isqrt(len(names)))
+        return {n: (f"g{i % groups}", f"f{i}") for i, n in enumerate(names)}
+
+    @cached_property
+    def waits_for(self) -> tuple[tuple[int | None, ...], ...]:
+        """Per rule, per term: the stratum marker the term waits for in durable-rules (None:
+        no marker; safety rule 4 in docs/architecture.md).
+
+        The reference evaluator runs strata in order. A term fires in durable exactly when
+        it fires there, in whatever order the facts arrive, when (a) every fact it reads
+        with a value test is derived only in its own or earlier strata, so that fact is
+        final by the end of the term's stratum and never arrives later, and (b) nothing
+        it derives is read by a rule of an earlier stratum (which could otherwise see the
+        fact before its stratum's turn). Such a term's value tests hold at the end of its
+        stratum iff they hold at any time (facts are never retracted or changed within
+        an evaluation), so it needs no marker at all if it tests no absence, and otherwise
+        only the marker after which every fact it needs absent is final: marker 0 (sent
+        with the input facts, after them) for a fact no rule derives, else the marker
+        after the last stratum that derives one (the loader refuses an absence test on a
+        fact derived in the reader's stratum or later). Any other term waits for its own
+        stratum's marker, as every term did before. (A value test on a fact derived both
+        before and after the reader's stratum is the one case where durable and the
+        reference can differ, before this scheme as after it: the reader fires when the
+        later producer's fact arrives. The loader allows it; the bundled knowledge base
+        has none; ``tests/test_engine_markers.py`` pins the markers such terms get.)"""
+        produced_in: dict[str, list[int]] = {}
+        read_in: dict[str, list[int]] = {}
+        for rule in self.rules:
+            for name, _ in rule.derives:
+                produced_in.setdefault(name, []).append(rule.stratum)
+            for fact in {lit.fact for t in rule.terms for lit in t}:
+                read_in.setdefault(fact, []).append(rule.stratum)
+
+        def marker(rule: CompiledRule, term: tuple[Literal, ...]) -> int | None:
+            s = rule.stratum
+            if (any(lit.op != "missing" and max(produced_in.get(lit.fact, [0])) > s
+                    for lit in term)
+                    or any(min(read_in.get(n, [s])) < s for n, _ in rule.derives)):
+                return s
+            final = [max(produced_in[lit.fact]) + 1 if lit.fact in produced_in else 0
+                     for lit in term if lit.op == "missing"]
+            return max(final) if final else None
+
+        return tuple(tuple(marker(r, t) for t in r.terms) for r in self.rules)
+
+    @cached_property
+    def markers(self) -> tuple[int, ...]:
+        """The stratum markers some term waits for, in order: only these are sent."""
+        return tuple(sorted({m for ms in self.waits_for for m in ms if m is not None}))
+
     def durable_definition(self) -> dict[str, dict[str, Any]]:
         """The durable-rules ruleset definition, without actions (the runner adds them)."""
         out: dict[str, dict[str, Any]] = {}
+        keys = self.durable_keys
+        always: set[str] = set()  # facts some pattern takes whatever their value
         for ri, rule in enumerate(self.rules):
             for ti, term in enumerate(rule.terms):
-                patterns: list[dict[str, Any]] = [
-                    {"ctl": {"$and": [{"t": "stratum"}, {"s": rule.stratum}]}}
-                ]
+                patterns: list[dict[str, Any]] = []
+                marker = self.waits_for[ri][ti]
+                if marker is not None:
+                    patterns.append({"ctl": {"stratum": marker}})
                 for pi, (fact, lits) in enumerate(_group(term)):
-                    base: list[dict[str, Any]] = [{"t": "fact"}, {"n": fact}]
+                    if all(lit.op in ("present", "missing") for lit in lits):
+                        always.add(fact)
+                    # every pattern on a fact starts with "its group's property exists",
+                    # then "its own property exists" (``durable_keys``)
+                    exists = _exists(*keys[fact])
                     if lits[0].op == "missing":
-                        patterns.append({f"a{pi}$not": {"$and": base}})
+                        patterns.append({f"a{pi}$not": exists})
                     else:
-                        tests = [t for lit in lits for t in _durable_tests(lit)]
-                        patterns.append({f"p{pi}": {"$and": base + tests}})
+                        tests = [t for lit in lits for t in _durable_tests(lit, keys[fact][1])]
+                        patterns.append({f"p{pi}": {"$and": exists["$and"] + tests}})
                 # pri: lower fires first, stored unsigned; explicit multiples of 10 (rule 8)
                 pri = 10 * (rule.stratum * 100 + rule.priority)
                 out[f"{ri}:{ti}"] = {"all": patterns, "pri": pri}
-        # sinks: every fact type is handled, but the sinks never complete, so never fire
-        for t in ("fact", "stratum"):
-            out[f"sink:{t}"] = {
-                "all": [{"m": {"t": t}}, {"never": {"t": "never-asserted"}}],
-                "pri": 10 * 10_000,
-            }
+        # sinks: every fact is handled whatever its value (markers are sent only when some
+        # term waits for them); a sink never completes its join, so it never fires. A fact
+        # some term tests for presence or absence alone is always handled: no sink
+        for fact, (group, key) in keys.items():
+            if fact in always:
+                continue
+            out[f"sink:{fact}"] = {"all": [{"m": _exists(group, key)},
+                                           {"never": {"$ex": {"never-asserted": 1}}}],
+                                   "pri": 10 * 10_000}
         return out
+
+
+def _exists(group: str, key: str) -> dict[str, Any]:
+    return {"$and": [{"$ex": {group: 1}}, {"$ex": {key: 1}}]}
 
 
 def _group(term: tuple[Literal, ...]) -> list[tuple[str, list[Literal]]]:
@@ -119,27 +198,27 @@ def _group(term: tuple[Literal, ...]) -> list[tuple[str, list[Literal]]]:
     return sorted(groups.items())
 
 
-def _durable_tests(lit: Literal) -> list[dict[str, Any]]:
+def _durable_tests(lit: Literal, key: str) -> list[dict[str, Any]]:
     v = lit.value
     match lit.op:
         case "present":
             return []
         case "is":
-            return [{"v": v}]
+            return [{key: v}]
         case "is-not":
-            return [{"$neq": {"v": v}}]
+            return [{"$neq": {key: v}}]
         case "lt":
-            return [{"$lt": {"v": v}}]
+            return [{"$lt": {key: v}}]
         case "le":
-            return [{"$lte": {"v": v}}]
+            return [{"$lte": {key: v}}]
         case "gt":
-            return [{"$gt": {"v": v}}]
+            return [{"$gt": {key: v}}]
         case "ge":
-            return [{"$gte": {"v": v}}]
+            return [{"$gte": {key: v}}]
         case "in":
-            return [{"$or": [{"v": x} for x in v]}] if len(v) > 1 else [{"v": v[0]}]
+            return [{"$or": [{key: x} for x in v]}] if len(v) > 1 else [{key: v[0]}]
         case "not-in":
-            return [{"$neq": {"v": x}} for x in v]
+            return [{"$neq": {key: x}} for x in v]
     raise AssertionError(lit.op)
 
 

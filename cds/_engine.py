@@ -8,12 +8,15 @@ The safety rules (docs/architecture.md) this module enforces:
    asserted (markers first, so no rule can wake) and checking the session is empty with no
    action pending; only then is it kept for the ruleset's next evaluation (one per
    ruleset), otherwise (and after any error) ``delete_state`` runs, in ``finally``;
-4. negation is gated: every rule waits for its stratum marker, asserted after all input
-   facts and after the earlier strata have settled;
+4. negation is gated: a term that tests an absence waits for the stratum marker after which
+   every fact it needs absent is final (marker 0, at the end of the input facts' batch, for
+   input facts); markers go in order, each after the last has settled; a term with value
+   tests only needs none when its facts never arrive after its stratum's turn
+   (``CompiledKnowledgeBase.waits_for`` gives the argument);
 5. action errors are surfaced: actions are taken from durable's C layer and run here
    (``RuleEngine._settle``), so an error in one (two rules deriving different values)
    abandons the action and fails the evaluation (no partial advice); an assert durable
-   refuses fails it too; sink rules make every fact type handled;
+   refuses fails it too; a sink rule per fact makes every fact handled;
 6. every fact has an explicit unique ``id``, and every input fact is checked to be present
    after evaluation;
 7. one ruleset per ``{kb-id}@{version}``, registered once, never replaced;
@@ -32,6 +35,7 @@ import json
 import math
 import re
 import threading
+from json.encoder import encode_basestring as _encode_str  # json.dumps' own, ensure_ascii=False
 from typing import Any
 
 import durable_rules_engine as _c
@@ -58,6 +62,7 @@ _REGISTERED: dict[str, str] = {}  # ruleset name -> canonical definition JSON
 _SIDS = itertools.count(1)
 _IDLE: dict[str, str] = {}  # ruleset name -> its kept session, emptied by the last evaluation
 _RULE_NAME = re.compile(r"[0-9]+:[0-9]+")
+_INPUT_ID = re.compile(r'"id":"f:([^"]*)"')
 
 
 def _host() -> _QuietHost:
@@ -85,7 +90,12 @@ class RuleEngine:
     def __init__(self, compiled: CompiledKnowledgeBase) -> None:
         self.compiled = compiled
         self.name = compiled.name
-        self._read = compiled.read_names
+        self._keys = compiled.durable_keys
+        self._input_heads = _heads(self._keys, "f")
+        self._derived_heads = _heads(self._keys, "d")
+        # an action message starts '{"ri:ti":': the term it is for, by that name
+        self._terms = {f"{ri}:{ti}": (ri, ti) for ri, r in enumerate(compiled.rules)
+                       for ti in range(len(r.terms))}
         definition = compiled.durable_definition()
         canonical = json.dumps(definition, sort_keys=True)
         warm: list[Fact] | None = None
@@ -149,99 +159,122 @@ class RuleEngine:
 
     def _derive(self, sid: str, facts: list[Fact], log: FiringLog,
                 asserted: list[str]) -> EngineResult:
-        """Assert the facts, then each stratum's marker in turn; every fact asserted (input
-        and derived) is added to ``asserted``."""
-        handle, read = self._handle, self._read
-        messages: list[dict[str, Any]] = [
-            {"sid": sid, "id": f"f:{f.name}", "t": "fact", "n": f.name, "v": f.value}
-            for f in facts
-            if f.name in read
-        ]
-        if messages:
-            text = _dumps(messages)
+        """Assert the input facts with marker 0 after them (one batch: durable reads a
+        batch's messages in order, and runs no action until asked), then every other
+        marker some term waits for, in order, each after the last has settled; every fact
+        asserted (input and derived) is added to ``asserted``."""
+        handle, keys = self._handle, self._keys
+        messages = [(f.name, f.value) for f in facts if f.name in keys]
+        markers = self.compiled.markers
+        text = _dumps(sid, messages, self._input_heads) if messages else ""
+        if text:
             asserted.append(text)
+        rest = markers
+        if markers and markers[0] == 0:
+            text = (text[:-1] + "," if text else "[") + _marker(sid, 0) + "]"
+            rest = markers[1:]
+        if text:
             self._settle(log, sid, _c.assert_facts(handle, text), asserted)
-        for k in range(len(self.compiled.strata)):
+        for k in rest:
             self._settle(log, sid, _c.assert_fact(handle, _marker(sid, k)), asserted)
         # durable gives the facts back as the text they were asserted in (compact, see
-        # ``_dumps``: '"id":"f:name"'); an id not found in it is reported lost, so another
-        # layout would fail every evaluation, never pass a lost fact
+        # ``_dumps``: '"id":"f:name"'). The session held no fact before this evaluation
+        # (``_emptied``) and durable refuses an id twice, so all input facts are there iff
+        # their ids are all counted; another layout would fail every evaluation, never
+        # pass a lost fact
         present = _c.get_facts(handle, sid)
-        lost = sorted(str(m["id"]) for m in messages if f'"id":"{m["id"]}"' not in present)
-        if lost:
-            raise EngineError("input facts lost inside the engine", lost)
+        if present.count('"id":"f:') != len(messages):
+            found = set(_INPUT_ID.findall(present))
+            raise EngineError("input facts lost inside the engine",
+                              sorted(f"f:{n}" for n, _ in messages if n not in found))
         return log.result()
 
     def _emptied(self, sid: str, asserted: list[str]) -> bool:
-        """Retract everything the evaluation asserted, markers first (every rule waits for
-        its marker, so no rule can wake while the facts go), and say whether the session is
-        now empty with nothing to do: then the next evaluation reuses it. A new session
-        costs durable ~0.8 ms (its state for the whole network) and deleting one ~0.13 ms,
-        against ~2 us per retracted fact; anything unexpected and the caller deletes it."""
+        """Retract everything the evaluation asserted, markers first (no rule that waits
+        for a marker can wake while the facts go, and a rule that needs none only ever
+        loses facts), and say whether the session is now empty with nothing to do: then
+        the next evaluation reuses it. A new session costs durable ~0.8 ms (its state for
+        the whole network) and deleting one ~0.13 ms, against ~2 us per retracted fact;
+        anything unexpected and the caller deletes it."""
         handle = self._handle
-        markers = "[" + ",".join(_marker(sid, k) for k in range(len(self.compiled.strata))) + "]"
-        facts = "[" + ",".join(text[1:-1] for text in asserted) + "]"
-        for batch in (markers, facts if asserted else ""):
-            if batch:
-                code, state = _c.retract_facts(handle, batch)
-                if code != 0 or _c.start_action_for_state(handle, state):
-                    return False
+        # markers first (in one batch, durable reads its messages in order)
+        batch = [_marker(sid, k) for k in self.compiled.markers]
+        batch += [text[1:-1] for text in asserted]
+        if batch:
+            code, state = _c.retract_facts(handle, "[" + ",".join(batch) + "]")
+            if code != 0 or _c.start_action_for_state(handle, state):
+                return False
         return bool(_c.get_facts(handle, sid) == "[]")
 
     def _settle(self, log: FiringLog, sid: str, asserted: tuple[int, int],
                 into: list[str]) -> None:
         """Run every action the last assert made ready, until none is left (what durable's
-        ``Host`` does, without a JSON state round trip per action). Each firing's newly
-        derived facts are asserted in one batch before the next action is taken (and added
-        to ``into``)."""
-        handle = self._handle
+        ``Host`` does, without a JSON state round trip per action). The facts the firings
+        derive are asserted in one batch when no action is left (and added to ``into``),
+        then the actions that batch made ready run, until nothing new is derived: a fact
+        only ever adds matches, so when it arrives changes no result."""
+        handle, keys, terms, fire = self._handle, self._keys, self._terms, log.fire
         state = _accepted(asserted)
-        started = _c.start_action_for_state(handle, state)
-        message = started[1] if started else None
-        while message:
-            try:
-                new = log.fire(*_message_rule(message))
-                if new:
-                    derived = [{"sid": sid, "id": f"d:{n}", "t": "fact", "n": n, "v": v}
-                               for n, v in new]
-                    text = _dumps(derived)
-                    into.append(text)
-                    _accepted(_c.assert_facts(handle, text))
-            except BaseException:
-                _c.abandon_action(handle, state)
-                raise
-            message = _c.complete_and_start_action(handle, state)
+        while True:
+            started = _c.start_action_for_state(handle, state)
+            message = started[1] if started else None
+            new: list[tuple[str, Any]] = []
+            while message:
+                try:
+                    term = terms.get(message[2:message.find('"', 2)]) or _message_rule(message)
+                    # only what some rule reads goes into the session: no other fact can
+                    # fire anything (the result is the firing log's, not the session's)
+                    new += [nv for nv in fire(*term) if nv[0] in keys]
+                except BaseException:
+                    _c.abandon_action(handle, state)
+                    raise
+                message = _c.complete_and_start_action(handle, state)
+            if not new:
+                return
+            text = _dumps(sid, new, self._derived_heads)
+            into.append(text)
+            state = _accepted(_c.assert_facts(handle, text))
 
 
 def _marker(sid: str, k: int) -> str:
-    return f'{{"sid":"{sid}","id":"s:{k}","t":"stratum","s":{k}}}'
+    return f'{{"sid":"{sid}","id":"s:{k}","stratum":{k}}}'
 
 
-def _dumps(messages: list[dict[str, Any]]) -> str:
-    """The messages as durable-rules reads them. Its JSON reader takes an exponent only
+def _dumps(sid: str, facts: list[tuple[str, Any]], heads: dict[str, str]) -> str:
+    """The facts as durable-rules reads them, ``[{"sid":"s1","id":"f:name","g3":1,"f12":7},..]``:
+    ``heads`` gives each fact's text after the sid up to its value (``_heads``)."""
+    return "[" + ",".join(f'{{"sid":"{sid}{heads[n]}{_value_text(n, v)}}}'
+                          for n, v in facts) + "]"
+
+
+def _heads(keys: dict[str, tuple[str, str]], kind: str) -> dict[str, str]:
+    """Per fact: ``","id":"f:name","g3":1,"f12":`` (``kind`` f for input facts, d for
+    derived; the properties: ``CompiledKnowledgeBase.durable_keys``)."""
+    return {n: '",' + f'"id":{json.dumps(f"{kind}:{n}")},{json.dumps(g)}:1,{json.dumps(k)}:'
+            for n, (g, k) in keys.items()}
+
+
+def _value_text(name: str, v: Any) -> str:
+    """A fact value as durable-rules reads it. Its JSON reader takes an exponent only
     after a '.', and Python writes some floats without one (1e-05, 1e+16, 5e-324): read
     as they are, such a fact is misread or lost, or the process dies (a segmentation
     fault), so they are written 1.0e-05; a non-finite value is refused."""
-    if not any(isinstance(m["v"], float) and not _plain(m["v"]) for m in messages):
-        return json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
-    return "[" + ",".join(_dumps_one(m) for m in messages) + "]"
-
-
-def _plain(v: float) -> bool:
+    t = type(v)
+    if t is bool:
+        return "true" if v else "false"
+    if t is int:
+        return int.__repr__(v)
+    if t is str:
+        return _encode_str(v)
+    if t is not float:
+        return json.dumps(v, ensure_ascii=False)
     text = float.__repr__(v)
-    return "e" not in text and math.isfinite(v)
-
-
-def _dumps_one(message: dict[str, Any]) -> str:
-    v = message["v"]
-    if not isinstance(v, float) or _plain(v):
-        return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    if "e" not in text and math.isfinite(v):
+        return text
     if not math.isfinite(v):
-        raise EngineError(f"fact '{message['n']}' is not a finite number ({v!r})")
-    mantissa, _, exponent = float.__repr__(v).partition("e")
-    number = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}"
-    rest = {k: x for k, x in message.items() if k != "v"}
-    return json.dumps(rest, ensure_ascii=False, separators=(",", ":"))[:-1] + f',"v":{number}}}'
+        raise EngineError(f"fact '{name}' is not a finite number ({v!r})")
+    mantissa, _, exponent = text.partition("e")
+    return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}"
 
 
 def _accepted(result: tuple[int, int]) -> int:

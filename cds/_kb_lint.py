@@ -34,7 +34,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from cds._compiler import CompiledKnowledgeBase
+from cds._compiler import CompiledKnowledgeBase, CompiledRule
 from cds._compiler import Literal as Lit
 from cds._errors import KnowledgeBaseError, KnowledgeBaseProblem, MovementCDSError
 from cds._facts import Fact
@@ -47,6 +47,7 @@ from cds._kb_schema import (
     FactTest,
     NoneOf,
     ParamTest,
+    Rule,
 )
 from cds._knowledge_base import KnowledgeBase, Located, _position, _read
 from cds._reference import evaluate_reference, literal_holds
@@ -452,20 +453,30 @@ def lint_knowledge_base(
     rules in ``compiled`` (one scope). ``scenarios`` and ``facts`` switch off the checks that
     are about the whole knowledge base (run them once when linting several scopes)."""
     src = _Sources.read(kb.root)
-    out: list[KnowledgeBaseProblem] = []
-
-    def put(loc: Located, msg: str, severity: str) -> None:
-        out.append(KnowledgeBaseProblem(loc.file, loc.line, loc.column, msg, severity))
-
     reach = _Reach(kb, compiled)
     reach.run()
     # rules of this compiled scope (follow-up rules are compiled and checked separately)
     crules = {r.rule_id: r for r in compiled.rules}
     rules = [r for r in kb.rules if r.id in crules]
-    already = {w.message.split(":")[0] for w in kb.warnings if "(unreachable)" in w.message}
+    out: list[KnowledgeBaseProblem] = []
+    if facts:
+        out.extend(_uncarried_inputs(kb, rules))
+    out.extend(_never_firing(kb, rules, crules, reach, src))
+    out.extend(_veto_overlaps(kb, rules, reach, src))
+    for rule in rules:
+        out.extend(_evidence_checks(rule.id, rule.evidence, src))
+    if scenarios:
+        out.extend(_scenario_checks(kb, compiled, src))
+    return sorted(out, key=lambda p: (p.file, p.line or 0, p.column or 0, p.message))
 
-    # input facts no input can carry
-    for d in kb.facts.values() if facts else ():
+
+def _warning(loc: Located, msg: str) -> KnowledgeBaseProblem:
+    return KnowledgeBaseProblem(loc.file, loc.line, loc.column, msg, "warning")
+
+
+def _uncarried_inputs(kb: KnowledgeBase, rules: list[Rule]) -> Iterator[KnowledgeBaseProblem]:
+    """Input facts no input can carry (no coding, not computed) that a rule reads."""
+    for d in kb.facts.values():
         if getattr(d, "scope", "patient") != "patient":
             continue
         if not d.derived and d.coding is None and d.name not in COMPUTED_INPUTS:
@@ -474,13 +485,21 @@ def lint_knowledge_base(
                               for t, _ in _fact_test_paths(r.when, ("when",)))]
             if readers:
                 loc = kb.locations.get(f"facts:{d.name}", Located("facts.yaml", None, None))
-                put(loc, f"fact '{d.name}' is an input but has no coding, so no input can "
+                yield _warning(
+                    loc, f"fact '{d.name}' is an input but has no coding, so no input can "
                     f"carry it; rules {', '.join(readers)} read it and can never see it (add "
                     "coding: {system, code}; declare it derived: true if a rule derives it; "
                     "or, if the program computes it, list it in cds/_kb_lint.py "
-                    "COMPUTED_INPUTS)", "warning")
+                    "COMPUTED_INPUTS)")
 
-    # rules that can never fire
+
+def _never_firing(
+    kb: KnowledgeBase, rules: list[Rule], crules: dict[str, CompiledRule], reach: _Reach,
+    src: _Sources,
+) -> Iterator[KnowledgeBaseProblem]:
+    """Rules that can never fire, at the fact test that stops them (the loader has already
+    said so for a rule that reads an unreachable derived fact)."""
+    already = {w.message.split(":")[0] for w in kb.warnings if "(unreachable)" in w.message}
     for rule in rules:
         if rule.id in reach.can_fire:
             continue
@@ -488,9 +507,10 @@ def lint_knowledge_base(
         if not cr.terms:
             if _has_param_test(rule.when):
                 continue  # switched off by configuration (a param test), on purpose
-            put(src.at(rule.id, ("when",)),
+            yield _warning(
+                src.at(rule.id, ("when",)),
                 f"rule {rule.id} can never fire: its condition contradicts itself (for example "
-                "a fact that must be both missing and recorded)", "warning")
+                "a fact that must be both missing and recorded)")
             continue
         if f"rule {rule.id}" in already:
             continue
@@ -501,9 +521,14 @@ def lint_knowledge_base(
         paths = [p for t, p in _fact_test_paths(rule.when, ("when",)) if t.fact == lit.fact]
         loc = src.at(rule.id, (*paths[0], "fact")) if paths else src.at(rule.id)
         more = " (and in every other case of its condition)" if len(cr.terms) > 1 else ""
-        put(loc, f"rule {rule.id} can never fire: {why}{more}", "warning")
+        yield _warning(loc, f"rule {rule.id} can never fire: {why}{more}")
 
-    # recommendation and veto of the same exercise that can hold together
+
+def _veto_overlaps(
+    kb: KnowledgeBase, rules: list[Rule], reach: _Reach, src: _Sources
+) -> Iterator[KnowledgeBaseProblem]:
+    """A recommendation and a veto of the same exercise that can hold together (with a
+    witness patient), and ``overrides`` entries that acknowledge no such pair."""
     recs: dict[str, list[str]] = {}
     for r in rules:
         for a in r.then:
@@ -522,9 +547,10 @@ def lint_knowledge_base(
                             pairs.setdefault(rid, []).append(ex.id)
         for rid in sorted(acknowledged):
             if rid not in pairs:
-                put(src.find(v.id, rid, ("overrides",)),
+                yield _warning(
+                    src.find(v.id, rid, ("overrides",)),
                     f"rule {v.id}: overrides names '{rid}', which recommends nothing this "
-                    "rule vetoes (remove it from overrides)", "warning")
+                    "rule vetoes (remove it from overrides)")
         for rid, exercises in sorted(pairs.items()):
             if rid in acknowledged or v.id not in reach.can_fire or rid not in reach.can_fire:
                 continue
@@ -534,18 +560,12 @@ def lint_knowledge_base(
             shown = ", ".join(f"{f.name} = {_show(f.value)}" for f in witness) or "(no facts)"
             where = kb.locations.get(f"rules:{rid}")
             at = f" ({where.file}:{where.line})" if where else ""
-            put(src.at(v.id),
+            yield _warning(
+                src.at(v.id),
                 f"rule {rid}{at} recommends {', '.join(dict.fromkeys(exercises))} and rule "
                 f"{v.id} vetoes it; both fire for a patient with {shown}. The veto wins (the "
                 f"exercise is listed as 'do not perform'). If that is intended, add "
-                f"'overrides: [{rid}]' to {v.id}", "warning")
-
-    for rule in rules:
-        out.extend(_evidence_checks(rule.id, rule.evidence, src))
-
-    if scenarios:
-        out.extend(_scenario_checks(kb, compiled, src))
-    return sorted(out, key=lambda p: (p.file, p.line or 0, p.column or 0, p.message))
+                f"'overrides: [{rid}]' to {v.id}")
 
 
 def has_identifier(evidence_id: str) -> bool:

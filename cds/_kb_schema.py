@@ -467,6 +467,12 @@ class VetoAction(_Model):
             return False
         return not (self.surface and ex.surface not in self.surface)
 
+    def described(self) -> str:
+        """The properties it names, as the catalogs print them: ``direction flexion; load
+        axial``."""
+        named = (("direction", self.direction), ("load", self.load), ("surface", self.surface))
+        return "; ".join(f"{k} {', '.join(x.value for x in vals)}" for k, vals in named if vals)
+
 
 class DataGapAction(_Model):
     facts: list[str] = Field(min_length=1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -146,19 +146,17 @@ def _position(node: Any, loc: tuple[Any, ...]) -> tuple[int | None, int | None]:
         line, col = cur.lc.line + 1, cur.lc.col + 1
     for step in loc:
         if isinstance(cur, dict) and step in cur:
-            try:
-                line, col = cur.lc.key(step)  # type: ignore[attr-defined]
-                line, col = line + 1, col + 1
-            except Exception:
-                pass
-            cur = cur[step]
+            where = "key"
         elif isinstance(cur, list) and isinstance(step, int) and 0 <= step < len(cur):
-            try:
-                line, col = cur.lc.item(step)  # type: ignore[attr-defined]
-                line, col = line + 1, col + 1
-            except Exception:
-                pass
-            cur = cur[step]
+            where = "item"
+        else:
+            continue
+        try:  # a map's key or a list's item, as ruamel's round-trip nodes keep them
+            ln, cl = getattr(cur.lc, where)(step)
+            line, col = ln + 1, cl + 1
+        except Exception:
+            pass
+        cur = cur[step]
     return line, col
 
 
@@ -314,142 +312,165 @@ def load_knowledge_base(
     return kb
 
 
-def _parse_knowledge_base(
-    root: Path, parameter_overrides: dict[str, Any] | None
-) -> KnowledgeBase:
-    problems: list[KnowledgeBaseProblem] = []
-    if not root.is_dir():
-        raise KnowledgeBaseError(
-            [KnowledgeBaseProblem(str(root), None, None, "not a knowledge-base directory")]
-        )
+def located_items(
+    path: Path, root: Path, key: str, model: type[M], problems: list[KnowledgeBaseProblem]
+) -> Iterator[tuple[M, Located]]:
+    """Each item of the file's top-level ``key:`` list that validates as ``model``, with where
+    it is written; what does not read or validate is added to ``problems``."""
+    rel = str(path.relative_to(root))
+    doc = _read(path, root, problems)
+    for i, node in _items(doc, key, rel, problems):
+        item = _validate(model, node, rel, (key, i), doc, problems)
+        if item is not None:
+            yield item, Located(rel, *_position(doc, (key, i)))
 
-    def need(name: str) -> Path:
-        p = root / name
+
+def load_cases(
+    root: Path, key: str, model: type[M], what: str,
+    check: Callable[[M], str | None] = lambda _: None,
+) -> list[tuple[M, str, int | None]]:
+    """Every item (with an ``id``) of ``root/key/*.yaml``'s ``key:`` lists, with its file and
+    line: the scenarios and the trajectories. An id given twice, or an item ``check`` has a
+    complaint about, is a problem; ``KnowledgeBaseError`` lists them all."""
+    problems: list[KnowledgeBaseProblem] = []
+    out: list[tuple[M, str, int | None]] = []
+    seen: dict[str, str] = {}
+    for path in sorted((root / key).glob("*.yaml")):
+        for item, at in located_items(path, root, key, model, problems):
+            ident = getattr(item, "id")  # noqa: B009 - any model with an id
+            wrong = (f"duplicate {what} id '{ident}' (first in {seen[ident]})"
+                     if ident in seen else check(item))
+            if wrong:
+                problems.append(KnowledgeBaseProblem(at.file, at.line, at.column, wrong))
+                continue
+            seen[ident] = at.file
+            out.append((item, at.file, at.line))
+    if problems:
+        raise KnowledgeBaseError(problems)
+    return out
+
+
+class _Reader:
+    """A knowledge base's files read with positions, in a fixed order; every problem found is
+    collected (in the order found) and every catalog entry's place kept as ``key:ident``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.problems: list[KnowledgeBaseProblem] = []
+        self.locations: dict[str, Located] = {}
+
+    def need(self, name: str) -> Path:
+        p = self.root / name
         if not p.is_file():
-            problems.append(KnowledgeBaseProblem(name, None, None, "file is missing"))
+            self.problems.append(KnowledgeBaseProblem(name, None, None, "file is missing"))
         return p
 
-    manifest_path = need("manifest.yaml")
-    manifest_doc = _read(manifest_path, root, problems) if manifest_path.is_file() else None
-    manifest = (
-        _validate(Manifest, manifest_doc, "manifest.yaml", (), manifest_doc, problems)
-        if manifest_doc is not None
-        else None
-    )
+    def manifest(self) -> Manifest | None:
+        path = self.need("manifest.yaml")
+        doc = _read(path, self.root, self.problems) if path.is_file() else None
+        if doc is None:
+            return None
+        return _validate(Manifest, doc, "manifest.yaml", (), doc, self.problems)
 
-    facts: dict[str, FactDefinition] = {}
-    exercises: dict[str, ExerciseDefinition] = {}
-    alerts: dict[str, AlertDefinition] = {}
-    rules: list[Rule] = []
-    locations: dict[str, Located] = {}
+    def catalog(self, fname: str, key: str, model: type[M], id_attr: str) -> dict[str, M]:
+        """NAME.yaml, plus any NAME/*.yaml (one file per pathway, so authors don't collide)."""
+        folder = self.root / key
+        extra = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+        main = self.need(fname) if not extra else self.root / fname
+        return self._unique(([main] if main.is_file() else []) + extra, key, model, id_attr,
+                            id_attr)
 
-    def collect(
-        fname: str, key: str, model: type[M], id_attr: str, into: dict[str, M]
-    ) -> None:
-        # NAME.yaml, plus any NAME/*.yaml (one file per pathway, so authors don't collide)
-        extra = sorted((root / key).glob("*.yaml")) if (root / key).is_dir() else []
-        main = need(fname) if not extra else root / fname
-        for path in ([main] if main.is_file() else []) + extra:
-            collect_file(path, key, model, id_attr, into)
+    def rules(self) -> list[Rule]:
+        folder = self.root / "rules"
+        files = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+        if not files:
+            self.problems.append(
+                KnowledgeBaseProblem("rules/", None, None, "no rule files (rules/*.yaml)"))
+        return list(self._unique(files, "rules", Rule, "id", "rule id").values())
 
-    def collect_file(
-        path: Path, key: str, model: type[M], id_attr: str, into: dict[str, M]
-    ) -> None:
-        fname = str(path.relative_to(root))
-        doc = _read(path, root, problems)
-        for i, node in _items(doc, key, fname, problems):
-            item = _validate(model, node, fname, (key, i), doc, problems)
-            if item is None:
+    def _unique(
+        self, paths: list[Path], key: str, model: type[M], id_attr: str, what: str
+    ) -> dict[str, M]:
+        into: dict[str, M] = {}
+        for path in paths:
+            for item, at in located_items(path, self.root, key, model, self.problems):
+                ident = getattr(item, id_attr)
+                first = self.locations.get(f"{key}:{ident}")
+                if ident in into:
+                    self.problems.append(KnowledgeBaseProblem(
+                        at.file, at.line, at.column, f"duplicate {what} '{ident}'"
+                        + (f" (first at {first.file}:{first.line})" if first else "")))
+                    continue
+                into[ident] = item
+                self.locations[f"{key}:{ident}"] = at
+        return into
+
+    def parameters(self, manifest: Manifest) -> dict[str, ParameterDefinition]:
+        """The manifest's parameters, then those of parameters/*.yaml (a name once only)."""
+        parameters = dict(manifest.parameters)
+        folder = self.root / "parameters"
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            rel = str(path.relative_to(self.root))
+            doc = _read(path, self.root, self.problems)
+            table = doc.get("parameters") if isinstance(doc, dict) else None
+            if not isinstance(table, dict):
+                self.problems.append(
+                    KnowledgeBaseProblem(rel, 1, 1, "expected a top-level 'parameters:' map"))
                 continue
-            ident = getattr(item, id_attr)
-            line, col = _position(doc, (key, i))
-            if ident in into:
-                first = locations.get(f"{key}:{ident}")
-                problems.append(
-                    KnowledgeBaseProblem(
-                        fname, line, col,
-                        f"duplicate {id_attr} '{ident}'"
-                        + (f" (first at {first.file}:{first.line})" if first else ""),
-                    )
-                )
-                continue
-            into[ident] = item
-            locations[f"{key}:{ident}"] = Located(fname, line, col)
+            for pname, node in table.items():
+                loc = ("parameters", pname)
+                pdef = _validate(ParameterDefinition, node, rel, loc, doc, self.problems)
+                if pdef is None:
+                    continue
+                if pname in parameters:
+                    line, col = _position(doc, loc)
+                    self.problems.append(
+                        KnowledgeBaseProblem(rel, line, col, f"duplicate parameter '{pname}'"))
+                    continue
+                parameters[str(pname)] = pdef
+        return parameters
 
-    collect("facts.yaml", "facts", FactDefinition, "name", facts)
-    collect("exercises.yaml", "exercises", ExerciseDefinition, "id", exercises)
-    collect("alerts.yaml", "alerts", AlertDefinition, "code", alerts)
 
-    rule_files = sorted((root / "rules").glob("*.yaml")) if (root / "rules").is_dir() else []
-    if not rule_files:
-        problems.append(KnowledgeBaseProblem("rules/", None, None, "no rule files (rules/*.yaml)"))
-    seen_rules: dict[str, Located] = {}
-    for path in rule_files:
-        rel = str(path.relative_to(root))
-        doc = _read(path, root, problems)
-        for i, node in _items(doc, "rules", rel, problems):
-            rule = _validate(Rule, node, rel, ("rules", i), doc, problems)
-            line, col = _position(doc, ("rules", i))
-            if rule is None:
-                continue
-            if rule.id in seen_rules:
-                first = seen_rules[rule.id]
-                problems.append(
-                    KnowledgeBaseProblem(
-                        rel, line, col,
-                        f"duplicate rule id '{rule.id}' (first at {first.file}:{first.line})",
-                    )
-                )
-                continue
-            seen_rules[rule.id] = Located(rel, line, col)
-            rules.append(rule)
-
-    if manifest is None:
-        problems.append(KnowledgeBaseProblem("manifest.yaml", None, None, "no usable manifest"))
-        raise KnowledgeBaseError(problems)
-
-    parameters = dict(manifest.parameters)
-    pdir = root / "parameters"
-    for path in sorted(pdir.glob("*.yaml")) if pdir.is_dir() else []:
-        rel = str(path.relative_to(root))
-        doc = _read(path, root, problems)
-        table = doc.get("parameters") if isinstance(doc, dict) else None
-        if not isinstance(table, dict):
-            problems.append(
-                KnowledgeBaseProblem(rel, 1, 1, "expected a top-level 'parameters:' map")
-            )
-            continue
-        for pname, node in table.items():
-            pdef = _validate(ParameterDefinition, node, rel, ("parameters", pname), doc, problems)
-            if pdef is None:
-                continue
-            if pname in parameters:
-                line, col = _position(doc, ("parameters", pname))
-                problems.append(
-                    KnowledgeBaseProblem(rel, line, col, f"duplicate parameter '{pname}'")
-                )
-                continue
-            parameters[str(pname)] = pdef
-
-    overrides = dict(parameter_overrides or {})
+def _override_problems(
+    overrides: dict[str, Any], parameters: dict[str, ParameterDefinition]
+) -> Iterator[KnowledgeBaseProblem]:
+    """A configured parameter value outside its declared range, or for no parameter."""
     for name, value in overrides.items():
         pd = parameters.get(name)
         if pd is not None and isinstance(value, int | float) and not isinstance(value, bool) and (
             (pd.min is not None and value < pd.min) or (pd.max is not None and value > pd.max)
         ):
-            problems.append(KnowledgeBaseProblem(
+            yield KnowledgeBaseProblem(
                 "(configuration)", None, None,
-                f"parameter '{name}' = {value} is outside its range [{pd.min}, {pd.max}]"))
+                f"parameter '{name}' = {value} is outside its range [{pd.min}, {pd.max}]")
         if name not in parameters:
-            problems.append(
-                KnowledgeBaseProblem("(configuration)", None, None, f"unknown parameter '{name}'")
-            )
+            yield KnowledgeBaseProblem(
+                "(configuration)", None, None, f"unknown parameter '{name}'")
 
+
+def _parse_knowledge_base(
+    root: Path, parameter_overrides: dict[str, Any] | None
+) -> KnowledgeBase:
+    if not root.is_dir():
+        raise KnowledgeBaseError(
+            [KnowledgeBaseProblem(str(root), None, None, "not a knowledge-base directory")]
+        )
+    read = _Reader(root)
+    problems = read.problems
+    manifest = read.manifest()
+    facts = read.catalog("facts.yaml", "facts", FactDefinition, "name")
+    exercises = read.catalog("exercises.yaml", "exercises", ExerciseDefinition, "id")
+    alerts = read.catalog("alerts.yaml", "alerts", AlertDefinition, "code")
+    rules = read.rules()
+    if manifest is None:
+        problems.append(KnowledgeBaseProblem("manifest.yaml", None, None, "no usable manifest"))
+        raise KnowledgeBaseError(problems)
+    parameters = read.parameters(manifest)
+    overrides = dict(parameter_overrides or {})
+    problems.extend(_override_problems(overrides, parameters))
     kb = KnowledgeBase(
         root=root, manifest=manifest, facts=facts, exercises=exercises, alerts=alerts, rules=[],
-        locations={**locations, **{f"rules:{k}": v for k, v in seen_rules.items()}},
-        parameter_overrides=overrides,
-        parameters=parameters,
+        locations=read.locations, parameter_overrides=overrides, parameters=parameters,
         search_synonyms=_synonyms(root, problems),
     )
     problems.extend(_cross_check(kb, rules))
@@ -468,45 +489,76 @@ def _synonyms(root: Path, problems: list[KnowledgeBaseProblem]) -> list[SynonymG
     path = root / "search-synonyms.yaml"
     if not path.is_file():
         return []
-    rel = path.name
-    doc = _read(path, root, problems)
     groups: list[SynonymGroup] = []
     seen: dict[str, int] = {}
-    for i, node in _items(doc, "synonyms", rel, problems):
-        group = _validate(SynonymGroup, node, rel, ("synonyms", i), doc, problems)
-        if group is None:
-            continue
-        line, col = _position(doc, ("synonyms", i))
+    for group, at in located_items(path, root, "synonyms", SynonymGroup, problems):
         for term in group.terms:
             if term in seen:
                 problems.append(KnowledgeBaseProblem(
-                    rel, line, col, f"search synonym '{term}' is already in the group at "
-                    f"line {seen[term]}"))
-            seen.setdefault(term, line or 0)
+                    at.file, at.line, at.column, f"search synonym '{term}' is already in the "
+                    f"group at line {seen[term]}"))
+            seen.setdefault(term, at.line or 0)
         groups.append(group)
     return groups
 
 
+# --- cross-checks -------------------------------------------------------------------------
+
+_RULE_PREFIXES = ("veto", "gap", "note", "limit", "adjust")
+
+
+class _Problems(list[KnowledgeBaseProblem]):
+    """The cross-checks' problems, each placed where its rule (or catalog entry) is written."""
+
+    def __init__(self, kb: KnowledgeBase) -> None:
+        super().__init__()
+        self.kb = kb
+
+    def at(self, key: str, default: str, msg: str, severity: str = "error") -> None:
+        loc = self.kb.locations.get(key, Located(default, None, None))
+        self.append(KnowledgeBaseProblem(loc.file, loc.line, loc.column, msg, severity))
+
+    def rule(self, rule: Rule, msg: str, severity: str = "error") -> None:
+        self.at(f"rules:{rule.id}", "rules/", f"rule {rule.id}: {msg}", severity)
+
+
 def _cross_check(kb: KnowledgeBase, rules: list[Rule]) -> list[KnowledgeBaseProblem]:
-    out: list[KnowledgeBaseProblem] = []
-
-    def at(rule: Rule, msg: str, severity: str = "error") -> None:
-        loc = kb.locations.get(f"rules:{rule.id}", Located("rules/", None, None))
-        out.append(KnowledgeBaseProblem(loc.file, loc.line, loc.column, msg, severity))
-
+    """What no single file's schema can see: names that must exist elsewhere, chains that
+    must end, scopes that must agree and strata that must come in order."""
+    out = _Problems(kb)
     strata = kb.manifest.strata
     order = {s: i for i, s in enumerate(strata)}
     if len(order) != len(strata):
         out.append(KnowledgeBaseProblem("manifest.yaml", None, None, "strata repeat a name"))
+    _catalog_checks(kb, out)
+    # which stratum produces each derived name
+    producers: dict[str, set[int]] = {}
+    for r in rules:
+        if r.stratum not in order:
+            out.rule(r, f"unknown stratum '{r.stratum}' (manifest lists {strata})")
+            continue
+        for name in derived_names(r):
+            producers.setdefault(name, set()).add(order[r.stratum])
+    for r in rules:
+        _scope_checks(kb, r, out)
+    rule_ids = {r.id for r in rules}
+    for r in rules:
+        for pt in _param_tests(r.when):
+            if pt.param not in kb.parameters:
+                out.rule(r, f"unknown parameter '{pt.param}'")
+        if r.stratum in order:
+            _condition_checks(kb, r, order[r.stratum], producers, rule_ids, out)
+            _action_checks(kb, r, out)
+    return out
 
+
+def _catalog_checks(kb: KnowledgeBase, out: _Problems) -> None:
+    """Facts' parameters exist; exercises' easier/harder chains name exercises and end."""
     for fd in kb.facts.values():
         if isinstance(fd.max_age_days, Param) and fd.max_age_days.param not in kb.parameters:
-            loc = kb.locations.get(f"facts:{fd.name}", Located("facts.yaml", None, None))
-            out.append(KnowledgeBaseProblem(
-                loc.file, loc.line, loc.column,
-                f"fact '{fd.name}': max-age-days names unknown parameter "
-                f"'{fd.max_age_days.param}'"))
-
+            out.at(f"facts:{fd.name}", "facts.yaml",
+                   f"fact '{fd.name}': max-age-days names unknown parameter "
+                   f"'{fd.max_age_days.param}'")
     for rel in ("easier", "harder"):
         # a progression or regression chain must end: the follow-up walks it
         for ex in kb.exercises.values():
@@ -515,127 +567,122 @@ def _cross_check(kb: KnowledgeBase, rules: list[Rule]) -> list[KnowledgeBaseProb
                 seen.append(cur)
                 cur = getattr(kb.exercises[cur], rel)
             if cur is not None and cur == ex.id:
-                loc = kb.locations[f"exercises:{ex.id}"]
-                out.append(KnowledgeBaseProblem(
-                    loc.file, loc.line, loc.column,
-                    f"exercise '{ex.id}': the {rel} chain loops back to it "
-                    f"({' -> '.join([*seen, cur])})"))
-
+                out.at(f"exercises:{ex.id}", "exercises.yaml",
+                       f"exercise '{ex.id}': the {rel} chain loops back to it "
+                       f"({' -> '.join([*seen, cur])})")
     for ex in kb.exercises.values():
         for rel, target in (("easier", ex.easier), ("harder", ex.harder)):
             if target is not None and target not in kb.exercises:
-                loc = kb.locations[f"exercises:{ex.id}"]
-                out.append(
-                    KnowledgeBaseProblem(
-                        loc.file, loc.line, loc.column,
-                        f"exercise '{ex.id}': {rel} names unknown exercise '{target}'",
-                    )
-                )
+                out.at(f"exercises:{ex.id}", "exercises.yaml",
+                       f"exercise '{ex.id}': {rel} names unknown exercise '{target}'")
 
-    # which stratum produces each derived name
-    producers: dict[str, set[int]] = {}
-    for r in rules:
-        if r.stratum not in order:
-            at(r, f"rule {r.id}: unknown stratum '{r.stratum}' (manifest lists {strata})")
+
+def _known(kb: KnowledgeBase, rule_ids: set[str], name: str) -> bool:
+    """Whether a rule may read the fact name: a declared fact, or one the program derives."""
+    if name in kb.facts:
+        return True
+    prefix, _, rest = name.partition(".")
+    if prefix == "alert":
+        return rest in kb.alerts
+    if prefix == "recommend":
+        return rest in kb.exercises
+    if prefix in _RULE_PREFIXES:
+        return rest in rule_ids
+    base = kb.facts.get(prefix)
+    if base is None:
+        return False
+    # per-side and asymmetry facts of bilateral tests; the LBP-provoked flag of a test
+    if base.bilateral and rest in ("left", "right", "asymmetry"):
+        return True
+    return rest == "lbp-provoked" and prefix.startswith(("fms-", "pattern-"))
+
+
+def _fact_scope(kb: KnowledgeBase, name: str) -> str:
+    d = kb.facts.get(name)
+    return d.scope if d is not None else "patient"
+
+
+def _scope_checks(kb: KnowledgeBase, r: Rule, out: _Problems) -> None:
+    """A per-exercise rule reads inputs and responses and derives findings and adjustments;
+    a patient-level rule reads no response fact and adjusts nothing."""
+    per_exercise = r.scope == "exercise-response"
+    for test, _neg in condition_facts(r.when):
+        fs = _fact_scope(kb, test.fact)
+        d = kb.facts.get(test.fact)
+        if not per_exercise and fs == "exercise-response":
+            out.rule(r, f"reads '{test.fact}', a per-exercise response fact; give the rule "
+                     "scope: exercise-response")
+        elif per_exercise and fs == "patient" and (d is None or d.derived):
+            out.rule(r, f"a per-exercise rule reads '{test.fact}', a patient-level finding; "
+                     "it may read the patient's input facts and response facts only")
+    for a in r.then:
+        kind = a.kind()
+        if per_exercise and kind not in ("finding", "classification", "adjust"):
+            out.rule(r, "a per-exercise rule (scope exercise-response) may only derive "
+                     f"findings and adjust; not {kind}")
+        if not per_exercise and kind == "adjust":
+            out.rule(r, "adjust is for per-exercise rules; give the rule scope: "
+                     "exercise-response")
+        for fa in (a.finding, a.classification):
+            if fa is not None and fa.name in kb.facts and _fact_scope(kb, fa.name) != r.scope:
+                out.rule(r, f"derives '{fa.name}' of scope {_fact_scope(kb, fa.name)} from a "
+                         f"rule of scope {r.scope}")
+
+
+def _condition_checks(
+    kb: KnowledgeBase, r: Rule, mine: int, producers: dict[str, set[int]],
+    rule_ids: set[str], out: _Problems,
+) -> None:
+    """Each fact test names a known fact, parameter and code, and reads what its own or an
+    earlier stratum derives and no later one does (an absence only once nothing in its own
+    or a later stratum can derive it)."""
+    for test, negated in condition_facts(r.when):
+        if not _known(kb, rule_ids, test.fact):
+            out.rule(r, f"unknown fact '{test.fact}'")
             continue
-        for name in derived_names(r):
-            producers.setdefault(name, set()).add(order[r.stratum])
+        op, operand = test.operator()
+        defn = kb.facts.get(test.fact)
+        if isinstance(operand, Param):
+            if operand.param not in kb.parameters:
+                out.rule(r, f"unknown parameter '{operand.param}'")
+        elif defn is not None and defn.type == "code" and op in _VALUE_OPS:
+            values = operand if isinstance(operand, list) else [operand]
+            bad = [v for v in values if v not in (defn.codes or [])]
+            if bad:
+                out.rule(r, f"'{test.fact}' has no code {bad}; allowed: {defn.codes}")
+        if test.fact in producers:
+            if tests_absence(test, negated) and max(producers[test.fact]) >= mine:
+                out.rule(r, f"tests that '{test.fact}' is absent, but it is derived in the "
+                         "same or a later stratum; move this rule to a later stratum")
+            elif min(producers[test.fact]) > mine:
+                out.rule(r, f"reads '{test.fact}', which is only derived later")
+            elif max(producers[test.fact]) > mine:
+                # the reference fires this rule once, at its stratum; durable would fire it
+                # again when the later stratum's fact arrives: refuse the ambiguity
+                out.rule(r, f"reads '{test.fact}', which a later stratum derives too; move "
+                         "this rule after every stratum that derives it")
+        elif defn is not None and defn.derived:
+            out.rule(r, f"reads '{test.fact}', which no rule produces (unreachable)",
+                     "warning")
 
-    def known(name: str) -> bool:
-        if name in kb.facts:
-            return True
-        prefix, _, rest = name.partition(".")
-        if prefix == "alert":
-            return rest in kb.alerts
-        if prefix == "recommend":
-            return rest in kb.exercises
-        if prefix in ("veto", "gap", "note", "limit", "adjust"):
-            return any(r.id == rest for r in rules)
-        base = kb.facts.get(prefix)
-        if base is None:
-            return False
-        # per-side and asymmetry facts of bilateral tests; the LBP-provoked flag of a test
-        if base.bilateral and rest in ("left", "right", "asymmetry"):
-            return True
-        return rest == "lbp-provoked" and prefix.startswith(("fms-", "pattern-"))
 
-    def fact_scope(name: str) -> str:
-        d = kb.facts.get(name)
-        return d.scope if d is not None else "patient"
-
-    for r in rules:
-        per_exercise = r.scope == "exercise-response"
-        for test, _neg in condition_facts(r.when):
-            fs = fact_scope(test.fact)
-            d = kb.facts.get(test.fact)
-            if not per_exercise and fs == "exercise-response":
-                at(r, f"rule {r.id}: reads '{test.fact}', a per-exercise response fact; give "
-                   "the rule scope: exercise-response")
-            elif per_exercise and fs == "patient" and (d is None or d.derived):
-                at(r, f"rule {r.id}: a per-exercise rule reads '{test.fact}', a patient-level "
-                   "finding; it may read the patient's input facts and response facts only")
-        for a in r.then:
-            kind = a.kind()
-            if per_exercise and kind not in ("finding", "classification", "adjust"):
-                at(r, f"rule {r.id}: a per-exercise rule (scope exercise-response) may only "
-                   f"derive findings and adjust; not {kind}")
-            if not per_exercise and kind == "adjust":
-                at(r, f"rule {r.id}: adjust is for per-exercise rules; give the rule scope: "
-                   "exercise-response")
-            for fa in (a.finding, a.classification):
-                if fa is not None and fa.name in kb.facts and fact_scope(fa.name) != r.scope:
-                    at(r, f"rule {r.id}: derives '{fa.name}' of scope {fact_scope(fa.name)} "
-                       f"from a rule of scope {r.scope}")
-
-    for r in rules:
-        for pt in _param_tests(r.when):
-            if pt.param not in kb.parameters:
-                at(r, f"rule {r.id}: unknown parameter '{pt.param}'")
-        if r.stratum not in order:
-            continue
-        mine = order[r.stratum]
-        for test, negated in condition_facts(r.when):
-            if not known(test.fact):
-                at(r, f"rule {r.id}: unknown fact '{test.fact}'")
+def _action_checks(kb: KnowledgeBase, r: Rule, out: _Problems) -> None:
+    """Each action names a known alert, exercise and fact, and a declared code."""
+    for a in r.then:
+        if a.alert and a.alert.code not in kb.alerts:
+            out.rule(r, f"unknown alert code '{a.alert.code}'")
+        if a.recommend and a.recommend.exercise not in kb.exercises:
+            out.rule(r, f"unknown exercise '{a.recommend.exercise}'")
+        for fa in (a.finding, a.classification):
+            if fa is None:
                 continue
-            op, operand = test.operator()
-            defn = kb.facts.get(test.fact)
-            if isinstance(operand, Param):
-                if operand.param not in kb.parameters:
-                    at(r, f"rule {r.id}: unknown parameter '{operand.param}'")
-            elif defn is not None and defn.type == "code" and op in _VALUE_OPS:
-                values = operand if isinstance(operand, list) else [operand]
-                bad = [v for v in values if v not in (defn.codes or [])]
-                if bad:
-                    at(r, f"rule {r.id}: '{test.fact}' has no code {bad}; allowed: {defn.codes}")
-            if test.fact in producers:
-                if tests_absence(test, negated) and max(producers[test.fact]) >= mine:
-                    at(
-                        r,
-                        f"rule {r.id}: tests that '{test.fact}' is absent, but it is derived in "
-                        "the same or a later stratum; move this rule to a later stratum",
-                    )
-                elif min(producers[test.fact]) > mine:
-                    at(r, f"rule {r.id}: reads '{test.fact}', which is only derived later")
-            elif defn is not None and defn.derived:
-                at(r, f"rule {r.id}: reads '{test.fact}', which no rule produces (unreachable)",
-                   "warning")
-        for a in r.then:
-            if a.alert and a.alert.code not in kb.alerts:
-                at(r, f"rule {r.id}: unknown alert code '{a.alert.code}'")
-            if a.recommend and a.recommend.exercise not in kb.exercises:
-                at(r, f"rule {r.id}: unknown exercise '{a.recommend.exercise}'")
-            for fa in (a.finding, a.classification):
-                if fa is None:
-                    continue
-                d = kb.facts.get(fa.name)
-                if d is None or not d.derived:
-                    at(r, f"rule {r.id}: derives '{fa.name}', which facts.yaml does not declare "
-                       "as a derived fact")
-                elif d.type == "code" and fa.value not in (d.codes or []):
-                    at(r, f"rule {r.id}: '{fa.name}' has no code '{fa.value}'")
-            if a.data_gap:
-                for f in a.data_gap.facts:
-                    if f not in kb.facts:
-                        at(r, f"rule {r.id}: data-gap names unknown fact '{f}'")
-    return out
+            d = kb.facts.get(fa.name)
+            if d is None or not d.derived:
+                out.rule(r, f"derives '{fa.name}', which facts.yaml does not declare as a "
+                         "derived fact")
+            elif d.type == "code" and fa.value not in (d.codes or []):
+                out.rule(r, f"'{fa.name}' has no code '{fa.value}'")
+        if a.data_gap:
+            for f in a.data_gap.facts:
+                if f not in kb.facts:
+                    out.rule(r, f"data-gap names unknown fact '{f}'")

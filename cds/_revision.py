@@ -20,20 +20,13 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from cds._dose import ExerciseDose
 from cds._engine_result import EngineResult
 from cds._errors import InputIssue, InvalidInputError
 from cds._facts import Derivation, Fact, PatientFacts
-from cds._followup import (
-    ChangeKind,
-    CheckIn,
-    ExerciseChange,
-    ExerciseResponse,
-    FollowUp,
-    PreviousExercise,
-    PreviousPlan,
-)
+from cds._followup import CheckIn, ExerciseChange, PreviousExercise, PreviousPlan
 from cds._kb_schema import AdjustAction, ExerciseDefinition
 from cds._knowledge_base import KnowledgeBase
 from cds._plan import (
@@ -44,6 +37,9 @@ from cds._plan import (
     PlannedExercise,
     plan_limit,
 )
+
+if TYPE_CHECKING:  # names only in annotations
+    from cds._followup import ChangeKind, ExerciseResponse, FollowUp
 
 __all__ = [
     "DECISION_SEVERITY",

@@ -28,11 +28,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cds._errors import KnowledgeBaseError, KnowledgeBaseProblem, MovementCDSError
+from cds._errors import MovementCDSError
 from cds._evaluator import Evaluator
 from cds._explain import Explainer, ExplainTargetError, render_item, render_target
 from cds._facts import Fact, PatientFacts
-from cds._knowledge_base import _items, _position, _read, _validate
+from cds._knowledge_base import load_cases
 from cds._plan import Plan
 
 __all__ = [
@@ -168,30 +168,13 @@ BundleReader = Callable[[Path, datetime], PatientFacts]
 
 def load_scenarios(root: Path) -> list[tuple[Scenario, str, int | None]]:
     """Every scenario under ``root/scenarios``, with its file and line."""
-    problems: list[KnowledgeBaseProblem] = []
-    out: list[tuple[Scenario, str, int | None]] = []
-    seen: dict[str, str] = {}
-    for path in sorted((root / "scenarios").glob("*.yaml")):
-        rel = str(path.relative_to(root))
-        doc = _read(path, root, problems)
-        for i, node in _items(doc, "scenarios", rel, problems):
-            sc = _validate(Scenario, node, rel, ("scenarios", i), doc, problems)
-            line, col = _position(doc, ("scenarios", i))
-            if sc is None:
-                continue
-            if sc.id in seen:
-                problems.append(KnowledgeBaseProblem(
-                    rel, line, col, f"duplicate scenario id '{sc.id}' (first in {seen[sc.id]})"))
-                continue
-            if (sc.facts is None) == (sc.bundle is None):
-                problems.append(KnowledgeBaseProblem(
-                    rel, line, col, f"scenario '{sc.id}': give exactly one of facts or bundle"))
-                continue
-            seen[sc.id] = rel
-            out.append((sc, rel, line))
-    if problems:
-        raise KnowledgeBaseError(problems)
-    return out
+    return load_cases(root, "scenarios", Scenario, "scenario", _one_input)
+
+
+def _one_input(sc: Scenario) -> str | None:
+    if (sc.facts is None) == (sc.bundle is None):
+        return f"scenario '{sc.id}': give exactly one of facts or bundle"
+    return None
 
 
 def _facts_of(sc: Scenario, evaluator: Evaluator) -> list[Fact]:

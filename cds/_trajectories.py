@@ -37,11 +37,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cds._errors import KnowledgeBaseError, KnowledgeBaseProblem, MovementCDSError
+from cds._errors import MovementCDSError
 from cds._evaluator import Evaluator
 from cds._facts import Fact, PatientFacts
 from cds._followup import ExerciseResponse, FollowUp
-from cds._knowledge_base import _items, _position, _read, _validate
+from cds._knowledge_base import load_cases
 from cds._plan import Plan
 from cds._revision import previous_plan_of
 from cds._scenarios import DEFAULT_AS_OF, Expectation, Scenario, check_scenario
@@ -118,26 +118,7 @@ class TrajectoryOutcome:
 
 def load_trajectories(root: Path) -> list[tuple[Trajectory, str, int | None]]:
     """Every trajectory under ``root/trajectories``, with its file and line."""
-    problems: list[KnowledgeBaseProblem] = []
-    out: list[tuple[Trajectory, str, int | None]] = []
-    seen: dict[str, str] = {}
-    for path in sorted((root / "trajectories").glob("*.yaml")):
-        rel = str(path.relative_to(root))
-        doc = _read(path, root, problems)
-        for i, node in _items(doc, "trajectories", rel, problems):
-            tr = _validate(Trajectory, node, rel, ("trajectories", i), doc, problems)
-            line, col = _position(doc, ("trajectories", i))
-            if tr is None:
-                continue
-            if tr.id in seen:
-                problems.append(KnowledgeBaseProblem(
-                    rel, line, col, f"duplicate trajectory id '{tr.id}' (first in {seen[tr.id]})"))
-                continue
-            seen[tr.id] = rel
-            out.append((tr, rel, line))
-    if problems:
-        raise KnowledgeBaseError(problems)
-    return out
+    return load_cases(root, "trajectories", Trajectory, "trajectory")
 
 
 def _facts(values: dict[str, Any], src: str) -> list[Fact]:

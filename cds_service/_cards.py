@@ -76,20 +76,10 @@ def _prune_card(v: Any) -> Any:
     already wrote them without empty elements and validated them, and they are most of a
     plan card's size, so walking them again on every call would be wasted work."""
     if isinstance(v, dict):
-        out = {}
-        for k, x in v.items():
-            if k != "resource":
-                x = _prune_card(x)
-            if not _empty(x):
-                out[k] = x
-        return out
+        pruned = ((k, x if k == "resource" else _prune_card(x)) for k, x in v.items())
+        return {k: x for k, x in pruned if not _empty(x)}
     if isinstance(v, list):
-        items = []
-        for x in v:
-            x = _prune_card(x)
-            if not _empty(x):
-                items.append(x)
-        return items
+        return [x for x in map(_prune_card, v) if not _empty(x)]
     return v
 
 

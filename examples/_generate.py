@@ -11,14 +11,17 @@ exercises; visit 3's input holds visit 2's CarePlan and the responses to it. Eac
 re-asks the red-flag questions. The outputs change whenever the rules do: re-run this script
 after a knowledge-base change (``--check`` says when they are stale).
 
-Codes and displays come from the bundled knowledge base's fact catalog, so the examples stay
-in step with it. Every file is a FHIR R4 Bundle of type ``collection`` with one Patient; ids
+The people are data: ``_people.yaml`` holds each one's Patient and what was recorded (each a
+call of fhir_adapters' ``BundleBuilder``). Codes and displays come from the bundled knowledge
+base's fact catalog, so the examples stay in step with it. Every file is a FHIR R4 Bundle
+of type ``collection`` with one Patient; ids
 and ``urn:uuid`` fullUrls are derived from the file and resource names, so regenerating gives
 byte-identical files.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import uuid
@@ -26,282 +29,54 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ruamel.yaml import YAML
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from cds import load_knowledge_base  # noqa: E402
+from fhir_adapters import (  # noqa: E402
+    EXERCISE_SYSTEM,
+    BundleBuilder,
+    exercise_response,
+    kind_of,
+    patient,
+    value_x,
+)
 from knowledge_base import bundled_path  # noqa: E402
 
 KB = load_knowledge_base(bundled_path())
-SCREEN = "http://movement-cds.org/fhir/CodeSystem/screen"
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-UCUM = "http://unitsofmeasure.org"
-OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 NAMESPACE = uuid.UUID("6f0b8a52-5d0e-4c36-9a55-0d1e6a3b7c11")
-
-RED_FLAGS = (
-    "rf-saddle-anaesthesia", "rf-bladder-dysfunction", "rf-bowel-dysfunction",
-    "rf-bilateral-leg-symptoms", "rf-progressive-weakness", "rf-foot-drop",
-    "rf-sexual-dysfunction", "rf-fever", "rf-unexplained-weight-loss", "rf-cancer-history",
-    "rf-night-pain", "rf-significant-trauma", "rf-corticosteroid-use", "rf-iv-drug-use",
-    "rf-immunosuppression", "rf-recent-infection", "rf-pulsatile-abdominal-mass",
-    "rf-not-improving",
-)
 SURVEY_PREFIXES = ("rf-", "startback-", "phq2-", "odi-", "pain-", "episode-", "symptom-")
-SIDES = {"left": ("7771000", "Left"), "right": ("24028007", "Right")}
 
 
-class Builder:
+def example(name: str, patient_id: str, *, birth_date: str, gender: str,
+            family: str, given: str) -> BundleBuilder:
     """Resources of one example Bundle, all about one Patient."""
-
-    def __init__(self, name: str, patient_id: str, *, birth_date: str, gender: str,
-                 family: str, given: str) -> None:
-        self.name = name
-        self.patient_id = patient_id
-        self.subject = {"reference": f"Patient/{patient_id}"}
-        self.resources: list[dict[str, Any]] = [{
-            "resourceType": "Patient",
-            "id": patient_id,
-            "identifier": [{"system": "https://example.org/fhir/mrn", "value": f"MRN-{name}"}],
-            "name": [{"family": family, "given": [given]}],
-            "gender": gender,
-            "birthDate": birth_date,
-        }]
-
-    def add(self, resource: dict[str, Any]) -> dict[str, Any]:
-        self.resources.append(resource)
-        return resource
-
-    def obs(self, fact: str, value: Any = None, *, when: str = "2026-11-01T09:30:00Z",
-            status: str = "final", left: Any = None, right: Any = None,
-            provoked: bool | None = None, oid: str | None = None,
-            raw_value: dict[str, Any] | None = None) -> dict[str, Any]:
-        d = KB.facts[fact]
-        assert d.coding is not None, fact
-        category = "survey" if fact.startswith(SURVEY_PREFIXES) else "exam"
-        res: dict[str, Any] = {
-            "resourceType": "Observation",
-            "id": oid or f"obs-{fact}",
-            "status": status,
-            "category": [{"coding": [{"system": OBS_CATEGORY, "code": category}]}],
-            "code": {"coding": [{"system": d.coding.system, "code": d.coding.code,
-                                 "display": d.coding.display}]},
-            "subject": self.subject,
-            "effectiveDateTime": when,
-        }
-        if raw_value is not None:
-            res.update(raw_value)
-        elif value is not None:
-            res.update(encode(fact, value))
-        components = []
-        for side, v in (("left", left), ("right", right)):
-            if v is not None:
-                code, display = SIDES[side]
-                components.append({"code": {"coding": [{"system": SNOMED, "code": code,
-                                                        "display": display}]},
-                                   **encode(fact, v)})
-        if provoked is not None:
-            components.append({
-                "code": {"coding": [{"system": SCREEN, "code": "lbp-provoked",
-                                     "display": "Test reproduced or increased low back pain"}]},
-                "valueBoolean": provoked,
-            })
-        if components:
-            res["component"] = components
-        return self.add(res)
-
-    def red_flags(self, present: tuple[str, ...] = (), omit: tuple[str, ...] = (),
-                  when: str = "2026-11-01T09:05:00Z") -> None:
-        for rf in RED_FLAGS:
-            if rf not in omit:
-                self.obs(rf, rf in present, when=when)
-
-    def condition(self, fact: str, *, cid: str, clinical: str = "active",
-                  onset: str = "2025-06-01") -> dict[str, Any]:
-        d = KB.facts[fact]
-        assert d.coding is not None
-        return self.add({
-            "resourceType": "Condition",
-            "id": cid,
-            "clinicalStatus": {"coding": [{"system": CLINICAL, "code": clinical}]},
-            "verificationStatus": {"coding": [{"system": VERIFICATION, "code": "confirmed"}]},
-            "category": [{"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/condition-category",
-                "code": "problem-list-item"}]}],
-            "code": {"coding": [{"system": d.coding.system, "code": d.coding.code,
-                                 "display": d.coding.display}]},
-            "subject": self.subject,
-            "onsetDateTime": onset,
-        })
-
-    def bundle(self) -> dict[str, Any]:
-        def full_url(r: dict[str, Any]) -> str:
-            key = f"{self.name}/{r['resourceType']}/{r['id']}"
-            return f"urn:uuid:{uuid.uuid5(NAMESPACE, key)}"
-
-        return {
-            "resourceType": "Bundle",
-            "id": f"example-{self.name}",
-            "type": "collection",
-            "timestamp": "2026-11-01T10:00:00Z",
-            "entry": [{"fullUrl": full_url(r), "resource": r} for r in self.resources],
-        }
+    return BundleBuilder(
+        KB, patient(patient_id, mrn=f"MRN-{name}", family=family, given=given, gender=gender,
+                    birth_date=birth_date),
+        bundle_id=f"example-{name}", namespace=NAMESPACE, key_prefix=f"{name}/",
+        timestamp="2026-11-01T10:00:00Z", survey=SURVEY_PREFIXES)
 
 
-def encode(fact: str, value: Any) -> dict[str, Any]:
-    """The value[x] of a fact, in the form the input contract asks for."""
-    d = KB.facts[fact]
-    if d.type == "boolean":
-        return {"valueBoolean": value}
-    if d.type == "code":
-        return {"valueCodeableConcept": {"coding": [{"system": SCREEN, "code": value}]}}
-    if d.type == "integer":
-        return {"valueInteger": value}
-    unit = d.unit or "1"
-    return {"valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit}}
-
-
-def fms(b: Builder, *, squat: int = 2, hurdle: tuple[int, int] = (2, 2),
-        lunge: tuple[int, int] = (2, 2), shoulder: tuple[int, int] = (3, 3),
-        aslr: tuple[int, int] = (2, 2), pushup: int = 2, rotary: tuple[int, int] = (2, 2),
-        when: str = "2026-11-01T10:00:00Z") -> None:
-    b.obs("fms-deep-squat", squat, when=when, provoked=False)
-    b.obs("fms-hurdle-step", left=hurdle[0], right=hurdle[1], when=when, provoked=False)
-    b.obs("fms-inline-lunge", left=lunge[0], right=lunge[1], when=when, provoked=False)
-    b.obs("fms-shoulder-mobility", left=shoulder[0], right=shoulder[1], when=when)
-    b.obs("fms-active-slr", left=aslr[0], right=aslr[1], when=when, provoked=False)
-    b.obs("fms-trunk-stability-pushup", pushup, when=when, provoked=False)
-    b.obs("fms-rotary-stability", left=rotary[0], right=rotary[1], when=when, provoked=False)
-
-
-def no_red_flags() -> Builder:
-    b = Builder("no-red-flags", "pat-nrf", birth_date="1978-03-14", gender="female",
-                family="Okafor", given="Ada")
-    b.red_flags()
-    b.obs("pain-now", 4)
-    b.obs("odi-score", 28.0)
-    fms(b, rotary=(1, 1), aslr=(1, 2))
-    b.obs("pattern-hinge", 1, when="2026-11-01T10:20:00Z", provoked=False)
-    b.obs("directional-preference", "extension", when="2026-11-01T10:30:00Z")
-    b.condition("condition-low-back-pain", cid="cond-lbp")
+def build(name: str, person: dict[str, Any]) -> BundleBuilder:
+    """An example from its entry in _people.yaml: each recorded step a builder call."""
+    p = person["patient"]
+    b = example(name, p["id"], birth_date=p["born"], gender=p["gender"], family=p["family"],
+                given=p["given"])
+    b.apply(person["recorded"])
     return b
 
 
-def cauda_equina() -> Builder:
-    b = Builder("cauda-equina", "pat-ces", birth_date="1969-09-02", gender="male",
-                family="Lindqvist", given="Per")
-    b.red_flags(present=("rf-bladder-dysfunction", "rf-saddle-anaesthesia"),
-                omit=("rf-iv-drug-use", "rf-pulsatile-abdominal-mass", "rf-not-improving"))
-    b.obs("pain-now", 8)
-    b.obs("symptom-distribution", "both-legs")
-    b.condition("condition-sciatica", cid="cond-sciatica", onset="2026-10-20")
-    return b
-
-
-def flexion_precaution() -> Builder:
-    b = Builder("flexion-precaution", "pat-flex", birth_date="1985-11-23", gender="male",
-                family="Moreau", given="Luc")
-    b.red_flags()
-    b.obs("pain-now", 5)
-    b.obs("symptom-distribution", "below-knee")
-    b.obs("repeated-flexion-response", "peripheralizes", when="2026-11-01T10:10:00Z")
-    b.obs("repeated-extension-response", "centralizes", when="2026-11-01T10:15:00Z")
-    b.obs("directional-preference", "extension", when="2026-11-01T10:20:00Z")
-    b.obs("slr-angle", left=55.0, right=80.0, when="2026-11-01T10:25:00Z")
-    b.condition("condition-sciatica", cid="cond-sciatica", onset="2026-09-15")
-    return b
-
-
-def red_flags_missing() -> Builder:
-    b = Builder("red-flags-missing", "pat-rfm", birth_date="1958-01-30", gender="female",
-                family="Haddad", given="Mira")
-    b.red_flags(omit=("rf-fever", "rf-cancer-history", "rf-significant-trauma"))
-    # an earlier answer entered by mistake: ignored, and reported
-    b.obs("rf-cancer-history", True, status="entered-in-error", oid="obs-rf-cancer-history-eie",
-          when="2026-11-01T09:00:00Z")
-    # pain recorded by a student, not yet signed off: used, and flagged as preliminary
-    b.obs("pain-now", 6, status="preliminary")
-    b.obs("odi-score", 36.0)
-    return b
-
-
-def bilateral_asymmetry() -> Builder:
-    b = Builder("bilateral-asymmetry", "pat-bil", birth_date="1990-07-08", gender="female",
-                family="Tanaka", given="Yui")
-    b.red_flags()
-    b.obs("pain-now", 3)
-    fms(b, hurdle=(3, 1), lunge=(2, 2))
-    b.obs("pattern-lateral-bend", left=3, right=1, when="2026-11-01T10:20:00Z")
-    b.obs("clear-shoulder", left=False, right=True, when="2026-11-01T10:05:00Z")
-    return b
-
-
-def invalid_other_patient() -> Builder:
-    b = Builder("invalid-other-patient", "pat-one", birth_date="1975-05-05", gender="male",
-                family="Novak", given="Jan")
-    b.red_flags()
-    b.obs("pain-now", 5)
-    stray = b.obs("odi-score", 30.0, oid="obs-odi-other-patient")
-    stray["subject"] = {"reference": "Patient/pat-two"}  # recorded for someone else
-    return b
-
-
-def invalid_values() -> Builder:
-    b = Builder("invalid-values", "pat-inv", birth_date="1981-12-12", gender="other",
-                family="Rossi", given="Sam")
-    b.red_flags()
-    b.obs("pain-now", 14)  # NRS is 0-10
-    b.obs("fms-deep-squat", raw_value={"valueString": "seven"}, when="2026-11-01T10:00:00Z")
-    b.obs("odi-score", 22.0)
-    b.obs("fms-rotary-stability", left=1, right=2, when="2026-11-01T10:00:00Z")
-    return b
-
-
-def example_patient() -> Builder:
-    b = Builder("example-patient", "example-patient", birth_date="1974-06-21",
-                gender="female", family="Example", given="Alex")
-    b.red_flags()
-    b.obs("pain-now", 4)
-    b.obs("odi-score", 32.0)
-    b.obs("episode-duration", 120.0)
-    b.obs("symptom-distribution", "above-knee")
-    for i, agree in enumerate((True, False, True, False, False, True, False, False, False), 1):
-        b.obs(f"startback-item-{i}", agree, when="2026-11-01T09:15:00Z")
-    b.obs("phq2-total", 1, when="2026-11-01T09:20:00Z")
-    fms(b, squat=2, hurdle=(2, 2), lunge=(3, 2), shoulder=(3, 2), aslr=(1, 2), pushup=2,
-        rotary=(1, 1))
-    for clear in ("clear-spinal-extension", "clear-spinal-flexion"):
-        b.obs(clear, False, when="2026-11-01T10:00:00Z")
-    b.obs("clear-shoulder", left=False, right=False, when="2026-11-01T10:00:00Z")
-    b.obs("pattern-squat", 2, when="2026-11-01T10:20:00Z", provoked=False)
-    b.obs("pattern-hinge", 1, when="2026-11-01T10:20:00Z", provoked=True)
-    b.obs("pattern-lateral-bend", left=3, right=1, when="2026-11-01T10:20:00Z")
-    b.obs("slr-angle", left=75.0, right=80.0, when="2026-11-01T10:30:00Z")
-    b.obs("prone-instability-test", True, when="2026-11-01T10:30:00Z")
-    b.obs("aberrant-movement", True, when="2026-11-01T10:30:00Z")
-    b.obs("directional-preference", "none", when="2026-11-01T10:35:00Z")
-    b.condition("condition-chronic-low-back-pain", cid="cond-clbp", onset="2026-07-04")
-    return b
-
-
-EXAMPLES: dict[str, Callable[[], Builder]] = {
-    "no-red-flags": no_red_flags,
-    "cauda-equina": cauda_equina,
-    "flexion-precaution": flexion_precaution,
-    "red-flags-missing": red_flags_missing,
-    "bilateral-asymmetry": bilateral_asymmetry,
-    "invalid-other-patient": invalid_other_patient,
-    "invalid-values": invalid_values,
-    "example-patient": example_patient,
-}
+PEOPLE: dict[str, Any] = YAML(typ="safe", pure=True).load(
+    (HERE / "_people.yaml").read_text(encoding="utf-8"))
+EXAMPLES: dict[str, Callable[[], BundleBuilder]] = {
+    name: functools.partial(build, name, person) for name, person in PEOPLE.items()}
 
 
 # --- follow-up: three visits ---------------------------------------------------------------
 
-EXERCISE = "http://movement-cds.org/fhir/CodeSystem/exercise"
 FOLLOW_UP_DIR = "follow-up"
 VISITS = (  # (as-of instant, when the answers were recorded)
     ("2026-11-02T11:00:00Z", "2026-11-02T09:30:00Z"),
@@ -321,73 +96,46 @@ RESPONSE_DISPLAY = {
 # hurt during and the next morning (regress), the third felt fine but was done only half
 # the time (hold); visit 3 - the first went well again (progress), the second hurt again
 # (the second bad response in a row: swap), and leg symptoms spread with the third (stop).
-RESPONSES: dict[int, tuple[dict[str, Any], ...]] = {
-    2: (
-        {"pain-during": 2, "pain-next-morning": "same", "sessions-done": 6,
-         "sessions-prescribed": 6, "perceived-effect": "better", "peripheralization": False},
-        {"pain-during": 7, "pain-next-morning": "worse", "sessions-done": 5,
-         "sessions-prescribed": 6, "peripheralization": False},
-        {"pain-during": 3, "pain-next-morning": "same", "sessions-done": 3,
-         "sessions-prescribed": 6, "perceived-effect": "better", "peripheralization": False},
-    ),
-    3: (
-        {"pain-during": 1, "pain-next-morning": "better", "sessions-done": 6,
-         "sessions-prescribed": 6, "perceived-effect": "better", "peripheralization": False},
-        {"pain-during": 6, "pain-next-morning": "worse", "sessions-done": 6,
-         "sessions-prescribed": 6, "peripheralization": False},
-        {"pain-during": 3, "pain-next-morning": "same", "sessions-done": 6,
-         "sessions-prescribed": 6, "perceived-effect": "better", "peripheralization": True},
-    ),
+# (pain during, pain next morning, sessions done, sessions prescribed, perceived effect,
+# leg symptoms spread), per exercise; None: not answered
+RESPONSE_ITEMS = ("pain-during", "pain-next-morning", "sessions-done", "sessions-prescribed",
+                  "perceived-effect", "peripheralization")
+RESPONSES: dict[int, tuple[tuple[Any, ...], ...]] = {
+    2: ((2, "same", 6, 6, "better", False), (7, "worse", 5, 6, None, False),
+        (3, "same", 3, 6, "better", False)),
+    3: ((1, "better", 6, 6, "better", False), (6, "worse", 6, 6, None, False),
+        (3, "same", 6, 6, "better", True)),
 }
 
 
-def follow_up_patient(visit: int) -> Builder:
+def follow_up_patient(visit: int) -> BundleBuilder:
     """The patient's record as the EHR holds it at ``visit`` (earlier answers stay in it)."""
-    b = Builder(f"follow-up-visit-{visit}", "pat-fu", birth_date="1981-02-11",
+    b = example(f"follow-up-visit-{visit}", "pat-fu", birth_date="1981-02-11",
                 gender="female", family="Mensah", given="Efua")
     b.obs("odi-score", 30.0, when="2026-11-02T09:20:00Z")
     b.obs("episode-duration", 150.0, when="2026-11-02T09:20:00Z")
     b.obs("symptom-distribution", "back-only", when="2026-11-02T09:20:00Z")
     for i, agree in enumerate((True, False, False, False, True, False, False, False, False), 1):
         b.obs(f"startback-item-{i}", agree, when="2026-11-02T09:15:00Z")
-    fms(b, squat=2, hurdle=(2, 2), lunge=(2, 2), shoulder=(3, 3), aslr=(2, 2), pushup=1,
+    b.movement_screen(squat=2, hurdle=(2, 2), lunge=(2, 2), shoulder=(3, 3), aslr=(2, 2), pushup=1,
         rotary=(1, 1), when="2026-11-02T10:00:00Z")
     b.obs("aberrant-movement", True, when="2026-11-02T10:30:00Z")
     b.obs("directional-preference", "none", when="2026-11-02T10:35:00Z")
     b.condition("condition-chronic-low-back-pain", cid="cond-clbp", onset="2026-06-20")
     for v in range(1, visit + 1):  # red flags and pain are asked again at every visit
         when = VISITS[v - 1][1]
-        for rf in RED_FLAGS:
+        for rf in b.red_flag_questions:
             b.obs(rf, False, when=when, oid=f"obs-v{v}-{rf}")
         b.obs("pain-now", (5, 4, 3)[v - 1], when=when, oid=f"obs-v{v}-pain-now")
     return b
 
 
-def response(b: Builder, visit: int, exercise: str, item: str, value: Any) -> None:
+def response(b: BundleBuilder, visit: int, exercise: str, item: str, value: Any) -> None:
     code = f"exercise-{item}"
-    if isinstance(value, bool):
-        v: dict[str, Any] = {"valueBoolean": value}
-    elif isinstance(value, int):
-        v = {"valueInteger": value}
-    else:
-        v = {"valueCodeableConcept": {"coding": [{"system": SCREEN, "code": value}]}}
-    title = KB.exercises[exercise].title
-    b.add({
-        "resourceType": "Observation",
-        "id": f"r{visit}-{exercise}-{item}"[:64],
-        "status": "final",
-        "category": [{"coding": [{"system": OBS_CATEGORY, "code": "survey"}]}],
-        "code": {"coding": [{"system": SCREEN, "code": code,
-                             "display": RESPONSE_DISPLAY[code]}]},
-        "subject": b.subject,
-        "effectiveDateTime": VISITS[visit - 1][1],
-        **v,
-        "component": [{
-            "code": {"coding": [{"system": SCREEN, "code": "exercise", "display": "Exercise"}]},
-            "valueCodeableConcept": {"coding": [{"system": EXERCISE, "code": exercise,
-                                                 "display": title}], "text": title},
-        }],
-    })
+    b.add(exercise_response(
+        item, value_x(kind_of(value), value), exercise, oid=f"r{visit}-{exercise}-{item}"[:64],
+        subject=b.subject, when=VISITS[visit - 1][1], category="survey",
+        display=RESPONSE_DISPLAY[code], title=KB.exercises[exercise].title))
 
 
 def follow_up_visits() -> dict[str, dict[str, Any]]:
@@ -408,11 +156,12 @@ def follow_up_visits() -> dict[str, dict[str, Any]]:
             exercises = [
                 c["code"] for act in careplan["resource"].get("activity", [])
                 for c in act.get("detail", {}).get("code", {}).get("coding", [])
-                if c["system"] == EXERCISE and act["detail"].get("status") in (
+                if c["system"] == EXERCISE_SYSTEM and act["detail"].get("status") in (
                     "not-started", "on-hold") and not act["detail"].get("doNotPerform")]
             for exercise, answers in zip(exercises, RESPONSES[visit], strict=False):
-                for item, value in answers.items():
-                    response(b, visit, exercise, item, value)
+                for item, value in zip(RESPONSE_ITEMS, answers, strict=True):
+                    if value is not None:
+                        response(b, visit, exercise, item, value)
         bundle = b.bundle()
         bundle["timestamp"] = as_of
         if previous is not None:  # the previous CarePlan keeps its own urn:uuid fullUrl

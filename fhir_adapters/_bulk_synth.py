@@ -44,6 +44,14 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import orjson
 
+from fhir_adapters._bundle_builder import (
+    concept,
+    condition,
+    exercise_response,
+    observation,
+    quantity,
+    value_x,
+)
 from fhir_adapters._population import (
     _Patient,
     _PrimaryCarePatient,
@@ -54,10 +62,9 @@ from fhir_adapters._terminology import (
     EXT_EXERCISE_DOSE,
     EXT_FOLLOW_UP_STATE,
     KNOWLEDGE_BASE_BASE,
+    SCREEN_SYSTEM,
     SNOMED,
-    UCUM,
 )
-from fhir_adapters._terminology import SCREEN_SYSTEM as SCREEN
 
 if TYPE_CHECKING:
     from cds import KnowledgeBase
@@ -97,14 +104,11 @@ def _context(seed: int, as_of: datetime, kb: KnowledgeBase) -> _Context:
     exercises = []
     for ex_id in sorted(kb.exercises):
         d = kb.exercises[ex_id].dose
-        subs: list[dict[str, Any]] = []
-        if d.sets is not None:
-            subs.append({"url": "sets", "valueInteger": d.sets})
-        if d.repetitions is not None:
-            subs.append({"url": "repetitions", "valueInteger": d.repetitions})
+        subs: list[dict[str, Any]] = [
+            {"url": url, **value_x("integer", n)}
+            for url, n in (("sets", d.sets), ("repetitions", d.repetitions)) if n is not None]
         if d.hold_seconds is not None:
-            subs.append({"url": "hold-seconds", "valueQuantity": {
-                "value": d.hold_seconds, "unit": "s", "system": UCUM, "code": "s"}})
+            subs.append({"url": "hold-seconds", **quantity(d.hold_seconds, "s")})
         subs.append({"url": "pain-monitoring", "valueString": d.pain_monitoring})
         repeat = {"frequency": d.frequency, "period": d.period, "periodUnit": d.period_unit}
         exercises.append((ex_id, {"url": EXT_EXERCISE_DOSE, "extension": subs}, repeat))
@@ -194,7 +198,7 @@ class _SynthPatient:
                 {"url": "consecutive-bad", "valueInteger": self.rng.choice((0, 0, 0, 1))}]}
             activities.append({"detail": {
                 "extension": [dose, state],
-                "code": {"coding": [{"system": EXERCISE_SYSTEM, "code": ex_id}]},
+                "code": concept(EXERCISE_SYSTEM, ex_id),
                 "status": status, "doNotPerform": False,
                 "scheduledTiming": {"repeat": repeat}}})
         return {"resourceType": "CarePlan", "id": f"{self.pid}-{cid}",
@@ -219,20 +223,13 @@ class _SynthPatient:
         for item, value in answers:
             if rng.random() >= 0.85:
                 continue  # an answer not given: missing, never "it went fine"
-            out.append({
-                "resourceType": "Observation", "id": f"{self.pid}-r-{ex_id}-{item}",
-                "status": "final",
-                "code": {"coding": [{"system": SCREEN, "code": f"exercise-{item}"}]},
-                "subject": self.reference(), "effectiveDateTime": when, **value,
-                "component": [{
-                    "code": {"coding": [{"system": SCREEN, "code": "exercise"}]},
-                    "valueCodeableConcept": {"coding": [{"system": EXERCISE_SYSTEM,
-                                                         "code": ex_id}]}}]})
+            out.append(exercise_response(item, value, ex_id, oid=f"{self.pid}-r-{ex_id}-{item}",
+                                         subject=self.reference(), when=when))
         return out
 
 
 def _rating(code: str) -> dict[str, Any]:
-    return {"valueCodeableConcept": {"coding": [{"system": SCREEN, "code": code}]}}
+    return value_x("code", code)
 
 
 def synth_patient(seed: int, index: int, as_of: datetime,
@@ -306,15 +303,12 @@ def _bad_line(kind: str, index: int, n: int, ctx: _Context) -> bytes:
                               "status": "final", "subject": {"reference": f"Patient/syn-{index}"}})
         return whole[: len(whole) // 2]
     if kind == "orphan":
-        return orjson.dumps({
-            "resourceType": "Observation", "id": f"orphan-{n}", "status": "final",
-            "code": {"coding": [{"system": SCREEN, "code": "rf-fever"}]},
-            "subject": {"reference": f"Patient/syn-missing-{n}"},
-            "effectiveDateTime": _stamp(ctx.as_of - timedelta(days=1)), "valueBoolean": False})
-    return orjson.dumps({
-        "resourceType": "Condition", "id": f"misplaced-{n}",
-        "code": {"coding": [{"system": SNOMED, "code": "279039007"}]},
-        "subject": {"reference": f"Patient/syn-{index}"}})
+        return orjson.dumps(observation(
+            concept(SCREEN_SYSTEM, "rf-fever"), oid=f"orphan-{n}",
+            subject=f"Patient/syn-missing-{n}", when=_stamp(ctx.as_of - timedelta(days=1)),
+            value=value_x("boolean", False)))
+    return orjson.dumps(condition(concept(SNOMED, "279039007"), cid=f"misplaced-{n}",
+                                  subject=f"Patient/syn-{index}"))
 
 
 def synth_export(out: Path, *, patients: int, seed: int, as_of: datetime, kb: KnowledgeBase,

@@ -8,6 +8,8 @@
     ├── UndocumentedRedFlagError (ValueError) a red-flag item the synthetic population
     │   └── UnclassifiedRedFlagError          has no rate (or class) for
     ├── BulkExportError (ValueError)     a FHIR Bulk Data export that cannot be read at all
+    ├── FactCatalogError (ValueError)    the FHIR input builder was asked for a fact, or a
+    │                                    value, that the knowledge base's catalog does not define
     └── PopulationExtraMissingError (ImportError)  the 'population' extra is not installed
 """
 
@@ -20,6 +22,7 @@ from cds import InputIssue, InvalidInputError, MovementCDSError
 
 __all__ = [
     "BulkExportError",
+    "FactCatalogError",
     "InvalidBundleError",
     "JSONTextError",
     "OutputValidationError",
@@ -115,6 +118,12 @@ class BulkExportError(MovementCDSError, ValueError):
     """The export cannot be read at all (a missing or unreadable file, a file name without a
     resource type, a manifest that is not one or points outside this machine, a broken gzip
     stream). One line naming the file; never patient data."""
+
+
+class FactCatalogError(MovementCDSError, ValueError):
+    """The FHIR input builder (``fhir_adapters._bundle_builder``) was asked for a fact the
+    knowledge base's fact catalog does not define, one without an input code, or a value of
+    another type than the catalog's: the generator and the knowledge base disagree."""
 
 
 class PopulationExtraMissingError(MovementCDSError, ImportError):

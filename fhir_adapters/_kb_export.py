@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from fhir.resources.R4B.activitydefinition import ActivityDefinition
 from fhir.resources.R4B.library import Library
@@ -53,20 +53,13 @@ from pydantic import ValidationError
 from cds import ExerciseDose, KnowledgeBase, evidence_url
 from cds.authoring import (
     CHANGELOG_FILE,
-    Action,
     AllOf,
     AnyOf,
     AtLeast,
-    Condition,
-    DoseSpec,
-    Evidence,
-    ExerciseDefinition,
-    FactDefinition,
     FactTest,
     NoneOf,
     Param,
     ParamTest,
-    Rule,
     parse_changelog,
 )
 from fhir_adapters._code_systems import code_systems
@@ -86,6 +79,17 @@ from fhir_adapters._terminology import (
     STARTBACK_PANEL,
     UCUM,
 )
+
+if TYPE_CHECKING:  # the rule language's names this module only annotates with
+    from cds.authoring import (
+        Action,
+        Condition,
+        DoseSpec,
+        Evidence,
+        ExerciseDefinition,
+        FactDefinition,
+        Rule,
+    )
 
 __all__ = [
     "ACTIVITY_DEFINITION_BASE",

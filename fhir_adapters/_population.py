@@ -14,7 +14,9 @@ Bundle that an EHR could send under the input contract (the Observations, Condit
 codes listed in docs/knowledge-base-format.md and docs/integrators/cds-hooks.md).
 Its codes and value ranges (the table below) are copied from the contract, not from any
 knowledge base, so that a version that changes how old an answer may be, or a range, sees
-the change.
+the change (tests/test_kb_diff.py and tests/test_generators_match_kb.py check the table and
+the red-flag list against the bundled catalog). The resources themselves are made with the
+project's one input builder (``fhir_adapters._bundle_builder``).
 
 Each patient depends only on ``(seed, index, as_of)`` (its own ``random.Random``), so the
 population is deterministic, can be cut into chunks for worker processes in any way, and a
@@ -42,15 +44,25 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from fhir_adapters._errors import UnclassifiedRedFlagError, UndocumentedRedFlagError
-from fhir_adapters._terminology import CLINICAL_STATUS as CLINICAL
-from fhir_adapters._terminology import (
-    LOINC,
-    SNOMED,
-    UCUM,
+from fhir_adapters._bundle_builder import (
+    bundle,
+    concept,
+    condition,
+    observation,
+    patient,
+    provoked_component,
+    quantity,
+    side_component,
+    value_x,
 )
-from fhir_adapters._terminology import SCREEN_SYSTEM as SCREEN
-from fhir_adapters._terminology import VERIFICATION_STATUS as VERIFICATION
+from fhir_adapters._errors import UnclassifiedRedFlagError, UndocumentedRedFlagError
+from fhir_adapters._terminology import (
+    CLINICAL_STATUS,
+    LOINC,
+    SCREEN_SYSTEM,
+    SNOMED,
+    VERIFICATION_STATUS,
+)
 
 if TYPE_CHECKING:
     from cds import KnowledgeBase
@@ -69,8 +81,6 @@ __all__ = [
     "synthetic_population",
 ]
 
-LEFT: Final = "7771000"
-RIGHT: Final = "24028007"
 _NS: Final = uuid.UUID("3b9e4c1d-7a52-4f0e-9c6b-2d8a1f5e7c30")
 
 Kind = Literal["boolean", "integer", "decimal", "code"]
@@ -93,19 +103,12 @@ class ContractItem:
 
 
 def _screen(code: str, kind: Kind, low: float = 0, high: float = 0, **kw: Any) -> ContractItem:
-    return ContractItem(code, SCREEN, code, kind, low, high, **kw)
+    return ContractItem(code, SCREEN_SYSTEM, code, kind, low, high, **kw)
 
 
 _RESPONSES = ("centralizes", "peripheralizes", "no-effect", "increases-back-pain")
-RED_FLAGS: Final = (
-    "rf-saddle-anaesthesia", "rf-bladder-dysfunction", "rf-bowel-dysfunction",
-    "rf-bilateral-leg-symptoms", "rf-progressive-weakness", "rf-foot-drop",
-    "rf-sexual-dysfunction", "rf-fever", "rf-unexplained-weight-loss", "rf-cancer-history",
-    "rf-night-pain", "rf-significant-trauma", "rf-corticosteroid-use", "rf-iv-drug-use",
-    "rf-immunosuppression", "rf-recent-infection", "rf-pulsatile-abdominal-mass",
-    "rf-not-improving",
-)
-# how often each red flag is answered "present" (per patient screened); rough primary-care
+# how often each red flag of the contract is answered "present" (per patient screened), in
+# the bundled catalog's order (the tests check the names against it); rough primary-care
 # rates: cauda equina items are rare, cancer history and "not improving" are common
 RED_FLAG_RATES: Final[dict[str, float]] = {
     "rf-saddle-anaesthesia": 0.002, "rf-bladder-dysfunction": 0.004,
@@ -116,6 +119,7 @@ RED_FLAG_RATES: Final[dict[str, float]] = {
     "rf-iv-drug-use": 0.004, "rf-immunosuppression": 0.015, "rf-recent-infection": 0.02,
     "rf-pulsatile-abdominal-mass": 0.001, "rf-not-improving": 0.15,
 }
+RED_FLAGS: Final = tuple(RED_FLAG_RATES)
 FMS_TESTS: Final = (
     ("fms-deep-squat", False), ("fms-hurdle-step", True), ("fms-inline-lunge", True),
     ("fms-shoulder-mobility", True), ("fms-active-slr", True),
@@ -203,19 +207,12 @@ class _Patient:
         return self.rng.choice(("registered", "cancelled", "entered-in-error", "unknown"))
 
     def value(self, item: ContractItem, v: Any) -> dict[str, Any]:
-        if item.kind == "boolean":
-            return {"valueBoolean": v}
-        if item.kind == "code":
-            return {"valueCodeableConcept": {"coding": [{"system": SCREEN, "code": v}]}}
-        if item.kind == "integer":
-            if item.unit == "{score}" and self.chance(0.3):
-                return {"valueQuantity": {"value": v, "unit": "{score}", "system": UCUM,
-                                          "code": "{score}"}}
-            return {"valueInteger": v}
-        if item.unit == "%" and self.chance(0.2):
-            return {"valueInteger": round(v)}
-        return {"valueQuantity": {"value": v, "unit": item.unit, "system": UCUM,
-                                  "code": item.unit}}
+        """The contract's value[x]; sometimes a score as a Quantity, or a % as an integer."""
+        if item.kind == "integer" and item.unit == "{score}" and self.chance(0.3):
+            return quantity(v, item.unit)
+        if item.kind == "decimal" and item.unit == "%" and self.chance(0.2):
+            return value_x("integer", round(v))
+        return value_x(item.kind, v, item.unit)
 
     def out_of_range(self, item: ContractItem) -> Any:
         if item.kind == "integer":
@@ -233,30 +230,19 @@ class _Patient:
         if item is not None and left is None and v is not None and item.kind != "boolean" \
                 and item.kind != "code" and self.chance(0.003):
             v = self.out_of_range(item)  # a mistyped value: the contract says "not used"
-        res: dict[str, Any] = {
-            "resourceType": "Observation",
-            "id": f"obs-{self.n_obs}",
-            "status": status or self.status(),
-            "code": {"coding": [{"system": system or (item.system if item else SCREEN),
-                                 "code": code or (item.code if item else key)}]},
-            "subject": {"reference": f"Patient/{self.pid}"},
-            "effectiveDateTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-        if raw is not None:
-            res.update(raw)
-        elif v is not None and item is not None:
-            res.update(self.value(item, v))
-        comps = []
-        for side, sv in ((LEFT, left), (RIGHT, right)):
-            if sv is not None and item is not None:
-                comps.append({"code": {"coding": [{"system": SNOMED, "code": side}]},
-                              **self.value(item, sv)})
+        status = status or self.status()  # every random draw in the order it always had
+        value = raw if raw is not None else (
+            self.value(item, v) if v is not None and item is not None else None)
+        comps = [side_component(side, self.value(item, sv))
+                 for side, sv in (("left", left), ("right", right))
+                 if sv is not None and item is not None]
         if provoked is not None:
-            comps.append({"code": {"coding": [{"system": SCREEN, "code": "lbp-provoked"}]},
-                          "valueBoolean": provoked})
-        if comps:
-            res["component"] = comps
-        self.resources.append(res)
+            comps.append(provoked_component(provoked))
+        self.resources.append(observation(
+            concept(system or (item.system if item else SCREEN_SYSTEM),
+                    code or (item.code if item else key)),
+            oid=f"obs-{self.n_obs}", status=status, subject=f"Patient/{self.pid}",
+            when=when.strftime("%Y-%m-%dT%H:%M:%SZ"), value=value, components=comps))
 
     def condition(self, name: str, *, when: datetime) -> None:
         r = self.rng.random()
@@ -265,16 +251,11 @@ class _Patient:
         r = self.rng.random()
         verification = ("confirmed" if r < 0.9 else "unconfirmed" if r < 0.95
                         else self.rng.choice(("refuted", "entered-in-error", "provisional")))
-        res: dict[str, Any] = {
-            "resourceType": "Condition",
-            "id": f"cond-{len(self.resources)}",
-            "code": {"coding": [{"system": SNOMED, "code": CONDITIONS[name]}]},
-            "subject": {"reference": f"Patient/{self.pid}"},
-            "onsetDateTime": when.date().isoformat(),
-        }
+        res = condition(concept(SNOMED, CONDITIONS[name]), cid=f"cond-{len(self.resources)}",
+                        subject=f"Patient/{self.pid}", onset=when.date().isoformat())
         if not self.chance(0.03):  # sometimes no clinicalStatus at all (counts as active)
-            res["clinicalStatus"] = {"coding": [{"system": CLINICAL, "code": clinical}]}
-        res["verificationStatus"] = {"coding": [{"system": VERIFICATION, "code": verification}]}
+            res["clinicalStatus"] = concept(CLINICAL_STATUS, clinical)
+        res["verificationStatus"] = concept(VERIFICATION_STATUS, verification)
         self.resources.append(res)
 
     # --- the parts of a visit
@@ -285,7 +266,7 @@ class _Patient:
         gender = ("female" if r < 0.52 else "male" if r < 0.97 else "other" if r < 0.985
                   else "unknown" if r < 0.99 else None)
         born = self.as_of.date() - timedelta(days=round(age * 365.25) + rng.randint(0, 364))
-        res: dict[str, Any] = {"resourceType": "Patient", "id": self.pid}
+        res = patient(self.pid)  # birthDate, then gender: as the population always wrote them
         r = rng.random()
         if r < 0.96:
             res["birthDate"] = born.isoformat()
@@ -459,8 +440,7 @@ class _Patient:
                 self.observation(
                     "pregnancy-status", when=self.days_ago(30, 300, 0.1), system=LOINC,
                     code=PREGNANCY_STATUS,
-                    raw={"valueCodeableConcept": {"coding": [{"system": LOINC,
-                                                              "code": answer}]}})
+                    raw={"valueCodeableConcept": concept(LOINC, answer)})
 
     def visit(self) -> list[dict[str, Any]]:
         """The resources of the visit (the Patient first), without a Bundle around them."""
@@ -474,13 +454,9 @@ class _Patient:
 
     def bundle(self) -> dict[str, Any]:
         self.visit()
-        entries = []
-        for res in self.resources:
-            key = f"{self.pid}/{res['resourceType']}/{res['id']}"
-            entries.append({"fullUrl": f"urn:uuid:{uuid.uuid5(_NS, key)}", "resource": res})
         kind = "searchset" if self.chance(0.1) else "collection"
-        return {"resourceType": "Bundle", "id": f"synthetic-{self.index}", "type": kind,
-                "entry": entries}
+        return bundle(self.resources, namespace=_NS, key_prefix=f"{self.pid}/",
+                      bundle_id=f"synthetic-{self.index}", type=kind)
 
 
 # --- the primary-care population (kb profile) ---------------------------------------------

@@ -22,7 +22,9 @@ __all__ = [
     "CHANGE_DISPLAY",
     "CHECK_IN_CODE",
     "CLINICAL_STATUS",
+    "CONDITION_CATEGORY",
     "DATA_OPERATION",
+    "EXAMPLE_MRN",
     "EXERCISE_SYSTEM",
     "EXT_EVIDENCE",
     "EXT_EXERCISE_CHANGE",
@@ -35,6 +37,7 @@ __all__ = [
     "KNOWLEDGE_BASE_BASE",
     "LIBRARY_TYPE",
     "LOINC",
+    "OBSERVATION_CATEGORY",
     "OVERRIDE_SYSTEM",
     "PLAN_CHANGE_SYSTEM",
     "PLAN_DEFINITION_BASE",
@@ -96,11 +99,17 @@ SNOMED: Final = "http://snomed.info/sct"
 UCUM: Final = "http://unitsofmeasure.org"
 CLINICAL_STATUS: Final = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 VERIFICATION_STATUS: Final = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+#: Observation (survey/exam) and Condition (problem-list-item) categories: the generated
+#: example input writes them; the reader does not need them.
+OBSERVATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
+CONDITION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/condition-category"
 PLAN_DEFINITION_TYPE: Final = "http://terminology.hl7.org/CodeSystem/plan-definition-type"
 LIBRARY_TYPE: Final = "http://terminology.hl7.org/CodeSystem/library-type"
 DATA_OPERATION: Final = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 PROVENANCE_PARTICIPANT_TYPE: Final = (
     "http://terminology.hl7.org/CodeSystem/provenance-participant-type")
+#: The identifier system of the made-up medical record numbers in the examples and vignettes.
+EXAMPLE_MRN: Final = "https://example.org/fhir/mrn"
 #: The patient's IANA time zone on Patient (valueCode): the Extensions Pack's and the
 #: R4-era core extension's URLs, both read.
 TIMEZONE_EXTENSIONS: Final = frozenset({

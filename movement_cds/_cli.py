@@ -14,28 +14,28 @@ from typing import Annotated, Any
 
 import typer
 
-from cds import EngineError, KnowledgeBaseError, MovementCDSError, load_knowledge_base
-from fhir_adapters import InvalidBundleError, export_terminology
+from cds import KnowledgeBaseError, MovementCDSError, load_knowledge_base
+from fhir_adapters import export_terminology
 from knowledge_base import bundled_path
 from movement_cds._cli_common import (
+    BundleArgument,
     KbOption,
     app,
+    as_of_flag,
+    evaluation_errors,
     fail,
-    fail_input,
     kb_app,
     read_input,
     terminology_app,
+    write_output,
 )
 
 
 @app.command()
 def evaluate(
-    file: Annotated[str, typer.Argument(help="FHIR R4 Bundle (JSON); '-' for standard input.")],
-    as_of: Annotated[
-        str | None,
-        typer.Option("--as-of", help="Evaluation instant, ISO 8601 with a time zone "
-                     "(default: now). Ages and 'how old is this finding' use it."),
-    ] = None,
+    file: BundleArgument,
+    as_of: Annotated[str | None, as_of_flag(
+        " (default: now). Ages and 'how old is this finding' use it.")] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Write the output Bundle here, not stdout.")
     ] = None,
@@ -50,24 +50,14 @@ def evaluate(
     """Evaluate one patient: output Bundle as JSON on stdout (or --out), summary on stderr."""
     from movement_cds._api import DecisionSupport
 
-    try:
+    with evaluation_errors("no advice returned"):
         support = DecisionSupport(kb, strict_fhir=strict_fhir)
         result = support.evaluate(read_input(file), as_of=as_of)
-    except InvalidBundleError as e:
-        fail_input(e)
-    except KnowledgeBaseError as e:
-        fail(str(e))
-    except EngineError as e:
-        fail(f"rule engine failed; no advice returned: {e}")
     text = result.to_json()
     if out is None:
         sys.stdout.write(text + "\n")
     else:
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text + "\n", encoding="utf-8")
-        except OSError as e:
-            fail(f"cannot write {out}: {e.strerror or e}")
+        write_output(out, (text + "\n").encode("utf-8"))
     if not quiet:
         sys.stderr.write(result.summary)
         if out is not None:

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-from cds import InputIssue
+from cds import EngineError, InputIssue, KnowledgeBaseError
 from fhir_adapters import InvalidBundleError
 
-__all__ = ["KbOption", "app", "fail", "fail_input", "kb_app", "read_input", "terminology_app"]
+__all__ = [
+    "BundleArgument", "KbOption", "app", "as_of_flag", "evaluation_errors", "fail", "fail_input",
+    "kb_app", "read_input", "terminology_app", "write_output",
+]
 
 app = typer.Typer(
     add_completion=False,
@@ -36,6 +41,16 @@ KbOption = Annotated[
     typer.Option("--kb", help="Knowledge-base directory (default: the bundled one).",
                  file_okay=False),
 ]
+
+BundleArgument = Annotated[
+    str, typer.Argument(help="FHIR R4 Bundle (JSON); '-' for standard input.")
+]
+
+
+def as_of_flag(after: str) -> Any:
+    """The ``--as-of`` option, its help "Evaluation instant, ISO 8601 with a time zone"
+    followed by ``after`` (what the command does with it)."""
+    return typer.Option("--as-of", help=f"Evaluation instant, ISO 8601 with a time zone{after}")
 
 
 def fail_input(err: InvalidBundleError) -> NoReturn:
@@ -61,6 +76,33 @@ def as_of_option(text: str | None) -> datetime | None:
         return parse_instant(text)
     except InvalidBundleError as e:
         fail(f"--as-of: {e.issues[0].message if e.issues else e}", code=2)
+
+
+@contextmanager
+def evaluation_errors(
+    nothing: str, also: tuple[type[Exception], ...] = ()
+) -> Iterator[None]:
+    """An evaluation's failures as the command's one line and exit status: unusable input 2
+    (its OperationOutcome on standard output), an invalid knowledge base 1, a failed engine
+    (or one of ``also``) 1 with "rule engine failed; ``nothing``"."""
+    engine: tuple[type[Exception], ...] = (EngineError, *also)
+    try:
+        yield
+    except InvalidBundleError as e:
+        fail_input(e)
+    except KnowledgeBaseError as e:
+        fail(str(e))
+    except engine as e:
+        fail(f"rule engine failed; {nothing}: {e}")
+
+
+def write_output(out: Path, data: bytes) -> None:
+    """Write a command's output file (its folder made if needed); failing says why."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+    except OSError as e:
+        fail(f"cannot write {out}: {e.strerror or e}")
 
 
 def read_input(file: str) -> bytes:

@@ -17,28 +17,30 @@ from typing import Annotated
 import typer
 
 from cds import (
-    EngineError,
     Evaluator,
     ExplainTargetError,
-    KnowledgeBaseError,
     MovementCDSError,
     load_knowledge_base,
 )
 from cds.authoring import Explainer, render_plan_explanation, render_target
-from fhir_adapters import InvalidBundleError, read_bundle
+from fhir_adapters import read_bundle
 from knowledge_base import bundled_path
 from movement_cds._api import parse_instant
-from movement_cds._cli_common import KbOption, fail, fail_input, kb_app, read_input
+from movement_cds._cli_common import (
+    BundleArgument,
+    KbOption,
+    as_of_flag,
+    evaluation_errors,
+    fail,
+    kb_app,
+    read_input,
+)
 
 
 @kb_app.command("explain")
 def kb_explain(
-    bundle: Annotated[str, typer.Argument(help="FHIR R4 Bundle (JSON); '-' for standard input.")],
-    as_of: Annotated[
-        str | None,
-        typer.Option("--as-of", help="Evaluation instant, ISO 8601 with a time zone "
-                     "(default: now)."),
-    ] = None,
+    bundle: BundleArgument,
+    as_of: Annotated[str | None, as_of_flag(" (default: now).")] = None,
     why_not: Annotated[
         str | None,
         typer.Option("--why-not", help="An exercise id, rule id, alert code or fact: why it "
@@ -54,18 +56,12 @@ def kb_explain(
     what is not there."""
     if engine not in ("durable", "reference"):
         fail(f"--engine must be durable or reference, not {engine!r}", 2)
-    try:
+    with evaluation_errors("nothing to explain", also=(MovementCDSError,)):
         base = load_knowledge_base(kb or bundled_path())
         evaluator = Evaluator(base, "durable" if engine == "durable" else "reference")
         instant = parse_instant(as_of) or datetime.now(UTC)
         patient = read_bundle(read_input(bundle), kb=base, as_of=instant)
         plan = evaluator.evaluate(patient)
-    except InvalidBundleError as e:
-        fail_input(e)
-    except KnowledgeBaseError as e:
-        fail(str(e))
-    except (EngineError, MovementCDSError) as e:
-        fail(f"rule engine failed; nothing to explain: {e}")
     explainer = Explainer(base, evaluator.compiled)
     if why_not is not None:
         try:

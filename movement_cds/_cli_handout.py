@@ -14,9 +14,14 @@ from typing import Annotated
 
 import typer
 
-from cds import EngineError, KnowledgeBaseError
-from fhir_adapters import InvalidBundleError
-from movement_cds._cli_common import KbOption, app, fail, fail_input, read_input
+from movement_cds._cli_common import (
+    KbOption,
+    app,
+    evaluation_errors,
+    fail,
+    read_input,
+    write_output,
+)
 
 _FORMATS = (".html", ".htm", ".pdf")
 
@@ -43,20 +48,11 @@ def handout(
     if suffix not in _FORMATS:
         fail(f"--out {out}: the name must end in .html or .pdf")
     try:
-        support = DecisionSupport(kb)
-        html = handout_html(read_input(file), as_of=as_of, support=support)
-        data = handout_pdf(html) if suffix == ".pdf" else html.encode("utf-8")
-    except InvalidBundleError as e:
-        fail_input(e)
-    except KnowledgeBaseError as e:
-        fail(str(e))
-    except EngineError as e:
-        fail(f"rule engine failed; no handout written: {e}")
+        with evaluation_errors("no handout written"):
+            support = DecisionSupport(kb)
+            html = handout_html(read_input(file), as_of=as_of, support=support)
+            data = handout_pdf(html) if suffix == ".pdf" else html.encode("utf-8")
     except HandoutExtraMissingError as e:
         fail(str(e))
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(data)
-    except OSError as e:
-        fail(f"cannot write {out}: {e.strerror or e}")
+    write_output(out, data)
     typer.echo(f"handout written to {out}", err=True)

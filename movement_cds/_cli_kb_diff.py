@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from movement_cds._cli_common import as_of_option, fail, kb_app
+from movement_cds._cli_common import as_of_flag, as_of_option, fail, kb_app
 from movement_cds._cli_runner_options import InputOption, SchedulerOption
 
 if TYPE_CHECKING:
@@ -86,12 +86,9 @@ def kb_diff(
         int, typer.Option("--patients", min=0, help="Synthetic patients to run (seeded).")
     ] = 10_000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic population.")] = 1,
-    as_of: Annotated[
-        str | None,
-        typer.Option("--as-of", help="Evaluation instant, ISO 8601 with a time zone, for both "
-                     "versions (default 2026-11-02T09:00:00Z for the population and each "
-                     "scenario's own instant, so reports are reproducible)."),
-    ] = None,
+    as_of: Annotated[str | None, as_of_flag(
+        ", for both versions (default 2026-11-02T09:00:00Z for the population and each "
+        "scenario's own instant, so reports are reproducible).")] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the report as JSON to FILE.")
     ] = None,

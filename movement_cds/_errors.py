@@ -18,6 +18,9 @@ MovementCDSError`` catches all of them and ``except ValueError`` still catches b
     │   └── UnclassifiedRedFlagError                   synthetic population has no rate for
     ├── BulkExportError (ValueError)                   fhir_adapters: a FHIR Bulk Data export
     │                                                  that cannot be read at all
+    ├── FactCatalogError (ValueError)                  fhir_adapters: the FHIR input builder
+    │                                                  was asked for a fact (or value) the
+    │                                                  knowledge base's catalog does not define
     ├── PopulationExtraMissingError (ImportError)      fhir_adapters: ``population`` needs
     │                                                  the 'population' extra (pyarrow)
     ├── KnowledgeBaseLoadError (ValueError)            movement_cds: a release given to

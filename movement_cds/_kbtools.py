@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from cds import Evaluator, KnowledgeBase, PatientFacts
 from cds.authoring import (
@@ -47,13 +48,25 @@ def run_all_scenarios(
     return run_scenarios(evaluator, root, fhir_reader(evaluator.kb), only)
 
 
-def scenario_cases(
-    evaluator: Evaluator, root: Path, select: Callable[[str], bool], explainer: Explainer
+def _cases(
+    load: Callable[[Path], list[tuple[Any, str, int | None]]],
+    outcomes: Callable[[Evaluator, Path, set[str], Explainer], list[CaseOutcome]],
+) -> CaseRunner:
+    """A ``kb test`` runner: the cases ``load`` finds that ``select`` picks, run by
+    ``outcomes`` (nothing to run: no cases)."""
+
+    def run(evaluator: Evaluator, root: Path, select: Callable[[str], bool],
+            explainer: Explainer) -> list[CaseOutcome]:
+        ids = {case.id for case, _, _ in load(root) if select(case.id)}
+        return outcomes(evaluator, root, ids, explainer) if ids else []
+
+    return run
+
+
+def _scenario_outcomes(
+    evaluator: Evaluator, root: Path, ids: set[str], explainer: Explainer
 ) -> list[CaseOutcome]:
     """The scenario files as report cases (failed ones explained)."""
-    ids = {sc.id for sc, _, _ in load_scenarios(root) if select(sc.id)}
-    if not ids:
-        return []
     return [scenario_case(o, explainer) for o in run_all_scenarios(evaluator, root, ids)]
 
 
@@ -84,13 +97,10 @@ def _visit_story(outcome: TrajectoryOutcome) -> str:
     return "\n".join(lines) + "\n"
 
 
-def trajectory_cases(
-    evaluator: Evaluator, root: Path, select: Callable[[str], bool], explainer: Explainer
+def _trajectory_outcomes(
+    evaluator: Evaluator, root: Path, ids: set[str], _explainer: Explainer
 ) -> list[CaseOutcome]:
     """Multi-visit follow-up trajectories (``trajectories/*.yaml``) as report cases."""
-    ids = {t.id for t, _, _ in load_trajectories(root) if select(t.id)}
-    if not ids:
-        return []
     out = []
     for o in run_trajectories(evaluator, root, ids):
         story = _visit_story(o) if not o.passed and o.plans else None
@@ -98,6 +108,9 @@ def trajectory_cases(
                                tuple(_row(f) for f in o.failures), o.error, story))
     return out
 
+
+scenario_cases = _cases(load_scenarios, _scenario_outcomes)
+trajectory_cases = _cases(load_trajectories, _trajectory_outcomes)
 
 # Every runner ``kb test`` runs, in order: single-visit scenarios, then multi-visit
 # follow-up trajectories.

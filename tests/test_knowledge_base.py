@@ -119,6 +119,30 @@ def test_absence_of_a_fact_derived_in_same_stratum_is_refused(kb_copy: Path) -> 
     assert "absent" in msg and "later stratum" in msg
 
 
+def test_reading_a_fact_a_later_stratum_also_derives_is_refused(kb_copy: Path) -> None:
+    """SE-01 (selection) reads finding.motor-control-deficit; a rule in precautions, a later
+    stratum, derives it too. The reference evaluator fires SE-01 at its stratum only, while
+    durable would fire it again when the late fact arrives: the loader refuses the rule set,
+    naming the reader."""
+    p = kb_copy / "rules" / "movement-screen.yaml"
+    p.write_text(p.read_text() + """
+  - id: PR-99-LATE-MOTOR
+    title: derives a finding an earlier stratum reads
+    stratum: precautions
+    when: {fact: repeated-extension-response, is: peripheralizes}
+    then:
+      - finding: {name: finding.motor-control-deficit}
+    evidence: *mv-evidence
+""")
+    (msg,) = _problems(kb_copy)
+    assert "SE-01-MOTOR-CONTROL" in msg
+    assert "'finding.motor-control-deficit', which a later stratum derives too" in msg
+    # the same producer in the reader's own stratum or earlier is fine
+    p.write_text(p.read_text().replace("    stratum: precautions\n    when: {fact: repeated-ext",
+                                       "    stratum: selection\n    when: {fact: repeated-ext"))
+    assert "PR-99-LATE-MOTOR" in {r.id for r in load_knowledge_base(kb_copy).rules}
+
+
 def test_unknown_parameter_and_unknown_override(kb_copy: Path) -> None:
     _replace(kb_copy / "rules" / "movement-screen.yaml", "{param: fms-deficit-max-score}}",
              "{param: fms-deficit-max}}")

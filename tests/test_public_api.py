@@ -66,6 +66,13 @@ def test_fhir_adapters_exports() -> None:
         "read_bucket",
         # and its synthetic exports (issue 16 part 6)
         "SynthReport", "synth_export", "synth_patient",
+        # the one builder of FHIR input (issue 14 part 4): examples, scenario generators,
+        # tests and populations build with it, from the knowledge base's fact catalog
+        "BundleBuilder", "FactCatalogError", "bundle", "coding", "concept", "condition",
+        "exercise_response", "fact_code", "fact_value", "kind_of", "observation", "patient",
+        "provoked_component", "quantity", "questionnaire_item", "questionnaire_response",
+        "red_flag_questions", "side_component", "value_x",
+        "LOINC", "SCREEN_SYSTEM", "SNOMED", "STARTBACK_PANEL", "UCUM",
     ])
 
 
@@ -93,6 +100,8 @@ def test_cds_exports() -> None:
         "exercise_figure_svg",
         # issue 14 part 2: what kb diff needs of the core, public instead of reached privately
         "Rating", "resolve_plan",
+        # issue 14 part 5: the release's files, for the cache key and the release archive
+        "knowledge_base_files",
     ])
 
 

@@ -16,7 +16,6 @@ instead of Observations. Scenarios evaluate as of
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,11 +27,13 @@ _spec = importlib.util.spec_from_file_location(
 assert _spec is not None and _spec.loader is not None
 _cases = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_cases)
+_builder = _cases._builder  # the vignettes' script: the registry and the file writer
+
+from fhir_adapters import LOINC, SNOMED, STARTBACK_PANEL, questionnaire_item  # noqa: E402
+
 person = _cases.person
 RED_FLAGS: tuple[str, ...] = _cases.RED_FLAGS
-KB = _cases._builder.KB
-SNOMED = "http://snomed.info/sct"
-QUESTIONNAIRE = "http://movement-cds.org/fhir/Questionnaire/"
+KB = _builder.KB
 
 TODAY = "2026-11-02T08:30:00Z"
 YESTERDAY = "2026-11-01T09:05:00Z"
@@ -40,20 +41,12 @@ LAST_MONTH = "2026-10-01T10:00:00Z"  # 32 days before the as-of instant: stale (
 LONG_AGO = "2026-03-10T10:00:00Z"
 
 CASES: dict[str, Callable[[], Any]] = {}
-
-
-def case(fn: Callable[[str], Any]) -> Callable[[str], Any]:
-    name = fn.__name__.replace("_", "-")
-    assert name not in CASES, name
-    CASES[name] = lambda: fn(name)
-    return fn
+case: Callable[[Callable[[str], Any]], Callable[[str], Any]] = _builder.registry(CASES)
 
 
 def item(fact: str, *answers: dict[str, Any]) -> dict[str, Any]:
     """One question, as the published Questionnaire asks it (linkId = the fact's name)."""
-    d = KB.facts[fact]
-    return {"linkId": fact, "text": d.question,
-            **({"answer": list(answers)} if answers else {})}
+    return questionnaire_item(KB, fact, *answers)
 
 
 def yes_no(value: bool) -> dict[str, Any]:
@@ -63,14 +56,9 @@ def yes_no(value: bool) -> dict[str, Any]:
 def response(b: Any, rid: str, items: list[dict[str, Any]], *, authored: str | None,
              status: str = "completed", questionnaire: str = "red-flag-screen",
              subject: dict[str, Any] | None = None) -> dict[str, Any]:
-    res: dict[str, Any] = {
-        "resourceType": "QuestionnaireResponse", "id": rid,
-        "questionnaire": QUESTIONNAIRE + questionnaire, "status": status,
-        "subject": subject or b.subject, "item": items,
-    }
-    if authored is not None:
-        res["authored"] = authored
-    added: dict[str, Any] = b._add(res)  # the vignette builder adds resources this way
+    added: dict[str, Any] = b.questionnaire_response(
+        rid, items, authored=authored, status=status, questionnaire=questionnaire,
+        subject=subject)
     return added
 
 
@@ -216,8 +204,10 @@ def questionnaire_yes_after_observation_no(name: str) -> Any:
 
 # --- STarT Back ----------------------------------------------------------------------------
 
-_STARTBACK_LOINC = ("91340-0", "91341-8", "91342-6", "91343-4", "91344-2", "91345-9",
-                    "91346-7", "91347-5", "91348-3")
+# the LOINC codes of the nine items, as the fact catalog lists them (also-coded)
+_STARTBACK_LOINC = tuple(next(c.code for c in KB.facts[f"startback-item-{i}"].also_coded
+                              if c.system == LOINC) for i in range(1, 10))
+_PANEL = STARTBACK_PANEL["code"]
 
 
 @case
@@ -227,9 +217,9 @@ def startback_loinc_items_high_risk(name: str) -> Any:
     b = qr_person(name)
     response(b, "qr-screen", screen(), authored=YESTERDAY)
     agree = (1, 2, 3, 5, 6, 7, 8, 9)
-    items = [{"linkId": f"/91349-1/{code}", "answer": [{"valueBoolean": i in agree}]}
+    items = [{"linkId": f"/{_PANEL}/{code}", "answer": [{"valueBoolean": i in agree}]}
              for i, code in enumerate(_STARTBACK_LOINC, start=1)]
-    response(b, "qr-startback", [{"linkId": "/91349-1", "item": items}], authored=YESTERDAY,
+    response(b, "qr-startback", [{"linkId": f"/{_PANEL}", "item": items}], authored=YESTERDAY,
              questionnaire="startback")
     return b
 
@@ -245,34 +235,8 @@ def startback_by_link_id_low_risk(name: str) -> Any:
     return b
 
 
-def render() -> dict[str, str]:
-    out = {}
-    for name, make in sorted(CASES.items()):
-        b = make()
-        out[f"{name}.json"] = json.dumps(b.bundle(), indent=1, sort_keys=True) + "\n"
-    return out
-
-
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
-    stale = []
-    wanted = render()
-    for fname, text in wanted.items():
-        path = HERE / fname
-        if path.exists() and path.read_text(encoding="utf-8") == text:
-            continue
-        stale.append(fname)
-        if not check:
-            path.write_text(text, encoding="utf-8")
-    extra = sorted(p.name for p in HERE.glob("*.json") if p.name not in wanted)
-    for fname in extra:
-        stale.append(fname)
-        if not check:
-            (HERE / fname).unlink()
-    if check and stale:
-        print("out of date:", ", ".join(stale))
-        return 1
-    return 0
+    return int(_builder.sync(HERE, _builder.render(CASES, indent=1), argv, prune=True))
 
 
 if __name__ == "__main__":
