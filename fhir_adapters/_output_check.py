@@ -222,8 +222,8 @@ class _AllFields:
     """Every field validator made so far (``_Leaf``), numbered, and one validator for all of
     them: a tuple of one batch per field, each validated by ``list_schema`` of the field's
     own schema, as ``_Leaf.batch`` does (so a Bundle's new values take one call). Rebuilt
-    when a field validator is added; None if their configurations differ (then each field's
-    batch is validated on its own)."""
+    when a field validator is added; None if their configurations differ or their schemas
+    do not combine (then each field's batch is validated on its own)."""
 
     def __init__(self) -> None:
         self.leaves: list[_Leaf] = []
@@ -243,9 +243,12 @@ class _AllFields:
             leaves = list(self.leaves)
             validator = None
             if len({repr(leaf.config) for leaf in leaves}) == 1:
-                validator = SchemaValidator(core_schema.tuple_schema(
-                    [core_schema.list_schema(leaf.schema) for leaf in leaves]),
-                    leaves[0].config)
+                try:
+                    validator = SchemaValidator(core_schema.tuple_schema(
+                        [core_schema.list_schema(leaf.schema) for leaf in leaves]),
+                        leaves[0].config)
+                except Exception:  # schemas that do not combine: each on its own
+                    validator = None
             self.combined = (validator, len(leaves))
             return self.combined
 
