@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -148,3 +149,16 @@ def test_fields_sharing_a_validator_keep_the_verdict_of_r4b(bundles: Any) -> Non
         if full != "refused":
             assert json.dumps(_output_check.checked_bundle(dated_bundle(values))) == \
                 json.dumps(_output_check._prune(dated_bundle(values))), values
+
+
+def test_fields_are_validated_one_by_one_when_their_schemas_do_not_combine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without the one validator for all fields (schemas that do not combine), each field's
+    batch is validated on its own, with the same verdicts."""
+    monkeypatch.setattr(_output_check._FIELDS, "combined", (None, 10**9))
+    fresh = [("Period.start", "2031-02-31"), ("valueInstant", "2031-01-05T10:11:12"),
+             ("Meta.lastUpdated", "2031-01-05T10:11:13Z"), ("valueDate", "2031-01-06")]
+    verdicts = [outcome(dated_bundle([v]), full=False) for v in fresh]
+    assert verdicts == [outcome(dated_bundle([v]), full=True) for v in fresh]
+    assert [v == "refused" for v in verdicts] == [True, True, False, False]
