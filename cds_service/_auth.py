@@ -233,7 +233,6 @@ class TokenVerifier:
         self.required = required
         self._leeway = float(leeway_seconds)
         self._jti_ttl = float(jti_ttl_seconds)
-        self._jti_cache_size = jti_cache_size
         self._max_age = float(jwks_max_age_seconds)
         self._min_refetch = float(jwks_min_refetch_seconds)
         self._timeout = float(jwks_timeout_seconds)

@@ -281,10 +281,6 @@ class _Fetcher:
     def url(self, query: str) -> str:
         return self.on_server(query.lstrip("/"))
 
-    def next_url(self, bundle: dict[str, Any]) -> str | None:
-        link = _has_next(bundle)
-        return None if link is None else self.on_server(link)
-
 
 def _entries(key: str, bundle: dict[str, Any], rtype: str) -> list[dict[str, Any]]:
     raw = bundle.get("entry", [])
