@@ -129,6 +129,24 @@ def read_red_flag(
     lifelong: bool,
 ) -> RedFlagReading:
     """Read the answers to one red-flag item (``question`` is its plain words)."""
+    if len(answers) == 1:  # the usual case, one answer: a current dated NO is simply used
+        only = answers[0]
+        if only.value is False and only.when is not None and (
+                max_age_days is None
+                or max(0.0, (as_of - only.when).total_seconds() / 86400) <= max_age_days):
+            return RedFlagReading(value=False, used=(only,))
+    return _read_all(question, answers, as_of, max_age_days, discordance_days, lifelong)
+
+
+def _read_all(
+    question: str,
+    answers: Sequence[Answer],
+    as_of: datetime,
+    max_age_days: float | None,
+    discordance_days: float,
+    lifelong: bool,
+) -> RedFlagReading:
+    """``read_red_flag`` for any answers (the general reading)."""
     def age(a: Answer) -> float:
         # a YES is as recent as its date allows; a NO as old (the cautious reading of each)
         instant = a.latest if a.value else a.when
