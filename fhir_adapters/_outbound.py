@@ -114,6 +114,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import fields, is_dataclass
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -129,6 +130,7 @@ from cds import (
     EvidenceRef,
     ExerciseChange,
     ExerciseDose,
+    Fact,
     KnowledgeBase,
     Plan,
     PlanAlert,
@@ -226,14 +228,14 @@ def _uuid5(name: str) -> str:
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
-def _sorted_facts(plan: Plan) -> list[list[Any]]:
-    """The plan's facts as ``[name, value, sorted sources, preliminary]``, in the order of
+def _sorted_facts(facts: Iterable[Fact]) -> list[list[Any]]:
+    """A plan's facts as ``[name, value, sorted sources, preliminary]``, in the order of
     their ``json.dumps(..., sort_keys=True)`` text. That text begins with ``["``, the name
     as JSON (``encode_basestring_ascii``) and ``"``; JSON-escaped names never hold a bare
     ``"``, so distinct names are ordered by their JSON text alone and the rest of the row
     is encoded only when two rows share a name (tests/test_outbound_speed.py checks both
     orders equal on random facts)."""
-    rows = [[f.name, f.value, sorted(f.sources), f.preliminary] for f in plan.facts]
+    rows = [[f.name, f.value, sorted(f.sources), f.preliminary] for f in facts]
     names = {r[0] for r in rows if type(r[0]) is str}
     if len(names) == len(rows):
         rows.sort(key=lambda r: encode_basestring_ascii(r[0]))
@@ -280,7 +282,7 @@ def _digest(plan: Plan, kb: KnowledgeBase, previous: PreviousPlan | None) -> str
         "parameters": _parameter_values(kb),
         "as_of": _instant(plan.as_of),
         "subject": plan.subject,
-        "facts": _sorted_facts(plan),
+        "facts": _sorted_facts(plan.facts),
         "issues": sorted(
             [i.severity, i.code, i.message, i.location or ""] for i in plan.issues
         ),
