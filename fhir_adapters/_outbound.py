@@ -118,7 +118,7 @@ from collections.abc import Iterable
 from dataclasses import fields, is_dataclass
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final
 
@@ -235,7 +235,8 @@ def _sorted_facts(facts: Iterable[Fact]) -> list[list[Any]]:
     ``"``, so distinct names are ordered by their JSON text alone and the rest of the row
     is encoded only when two rows share a name (tests/test_outbound_speed.py checks both
     orders equal on random facts)."""
-    rows = [[f.name, f.value, sorted(f.sources), f.preliminary] for f in facts]
+    rows: list[list[Any]] = [[f.name, f.value, sorted(f.sources), f.preliminary]
+                             for f in facts]
     names = {r[0] for r in rows if type(r[0]) is str}
     if len(names) == len(rows):
         rows.sort(key=lambda r: encode_basestring_ascii(r[0]))
