@@ -1165,6 +1165,8 @@ class _Reader:
 
     # --- red-flag answers (input contract v2: red-flag answers are safety data)
     def use_red_flag(self, candidates: list[_Candidate]) -> None:
+        if len(candidates) == 1 and self.one_current_no(candidates[0]):
+            return
         spec = candidates[0].spec
         answers: dict[int, tuple[Answer, _Candidate]] = {}
         current = self.not_in_future(candidates)
@@ -1207,6 +1209,29 @@ class _Reader:
             for state in states:
                 self.answer_states.setdefault(state, set()).update(sources)
             self.notes.append(AnswerNote((spec.name, *states), kind, text, sources))
+
+    def one_current_no(self, c: _Candidate) -> bool:
+        """The usual red-flag question: one answer, a dated ``valueBoolean`` false recorded
+        by the as-of instant (plus the clock-skew tolerance) and within the item's age limit.
+        The general reading uses it as it is, with no note but the preliminary one: done here
+        directly (True); anything else is left to the general reading (False, nothing done)."""
+        res = c.entry.resource
+        if not c.key[0] or _value_key(res) != "valueBoolean" or res["valueBoolean"] is not False:
+            return False
+        allowed = self.as_of + self.imap.clock_skew + (
+            _EARLIEST_ZONE if c.key[2] < 4 else timedelta(0))
+        limit = c.spec.max_age_days
+        if c.key[1] > allowed or (limit is not None and max(
+                0.0, (self.as_of - c.key[1]).total_seconds() / 86400) > limit):
+            return False
+        preliminary = res.get("status") == "preliminary"
+        if preliminary and c.entry.item is None:
+            self.note(c.entry, "information", "informational",
+                      "status 'preliminary': used, but the result is not final")
+        name = c.spec.name
+        self.facts[name] = Fact(name, False, _sources(c.entry), preliminary)
+        self.recorded[name] = c.key[1]
+        return True
 
     def report_old_answers(self, answers: list[tuple[_Candidate, bool | None, bool]],
                            value: bool | None) -> None:

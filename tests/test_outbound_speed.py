@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cds import Fact
-from fhir_adapters import _outbound, synth_patient, synthetic_bundle
+from fhir_adapters import _inbound, _outbound, read_bundle, synth_patient, synthetic_bundle
 from fhir_adapters._red_flag_answers import Answer, _read_all, read_red_flag
 from movement_cds import DecisionSupport
 
@@ -160,3 +160,47 @@ def test_patients_in_alternation_match_a_fresh_process(
     texts = {(k, i): _patient(k, i) for k, i, _, _ in visits}
     for k, i, d, adv in visits * 2:
         assert _output(shared, texts[k, i], d, adv) == fresh[k, i, d, adv], (k, i, d, adv)
+
+
+# --- one red-flag answer, read without the general reading -----------------------------------
+
+_RF_NAMES = ["rf-fever", "rf-saddle-anaesthesia", "rf-cancer-history"]
+_DATES = st.one_of(
+    st.sampled_from(["2026-11-02", "2026-11", "2026", "2026-11-02T09:04:00Z",
+                     "2026-11-02T10:00:00Z", "2026-11-03", "not a date"]),
+    st.integers(-900, 2).map(lambda d: (AS_OF + timedelta(days=d)).isoformat()),
+    # around the items' 14-day limit, to the hour
+    st.integers(-24 * 16, -24 * 12).map(lambda h: (AS_OF + timedelta(hours=h)).isoformat()))
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=st.sampled_from(_RF_NAMES), status=st.sampled_from(["final", "preliminary",
+                                                                 "amended", "cancelled"]),
+       when=st.one_of(st.none(), _DATES), value=st.sampled_from([False, True, 0, "no", None]),
+       with_id=st.booleans())
+def test_one_current_no_is_the_general_reading(name: str, status: str, when: str | None,
+                                               value: object, with_id: bool) -> None:
+    kb = _support().kb
+    coding = kb.facts[name].coding
+    assert coding is not None
+    obs: dict[str, object] = {"resourceType": "Observation", "status": status,
+                              "code": {"coding": [{"system": coding.system,
+                                                   "code": coding.code}]},
+                              "subject": {"reference": "Patient/p"}}
+    if with_id:
+        obs["id"] = "o1"
+    if when is not None:
+        obs["effectiveDateTime"] = when
+    if value is not None:
+        obs["valueBoolean"] = value
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "p", "birthDate": "1970-01-01"}},
+        {"resource": obs}]}
+    fast = read_bundle(bundle, kb=kb, as_of=AS_OF)
+    shortcut = _inbound._Reader.one_current_no
+    _inbound._Reader.one_current_no = lambda self, c: False  # type: ignore[method-assign]
+    try:
+        general = read_bundle(bundle, kb=kb, as_of=AS_OF)
+    finally:
+        _inbound._Reader.one_current_no = shortcut  # type: ignore[method-assign]
+    assert repr(fast) == repr(general)
