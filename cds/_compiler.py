@@ -141,6 +141,8 @@ class CompiledKnowledgeBase:
                 return s
             final = [max(produced_in[lit.fact]) + 1 if lit.fact in produced_in else 0
                      for lit in term if lit.op == "missing"]
+            if not term:  # a term that always holds (a parameter test) needs a pattern
+                return 0  # to match in durable: marker 0, sent whatever the facts
             return max(final) if final else None
 
         return tuple(tuple(marker(r, t) for t in r.terms) for r in self.rules)

@@ -173,6 +173,11 @@ class RuleEngine:
         if markers and markers[0] == 0:
             text = (text[:-1] + "," if text else "[") + _marker(sid, 0) + "]"
             rest = markers[1:]
+        if not text and not rest:
+            # nothing asserted, so nothing fires (every term has a pattern, see
+            # ``CompiledKnowledgeBase.waits_for``); durable has no state for a session
+            # never asserted to, and its get_facts fails on one
+            return log.result()
         if text:
             self._settle(log, sid, _c.assert_facts(handle, text), asserted)
         for k in rest:
@@ -200,10 +205,11 @@ class RuleEngine:
         # markers first (in one batch, durable reads its messages in order)
         batch = [_marker(sid, k) for k in self.compiled.markers]
         batch += [text[1:-1] for text in asserted]
-        if batch:
-            code, state = _c.retract_facts(handle, "[" + ",".join(batch) + "]")
-            if code != 0 or _c.start_action_for_state(handle, state):
-                return False
+        if not batch:  # nothing was asserted: the session is as the last one left it
+            return True
+        code, state = _c.retract_facts(handle, "[" + ",".join(batch) + "]")
+        if code != 0 or _c.start_action_for_state(handle, state):
+            return False
         return bool(_c.get_facts(handle, sid) == "[]")
 
     def _settle(self, log: FiringLog, sid: str, asserted: tuple[int, int],
