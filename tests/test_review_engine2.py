@@ -37,6 +37,12 @@ def _compiled(rules: tuple[CompiledRule, ...], strata: int = 1,
                                  tuple(f"s{i}" for i in range(strata)), rules, frozenset(names))
 
 
+def _versioned(kb_copy: Path, version: str) -> None:
+    """One ruleset per name and version in a process: give each edited copy its own."""
+    manifest = kb_copy / "manifest.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 0.1.0", f"version: {version}"))
+
+
 def _outcome(run: Any, facts: list[Fact]) -> EngineResult | str:
     try:
         return run(facts)  # type: ignore[no-any-return]
@@ -50,6 +56,7 @@ def test_a_term_that_always_holds_fires_in_durable(kb_copy: Path) -> None:
     With markers only for absence tests it waited for none, compiled to a durable rule with
     no pattern at all, and never fired: the rule's finding, and the exercises it selects,
     were lost in durable only."""
+    _versioned(kb_copy, "0.1.1-review-empty-term")
     rules = kb_copy / "rules" / "movement-screen.yaml"
     text = rules.read_text()
     old = "      fact: fms-rotary-stability\n      le: {param: fms-deficit-max-score}\n"
@@ -157,3 +164,57 @@ def test_random_knowledge_bases_agree_with_the_reference(
         facts = [Fact(n, v) for n, v in sorted(values.items())]
         assert (_outcome(engine.evaluate, facts)
                 == _outcome(lambda f: evaluate_reference(compiled, f), facts)), facts
+
+
+def test_a_threshold_python_writes_with_an_exponent_is_taken(kb_copy: Path) -> None:
+    """finding 3 (medium): ``le: 0.00001`` in a rule passes ``kb validate --strict`` and the
+    reference, but durable's JSON reader takes an exponent only after a '.', and the ruleset
+    went to it as ``1e-05``: creating the durable evaluator raised durable's bare
+    ``error: Could not create ruleset, error code: 204`` (no MovementCDSError, no file)."""
+    _versioned(kb_copy, "0.1.1-review-exponent")
+    rules = kb_copy / "rules" / "movement-screen.yaml"
+    text = rules.read_text()
+    assert "{fact: pain-now, le: 5}" in text
+    rules.write_text(text.replace("{fact: pain-now, le: 5}", "{fact: pain-now, le: 0.00001}"))
+    kb = load_knowledge_base(kb_copy)
+    durable, reference = Evaluator(kb, "durable"), Evaluator(kb, "reference")
+    for pain in (0, 1e-06, 0.00001, 0.0000100001, 5):
+        patient = PatientFacts.build("Patient/p", AS_OF, [
+            Fact("pain-now", pain), Fact("fms-trunk-stability-pushup", 3),
+            Fact("fms-rotary-stability", 3), Fact("fms-active-slr", 3)])
+        assert durable.evaluate(patient).firings == reference.evaluate(patient).firings, pain
+
+
+_NUMBERS = (st.floats(allow_nan=False, allow_infinity=False)
+            | st.integers(-(2**53), 2**53) | st.sampled_from((0, -0.0, 1e-05, 1e16, 5e-324)))
+_OPS = ("is", "is-not", "lt", "le", "gt", "ge")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(_NUMBERS, min_size=1, max_size=4), st.lists(_NUMBERS, min_size=1, max_size=8))
+def test_numeric_thresholds_and_values_agree_with_the_reference(
+        thresholds: list[float], values: list[float]) -> None:
+    """Every comparison on any finite threshold and value (floats written with exponents on
+    either side included): durable fires where the reference does."""
+    rules = tuple(CompiledRule(f"R{i}-{op}", 0, 0, ((Literal("v", op, t),),),
+                               ((f"x{i}-{op}", True),))
+                  for i, t in enumerate(thresholds) for op in _OPS)
+    rules += (CompiledRule("IN", 0, 0, ((Literal("v", "in", thresholds),),), (("in", True),)),)
+    compiled = _compiled(rules)
+    engine = RuleEngine(compiled)
+    for v in values:
+        facts = [Fact("v", v)]
+        assert engine.evaluate(facts) == evaluate_reference(compiled, facts), v
+
+
+@pytest.mark.xfail(strict=True, reason="durable reads an integer beyond 64 bits as 2**63-1: "
+                   "low severity (FHIR integers are 32-bit; no such threshold in any KB); "
+                   "refusing such a value would fail evaluations the reference completes")
+def test_integers_beyond_64_bits_are_compared_exactly() -> None:
+    """finding 4 (low): a fact value 2**63 (or 10**20) compares equal to a threshold 2**63-1
+    in durable; the reference compares Python integers exactly."""
+    compiled = _compiled((CompiledRule("R", 0, 0, ((Literal("v", "is", 2**63 - 1),),),
+                                       (("x", True),)),))
+    engine = RuleEngine(compiled)
+    facts = [Fact("v", 2**63)]
+    assert engine.evaluate(facts) == evaluate_reference(compiled, facts)
