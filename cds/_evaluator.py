@@ -27,6 +27,18 @@ from cds._scores import derive_scores
 __all__ = ["Evaluator"]
 
 
+_KIND = {"boolean": "a boolean", "integer": "a number", "decimal": "a number",
+         "code": "a code (text)"}
+
+
+def _typed(value: object, want: str) -> bool:
+    if isinstance(value, bool):
+        return want == "a boolean"
+    if isinstance(value, int | float):
+        return want == "a number"
+    return isinstance(value, str) and want == "a code (text)"
+
+
 class Evaluator:
     """Compiles a knowledge base once and evaluates patients against it.
 
@@ -60,6 +72,10 @@ class Evaluator:
                                   if engine == "durable" and self.compiled_follow_up.rules
                                   else None)
         self._bilateral = {n for n, d in kb.facts.items() if d.bilateral}
+        # the value type of each input fact the catalog declares (and of its sides)
+        self._types = {f"{n}{side}": _KIND[d.type] for n, d in kb.facts.items()
+                       if not d.derived and d.type in _KIND
+                       for side in (("", ".left", ".right") if d.bilateral else ("",))}
 
     def prepare(self, patient: PatientFacts) -> PatientFacts:
         """Add computed scores (lower side, asymmetry, clearing tests, totals) and, at a
@@ -80,6 +96,13 @@ class Evaluator:
             raise InvalidInputError(
                 [InputIssue("error", "not-supported", f"unknown fact '{n}'") for n in unknown]
             )
+        mistyped = [f"fact '{f.name}' must be {want}, not {type(f.value).__name__}"
+                    for f in patient.facts
+                    if (want := self._types.get(f.name)) and not _typed(f.value, want)]
+        if mistyped:
+            # durable and the reference read a value of another type differently (durable:
+            # rf-fever = 1 is true, "9" > 5; the reference: neither): refuse it, by name
+            raise InvalidInputError([InputIssue("error", "value", m) for m in mistyped])
         facts = list(patient.facts)
         if not self.cache_size:
             return self._run(facts)

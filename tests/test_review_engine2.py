@@ -5,6 +5,7 @@ before its fix (or is marked xfail, strict, with the reason)."""
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from cds import (
     EngineResult,
     Evaluator,
     Fact,
+    InvalidInputError,
     PatientFacts,
     evaluate_reference,
     load_knowledge_base,
@@ -218,3 +220,34 @@ def test_integers_beyond_64_bits_are_compared_exactly() -> None:
     engine = RuleEngine(compiled)
     facts = [Fact("v", 2**63)]
     assert engine.evaluate(facts) == evaluate_reference(compiled, facts)
+
+
+_BUNDLED = None
+
+
+def _bundled() -> tuple[Evaluator, Evaluator]:
+    global _BUNDLED
+    if _BUNDLED is None:
+        from knowledge_base import bundled_path
+
+        kb = load_knowledge_base(bundled_path())
+        _BUNDLED = (Evaluator(kb, "durable"), Evaluator(kb, "reference"))
+    return _BUNDLED
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("rf-fever", 1), ("rf-fever", "true"), ("rf-saddle-anaesthesia", 1.0), ("pain-now", "9"),
+    ("age", "70"), ("age", True), ("fms-hurdle-step.left", "0"),
+])
+def test_a_value_of_the_wrong_type_is_refused_by_name(name: str, value: Any) -> None:
+    """finding 5 (high): ``Evaluator.evaluate`` took a value of another type than the
+    catalog's, and the engines read it differently: ``rf-fever = 1`` fired RF-03-FEVER
+    (a red flag, and the high alert level) in durable and nothing in the reference, which
+    also did not report the question unanswered (the value is present): the red-flag "yes"
+    was lost there; ``pain-now = "9"`` and ``age = "70"`` fired classification rules in
+    durable only. Now both refuse it, naming the fact (not the value)."""
+    patient = PatientFacts.build("Patient/p", AS_OF, [Fact(name, value)])
+    for evaluator in _bundled():
+        with pytest.raises(InvalidInputError, match=rf"fact '{re.escape(name)}' must be a") as e:
+            evaluator.evaluate(patient)
+        assert repr(value) not in str(e.value)
