@@ -251,3 +251,21 @@ def test_a_value_of_the_wrong_type_is_refused_by_name(name: str, value: Any) -> 
         with pytest.raises(InvalidInputError, match=rf"fact '{re.escape(name)}' must be a") as e:
             evaluator.evaluate(patient)
         assert repr(value) not in str(e.value)
+
+
+
+@pytest.mark.xfail(strict=True, reason="not fixed: knowledge-base scenarios give derived facts "
+                   "as inputs on purpose (knowledge_base/scenarios/precautions.yaml), so "
+                   "refusing them breaks the scenario runner; the lead must decide what an "
+                   "input derived fact means (refuse outside scenarios, or let a rule's value "
+                   "win in durable too)")
+def test_a_derived_fact_given_as_an_input_reads_the_same_on_both_engines() -> None:
+    """finding 6 (medium): a derived fact given as an input (``classification.episode-stage
+    = acute`` for a patient whose episode the rules find chronic) is taken: the reference
+    replaces it with the rules' value, durable keeps both and fires CL-05-ACUTE-LEG (acute
+    care for a chronic patient) besides CL-05-CHRONIC-LEG; neither reports a conflict."""
+    patient = PatientFacts.build("Patient/p", AS_OF, [
+        Fact("classification.episode-stage", "acute"), Fact("episode-duration", 15991.0),
+        Fact("symptom-distribution", "below-knee"), Fact("rf-bilateral-leg-symptoms", True)])
+    durable, reference = _bundled()
+    assert durable.evaluate(patient).firings == reference.evaluate(patient).firings
