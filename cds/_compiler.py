@@ -119,7 +119,8 @@ class CompiledKnowledgeBase:
         only the marker after which every fact it needs absent is final: marker 0 (sent
         with the input facts, after them) for a fact no rule derives, else the marker
         after the last stratum that derives one (the loader refuses an absence test on a
-        fact derived in the reader's stratum or later). Any other term waits for its own
+        fact derived in the reader's stratum or later). A term with no literal (a parameter
+        test that holds) waits for marker 0: durable fires no rule without a pattern. Any other term waits for its own
         stratum's marker, as every term did before. (A value test on a fact derived both
         before and after the reader's stratum is the one case where durable and the
         reference can differ, before this scheme as after it: the reader fires when the
