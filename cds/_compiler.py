@@ -124,8 +124,8 @@ class CompiledKnowledgeBase:
         stratum's marker, as every term did before. (A value test on a fact derived both
         before and after the reader's stratum is the one case where durable and the
         reference can differ, before this scheme as after it: the reader fires when the
-        later producer's fact arrives. The loader allows it; the bundled knowledge base
-        has none; ``tests/test_engine_markers.py`` pins the markers such terms get.)"""
+        later producer's fact arrives. The loader refuses it; ``tests/test_engine_markers.py``
+        pins the markers such terms get.)"""
         produced_in: dict[str, list[int]] = {}
         read_in: dict[str, list[int]] = {}
         for rule in self.rules:
