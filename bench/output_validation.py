@@ -11,8 +11,9 @@ issue 14 part 3 the check lived in ``fhir_adapters/_outbound.py``:
 ``fhir_adapters/_output_check.py``), loaded from its file with its own caches.
 
 Every figure is thread CPU time (``time.thread_time_ns``) of checking one Bundle the writer
-built (``_Writer(...).bundle()``, built beforehand, not timed) into the pruned, validated
-Bundle that ``write_bundle`` returns. The contenders run interleaved, in a rotating order,
+built (``_Writer(...).bundle()``, built beforehand, not timed; each check gets its own deep
+copy, made untimed, as the check prunes in place) into the pruned, validated Bundle that
+``write_bundle`` returns. The contenders run interleaved, in a rotating order,
 on the same Bundle, so drift and noise of a shared machine fall on all of them alike;
 each line gives the median and the spread (25th-75th percentile) of the per-Bundle times
 and the ratio of medians of the per-Bundle ratios against R4B (``Bundle.model_validate``,
@@ -27,6 +28,7 @@ and the ratio of medians of the per-Bundle ratios against R4B (``Bundle.model_va
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import os
@@ -65,8 +67,9 @@ def new_patients(ev: Evaluator, n: int) -> Iterator[Plan]:
 
 
 def cpu_us(check: Check, raw: dict[str, Any]) -> float:
+    fresh = copy.deepcopy(raw)  # the check may prune its argument in place
     t0 = time.thread_time_ns()
-    check(raw)
+    check(fresh)
     return (time.thread_time_ns() - t0) / 1e3
 
 
@@ -134,11 +137,11 @@ def main() -> None:
     if args.baseline:
         checks["baseline"] = load_baseline(args.baseline)
     warm_raw = _outbound._Writer(plan, kb, None).bundle()
-    outputs = {n: json.dumps(c(warm_raw), sort_keys=True) for n, c in checks.items()}
+    outputs = {n: json.dumps(c(copy.deepcopy(warm_raw))) for n, c in checks.items()}
     assert len(set(outputs.values())) == 1, "the checks return different Bundles"
     for _ in range(20):  # warm up the interpreter and the shape caches
         for c in checks.values():
-            c(warm_raw)
+            c(copy.deepcopy(warm_raw))
 
     report("warm (the same patient)", interleaved(checks, [warm_raw] * args.rounds))
     cold = [_outbound._Writer(p, kb, None).bundle() for p in new_patients(ev, args.patients)]

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/speed.py [--pairs 400] [--cold 7] [--serve 3] [--kb DIR]
     .venv/bin/python bench/speed.py --only engine --pairs 300   # rows 4-5 alone
+    .venv/bin/python bench/speed.py --only whole --pairs 300    # rows 1-3 alone
 
 In-process rows (thread CPU time, ``time.thread_time_ns``): the two sides run as
 interleaved pairs (A then B, then B then A, ...), one ratio per pair; printed: the median
@@ -113,7 +114,8 @@ def cut_to(text: str, n_obs: int) -> str:
     return json.dumps(data)
 
 
-def in_process(kb_dir: Path | None, n: int, whole: bool = True) -> None:
+def in_process(kb_dir: Path | None, n: int, whole: bool = True, engine_rows: bool = True
+               ) -> None:
     kb = load_knowledge_base(kb_dir or bundled_path())
     support = DecisionSupport(kb)
     ex = (ROOT / "examples" / "example-patient.json").read_text()
@@ -126,6 +128,8 @@ def in_process(kb_dir: Path | None, n: int, whole: bool = True) -> None:
         r = pairs(lambda t=text: support.evaluate(t, as_of=AS_OF),  # type: ignore[misc]
                   lambda t=text: Bundle.model_validate_json(t), n)  # type: ignore[misc]
         show(f"1-3 whole / R4B read, {label}", r, goal)
+    if not engine_rows:
+        return
 
     ev: Evaluator = support.evaluator
     engine = ev._engine
@@ -288,16 +292,17 @@ def main() -> None:
     ap.add_argument("--kb", type=Path, default=None, help="knowledge base (default: bundled)")
     ap.add_argument("--cold-cache", action="store_true",
                     help="rows 6-7 with the knowledge-base cache off")
-    ap.add_argument("--only", choices=["in-process", "engine", "processes"], default=None,
-                    help="engine: rows 4-5 only")
+    ap.add_argument("--only", choices=["in-process", "engine", "whole", "processes"],
+                    default=None, help="engine: rows 4-5 only; whole: rows 1-3 only")
     args = ap.parse_args()
     kb = load_knowledge_base(args.kb or bundled_path())
     print(f"movement-cds speed table (issue 15): Python {sys.version.split()[0]}, knowledge base "
           f"{kb.ruleset_name}, load average {os.getloadavg()[0]:.1f}")
     print(f"{'figure':<58} {'median':>6}  [p10-p90]  medians A/B")
     if args.only != "processes":
-        in_process(args.kb, args.pairs, whole=args.only != "engine")
-    if args.only in ("in-process", "engine"):
+        in_process(args.kb, args.pairs, whole=args.only != "engine",
+                   engine_rows=args.only != "whole")
+    if args.only in ("in-process", "engine", "whole"):
         return
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, MOVEMENT_CDS_CACHE_DIR="" if args.cold_cache else cache)

@@ -34,6 +34,7 @@ from cds._followup import (
     PreviousPlan,
     Rating,
 )
+from cds._kb_cache import knowledge_base_files
 from cds._kb_schema import evidence_url
 from cds._knowledge_base import KnowledgeBase, load_knowledge_base
 from cds._plan import (
@@ -110,6 +111,7 @@ __all__ = [
     "exercise_figure_svg",
     "human_date",
     "human_instant",
+    "knowledge_base_files",
     "load_knowledge_base",
     "progress_by_measure",
     "resolve_plan",

@@ -147,9 +147,15 @@ class Evaluator:
                 out[prev.exercise_id] = evaluate_reference(self.compiled_follow_up, facts)
         return out
 
-    def evaluate(self, patient: PatientFacts) -> Plan:
-        prepared = self.prepare(patient)
-        base = resolve_plan(self.kb, prepared, self.derive(prepared))
+    def resolve(self, prepared: PatientFacts, result: EngineResult) -> Plan:
+        """The plan from what the rules derived for ``prepared`` (``prepare``'s output):
+        resolved with its check-in, or, at a follow-up, the revision of the previous plan
+        (the per-exercise rules run here)."""
+        base = resolve_plan(self.kb, prepared, result)
         if prepared.follow_up is None:
             return with_check_in(self.kb, base)
         return revise_plan(self.kb, prepared, base, self.derive_follow_up(prepared))
+
+    def evaluate(self, patient: PatientFacts) -> Plan:
+        prepared = self.prepare(patient)
+        return self.resolve(prepared, self.derive(prepared))

@@ -107,12 +107,18 @@ class PatientFacts:
         issues: Iterable[InputIssue] = (),
         follow_up: FollowUp | None = None,
         answer_notes: Iterable[AnswerNote] = (),
+        *,
+        progress: Iterable[ProgressPoint] = (),
+        recorded: Iterable[tuple[str, datetime]] = (),
+        time_zone: str | None = None,
+        extras: Mapping[str, object] | None = None,
     ) -> PatientFacts:
-        """Sort facts and issues so that the same data in any order is the same object."""
+        """Sort facts, issues, notes, progress points and recording times so that the same
+        data in any order is the same object."""
         ordered = tuple(sorted(facts, key=lambda f: f.name))
         names = [f.name for f in ordered]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
+        if len(set(names)) != len(names):
+            dup = {n for n in names if names.count(n) > 1}
             raise ValueError(f"duplicate facts: {sorted(dup)}")
         return PatientFacts(
             subject=subject,
@@ -121,4 +127,8 @@ class PatientFacts:
             issues=tuple(sorted(issues, key=lambda i: (i.location or "", i.code, i.message))),
             follow_up=follow_up,
             answer_notes=tuple(sorted(set(answer_notes))),
+            progress=tuple(sorted(progress)),
+            recorded=tuple(sorted(recorded)),
+            time_zone=time_zone,
+            extras=extras if extras is not None else {},
         )

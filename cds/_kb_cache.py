@@ -3,9 +3,10 @@
 Parsing the YAML with positions (ruamel's round-trip loader) and validating it is ~98% of
 a command's start-up. A knowledge base that loaded *without an error* is pickled into the
 user's cache directory under a key that is the SHA-256 of everything its loading depends
-on: every ``*.yaml`` file under its directory, symlinked subdirectories included (relative
-path and bytes), the parameter overrides, the versions of the package, of Python and of
-ruamel.yaml and pydantic, and the source of the modules that define the loaded objects.
+on: every ``*.yaml`` file of its release (``knowledge_base_files``: symlinked subdirectories
+included, hidden ones and ``__pycache__`` not; relative path and bytes), the parameter
+overrides, the versions of the package, of Python and of ruamel.yaml and pydantic, and the
+source of the modules that define the loaded objects.
 Any change to any of them is a different key, so an entry is never stale; a file with an
 error never has an entry (its digest differs from every loaded one), so the full loader
 runs and reports file, line and column as always.
@@ -38,7 +39,7 @@ import pydantic
 import pydantic_core
 import ruamel.yaml
 
-__all__ = ["cache_dir", "cache_key", "read_cached", "write_cached"]
+__all__ = ["cache_dir", "cache_key", "knowledge_base_files", "read_cached", "write_cached"]
 
 log = logging.getLogger("movement_cds.kb")
 
@@ -86,14 +87,37 @@ def cache_key(root: Path, overrides: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+def _in_release(name: str) -> bool:
+    """A file that is part of a release: not a byte-code or backup file, and not hidden
+    unless the loader reads it (it globs ``*.yaml``, which matches ``.name.yaml`` too)."""
+    return not name.endswith((".pyc", "~")) and (not name.startswith(".")
+                                                 or name.endswith(".yaml"))
+
+
+def knowledge_base_files(root: Path) -> list[Path]:
+    """The files of a knowledge-base directory that make up a release, in a fixed order:
+    every file the loader can read, through symlinked directories too (each real directory
+    once), without hidden directories, ``__pycache__``, byte-code and backup files. Its
+    ``*.yaml`` files make the cache key; all of them, the service's release archive and
+    content digest (``cds_service._audit``)."""
+    out: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back to a directory already read
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
+        out += [Path(dirpath) / f for f in sorted(filenames) if _in_release(f)]
+    return out
+
+
 def _yaml_files(root: Path) -> dict[str, Path]:
-    """Every ``*.yaml`` under ``root`` by relative path, and surely every one the loader
-    reads (``NAME.yaml``, ``DIR/*.yaml``) even through a symlinked directory, which
-    ``rglob`` does not enter."""
-    found = {p.relative_to(root).as_posix(): p for p in root.rglob("*.yaml")}
-    for path in (*root.glob("*.yaml"), *root.glob("*/*.yaml")):
-        found.setdefault(path.relative_to(root).as_posix(), path)
-    return found
+    """The release's ``*.yaml`` files (every one the loader reads: ``NAME.yaml``,
+    ``DIR/*.yaml``, through symlinked directories too) by relative path."""
+    return {p.relative_to(root).as_posix(): p for p in knowledge_base_files(root)
+            if p.name.endswith(".yaml")}
 
 
 def _private(st: os.stat_result) -> bool:

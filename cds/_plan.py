@@ -205,6 +205,10 @@ def _ranks(kb: KnowledgeBase) -> dict[str, tuple[int, int]]:
 _EVIDENCE_MEMO = 4096  # rule-id combinations whose evidence list is remembered
 
 
+# PlannedExercise's fields up to the dose
+_ExerciseHead = tuple[str, str, str, str, tuple[str, ...], str, str, ExerciseDose]
+
+
 @dataclass(frozen=True)
 class _ActionIndex:
     """The rules' actions of each kind, in rule order: what resolve_plan looks up per
@@ -216,6 +220,11 @@ class _ActionIndex:
     limits: tuple[tuple[str, Any], ...]
     fact_descriptions: dict[str, str]
     evidence: dict[tuple[str, ...], tuple[EvidenceRef, ...]]
+    # (exercise, rule ids) -> (rank, PlannedExercise fields up to the dose, rationale):
+    # what only the knowledge base decides
+    recommended: dict[tuple[str, tuple[str, ...]], tuple[tuple[int, int], _ExerciseHead, str]]
+    # fired veto rules -> (exercise, the vetoes covering it): the catalog walk, once
+    vetoed: dict[tuple[str, ...], tuple[tuple[Any, tuple[tuple[str, VetoAction], ...]], ...]]
 
 
 def _action_index(kb: KnowledgeBase) -> _ActionIndex:
@@ -230,6 +239,8 @@ def _action_index(kb: KnowledgeBase) -> _ActionIndex:
             # shared by every plan of this knowledge base: read, never written
             fact_descriptions={n: d.description for n, d in kb.facts.items()},
             evidence={},
+            recommended={},
+            vetoed={},
         )
         kb.derived_cache["plan-actions"] = cached
     index: _ActionIndex = cached
@@ -390,11 +401,17 @@ class _Resolution:
         """Vetoes, by properties, over the whole catalog."""
         vetoes: list[tuple[str, VetoAction]] = [
             (rid, v) for rid, v in self.index.vetoes if f"veto.{rid}" in self.derived]
+        fired = tuple(rid for rid, _ in vetoes)
+        covered = self.index.vetoed.get(fired)
+        if covered is None:
+            covered = tuple(
+                (ex, hits) for ex in sorted(self.kb.exercises.values(), key=lambda e: e.id)
+                if (hits := tuple((rid, v) for rid, v in vetoes if v.covers(ex))))
+            if len(self.index.vetoed) >= _EVIDENCE_MEMO:
+                self.index.vetoed.clear()
+            self.index.vetoed[fired] = covered
         avoid: list[AvoidedExercise] = []
-        for ex in sorted(self.kb.exercises.values(), key=lambda e: e.id):
-            hits = [(rid, v) for rid, v in vetoes if v.covers(ex)]
-            if not hits:
-                continue
+        for ex, hits in covered:
             rids = tuple(sorted({rid for rid, _ in hits}))
             srcs = tuple(sorted({s for rid in rids for s in self.sources_of(
                 self.derived[f"veto.{rid}"].derivations)}))
@@ -420,15 +437,23 @@ class _Resolution:
                      held: bool) -> tuple[tuple[int, int], PlannedExercise]:
         ex = self.kb.exercises[ex_id]
         rids, srcs, _ = self.firing_of(name)
-        recs = [(rid, a.recommend) for rid in rids for a in self.kb.rule(rid).then
-                if a.recommend is not None and a.recommend.exercise == ex_id]
-        recs.sort(key=lambda ra: rank[ra[0]])
-        dose = ExerciseDose.of(ex.dose, recs[0][1].dose)
-        rationale = " ".join(dict.fromkeys(r.why for _, r in recs))
-        return min(rank[r] for r in rids), PlannedExercise(
-            ex.id, ex.title, ex.purpose, ex.instructions, tuple(d.value for d in ex.direction),
-            ex.load.value, ex.surface.value, dose, "on-hold" if held else "proposed",
-            rationale, rids, srcs, self.rule_evidence(rids))
+        known = self.index.recommended.get((ex_id, rids))
+        if known is None:
+            recs = [(rid, a.recommend) for rid in rids for a in self.kb.rule(rid).then
+                    if a.recommend is not None and a.recommend.exercise == ex_id]
+            recs.sort(key=lambda ra: rank[ra[0]])
+            dose = ExerciseDose.of(ex.dose, recs[0][1].dose)
+            known = (min(rank[r] for r in rids),
+                     (ex.id, ex.title, ex.purpose, ex.instructions,
+                      tuple(d.value for d in ex.direction), ex.load.value, ex.surface.value,
+                      dose),
+                     " ".join(dict.fromkeys(r.why for _, r in recs)))
+            if len(self.index.recommended) >= _EVIDENCE_MEMO:
+                self.index.recommended.clear()
+            self.index.recommended[(ex_id, rids)] = known
+        best, head, rationale = known
+        return best, PlannedExercise(*head, "on-hold" if held else "proposed", rationale, rids,
+                                     srcs, self.rule_evidence(rids))
 
     def focused(self, proposed: list[PlannedExercise]
                 ) -> tuple[list[PlannedExercise], list[DeferredExercise]]:

@@ -39,7 +39,7 @@ process has one engine, used under a lock in the thread pool. Scale with process
 loads the knowledge base and warms up before it accepts requests.
 
 New knowledge-base versions go live without a restart and without dropping a request
-(``LiveEngine``): at most every ``reload_check_seconds`` (and at once on SIGHUP) each worker
+(``LiveRelease``): at most every ``reload_check_seconds`` (and at once on SIGHUP) each worker
 compares the knowledge-base directory's file list, sizes, inodes and modification times with
 what it loaded; when they differ and the content digest does too, it loads, validates, runs
 the scenario tests (plain-Python reference evaluator first, so a failing release never
@@ -67,7 +67,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,10 +90,12 @@ from starlette.requests import ClientDisconnect
 from cds import (
     EngineError,
     Evaluator,
+    InputIssue,
     KnowledgeBase,
     KnowledgeBaseError,
     MovementCDSError,
     check_changelog,
+    knowledge_base_files,
     load_knowledge_base,
 )
 from cds_service._audit import (
@@ -103,12 +105,12 @@ from cds_service._audit import (
     canonical,
     card_summary,
     kb_digest,
-    kb_files,
     release_job,
 )
 from cds_service._cards import card_rules, plan_cards
 from cds_service._config import ConfigError, ServiceConfig, load_config
 from cds_service._errors import ApiError, ReloadRefused, StartupError
+from cds_service._feedback_store import validate_feedback
 from cds_service._handouts import HandoutStore
 from cds_service._heap import settle_heap
 from cds_service._metrics import UNKNOWN_SERVICE
@@ -120,15 +122,15 @@ from cds_service._prefetch import (
     build_input_bundle,
     prefetch_keys,
 )
-from fhir_adapters import JSONTextError, parse_json
+from fhir_adapters import JSONTextError, operation_outcome, parse_json
 from movement_cds import InvalidBundleError, __version__, handout_html
 
 __all__ = [
     "APP_FACTORY",
     "CONFIG_ENV",
     "KB_EXTENSION",
-    "Engine",
-    "LiveEngine",
+    "LiveRelease",
+    "LoadedRelease",
     "ReloadRefused",
     "StartupError",
     "add_handout_link",
@@ -165,32 +167,38 @@ _PHYSIO_TEXT: Final = re.compile(r"physio|physical therap", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class HookService:
-    id: str
+    """One CDS service: its hook, its discovery text and the context fields it needs and
+    reads; its id is ``movement-cds-{hook}``."""
+
     hook: str
     title: str
     description: str
     required: tuple[str, ...]
     optional: tuple[str, ...]
 
+    @property
+    def id(self) -> str:
+        return f"movement-cds-{self.hook}"
+
 
 SERVICES: Final = (
-    HookService("movement-cds-patient-view", "patient-view",
+    HookService("patient-view",
                 "Low back pain: red flags and exercise plan",
                 "Checks the recorded red-flag answers and movement screen of a patient with "
                 "persistent low back pain and proposes a draft exercise CarePlan and any "
                 "referral, for clinician review.",
                 ("userId", "patientId"), ("encounterId",)),
-    HookService("movement-cds-encounter-start", "encounter-start",
+    HookService("encounter-start",
                 "Low back pain: red flags before the visit",
                 "At the start of an encounter: red-flag alerts, missing red-flag answers and "
                 "the current draft exercise plan.",
                 ("userId", "patientId", "encounterId"), ()),
-    HookService("movement-cds-encounter-discharge", "encounter-discharge",
+    HookService("encounter-discharge",
                 "Low back pain: exercise plan at discharge",
                 "At discharge: the draft exercise CarePlan (home programme) and any open "
                 "red-flag alert, for clinician review.",
                 ("userId", "patientId", "encounterId"), ()),
-    HookService("movement-cds-order-sign", "order-sign",
+    HookService("order-sign",
                 "Low back pain: check a physiotherapy referral",
                 "When a draft physiotherapy referral is signed: red flags that call for "
                 "another pathway first, and the proposed exercise plan.",
@@ -203,10 +211,12 @@ _BY_ID: Final = {s.id: s for s in SERVICES}
 
 
 def _outcome(code: str, diagnostics: str | None, severity: str = "error") -> dict[str, Any]:
-    issue: dict[str, Any] = {"severity": severity, "code": code}
-    if diagnostics:
-        issue["diagnostics"] = diagnostics
-    return {"resourceType": "OperationOutcome", "issue": [issue]}
+    """The library's OperationOutcome; with no detail (a 401), the issue has no
+    ``diagnostics`` at all (C1: nothing empty)."""
+    body = operation_outcome([InputIssue(severity, code, diagnostics or "")])
+    if not diagnostics:
+        del body["issue"][0]["diagnostics"]
+    return body
 
 
 _HTTP_CODES: Final = {401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
@@ -221,14 +231,16 @@ def _error_response(exc: ApiError) -> JSONResponse:
                         media_type="application/fhir+json")
 
 
-# --- the engine -----------------------------------------------------------------------------
+# --- the loaded release --------------------------------------------------------------------
 
 
-class Engine:
-    """One process's knowledge base and rule engine; evaluations are serialised.
+class LoadedRelease:
+    """One knowledge-base release as this process loaded it: its ``DecisionSupport`` (the
+    compiled rules, one rule engine), its prefetch keys and what identifies it; evaluations
+    are serialised. (Variables holding one are still called ``engine``.)
 
     ``digest`` (content) and ``fingerprint`` (file metadata) describe the directory as it was
-    when this engine was loaded; ``loaded_at`` is when it went live."""
+    when this release was loaded; ``loaded_at`` is when it went live."""
 
     def __init__(self, support: Any) -> None:
         from movement_cds import DecisionSupport
@@ -246,7 +258,7 @@ class Engine:
 
     def evaluate(self, bundle: dict[str, Any], as_of: datetime) -> Any:
         with self._lock:  # the cards need only the advice resources of the output Bundle
-            return self.support._evaluate(bundle, as_of, advice_only=True)
+            return self.support.pipeline.evaluate(bundle, as_of, advice_only=True)
 
     @property
     def release(self) -> str:
@@ -261,7 +273,7 @@ class Engine:
                 "loaded": self.loaded_at.isoformat(timespec="seconds").replace("+00:00", "Z")}
 
 
-def advise(engine: Engine, service_id: str, call_input: dict[str, Any],
+def advise(engine: LoadedRelease, service_id: str, call_input: dict[str, Any],
            as_of: datetime, *, link: Callable[[list[dict[str, Any]], Any], None] | None = None,
            ) -> tuple[bytes, list[dict[str, Any]], Any]:
     """The response body, cards and plan for a call's canonical input (``{"bundle": ...}``,
@@ -281,12 +293,12 @@ def advise(engine: Engine, service_id: str, call_input: dict[str, Any],
     return orjson.dumps({"cards": cards}), cards, result.plan
 
 
-def engine_for_replay(root: Path) -> Engine:
+def engine_for_replay(root: Path) -> LoadedRelease:
     """An engine for an archived release (no scenario tests, no warm-up: replay only)."""
     from movement_cds import DecisionSupport
 
     try:
-        engine = Engine(DecisionSupport(root, engine_cache_size=0))
+        engine = LoadedRelease(DecisionSupport(root, engine_cache_size=0))
     except MovementCDSError as e:
         raise AuditError(f"the archived release does not load: {e}") from None
     engine.digest = kb_digest(root)
@@ -302,7 +314,7 @@ def kb_fingerprint(root: Path) -> Fingerprint:
     """Cheap (metadata only): every file's path, size, inode and modification time. Any
     change means "read it again"; ``kb_digest`` then says whether the content changed."""
     out = []
-    for f in kb_files(root):
+    for f in knowledge_base_files(root):
         try:
             st = f.stat()
         except OSError:
@@ -336,7 +348,7 @@ def _scenario_failures(evaluator: Evaluator, root: Path) -> str | None:
             f"({evaluator.engine_kind}):\n  " + "\n  ".join(lines))
 
 
-def _warm_up(engine: Engine) -> None:
+def _warm_up(engine: LoadedRelease) -> None:
     result = engine.evaluate(_warm_up_bundle(), datetime.now(UTC))
     plan_cards(result.plan, result.bundle, "warm-up")
 
@@ -349,9 +361,9 @@ def _log_changelog(root: Path, name: str) -> None:
 
 
 def load_engine(config: ServiceConfig, *, run_scenarios: bool = True,
-                checked_release: str | None = None) -> Engine:
+                checked_release: str | None = None) -> LoadedRelease:
     """Load the knowledge base, run its scenario tests, warm up; ``StartupError`` if any
-    of it fails. ``checked_release`` (``Engine.release`` of the copy the parent process
+    of it fails. ``checked_release`` (``LoadedRelease.release`` of the copy the parent process
     checked): scenarios are skipped when the directory still has that content, and a
     different content under the same ``{kb-id}@{version}`` is refused."""
     from knowledge_base import bundled_path
@@ -381,7 +393,8 @@ def load_engine(config: ServiceConfig, *, run_scenarios: bool = True,
     return engine
 
 
-def _candidate(root: Path, live: Engine, digest: str, fingerprint: Fingerprint) -> Engine:
+def _candidate(root: Path, live: LoadedRelease, digest: str,
+               fingerprint: Fingerprint) -> LoadedRelease:
     """A new engine for the release now in ``root``, validated and tested before anything
     else sees it; ``ReloadRefused`` saying why not."""
     from movement_cds import DecisionSupport
@@ -412,10 +425,10 @@ def _candidate(root: Path, live: Engine, digest: str, fingerprint: Fingerprint) 
 
 
 def _warmed_up(support: Any, root: Path, digest: str, fingerprint: Fingerprint,
-               scenarios_passed: bool, refuse: Callable[[str], Exception]) -> Engine:
+               scenarios_passed: bool, refuse: Callable[[str], Exception]) -> LoadedRelease:
     """The engine for a checked release, warmed up (``refuse(why)`` raised if the warm-up
     evaluation fails), its changelog logged: the last step of start and of reload."""
-    engine = Engine(support)
+    engine = LoadedRelease(support)
     engine.digest, engine.fingerprint = digest, fingerprint
     engine.scenarios_passed = scenarios_passed
     try:
@@ -426,13 +439,14 @@ def _warmed_up(support: Any, root: Path, digest: str, fingerprint: Fingerprint,
     return engine
 
 
-class LiveEngine:
-    """The engine requests use now, and the check that replaces it by a new knowledge-base
-    version (see the module docstring). ``check`` runs in a worker thread."""
+class LiveRelease:
+    """The hot-reloadable holder of the release requests use now (``engine``, a
+    ``LoadedRelease``) and the check that replaces it by a new knowledge-base version (see
+    the module docstring). ``check`` runs in a worker thread."""
 
-    def __init__(self, engine: Engine, root: Path, interval: float, *,
+    def __init__(self, engine: LoadedRelease, root: Path, interval: float, *,
                  settle: bool = False,
-                 before_swap: Callable[[Engine, Path], None] | None = None) -> None:
+                 before_swap: Callable[[LoadedRelease, Path], None] | None = None) -> None:
         self.engine = engine
         self.before_swap = before_swap  # archives the release; raising refuses the swap
         self.root = root
@@ -443,7 +457,7 @@ class LiveEngine:
         self._checking = threading.Lock()
         self.settle = settle  # settle_heap() after each swap (service workers)
         # called with (outcome, engine before the check) after every check (metrics)
-        self.listeners: list[Callable[[str, Engine], None]] = []
+        self.listeners: list[Callable[[str, LoadedRelease], None]] = []
 
     def check(self, force: bool = False) -> str:
         """Look for a new version and take it into service if it passes every check.
@@ -497,7 +511,7 @@ class LiveEngine:
                  time.perf_counter() - started)
         return "swapped"
 
-    def _archived(self, candidate: Engine, fingerprint: Fingerprint) -> bool:
+    def _archived(self, candidate: LoadedRelease, fingerprint: Fingerprint) -> bool:
         """Run ``before_swap`` (the release archive); False, logged, if it failed."""
         if self.before_swap is None:
             return True
@@ -597,7 +611,7 @@ async def _record_cards_only(store: Any, rules: list[dict[str, Any]]) -> None:
         log.warning("record_cards failed (%s)", type(e).__name__)
 
 
-def _archive_first(recorder: Recorder | None, engine: Engine, root: Path,
+def _archive_first(recorder: Recorder | None, engine: LoadedRelease, root: Path,
                    own_store: Any) -> None:
     """The release about to serve goes into the archive first; ``StartupError`` if that
     fails (``[audit] required``) or the directory changed since it was loaded."""
@@ -639,7 +653,7 @@ class Recorder:
         elif self._method is not None:
             getattr(self._store, self._method)(jobs)
 
-    def archive(self, engine: Engine, root: Path) -> None:
+    def archive(self, engine: LoadedRelease, root: Path) -> None:
         """Put the release ``engine`` serves into the archive (before it answers)."""
         if not self.audits:
             return
@@ -648,7 +662,7 @@ class Recorder:
             raise AuditError("the knowledge-base directory changed after it was loaded")
         self.write([release_job(engine.kb.ruleset_name, digest, data)])
 
-    def call_jobs(self, hook_instance: str, service_id: str, engine: Engine,
+    def call_jobs(self, hook_instance: str, service_id: str, engine: LoadedRelease,
                   as_of: datetime, call_input: bytes, body: bytes,
                   rules: list[dict[str, Any]]) -> list[Any]:
         """The card and audit jobs of one advice call."""
@@ -675,7 +689,7 @@ class _Advice:
         self.handouts = handouts
         self.base_url = base_url
 
-    def _handout_link(self, service_id: str, hook_instance: str, current: Engine,
+    def _handout_link(self, service_id: str, hook_instance: str, current: LoadedRelease,
                       made: list[str]) -> Callable[[list[dict[str, Any]], Any], None] | None:
         """The link step of ``advise``: the page's id goes into ``made``."""
         handouts = self.handouts
@@ -690,7 +704,7 @@ class _Advice:
                             type(e).__name__)
         return link
 
-    async def answer(self, service_id: str, hook_instance: str, current: Engine,
+    async def answer(self, service_id: str, hook_instance: str, current: LoadedRelease,
                      call_input: dict[str, Any], started: float,
                      situations: dict[str, str] | None = None,
                      call: CallRecord | None = None) -> Response:
@@ -729,7 +743,7 @@ class _Advice:
                      (time.perf_counter() - started) * 1000)
         return Response(body, media_type="application/json")
 
-    async def record(self, service_id: str, hook_instance: str, current: Engine,
+    async def record(self, service_id: str, hook_instance: str, current: LoadedRelease,
                      as_of: datetime, input_text: bytes, body: bytes,
                      rules: list[dict[str, Any]]) -> None:
         recorder = self.recorder
@@ -787,12 +801,8 @@ async def _read_json(request: Request, limit: int) -> Any:
     try:
         return parse_json(body)
     except JSONTextError as e:
-        issue: dict[str, Any] = {"severity": "error", "code": e.code,
-                                 "diagnostics": e.describe("")}
-        if e.path:
-            issue["expression"] = [e.where("")]
-        raise ApiError(400, e.code, outcome={"resourceType": "OperationOutcome",
-                                             "issue": [issue]}) from None
+        issue = InputIssue("error", e.code, e.describe(""), e.where("") if e.path else None)
+        raise ApiError(400, e.code, outcome=operation_outcome([issue])) from None
 
 
 def _is_uuid(v: Any) -> bool:
@@ -899,45 +909,16 @@ def _has_physio_referral(draft_orders: dict[str, Any]) -> bool:
 
 
 def _check_feedback(body: Any) -> list[dict[str, Any]]:
-    def bad(msg: str) -> ApiError:
-        return ApiError(400, "invalid", msg)
-
+    """The call's feedback items, each checked by the store's one validator
+    (``validate_feedback``) before anything else happens; a bad one is a 400 naming it."""
     if not isinstance(body, dict) or not isinstance(body.get("feedback"), list) \
             or not body["feedback"]:
-        raise bad("feedback must be a non-empty array")
+        raise ApiError(400, "invalid", "feedback must be a non-empty array")
     items: list[dict[str, Any]] = body["feedback"]
-    for i, f in enumerate(items):
-        where = f"feedback[{i}]"
-        if not isinstance(f, dict):
-            raise bad(f"{where} must be an object")
-        if not isinstance(f.get("card"), str) or not f["card"]:
-            raise bad(f"{where}.card is required (the card's uuid)")
-        if f.get("outcome") not in ("accepted", "overridden"):
-            raise bad(f"{where}.outcome must be accepted or overridden")
-        if not isinstance(f.get("outcomeTimestamp"), str):
-            raise bad(f"{where}.outcomeTimestamp is required")
-        try:
-            datetime.fromisoformat(f["outcomeTimestamp"].replace("Z", "+00:00"))
-        except ValueError:
-            raise bad(f"{where}.outcomeTimestamp must be an ISO 8601 instant") from None
-        acc = f.get("acceptedSuggestions")
-        if f["outcome"] == "accepted":
-            if not isinstance(acc, list) or not acc or not all(
-                    isinstance(s, dict) and isinstance(s.get("id"), str) for s in acc):
-                raise bad(f"{where}.acceptedSuggestions (each with an id) is required when "
-                          "accepted")
-        elif acc is not None:
-            raise bad(f"{where}.acceptedSuggestions only goes with accepted")
-        reason = f.get("overrideReason")
-        if reason is not None:
-            if f["outcome"] != "overridden" or not isinstance(reason, dict):
-                raise bad(f"{where}.overrideReason goes only with overridden (an object)")
-            r = reason.get("reason")
-            if r is not None and not (isinstance(r, dict) and isinstance(r.get("code"), str)):
-                raise bad(f"{where}.overrideReason.reason must be a Coding")
-            c = reason.get("userComment")
-            if c is not None and not isinstance(c, str):
-                raise bad(f"{where}.overrideReason.userComment must be a string")
+    try:
+        validate_feedback(items)
+    except ValueError as e:
+        raise ApiError(400, "invalid", str(e)) from None
     return items
 
 
@@ -960,7 +941,7 @@ _HANDOUT_HEADERS: Final = {
 }
 
 
-def _link_handout(cards: list[dict[str, Any]], result: Any, engine: Engine,
+def _link_handout(cards: list[dict[str, Any]], result: Any, engine: LoadedRelease,
                   store: HandoutStore, base_url: str) -> str:
     """Keep the plan's patient handout page and link the plan card (the last card) to it;
     the page's id. The card's uuid stays that of its advice: the link is not part of it."""
@@ -1015,7 +996,7 @@ _FEEDBACK_BODY: Final = {"requestBody": {"required": True, "content": {"applicat
 def create_app(
     config: ServiceConfig,
     *,
-    engine: Engine | None = None,
+    engine: LoadedRelease | None = None,
     verifier: Any = None,
     store: Any = None,
     http_client_factory: Callable[[], httpx.AsyncClient] | None = None,
@@ -1026,9 +1007,59 @@ def create_app(
     """The CDS Hooks app. Loads (and warms up) the engine now unless one is given, so a
     worker never takes a request before it is ready. ``StartupError`` if it cannot start.
     ``verifier`` and ``store`` default to the ones the config describes. While the app runs
-    (its lifespan), ``LiveEngine.watch`` takes new knowledge-base versions into service.
+    (its lifespan), ``LiveRelease.watch`` takes new knowledge-base versions into service.
     ``settle`` (service workers, not tests): ``settle_heap()`` before the first request and
     after each reload, so full garbage collections do not walk the loaded engine."""
+    svc = _service_parts(config, engine, verifier, store, run_scenarios=run_scenarios,
+                         checked_release=checked_release, settle=settle)
+    timeout = httpx.Timeout(config.fhir_timeout_seconds)
+
+    def new_client() -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
+
+    # redirect_slashes=False: ".../{id}/" is a 404 OperationOutcome, never a 307 whose
+    # Location would be built from the request's Host header
+    app = FastAPI(title="movement-cds CDS Hooks service", version="1.0.0",
+                  lifespan=_lifespan(svc, http_client_factory or new_client, settle),
+                  docs_url=None, redoc_url=None, redirect_slashes=False)
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                           allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type"])
+    _add_error_handlers(app)
+    authenticate = _authenticator(svc)
+    _add_advice_routes(app, svc, authenticate)
+    _add_feedback_and_handout_routes(app, svc, authenticate)
+    app.state.engine = svc.engine  # the one it started with; live.engine is the current one
+    app.state.live = svc.live
+    app.state.store = svc.store
+    app.state.observer = svc.observer
+    app.state.recorder = svc.recorder
+    return app
+
+
+@dataclass
+class _Service:
+    """What one app serves with (built by ``_service_parts``, used by its routes)."""
+
+    config: ServiceConfig
+    engine: LoadedRelease  # the one it started with
+    live: LiveRelease  # the one requests use now
+    verifier: Any
+    store: Any
+    own_store: bool  # the app closes (drains) only a store it opened
+    handouts: HandoutStore | None
+    recorder: Recorder | None
+    advice: _Advice
+    observer: Observer
+    state: dict[str, Any]  # "http": the fhirServer client, while the app runs
+
+
+def _service_parts(config: ServiceConfig, engine: LoadedRelease | None, verifier: Any,
+                   store: Any, *, run_scenarios: bool, checked_release: str | None,
+                   settle: bool) -> _Service:
+    """The engine (loaded and warmed up unless given), the token verifier, the stores, the
+    release archived before it serves, the reload watch and the metrics."""
     from knowledge_base import bundled_path
 
     engine = engine or load_engine(config, run_scenarios=run_scenarios,
@@ -1036,28 +1067,31 @@ def create_app(
     root = Path(config.knowledge_base or bundled_path())
     verifier = verifier if verifier is not None else _make_verifier(config)
     _log_fhir_access(config)
-    own_store = store is None  # the app closes (drains) only a store it opened
+    own_store = store is None
     handouts = (HandoutStore(config.handout_database, config.handout_ttl_seconds)
                 if config.handouts_enabled else None)
     store = store if store is not None else _open_store(config)
     recorder = Recorder(store, config) if store is not None else None
     _archive_first(recorder, engine, root, store if own_store else None)
     advice = _Advice(store, recorder, handouts, config.base_url)
-    live = LiveEngine(engine, root, config.reload_check_seconds, settle=settle,
+    live = LiveRelease(engine, root, config.reload_check_seconds, settle=settle,
                       before_swap=recorder.archive if recorder is not None else None)
     observer = Observer.from_config(config)
     live.listeners.append(_reload_listener(live, observer))
-    timeout = httpx.Timeout(config.fhir_timeout_seconds)
+    return _Service(config, engine, live, verifier, store, own_store, handouts, recorder,
+                    advice, observer, {})
 
-    def new_client() -> httpx.AsyncClient:
-        return httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
 
-    make_client = http_client_factory or new_client
-    state: dict[str, Any] = {}
+def _lifespan(svc: _Service, make_client: Callable[[], httpx.AsyncClient],
+              settle: bool) -> Callable[[FastAPI], Any]:
+    """The app's lifespan: the fhirServer client, the reload watch (every
+    ``reload_check_seconds`` and on SIGHUP), and on the way out everything closed, the
+    feedback queue drained."""
+    live, observer = svc.live, svc.observer
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        state["http"] = make_client()
+        svc.state["http"] = make_client()
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         hup = False
@@ -1082,26 +1116,30 @@ def create_app(
                 watcher.cancel()
             if hup:
                 loop.remove_signal_handler(signal.SIGHUP)
-            await state["http"].aclose()
-            if handouts is not None:
-                handouts.close()
-            close = getattr(verifier, "close", None)
-            if callable(close):
-                close()
-            if own_store and store is not None:  # drains the feedback queue (SIGTERM)
-                queued = getattr(store, "queued", None)
-                if callable(queued) and queued():
-                    log.info("feedback: writing %d queued write(s) before exit", queued())
-                await asyncio.to_thread(store.close)
+            await _close_parts(svc)
 
-    # redirect_slashes=False: ".../{id}/" is a 404 OperationOutcome, never a 307 whose
-    # Location would be built from the request's Host header
-    app = FastAPI(title="movement-cds CDS Hooks service", version="1.0.0",
-                  lifespan=lifespan, docs_url=None, redoc_url=None, redirect_slashes=False)
-    if config.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
-                           allow_methods=["GET", "POST", "OPTIONS"],
-                           allow_headers=["Authorization", "Content-Type"])
+    return lifespan
+
+
+async def _close_parts(svc: _Service) -> None:
+    """The fhirServer client, the handout store, the verifier, and the feedback store if
+    the app opened it (its queue written first: SIGTERM loses nothing)."""
+    await svc.state["http"].aclose()
+    if svc.handouts is not None:
+        svc.handouts.close()
+    close = getattr(svc.verifier, "close", None)
+    if callable(close):
+        close()
+    store = svc.store
+    if svc.own_store and store is not None:  # drains the feedback queue (SIGTERM)
+        queued = getattr(store, "queued", None)
+        if callable(queued) and queued():
+            log.info("feedback: writing %d queued write(s) before exit", queued())
+        await asyncio.to_thread(store.close)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answer is an OperationOutcome (C21)."""
 
     @app.exception_handler(ApiError)
     async def api_error(_r: Request, exc: ApiError) -> JSONResponse:
@@ -1124,10 +1162,18 @@ def create_app(
         log.error("unexpected %s", type(exc).__name__, exc_info=exc)
         return _error_response(ApiError(500, "exception", "internal error; no advice given"))
 
+
+Authenticate = Callable[[Request], Awaitable[None]]
+
+
+def _authenticator(svc: _Service) -> Authenticate:
+    """The token check of every call (C17-C19): a 401 with no detail when it fails."""
+    verifier, base_url, observer = svc.verifier, svc.config.base_url, svc.observer
+
     async def authenticate(request: Request) -> None:
         if verifier is None:
             return
-        audience = config.base_url + request.url.path
+        audience = base_url + request.url.path
         header = request.headers.get("authorization")
         try:
             # a deadline: a database that holds the connection open and never answers (the
@@ -1143,60 +1189,80 @@ def create_app(
             observer.auth_failed(str(e))
             raise ApiError(401, "login") from None
 
-    def discovery(current: Engine) -> dict[str, Any]:
-        templates = {k.key: k.template for k in current.keys}
-        ext = {KB_EXTENSION: current.describe()}
-        return {"services": [
-            {"hook": s.hook, "id": s.id, "title": s.title, "description": s.description,
-             "prefetch": templates, "extension": ext} for s in SERVICES],
-            "extension": ext}
+    return authenticate
+
+
+def _discovery(current: LoadedRelease) -> dict[str, Any]:
+    templates = {k.key: k.template for k in current.keys}
+    ext = {KB_EXTENSION: current.describe()}
+    return {"services": [
+        {"hook": s.hook, "id": s.id, "title": s.title, "description": s.description,
+         "prefetch": templates, "extension": ext} for s in SERVICES],
+        "extension": ext}
+
+
+def _add_advice_routes(app: FastAPI, svc: _Service, authenticate: Authenticate) -> None:
+    """Discovery, the operators' routes and the service calls."""
+    config, live, observer = svc.config, svc.live, svc.observer
 
     @app.get("/cds-services", responses=_responses(401))
     async def get_discovery(request: Request) -> JSONResponse:
         await authenticate(request)
-        return JSONResponse(discovery(live.engine))
+        return JSONResponse(_discovery(live.engine))
 
     add_operations_routes(
-        app, engine=lambda: live.engine, store=store, metrics_enabled=config.metrics_enabled,
-        allow_from=config.metrics_allow_from,
+        app, engine=lambda: live.engine, store=svc.store,
+        metrics_enabled=config.metrics_enabled, allow_from=config.metrics_allow_from,
         forbidden=lambda text: _error_response(ApiError(403, "forbidden", text)))
 
     @app.post("/cds-services/{service_id}", openapi_extra=_CALL_BODY,
               responses=_responses(400, 401, 404, 412, 413, 422, 500))
     async def call_service(service_id: str, request: Request) -> Response:
         call = CallRecord(service_id if service_id in _BY_ID else UNKNOWN_SERVICE)
-        return await observer.observe(call, answer_call(service_id, request, call))
+        return await observer.observe(call, _answer_call(svc, authenticate, service_id,
+                                                         request, call))
 
-    async def answer_call(service_id: str, request: Request, call: CallRecord) -> Response:
-        started = time.perf_counter()
-        service = _BY_ID.get(service_id)
-        if service is None:
-            raise ApiError(404, "not-found", "no such CDS service")
-        await authenticate(request)
-        body = _check_request(service, await _read_json(request, config.max_body_bytes))
-        hook_instance = call.hook_instance = body["hookInstance"]  # a UUID (checked)
-        context = body["context"]
-        current = live.engine  # this request keeps it, whatever a reload does meanwhile
-        call.release = current.kb.ruleset_name
-        if service.hook == "order-sign" and not _has_physio_referral(context["draftOrders"]):
-            log.info("%s %s: no draft physiotherapy referral; no cards", service.id,
-                     hook_instance)
-            return await advice.answer(service.id, hook_instance, current,
-                                       {"draftOrders": context["draftOrders"]}, started,
-                                       call=call)
-        auth = body.get("fhirAuthorization")
-        try:
-            bundle, situations = await build_input_bundle(
-                current.keys, context=context, prefetch=body.get("prefetch") or {},
-                fhir_server=body.get("fhirServer"),
-                access_token=auth["access_token"] if auth else None,
-                client=state.get("http"), budget_seconds=config.fetch_budget_seconds,
-                max_pages=config.max_pages, allowed_servers=config.allowed_servers)
-        except PrefetchError as e:
-            log.info("%s %s: %d %s", service.id, hook_instance, e.status, e.code)
-            raise ApiError(e.status, e.code, e.diagnostics) from None
-        return await advice.answer(service.id, hook_instance, current, {"bundle": bundle},
-                                   started, situations, call)
+
+async def _answer_call(svc: _Service, authenticate: Authenticate, service_id: str,
+                       request: Request, call: CallRecord) -> Response:
+    """One service call: checked, its input Bundle built (prefetch, fhirServer), answered."""
+    config, advice = svc.config, svc.advice
+    started = time.perf_counter()
+    service = _BY_ID.get(service_id)
+    if service is None:
+        raise ApiError(404, "not-found", "no such CDS service")
+    await authenticate(request)
+    body = _check_request(service, await _read_json(request, config.max_body_bytes))
+    hook_instance = call.hook_instance = body["hookInstance"]  # a UUID (checked)
+    context = body["context"]
+    current = svc.live.engine  # this request keeps it, whatever a reload does meanwhile
+    call.release = current.kb.ruleset_name
+    if service.hook == "order-sign" and not _has_physio_referral(context["draftOrders"]):
+        log.info("%s %s: no draft physiotherapy referral; no cards", service.id,
+                 hook_instance)
+        return await advice.answer(service.id, hook_instance, current,
+                                   {"draftOrders": context["draftOrders"]}, started,
+                                   call=call)
+    auth = body.get("fhirAuthorization")
+    try:
+        bundle, situations = await build_input_bundle(
+            current.keys, context=context, prefetch=body.get("prefetch") or {},
+            fhir_server=body.get("fhirServer"),
+            access_token=auth["access_token"] if auth else None,
+            client=svc.state.get("http"), budget_seconds=config.fetch_budget_seconds,
+            max_pages=config.max_pages, allowed_servers=config.allowed_servers)
+    except PrefetchError as e:
+        log.info("%s %s: %d %s", service.id, hook_instance, e.status, e.code)
+        raise ApiError(e.status, e.code, e.diagnostics) from None
+    return await advice.answer(service.id, hook_instance, current, {"bundle": bundle},
+                               started, situations, call)
+
+
+def _add_feedback_and_handout_routes(app: FastAPI, svc: _Service,
+                                     authenticate: Authenticate) -> None:
+    """Card feedback (C16) and the patient handout pages."""
+    store, observer, handouts = svc.store, svc.observer, svc.handouts
+    max_body = svc.config.max_body_bytes
 
     @app.post("/cds-services/{service_id}/feedback", openapi_extra=_FEEDBACK_BODY,
               responses=_responses(400, 401, 404, 413, 503))
@@ -1204,7 +1270,7 @@ def create_app(
         if service_id not in _BY_ID:
             raise ApiError(404, "not-found", "no such CDS service")
         await authenticate(request)
-        items = _check_feedback(await _read_json(request, config.max_body_bytes))
+        items = _check_feedback(await _read_json(request, max_body))
         if store is None:
             raise ApiError(503, "not-supported", "feedback storage is not configured")
         try:
@@ -1226,20 +1292,13 @@ def create_app(
             raise ApiError(404, "not-found")
         return HTMLResponse(page, headers=_HANDOUT_HEADERS)
 
-    app.state.engine = engine  # the one it started with; live.engine is the current one
-    app.state.live = live
-    app.state.store = store
-    app.state.observer = observer
-    app.state.recorder = recorder
-    return app
 
-
-def _release_labels(engine: Engine) -> tuple[str, str]:
+def _release_labels(engine: LoadedRelease) -> tuple[str, str]:
     return engine.kb.ruleset_name, engine.digest[:12]
 
 
-def _reload_listener(live: LiveEngine, observer: Observer) -> Callable[[str, Engine], None]:
-    def listener(outcome: str, before: Engine) -> None:
+def _reload_listener(live: LiveRelease, observer: Observer) -> Callable[[str, LoadedRelease], None]:
+    def listener(outcome: str, before: LoadedRelease) -> None:
         observer.reload(outcome)
         if outcome == "swapped":
             observer.serving(*_release_labels(live.engine), old=_release_labels(before))

@@ -37,7 +37,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from typing import Any
 
 import orjson
 
+from cds import knowledge_base_files
 from cds_service._errors import AuditError
 
 __all__ = [
@@ -58,7 +58,6 @@ __all__ = [
     "extract_release",
     "instant",
     "kb_digest",
-    "kb_files",
     "release_job",
     "replay",
     "sha256",
@@ -89,30 +88,6 @@ def parse_instant(text: str) -> datetime:
 
 # --- the release archive ------------------------------------------------------------------------
 
-def _in_release(name: str) -> bool:
-    """A file that is part of a release: not a byte-code or backup file, and not hidden
-    unless the loader reads it (it globs ``*.yaml``, which matches ``.name.yaml`` too)."""
-    return not name.endswith((".pyc", "~")) and (not name.startswith(".")
-                                                 or name.endswith(".yaml"))
-
-
-def kb_files(root: Path) -> list[Path]:
-    """The files of a knowledge-base directory that make up a release, in a fixed order:
-    every file the loader can read, through symlinked directories too (each real directory
-    once), without hidden directories, ``__pycache__``, byte-code and backup files."""
-    out: list[Path] = []
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:  # a link back to a directory already read
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
-        out += [Path(dirpath) / f for f in sorted(filenames) if _in_release(f)]
-    return out
-
-
 def _digest_of(files: list[tuple[str, bytes]]) -> str:
     h = hashlib.sha256()
     for name, data in files:
@@ -123,7 +98,7 @@ def _digest_of(files: list[tuple[str, bytes]]) -> str:
 
 def _read_all(root: Path) -> list[tuple[str, bytes]]:
     out = []
-    for f in kb_files(root):
+    for f in knowledge_base_files(root):
         try:
             out.append((str(f.relative_to(root)), f.read_bytes()))
         except OSError:

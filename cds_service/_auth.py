@@ -233,7 +233,6 @@ class TokenVerifier:
         self.required = required
         self._leeway = float(leeway_seconds)
         self._jti_ttl = float(jti_ttl_seconds)
-        self._jti_cache_size = jti_cache_size
         self._max_age = float(jwks_max_age_seconds)
         self._min_refetch = float(jwks_min_refetch_seconds)
         self._timeout = float(jwks_timeout_seconds)
@@ -297,38 +296,25 @@ class TokenVerifier:
     # -- the checks, in spec order ----------------------------------------------------------
 
     def _verify(self, authorization_header: str, audience_url: str) -> dict[str, Any]:
-        # 1. Bearer <compact JWS>
-        if len(authorization_header) > MAX_TOKEN_LENGTH + 16:
-            raise AuthError("Authorization header too long")
-        m = _BEARER.match(authorization_header.strip())
-        if m is None:
-            raise AuthError("Authorization is not 'Bearer <token>'")
-        token = m.group(1)
-        parts = token.split(".")
-        if len(parts) != 3 or not all(parts):
-            raise AuthError("token is not a three-part compact JWS")
+        token = _bearer_token(authorization_header)  # 1. Bearer <compact JWS>
         header, payload = _unverified(token)
-
-        # 2. JOSE header
-        if header.get("typ") != "JWT":
-            raise AuthError(f"header typ is {_short(header.get('typ'))}, not 'JWT'")
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
-            raise AuthError(f"alg {_short(alg)} refused (only ES384, RS384)")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise AuthError("header has no kid")
-        if "crit" in header:
-            raise AuthError("header 'crit' extensions are not supported")
-        # header 'jku' deliberately ignored: see the module docstring.
-
+        alg, kid = _check_header(header)  # 2. JOSE header
         # 3. iss allowlisted
         iss = payload.get("iss")
         keyset = self._issuers.get(iss) if isinstance(iss, str) else None
         if keyset is None:
             raise AuthError(f"issuer {_short(iss)} not allowlisted")
-
         # 4. signature with that issuer's key `kid`, and 5. aud is this endpoint, exactly
+        self._check_signature(token, keyset, kid, alg, audience_url, payload)
+        now, exp = self._check_times(payload)  # 6. exp, iat, nbf
+        _check_tenant(keyset, payload)  # 7. tenant
+        self._check_jti(keyset, payload, exp, now)  # 8. jti never seen
+        return payload
+
+    def _check_signature(self, token: str, keyset: _KeySet, kid: str, alg: str,
+                         audience_url: str, payload: dict[str, Any]) -> None:
+        """Steps 4 and 5: PyJWT verifies the signature with the issuer's key ``kid`` and
+        that ``aud`` is this endpoint, exactly."""
         key = self._key_for(keyset, kid, alg)
         try:
             _JWT.decode(token, key=key, algorithms=[alg], audience=audience_url)
@@ -336,11 +322,14 @@ class TokenVerifier:
             raise AuthError(f"aud {_short(payload.get('aud'))} is not this endpoint "
                             f"{audience_url!r}") from None
         except jwt.InvalidSignatureError:
-            raise AuthError(f"bad signature (iss {_short(iss)}, kid {_short(kid)})") from None
+            raise AuthError(f"bad signature (iss {_short(payload.get('iss'))}, "
+                            f"kid {_short(kid)})") from None
         except jwt.PyJWTError as e:
             raise AuthError(f"token refused ({type(e).__name__})") from None
 
-        # 6. exp, iat, nbf
+    def _check_times(self, payload: dict[str, Any]) -> tuple[float, float]:
+        """Step 6: exp (not past, not beyond the replay window), iat (not in the future),
+        nbf (when present). Returns (now, exp)."""
         now = self._clock()
         exp = _number(payload.get("exp"))
         if exp is None:
@@ -360,15 +349,11 @@ class TokenVerifier:
                 raise AuthError("nbf not a number")
             if nbf > now + self._leeway:
                 raise AuthError("token not yet valid (nbf)")
+        return now, exp
 
-        # 7. tenant
-        tenants = keyset.issuer.tenants
-        if tenants:
-            tenant = payload.get("tenant")
-            if not isinstance(tenant, str) or tenant not in tenants:
-                raise AuthError(f"tenant {_short(tenant)} not allowlisted for this issuer")
-
-        # 8. jti never seen
+    def _check_jti(self, keyset: _KeySet, payload: dict[str, Any], exp: float,
+                   now: float) -> None:
+        """Step 8: a jti never seen (remembered until the token expires); fails closed."""
         jti = payload.get("jti")
         if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_LENGTH:
             raise AuthError("jti missing, empty or too long")
@@ -379,7 +364,6 @@ class TokenVerifier:
             raise AuthError(str(e)) from None
         if not fresh:
             raise AuthError("jti already used (replay)")
-        return payload
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -472,3 +456,42 @@ def _header_problem(e: jwt.PyJWTError) -> str:
     if "padding" in text or "segments" in text:
         return "not base64url compact JWS"
     return f"not a JWT ({type(e).__name__})"
+
+
+def _bearer_token(authorization_header: str) -> str:
+    """Step 1: the compact JWS of ``Bearer <token>`` (three non-empty parts)."""
+    if len(authorization_header) > MAX_TOKEN_LENGTH + 16:
+        raise AuthError("Authorization header too long")
+    m = _BEARER.match(authorization_header.strip())
+    if m is None:
+        raise AuthError("Authorization is not 'Bearer <token>'")
+    token = m.group(1)
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts):
+        raise AuthError("token is not a three-part compact JWS")
+    return token
+
+
+def _check_header(header: dict[str, Any]) -> tuple[str, str]:
+    """Step 2: typ JWT, an allowed alg, a kid, no crit; returns (alg, kid). The header's
+    'jku' is deliberately ignored: see the module docstring."""
+    if header.get("typ") != "JWT":
+        raise AuthError(f"header typ is {_short(header.get('typ'))}, not 'JWT'")
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
+        raise AuthError(f"alg {_short(alg)} refused (only ES384, RS384)")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise AuthError("header has no kid")
+    if "crit" in header:
+        raise AuthError("header 'crit' extensions are not supported")
+    return alg, kid
+
+
+def _check_tenant(keyset: _KeySet, payload: dict[str, Any]) -> None:
+    """Step 7: when the issuer lists tenants, the token's tenant is one of them."""
+    tenants = keyset.issuer.tenants
+    if tenants:
+        tenant = payload.get("tenant")
+        if not isinstance(tenant, str) or tenant not in tenants:
+            raise AuthError(f"tenant {_short(tenant)} not allowlisted for this issuer")

@@ -14,9 +14,12 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from cds_service._config import ServiceConfig
 
 __all__ = ["register"]
 
@@ -123,36 +126,12 @@ def serve(
     # never metric files left by something else: --workers N gets a fresh directory below
     for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
         os.environ.pop(name, None)
-    try:
-        import uvicorn
+    _require_service_extra()
+    from cds_service._app import StartupError, check_auth, create_app, load_engine
+    from cds_service._config import ConfigError
 
-        from cds_service._app import (
-            APP_FACTORY,
-            CONFIG_ENV,
-            INSECURE_ENV,
-            SCENARIOS_CHECKED_ENV,
-            StartupError,
-            check_auth,
-            create_app,
-            load_engine,
-        )
-        from cds_service._balancer import BALANCED_LOOP
-        from cds_service._balancer import supported as balancer_supported
-        from cds_service._config import ConfigError, load_config, parse_config
-        from cds_service._http_protocol import configure
-        from cds_service._metrics import multiprocess_directory
-        from cds_service._reuseport import REUSEPORT_LOOP
-        from cds_service._reuseport import supported as reuseport_supported
-    except ImportError as e:
-        fail(f"the service needs the 'service' extra (pip install 'movement-cds[service]'): {e}")
     try:
-        if config is not None:
-            cfg = load_config(config, insecure_no_auth=insecure_no_auth)
-        elif insecure_no_auth:
-            cfg = parse_config({"service": {"base_url": f"http://{host}:{port}"},
-                                "auth": {"required": False}}, insecure_no_auth=True)
-        else:
-            fail("--config FILE is required (or --insecure-no-auth for a local demo)")
+        cfg = _service_config(config, host, port, insecure_no_auth)
         engine = load_engine(cfg, run_scenarios=True)
         if workers == 1:
             application = create_app(cfg, engine=engine, settle=True)
@@ -163,15 +142,72 @@ def serve(
     if not cfg.auth_required:
         typer.echo(_NO_AUTH_BANNER, err=True)
     if workers == 1:
+        import uvicorn
+
+        from cds_service._http_protocol import configure
+
         _serve_one(configure(uvicorn.Config(
             application, host=host, port=port, log_level=log_level.value,
             log_config=_log_config(log_level.value)), read_timeout))
         return
     if config is None:
         fail("--workers above 1 needs --config FILE")
+    _serve_workers(cfg, config, engine.release, host=host, port=port, workers=workers,
+                   insecure_no_auth=insecure_no_auth, log_level=log_level,
+                   read_timeout=read_timeout)
+
+
+def _require_service_extra() -> None:
+    """Stop with one line naming the extra when the service's dependencies are missing."""
+    try:
+        import uvicorn  # noqa: F401
+
+        import cds_service._app
+        import cds_service._balancer
+        import cds_service._config
+        import cds_service._http_protocol
+        import cds_service._metrics
+        import cds_service._reuseport  # noqa: F401
+    except ImportError as e:
+        fail(f"the service needs the 'service' extra (pip install 'movement-cds[service]'): {e}")
+
+
+def _service_config(config: Path | None, host: str, port: int,
+                    insecure_no_auth: bool) -> ServiceConfig:
+    """The ``--config`` file's settings, or the local demo's (``--insecure-no-auth``
+    without a file: no authentication, ``base_url`` from ``--host`` and ``--port``)."""
+    from cds_service._config import load_config, parse_config
+
+    if config is not None:
+        return load_config(config, insecure_no_auth=insecure_no_auth)
+    if insecure_no_auth:
+        return parse_config({"service": {"base_url": f"http://{host}:{port}"},
+                             "auth": {"required": False}}, insecure_no_auth=True)
+    fail("--config FILE is required (or --insecure-no-auth for a local demo)")
+
+
+def _serve_workers(cfg: ServiceConfig, config: Path, release: str, *, host: str, port: int,
+                   workers: int, insecure_no_auth: bool, log_level: LogLevel,
+                   read_timeout: float) -> None:
+    """``workers`` uvicorn worker processes, each building its app from the config file
+    (``app_from_env``), skipping the scenario tests of ``release`` (checked here), on the
+    port shared as the config says (SO_REUSEPORT, the connection balancer or uvicorn's
+    shared accept)."""
+    import os
+
+    import uvicorn
+
+    from cds_service._app import APP_FACTORY, CONFIG_ENV, INSECURE_ENV, SCENARIOS_CHECKED_ENV
+    from cds_service._balancer import BALANCED_LOOP
+    from cds_service._balancer import supported as balancer_supported
+    from cds_service._http_protocol import configure
+    from cds_service._metrics import multiprocess_directory
+    from cds_service._reuseport import REUSEPORT_LOOP
+    from cds_service._reuseport import supported as reuseport_supported
+
     os.environ[CONFIG_ENV] = str(config.resolve())
     os.environ[INSECURE_ENV] = "1" if insecure_no_auth else "0"
-    os.environ[SCENARIOS_CHECKED_ENV] = engine.release  # workers skip what was checked here
+    os.environ[SCENARIOS_CHECKED_ENV] = release  # workers skip what was checked here
     options: dict[str, Any] = {
         "factory": True, "host": host, "port": port, "workers": workers,
         "log_level": log_level.value, "timeout_worker_healthcheck": 60,

@@ -212,6 +212,18 @@ def _path(value: str, info: ValidationInfo) -> Path:
     return p if p.is_absolute() else Path(base) / p
 
 
+def _existing(value: str | None, info: ValidationInfo, *, directory: bool) -> str | None:
+    """``value`` as a path (``_path``) that must exist: a directory, else a file."""
+    if value is None:
+        return None
+    p = _path(value, info)
+    if directory and not p.is_dir():
+        raise ValueError(f"not a directory: {p}")
+    if not directory and not p.is_file():
+        raise ValueError(f"file not found: {p}")
+    return str(p)
+
+
 NonEmpty = Annotated[str, StringConstraints(min_length=1, strip_whitespace=False),
                      Field(pattern=r"\S")]
 
@@ -250,12 +262,7 @@ class _ServiceTable(_Table):
     @field_validator("knowledge_base")
     @classmethod
     def _kb(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is None:
-            return None
-        p = _path(v, info)
-        if not p.is_dir():
-            raise ValueError(f"not a directory: {p}")
-        return str(p)
+        return _existing(v, info, directory=True)
 
 
 class _IssuerTable(_Table):
@@ -272,12 +279,7 @@ class _IssuerTable(_Table):
     @field_validator("jwks_file")
     @classmethod
     def _file(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is None:
-            return None
-        p = _path(v, info)
-        if not p.is_file():
-            raise ValueError(f"file not found: {p}")
-        return str(p)
+        return _existing(v, info, directory=False)
 
     @model_validator(mode="after")
     def _one_key_set(self) -> _IssuerTable:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cds_service._errors import StoreError, StoreUnavailable
+from cds_service._schema import SQLITE_SCHEMA
 
 __all__ = [
     "UNRECORDED_CARD",
@@ -317,67 +318,6 @@ def summarise(grouped: Sequence[Sequence[Any]]) -> list[RuleFeedback]:
 
 # --- SQLite ------------------------------------------------------------------------------------
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS cards (
-    card_uuid      TEXT PRIMARY KEY,
-    rule_ids       TEXT NOT NULL,      -- JSON array of knowledge-base rule ids
-    knowledge_base TEXT NOT NULL,      -- rule set name and version
-    created_at     TEXT NOT NULL       -- UTC instant
-);
-CREATE TABLE IF NOT EXISTS feedback (
-    id                     INTEGER PRIMARY KEY AUTOINCREMENT,
-    service_id             TEXT NOT NULL,
-    card_uuid              TEXT NOT NULL,
-    outcome                TEXT NOT NULL CHECK (outcome IN ('accepted', 'overridden')),
-    override_reason_system TEXT,
-    override_reason_code   TEXT,
-    override_reason_display TEXT,
-    override_user_comment  TEXT,
-    accepted_suggestions   TEXT,       -- JSON array of suggestion ids
-    outcome_timestamp      TEXT NOT NULL,  -- UTC instant
-    received_at            TEXT NOT NULL   -- UTC instant
-);
-CREATE INDEX IF NOT EXISTS feedback_card ON feedback (card_uuid);
-CREATE TABLE IF NOT EXISTS audit_record (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    hook_instance TEXT NOT NULL,
-    recorded_at   TEXT NOT NULL,   -- UTC instant
-    service_id    TEXT NOT NULL,
-    release       TEXT NOT NULL,   -- {kb-id}@{version}
-    kb_digest     TEXT NOT NULL,   -- SHA-256 of the release's files (kb_release.digest)
-    software      TEXT NOT NULL,   -- movement-cds version that answered
-    as_of         TEXT NOT NULL,   -- the evaluation instant, to the microsecond
-    input_digest  TEXT NOT NULL,   -- SHA-256 of the canonical input
-    input         TEXT,            -- the canonical input ([audit] store_inputs)
-    output_digest TEXT NOT NULL,   -- SHA-256 of the response body
-    output        TEXT,            -- the response body ([audit] store_inputs)
-    cards         TEXT NOT NULL    -- JSON: [{uuid, code, rules}]
-);
-CREATE INDEX IF NOT EXISTS audit_record_hook_instance ON audit_record (hook_instance);
-CREATE TABLE IF NOT EXISTS kb_release (
-    digest      TEXT PRIMARY KEY,
-    release     TEXT NOT NULL,
-    archived_at TEXT NOT NULL,
-    archive     BLOB NOT NULL       -- tar.gz of the knowledge-base directory
-);
-CREATE TRIGGER IF NOT EXISTS audit_record_no_update BEFORE UPDATE ON audit_record
-BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_record_no_delete BEFORE DELETE ON audit_record
-BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS kb_release_no_update BEFORE UPDATE ON kb_release
-BEGIN SELECT RAISE(ABORT, 'the release archive is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS kb_release_no_delete BEFORE DELETE ON kb_release
-BEGIN SELECT RAISE(ABORT, 'the release archive is append-only'); END;
--- REPLACE deletes the row it conflicts with without firing a DELETE trigger: refuse the
--- insert instead (an archived release is kept as it is, like ON CONFLICT DO NOTHING)
-CREATE TRIGGER IF NOT EXISTS audit_record_no_replace BEFORE INSERT ON audit_record
-WHEN EXISTS (SELECT 1 FROM audit_record WHERE id = NEW.id)
-BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS kb_release_no_replace BEFORE INSERT ON kb_release
-WHEN EXISTS (SELECT 1 FROM kb_release WHERE digest = NEW.digest)
-BEGIN SELECT RAISE(IGNORE); END;
-"""
-
 _SQLITE_WRITES: dict[str, str] = {
     "cards": "INSERT INTO cards (card_uuid, rule_ids, knowledge_base, created_at) "
              "VALUES (?, ?, ?, ?) ON CONFLICT (card_uuid) DO NOTHING",
@@ -428,7 +368,7 @@ class SQLiteFeedbackStore:
             if version > SCHEMA_VERSION:
                 raise ValueError(f"feedback database {self.path} has schema version "
                                  f"{version}; this version reads {SCHEMA_VERSION}")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(SQLITE_SCHEMA)  # the migrations' statements
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as e:
             raise ValueError(f"cannot open feedback database {self.path}: {e}") from None

@@ -29,6 +29,9 @@ from typing import Any, Final
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from cds import InputIssue
+from fhir_adapters import operation_outcome
+
 __all__ = ["DEFAULT_READ_TIMEOUT", "ServiceHttpProtocol", "configure"]
 
 DEFAULT_READ_TIMEOUT: Final = 10.0
@@ -43,8 +46,7 @@ def configure(config: Any, read_timeout: float) -> Any:
 
 
 def _outcome(status: int, reason: bytes, code: str, text: str) -> bytes:
-    body = orjson.dumps({"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": code, "diagnostics": text}]})
+    body = orjson.dumps(operation_outcome([InputIssue("error", code, text)]))
     return (b"HTTP/1.1 %d %s\r\ncontent-type: application/fhir+json\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n" % (status, reason, len(body))
             + body)

@@ -235,7 +235,7 @@ from fhir_adapters._terminology import (
 )
 from fhir_adapters._terminology import SCREEN_SYSTEM as SCREEN
 
-__all__ = ["InputCodes", "input_codes", "read_bundle"]
+__all__ = ["InputCodes", "input_codes", "own_careplan", "read_bundle"]
 
 LEFT: Final = (SNOMED, "7771000")
 RIGHT: Final = (SNOMED, "24028007")
@@ -328,6 +328,7 @@ FOLLOW_UP_SPECS: Final[Mapping[str, _Spec]] = {
     "exercise-peripheralization": _Spec("peripheralization", "boolean"),
 }
 FOLLOW_UP_CODES: Final = tuple((SCREEN, c) for c in sorted(FOLLOW_UP_SPECS))
+_FOLLOW_UP_KEYS: Final = frozenset(FOLLOW_UP_CODES)
 # previous CarePlan activity status -> PreviousExercise.status
 PREVIOUS_STATUS: Final[Mapping[str, str]] = {
     "not-started": "proposed", "scheduled": "proposed", "in-progress": "proposed",
@@ -493,11 +494,18 @@ def _status_code(concept: object, system: str) -> str | None:
 
 def _value_key(holder: Mapping[str, Any]) -> str | Literal[False] | None:
     """The one ``value[x]`` key present, None when there is none, False when several."""
-    keys = [k for k in holder
-            if isinstance(k, str) and k.startswith("value") and k[5:6].isupper()]
-    if not keys:
-        return None
-    return keys[0] if len(keys) == 1 else False
+    return _value_key_of(tuple(holder))
+
+
+@functools.lru_cache(maxsize=1024)  # Observations and components come in a few shapes
+def _value_key_of(keys: tuple[object, ...]) -> str | Literal[False] | None:
+    found: str | None = None
+    for k in keys:
+        if isinstance(k, str) and k.startswith("value") and k[5:6].isupper():
+            if found is not None:
+                return False
+            found = k
+    return found
 
 
 def _parse_instant(text: object) -> tuple[datetime, int] | None:
@@ -535,13 +543,23 @@ def _date_as_sent(res: Mapping[str, Any]) -> str | None:
     period = _dict(res.get("effectivePeriod"))
     for raw in (res.get("effectiveDateTime"), res.get("effectiveInstant"),
                 period.get("end") if period is not None else None, res.get("issued")):
-        if isinstance(raw, str) and _parse_instant_text(raw) is not None:
-            m = _DATE_TIME.fullmatch(raw)
-            assert m is not None
-            y, mo, d = m.group(1), m.group(2), m.group(3)
-            return show_date(datetime(int(y), int(mo or 1), int(d or 1), tzinfo=UTC),
-                             1 + (mo is not None) + (d is not None))
+        if isinstance(raw, str):
+            shown = _shown_as_sent(raw)
+            if shown is not None:
+                return shown
     return None
+
+
+@functools.lru_cache(maxsize=4096)  # like _parse_instant_text: a chart's dates come back
+def _shown_as_sent(raw: str) -> str | None:
+    """``raw`` (a FHIR date) as ``_date_as_sent`` shows it; None when it is not a date."""
+    if _parse_instant_text(raw) is None:
+        return None
+    m = _DATE_TIME.fullmatch(raw)
+    assert m is not None
+    y, mo, d = m.group(1), m.group(2), m.group(3)
+    return show_date(datetime(int(y), int(mo or 1), int(d or 1), tzinfo=UTC),
+                     1 + (mo is not None) + (d is not None))
 
 
 @functools.cache
@@ -677,15 +695,11 @@ class _Reader:
         self.merge_conditions()
         self.merge_answer_states()
 
-        result = PatientFacts.build(subject, self.as_of, self.facts.values(), self.issues,
-                                    follow_up=self.follow_up, answer_notes=self.notes)
-        result = dataclasses.replace(
-            result, progress=tuple(sorted(self.progress)), time_zone=self.time_zone,
-            recorded=tuple(sorted((n, t) for n, t in self.recorded.items()
-                                  if n in self.facts)))
-        if self.extras:
-            result = dataclasses.replace(result, extras=self.extras)
-        return result
+        return PatientFacts.build(
+            subject, self.as_of, self.facts.values(), self.issues, follow_up=self.follow_up,
+            answer_notes=self.notes, progress=self.progress, time_zone=self.time_zone,
+            recorded=[(n, t) for n, t in self.recorded.items() if n in self.facts],
+            extras=self.extras or None)
 
     def load(self, data: object) -> dict[str, Any]:
         """The Bundle as a dict. JSON text is parsed strictly (``parse_json``: invalid UTF-8,
@@ -734,14 +748,14 @@ class _Reader:
         out: list[_Entry] = []
         fatal: list[InputIssue] = []
         for i, raw in enumerate(_list(bundle.get("entry"))):
-            path = f"Bundle.entry[{i}]"
             if not isinstance(raw, dict):
+                path = f"Bundle.entry[{i}]"
                 fatal.append(InputIssue("error", "structure", f"{path} is not an object", path))
                 continue
             full_url = _str(raw.get("fullUrl"))
             res = raw.get("resource")
             if not isinstance(res, dict):
-                where = full_url or path
+                where = full_url or f"Bundle.entry[{i}]"
                 self.issues.append(InputIssue("information", "not-supported",
                                               "entry has no resource; ignored", where))
                 continue
@@ -921,10 +935,11 @@ class _Reader:
                               "status is missing or not an Observation status; ignored")
                 continue
             codes = _codings(res.get("code"))
-            if any(s == SCREEN and c in FOLLOW_UP_SPECS for s, c in codes):
+            if not _FOLLOW_UP_KEYS.isdisjoint(codes):
                 follow_ups.append(e)  # read once the previous plan is known
                 continue
-            specs = {by_code[c] for c in codes if c in by_code}
+            matched = [by_code[c] for c in codes if c in by_code]
+            specs = set(matched) if len(matched) > 1 else matched  # one: no hashing
             if not specs:
                 shown = ", ".join(f"{s}|{c}" for s, c in sorted(codes)) or "no coding"
                 self.note(e, "information", "not-supported",
@@ -945,7 +960,7 @@ class _Reader:
                           f"coded with several red-flag questions ({names}); the answer "
                           "counts for each")
             key = (*self.when(e), e.ref or "")
-            for spec in sorted(specs, key=lambda s: s.name):
+            for spec in specs if len(specs) == 1 else sorted(specs, key=lambda s: s.name):
                 groups.setdefault(spec.name, []).append(_Candidate(e, spec, key))
         for name in sorted(groups):
             group = groups[name]
@@ -1030,7 +1045,11 @@ class _Reader:
         finding existed then)."""
         res = e.resource
         period = _dict(res.get("effectivePeriod"))
-        if period is not None and res.get("effectiveDateTime") is None:
+        if period is None:  # the usual case: a valid effectiveDateTime decides
+            parsed = _parse_instant(res.get("effectiveDateTime"))
+            if parsed is not None:
+                return 1, parsed[0], parsed[1]
+        elif res.get("effectiveDateTime") is None:
             began = _parse_instant(period.get("start"))
             ends = _parse_instant(period.get("end"))
             if began is not None and ends is not None and began[0] <= self.as_of < ends[0]:
@@ -1148,16 +1167,21 @@ class _Reader:
     def use_red_flag(self, candidates: list[_Candidate]) -> None:
         spec = candidates[0].spec
         answers: dict[int, tuple[Answer, _Candidate]] = {}
-        for c in self.not_in_future(candidates):
+        current = self.not_in_future(candidates)
+        # the canonical JSON orders only answers of one instant, precision and reference:
+        # it is computed for those alone (a json.dumps of the resource each)
+        keys = [c.key for c in current]
+        for c in current:
             value = self.red_flag_value(c)
             if value is _NO_ANSWER:
                 continue
             if c.entry.resource.get("status") == "preliminary" and c.entry.item is None:
                 self.note(c.entry, "information", "informational",
                           "status 'preliminary': used, but the result is not final")
+            tie = c.canonical if keys.count(c.key) > 1 else ""
             a = Answer(value if isinstance(value, bool) else None,
                        c.key[1] if c.key[0] else None,
-                       _sources(c.entry), (c.key[2], c.key[3], c.canonical), c.key[2],
+                       _sources(c.entry), (c.key[2], c.key[3], tie), c.key[2],
                        _date_as_sent(c.entry.resource) if c.key[0] else None)
             answers[id(a)] = (a, c)
         reading = read_red_flag(spec.question, [a for a, _ in answers.values()], self.as_of,
@@ -1360,7 +1384,7 @@ class _Reader:
         own: list[_Entry] = []
         for e in entries:
             res = e.resource
-            if not _own_careplan(res):
+            if not own_careplan(res):
                 self.note(e, "warning", "not-supported",
                           "not a CarePlan made by movement-cds (no instantiatesUri under "
                           f"{OWN_CAREPLAN_PREFIX}); ignored, so this is not read as a "
@@ -1623,7 +1647,7 @@ class _SubjectMatcher:
         return False
 
 
-def _own_careplan(resource: Mapping[str, Any]) -> bool:
+def own_careplan(resource: Mapping[str, Any]) -> bool:
     """Made by this project: an instantiatesUri under the project's knowledge-base URI."""
     return any(isinstance(u, str) and u.startswith(OWN_CAREPLAN_PREFIX)
                for u in _list(resource.get("instantiatesUri")))
@@ -1835,7 +1859,7 @@ def _extract(
         if comp is None:
             continue
         codes = set(_codings(comp.get("code")))
-        sides = [s for s, c in (("left", LEFT), ("right", RIGHT)) if c in codes]
+        sides = [s for s, c in _SIDES if c in codes] if LEFT in codes or RIGHT in codes else []
         if LBP_PROVOKED in codes and spec.provoked and not sides:
             name, label = f"{spec.name}.lbp-provoked", "lbp-provoked component"
             if _value_key(comp) != "valueBoolean" or not isinstance(comp["valueBoolean"], bool):
@@ -1966,6 +1990,9 @@ def _quantity(spec: _Spec, raw: object, label: str) -> int | float:
 
 def _got(key: str, raw: object) -> str:
     return f"{key} ({_json_type(raw)})" if key in ("valueBoolean", "valueInteger") else key
+
+
+_SIDES: Final = (("left", LEFT), ("right", RIGHT))
 
 
 # --- public entry point --------------------------------------------------------------------

@@ -64,11 +64,11 @@ from cds.authoring import (
 )
 from fhir_adapters._code_systems import code_systems
 from fhir_adapters._errors import OutputValidationError
+from fhir_adapters._outbound import dose_extension
 from fhir_adapters._terminology import (
     ACTIVITY_DEFINITION_BASE,
     ALERT_SYSTEM,
     EXERCISE_SYSTEM,
-    EXT_EXERCISE_DOSE,
     EXT_RULE_OUTPUT,
     EXT_RULE_PRIORITY,
     KNOWLEDGE_BASE_BASE,
@@ -77,14 +77,12 @@ from fhir_adapters._terminology import (
     PLAN_DEFINITION_TYPE,
     QUESTIONNAIRE_BASE,
     STARTBACK_PANEL,
-    UCUM,
 )
 
 if TYPE_CHECKING:  # the rule language's names this module only annotates with
     from cds.authoring import (
         Action,
         Condition,
-        DoseSpec,
         Evidence,
         ExerciseDefinition,
         FactDefinition,
@@ -276,23 +274,6 @@ def _value_ext(url: str, v: Any) -> dict[str, Any]:
     return {"url": url, "valueString": str(v)}
 
 
-def _dose_extension(dose: DoseSpec | ExerciseDose) -> dict[str, Any]:
-    """The CarePlan's ``exercise-dose`` extension (how much), from a dose."""
-    subs: list[dict[str, Any]] = []
-    if dose.sets is not None:
-        subs.append({"url": "sets", "valueInteger": dose.sets})
-    if dose.repetitions is not None:
-        subs.append({"url": "repetitions", "valueInteger": dose.repetitions})
-    if dose.hold_seconds is not None:
-        subs.append({"url": "hold-seconds", "valueQuantity": {
-            "value": dose.hold_seconds, "unit": "s", "system": UCUM, "code": "s"}})
-    for key, v in (("tempo", dose.tempo), ("load", dose.load),
-                   ("pain-monitoring", dose.pain_monitoring)):
-        if v:
-            subs.append({"url": key, "valueString": " ".join(str(v).split())})
-    return {"url": EXT_EXERCISE_DOSE, "extension": subs}
-
-
 def _output_ext(kind: str, *subs: dict[str, Any]) -> dict[str, Any]:
     return {"url": EXT_RULE_OUTPUT,
             "extension": [{"url": "kind", "valueCode": kind}, *subs]}
@@ -352,7 +333,7 @@ def _output_action(kb: KnowledgeBase, a: Action) -> dict[str, Any]:
         if r.dose is not None:
             dose = ExerciseDose.of(ex.dose, r.dose)
             out["textEquivalent"] = f"Dose for this rule: {dose.describe()}"
-            out["extension"].append(_dose_extension(dose))
+            out["extension"].append(dose_extension(dose, fold_space=True))
         return out
     if a.veto:
         v = a.veto
@@ -481,7 +462,7 @@ def _activity_definition(kb: KnowledgeBase, ex: ExerciseDefinition,
     ad["timingTiming"] = {"repeat": {"frequency": dose.frequency, "period": dose.period,
                                      "periodUnit": dose.period_unit}}
     ad["participant"] = [{"type": "patient"}]
-    ad["extension"] = [_dose_extension(ex.dose)]
+    ad["extension"] = [dose_extension(ex.dose, fold_space=True)]
     related = []
     for label, target in (("Easier (regression)", ex.easier),
                           ("Harder (progression)", ex.harder)):

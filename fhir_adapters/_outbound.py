@@ -117,7 +117,7 @@ import uuid
 from dataclasses import fields, is_dataclass
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -154,6 +154,9 @@ from fhir_adapters._terminology import (
     SNOMED,
     UCUM,
 )
+
+if TYPE_CHECKING:
+    from cds.authoring import DoseSpec
 
 __all__ = ["OutputValidationError", "write_bundle"]
 
@@ -301,7 +304,10 @@ def _trace_text(
     return " ".join(parts)
 
 
-def _dose_extension(dose: ExerciseDose) -> dict[str, Any]:
+def dose_extension(dose: DoseSpec | ExerciseDose, *, fold_space: bool = False
+                   ) -> dict[str, Any]:
+    """The ``exercise-dose`` extension (how much) of a plan's dose, or of a catalog dose
+    (``fold_space``: the catalog's texts with their line breaks folded to single spaces)."""
     subs: list[dict[str, Any]] = []
     if dose.sets is not None:
         subs.append({"url": "sets", "valueInteger": dose.sets})
@@ -310,12 +316,11 @@ def _dose_extension(dose: ExerciseDose) -> dict[str, Any]:
     if dose.hold_seconds is not None:
         subs.append({"url": "hold-seconds", "valueQuantity": {
             "value": dose.hold_seconds, "unit": "s", "system": UCUM, "code": "s"}})
-    if dose.tempo:
-        subs.append({"url": "tempo", "valueString": dose.tempo})
-    if dose.load:
-        subs.append({"url": "load", "valueString": dose.load})
-    if dose.pain_monitoring:
-        subs.append({"url": "pain-monitoring", "valueString": dose.pain_monitoring})
+    for key, v in (("tempo", dose.tempo), ("load", dose.load),
+                   ("pain-monitoring", dose.pain_monitoring)):
+        if v:
+            subs.append({"url": key, "valueString": " ".join(str(v).split()) if fold_space
+                         else v})
     return {"url": EXT_EXERCISE_DOSE, "extension": subs}
 
 
@@ -333,7 +338,7 @@ def _change_extension(change: ExerciseChange, kb: KnowledgeBase) -> dict[str, An
             "display": prev.title if prev is not None else None}})
     if change.previous_dose is not None:
         d = change.previous_dose
-        dose = [x for x in _dose_extension(d)["extension"] if x["url"] != "pain-monitoring"]
+        dose = [x for x in dose_extension(d)["extension"] if x["url"] != "pain-monitoring"]
         dose += [{"url": "frequency", "valueInteger": d.frequency},
                  {"url": "period", "valueInteger": d.period},
                  {"url": "period-unit", "valueCode": d.period_unit}]
@@ -445,7 +450,7 @@ class _Writer:
         state = _follow_up_state_extension(self.since(ex.exercise_id),
                                            change.consecutive_bad if change else 0)
         detail: dict[str, Any] = {
-            "extension": [_dose_extension(d), state, *change_exts,
+            "extension": [dose_extension(d), state, *change_exts,
                           *_trace_extensions(ex.rule_ids, ex.evidence)],
             "code": _exercise_code(ex.exercise_id, ex.title),
             "reasonReference": self.reasons(tuple(dict.fromkeys((*ex.sources, *change_sources)))),

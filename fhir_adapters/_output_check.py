@@ -1,7 +1,8 @@
 """The output check: is a Bundle the writer built valid FHIR R4? (docs/integrators/output.md)
 
-``checked_bundle(raw)`` returns ``raw`` pruned (no element is ever null, ``""``, ``[]`` or
-``{}``; strings stripped) once it has been accepted by the ``fhir.resources.R4B`` models, with
+``checked_bundle(raw)`` prunes ``raw`` in place and returns it (no element is ever null,
+``""``, ``[]`` or ``{}``; strings stripped) once it has been accepted by the
+``fhir.resources.R4B`` models, with
 the verdict of ``Bundle.model_validate(bundle)`` (which validates every entry's resource with
 its own model), and passes the checks the models do not make: the codes of the required
 bindings the writer fills, and the invariants cpl-3 (an activity has a reference or a
@@ -24,9 +25,12 @@ a Coding), each node as two parts:
   encoding determines the shape exactly (the stand-ins are fixed per field), so a cache hit
   is the model's verdict on exactly that content;
 * its **values**: every primitive value, on every call, by the validator the model compiled
-  for that field (taken from the model's own core schema), in one batch per validator, less
-  the strings that validator accepted before (remembered per validator, bounded: its
-  verdict on a value never changes, as it sees only the value); and every child node, the
+  for that field (taken from the model's own core schema), in one batch per validator (all
+  batches in one call), less the values that validator accepted before (remembered per
+  validator, bounded: its verdict on a value never changes, as it sees only the value;
+  strings as themselves, ints and bools with their type, as ``1 == 1.0 == True``; floats
+  never). Fields whose schemas are equal but for their serializers (a dateTime in any
+  model) share one validator: the same schema validates alike. And every child node, the
   same way, recursively.
 
 Why the verdict is ``Bundle.model_validate``'s: for these models, validating a JSON object is
@@ -43,7 +47,10 @@ only for models whose validation is exactly (1) and (2): each model is checked f
 first use (configuration, validators, no field constraints besides the type); a node of any
 other model is validated whole, keyed by its canonical JSON. What varies per patient (ids,
 references, statuses, dates, texts) is values, checked on every call; what repeats (shapes)
-hits the cache, for a patient never seen before too. The output must be JSON: a value of any
+hits the cache, for a patient never seen before too. Pruning happens in the same walk, in
+place (a key whose value prunes away is deleted, a string stripped, a list of elements
+replaced by its kept items), so each shape and value is that of the pruned Bundle, the one
+returned, byte for byte what ``_prune`` makes of ``raw``. The output must be JSON: a value of any
 other Python type is refused. ``checked_bundle(raw, full_validation=True)``
 (``write_bundle(..., full_validation=True)``) validates with ``Bundle.model_validate``
 instead; the tests check that both accept the same Bundles.
@@ -55,6 +62,7 @@ import importlib
 import json
 import threading
 from collections import defaultdict
+from json.encoder import encode_basestring
 from types import UnionType
 from typing import Any, Final, Union, cast, get_args, get_origin
 
@@ -183,17 +191,19 @@ class _Leaf:
     field is a list), taken from the model's own core schema, run over a batch of values; and
     a stand-in value it accepts (preferably one it keeps as the same Python type).
 
-    ``valid`` remembers strings it accepted (bounded: emptied when full), so a string seen
-    before (a code, a system, a display, a text of the knowledge base) is not validated
-    again: the field's validator sees only the value, so its verdict on a string never
-    changes. Only strings are remembered: a string never equals an ``int``, ``float`` or
-    ``bool``, while those equal one another (``1 == 1.0 == True``)."""
+    ``valid`` remembers values it accepted (bounded: emptied when full), so a value seen
+    before (a code, a system, a display, a text, a dose of the knowledge base) is not
+    validated again: the field's validator sees only the value, so its verdict on a value
+    never changes. Strings are remembered as themselves (a string never equals an ``int``,
+    ``float`` or ``bool``); ints and bools as ``(type, value)``, as those equal one another
+    (``1 == 1.0 == True``); floats not at all (``0.0 == -0.0``). See ``_check_values``."""
 
-    __slots__ = ("batch", "stand_in", "valid")
+    __slots__ = ("batch", "config", "index", "schema", "stand_in", "valid")
 
     def __init__(self, schema: CoreSchema, config: CoreConfig | None) -> None:
+        self.schema, self.config, self.index = schema, config, -1
         self.batch = SchemaValidator(core_schema.list_schema(schema), config)
-        self.valid: set[str] = set()
+        self.valid: set[Any] = set()  # see _check_values
         accepted: list[Any] = []
         for candidate in _STAND_INS:
             try:
@@ -206,6 +216,57 @@ class _Leaf:
                     accepted.insert(0, candidate)
                     break
         self.stand_in: Any = accepted[0] if accepted else _NO_STAND_IN
+
+
+class _AllFields:
+    """Every field validator made so far (``_Leaf``), numbered, and one validator for all of
+    them: a tuple of one batch per field, each validated by ``list_schema`` of the field's
+    own schema, as ``_Leaf.batch`` does (so a Bundle's new values take one call). Rebuilt
+    when a field validator is added; None if their configurations differ or their schemas
+    do not combine (then each field's batch is validated on its own)."""
+
+    def __init__(self) -> None:
+        self.leaves: list[_Leaf] = []
+        self.combined: tuple[SchemaValidator | None, int] = (None, 0)
+        self._lock = threading.Lock()
+
+    def add(self, leaf: _Leaf) -> None:
+        with self._lock:
+            leaf.index = len(self.leaves)
+            self.leaves.append(leaf)
+
+    def _validator(self, size: int) -> tuple[SchemaValidator | None, int]:
+        combined = self.combined
+        if combined[1] >= size:
+            return combined
+        with self._lock:
+            leaves = list(self.leaves)
+            validator = None
+            if len({repr(leaf.config) for leaf in leaves}) == 1:
+                try:
+                    validator = SchemaValidator(core_schema.tuple_schema(
+                        [core_schema.list_schema(leaf.schema) for leaf in leaves]),
+                        leaves[0].config)
+                except Exception:  # schemas that do not combine: each on its own
+                    validator = None
+            self.combined = (validator, len(leaves))
+            return self.combined
+
+    def validate(self, batches: list[tuple[_Leaf, list[Any]]]) -> None:
+        """Raise unless each field's validator accepts every value of its batch."""
+        validator, size = self._validator(1 + max(leaf.index for leaf, _ in batches))
+        if validator is None:
+            results: Any = [leaf.batch.validate_python(batch) for leaf, batch in batches]
+        else:
+            columns: list[list[Any]] = [[]] * size
+            for leaf, batch in batches:
+                columns[leaf.index] = batch
+            results = validator.validate_python(columns)
+        if any(None in r for r in results):
+            raise ValueError("a primitive value validated to null")
+
+
+_FIELDS: Final = _AllFields()
 
 
 class _ShapeCache:
@@ -237,6 +298,10 @@ _SHAPES: Final = _ShapeCache(_SHAPE_CACHE_SIZE)
 _SPECS: dict[Model, dict[Any, tuple[int, Any] | None] | None] = {}
 _UNSEEN: Final[Any] = object()  # not yet in _SPECS / a spec
 _FIELD_NAMES: dict[Model, dict[str, str]] = {}
+_STRING_LEAVES: dict[Model, dict[str, _Leaf]] = {}  # the _PRIM entries of _SPECS[model]
+# per split model: its spec, its _STRING_LEAVES and the key tuples of the shapes it accepted
+# with every value split off (bounded: emptied when full), looked up before _SHAPES
+_WALKS: dict[Model, tuple[dict[Any, Any], dict[str, _Leaf], set[tuple[str, ...]]]] = {}
 _LEAVES: dict[Any, _Leaf] = {}
 _POLY_CLASSES: dict[tuple[str, str], Model] = {}
 _STUBS: dict[Model, FHIRAbstractModel] = {}
@@ -279,6 +344,15 @@ def _pure(schema: Any) -> bool:
     return schema is None or type(schema) in (str, int, float, bool)
 
 
+def _validating(schema: Any) -> Any:
+    """``schema`` without its serialization schemas (which validating never uses)."""
+    if isinstance(schema, dict):
+        return {k: _validating(v) for k, v in schema.items() if k != "serialization"}
+    if isinstance(schema, list | tuple):
+        return [_validating(v) for v in schema]
+    return schema
+
+
 def _unwrap(schema: Any, *kinds: str) -> Any:
     """``schema`` without outer wrappers of the given kinds that add nothing else."""
     while isinstance(schema, dict) and schema.get("type") in kinds and (
@@ -305,11 +379,18 @@ def _leaf(model: Model, name: str, many: bool) -> _Leaf | None:
         model, name)
     leaf = _LEAVES.get(key)
     if leaf is None:
+        # an equal schema (the same functions, compared by identity) validates alike;
+        # serializers (per field) play no part in validating
+        wanted = _validating(schema)
+        leaf = next((other for other in _FIELDS.leaves
+                     if other.config == config and _validating(other.schema) == wanted), None)
+    if leaf is None:
         try:
             leaf = _Leaf(schema, config)
         except Exception:  # a schema that does not stand alone: kept verbatim
             return None
-        _LEAVES[key] = leaf
+        _FIELDS.add(leaf)
+    _LEAVES[key] = leaf
     return leaf if leaf.stand_in is not _NO_STAND_IN else None
 
 
@@ -357,6 +438,7 @@ def _spec(model: Model) -> dict[Any, tuple[int, Any] | None] | None:
     spec: dict[Any, tuple[int, Any] | None] | None = None
     if _decomposable(model):
         spec = {}
+        _STRING_LEAVES[model] = {}
         _FIELD_NAMES[model] = {
             **{name: name for name in model.model_fields},
             **{f.alias: name for name, f in model.model_fields.items() if f.alias},
@@ -372,6 +454,8 @@ def _entry(model: Model, spec: dict[Any, tuple[int, Any] | None], key: Any) -> A
     if name is None:
         return None
     entry = spec[key] = _field_spec(model, name, model.model_fields[name])
+    if entry is not None and entry[0] == _PRIM:
+        _STRING_LEAVES[model][key] = entry[1]
     return entry
 
 
@@ -411,6 +495,8 @@ def _json_native(v: Any) -> bool:
 
 def _canonical(v: Any) -> str:
     """Exact canonical JSON of a JSON-native value (anything else is not output)."""
+    if type(v) is str:
+        return encode_basestring(v)  # what the encoder writes for a str
     if not _json_native(v):
         raise TypeError(f"not a JSON value: {type(v).__name__}")
     return _CANONICAL(v)
@@ -458,7 +544,8 @@ def _split(node: dict[str, Any], model: Model, leaves: defaultdict[_Leaf, list[A
                 t = type(v)
                 if kind == _PRIM and t in _SCALARS:
                     parts.append(k)
-                    leaves[arg].append(v)
+                    if t is not str or v not in arg.valid:
+                        leaves[arg].append(v)
                     continue
                 if kind == _CPLX and t is dict:
                     parts.append(k)
@@ -505,65 +592,133 @@ def _poly_class_of(prefix: str, value: dict[str, Any]) -> Model | None:
 
 def _pruned_split(node: dict[str, Any], model: Model,
                   leaves: defaultdict[_Leaf, list[Any]]) -> dict[str, Any]:
-    """``_prune(node)``, checked as ``_split`` checks it, in one walk instead of two (the
-    write_bundle path). Returns the pruned node; ``{}`` (nothing checked) if it prunes away.
-
-    A child is pruned before its key is kept, so the shapes and leaves are exactly those
-    of the pruned tree. The commonest values (primitives, one element) are handled here;
-    lists and Resources by ``_pruned_many``; anything else is pruned whole and kept
-    verbatim (``_verbatim``), as ``_split`` would have it."""
-    spec = _SPECS.get(model, _UNSEEN)
-    if spec is _UNSEEN:
+    """``_prune(node)``, checked as ``_split`` checks it, in one walk (the write_bundle path):
+    ``node`` pruned in place and returned (a model validated whole: a pruned copy); empty
+    (nothing checked) if it prunes away. A child is pruned before its key is kept, so the
+    shapes and leaves are those of the pruned tree. Strings, elements and lists of elements
+    here (a string its field's validator accepted before is not collected: ``_Leaf.valid``);
+    other lists and Resources by ``_pruned_many``; anything else kept verbatim."""
+    walk = _WALKS.get(model)
+    if walk is None:
         spec = _spec(model)
-    if spec is None:
-        return _pruned_whole(node, model)
-    out: dict[str, Any] = {}
+        if spec is None:
+            return _pruned_whole(node, model)
+        walk = _WALKS[model] = (spec, _STRING_LEAVES[model], set())
+    spec, strings, known = walk
     parts: list[Any] | None = None  # the shape parts, once one is not just its key
+    dead: list[str] = []  # keys whose values prune away
     for k, v in node.items():
         t = type(v)
         if t is str:
-            v = v.strip()
-            if not v:
+            s = v.strip()
+            if not s:
+                dead.append(k)
+                continue
+            if s is not v:
+                node[k] = v = s  # a value replaced, no key added: iterating goes on
+            leaf = strings.get(k)
+            if leaf is not None:
+                if parts is not None:
+                    parts.append(k)
+                if v not in leaf.valid:
+                    leaves[leaf].append(v)
                 continue
         elif v is None:
+            dead.append(k)
             continue
         f = spec.get(k, _UNSEEN)
         if f is _UNSEEN:
             f = _entry(model, spec, k)
         if f is not None:
             kind = f[0]
-            if kind == _PRIM:
+            if kind == _CPLX:
+                if t is dict:
+                    child = _pruned_split(v, f[1], leaves)
+                    if not child:
+                        dead.append(k)
+                        continue
+                    if child is not v:
+                        node[k] = child
+                    if parts is not None:
+                        parts.append(k)
+                    continue
+            elif kind == _CPLX_LIST:
+                if t is list and _DICT_OR_NONE.issuperset(map(type, v)):
+                    items = _pruned_elements(v, f[1], leaves)
+                    if not items:
+                        dead.append(k)
+                        continue
+                    node[k] = items
+                    if parts is not None:
+                        parts.append(k)
+                    continue
+            elif kind == _PRIM:
                 if t in _SCALARS:
-                    out[k] = v
                     if parts is not None:
                         parts.append(k)
                     leaves[f[1]].append(v)
                     continue
-            elif kind == _CPLX:
-                if t is dict:
-                    child = _pruned_split(v, f[1], leaves)
-                    if child:
-                        out[k] = child
-                        if parts is not None:
-                            parts.append(k)
-                    continue
-            elif t is list or t is dict:
-                kept = _pruned_many(v, kind, f[1], leaves)
-                if kept is not _VERBATIM:
-                    if kept is not None:
-                        value, part = kept
-                        if part is not None and parts is None:
-                            parts = list(out)
-                        out[k] = value
-                        if parts is not None:
-                            parts.append(k if part is None else (k, part))
-                    continue
-        if parts is None:
-            parts = list(out)
-        _verbatim(k, v, out, parts)
-    if out:
-        _check_shape(model, tuple(out) if parts is None else tuple(parts))
-    return out
+        parts = _pruned_other(node, k, v, f, parts, dead, leaves)
+    for k in dead:
+        del node[k]
+    if node:
+        if parts is not None:
+            _check_shape(model, tuple(parts))
+        else:
+            keys = tuple(node)
+            if keys not in known:
+                _check_shape(model, keys)
+                if len(known) >= _SHAPE_CACHE_SIZE:
+                    known.clear()
+                known.add(keys)
+    return node
+
+
+def _pruned_other(node: dict[str, Any], k: str, v: Any, f: tuple[int, Any] | None,
+                  parts: list[Any] | None, dead: list[str],
+                  leaves: defaultdict[_Leaf, list[Any]]) -> list[Any] | None:
+    """``_pruned_split`` for a value it does not handle itself: a list or Resource split off
+    by ``_pruned_many``, or anything else kept verbatim. Returns the shape parts."""
+    if f is not None and (type(v) is list or type(v) is dict):
+        kept = _pruned_many(v, f[0], f[1], leaves)
+        if kept is None:
+            dead.append(k)
+            return parts
+        if kept is not _VERBATIM:
+            node[k], part = kept
+            if part is not None and parts is None:
+                parts = _kept_before(node, k, dead)
+            if parts is not None:
+                parts.append(k if part is None else (k, part))
+            return parts
+    if parts is None:
+        parts = _kept_before(node, k, dead)
+    _verbatim(k, v, node, parts, dead)
+    return parts
+
+
+def _pruned_elements(v: list[dict[str, Any] | None], model: Model,
+                     leaves: defaultdict[_Leaf, list[Any]]) -> list[dict[str, Any]]:
+    """A list of elements (objects or nulls), each pruned and checked as ``model``: the
+    ones kept."""
+    items = []
+    for x in v:
+        if x is not None:
+            child = _pruned_split(x, model, leaves)
+            if child:
+                items.append(child)
+    return items
+
+
+def _kept_before(node: dict[str, Any], key: str, dead: list[str]) -> list[Any]:
+    """The keys of ``node`` before ``key`` not pruned away: the shape parts so far."""
+    kept = []
+    for k in node:
+        if k == key:
+            break
+        if k not in dead:
+            kept.append(k)
+    return kept
 
 
 _VERBATIM: Final[Any] = object()  # _pruned_many: not split off, kept verbatim
@@ -577,14 +732,9 @@ def _pruned_many(v: Any, kind: int, arg: Any,
     (nothing checked) where ``_split`` keeps it verbatim: a list that is not all objects, a
     Resource type not known, a list of primitives not all scalars once pruned."""
     if kind == _CPLX_LIST:
-        if type(v) is not list or not set(map(type, v)) <= _DICT_OR_NONE:
+        if type(v) is not list or not _DICT_OR_NONE.issuperset(map(type, v)):
             return _VERBATIM
-        items = []
-        for x in v:
-            if x is not None:
-                c = _pruned_split(x, arg, leaves)
-                if c:
-                    items.append(c)
+        items = _pruned_elements(v, arg, leaves)
         return (items, None) if items else None
     if kind == _POLY or kind == _POLY_LIST:
         return _pruned_resources(v, kind, arg, leaves)
@@ -623,13 +773,13 @@ def _pruned_resources(v: Any, kind: int, prefix: str,
     return (items, tuple(dict.fromkeys(kept))) if items else None
 
 
-def _verbatim(k: str, v: Any, out: dict[str, Any], parts: list[Any]) -> None:
+def _verbatim(k: str, v: Any, node: dict[str, Any], parts: list[Any], dead: list[str]) -> None:
     """Keep ``v`` under ``k`` as it is (pruned), its canonical JSON in the shape."""
     if type(v) is dict or type(v) is list:
-        v = _prune(v)
+        v = node[k] = _prune(v)
         if not v:
+            dead.append(k)
             return
-    out[k] = v
     parts.append((k, _canonical(v)))
 
 
@@ -671,19 +821,32 @@ _VALID_STRINGS_PER_FIELD: Final = 4096
 
 def _check_values(leaves: defaultdict[_Leaf, list[Any]]) -> None:
     """Raise unless every value is accepted by its field's validator: one batch per
-    validator, of the values not known valid (all of them when one is not a string: a set
-    would merge ``1`` and ``True``)."""
+    validator, all batches in one call (``_AllFields``). The walks collect a string only if
+    its field's validator has not accepted it before; other values always.
+
+    Remembered as valid (``_Leaf.valid``): strings as themselves, ints and bools as
+    ``(type, value)``; floats never. Equal values of one type are the same value; across
+    types they are not (``1 == 1.0 == True``, each validated on its own)."""
+    batches = []
     for leaf, values in leaves.items():
-        new = set(values).difference(leaf.valid)
-        if not new:
-            continue
-        strings = all(type(v) is str for v in new)
-        batch = list(new) if strings else values
-        if None in leaf.batch.validate_python(batch):
-            raise ValueError("a primitive value validated to null")
+        if _STR_ONLY.issuperset(map(type, values)):  # not known valid when collected
+            new = set(values)
+            batches.append((leaf, list(new), new))
+        else:
+            keys = {v if type(v) is str else (type(v), v) for v in values}
+            if not leaf.valid.issuperset(keys):
+                batches.append((leaf, values,
+                                {k for k in keys if type(k) is not tuple or k[0] is not float}))
+    if not batches:
+        return
+    _FIELDS.validate([(leaf, batch) for leaf, batch, _ in batches])
+    for leaf, _, valid in batches:
         if len(leaf.valid) > _VALID_STRINGS_PER_FIELD:
             leaf.valid.clear()
-        leaf.valid.update(new if strings else (v for v in new if type(v) is str))
+        leaf.valid.update(valid)
+
+
+_STR_ONLY: Final = frozenset({str})
 
 
 def _validate_fast(bundle: dict[str, Any]) -> None:
@@ -780,9 +943,11 @@ def _check_invariants(bundle: dict[str, Any]) -> list[str]:
 
 def checked_bundle(raw: dict[str, Any], *, full_validation: bool = False) -> dict[str, Any]:
     """``raw`` pruned, once valid FHIR R4 (see the module docstring); raises
-    ``OutputValidationError`` otherwise. ``full_validation`` (for cross-checks) validates with
-    ``Bundle.model_validate`` as a whole instead of node by node; both accept exactly the
-    same Bundles."""
+    ``OutputValidationError`` otherwise. ``raw`` itself is pruned in place and returned, or
+    (``full_validation``, or when the node-by-node walk fails and the check says why) a
+    pruned copy: either way byte for byte ``_prune(raw)``. ``full_validation`` (for
+    cross-checks) validates with ``Bundle.model_validate`` as a whole instead of node by
+    node; both accept exactly the same Bundles."""
     if full_validation:
         bundle: dict[str, Any] = _prune(raw)
         _validate_full(bundle)

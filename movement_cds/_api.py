@@ -10,12 +10,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from cds import Evaluator, InputIssue, KnowledgeBase, Plan, load_knowledge_base
+from cds import (
+    EngineResult,
+    Evaluator,
+    InputIssue,
+    KnowledgeBase,
+    PatientFacts,
+    Plan,
+    load_knowledge_base,
+)
 from fhir_adapters import InvalidBundleError, read_bundle, write_bundle
 from knowledge_base import bundled_path
 from movement_cds._summary import render_summary
 
-__all__ = ["DecisionSupport", "Evaluation", "default_support", "evaluate", "parse_instant"]
+__all__ = [
+    "DecisionSupport",
+    "Evaluation",
+    "Pipeline",
+    "Steps",
+    "default_support",
+    "evaluate",
+    "parse_instant",
+]
 
 
 def parse_instant(value: datetime | str | None) -> datetime | None:
@@ -56,6 +72,58 @@ class Evaluation:
         return json.dumps(self.bundle, indent=indent, sort_keys=True, ensure_ascii=False)
 
 
+@dataclass(frozen=True)
+class Steps:
+    """One evaluation, step by step: the facts as read, the facts the rules were given
+    (with computed scores and, at a follow-up, the response facts), what the rules derived,
+    and the plan (at a follow-up, the revision of the previous plan)."""
+
+    patient: PatientFacts
+    prepared: PatientFacts
+    result: EngineResult
+    plan: Plan
+
+
+class Pipeline:
+    """The one composition of an evaluation: FHIR Bundle -> facts (``read``) -> rules ->
+    plan, with the follow-up step (``run``) -> FHIR out (``write``). ``DecisionSupport``
+    (and so the CDS Hooks service and ``population run``), ``kb diff`` and ``kb profile``
+    all evaluate through it; the last two stop at the plan."""
+
+    def __init__(self, evaluator: Evaluator, *, strict_fhir: bool = False) -> None:
+        self.evaluator = evaluator
+        self.kb = evaluator.kb
+        self.strict_fhir = strict_fhir
+        # exercise titles by id, for the follow-up lines about exercises no longer planned
+        self.titles = {x.id: x.title for x in self.kb.exercises.values()}
+
+    def read(self, bundle: dict[str, Any] | str | bytes, as_of: datetime) -> PatientFacts:
+        """The patient's facts as this knowledge base's catalog reads them."""
+        return read_bundle(bundle, kb=self.kb, as_of=as_of, strict_fhir=self.strict_fhir)
+
+    def run(self, patient: PatientFacts) -> Steps:
+        """Facts -> rules -> plan; at a follow-up (the Bundle held this project's previous
+        CarePlan), the per-exercise rules run and the plan revises the previous one."""
+        prepared = self.evaluator.prepare(patient)
+        result = self.evaluator.derive(prepared)
+        return Steps(patient, prepared, result, self.evaluator.resolve(prepared, result))
+
+    def write(self, steps: Steps, *, advice_only: bool = False) -> dict[str, Any]:
+        """The output Bundle (at a follow-up, its CarePlan ``replaces`` the previous one);
+        ``advice_only``: without the OperationOutcome and the Provenance."""
+        fu = steps.patient.follow_up
+        return write_bundle(steps.plan, self.kb, previous=fu.previous if fu is not None else None,
+                            advice_only=advice_only)
+
+    def evaluate(self, bundle: dict[str, Any] | str | bytes,
+                 as_of: datetime | str | None = None, *,
+                 advice_only: bool = False) -> Evaluation:
+        """Every step: read, run, write (``as_of`` default: now)."""
+        instant = parse_instant(as_of) or datetime.now(UTC)
+        steps = self.run(self.read(bundle, instant))
+        return Evaluation(steps.plan, self.write(steps, advice_only=advice_only), self.titles)
+
+
 class DecisionSupport:
     """A loaded knowledge base, compiled once; evaluate any number of patients with it.
 
@@ -87,7 +155,7 @@ class DecisionSupport:
             self.kb = load_knowledge_base(knowledge_base or bundled_path(), parameters)
         self.evaluator = Evaluator(self.kb, engine, cache_size=engine_cache_size)
         self.strict_fhir = strict_fhir
-        self._titles = {x.id: x.title for x in self.kb.exercises.values()}
+        self.pipeline = Pipeline(self.evaluator, strict_fhir=strict_fhir)
 
     def evaluate(
         self, bundle: dict[str, Any] | str | bytes, *, as_of: datetime | str | None = None
@@ -100,20 +168,10 @@ class DecisionSupport:
 
         Raises ``InvalidBundleError`` (a ``ValueError``) with an OperationOutcome when the
         input cannot be evaluated, and ``EngineError`` if the engine fails; never returns
-        partial advice.
+        partial advice. The CDS Hooks service's cards carry neither the OperationOutcome nor
+        the Provenance: it calls ``self.pipeline.evaluate(..., advice_only=True)``.
         """
-        return self._evaluate(bundle, as_of, advice_only=False)
-
-    def _evaluate(self, bundle: dict[str, Any] | str | bytes, as_of: datetime | str | None,
-                  *, advice_only: bool) -> Evaluation:
-        """``evaluate``; ``advice_only``: the output Bundle without the OperationOutcome and
-        the Provenance (the CDS Hooks service's cards carry neither)."""
-        instant = parse_instant(as_of) or datetime.now(UTC)
-        patient = read_bundle(bundle, kb=self.kb, as_of=instant, strict_fhir=self.strict_fhir)
-        plan = self.evaluator.evaluate(patient)
-        previous = patient.follow_up.previous if patient.follow_up is not None else None
-        out = write_bundle(plan, self.kb, previous=previous, advice_only=advice_only)
-        return Evaluation(plan, out, self._titles)
+        return self.pipeline.evaluate(bundle, as_of)
 
 
 _DEFAULT: DecisionSupport | None = None

@@ -7,7 +7,9 @@ Bundles (``fhir_adapters._population``), read by each version with its own fact 
 (c) a primary-care population of the same size, whose ``kb profile`` figures
 (``movement_cds._kb_profile``) are shown for both versions side by side.
 
-Each evaluation is reduced to a normalised outcome: alerts (code and level), the most urgent
+Every patient goes through the pipeline every evaluation takes (``movement_cds._api.Pipeline``:
+read, rules, plan, and at a follow-up the revision of the previous plan) and each evaluation
+is reduced to a normalised outcome: alerts (code and level), the most urgent
 referral, held or not, proposed, avoided and deferred exercises, data gaps (facts reported
 missing), and whether the input was refused. Every difference between the two outcomes of a
 patient is a *change* (``("proposed", "glute-bridge", "yes", "")`` = "exercise glute-bridge
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, Unpack
 
 from cds import (
     Derivation,
@@ -49,10 +51,10 @@ from cds import (
     PatientFacts,
     Plan,
     load_knowledge_base,
-    resolve_plan,
 )
 from cds.authoring import DEFAULT_AS_OF, Scenario, load_scenarios
-from fhir_adapters import InvalidBundleError, read_bundle, synthetic_bundle
+from fhir_adapters import InvalidBundleError, synthetic_bundle
+from movement_cds._api import Pipeline
 from movement_cds._errors import KnowledgeBaseLoadError
 from movement_cds._population_input import PopulationInput, bucket_entries
 from movement_cds._runner import Task, Where, run_tasks
@@ -64,7 +66,9 @@ __all__ = [
     "Example",
     "KnowledgeBaseLoadError",
     "Outcome",
+    "PopulationOptions",
     "Section",
+    "Work",
     "default_workers",
     "describe",
     "diff_knowledge_bases",
@@ -137,25 +141,26 @@ def _normalise(plan: Plan) -> tuple[Outcome, dict[tuple[str, str], tuple[str, ..
     return out, behind
 
 
-def _evaluate(evaluator: Evaluator, read: Callable[[], PatientFacts]) -> _Evaluated:
+def _evaluate(pipeline: Pipeline, read: Callable[[], PatientFacts]) -> _Evaluated:
+    """One patient through the pipeline every evaluation takes (the follow-up step
+    included), reduced to its outcome; a refused input or a failed evaluation is an
+    outcome too."""
     try:
         patient = read()
     except InvalidBundleError as e:
         first = e.issues[0].message if e.issues else "invalid input"
-        return _Evaluated(Outcome(error=f"input refused: {first}"), evaluator.kb)
+        return _Evaluated(Outcome(error=f"input refused: {first}"), pipeline.kb)
     facts = {f.name: f.value for f in patient.facts}
     try:
-        prepared = evaluator.prepare(patient)
-        result = evaluator.derive(prepared)
-        plan = resolve_plan(evaluator.kb, prepared, result)
+        steps = pipeline.run(patient)
     except InvalidInputError as e:
-        return _Evaluated(Outcome(error=f"input refused: {e}"), evaluator.kb, facts)
+        return _Evaluated(Outcome(error=f"input refused: {e}"), pipeline.kb, facts)
     except MovementCDSError as e:
         return _Evaluated(Outcome(error=f"evaluation failed: {type(e).__name__}: {e}"),
-                          evaluator.kb, facts)
-    outcome, behind = _normalise(plan)
-    return _Evaluated(outcome, evaluator.kb, facts, {f.name: f.value for f in prepared.facts},
-                      result, behind)
+                          pipeline.kb, facts)
+    outcome, behind = _normalise(steps.plan)
+    return _Evaluated(outcome, pipeline.kb, facts,
+                      {f.name: f.value for f in steps.prepared.facts}, steps.result, behind)
 
 
 def changes(old: Outcome, new: Outcome) -> list[ChangeKey]:
@@ -475,6 +480,10 @@ class _Version:
     root: Path
     kb: KnowledgeBase
     evaluator: Evaluator
+    pipeline: Pipeline = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pipeline = Pipeline(self.evaluator)
 
 
 def _load(which: str, root: Path) -> tuple[_Version, list[tuple[Scenario, str, int | None]]]:
@@ -499,7 +508,7 @@ def _scenario_reader(version: _Version, sc: Scenario, origin: Path, rel: str,
             except OSError as e:
                 raise InvalidBundleError([InputIssue(
                     "fatal", "not-found", f"cannot read {sc.bundle}: {e.strerror or e}")]) from None
-            return read_bundle(data, kb=version.kb, as_of=as_of)
+            return version.pipeline.read(data, as_of)
 
         return read_file
     facts: list[Fact] = []
@@ -542,8 +551,8 @@ def _run_scenarios(old: _Version, new: _Version,
     for order, label in enumerate(sorted(inputs)):
         sc, origin, rel = inputs[label]
         when = as_of or sc.as_of or DEFAULT_AS_OF
-        a = _evaluate(old.evaluator, _scenario_reader(old, sc, origin, rel, when))
-        b = _evaluate(new.evaluator, _scenario_reader(new, sc, origin, rel, when))
+        a = _evaluate(old.pipeline, _scenario_reader(old, sc, origin, rel, when))
+        b = _evaluate(new.pipeline, _scenario_reader(new, sc, origin, rel, when))
         tally.add(order, f"scenario {label}", None, a, b, keep_members=True)
     return tally
 
@@ -566,8 +575,8 @@ def _chunk(old: _Version, new: _Version, seed: int, as_of: datetime, start: int,
     tally = _Tally()
     for i in range(start, start + n):
         data = synthetic_bundle(seed, i, as_of)
-        a = _evaluate(old.evaluator, partial(read_bundle, data, kb=old.kb, as_of=as_of))
-        b = _evaluate(new.evaluator, partial(read_bundle, data, kb=new.kb, as_of=as_of))
+        a = _evaluate(old.pipeline, partial(old.pipeline.read, data, as_of))
+        b = _evaluate(new.pipeline, partial(new.pipeline.read, data, as_of))
         tally.add(i, f"synthetic #{i}", i, a, b)
     return tally
 
@@ -582,47 +591,76 @@ def default_workers(patients: int) -> int:
     return 1 if patients < 2000 else max(1, min(4, os.cpu_count() or 1))
 
 
-def run_in_chunks(
-    n: int,
-    where: Where,
-    progress: Callable[[int, int], None] | None,
-    local: Callable[[int, int], T],
-    remote: Callable[[int, int], T],
-    initializer: Callable[..., None],
-    initargs: tuple[Any, ...],
-) -> list[T]:
-    """Patients 0 .. n-1 in chunks, on the shared runner (``movement_cds._runner``):
-    ``local(start, k)`` in this process when ``where`` is this process, else ``remote(start,
-    k)`` (picklable) in worker processes (a process pool or Dask), each set up once by
-    ``initializer(*initargs)``. Returns the chunks' results in patient order, so that merging
+class PopulationOptions(TypedDict, total=False):
+    """The keyword arguments ``diff_knowledge_bases`` and ``profile_knowledge_base`` share:
+    the synthetic population (``patients``, ``seed``), the instant (``as_of``), where it runs
+    (``workers`` local processes, or on the Dask ``scheduler``), ``progress(done, total)``,
+    and a real ``population`` (bucket files) instead of the synthetic one."""
+
+    patients: int
+    seed: int
+    as_of: datetime | None
+    workers: int | None
+    progress: Callable[[int, int], None] | None
+    scheduler: str | None
+    population: PopulationInput | None
+
+
+def where_for(options: PopulationOptions, patients: int) -> Where:
+    """Where ``kb diff`` and ``kb profile`` run: on the Dask ``scheduler`` when given, else
+    ``workers`` local processes (default: ``default_workers`` of the patients to run, all of
+    ``population``'s when given). ``TypeError`` for an option neither function takes."""
+    unknown = sorted(set(options) - set(PopulationOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+    scheduler, population = options.get("scheduler"), options.get("population")
+    if scheduler is not None:
+        return Where(scheduler=scheduler)
+    n = population.patients if population is not None else patients
+    workers = options.get("workers")
+    return Where(workers=workers if workers is not None else default_workers(n))
+
+
+@dataclass(frozen=True)
+class Work(Generic[T]):
+    """What a run does with each part (a chunk of synthetic patients, or a bucket file):
+    ``local(*part)`` in this process when ``where`` is this process, else ``remote(*part)``
+    (picklable) in worker processes (a process pool or Dask), each set up once by
+    ``initializer(*initargs)``."""
+
+    local: Callable[..., T]
+    remote: Callable[..., T]
+    initializer: Callable[..., None]
+    initargs: tuple[Any, ...]
+
+
+def run_in_chunks(n: int, where: Where, progress: Callable[[int, int], None] | None,
+                  work: Work[T]) -> list[T]:
+    """Patients 0 .. n-1 in chunks ``(start, k)``, on the shared runner
+    (``movement_cds._runner``). Returns the chunks' results in patient order, so that merging
     them gives the same result for any number of workers. ``progress(done, n)`` is called as
     chunks complete."""
     if n <= 0:
         return []
     size = max(50, min(500, n // (max(1, where.workers) * 8) or 50))
-    chunks = [(s, min(size, n - s)) for s in range(0, n, size)]
-    tasks = [Task(remote, (s, k), k, initializer, initargs, name=f"chunk-{s}")
-             for s, k in chunks]
-    return run_tasks(tasks, where, progress, local=[partial(local, s, k) for s, k in chunks])
+    parts = [((s, min(size, n - s)), min(size, n - s), f"chunk-{s}") for s in range(0, n, size)]
+    return _run_parts(parts, where, progress, work)
 
 
-def run_in_buckets(
-    population: PopulationInput,
-    sizes: list[int],
-    where: Where,
-    progress: Callable[[int, int], None] | None,
-    local: Callable[[str, int], T],
-    remote: Callable[[str, int], T],
-    initializer: Callable[..., None],
-    initargs: tuple[Any, ...],
-) -> list[T]:
-    """``run_in_chunks`` over a real population: one task per bucket file,
-    ``local``/``remote(path, bucket_number)``, results in bucket order."""
-    paths = [str(b) for b in population.buckets]
-    tasks = [Task(remote, (p, i), sizes[i], initializer, initargs, name=f"bucket-{i}")
-             for i, p in enumerate(paths)]
+def run_in_buckets(population: PopulationInput, sizes: list[int], where: Where,
+                   progress: Callable[[int, int], None] | None, work: Work[T]) -> list[T]:
+    """``run_in_chunks`` over a real population: one part ``(path, bucket_number)`` per
+    bucket file, results in bucket order."""
+    parts = [((str(b), i), sizes[i], f"bucket-{i}") for i, b in enumerate(population.buckets)]
+    return _run_parts(parts, where, progress, work)
+
+
+def _run_parts(parts: list[tuple[tuple[Any, ...], int, str]], where: Where,
+               progress: Callable[[int, int], None] | None, work: Work[T]) -> list[T]:
+    tasks = [Task(work.remote, args, size, work.initializer, work.initargs, name=name)
+             for args, size, name in parts]
     return run_tasks(tasks, where, progress,
-                     local=[partial(local, p, i) for i, p in enumerate(paths)])
+                     local=[partial(work.local, *args) for args, _, _ in parts])
 
 
 def bucket_sizes(population: PopulationInput) -> list[int]:
@@ -651,11 +689,11 @@ def _bucket_chunk(old: _Version, new: _Version, as_of: datetime, path: str,
     for pos, e in enumerate(bucket_entries(Path(path))):
         label = f"patient {e.patient or f'(line {e.line} of bucket {number})'}"
         if e.bundle is None:
-            a = _evaluate(old.evaluator, _refused(e.problem))
-            b = _evaluate(new.evaluator, _refused(e.problem))
+            a = _evaluate(old.pipeline, _refused(e.problem))
+            b = _evaluate(new.pipeline, _refused(e.problem))
         else:
-            a = _evaluate(old.evaluator, partial(read_bundle, e.bundle, kb=old.kb, as_of=as_of))
-            b = _evaluate(new.evaluator, partial(read_bundle, e.bundle, kb=new.kb, as_of=as_of))
+            a = _evaluate(old.pipeline, partial(old.pipeline.read, e.bundle, as_of))
+            b = _evaluate(new.pipeline, partial(new.pipeline.read, e.bundle, as_of))
         tally.add(number * BUCKET_ORDER + pos, label, None, a, b)
     return tally
 
@@ -672,31 +710,23 @@ def _run_population(old: _Version, new: _Version, n: int, seed: int, as_of: date
     init = (str(old.root), str(new.root))
     if population is not None:
         parts = run_in_buckets(population, bucket_sizes(population), where, progress,
-                               partial(_bucket_chunk, old, new, as_of),
-                               partial(_worker_bucket, as_of), _init_worker, init)
+                               Work(partial(_bucket_chunk, old, new, as_of),
+                                    partial(_worker_bucket, as_of), _init_worker, init))
     else:
-        parts = run_in_chunks(n, where, progress, partial(_chunk, old, new, seed, as_of),
-                              partial(_worker_chunk, seed, as_of), _init_worker, init)
+        parts = run_in_chunks(n, where, progress,
+                              Work(partial(_chunk, old, new, seed, as_of),
+                                   partial(_worker_chunk, seed, as_of), _init_worker, init))
     for part in parts:
         total.merge(part)
     return total
 
 
-def diff_knowledge_bases(
-    old_root: Path,
-    new_root: Path,
-    *,
-    patients: int = 10_000,
-    seed: int = 1,
-    as_of: datetime | None = None,
-    workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    scheduler: str | None = None,
-    population: PopulationInput | None = None,
-) -> DiffReport:
-    """Run OLD and NEW over the scenarios and ``patients`` synthetic patients (or, given,
-    every patient of ``population``, a real population as bucket files); report what
-    changes. Raises ``KnowledgeBaseLoadError`` naming the version that cannot be loaded.
+def diff_knowledge_bases(old_root: Path, new_root: Path,
+                         **options: Unpack[PopulationOptions]) -> DiffReport:
+    """Run OLD and NEW over the scenarios and ``patients`` synthetic patients (default
+    10,000; seed 1; or, given, every patient of ``population``, a real population as bucket
+    files); report what changes. Raises ``KnowledgeBaseLoadError`` naming the version that
+    cannot be loaded. The options: ``PopulationOptions``.
 
     ``as_of`` applies to the population and overrides every scenario's own instant (default:
     each scenario's own, and ``DEFAULT_AS_OF`` for the population, so reports are the same any
@@ -705,13 +735,15 @@ def diff_knowledge_bases(
     """
     from movement_cds._kb_profile import ProfileError, profile_versions
 
+    patients, seed = options.get("patients", 10_000), options.get("seed", 1)
+    where = where_for(options, patients)
+    as_of, progress = options.get("as_of"), options.get("progress")
+    population = options.get("population")
     old, old_sc = _load("OLD", old_root)
     new, new_sc = _load("NEW", new_root)
     when = as_of or DEFAULT_AS_OF
     scen = _run_scenarios(old, new, old_sc, new_sc, as_of)
     n = population.patients if population is not None else patients
-    where = (Where(scheduler=scheduler) if scheduler is not None else
-             Where(workers=workers if workers is not None else default_workers(n)))
 
     def stage(offset: int) -> Callable[[int, int], None] | None:
         """Progress over both populations as one count (2 x patients)."""

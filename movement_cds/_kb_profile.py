@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 from cds import MovementCDSError, Plan
 from fhir_adapters import (
@@ -43,19 +43,20 @@ from fhir_adapters import (
     UnclassifiedRedFlagError,
     UndocumentedRedFlagError,
     primary_care_bundle,
-    read_bundle,
     red_flag_items,
 )
 from movement_cds._errors import ProfileError
 from movement_cds._kb_diff import (
     DEFAULT_AS_OF,
     KnowledgeBaseLoadError,
+    PopulationOptions,
+    Work,
     _load,
     _Version,
     bucket_sizes,
-    default_workers,
     run_in_buckets,
     run_in_chunks,
+    where_for,
 )
 from movement_cds._population_input import PopulationInput, bucket_entries
 from movement_cds._runner import Where
@@ -212,13 +213,13 @@ class ProfileTally:
 
 def _evaluate(v: _Profiled, data: dict[str, Any], as_of: datetime,
               tally: ProfileTally) -> None:
+    pipeline = v.version.pipeline  # the one every evaluation takes
     try:
-        patient = read_bundle(data, kb=v.version.kb, as_of=as_of)
-        plan = v.version.evaluator.evaluate(patient)
+        steps = pipeline.run(pipeline.read(data, as_of))
     except (InvalidBundleError, MovementCDSError):
         tally.add(v, {}, None)
         return
-    tally.add(v, {f.name: f.value for f in patient.facts}, plan)
+    tally.add(v, {f.name: f.value for f in steps.patient.facts}, steps.plan)
 
 
 def _chunk(versions: Sequence[_Profiled], seed: int, as_of: datetime, start: int,
@@ -488,12 +489,12 @@ def profile_versions(
     init = (labels, tuple(str(r) for r in roots))
     if population is not None:
         parts = run_in_buckets(population, bucket_sizes(population), where, progress,
-                               partial(_bucket_chunk, versions, as_of),
-                               partial(_worker_bucket, as_of), _init_worker, init)
+                               Work(partial(_bucket_chunk, versions, as_of),
+                                    partial(_worker_bucket, as_of), _init_worker, init))
     else:
         parts = run_in_chunks(patients, where, progress,
-                              partial(_chunk, versions, seed, as_of),
-                              partial(_worker_chunk, seed, as_of), _init_worker, init)
+                              Work(partial(_chunk, versions, seed, as_of),
+                                   partial(_worker_chunk, seed, as_of), _init_worker, init))
     for part in parts:
         for total, t in zip(totals, part, strict=True):
             total.merge(t)
@@ -503,25 +504,15 @@ def profile_versions(
             for v, t in zip(versions, totals, strict=True)]
 
 
-def profile_knowledge_base(
-    root: Path,
-    *,
-    patients: int = 2000,
-    seed: int = 1,
-    as_of: datetime | None = None,
-    workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    scheduler: str | None = None,
-    population: PopulationInput | None = None,
-) -> Profile:
-    """The profile of one knowledge base (over ``population`` when given, a real population
-    as bucket files; on the Dask ``scheduler`` when given). Raises
+def profile_knowledge_base(root: Path, **options: Unpack[PopulationOptions]) -> Profile:
+    """The profile of one knowledge base over ``patients`` synthetic patients (default 2000;
+    seed 1; over ``population`` when given, a real population as bucket files; on the Dask
+    ``scheduler`` when given; the options: ``PopulationOptions``). Raises
     ``KnowledgeBaseLoadError`` when it cannot be loaded and ``ProfileError`` when its
     red-flag items cannot be generated."""
-    n = population.patients if population is not None else patients
-    where = (Where(scheduler=scheduler) if scheduler is not None else
-             Where(workers=workers if workers is not None else default_workers(n)))
+    patients = options.get("patients", 2000)
+    where = where_for(options, patients)
     return profile_versions(
-        [root], patients=patients, seed=seed, as_of=as_of or DEFAULT_AS_OF, workers=where,
-        progress=progress, population=population)[0]
-
+        [root], patients=patients, seed=options.get("seed", 1),
+        as_of=options.get("as_of") or DEFAULT_AS_OF, workers=where,
+        progress=options.get("progress"), population=options.get("population"))[0]

@@ -15,11 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cds", "fhir_adapters", "movement_cds", "cds_service", "knowledge_base")
 MAX_LINES = 80
 # (module, function): its length when the ratchet came in; shrink this list, never grow it
-STILL_LONG = {
-    ("cds_service/_app.py", "create_app"): 220,
-    ("cds_service/_cli.py", "serve"): 95,
-    ("cds_service/_auth.py", "_verify"): 84,
-}
+STILL_LONG: dict[tuple[str, str], int] = {}
 LOGGER = re.compile(r"movement_cds(\.[a-z_]+)+\Z")
 
 

@@ -201,3 +201,83 @@ def test_orjson_and_parse_json_agree_on_unicode(value: Any) -> None:
     except JSONTextError:
         ours_ok = False
     assert orjson_ok == ours_ok
+
+
+# --- the fast path (issue 15): orjson when provably the same, else the strict parse ---------
+
+_NUMBERS = st.sampled_from([
+    "0", "-0", "1", "-1", "7", "1.0", "-0.0", "0.5", "1e5", "1E+5", "2.5e-3", "1e400",
+    "-1e400", "1e16", "123456789.123456789", "9223372036854775807", "9223372036854775808",
+    "-9223372036854775808", "-9223372036854775809", "18446744073709551615",
+    "18446744073709551616", "123456789012345678901234567890", "5e-324", "1.7976931348623157e308",
+    "0.1", "3.141592653589793238462643383279", "01", "1.", "NaN", "Infinity", "-Infinity",
+]) | st.integers().map(str) | st.floats(allow_nan=False, allow_infinity=False).map(repr)
+_CHARS = st.sampled_from(["a", "b", ":", ": ", "\\\"", "\\\\", "\\u003a", "\\u003A", "\\n",
+                          "\\ud800", "\\udc00", "\\ud83d\\ude00", "é", "\u2028", "+", "e+",
+                          "\\/", "{", "}", "[", "]", ",", "\\u0041"])
+_STRINGS = st.lists(_CHARS, max_size=5).map(lambda parts: '"' + "".join(parts) + '"')
+_KEYS = st.sampled_from(['"a"', '"b"', '"a:b"', '"\\u0061"', '"é"', '"\\u003a"']) | _STRINGS
+
+
+def _text(draw: Any, depth: int) -> str:
+    kind = draw(st.integers(0, 5 if depth < 4 else 2))
+    ws = draw(st.sampled_from(["", " ", "\n  "]))
+    if kind == 0:
+        return draw(_NUMBERS)
+    if kind == 1:
+        return draw(_STRINGS)
+    if kind == 2:
+        return draw(st.sampled_from(["true", "false", "null"]))
+    if kind == 3:
+        items = [_text(draw, depth + 1) for _ in range(draw(st.integers(0, 3)))]
+        return "[" + f",{ws}".join(items) + "]"
+    pairs = [f"{draw(_KEYS)}{ws}:{ws}{_text(draw, depth + 1)}"
+             for _ in range(draw(st.integers(0, 4)))]
+    return "{" + ws + f",{ws}".join(pairs) + ws + "}"
+
+
+@st.composite
+def json_texts(draw: Any) -> str:
+    """JSON-like text: duplicate keys, escaped colons, big integers, surrogates, junk."""
+    return _text(draw, 0)
+
+
+def _result(parse: Any, text: str) -> tuple[str, str]:
+    try:
+        value = parse(text)
+    except JSONTextError as e:
+        return "error", f"{e.code} {e.describe('Bundle')} {e.path!r}"
+    return "value", repr(value)  # repr tells 1 from 1.0 and True, -0.0 from 0.0, key order
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_texts())
+def test_the_fast_path_never_changes_a_value_or_an_error(text: str) -> None:
+    from fhir_adapters._json_text import _strict
+
+    assert _result(parse_json, text) == _result(_strict, text)
+    assert _result(parse_json, text.encode("utf-8")) == _result(_strict, text)
+
+
+@pytest.mark.parametrize("text", [
+    '{"a": 1, "a": 2}', '{"a": 1, "a": "\\u003a"}', '{"a:b": 1, "a": {"c": 1, "c": 1}}',
+    '{"\\u003a": 1, ":": 2}',
+    '{"x": 18446744073709551616}', '{"x": -9223372036854775809}', '{"x": 1e400}',
+    '{"x": "\\ud800"}', '{"x": "\ud800"}', '{"x": NaN}', '[' * 2000 + ']' * 2000,
+])
+def test_text_the_fast_path_cannot_prove_goes_the_strict_way(text: str) -> None:
+    from fhir_adapters._json_text import _SLOW, _fast, _strict
+
+    assert _fast(text) is _SLOW
+    assert _result(parse_json, text) == _result(_strict, text)
+
+
+def test_the_examples_take_the_fast_path() -> None:
+    """Otherwise the speed-up would be lost without any test failing."""
+    from fhir_adapters._json_text import _SLOW, _fast
+
+    for path in sorted((ROOT / "examples").glob("*.json")):
+        text = path.read_text()
+        fast = _fast(text)
+        assert fast is not _SLOW, path.name
+        assert repr(fast) == repr(json.loads(text))

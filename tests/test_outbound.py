@@ -670,6 +670,32 @@ def test_the_one_walk_prune_and_check_is_prune_then_check(
         assert got == expected
 
 
+@SETTINGS
+@given(data=st.data())
+def test_the_checked_bundle_is_the_pruned_one_byte_for_byte(
+    example_bundles: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    """``checked_bundle`` prunes its argument in place: it returns ``_prune``'s copy of the
+    same Bundle, key order included, or refuses it as ``full_validation`` does."""
+    b = data.draw(mutated(example_bundles))
+    expected = _output_check._prune(b)
+
+    def refusal(full: bool) -> str | None:
+        try:
+            _output_check.checked_bundle(copy.deepcopy(b), full_validation=full)
+        except Exception as e:
+            return type(e).__name__
+        return None
+
+    try:
+        got = _output_check.checked_bundle(copy.deepcopy(b))
+    except Exception as e:
+        assert refusal(True) == type(e).__name__
+    else:
+        assert refusal(True) is None
+        assert json.dumps(got) == json.dumps(expected)
+
+
 # mutations of what write_bundle writes, per-call parts and knowledge-base constant parts: each
 # must be refused on the fast path, after the cache has seen the valid version
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -89,3 +90,75 @@ def test_a_string_valid_in_one_field_is_refused_in_another_after_it_was_remember
         assert outcome(bundle(bad), full=False) == "refused" == outcome(bundle(bad), full=True)
     for other in ([("valueInteger", True)], [("valueInteger", 1.0)], [("valueBoolean", 1)]):
         assert outcome(bundle(other), full=False) == outcome(bundle(other), full=True)
+
+
+# Fields of one FHIR type in different models share one validator and what it remembered
+# (the output check merges field schemas that differ only in their serializers): dateTime
+# (Extension.valueDateTime, Period.start, Timing.event), instant (Extension.valueInstant,
+# Meta.lastUpdated) and date (Extension.valueDate, Period has none) side by side.
+def _ext(key: str, value: Any) -> dict[str, Any]:
+    return {"url": "http://example.org/ext", key: value}
+
+
+DATE_FIELDS: dict[str, Any] = {
+    "valueDateTime": lambda v: _ext("valueDateTime", v),
+    "valueInstant": lambda v: _ext("valueInstant", v),
+    "valueDate": lambda v: _ext("valueDate", v),
+    "Period.start": lambda v: _ext("valuePeriod", {"start": v}),
+    "Period.end": lambda v: _ext("valuePeriod", {"end": v}),
+    "Timing.event": lambda v: _ext("valueTiming", {"event": [v, "2026-11-02"]}),
+    "Meta.lastUpdated": None,  # on the resource
+}
+DATE_VALUES: list[Any] = [
+    "2026", "2026-11", "2026-11-02", "2026-02-30", "2026-11-02T09:00:00Z",
+    "2026-11-02T09:00:00", "2026-11-02T09:00:00.123+01:00", "2026-11-02T25:00:00Z", "09:00:00",
+    " 2026-11-02 ", "", None, 2026, 1, True, 1.0,
+]
+
+
+def dated_bundle(values: list[tuple[str, Any]]) -> dict[str, Any]:
+    resource: dict[str, Any] = {"resourceType": "Basic", "id": "b1",
+                                "code": {"text": "dated"}}
+    extensions = []
+    for name, value in values:
+        if DATE_FIELDS[name] is None:
+            resource["meta"] = {"lastUpdated": value}
+        else:
+            extensions.append(DATE_FIELDS[name](value))
+    if extensions:
+        resource["extension"] = extensions
+    return {"resourceType": "Bundle", "type": "collection",
+            "entry": [{"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource}]}
+
+
+DATED_RUNS = st.lists(st.lists(st.tuples(st.sampled_from(sorted(DATE_FIELDS)),
+                                         st.sampled_from(DATE_VALUES)), max_size=4),
+                      min_size=1, max_size=6)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bundles=DATED_RUNS)
+def test_fields_sharing_a_validator_keep_the_verdict_of_r4b(bundles: Any) -> None:
+    """A value accepted in one field of a type is remembered for every field of that type,
+    never for a field of another type: each Bundle gets R4B's verdict and the same output,
+    key order included (the check prunes in place what ``_prune`` copies)."""
+    for values in bundles:
+        raw = dated_bundle(values)
+        full = outcome(raw, full=True)
+        assert outcome(dated_bundle(values), full=False) == full, values
+        if full != "refused":
+            assert json.dumps(_output_check.checked_bundle(dated_bundle(values))) == \
+                json.dumps(_output_check._prune(dated_bundle(values))), values
+
+
+def test_fields_are_validated_one_by_one_when_their_schemas_do_not_combine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without the one validator for all fields (schemas that do not combine), each field's
+    batch is validated on its own, with the same verdicts."""
+    monkeypatch.setattr(_output_check._FIELDS, "combined", (None, 10**9))
+    fresh = [("Period.start", "2031-02-31"), ("valueInstant", "2031-01-05T10:11:12"),
+             ("Meta.lastUpdated", "2031-01-05T10:11:13Z"), ("valueDate", "2031-01-06")]
+    verdicts = [outcome(dated_bundle([v]), full=False) for v in fresh]
+    assert verdicts == [outcome(dated_bundle([v]), full=True) for v in fresh]
+    assert [v == "refused" for v in verdicts] == [True, True, False, False]

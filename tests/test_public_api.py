@@ -45,7 +45,7 @@ def test_fhir_adapters_exports() -> None:
         "code_systems",
         "export_terminology",
         "operation_outcome",
-        "read_bundle",
+        "own_careplan", "read_bundle",
         "write_bundle",
         # what the CDS Hooks service (cds_service) needs, public since issue 13 part 1:
         # the strict JSON text parser, the codes the reader reads, the project's systems
@@ -100,6 +100,8 @@ def test_cds_exports() -> None:
         "exercise_figure_svg",
         # issue 14 part 2: what kb diff needs of the core, public instead of reached privately
         "Rating", "resolve_plan",
+        # issue 14 part 5: the release's files, for the cache key and the release archive
+        "knowledge_base_files",
     ])
 
 

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cds_service._app import Engine, LiveEngine, Recorder, create_app, load_engine
+from cds_service._app import LiveRelease, LoadedRelease, Recorder, create_app, load_engine
 from cds_service._audit import (
     AuditError,
     archive_release,
@@ -56,7 +56,7 @@ def config(**audit: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
+def engine() -> LoadedRelease:
     return load_engine(config(), run_scenarios=False)
 
 
@@ -68,7 +68,7 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @contextlib.contextmanager
-def app_client(engine: Engine, url: str, **audit: Any) -> Iterator[tuple[Any, Any]]:
+def app_client(engine: LoadedRelease, url: str, **audit: Any) -> Iterator[tuple[Any, Any]]:
     """The app over a queued store on ``url``; the store is drained when the block ends."""
     store = QueuedFeedbackStore(open_store(url), spill_path=None)
     app = create_app(config(**audit) if audit else config(store_inputs=True),
@@ -86,7 +86,7 @@ def sha(data: bytes) -> str:
 
 
 @pytest.mark.anyio
-async def test_every_call_is_recorded_and_replays_byte_identical(engine: Engine,
+async def test_every_call_is_recorded_and_replays_byte_identical(engine: LoadedRelease,
                                                                  url: str) -> None:
     body, empty = call(), call(hook="order-sign")
     empty["context"]["draftOrders"] = MEDICATION_ONLY
@@ -116,7 +116,7 @@ async def test_every_call_is_recorded_and_replays_byte_identical(engine: Engine,
 
 
 @pytest.mark.anyio
-async def test_replay_pins_the_instant_and_shows_a_difference(engine: Engine,
+async def test_replay_pins_the_instant_and_shows_a_difference(engine: LoadedRelease,
                                                               tmp_path: Path) -> None:
     """A record whose as-of instant is a month later than the call's, with the call's
     answer: replay evaluates at the recorded instant, so the answers differ, and it says
@@ -142,7 +142,7 @@ async def test_replay_pins_the_instant_and_shows_a_difference(engine: Engine,
 
 
 @pytest.mark.anyio
-async def test_store_inputs_off_keeps_digests_only(engine: Engine, tmp_path: Path) -> None:
+async def test_store_inputs_off_keeps_digests_only(engine: LoadedRelease, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     body = call()
     with app_client(engine, url, store_inputs=False) as (_app, client):
@@ -160,7 +160,7 @@ async def test_store_inputs_off_keeps_digests_only(engine: Engine, tmp_path: Pat
 
 
 @pytest.mark.anyio
-async def test_required_audit_fails_closed(engine: Engine, tmp_path: Path) -> None:
+async def test_required_audit_fails_closed(engine: LoadedRelease, tmp_path: Path) -> None:
     db = tmp_path / "audit.db"
     url = f"sqlite:///{db}"
     body = call()
@@ -179,7 +179,7 @@ async def test_required_audit_fails_closed(engine: Engine, tmp_path: Path) -> No
 
 @pytest.mark.anyio
 async def test_unrequired_audit_is_queued_while_locked_and_never_lost(
-        engine: Engine, tmp_path: Path) -> None:
+        engine: LoadedRelease, tmp_path: Path) -> None:
     db = tmp_path / "audit.db"
     url = f"sqlite:///{db}"
     body = call()
@@ -205,7 +205,7 @@ def test_a_reload_archives_the_new_release_before_it_answers(tmp_path: Path) -> 
     with open_store(f"sqlite:///{tmp_path / 'audit.db'}") as store:
         recorder = Recorder(store, cfg)
         recorder.archive(first, kb)
-        live = LiveEngine(first, kb, 0, before_swap=recorder.archive)
+        live = LiveRelease(first, kb, 0, before_swap=recorder.archive)
         bump(kb, "9.9.9")
         assert live.check(force=True) == "swapped"
         second = live.engine
@@ -231,7 +231,7 @@ def test_a_release_that_cannot_be_archived_is_not_taken_into_service(tmp_path: P
     try:
         recorder = Recorder(store, cfg)
         recorder.within = 0.3
-        live = LiveEngine(first, kb, 0, before_swap=recorder.archive)
+        live = LiveRelease(first, kb, 0, before_swap=recorder.archive)
         bump(kb, "9.9.9")
         with exclusive_lock(db):
             assert live.check(force=True) == "refused"
@@ -291,7 +291,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 @pytest.mark.anyio
-async def test_audit_commands(engine: Engine, tmp_path: Path) -> None:
+async def test_audit_commands(engine: LoadedRelease, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     body = call()
     with app_client(engine, url) as (_app, client):

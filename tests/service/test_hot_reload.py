@@ -258,15 +258,15 @@ async def test_sighup_forces_a_check(tmp_path: Path) -> None:
 
 
 def _live_starter(kb: Path, *, settle: bool = False) -> Any:
-    """A LiveEngine on a copy of the starter knowledge base at ``kb``, checked by hand."""
-    from cds_service._app import LiveEngine, load_engine
+    """A LiveRelease on a copy of the starter knowledge base at ``kb``, checked by hand."""
+    from cds_service._app import LiveRelease, load_engine
     from cds_service._config import parse_config
 
     shutil.copytree(STARTER_KB, kb)
     config = parse_config({"service": {"base_url": "https://cds.example.org",
                                        "knowledge_base": str(kb)},
                            "auth": {"required": False}}, insecure_no_auth=True)
-    return LiveEngine(load_engine(config, run_scenarios=False), kb, 0, settle=settle)
+    return LiveRelease(load_engine(config, run_scenarios=False), kb, 0, settle=settle)
 
 
 def test_check_outcomes_in_process(tmp_path: Path) -> None:
