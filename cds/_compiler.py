@@ -120,11 +120,11 @@ class CompiledKnowledgeBase:
         with the input facts, after them) for a fact no rule derives, else the marker
         after the last stratum that derives one (the loader refuses an absence test on a
         fact derived in the reader's stratum or later). A term with no literal (a parameter
-        test that holds) waits for marker 0: durable fires no rule without a pattern. Any other term waits for its own
-        stratum's marker, as every term did before. (A value test on a fact derived both
-        before and after the reader's stratum is the one case where durable and the
-        reference can differ, before this scheme as after it: the reader fires when the
-        later producer's fact arrives. The loader refuses it; ``tests/test_engine_markers.py``
+        test that holds) waits for marker 0: durable fires no rule without a pattern. Any
+        other term waits for its own stratum's marker, as every term did before. (A value
+        test on a fact derived both before and after the reader's stratum is the one case
+        where durable and the reference can differ: the reader fires when the later
+        producer's fact arrives. The loader refuses it; ``tests/test_engine_markers.py``
         pins the markers such terms get.)"""
         produced_in: dict[str, list[int]] = {}
         read_in: dict[str, list[int]] = {}
