@@ -104,6 +104,9 @@ class Evaluator:
             # rf-fever = 1 is true, "9" > 5; the reference: neither): refuse it, by name
             raise InvalidInputError([InputIssue("error", "value", m) for m in mistyped])
         facts = list(patient.facts)
+        return _given_not_derived(facts, self._cached_run(facts))
+
+    def _cached_run(self, facts: list[Fact]) -> EngineResult:
         if not self.cache_size:
             return self._run(facts)
         # names are unique in PatientFacts, so sorting never compares values
@@ -159,3 +162,19 @@ class Evaluator:
     def evaluate(self, patient: PatientFacts) -> Plan:
         prepared = self.prepare(patient)
         return self.resolve(prepared, self.derive(prepared))
+
+
+def _given_not_derived(facts: list[Fact], result: EngineResult) -> EngineResult:
+    """``result``, unless a fact given as an input is one the rules derived too. Only the
+    library's own callers can give a derived fact (the FHIR reader never reads one; the
+    knowledge base's scenarios give findings to test later rules alone), and where a rule
+    derives it as well the engines read the two differently (the reference keeps the rules'
+    value; durable keeps both and fires the readers of each): refuse it, by name."""
+    given = {f.name for f in facts}
+    both = sorted(set(result.derived) & given)
+    if both:
+        raise InvalidInputError([InputIssue(
+            "error", "business-rule",
+            f"fact '{n}' is given as an input, but the rules derive it too: leave it out, "
+            "or give what it is derived from") for n in both])
+    return result

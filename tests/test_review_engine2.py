@@ -254,18 +254,25 @@ def test_a_value_of_the_wrong_type_is_refused_by_name(name: str, value: Any) -> 
 
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: knowledge-base scenarios give derived facts "
-                   "as inputs on purpose (knowledge_base/scenarios/precautions.yaml), so "
-                   "refusing them breaks the scenario runner; the lead must decide what an "
-                   "input derived fact means (refuse outside scenarios, or let a rule's value "
-                   "win in durable too)")
 def test_a_derived_fact_given_as_an_input_reads_the_same_on_both_engines() -> None:
     """finding 6 (medium): a derived fact given as an input (``classification.episode-stage
     = acute`` for a patient whose episode the rules find chronic) is taken: the reference
     replaces it with the rules' value, durable keeps both and fires CL-05-ACUTE-LEG (acute
-    care for a chronic patient) besides CL-05-CHRONIC-LEG; neither reports a conflict."""
+    care for a chronic patient) besides CL-05-CHRONIC-LEG; neither reported a conflict.
+    Now both refuse it, naming the fact; a derived fact no rule derives for this patient
+    (what the knowledge base's scenarios give, to test later rules alone) is still taken,
+    and read the same by both."""
     patient = PatientFacts.build("Patient/p", AS_OF, [
         Fact("classification.episode-stage", "acute"), Fact("episode-duration", 15991.0),
         Fact("symptom-distribution", "below-knee"), Fact("rf-bilateral-leg-symptoms", True)])
+    for evaluator in _bundled():
+        with pytest.raises(InvalidInputError,
+                           match="fact 'classification.episode-stage' is given as an input, "
+                                 "but the rules derive it too"):
+            evaluator.evaluate(patient)
+    alone = PatientFacts.build("Patient/p", AS_OF, [
+        Fact("classification.episode-stage", "acute"),
+        Fact("symptom-distribution", "below-knee")])
     durable, reference = _bundled()
-    assert durable.evaluate(patient).firings == reference.evaluate(patient).firings
+    assert durable.evaluate(alone).firings == reference.evaluate(alone).firings
+    assert any(f.rule_id == "CL-05-ACUTE-LEG" for f in durable.evaluate(alone).firings)
