@@ -119,12 +119,13 @@ class CompiledKnowledgeBase:
         only the marker after which every fact it needs absent is final: marker 0 (sent
         with the input facts, after them) for a fact no rule derives, else the marker
         after the last stratum that derives one (the loader refuses an absence test on a
-        fact derived in the reader's stratum or later). Any other term waits for its own
-        stratum's marker, as every term did before. (A value test on a fact derived both
-        before and after the reader's stratum is the one case where durable and the
-        reference can differ, before this scheme as after it: the reader fires when the
-        later producer's fact arrives. The loader allows it; the bundled knowledge base
-        has none; ``tests/test_engine_markers.py`` pins the markers such terms get.)"""
+        fact derived in the reader's stratum or later). A term with no literal (a parameter
+        test that holds) waits for marker 0: durable fires no rule without a pattern. Any
+        other term waits for its own stratum's marker, as every term did before. (A value
+        test on a fact derived both before and after the reader's stratum is the one case
+        where durable and the reference can differ: the reader fires when the later
+        producer's fact arrives. The loader refuses it; ``tests/test_engine_markers.py``
+        pins the markers such terms get.)"""
         produced_in: dict[str, list[int]] = {}
         read_in: dict[str, list[int]] = {}
         for rule in self.rules:
@@ -141,6 +142,8 @@ class CompiledKnowledgeBase:
                 return s
             final = [max(produced_in[lit.fact]) + 1 if lit.fact in produced_in else 0
                      for lit in term if lit.op == "missing"]
+            if not term:  # a term that always holds (a parameter test) needs a pattern
+                return 0  # to match in durable: marker 0, sent whatever the facts
             return max(final) if final else None
 
         return tuple(tuple(marker(r, t) for t in r.terms) for r in self.rules)

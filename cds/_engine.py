@@ -2,7 +2,9 @@
 
 The safety rules (docs/architecture.md) this module enforces:
 
-1. no background threads: ``_QuietHost._run`` starts nothing, and timers are never used;
+1. no background threads: no durable ``Host`` (whose dispatcher and timer threads these
+   would be) is made; rulesets are created in durable's C layer (``_create``) and timers are
+   never used;
 2. one live session at a time: every evaluation holds ``_LOCK``; scale with processes;
 3. no session outlives its use unchecked: an evaluation ends by retracting everything it
    asserted (markers first, so no rule can wake) and checking the session is empty with no
@@ -39,7 +41,6 @@ from json.encoder import encode_basestring as _encode_str  # json.dumps' own, en
 from typing import Any
 
 import durable_rules_engine as _c
-from durable import engine as _durable
 
 from cds._compiler import CompiledKnowledgeBase, Literal
 from cds._engine_result import EngineResult, FiringLog
@@ -49,27 +50,12 @@ from cds._facts import Fact
 __all__ = ["RuleEngine"]
 
 
-class _QuietHost(_durable.Host):  # type: ignore[misc]
-    """A durable-rules host that starts no dispatcher or timer threads (safety rule 1)."""
-
-    def _run(self) -> None:
-        return None
-
-
 _LOCK = threading.Lock()
-_HOST: _QuietHost | None = None
-_REGISTERED: dict[str, str] = {}  # ruleset name -> canonical definition JSON
+_REGISTERED: dict[str, tuple[str, int]] = {}  # ruleset name -> (canonical JSON, handle)
 _SIDS = itertools.count(1)
 _IDLE: dict[str, str] = {}  # ruleset name -> its kept session, emptied by the last evaluation
 _RULE_NAME = re.compile(r"[0-9]+:[0-9]+")
 _INPUT_ID = re.compile(r'"id":"f:([^"]*)"')
-
-
-def _host() -> _QuietHost:
-    global _HOST
-    if _HOST is None:
-        _HOST = _QuietHost()
-    return _HOST
 
 
 def _message_rule(message: str) -> tuple[int, int]:
@@ -102,14 +88,9 @@ class RuleEngine:
         with _LOCK:
             known = _REGISTERED.get(self.name)
             if known is None:
-                for rule in definition.values():
-                    # durable wants an action per rule; it never runs one: ``_settle`` takes
-                    # every action from the engine's C layer itself (no JSON state round trip)
-                    rule["run"] = _noop
-                _host().register_rulesets({self.name: definition})
-                _REGISTERED[self.name] = canonical
+                known = _REGISTERED[self.name] = (canonical, _create(self.name, definition))
                 warm = _firing_facts(compiled)
-            elif known != canonical:
+            elif known[0] != canonical:
                 raise KnowledgeBaseError(
                     [
                         KnowledgeBaseProblem(
@@ -119,7 +100,7 @@ class RuleEngine:
                         )
                     ]
                 )
-            self._handle = _host().get_ruleset(self.name)._handle
+            self._handle = known[1]
         if warm is not None:  # safety rule 9
             self.evaluate(warm)
 
@@ -173,6 +154,11 @@ class RuleEngine:
         if markers and markers[0] == 0:
             text = (text[:-1] + "," if text else "[") + _marker(sid, 0) + "]"
             rest = markers[1:]
+        if not text and not rest:
+            # nothing asserted, so nothing fires (every term has a pattern, see
+            # ``CompiledKnowledgeBase.waits_for``); durable has no state for a session
+            # never asserted to, and its get_facts fails on one
+            return log.result()
         if text:
             self._settle(log, sid, _c.assert_facts(handle, text), asserted)
         for k in rest:
@@ -200,10 +186,11 @@ class RuleEngine:
         # markers first (in one batch, durable reads its messages in order)
         batch = [_marker(sid, k) for k in self.compiled.markers]
         batch += [text[1:-1] for text in asserted]
-        if batch:
-            code, state = _c.retract_facts(handle, "[" + ",".join(batch) + "]")
-            if code != 0 or _c.start_action_for_state(handle, state):
-                return False
+        if not batch:  # nothing was asserted: the session is as the last one left it
+            return True
+        code, state = _c.retract_facts(handle, "[" + ",".join(batch) + "]")
+        if code != 0 or _c.start_action_for_state(handle, state):
+            return False
         return bool(_c.get_facts(handle, sid) == "[]")
 
     def _settle(self, log: FiringLog, sid: str, asserted: tuple[int, int],
@@ -325,5 +312,23 @@ def _firing_facts(compiled: CompiledKnowledgeBase) -> list[Fact] | None:
     return None
 
 
-def _noop(c: Any) -> None:  # pragma: no cover - sinks never complete their join
-    return None
+def _create(name: str, definition: dict[str, Any]) -> int:
+    """The ruleset, created in durable's C layer from the definition's JSON text written
+    as its reader reads numbers (``_json_text``). Its actions are never run by durable:
+    ``_settle`` takes each from the C layer itself (no JSON state round trip)."""
+    try:
+        return int(_c.create_ruleset(name, _json_text(name, definition)))
+    except Exception as e:  # durable raises a bare Exception with an error code
+        raise EngineError(f"durable-rules refused the ruleset {name}: {e}") from e
+
+
+def _json_text(name: str, v: Any) -> str:
+    """``v`` as JSON with every number written as durable reads it (``_value_text``): a
+    threshold such as 0.00001 (Python writes 1e-05) made durable refuse the whole ruleset
+    (error 204) although the loader and the reference evaluator take it."""
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{_encode_str(k)}:{_json_text(name, x)}"
+                              for k, x in v.items()) + "}"
+    if isinstance(v, list | tuple):
+        return "[" + ",".join(_json_text(name, x) for x in v) + "]"
+    return _value_text(name, v) if v is not None else "null"

@@ -27,6 +27,18 @@ from cds._scores import derive_scores
 __all__ = ["Evaluator"]
 
 
+_KIND = {"boolean": "a boolean", "integer": "a number", "decimal": "a number",
+         "code": "a code (text)"}
+
+
+def _typed(value: object, want: str) -> bool:
+    if isinstance(value, bool):
+        return want == "a boolean"
+    if isinstance(value, int | float):
+        return want == "a number"
+    return isinstance(value, str) and want == "a code (text)"
+
+
 class Evaluator:
     """Compiles a knowledge base once and evaluates patients against it.
 
@@ -60,6 +72,10 @@ class Evaluator:
                                   if engine == "durable" and self.compiled_follow_up.rules
                                   else None)
         self._bilateral = {n for n, d in kb.facts.items() if d.bilateral}
+        # the value type of each input fact the catalog declares (and of its sides)
+        self._types = {f"{n}{side}": _KIND[d.type] for n, d in kb.facts.items()
+                       if not d.derived and d.type in _KIND
+                       for side in (("", ".left", ".right") if d.bilateral else ("",))}
 
     def prepare(self, patient: PatientFacts) -> PatientFacts:
         """Add computed scores (lower side, asymmetry, clearing tests, totals) and, at a
@@ -80,7 +96,17 @@ class Evaluator:
             raise InvalidInputError(
                 [InputIssue("error", "not-supported", f"unknown fact '{n}'") for n in unknown]
             )
+        mistyped = [f"fact '{f.name}' must be {want}, not {type(f.value).__name__}"
+                    for f in patient.facts
+                    if (want := self._types.get(f.name)) and not _typed(f.value, want)]
+        if mistyped:
+            # durable and the reference read a value of another type differently (durable:
+            # rf-fever = 1 is true, "9" > 5; the reference: neither): refuse it, by name
+            raise InvalidInputError([InputIssue("error", "value", m) for m in mistyped])
         facts = list(patient.facts)
+        return _given_not_derived(facts, self._cached_run(facts))
+
+    def _cached_run(self, facts: list[Fact]) -> EngineResult:
         if not self.cache_size:
             return self._run(facts)
         # names are unique in PatientFacts, so sorting never compares values
@@ -136,3 +162,19 @@ class Evaluator:
     def evaluate(self, patient: PatientFacts) -> Plan:
         prepared = self.prepare(patient)
         return self.resolve(prepared, self.derive(prepared))
+
+
+def _given_not_derived(facts: list[Fact], result: EngineResult) -> EngineResult:
+    """``result``, unless a fact given as an input is one the rules derived too. Only the
+    library's own callers can give a derived fact (the FHIR reader never reads one; the
+    knowledge base's scenarios give findings to test later rules alone), and where a rule
+    derives it as well the engines read the two differently (the reference keeps the rules'
+    value; durable keeps both and fires the readers of each): refuse it, by name."""
+    given = {f.name for f in facts}
+    both = sorted(set(result.derived) & given)
+    if both:
+        raise InvalidInputError([InputIssue(
+            "error", "business-rule",
+            f"fact '{n}' is given as an input, but the rules derive it too: leave it out, "
+            "or give what it is derived from") for n in both])
+    return result

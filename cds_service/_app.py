@@ -110,6 +110,7 @@ from cds_service._audit import (
 from cds_service._cards import card_rules, plan_cards
 from cds_service._config import ConfigError, ServiceConfig, load_config
 from cds_service._errors import ApiError, ReloadRefused, StartupError
+from cds_service._feedback_store import validate_feedback
 from cds_service._handouts import HandoutStore
 from cds_service._heap import settle_heap
 from cds_service._metrics import UNKNOWN_SERVICE
@@ -908,45 +909,16 @@ def _has_physio_referral(draft_orders: dict[str, Any]) -> bool:
 
 
 def _check_feedback(body: Any) -> list[dict[str, Any]]:
-    def bad(msg: str) -> ApiError:
-        return ApiError(400, "invalid", msg)
-
+    """The call's feedback items, each checked by the store's one validator
+    (``validate_feedback``) before anything else happens; a bad one is a 400 naming it."""
     if not isinstance(body, dict) or not isinstance(body.get("feedback"), list) \
             or not body["feedback"]:
-        raise bad("feedback must be a non-empty array")
+        raise ApiError(400, "invalid", "feedback must be a non-empty array")
     items: list[dict[str, Any]] = body["feedback"]
-    for i, f in enumerate(items):
-        where = f"feedback[{i}]"
-        if not isinstance(f, dict):
-            raise bad(f"{where} must be an object")
-        if not isinstance(f.get("card"), str) or not f["card"]:
-            raise bad(f"{where}.card is required (the card's uuid)")
-        if f.get("outcome") not in ("accepted", "overridden"):
-            raise bad(f"{where}.outcome must be accepted or overridden")
-        if not isinstance(f.get("outcomeTimestamp"), str):
-            raise bad(f"{where}.outcomeTimestamp is required")
-        try:
-            datetime.fromisoformat(f["outcomeTimestamp"].replace("Z", "+00:00"))
-        except ValueError:
-            raise bad(f"{where}.outcomeTimestamp must be an ISO 8601 instant") from None
-        acc = f.get("acceptedSuggestions")
-        if f["outcome"] == "accepted":
-            if not isinstance(acc, list) or not acc or not all(
-                    isinstance(s, dict) and isinstance(s.get("id"), str) for s in acc):
-                raise bad(f"{where}.acceptedSuggestions (each with an id) is required when "
-                          "accepted")
-        elif acc is not None:
-            raise bad(f"{where}.acceptedSuggestions only goes with accepted")
-        reason = f.get("overrideReason")
-        if reason is not None:
-            if f["outcome"] != "overridden" or not isinstance(reason, dict):
-                raise bad(f"{where}.overrideReason goes only with overridden (an object)")
-            r = reason.get("reason")
-            if r is not None and not (isinstance(r, dict) and isinstance(r.get("code"), str)):
-                raise bad(f"{where}.overrideReason.reason must be a Coding")
-            c = reason.get("userComment")
-            if c is not None and not isinstance(c, str):
-                raise bad(f"{where}.overrideReason.userComment must be a string")
+    try:
+        validate_feedback(items)
+    except ValueError as e:
+        raise ApiError(400, "invalid", str(e)) from None
     return items
 
 

@@ -39,7 +39,6 @@ from fhir_adapters import (
 
 __all__ = [
     "CARD_SYSTEM", "NO_RULE", "OVERRIDE_SYSTEM", "card_rules", "evidence_url", "plan_cards",
-    "prune",
 ]
 
 _NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "http://movement-cds.org/cds-hooks/card")
@@ -60,19 +59,10 @@ _PLAN_OVERRIDES: Final = (
 )
 
 
-def prune(v: Any) -> Any:
-    """Drop None, "", [] and {} bottom up (C1)."""
-    if isinstance(v, dict):
-        out = {k: prune(x) for k, x in v.items()}
-        return {k: x for k, x in out.items() if x not in (None, "", [], {})}
-    if isinstance(v, list):
-        items = [prune(x) for x in v]
-        return [x for x in items if x not in (None, "", [], {})]
-    return v
-
-
 def _prune_card(v: Any) -> Any:
-    """``prune`` for a card, except the suggestions' FHIR resources: the output adapter
+    """Drop None, "", [] and {} bottom up (C1), except inside the suggestions' FHIR
+    resources (strings are kept as written: card text is not a FHIR string, which the
+    output check strips): the output adapter
     already wrote them without empty elements and validated them, and they are most of a
     plan card's size, so walking them again on every call would be wasted work."""
     if isinstance(v, dict):

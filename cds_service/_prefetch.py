@@ -75,7 +75,13 @@ import httpx
 from cds import KnowledgeBase
 from cds_service._config import origin_of
 from cds_service._errors import PrefetchError
-from fhir_adapters import KNOWLEDGE_BASE_BASE, JSONTextError, input_codes, parse_json
+from fhir_adapters import (
+    KNOWLEDGE_BASE_BASE,
+    JSONTextError,
+    input_codes,
+    own_careplan,
+    parse_json,
+)
 
 __all__ = [
     "FHIR_ID",
@@ -402,12 +408,6 @@ async def _resolve(spec: PrefetchKey, prefetch: Mapping[str, Any], context: Mapp
     return await _search(spec, body, fetcher, fetched=True)
 
 
-def _own_careplan(resource: dict[str, Any]) -> bool:
-    uris = resource.get("instantiatesUri")
-    return isinstance(uris, list) and any(
-        isinstance(u, str) and u.startswith(KNOWLEDGE_BASE_BASE + "/") for u in uris)
-
-
 async def build_input_bundle(
     keys: tuple[PrefetchKey, ...],
     *,
@@ -450,7 +450,7 @@ async def build_input_bundle(
     for spec, found in zip(keys, results, strict=True):
         for e in found:
             res = e["resource"]
-            if spec.key == "careplan" and not _own_careplan(res):
+            if spec.key == "careplan" and not own_careplan(res):
                 continue
             rid = res.get("id")
             if isinstance(rid, str):

@@ -4,7 +4,9 @@ package imports no package above it (``movement_cds``, ``cds_service``).
 
 Besides the reader and the writer, the public names a FHIR client of the library needs:
 the strict JSON text parser (``parse_json``, ``JSONTextError``: invalid Unicode and duplicate
-keys refused, with the path), the codes the reader reads (``input_codes``) and the project's
+keys refused, with the path), the codes the reader reads (``input_codes``), whether a
+CarePlan is one this project wrote (``own_careplan``: the reader and the service's
+prefetch use this one test) and the project's
 code systems, extension URLs and canonical base (``ALERT_SYSTEM``, ``EXERCISE_SYSTEM``,
 ``CHANGE_DISPLAY``, ``KNOWLEDGE_BASE_BASE``, ``EXT_EXERCISE_DOSE``, ``EXT_EXERCISE_CHANGE``;
 the CDS Hooks cards' ``CARD_SYSTEM`` and ``OVERRIDE_SYSTEM``), all defined in
@@ -58,7 +60,7 @@ from fhir_adapters._errors import (
     UndocumentedRedFlagError,
     operation_outcome,
 )
-from fhir_adapters._inbound import InputCodes, input_codes, read_bundle
+from fhir_adapters._inbound import InputCodes, input_codes, own_careplan, read_bundle
 from fhir_adapters._json_text import JSONTextError, parse_json
 from fhir_adapters._kb_export import export_knowledge_base
 from fhir_adapters._outbound import write_bundle
@@ -128,6 +130,7 @@ __all__ = [
     "kind_of",
     "observation",
     "operation_outcome",
+    "own_careplan",
     "parse_json",
     "patient",
     "primary_care_bundle",

@@ -235,7 +235,7 @@ from fhir_adapters._terminology import (
 )
 from fhir_adapters._terminology import SCREEN_SYSTEM as SCREEN
 
-__all__ = ["InputCodes", "input_codes", "read_bundle"]
+__all__ = ["InputCodes", "input_codes", "own_careplan", "read_bundle"]
 
 LEFT: Final = (SNOMED, "7771000")
 RIGHT: Final = (SNOMED, "24028007")
@@ -1409,7 +1409,7 @@ class _Reader:
         own: list[_Entry] = []
         for e in entries:
             res = e.resource
-            if not _own_careplan(res):
+            if not own_careplan(res):
                 self.note(e, "warning", "not-supported",
                           "not a CarePlan made by movement-cds (no instantiatesUri under "
                           f"{OWN_CAREPLAN_PREFIX}); ignored, so this is not read as a "
@@ -1672,7 +1672,7 @@ class _SubjectMatcher:
         return False
 
 
-def _own_careplan(resource: Mapping[str, Any]) -> bool:
+def own_careplan(resource: Mapping[str, Any]) -> bool:
     """Made by this project: an instantiatesUri under the project's knowledge-base URI."""
     return any(isinstance(u, str) and u.startswith(OWN_CAREPLAN_PREFIX)
                for u in _list(resource.get("instantiatesUri")))

@@ -662,16 +662,23 @@ def _pruned_split(node: dict[str, Any], model: Model,
     for k in dead:
         del node[k]
     if node:
-        if parts is not None:
-            _check_shape(model, tuple(parts))
-        else:
-            keys = tuple(node)
-            if keys not in known:
-                _check_shape(model, keys)
-                if len(known) >= _SHAPE_CACHE_SIZE:
-                    known.clear()
-                known.add(keys)
+        _check_node_shape(model, node, parts, known)
     return node
+
+
+def _check_node_shape(model: Model, node: dict[str, Any], parts: list[Any] | None,
+                      known: set[tuple[str, ...]]) -> None:
+    """A pruned node's shape: its parts when one is more than its key, else its keys (the
+    key tuples this model accepted before skip the shape cache)."""
+    if parts is not None:
+        _check_shape(model, tuple(parts))
+        return
+    keys = tuple(node)
+    if keys not in known:
+        _check_shape(model, keys)
+        if len(known) >= _SHAPE_CACHE_SIZE:
+            known.clear()
+        known.add(keys)
 
 
 def _pruned_other(node: dict[str, Any], k: str, v: Any, f: tuple[int, Any] | None,

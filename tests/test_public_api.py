@@ -45,7 +45,7 @@ def test_fhir_adapters_exports() -> None:
         "code_systems",
         "export_terminology",
         "operation_outcome",
-        "read_bundle",
+        "own_careplan", "read_bundle",
         "write_bundle",
         # what the CDS Hooks service (cds_service) needs, public since issue 13 part 1:
         # the strict JSON text parser, the codes the reader reads, the project's systems

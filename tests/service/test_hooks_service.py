@@ -324,3 +324,14 @@ def test_feedback_without_store_is_503(client: CheckedClient) -> None:
                         "outcomeTimestamp": "2026-11-02T09:00:00Z"}]}
     assert client.post(PV + "/feedback", json=fb).status_code == 503
     assert client.post(PV + "/feedback", json={"feedback": "x"}).status_code == 400
+
+
+def test_feedback_items_are_checked_by_the_stores_one_validator(client: CheckedClient) -> None:
+    """The app and the store share ``validate_feedback``: an item the store would refuse (a
+    date without a time) is a 400 naming it, even with no store configured (the app's own
+    copy of the rules used to let it through to the 503)."""
+    fb = {"feedback": [{"card": "c", "outcome": "accepted", "outcomeTimestamp": "2026-11-02",
+                        "acceptedSuggestions": [{"id": "s"}]}]}
+    r = client.post(PV + "/feedback", json=fb)
+    assert r.status_code == 400
+    assert "feedback[0].outcomeTimestamp" in r.json()["issue"][0]["diagnostics"]
