@@ -46,6 +46,7 @@ from cds._plan import (
     PlanAlert,
     PlannedExercise,
     Referral,
+    alert_holds_exercise,
     resolve_plan,
 )
 from cds._poses import exercise_figure_svg
@@ -104,6 +105,7 @@ __all__ = [
     "Rating",
     "Referral",
     "adherence_points",
+    "alert_holds_exercise",
     "check_changelog",
     "compile_knowledge_base",
     "evaluate_reference",

@@ -14,7 +14,7 @@ The safety policy lives here, not in the rules, so no knowledge base can switch 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -38,6 +38,7 @@ __all__ = [
     "PlanAlert",
     "PlannedExercise",
     "Referral",
+    "alert_holds_exercise",
     "resolve_plan",
 ]
 
@@ -183,6 +184,25 @@ class Plan:
     @property
     def referrals(self) -> tuple[PlanAlert, ...]:
         return tuple(a for a in self.alerts if a.referral is not None)
+
+
+def alert_holds_exercise(kb: KnowledgeBase, code: str, rule_ids: Iterable[str]) -> bool:
+    """Whether alert ``code``, raised by ``rule_ids``, holds all exercise: some rule's
+    action for it calls for a stat, asap or urgent referral, or says holds-exercise (the
+    plan's rule; also how a reader of the output Bundle tells, from each DetectedIssue's
+    code and source rules). A rule id the knowledge base lacks holds nothing."""
+    for rid in rule_ids:
+        try:
+            then = kb.rule(rid).then
+        except KeyError:
+            continue
+        for a in then:
+            alert = a.alert
+            if alert is not None and alert.code == code and (
+                    bool(alert.holds_exercise) or (alert.referral is not None and
+                    alert.referral.priority.value in HOLDING_PRIORITIES)):
+                return True
+    return False
 
 
 def _ranks(kb: KnowledgeBase) -> dict[str, tuple[int, int]]:
@@ -374,11 +394,7 @@ class _Resolution:
         ))
         act = actions[0][1]
         referral = Referral(act.referral.priority.value, act.referral.to) if act.referral else None
-        holds = any(
-            (x.referral is not None and x.referral.priority.value in HOLDING_PRIORITIES)
-            or bool(x.holds_exercise)
-            for _, x in actions
-        )
+        holds = alert_holds_exercise(self.kb, code, rids)
         detail = act.detail
         gap_missing = sorted({m for r, _ in actions if r in gap_by_rule
                               for m in gap_by_rule[r].missing})

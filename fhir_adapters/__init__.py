@@ -8,7 +8,8 @@ keys refused, with the path), the codes the reader reads (``input_codes``), whet
 CarePlan is one this project wrote (``own_careplan``: the reader and the service's
 prefetch use this one test) and the project's
 code systems, extension URLs and canonical base (``ALERT_SYSTEM``, ``EXERCISE_SYSTEM``,
-``CHANGE_DISPLAY``, ``KNOWLEDGE_BASE_BASE``, ``EXT_EXERCISE_DOSE``, ``EXT_EXERCISE_CHANGE``;
+``CHANGE_DISPLAY``, ``KNOWLEDGE_BASE_BASE``, ``EXT_EXERCISE_DOSE``, ``EXT_EXERCISE_CHANGE``,
+``EXT_SOURCE_RULE``;
 the CDS Hooks cards' ``CARD_SYSTEM`` and ``OVERRIDE_SYSTEM``), all defined in
 ``fhir_adapters._terminology``, the one module that spells out a URI; the knowledge base
 as FHIR conformance resources (``export_knowledge_base``); and the seeded synthetic
@@ -78,6 +79,7 @@ from fhir_adapters._terminology import (
     EXERCISE_SYSTEM,
     EXT_EXERCISE_CHANGE,
     EXT_EXERCISE_DOSE,
+    EXT_SOURCE_RULE,
     KNOWLEDGE_BASE_BASE,
     LOINC,
     OVERRIDE_SYSTEM,
@@ -94,6 +96,7 @@ __all__ = [
     "EXERCISE_SYSTEM",
     "EXT_EXERCISE_CHANGE",
     "EXT_EXERCISE_DOSE",
+    "EXT_SOURCE_RULE",
     "KNOWLEDGE_BASE_BASE",
     "LOINC",
     "OVERRIDE_SYSTEM",

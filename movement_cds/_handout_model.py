@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cds import InputIssue, KnowledgeBase
+from cds import InputIssue, KnowledgeBase, alert_holds_exercise
 from fhir_adapters import (
+    ALERT_SYSTEM,
     EXERCISE_SYSTEM,
     EXT_EXERCISE_CHANGE,
     EXT_EXERCISE_DOSE,
+    EXT_SOURCE_RULE,
     KNOWLEDGE_BASE_BASE,
     InvalidBundleError,
 )
@@ -213,6 +215,9 @@ def read_output_bundle(bundle: dict[str, Any], kb: KnowledgeBase) -> HandoutPlan
             stopped.append(ex.title)
     emergency = any(r.get("resourceType") == "ServiceRequest"
                     and r.get("priority") in ("stat", "asap") for r in found)
+    # a plan with no exercise to put on hold is held too (a cauda equina "yes" with no
+    # exercise recommended): an alert in the Bundle that holds exercise says so
+    held = held or _an_alert_holds_exercise(kb, found)
     return HandoutPlan(
         created=_when(plan.get("created")), exercises=() if held else tuple(todo), held=held,
         emergency=emergency, stopped=tuple(stopped), avoid=tuple(avoid),
@@ -220,3 +225,20 @@ def read_output_bundle(bundle: dict[str, Any], kb: KnowledgeBase) -> HandoutPlan
         pain_safe_max=_threshold(kb, "follow-up-pain-safe-max"),
         pain_acceptable_max=_threshold(kb, "follow-up-pain-acceptable-max"),
         revised=bool(plan.get("replaces")), pain_text=_pain_text(plan.get("activity", [])))
+
+
+def _an_alert_holds_exercise(kb: KnowledgeBase, found: list[dict[str, Any]]) -> bool:
+    """Whether a DetectedIssue of this project's alerts holds all exercise, by the plan's
+    own rule (``cds.alert_holds_exercise`` of its code and source rules)."""
+    for r in found:
+        if r.get("resourceType") != "DetectedIssue":
+            continue
+        codes = [c.get("code") for c in (r.get("code") or {}).get("coding", [])
+                 if isinstance(c, dict) and c.get("system") == ALERT_SYSTEM]
+        rules = [x.get("valueString") for x in r.get("extension", [])
+                 if isinstance(x, dict) and x.get("url") == EXT_SOURCE_RULE]
+        if any(isinstance(c, str) and alert_holds_exercise(kb, c, [x for x in rules
+                                                                  if isinstance(x, str)])
+               for c in codes):
+            return True
+    return False

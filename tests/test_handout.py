@@ -243,6 +243,20 @@ def _cleared(facts: list[Fact]) -> PatientFacts:
     return PatientFacts.build("Patient/p", FACTS_AS_OF, kept + cleared)
 
 
+@pytest.mark.parametrize("flag", ["rf-saddle-anaesthesia", "rf-bladder-dysfunction"])
+def test_a_held_plan_without_exercises_still_says_do_not_start_and_go_today(flag: str) -> None:
+    """A cauda equina "yes" and nothing else: the plan is held with no exercise to put on
+    hold, so no activity carries ``on-hold``. The handout used to read "held" from those
+    activities only, and told this patient neither to hold exercise nor to go to an
+    emergency department today (found by the random-plan property below)."""
+    patient = PatientFacts.build("Patient/p", FACTS_AS_OF, [Fact(flag, True, ("Observation/x",))])
+    plan = Evaluator(KB, "reference").evaluate(patient)
+    assert plan.exercise_held and plan.exercises == ()
+    html = movement_cds.handout_html(write_bundle(plan, KB))
+    assert "Do not start any exercises for now." in html
+    assert "Go to an emergency department today." in html
+
+
 @settings(max_examples=30, deadline=None)
 @given(patient=st.one_of(patient_strategy(KB), fact_strategy(KB).map(_cleared),
                          fact_strategy(KB).map(_cleared)))

@@ -54,6 +54,7 @@ def test_fhir_adapters_exports() -> None:
         # the extension URLs the handout reads and the cards' systems, which movement_cds
         # and cds_service re-typed before issue 14 part 3 (one terminology module)
         "EXT_EXERCISE_DOSE", "EXT_EXERCISE_CHANGE", "CARD_SYSTEM", "OVERRIDE_SYSTEM",
+        "EXT_SOURCE_RULE",
         # the progress series back from an output Bundle (issue 17 part 2)
         "read_progress",
         # what the command line reached through private modules before issue 14 part 2: the
@@ -99,7 +100,7 @@ def test_cds_exports() -> None:
         # the exercise drawings, for the handout and the catalog (issue 17)
         "exercise_figure_svg",
         # issue 14 part 2: what kb diff needs of the core, public instead of reached privately
-        "Rating", "resolve_plan",
+        "Rating", "resolve_plan", "alert_holds_exercise",
         # issue 14 part 5: the release's files, for the cache key and the release archive
         "knowledge_base_files",
     ])
