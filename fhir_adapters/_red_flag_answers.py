@@ -138,14 +138,9 @@ def read_red_flag(
     return _read_all(question, answers, as_of, max_age_days, discordance_days, lifelong)
 
 
-def _read_all(
-    question: str,
-    answers: Sequence[Answer],
-    as_of: datetime,
-    max_age_days: float | None,
-    discordance_days: float,
-    lifelong: bool,
-) -> RedFlagReading:
+def _read_all(question: str, answers: Sequence[Answer], as_of: datetime,
+              max_age_days: float | None, discordance_days: float,
+              lifelong: bool) -> RedFlagReading:
     """``read_red_flag`` for any answers (the general reading)."""
     def age(a: Answer) -> float:
         # a YES is as recent as its date allows; a NO as old (the cautious reading of each)
