@@ -147,6 +147,7 @@ def _fresh_outputs() -> dict[tuple[int, int, int, bool], str]:
     return _FRESH_OUTPUT
 
 
+@pytest.mark.slow  # forks a process per case: CI runs it (make test)
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the fresh evaluations fork")
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from(_POOL), min_size=2, max_size=8))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ def _plan(ev: Evaluator, *facts: Fact) -> object:
     return ev.evaluate(PatientFacts.build("Patient/p", AS_OF, facts))
 
 
+@pytest.mark.slow  # ~5 s: CI runs it (make test), make test-fast leaves it out
 @SETTINGS
 @given(data=st.data())
 def test_red_flags_always_hold_exercise(
@@ -37,6 +39,7 @@ def test_red_flags_always_hold_exercise(
         assert all(e.status == "proposed" for e in plan.exercises)
 
 
+@pytest.mark.slow  # ~5 s: CI runs it (make test), make test-fast leaves it out
 @SETTINGS
 @given(data=st.data())
 def test_a_vetoed_exercise_is_never_proposed(
