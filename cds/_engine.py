@@ -6,10 +6,10 @@ The safety rules (docs/architecture.md) this module enforces:
    would be) is made; rulesets are created in durable's C layer (``_create``) and timers are
    never used;
 2. one live session at a time: every evaluation holds ``_LOCK``; scale with processes;
-3. no session outlives its use unchecked: an evaluation ends by retracting everything it
-   asserted (markers first, so no rule can wake) and checking the session is empty with no
-   action pending; only then is it kept for the ruleset's next evaluation (one per
-   ruleset), otherwise (and after any error) ``delete_state`` runs, in ``finally``;
+3. no session outlives its evaluation: each evaluation has a new session, and
+   ``delete_state`` runs in ``finally``; facts are never retracted (retracting a fact
+   that a completed action matched makes durable-rules 2.0.28 write outside its memory:
+   the comment above ``_SIDS``);
 4. negation is gated: a term that tests an absence waits for the stratum marker after which
    every fact it needs absent is final (marker 0, at the end of the input facts' batch, for
    input facts); markers go in order, each after the last has settled; a term with value
@@ -52,8 +52,14 @@ __all__ = ["RuleEngine"]
 
 _LOCK = threading.Lock()
 _REGISTERED: dict[str, tuple[str, int]] = {}  # ruleset name -> (canonical JSON, handle)
-_SIDS = itertools.count(1)
-_IDLE: dict[str, str] = {}  # ruleset name -> its kept session, emptied by the last evaluation
+# Safety rule 3: a session is deleted after its evaluation, never emptied by retracting its
+# facts for reuse. durable-rules 2.0.28 leaves a completed action's frame in the location
+# lists of the facts it matched; retracting such a fact later walks that dead frame, and
+# ``deleteMessageFromFrame`` then reads past the frame's 16 message slots, out of its pool
+# into the next heap block, and zeroes two words there it takes for a match (found with
+# Valgrind; it corrupted a pydantic-core validator and crashed a later garbage collection).
+# Deleting a session frees its pools whole and walks no frame.
+_SIDS = itertools.count(1)  # one new session per evaluation
 _RULE_NAME = re.compile(r"[0-9]+:[0-9]+")
 _INPUT_ID = re.compile(r'"id":"f:([^"]*)"')
 
@@ -109,47 +115,37 @@ class RuleEngine:
 
         Only the facts some rule reads are asserted: a fact no rule reads cannot change a
         result (the reference evaluator, which sees every fact, checks this on every
-        property test). The session is this ruleset's kept one when the last evaluation
-        left it empty (see ``_emptied``), else a new one.
+        property test). Every evaluation has a new session, deleted when it ends (safety
+        rule 3: facts are never retracted; why: the comment above ``_SIDS``).
         """
         handle = self._handle
         with _LOCK:
             sid = ""
-            kept = False
             try:
-                # taken inside the try: an exception from here on (a signal handler's
+                # made inside the try: an exception from here on (a signal handler's
                 # KeyboardInterrupt included) ends in the ``finally`` that deletes it
-                sid = _IDLE.pop(self.name, "") or f"s{next(_SIDS)}"
+                sid = f"s{next(_SIDS)}"
                 log = FiringLog(self.compiled)
-                asserted: list[str] = []  # the JSON arrays asserted, to retract them as is
-                result = self._derive(sid, facts, log, asserted)
-                kept = self._emptied(sid, asserted)
-                return result
+                return self._derive(sid, facts, log)
             except EngineError:
                 raise
             except Exception as e:  # durable raises bare Exceptions; none may escape raw
                 raise EngineError(f"rule engine failed: {type(e).__name__}") from e
             finally:
-                if kept:
-                    _IDLE[self.name] = sid
-                elif sid:
+                if sid:
                     try:
                         _c.delete_state(handle, sid)
-                    except Exception:  # pragma: no cover - nothing left to clean
+                    except Exception:  # nothing was asserted: durable has no such session
                         pass
 
-    def _derive(self, sid: str, facts: list[Fact], log: FiringLog,
-                asserted: list[str]) -> EngineResult:
+    def _derive(self, sid: str, facts: list[Fact], log: FiringLog) -> EngineResult:
         """Assert the input facts with marker 0 after them (one batch: durable reads a
         batch's messages in order, and runs no action until asked), then every other
-        marker some term waits for, in order, each after the last has settled; every fact
-        asserted (input and derived) is added to ``asserted``."""
+        marker some term waits for, in order, each after the last has settled."""
         handle, keys = self._handle, self._keys
         messages = [(f.name, f.value) for f in facts if f.name in keys]
         markers = self.compiled.markers
         text = _dumps(sid, messages, self._input_heads) if messages else ""
-        if text:
-            asserted.append(text)
         rest = markers
         if markers and markers[0] == 0:
             text = (text[:-1] + "," if text else "[") + _marker(sid, 0) + "]"
@@ -160,12 +156,12 @@ class RuleEngine:
             # never asserted to, and its get_facts fails on one
             return log.result()
         if text:
-            self._settle(log, sid, _c.assert_facts(handle, text), asserted)
+            self._settle(log, sid, _c.assert_facts(handle, text))
         for k in rest:
-            self._settle(log, sid, _c.assert_fact(handle, _marker(sid, k)), asserted)
+            self._settle(log, sid, _c.assert_fact(handle, _marker(sid, k)))
         # durable gives the facts back as the text they were asserted in (compact, see
-        # ``_dumps``: '"id":"f:name"'). The session held no fact before this evaluation
-        # (``_emptied``) and durable refuses an id twice, so all input facts are there iff
+        # ``_dumps``: '"id":"f:name"'). The session is new (``evaluate``) and durable
+        # refuses an id twice, so all input facts are there iff
         # their ids are all counted; another layout would fail every evaluation, never
         # pass a lost fact
         present = _c.get_facts(handle, sid)
@@ -175,31 +171,12 @@ class RuleEngine:
                               sorted(f"f:{n}" for n, _ in messages if n not in found))
         return log.result()
 
-    def _emptied(self, sid: str, asserted: list[str]) -> bool:
-        """Retract everything the evaluation asserted, markers first (no rule that waits
-        for a marker can wake while the facts go, and a rule that needs none only ever
-        loses facts), and say whether the session is now empty with nothing to do: then
-        the next evaluation reuses it. A new session costs durable ~0.8 ms (its state for
-        the whole network) and deleting one ~0.13 ms, against ~2 us per retracted fact;
-        anything unexpected and the caller deletes it."""
-        handle = self._handle
-        # markers first (in one batch, durable reads its messages in order)
-        batch = [_marker(sid, k) for k in self.compiled.markers]
-        batch += [text[1:-1] for text in asserted]
-        if not batch:  # nothing was asserted: the session is as the last one left it
-            return True
-        code, state = _c.retract_facts(handle, "[" + ",".join(batch) + "]")
-        if code != 0 or _c.start_action_for_state(handle, state):
-            return False
-        return bool(_c.get_facts(handle, sid) == "[]")
-
-    def _settle(self, log: FiringLog, sid: str, asserted: tuple[int, int],
-                into: list[str]) -> None:
+    def _settle(self, log: FiringLog, sid: str, asserted: tuple[int, int]) -> None:
         """Run every action the last assert made ready, until none is left (what durable's
         ``Host`` does, without a JSON state round trip per action). The facts the firings
-        derive are asserted in one batch when no action is left (and added to ``into``),
-        then the actions that batch made ready run, until nothing new is derived: a fact
-        only ever adds matches, so when it arrives changes no result."""
+        derive are asserted in one batch when no action is left, then the actions that
+        batch made ready run, until nothing new is derived: a fact only ever adds matches,
+        so when it arrives changes no result."""
         handle, keys, terms, fire = self._handle, self._keys, self._terms, log.fire
         state = _accepted(asserted)
         while True:
@@ -219,7 +196,6 @@ class RuleEngine:
             if not new:
                 return
             text = _dumps(sid, new, self._derived_heads)
-            into.append(text)
             state = _accepted(_c.assert_facts(handle, text))
 
 

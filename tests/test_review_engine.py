@@ -121,56 +121,39 @@ def _interrupted(ev: Evaluator, patient: PatientFacts, nth: int) -> bool:
     return False
 
 
-def test_an_interrupted_evaluation_neither_leaks_nor_keeps_its_session(
+def test_an_interrupted_evaluation_leaves_no_session_behind(
     durable: Evaluator, reference: Evaluator
 ) -> None:
-    """finding 3: the kept session was taken out of ``_IDLE`` before the ``try`` whose
-    ``finally`` deletes it, so an exception raised in between (a signal handler's
-    KeyboardInterrupt at the ``FiringLog`` call) left a live session that was neither kept
-    nor deleted; durable-rules refuses every evaluation past 1,024 live sessions. Each call
-    the runner makes is interrupted in turn: afterwards the lock is free, the session that
-    was idle is idle again or deleted, and the next patient gets the reference result from
-    an empty session."""
-    import durable_rules_engine
-
+    """finding 3: a session taken before the ``try`` whose ``finally`` deletes it was left
+    alive by an exception raised in between (a signal handler's KeyboardInterrupt at the
+    ``FiringLog`` call); durable-rules refuses every evaluation past 1,024 live sessions.
+    Each call the runner makes is interrupted in turn: afterwards the lock is free, the
+    interrupted evaluation's session is gone, and the next patient gets the reference
+    result."""
     from cds import _engine
+    from tests.test_engine import _alive, _next_sid
 
     patient = durable.prepare(_patient(Fact("rf-fever", True, ("Observation/1",)),
                                        Fact("pain-now", 6, ("Observation/2",)),
                                        Fact("rf-cancer-history", False, ("Observation/3",))))
     want = reference.derive(patient)
-    handle = durable._engine._handle  # type: ignore[union-attr]
-    name = durable.compiled.name
-
-    def alive(sid: str) -> bool:
-        try:
-            durable_rules_engine.get_facts(handle, sid)
-        except Exception:
-            return False
-        return True
-
     leaked = []
     nth = 1
     while True:
-        durable.derive(patient)
-        idle = _engine._IDLE[name]
+        sid = _next_sid()
         if not _interrupted(durable, patient, nth):
             break
         assert not _engine._LOCK.locked()
-        if _engine._IDLE.get(name) != idle and alive(idle):
+        if _alive(durable, sid):
             leaked.append(nth)
         assert durable.derive(patient) == want
-        assert durable_rules_engine.get_facts(handle, _engine._IDLE[name]) == "[]"
         nth += 1
     assert nth > 5 and leaked == []
 
 
 def test_failed_evaluations_delete_their_sessions(kb_copy: Path) -> None:
-    """docs/architecture.md safety rule 3 cited 1,500 evaluations of one patient as proof
-    that sessions are deleted; with the kept session those 1,500 use a single session, so
-    nothing checked deletion any more. Here every evaluation fails (two rules derive
-    different values), so each takes a new session and must delete it: durable-rules
-    refuses every evaluation past 1,024 live sessions."""
+    """Every evaluation here fails (two rules derive different values), and each must still
+    delete its session: durable-rules refuses every evaluation past 1,024 live sessions."""
     from cds import EngineError
     from tests.test_engine import _write_conflicting_kb
 
@@ -189,12 +172,12 @@ _REVIEW = settings(max_examples=20, deadline=None, database=None,
 
 @_REVIEW
 @given(data=st.data())
-def test_sequences_of_patients_in_kept_sessions_match_the_reference(
+def test_sequences_of_patients_match_the_reference(
     data: st.DataObject, kb: KnowledgeBase, durable: Evaluator, reference: Evaluator,
     starter: Evaluator, starter_reference: Evaluator,
 ) -> None:
     """What held up in the review: random patients (some at a follow-up, so the per-exercise
-    ruleset's kept session serves each exercise in turn, some the same patient again) on
+    ruleset serves each exercise in turn, some the same patient again) on
     two knowledge bases alternating in one process, each plan equal to the reference."""
     kinds = st.tuples(fact_strategy(kb), st.one_of(st.none(), follow_up_strategy(kb)),
                       st.booleans(), st.booleans())

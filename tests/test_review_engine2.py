@@ -1,6 +1,6 @@
 """Adversarial review of the issue-15 engine change (a property per fact, markers only for
-absence tests, one batch per settle, the kept session): each finding is a test that failed
-before its fix (or is marked xfail, strict, with the reason)."""
+absence tests, one batch per settle; a kept session then, since dropped): each finding is a
+test that failed before its fix (or is marked xfail, strict, with the reason)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_a_fact_set_no_rule_reads_after_the_session_was_lost() -> None:
                                        (("x", True),)),))
     engine = RuleEngine(compiled)
     with pytest.raises(EngineError, match="not a finite number"):
-        engine.evaluate([Fact("a", float("nan"))])  # deletes the kept session
+        engine.evaluate([Fact("a", float("nan"))])  # refused; its session deleted
     for facts in ([], [Fact("unread", 3)], [], [Fact("a", True)], []):
         assert engine.evaluate(facts) == evaluate_reference(compiled, facts), facts
 
@@ -158,7 +158,7 @@ _FACT_SETS = st.lists(st.fixed_dictionaries({}, optional={
 @given(_knowledge_bases(), _FACT_SETS)
 def test_random_knowledge_bases_agree_with_the_reference(
         compiled: CompiledKnowledgeBase, fact_sets: list[dict[str, Any]]) -> None:
-    """Each knowledge base's fact sets in turn through its kept session: durable derives,
+    """Each knowledge base's fact sets in turn, one session each: durable derives,
     fires and fails exactly where the reference does (3000 knowledge bases, 8696 fact sets
     held in the review run; findings 1 and 2 fail it)."""
     engine = RuleEngine(compiled)
