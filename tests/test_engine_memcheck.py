@@ -41,8 +41,7 @@ def test_durable_makes_no_memory_error_on_the_engine_tests(tmp_path: Path) -> No
     assert status == engine_memcheck.ASAN_EXIT, out[-3000:]
     assert found and IN_DURABLE.search(found[0]), found
     # and finds none in the engine's own tests
-    found, status, out = checked.run(["-m", "pytest", "-p", "no:cacheprovider", "-o",
-                                      "addopts=", "-q", *CI_TESTS], capture=True)
+    found, status, out = checked.pytest(["-q", *CI_TESTS], capture=True)
     assert found == [], found[0][:6000]
     assert status == 0, out[-6000:]
 

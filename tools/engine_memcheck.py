@@ -121,11 +121,6 @@ def child_env(lib: Path, logs: Path) -> dict[str, str]:
     return env
 
 
-def reports(logs: Path) -> list[str]:
-    """The AddressSanitizer reports written so far, oldest first."""
-    return [p.read_text(errors="replace") for p in sorted(logs.glob("asan*"))]
-
-
 class Checked:
     """Processes that load the instrumented durable-rules, their reports in ``logs``."""
 
@@ -149,7 +144,8 @@ class Checked:
         self.module = loaded.stdout.strip()
 
     def reports(self) -> list[str]:
-        return reports(self.logs)
+        """The AddressSanitizer reports written since the last ``clear``, oldest first."""
+        return [p.read_text(errors="replace") for p in sorted(self.logs.glob("asan*"))]
 
     def clear(self) -> None:
         for p in self.logs.glob("asan*"):
@@ -163,12 +159,16 @@ class Checked:
                               capture_output=capture, check=False)
         return self.reports(), done.returncode, (done.stdout or "") + (done.stderr or "")
 
+    def pytest(self, args: list[str], capture: bool = False) -> tuple[list[str], int, str]:
+        """``run`` of pytest on ``args`` (no cache, the project's addopts off)."""
+        return self.run(["-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=", *args],
+                        capture)
+
 
 def check(pytest_args: list[str], work: Path) -> int:
     checked = Checked(work)
     print(f"durable-rules built with AddressSanitizer: {checked.module}", flush=True)
-    found, status, _ = checked.run(["-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=",
-                                    *(pytest_args or [*ENGINE_TESTS, "-q"])])
+    found, status, _ = checked.pytest(pytest_args or [*ENGINE_TESTS, "-q"])
     for text in found:
         print(text, file=sys.stderr)
     print(f"AddressSanitizer reports: {len(found)}; tests exit status {status}")
@@ -182,7 +182,7 @@ def verdict(found: list[str], tests_status: int) -> int:
 
 
 def stress(count: int) -> int:
-    """Evaluate ``count`` random patients with durable-rules (its kept session, as in
+    """Evaluate ``count`` random patients with durable-rules (a session each, as in
     service), each checked against the reference evaluator; 0 if all were equal."""
     sys.path.insert(0, str(ROOT))
     from hypothesis import HealthCheck, given, settings
