@@ -10,6 +10,7 @@ to durable-rules negation, which is gated on a stratum marker (engine safety rul
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -36,6 +37,8 @@ _NEGATE = {
     "in": "not-in", "not-in": "in", "present": "missing", "missing": "present",
 }
 _MAX_TERMS = 128
+_CHUNK = 200  # input facts per message: durable takes at most 255 properties in one
+_STACK_LIMIT = 56  # durable-rules' alpha stack holds 64 nodes; 8 kept spare
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,61 @@ class CompiledKnowledgeBase:
         return frozenset(lit.fact for r in self.rules for t in r.terms for lit in t)
 
     @cached_property
+    def derived_names(self) -> frozenset[str]:
+        """Facts some rule derives (they may also be given as inputs: safety rule 10)."""
+        return frozenset(n for r in self.rules for n, _ in r.derives)
+
+    @cached_property
+    def packed_keys(self) -> dict[str, tuple[int, str, str]]:
+        """The input facts sent together: per fact read by a rule and derived by none, its
+        input message (chunk), its group's property and its own property there
+        (``{"sid":..,"id":"f:c0","h":1,"c0":1,"q0":1,"q1":1,..,"i3":7,"i9":"x"}``).
+
+        Every evaluation's input facts go in one message per chunk of ``_CHUNK`` facts
+        (durable takes at most 255 properties in a message), and a term's tests on them
+        become one pattern per chunk with every test in it: a conjunction durable's alpha
+        network checks on one message, where a pattern per fact needed a beta node (a
+        join) each, and durable allocates and clears every beta node's frame pools and
+        indexes for each new session (about 11 KB each). An absence test on such a fact is
+        a test that its property is not there (``$nex``): the message is complete when it
+        arrives, so that test needs no stratum marker (``waits_for``).
+
+        Each fact's tests start with "its group's property exists" (every group's property
+        is in every input message): durable walks its alpha network depth first with a
+        stack of 64 nodes, pushing every child that matches, and without groups the input
+        message's node had a child per fact (``alpha_stack_bound``). The group count is
+        the one, of a few tried, that gives the lowest bound."""
+        return _packed(sorted(self.read_names - self.derived_names), self._groups)
+
+    @property
+    def chunks(self) -> int:
+        """How many input messages every evaluation sends (at least one: a term with no
+        test, or absence tests only, matches it)."""
+        return 1 + max((c for c, _, _ in self.packed_keys.values()), default=0)
+
+    def chunk_groups(self, chunk: int) -> tuple[str, ...]:
+        """The group properties of one input message (all sent, whatever the facts)."""
+        return tuple(sorted({g for c, g, _ in self.packed_keys.values() if c == chunk},
+                            key=lambda g: int(g[1:])))
+
+    @cached_property
+    def _groups(self) -> int:
+        n = min(len(self.read_names - self.derived_names), _CHUNK)
+        root = max(1, math.isqrt(n))
+        tried = sorted({max(1, root // 2), root, 2 * root})
+        return min(tried, key=lambda g: (self._definition(g)[1], g))
+
+    @property
+    def alpha_stack_bound(self) -> int:
+        """The most alpha nodes durable's matcher can have on its stack for this ruleset
+        (every test assumed to hold; ``_alpha_stack``); durable fails an assert past 64."""
+        return self._definition(self._groups)[1]
+
+    @cached_property
     def durable_keys(self) -> dict[str, tuple[str, str]]:
-        """The two properties each fact read by a rule is asserted under in durable-rules,
-        its group and its own (``{"sid":..,"id":"f:pain-now","g3":1,"f12":7}``).
+        """The two properties each fact read by a rule and derived by one (``packed_keys``
+        has the others) is asserted under in durable-rules, one message per fact: its
+        group and its own (``{"sid":..,"id":"d:finding.x","h":1,"g3":1,"f12":true}``).
 
         durable's alpha network finds the tests for a message by property name: at each
         node, every property of the message is looked up in a table of the node's children
@@ -98,8 +153,9 @@ class CompiledKnowledgeBase:
         made every fact run the name test of every fact; a property per fact under the
         root made each of a message's properties walk ~130 entries; a group property
         (~sqrt(n) groups) under the root, then the fact's own property under its group,
-        keeps both tables short (input facts' assert 150 -> 100 us in an A/B)."""
-        names = sorted(self.read_names)
+        keeps both tables short (input facts' assert 150 -> 100 us in an A/B, when every
+        fact was a message of its own)."""
+        names = sorted(self.read_names & self.derived_names)
         groups = max(1, math.isqrt(len(names)))
         return {n: (f"g{i % groups}", f"f{i}") for i, n in enumerate(names)}
 
@@ -116,16 +172,17 @@ class CompiledKnowledgeBase:
         fact before its stratum's turn). Such a term's value tests hold at the end of its
         stratum iff they hold at any time (facts are never retracted or changed within
         an evaluation), so it needs no marker at all if it tests no absence, and otherwise
-        only the marker after which every fact it needs absent is final: marker 0 (sent
-        with the input facts, after them) for a fact no rule derives, else the marker
-        after the last stratum that derives one (the loader refuses an absence test on a
-        fact derived in the reader's stratum or later). A term with no literal (a parameter
-        test that holds) waits for marker 0: durable fires no rule without a pattern. Any
-        other term waits for its own stratum's marker, as every term did before. (A value
-        test on a fact derived both before and after the reader's stratum is the one case
-        where durable and the reference can differ: the reader fires when the later
-        producer's fact arrives. The loader refuses it; ``tests/test_engine_markers.py``
-        pins the markers such terms get.)"""
+        only the marker after which every fact it needs absent is final: none for an input
+        fact (derived by no rule: it is a property of the input message, ``packed_keys``,
+        which is complete when it arrives, first), else the marker after the last stratum
+        that derives one (the loader refuses an absence test on a fact derived in the
+        reader's stratum or later). A term with no literal (a parameter test that holds)
+        is a pattern on the input message, which every evaluation sends: it needs no
+        marker either. Any other term waits for its own stratum's marker, as every term
+        did before. (A value test on a fact derived both before and after the reader's
+        stratum is the one case where durable and the reference can differ: the reader
+        fires when the later producer's fact arrives. The loader refuses it;
+        ``tests/test_engine_markers.py`` pins the markers such terms get.)"""
         produced_in: dict[str, list[int]] = {}
         read_in: dict[str, list[int]] = {}
         for rule in self.rules:
@@ -140,10 +197,10 @@ class CompiledKnowledgeBase:
                     for lit in term)
                     or any(min(read_in.get(n, [s])) < s for n, _ in rule.derives)):
                 return s
-            final = [max(produced_in[lit.fact]) + 1 if lit.fact in produced_in else 0
-                     for lit in term if lit.op == "missing"]
-            if not term:  # a term that always holds (a parameter test) needs a pattern
-                return 0  # to match in durable: marker 0, sent whatever the facts
+            # an input fact (derived by no rule) is in the input message, complete when
+            # it arrives: its absence needs no marker
+            final = [max(produced_in[lit.fact]) + 1
+                     for lit in term if lit.op == "missing" and lit.fact in produced_in]
             return max(final) if final else None
 
         return tuple(tuple(marker(r, t) for t in r.terms) for r in self.rules)
@@ -154,40 +211,136 @@ class CompiledKnowledgeBase:
         return tuple(sorted({m for ms in self.waits_for for m in ms if m is not None}))
 
     def durable_definition(self) -> dict[str, dict[str, Any]]:
-        """The durable-rules ruleset definition, without actions (the runner adds them)."""
+        """The durable-rules ruleset definition, without actions (the runner adds them).
+
+        A term is one pattern per input message it tests (``packed_keys``: every test on
+        those facts in it), one per derived fact it reads, and its stratum marker if it
+        waits for one (``waits_for``). A knowledge base whose definition could overflow
+        durable's alpha stack (``alpha_stack_bound``) is refused here, at load time, not
+        by a failed evaluation."""
+        definition, bound = self._definition(self._groups)
+        if bound > _STACK_LIMIT:
+            raise KnowledgeBaseError([KnowledgeBaseProblem(
+                "rules/", None, None,
+                f"the {self.name} rules test the input facts in too many ways at once for "
+                f"durable-rules' matcher: up to {bound} tests pending, at most "
+                f"{_STACK_LIMIT}; split the facts the rules test together across fewer "
+                "rules, or test fewer values of one fact")])
+        return definition
+
+    @cached_property
+    def _definitions(self) -> dict[int, tuple[dict[str, dict[str, Any]], int]]:
+        return {}  # group count -> (definition, alpha stack bound)
+
+    def _definition(self, groups: int) -> tuple[dict[str, dict[str, Any]], int]:
+        known = self._definitions.get(groups)
+        if known is None:
+            known = self._definitions[groups] = self._build(groups)
+        return known
+
+    def _build(self, groups: int) -> tuple[dict[str, dict[str, Any]], int]:
+        packed = _packed(sorted(self.read_names - self.derived_names), groups)
         out: dict[str, dict[str, Any]] = {}
-        keys = self.durable_keys
-        always: set[str] = set()  # facts some pattern takes whatever their value
         for ri, rule in enumerate(self.rules):
             for ti, term in enumerate(rule.terms):
-                patterns: list[dict[str, Any]] = []
                 marker = self.waits_for[ri][ti]
-                if marker is not None:
-                    patterns.append({"ctl": {"stratum": marker}})
-                for pi, (fact, lits) in enumerate(_group(term)):
-                    if all(lit.op in ("present", "missing") for lit in lits):
-                        always.add(fact)
-                    # every pattern on a fact starts with "its group's property exists",
-                    # then "its own property exists" (``durable_keys``)
-                    exists = _exists(*keys[fact])
-                    if lits[0].op == "missing":
-                        patterns.append({f"a{pi}$not": exists})
-                    else:
-                        tests = [t for lit in lits for t in _durable_tests(lit, keys[fact][1])]
-                        patterns.append({f"p{pi}": {"$and": exists["$and"] + tests}})
+                patterns = [{"ctl": {"stratum": marker}}] if marker is not None else []
+                patterns += self._term_patterns(term, packed)
                 # pri: lower fires first, stored unsigned; explicit multiples of 10 (rule 8)
                 pri = 10 * (rule.stratum * 100 + rule.priority)
                 out[f"{ri}:{ti}"] = {"all": patterns, "pri": pri}
-        # sinks: every fact is handled whatever its value (markers are sent only when some
-        # term waits for them); a sink never completes its join, so it never fires. A fact
-        # some term tests for presence or absence alone is always handled: no sink
-        for fact, (group, key) in keys.items():
-            if fact in always:
+        # the sink: every fact message has ``"h":1`` and is handled whatever its values (a
+        # stratum marker is sent only when some term waits for it); it never completes its
+        # join, so it never fires
+        out["sink"] = {"all": [{"m": {"$ex": {"h": 1}}},
+                               {"never": {"$ex": {"never-asserted": 1}}}],
+                       "pri": 10 * 10_000}
+        return out, _alpha_stack(out)
+
+    def _term_patterns(self, term: tuple[Literal, ...],
+                       packed: dict[str, tuple[int, str, str]]) -> list[dict[str, Any]]:
+        keys = self.durable_keys
+        chunks: dict[int, list[dict[str, Any]]] = {} if term else {0: []}
+        patterns: list[dict[str, Any]] = []
+        for fact, lits in _group(term):
+            if fact in packed:
+                chunk, group, key = packed[fact]
+                # a value test needs the property there: a test on a missing fact is
+                # never true (durable only reaches a test through the property it tests)
+                chunks.setdefault(chunk, []).extend(
+                    [{"$ex": {group: 1}}]
+                    + ([{"$nex": {key: 1}}] if lits[0].op == "missing"
+                       else [{"$ex": {key: 1}}]
+                       + [t for lit in lits for t in _durable_tests(lit, key)]))
                 continue
-            out[f"sink:{fact}"] = {"all": [{"m": _exists(group, key)},
-                                           {"never": {"$ex": {"never-asserted": 1}}}],
-                                   "pri": 10 * 10_000}
-        return out
+            # a derived fact's pattern starts with "its group's property exists", then "its
+            # own property exists" (``durable_keys``)
+            exists = _exists(*keys[fact])
+            pi = len(patterns)
+            if lits[0].op == "missing":
+                patterns.append({f"a{pi}$not": exists})
+            else:
+                tests = [t for lit in lits for t in _durable_tests(lit, keys[fact][1])]
+                patterns.append({f"p{pi}": {"$and": exists["$and"] + tests}})
+        return [{f"c{k}": {"$and": [{"$ex": {f"c{k}": 1}}, *tests]}}
+                for k, tests in sorted(chunks.items())] + patterns
+
+
+def _packed(names: list[str], groups: int) -> dict[str, tuple[int, str, str]]:
+    """name -> (chunk, group property, own property): ``_CHUNK`` facts per chunk, each
+    chunk's facts spread over ``groups`` groups."""
+    return {n: (i // _CHUNK, f"q{(i % _CHUNK) % groups}", f"i{i}")
+            for i, n in enumerate(names)}
+
+
+class _Alpha:
+    """A node of durable's alpha network, as far as its matcher's stack depends on it."""
+
+    __slots__ = ("forward", "next")
+
+    def __init__(self) -> None:
+        self.next: dict[str, _Alpha] = {}  # a test under this node: one node per test
+        self.forward: list[_Alpha] = []  # an ``$or``'s join node, after each alternative
+
+    def add(self, test: dict[str, Any]) -> _Alpha:
+        """The node after ``test`` under this one (durable's ``createAlpha``: a test
+        already under the node is shared; each ``$or`` gets a new node its
+        alternatives lead to, and the tests after it hang under that)."""
+        (op, arg), = test.items()
+        if op == "$and":
+            node = self
+            for t in arg:
+                node = node.add(t)
+            return node
+        if op == "$or":
+            joined = _Alpha()
+            for t in arg:
+                t_node = self.add(t)
+                t_node.forward.append(joined)
+            return joined
+        return self.next.setdefault(json.dumps(test, sort_keys=True), _Alpha())
+
+    def worst(self, pending: int) -> int:
+        """The largest stack below this node: durable pops a node, then pushes every child
+        whose test holds (here: every child), so a node's children wait while each
+        sibling's subtree before them is walked."""
+        children = [*self.next.values(), *self.forward]
+        deepest = pending + len(children)
+        for child in children:
+            deepest = max(deepest, child.worst(pending + len(children) - 1))
+        return deepest
+
+
+def _alpha_stack(definition: dict[str, dict[str, Any]]) -> int:
+    """An upper bound of durable-rules' alpha stack (``handleAlpha``, 64 nodes) over every
+    message: the ruleset's patterns laid out as durable lays out its alpha network, every
+    test taken to hold (a message that makes every test true at once is the worst)."""
+    root = _Alpha()
+    for rule in definition.values():
+        for pattern in rule["all"]:
+            (_, expression), = pattern.items()
+            root.add(expression)
+    return max(1, root.worst(0))
 
 
 def _exists(group: str, key: str) -> dict[str, Any]:

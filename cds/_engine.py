@@ -10,24 +10,27 @@ The safety rules (docs/architecture.md) this module enforces:
    ``delete_state`` runs in ``finally``; facts are never retracted (retracting a fact
    that a completed action matched makes durable-rules 2.0.28 write outside its memory:
    the comment above ``_SIDS``);
-4. negation is gated: a term that tests an absence waits for the stratum marker after which
-   every fact it needs absent is final (marker 0, at the end of the input facts' batch, for
-   input facts); markers go in order, each after the last has settled; a term with value
-   tests only needs none when its facts never arrive after its stratum's turn
-   (``CompiledKnowledgeBase.waits_for`` gives the argument);
+4. negation is gated: a term that tests the absence of an input fact tests it on the
+   input message, complete when it arrives; one that tests the absence of a derived fact
+   waits for the stratum marker after which every such fact is final; markers go in
+   order, each after the last has settled; a term with value tests only needs none when
+   its facts never arrive after its stratum's turn (``CompiledKnowledgeBase.waits_for``
+   gives the argument);
 5. action errors are surfaced: actions are taken from durable's C layer and run here
    (``RuleEngine._settle``), so an error in one (two rules deriving different values)
    abandons the action and fails the evaluation (no partial advice); an assert durable
-   refuses fails it too; a sink rule per fact makes every fact handled;
-6. every fact has an explicit unique ``id``, and every input fact is checked to be present
-   after evaluation;
+   refuses fails it too; a sink rule on the ``h`` property of every fact message makes
+   every fact handled;
+6. every message has an explicit unique ``id``, and every input fact is checked to be
+   present after evaluation;
 7. one ruleset per ``{kb-id}@{version}``, registered once, never replaced;
 8. ``pri`` is set explicitly in multiples of ten;
-9. a new ruleset's first session fires a rule: durable-rules 2.0.28 corrupts memory and
-   aborts the process (``free(): invalid pointer``) when the first session of a ruleset
-   fires nothing and is deleted (found with the per-exercise follow-up rules; the starter
-   knowledge base with only the ten core red-flag answers reproduces it), so registration
-   runs one warm-up evaluation on facts built to satisfy a rule.
+9. a new ruleset's first session fires a rule: durable-rules 2.0.28 frees two pointers of
+   a session record it never set unless a session in that record ran an action, so
+   registration fires a warm-up rule of its own (``_warm_up``) in the first session;
+10. (``Evaluator.derive``) inputs both engines read alike;
+11. durable's alpha stack never overflows: the compiler refuses a knowledge base that
+   could (``CompiledKnowledgeBase.alpha_stack_bound``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from typing import Any
 
 import durable_rules_engine as _c
 
-from cds._compiler import CompiledKnowledgeBase, Literal
+from cds._compiler import CompiledKnowledgeBase
 from cds._engine_result import EngineResult, FiringLog
 from cds._errors import EngineError, KnowledgeBaseError, KnowledgeBaseProblem
 from cds._facts import Fact
@@ -60,6 +63,10 @@ _REGISTERED: dict[str, tuple[str, int]] = {}  # ruleset name -> (canonical JSON,
 # Valgrind; it corrupted a pydantic-core validator and crashed a later garbage collection).
 # Deleting a session frees its pools whole and walks no frame.
 _SIDS = itertools.count(1)  # one new session per evaluation
+# safety rule 9: the rule a ruleset's first session fires (``_warm_up``); no fact has the
+# property it tests
+_WARM_UP = "warm-up"
+_WARM_UP_RULE = {"all": [{"w": {"$ex": {_WARM_UP: 1}}}], "pri": 0}
 _RULE_NAME = re.compile(r"[0-9]+:[0-9]+")
 _INPUT_ID = re.compile(r'"id":"f:([^"]*)"')
 
@@ -83,19 +90,27 @@ class RuleEngine:
         self.compiled = compiled
         self.name = compiled.name
         self._keys = compiled.durable_keys
+        self._packed = {n: f'"{k}":' for n, (_, _, k) in compiled.packed_keys.items()}
+        self._chunk_of = {n: c for n, (c, _, _) in compiled.packed_keys.items()}
+        # each input message's start after the sid: id, sink and chunk properties, and
+        # every group's property (tests on a fact go through its group's, ``packed_keys``)
+        self._chunk_heads = [
+            f'","id":"f:c{k}","h":1,"c{k}":1' + "".join(f',"{g}":1'
+                                                      for g in compiled.chunk_groups(k))
+            for k in range(compiled.chunks)]
         self._input_heads = _heads(self._keys, "f")
         self._derived_heads = _heads(self._keys, "d")
         # an action message starts '{"ri:ti":': the term it is for, by that name
         self._terms = {f"{ri}:{ti}": (ri, ti) for ri, r in enumerate(compiled.rules)
                        for ti in range(len(r.terms))}
-        definition = compiled.durable_definition()
+        definition = compiled.durable_definition() | {_WARM_UP: _WARM_UP_RULE}
         canonical = json.dumps(definition, sort_keys=True)
-        warm: list[Fact] | None = None
         with _LOCK:
             known = _REGISTERED.get(self.name)
             if known is None:
-                known = _REGISTERED[self.name] = (canonical, _create(self.name, definition))
-                warm = _firing_facts(compiled)
+                handle = _create(self.name, definition)
+                _warm_up(handle)  # safety rule 9, before any evaluation can use it
+                known = _REGISTERED[self.name] = (canonical, handle)
             elif known[0] != canonical:
                 raise KnowledgeBaseError(
                     [
@@ -107,8 +122,6 @@ class RuleEngine:
                     ]
                 )
             self._handle = known[1]
-        if warm is not None:  # safety rule 9
-            self.evaluate(warm)
 
     def evaluate(self, facts: list[Fact]) -> EngineResult:
         """Derive everything the rules derive from ``facts``.
@@ -139,37 +152,56 @@ class RuleEngine:
                         pass
 
     def _derive(self, sid: str, facts: list[Fact], log: FiringLog) -> EngineResult:
-        """Assert the input facts with marker 0 after them (one batch: durable reads a
-        batch's messages in order, and runs no action until asked), then every other
-        marker some term waits for, in order, each after the last has settled."""
-        handle, keys = self._handle, self._keys
-        messages = [(f.name, f.value) for f in facts if f.name in keys]
+        """Assert the input messages (``_inputs``), then marker 0 if some term waits for
+        it (one batch: durable reads a batch's messages in order, and runs no action
+        until asked), then every other marker some term waits for, in order, each after
+        the last has settled."""
+        handle = self._handle
+        chunks, separate = self._inputs(sid, facts)
         markers = self.compiled.markers
-        text = _dumps(sid, messages, self._input_heads) if messages else ""
+        text = "[" + ",".join(chunks) + (_dumps(sid, separate, self._input_heads, ",", "")
+                                         if separate else "")
         rest = markers
         if markers and markers[0] == 0:
-            text = (text[:-1] + "," if text else "[") + _marker(sid, 0) + "]"
+            text += "," + _marker(sid, 0)
             rest = markers[1:]
-        if not text and not rest:
-            # nothing asserted, so nothing fires (every term has a pattern, see
-            # ``CompiledKnowledgeBase.waits_for``); durable has no state for a session
-            # never asserted to, and its get_facts fails on one
-            return log.result()
-        if text:
-            self._settle(log, sid, _c.assert_facts(handle, text))
+        self._settle(log, sid, _c.assert_facts(handle, text + "]"))
         for k in rest:
             self._settle(log, sid, _c.assert_fact(handle, _marker(sid, k)))
-        # durable gives the facts back as the text they were asserted in (compact, see
-        # ``_dumps``: '"id":"f:name"'). The session is new (``evaluate``) and durable
-        # refuses an id twice, so all input facts are there iff
-        # their ids are all counted; another layout would fail every evaluation, never
-        # pass a lost fact
+        # durable gives the facts back as the text they were asserted in: every input
+        # message must be there as it was sent. The session is new (``evaluate``) and
+        # durable refuses an id twice, so the separate input facts are all there iff their
+        # ids are all counted; another layout would fail every evaluation, never pass a
+        # lost fact
         present = _c.get_facts(handle, sid)
-        if present.count('"id":"f:') != len(messages):
+        lost = [f"f:c{k}" for k, m in enumerate(chunks) if m not in present]
+        if lost or present.count('"id":"f:') != len(chunks) + len(separate):
             found = set(_INPUT_ID.findall(present))
-            raise EngineError("input facts lost inside the engine",
-                              sorted(f"f:{n}" for n, _ in messages if n not in found))
+            lost += [f"f:{n}" for n, _ in separate if n not in found]
+            raise EngineError("input facts lost inside the engine", sorted(lost))
         return log.result()
+
+    def _inputs(self, sid: str, facts: list[Fact]) -> tuple[list[str], list[tuple[str, Any]]]:
+        """The input messages: every input fact a rule reads and none derives goes in its
+        chunk's message (``CompiledKnowledgeBase.packed_keys``; each chunk's message is
+        sent, empty or not, so absence tests and terms with no test have a message to
+        match); a fact some rule derives, given as an input, goes alone, as derived facts
+        do. Facts no rule reads are not sent (``evaluate``)."""
+        packed, chunk_of, keys = self._packed, self._chunk_of, self._keys
+        parts = [[f'{{"sid":"{sid}{head}'] for head in self._chunk_heads]
+        separate: list[tuple[str, Any]] = []
+        seen: set[str] = set()
+        for f in facts:
+            name = f.name
+            if name in packed:
+                if name in seen:  # durable would read one of the two: refuse, as it
+                    raise EngineError(  # refuses a separate fact's id twice
+                        "the rule engine saw a fact twice in one evaluation")
+                seen.add(name)
+                parts[chunk_of[name]].append(packed[name] + _value_text(name, f.value))
+            elif name in keys:
+                separate.append((name, f.value))
+        return [",".join(p) + "}" for p in parts], separate
 
     def _settle(self, log: FiringLog, sid: str, asserted: tuple[int, int]) -> None:
         """Run every action the last assert made ready, until none is left (what durable's
@@ -203,17 +235,21 @@ def _marker(sid: str, k: int) -> str:
     return f'{{"sid":"{sid}","id":"s:{k}","stratum":{k}}}'
 
 
-def _dumps(sid: str, facts: list[tuple[str, Any]], heads: dict[str, str]) -> str:
-    """The facts as durable-rules reads them, ``[{"sid":"s1","id":"f:name","g3":1,"f12":7},..]``:
-    ``heads`` gives each fact's text after the sid up to its value (``_heads``)."""
-    return "[" + ",".join(f'{{"sid":"{sid}{heads[n]}{_value_text(n, v)}}}'
-                          for n, v in facts) + "]"
+def _dumps(sid: str, facts: list[tuple[str, Any]], heads: dict[str, str],
+           start: str = "[", end: str = "]") -> str:
+    """The facts as durable-rules reads them,
+    ``[{"sid":"s1","id":"d:name","h":1,"g3":1,"f12":7},..]``: ``heads`` gives each fact's
+    text after the sid up to its value (``_heads``)."""
+    return start + ",".join(f'{{"sid":"{sid}{heads[n]}{_value_text(n, v)}}}'
+                            for n, v in facts) + end
 
 
 def _heads(keys: dict[str, tuple[str, str]], kind: str) -> dict[str, str]:
-    """Per fact: ``","id":"f:name","g3":1,"f12":`` (``kind`` f for input facts, d for
-    derived; the properties: ``CompiledKnowledgeBase.durable_keys``)."""
-    return {n: '",' + f'"id":{json.dumps(f"{kind}:{n}")},{json.dumps(g)}:1,{json.dumps(k)}:'
+    """Per fact: ``","id":"f:name","h":1,"g3":1,"f12":`` (``kind`` f for input facts, d
+    for derived; ``h`` for the sink; the properties:
+    ``CompiledKnowledgeBase.durable_keys``)."""
+    return {n: '",' + f'"id":{json.dumps(f"{kind}:{n}")},"h":1,{json.dumps(g)}:1,'
+               f'{json.dumps(k)}:'
             for n, (g, k) in keys.items()}
 
 
@@ -250,42 +286,35 @@ def _accepted(result: tuple[int, int]) -> int:
     return 0 if code == 3 else state  # 3: durable's Host reads it as "state 0" too
 
 
-def _satisfying(lit: Literal) -> Any:
-    v = lit.value
-    match lit.op:
-        case "is" | "ge" | "le":
-            return v
-        case "in":
-            return v[0]
-        case "gt":
-            return v + 1
-        case "lt":
-            return v - 1
-        case "present":
-            return True
-    return None  # is-not, not-in: no value known to satisfy; the caller checks
+def _warm_up(handle: int) -> None:
+    """Safety rule 9: fire the warm-up rule in a ruleset's first session, then delete it.
 
-
-def _firing_facts(compiled: CompiledKnowledgeBase) -> list[Fact] | None:
-    """Facts under which some rule fires (checked with the reference evaluator), for the
-    warm-up of safety rule 9; None when none is found (then nothing can be done)."""
-    from cds._reference import evaluate_reference  # the oracle: no engine involved
-
-    for rule in compiled.rules:
-        for term in rule.terms:
-            facts: dict[str, Any] = {}
-            for lit in term:
-                if lit.op == "missing":
-                    continue
-                value = _satisfying(lit)
-                if value is None:
-                    break
-                facts[lit.fact] = value
-            else:
-                candidate = [Fact(n, v) for n, v in sorted(facts.items())]
-                if evaluate_reference(compiled, candidate).firings:
-                    return candidate
-    return None
+    durable-rules 2.0.28 allocates its session records (``stateNode``) in a pool it never
+    clears, and a new session's action context (two pointers) is only set when an action
+    starts; deleting a session frees those pointers if they are not null. A pool slot
+    that never held a session that fired therefore frees whatever bytes were in that
+    memory: "free(): invalid pointer" and an abort, or a corrupted heap. Sessions here are
+    one at a time (rule 2), and durable gives a deleted session's slot to the next one, so
+    after this every session has a slot whose action context a firing has set and cleared.
+    The rule is one no fact can match (``_WARM_UP_RULE``): it fires for every knowledge
+    base, whatever its rules are."""
+    sid = f"s{next(_SIDS)}"
+    try:
+        state = _accepted(_c.assert_fact(handle, f'{{"sid":"{sid}","id":"w","{_WARM_UP}":1}}'))
+        started = _c.start_action_for_state(handle, state)
+        if not started or not started[1].startswith(f'{{"{_WARM_UP}":'):
+            raise EngineError("the rule engine did not fire its warm-up rule")
+        while _c.complete_and_start_action(handle, state):
+            raise EngineError("the rule engine fired more than its warm-up rule")
+    except EngineError:
+        raise
+    except Exception as e:  # durable raises bare Exceptions
+        raise EngineError(f"rule engine failed: {type(e).__name__}") from e
+    finally:
+        try:
+            _c.delete_state(handle, sid)
+        except Exception:  # the assert failed: durable has no such session
+            pass
 
 
 def _create(name: str, definition: dict[str, Any]) -> int:

@@ -2,7 +2,7 @@
 and that durable still gives the reference evaluator's result on every fact set.
 
 The rule set is built by hand, small enough to draw every combination of its inputs: it has
-absence tests on input facts (marker 0, sent with the inputs), on facts derived one and two
+absence tests on input facts (no marker: a test on the input message), on facts derived one and two
 strata earlier, value tests on derived facts of the same and earlier strata, and a rule with
 several terms (as ``at-least`` compiles to). A term that waited for a marker too early, or for
 none when it tests an absence, fires in durable on a fact set where the reference does not.
@@ -58,16 +58,16 @@ def test_each_term_waits_for_the_marker_after_which_its_absent_facts_are_final()
     waits = {r.rule_id: w for r, w in zip(COMPILED.rules, COMPILED.waits_for, strict=True)}
     assert waits == {
         "R0": (None,),  # value tests only: fires whenever its facts are there
-        "R0B": (0,),  # absence of an input fact: final once the inputs are in
+        "R0B": (None,),  # absence of an input fact: a test on the input message
         "R1": (1,),  # absence of x, derived in stratum 0: final after stratum 0
         "R1B": (None,),
         "R1C": (None, None, None),
         "R2": (2,),  # z is derived in stratum 1
         "R2B": (None,),
         "R2C": (1,),  # y is derived in stratum 0: marker 1, before its own stratum's
-        "R2D": (0,),
+        "R2D": (None,),  # k is derived in its own stratum, b is an input fact
     }
-    assert COMPILED.markers == (0, 1, 2)
+    assert COMPILED.markers == (1, 2)
 
 
 def test_a_fact_derived_in_two_strata_keeps_its_readers_and_producers_on_their_own_markers(
