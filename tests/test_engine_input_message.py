@@ -56,6 +56,8 @@ def test_more_input_facts_than_one_message_holds_go_in_several() -> None:
     import random
 
     names = [f"a{i:03d}" for i in range(450)]
+    hits = [CompiledRule(f"HIT{n}", 0, 3, ((Literal(n, "is", 5),),), (("hit", True),))
+            for n in names]
     rules = (
         CompiledRule("ACROSS", 0, 0, ((Literal("a000", "is", True), Literal("a449", "gt", 3),
                                        Literal("a210", "missing")),), (("x", True),)),
@@ -63,8 +65,8 @@ def test_more_input_facts_than_one_message_holds_go_in_several() -> None:
                      (("y", True),)),
         CompiledRule("ABSENT", 0, 2, ((Literal("a401", "missing"),
                                        Literal("a402", "not-in", [1, 2])),), (("z", True),)),
-    ) + tuple(CompiledRule(f"HIT{n}", 0, 3, ((Literal(n, "is", 5),),), (("hit", True),))
-              for n in names)
+        *hits,
+    )
     compiled = CompiledKnowledgeBase("many-inputs@1.0", ("s0",), rules,
                                      frozenset(names) | {"x", "y", "z", "hit"})
     assert compiled.chunks == 3
