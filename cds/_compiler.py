@@ -10,7 +10,6 @@ to durable-rules negation, which is gated on a stratum marker (engine safety rul
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -39,6 +38,9 @@ _NEGATE = {
 _MAX_TERMS = 128
 _CHUNK = 200  # input facts per message: durable takes at most 255 properties in one
 _STACK_LIMIT = 56  # durable-rules' alpha stack holds 64 nodes; 8 kept spare
+# entries of durable's expression list per pattern: it refuses a ruleset at 32
+# (MAX_SEQUENCE_EXPRESSIONS; each $and and $or takes two); 1 kept spare
+_EXPRESSIONS = 30
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,8 @@ class CompiledKnowledgeBase:
         is in every input message): durable walks its alpha network depth first with a
         stack of 64 nodes, pushing every child that matches, and without groups the input
         message's node had a child per fact (``alpha_stack_bound``). The group count is
-        the one, of a few tried, that gives the lowest bound."""
+        about the square root of the fact count, or, if that bound is over the limit, the
+        one of a few tried that gives the lowest bound."""
         return _packed(sorted(self.read_names - self.derived_names), self._groups)
 
     @property
@@ -131,6 +134,8 @@ class CompiledKnowledgeBase:
     def _groups(self) -> int:
         n = min(len(self.read_names - self.derived_names), _CHUNK)
         root = max(1, math.isqrt(n))
+        if self._definition(root)[1] <= _STACK_LIMIT:
+            return root
         tried = sorted({max(1, root // 2), root, 2 * root})
         return min(tried, key=lambda g: (self._definition(g)[1], g))
 
@@ -249,6 +254,10 @@ class CompiledKnowledgeBase:
                 # pri: lower fires first, stored unsigned; explicit multiples of 10 (rule 8)
                 pri = 10 * (rule.stratum * 100 + rule.priority)
                 out[f"{ri}:{ti}"] = {"all": patterns, "pri": pri}
+                if sum(1 for p in patterns if next(iter(p)).startswith("in")) > 1:
+                    # one message may match several of its patterns: durable's default
+                    # (``dist`` 1) refuses a message twice in one match
+                    out[f"{ri}:{ti}"]["dist"] = 0
         # the sink: every fact message has ``"h":1`` and is handled whatever its values (a
         # stratum marker is sent only when some term waits for it); it never completes its
         # join, so it never fires
@@ -260,7 +269,7 @@ class CompiledKnowledgeBase:
     def _term_patterns(self, term: tuple[Literal, ...],
                        packed: dict[str, tuple[int, str, str]]) -> list[dict[str, Any]]:
         keys = self.durable_keys
-        chunks: dict[int, list[dict[str, Any]]] = {} if term else {0: []}
+        chunks: dict[int, list[list[dict[str, Any]]]] = {} if term else {0: []}
         patterns: list[dict[str, Any]] = []
         for fact, lits in _group(term):
             if fact in packed:
@@ -268,22 +277,60 @@ class CompiledKnowledgeBase:
                 # a value test needs the property there: a test on a missing fact is
                 # never true (durable only reaches a test through the property it tests)
                 chunks.setdefault(chunk, []).extend(
-                    [{"$ex": {group: 1}}]
-                    + ([{"$nex": {key: 1}}] if lits[0].op == "missing"
-                       else [{"$ex": {key: 1}}]
-                       + [t for lit in lits for t in _durable_tests(lit, key)]))
+                    [[{"$ex": {group: 1}}, {"$nex": {key: 1}}]] if lits[0].op == "missing"
+                    else _units([{"$ex": {group: 1}}, {"$ex": {key: 1}}],
+                                [t for lit in lits for t in _durable_tests(lit, key)]))
                 continue
             # a derived fact's pattern starts with "its group's property exists", then "its
             # own property exists" (``durable_keys``)
             exists = _exists(*keys[fact])
-            pi = len(patterns)
             if lits[0].op == "missing":
-                patterns.append({f"a{pi}$not": exists})
-            else:
-                tests = [t for lit in lits for t in _durable_tests(lit, keys[fact][1])]
-                patterns.append({f"p{pi}": {"$and": exists["$and"] + tests}})
-        return [{f"c{k}": {"$and": [{"$ex": {f"c{k}": 1}}, *tests]}}
-                for k, tests in sorted(chunks.items())] + patterns
+                patterns.append({f"a{len(patterns)}$not": exists})
+                continue
+            tests = [t for lit in lits for t in _durable_tests(lit, keys[fact][1])]
+            for unit in _units(exists["$and"], tests):
+                patterns.append({f"p{len(patterns)}": {"$and": unit}})
+        for k, units in sorted(chunks.items(), reverse=True):
+            for i, tests in enumerate(reversed(_packs(units))):
+                patterns.insert(0, {f"in{k}_{i}": {"$and": [{"$ex": {f"c{k}": 1}}, *tests]}})
+        return patterns
+
+
+def _cost(test: dict[str, Any]) -> int:
+    """The entries a test takes in durable's expression list of its pattern (an ``$or``
+    opens and ends one; a test on a constant takes none)."""
+    return 2 if "$or" in test else 0
+
+
+def _units(head: list[dict[str, Any]], tests: list[dict[str, Any]]
+           ) -> list[list[dict[str, Any]]]:
+    """One fact's tests after ``head``, as few runs of them as durable takes in one pattern
+    (``_EXPRESSIONS``), each run after ``head``."""
+    runs: list[list[dict[str, Any]]] = [[*head]]
+    used = 2  # the pattern's own $and
+    for t in tests:
+        if used + _cost(t) > _EXPRESSIONS and len(runs[-1]) > len(head):
+            runs.append([*head])
+            used = 2
+        runs[-1].append(t)
+        used += _cost(t)
+    return runs
+
+
+def _packs(units: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """The facts' test units of one input message, packed in order into as few patterns as
+    durable takes (``_EXPRESSIONS``); a term with several patterns on one message is a rule
+    with ``dist`` 0 (``_build``)."""
+    packs: list[list[dict[str, Any]]] = [[]]
+    used = 2
+    for unit in units:
+        cost = sum(_cost(t) for t in unit)
+        if packs[-1] and used + cost > _EXPRESSIONS:
+            packs.append([])
+            used = 2
+        packs[-1].extend(unit)
+        used += cost
+    return packs
 
 
 def _packed(names: list[str], groups: int) -> dict[str, tuple[int, str, str]]:
@@ -318,7 +365,8 @@ class _Alpha:
                 t_node = self.add(t)
                 t_node.forward.append(joined)
             return joined
-        return self.next.setdefault(json.dumps(test, sort_keys=True), _Alpha())
+        # the compiler writes each test one way (``_durable_tests``), so its repr names it
+        return self.next.setdefault(repr(test), _Alpha())
 
     def worst(self, pending: int) -> int:
         """The largest stack below this node: durable pops a node, then pushes every child

@@ -30,7 +30,9 @@ The safety rules (docs/architecture.md) this module enforces:
    registration fires a warm-up rule of its own (``_warm_up``) in the first session;
 10. (``Evaluator.derive``) inputs both engines read alike;
 11. durable's alpha stack never overflows: the compiler refuses a knowledge base that
-   could (``CompiledKnowledgeBase.alpha_stack_bound``).
+   could (``CompiledKnowledgeBase.alpha_stack_bound``);
+12. every pattern fits durable's expression list: the compiler splits a term's tests on
+   the input message over several patterns when needed (``_compiler._packs``).
 """
 
 from __future__ import annotations

@@ -59,6 +59,7 @@ def _load(root: Path) -> tuple[KnowledgeBase, list[KnowledgeBaseProblem]]:
     try:
         kb = load_knowledge_base(root)
         compiled = compile_knowledge_base(kb)
+        compiled.durable_definition()  # the rule engine's own limits (docs/architecture.md)
     except KnowledgeBaseError as e:
         problems = plain_problems(root, e.problems)
         _print_problems(problems)
@@ -69,6 +70,7 @@ def _load(root: Path) -> tuple[KnowledgeBase, list[KnowledgeBaseProblem]]:
     for scope in sorted({getattr(r, "scope", "patient") for r in kb.rules} - {"patient"}):
         try:
             other = compile_knowledge_base(kb, scope)  # type: ignore[arg-type]
+            other.durable_definition()
         except KnowledgeBaseError as e:
             _print_problems(plain_problems(root, e.problems))
             fail(f"rules of scope {scope} in {root} do not compile")

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import durable_rules_engine
 import pytest
+from typer.testing import CliRunner
 
 from cds import CompiledKnowledgeBase, KnowledgeBaseError, load_knowledge_base
 from cds._compiler import _STACK_LIMIT, CompiledRule, Literal, compile_knowledge_base
 from cds._engine import _WARM_UP, _WARM_UP_RULE, _warm_up
 from knowledge_base import bundled_path
+from movement_cds._cli import app
 
 _VERSION = itertools.count(1)
 
@@ -76,3 +79,18 @@ def test_the_bound_is_real_and_never_below_durable() -> None:
     assert "303" in outcomes[70][1]
     for n, (bound, outcome) in outcomes.items():
         assert (outcome == "ok") == (bound <= 65), (n, bound, outcome)
+
+
+def test_kb_validate_reports_a_knowledge_base_over_the_bound(kb_copy: Path) -> None:
+    """An author sees the limit at ``kb validate``, not at an evaluation: one rule whose
+    condition is any of 70 thresholds on one fact is 70 terms, each a test under the same
+    node."""
+    rules = kb_copy / "rules" / "movement-screen.yaml"
+    text = rules.read_text()
+    old = "      fact: fms-rotary-stability\n      le: {param: fms-deficit-max-score}\n"
+    assert old in text
+    many = ", ".join(f"{{fact: fms-rotary-stability, ge: {-k}}}" for k in range(1, 71))
+    rules.write_text(text.replace(old, f"      any: [{many}]\n", 1))
+    result = CliRunner().invoke(app, ["kb", "validate", str(kb_copy)])
+    assert result.exit_code == 1, result.output
+    assert "too many ways at once" in result.output

@@ -83,3 +83,35 @@ def test_more_input_facts_than_one_message_holds_go_in_several() -> None:
         assert result == evaluate_reference(compiled, facts), facts
         fired |= {f.rule_id for f in result.firings}
     assert {"ACROSS", "LATER", "ABSENT"} <= fired and len(fired) > 100
+
+
+def test_a_term_with_more_tests_than_one_pattern_takes_is_split_over_several() -> None:
+    """durable refuses a ruleset with a pattern of more than 31 entries in its expression
+    list (each ``$and`` and ``$or`` takes two; an ``in`` is an ``$or``). A term with 20
+    ``in`` tests on input facts is two patterns on the input message, in a rule that lets
+    one message match both (``dist`` 0); durable equals the reference on fact sets that
+    pass all 20, all but one, and miss one. The control: as one pattern, durable refuses
+    the ruleset (error 113)."""
+    import json
+    import random
+
+    term = tuple(Literal(f"b{i:02d}", "in", [1, 2]) for i in range(20))
+    rules = (CompiledRule("WIDE", 0, 0, (term,), (("x", True),)),)
+    compiled = CompiledKnowledgeBase("wide-term@1.0", ("s0",), rules,
+                                     frozenset({f"b{i:02d}" for i in range(20)} | {"x"}))
+    definition = compiled.durable_definition()
+    assert len(definition["0:0"]["all"]) == 2 and definition["0:0"]["dist"] == 0
+    run = RuleEngine(compiled)
+    rng = random.Random(7)
+    for k in range(60):
+        values = {f"b{i:02d}": rng.choice([1, 2]) for i in range(20)}
+        if k % 3 == 1:
+            values[f"b{rng.randrange(20):02d}"] = 3
+        elif k % 3 == 2:
+            del values[f"b{rng.randrange(20):02d}"]
+        facts = [Fact(n, v) for n, v in sorted(values.items())]
+        assert run.evaluate(facts) == evaluate_reference(compiled, facts), values
+    one = {"all": [{"in0": {"$and": [t for p in definition["0:0"]["all"]
+                                     for t in p[next(iter(p))]["$and"]]}}]}
+    with pytest.raises(Exception, match="113"):
+        durable_rules_engine.create_ruleset("wide-term-one-pattern@1.0", json.dumps({"r": one}))
