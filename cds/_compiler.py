@@ -86,6 +86,16 @@ class CompiledKnowledgeBase:
             for rule in self.rules
         )
 
+    @cached_property
+    def derivation_ranks(self) -> tuple[tuple[tuple[int, ...], ...], tuple[Derivation, ...]]:
+        """Per rule, per term: the rank of its ``Derivation`` among the distinct ones, and
+        those in ``Derivation`` order (rule id, facts used, facts absent): an engine result
+        lists firings in that order (``FiringLog``)."""
+        ordered = tuple(sorted({d for ds in self.derivations for d in ds},
+                               key=lambda d: (d.rule_id, d.used, d.absent)))
+        rank = {d: i for i, d in enumerate(ordered)}
+        return tuple(tuple(rank[d] for d in ds) for ds in self.derivations), ordered
+
     @property
     def read_names(self) -> frozenset[str]:
         """Facts some rule reads; no other fact can change a result."""

@@ -92,8 +92,8 @@ class RuleEngine:
         self.compiled = compiled
         self.name = compiled.name
         self._keys = compiled.durable_keys
-        self._packed = {n: f'"{k}":' for n, (_, _, k) in compiled.packed_keys.items()}
-        self._chunk_of = {n: c for n, (c, _, _) in compiled.packed_keys.items()}
+        # per input fact in an input message: that message's index and its property's text
+        self._packed = {n: (c, f',"{k}":') for n, (c, _, k) in compiled.packed_keys.items()}
         # each input message's start after the sid: id, sink and chunk properties, and
         # every group's property (tests on a fact go through its group's, ``packed_keys``)
         self._chunk_heads = [
@@ -189,21 +189,28 @@ class RuleEngine:
         sent, empty or not, so absence tests and terms with no test have a message to
         match); a fact some rule derives, given as an input, goes alone, as derived facts
         do. Facts no rule reads are not sent (``evaluate``)."""
-        packed, chunk_of, keys = self._packed, self._chunk_of, self._keys
+        packed, keys = self._packed, self._keys
         parts = [[f'{{"sid":"{sid}{head}'] for head in self._chunk_heads]
         separate: list[tuple[str, Any]] = []
-        seen: set[str] = set()
+        sent: list[str] = []
         for f in facts:
             name = f.name
-            if name in packed:
-                if name in seen:  # durable would read one of the two: refuse, as it
-                    raise EngineError(  # refuses a separate fact's id twice
-                        "the rule engine saw a fact twice in one evaluation")
-                seen.add(name)
-                parts[chunk_of[name]].append(packed[name] + _value_text(name, f.value))
+            entry = packed.get(name)
+            if entry is not None:
+                sent.append(name)
+                chunk, head = entry
+                v = f.value
+                t = type(v)  # the common types inline; the rest as _value_text writes them
+                parts[chunk].append(head + ("true" if v else "false") if t is bool
+                                    else head + _encode_str(v) if isinstance(v, str)
+                                    else head + _value_text(name, v))
             elif name in keys:
                 separate.append((name, f.value))
-        return [",".join(p) + "}" for p in parts], separate
+        if len(set(sent)) != len(sent):
+            # durable would read one of the two: refuse, as it refuses a separate fact's id
+            # twice
+            raise EngineError("the rule engine saw a fact twice in one evaluation")
+        return ["".join(p) + "}" for p in parts], separate
 
     def _settle(self, log: FiringLog, sid: str, asserted: tuple[int, int]) -> None:
         """Run every action the last assert made ready, until none is left (what durable's

@@ -20,21 +20,29 @@ class EngineResult:
 
 
 class FiringLog:
-    """Records firings; returns the derived facts that are new (to assert in the session)."""
+    """Records firings; returns the derived facts that are new (to assert in the session).
+
+    A firing is kept as the rank of its ``Derivation`` in the knowledge base's sorted list
+    of them (``CompiledKnowledgeBase.derivation_ranks``): the sorted, de-duplicated tuples
+    of the result are then sorts of small ints."""
 
     def __init__(self, compiled: CompiledKnowledgeBase) -> None:
         self._compiled = compiled
+        self._ranks, self._ordered = compiled.derivation_ranks
         self._values: dict[str, Any] = {}
-        self._firings: list[Derivation] = []
-        self._by_name: dict[str, list[Derivation]] = {}
+        self._firings: set[int] = set()
+        self._by_name: dict[str, set[int]] = {}
 
     def fire(self, rule_index: int, term_index: int) -> list[tuple[str, Any]]:
         rule = self._compiled.rules[rule_index]
-        d = self._compiled.derivations[rule_index][term_index]
-        self._firings.append(d)
+        rank = self._ranks[rule_index][term_index]
+        self._firings.add(rank)
         new: list[tuple[str, Any]] = []
         for name, value in rule.derives:
-            self._by_name.setdefault(name, []).append(d)
+            ranks = self._by_name.get(name)
+            if ranks is None:
+                ranks = self._by_name[name] = set()
+            ranks.add(rank)
             if name in self._values:
                 if self._values[name] != value or type(self._values[name]) is not type(value):
                     raise EngineError(
@@ -48,14 +56,10 @@ class FiringLog:
         return new
 
     def result(self) -> EngineResult:
+        ordered = self._ordered
         derived = {
-            name: DerivedFact(name, self._values[name], tuple(sorted(set(ds), key=_order)))
-            for name, ds in sorted(self._by_name.items())
+            name: DerivedFact(name, self._values[name], tuple(ordered[r] for r in sorted(rs)))
+            for name, rs in sorted(self._by_name.items())
         }
         return EngineResult(self._compiled.name, derived,
-                            tuple(sorted(set(self._firings), key=_order)))
-
-
-def _order(d: Derivation) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-    """``Derivation``'s own order (its fields in turn), compared as a tuple."""
-    return d.rule_id, d.used, d.absent
+                            tuple(ordered[r] for r in sorted(self._firings)))

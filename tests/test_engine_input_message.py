@@ -115,3 +115,18 @@ def test_a_term_with_more_tests_than_one_pattern_takes_is_split_over_several() -
                                      for t in p[next(iter(p))]["$and"]]}}]}
     with pytest.raises(Exception, match="113"):
         durable_rules_engine.create_ruleset("wide-term-one-pattern@1.0", json.dumps({"r": one}))
+
+
+def test_a_fact_given_twice_is_refused_whichever_message_it_goes_in() -> None:
+    """Two values for one fact: refused, not one of them read (an input fact in the input
+    message, refused by the runner; a derived fact given as an input, alone, refused by
+    durable as an id seen twice)."""
+    rules = (CompiledRule("R", 0, 0, ((Literal("a", "is", True),),), (("x", True),)),
+             CompiledRule("S", 0, 0, ((Literal("x", "is", True),),), (("y", True),)))
+    compiled = CompiledKnowledgeBase("twice@1.0", ("s0",), rules, frozenset({"a", "x", "y"}))
+    run = RuleEngine(compiled)
+    for facts in ([Fact("a", True), Fact("a", False)], [Fact("x", True), Fact("x", True)]):
+        with pytest.raises(EngineError, match="twice"):
+            run.evaluate(facts)
+    facts = [Fact("a", True)]
+    assert run.evaluate(facts) == evaluate_reference(compiled, facts)  # the session is clean
