@@ -41,6 +41,8 @@ _STACK_LIMIT = 56  # durable-rules' alpha stack holds 64 nodes; 8 kept spare
 # entries of durable's expression list per pattern: it refuses a ruleset at 32
 # (MAX_SEQUENCE_EXPRESSIONS; each $and and $or takes two); 1 kept spare
 _EXPRESSIONS = 30
+# patterns ending at one alpha node: durable's list of them holds 255 and a 0; 5 spare
+_SHARED_LIMIT = 250
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,7 @@ class CompiledKnowledgeBase:
         waits for one (``waits_for``). A knowledge base whose definition could overflow
         durable's alpha stack (``alpha_stack_bound``) is refused here, at load time, not
         by a failed evaluation."""
-        definition, bound = self._definition(self._groups)
+        definition, bound, shared = self._definition(self._groups)
         if bound > _STACK_LIMIT:
             raise KnowledgeBaseError([KnowledgeBaseProblem(
                 "rules/", None, None,
@@ -241,19 +243,33 @@ class CompiledKnowledgeBase:
                 f"durable-rules' matcher: up to {bound} tests pending, at most "
                 f"{_STACK_LIMIT}; split the facts the rules test together across fewer "
                 "rules, or test fewer values of one fact")])
+        if shared > _SHARED_LIMIT:
+            raise KnowledgeBaseError([KnowledgeBaseProblem(
+                "rules/", None, None,
+                f"the {self.name} rules have {shared} conditions that durable-rules reads as "
+                f"the same test (the same tests of the same facts, or the same stratum "
+                f"marker), at most {_SHARED_LIMIT}; merge such rules, or give them "
+                "different tests")])
         return definition
 
     @cached_property
-    def _definitions(self) -> dict[int, tuple[dict[str, dict[str, Any]], int]]:
-        return {}  # group count -> (definition, alpha stack bound)
+    def _definitions(self) -> dict[int, tuple[dict[str, dict[str, Any]], int, int]]:
+        return {}  # group count -> (definition, alpha stack bound, patterns at one node)
 
-    def _definition(self, groups: int) -> tuple[dict[str, dict[str, Any]], int]:
+    @property
+    def alpha_patterns_per_node(self) -> int:
+        """The most patterns that end at one node of durable's alpha network (``_Alpha``):
+        durable holds them in a list of 256 entries that must end in a 0, and reads past a
+        full one (safety rule 11)."""
+        return self._definition(self._groups)[2]
+
+    def _definition(self, groups: int) -> tuple[dict[str, dict[str, Any]], int, int]:
         known = self._definitions.get(groups)
         if known is None:
             known = self._definitions[groups] = self._build(groups)
         return known
 
-    def _build(self, groups: int) -> tuple[dict[str, dict[str, Any]], int]:
+    def _build(self, groups: int) -> tuple[dict[str, dict[str, Any]], int, int]:
         packed = _packed(sorted(self.read_names - self.derived_names), groups)
         out: dict[str, dict[str, Any]] = {}
         for ri, rule in enumerate(self.rules):
@@ -274,7 +290,7 @@ class CompiledKnowledgeBase:
         out["sink"] = {"all": [{"m": {"$ex": {"h": 1}}},
                                {"never": {"$ex": {"never-asserted": 1}}}],
                        "pri": 10 * 10_000}
-        return out, _alpha_stack(out)
+        return (out, *_alpha_limits(out))
 
     def _term_patterns(self, term: tuple[Literal, ...],
                        packed: dict[str, tuple[int, str, str]]) -> list[dict[str, Any]]:
@@ -353,11 +369,12 @@ def _packed(names: list[str], groups: int) -> dict[str, tuple[int, str, str]]:
 class _Alpha:
     """A node of durable's alpha network, as far as its matcher's stack depends on it."""
 
-    __slots__ = ("forward", "next")
+    __slots__ = ("ends", "forward", "next")
 
     def __init__(self) -> None:
         self.next: dict[str, _Alpha] = {}  # a test under this node: one node per test
         self.forward: list[_Alpha] = []  # an ``$or``'s join node, after each alternative
+        self.ends = 0  # patterns whose tests end here (durable's beta list of the node)
 
     def add(self, test: dict[str, Any]) -> _Alpha:
         """The node after ``test`` under this one (durable's ``createAlpha``: a test
@@ -389,16 +406,20 @@ class _Alpha:
         return deepest
 
 
-def _alpha_stack(definition: dict[str, dict[str, Any]]) -> int:
-    """An upper bound of durable-rules' alpha stack (``handleAlpha``, 64 nodes) over every
-    message: the ruleset's patterns laid out as durable lays out its alpha network, every
-    test taken to hold (a message that makes every test true at once is the worst)."""
+def _alpha_limits(definition: dict[str, dict[str, Any]]) -> tuple[int, int]:
+    """The ruleset's patterns laid out as durable lays out its alpha network: an upper
+    bound of its matcher's stack (``handleAlpha``, 64 nodes) over every message, every test
+    taken to hold (a message that makes every test true at once is the worst), and the most
+    patterns that end at one node (its beta list: 256 entries, 0-terminated)."""
     root = _Alpha()
+    ends: list[_Alpha] = []
     for rule in definition.values():
         for pattern in rule["all"]:
             (_, expression), = pattern.items()
-            root.add(expression)
-    return max(1, root.worst(0))
+            end = root.add(expression)
+            end.ends += 1
+            ends.append(end)
+    return max(1, root.worst(0)), max(e.ends for e in ends)
 
 
 def _exists(group: str, key: str) -> dict[str, Any]:

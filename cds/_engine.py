@@ -29,8 +29,9 @@ The safety rules (docs/architecture.md) this module enforces:
    a session record it never set unless a session in that record ran an action, so
    registration fires a warm-up rule of its own (``_warm_up``) in the first session;
 10. (``Evaluator.derive``) inputs both engines read alike;
-11. durable's alpha stack never overflows: the compiler refuses a knowledge base that
-   could (``CompiledKnowledgeBase.alpha_stack_bound``);
+11. durable's alpha network stays within its lists: the compiler refuses a knowledge
+   base that could overflow its matcher's stack or its list of the patterns ending at one
+   node (``CompiledKnowledgeBase.alpha_stack_bound``, ``alpha_patterns_per_node``);
 12. every pattern fits durable's expression list: the compiler splits a term's tests on
    the input message over several patterns when needed (``_compiler._packs``).
 """

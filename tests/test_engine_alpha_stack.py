@@ -1,8 +1,12 @@
-"""durable-rules' alpha matcher walks its network depth first with a stack of 64 nodes and
-fails the assert past it (error 303). Input facts are tested on one message
+"""durable-rules' alpha network has two limits an evaluation must never meet (safety rule 11).
+
+Its matcher walks the network depth first with a stack of 64 nodes and fails the assert
+past it (error 303). Input facts are tested on one message
 (``CompiledKnowledgeBase.packed_keys``), so many tests on it can be pending at once: the
 compiler bounds the stack (``alpha_stack_bound``, every test taken to hold) and refuses at
-load time a knowledge base over ``_STACK_LIMIT``, where an evaluation would have failed.
+load time a knowledge base over ``_STACK_LIMIT``. And it lists the patterns ending at one
+node in 256 entries that must end in a 0, reading past a full list: the compiler refuses
+more than ``_SHARED_LIMIT`` (``alpha_patterns_per_node``).
 """
 
 from __future__ import annotations
@@ -15,9 +19,15 @@ import durable_rules_engine
 import pytest
 from typer.testing import CliRunner
 
-from cds import CompiledKnowledgeBase, KnowledgeBaseError, load_knowledge_base
+from cds import (
+    CompiledKnowledgeBase,
+    Fact,
+    KnowledgeBaseError,
+    evaluate_reference,
+    load_knowledge_base,
+)
 from cds._compiler import _STACK_LIMIT, CompiledRule, Literal, compile_knowledge_base
-from cds._engine import _WARM_UP, _WARM_UP_RULE, _warm_up
+from cds._engine import _WARM_UP, _WARM_UP_RULE, RuleEngine, _warm_up
 from knowledge_base import bundled_path
 from movement_cds._cli import app
 
@@ -94,3 +104,41 @@ def test_kb_validate_reports_a_knowledge_base_over_the_bound(kb_copy: Path) -> N
     result = CliRunner().invoke(app, ["kb", "validate", str(kb_copy)])
     assert result.exit_code == 1, result.output
     assert "too many ways at once" in result.output
+
+
+def _waiting_for_one_marker(n: int) -> CompiledKnowledgeBase:
+    """n rules in stratum 1, each testing that d (derived in stratum 0) is missing: all n
+    wait for marker 1, so n patterns end at the one alpha node of ``stratum = 1``."""
+    rules = [CompiledRule("D", 0, 0, ((Literal("x", "is", 1),),), (("d", True),))]
+    rules += [CompiledRule(f"R{k}", 1, 0, ((Literal("d", "missing"),
+                                             Literal(f"y{k % 3}", "present")),),
+                           ((f"a{k}", True),)) for k in range(n)]
+    names = {"x", "d", "y0", "y1", "y2"} | {f"a{k}" for k in range(n)}
+    return CompiledKnowledgeBase(f"shared-node@0.{next(_VERSION)}", ("s0", "s1"),
+                                 tuple(rules), frozenset(names))
+
+
+_FACT_SETS = ([Fact("x", 1)], [Fact("y0", 1)], [Fact("x", 0), Fact("y1", 1)], [])
+
+
+def test_more_patterns_at_one_node_than_durable_lists_are_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """durable lists the patterns that end at an alpha node in 256 entries ending in a 0,
+    and reads past a full list into the next one: with 256 rules waiting for one stratum
+    marker, it fired rules whose condition did not hold (found by review). At most 250 are
+    taken, and give the reference's results; 256 are refused at load time, naming the
+    limit. The control: with the limit lifted, durable's result for 256 differs from the
+    reference's."""
+    taken = _waiting_for_one_marker(250)
+    assert taken.alpha_patterns_per_node == 250
+    engine = RuleEngine(taken)
+    for facts in _FACT_SETS:
+        assert engine.evaluate(facts) == evaluate_reference(taken, facts), facts
+    refused = _waiting_for_one_marker(256)
+    with pytest.raises(KnowledgeBaseError, match="the same test"):
+        refused.durable_definition()
+    monkeypatch.setattr("cds._compiler._SHARED_LIMIT", 10_000)
+    unchecked = RuleEngine(refused)
+    outcomes = [unchecked.evaluate(facts) == evaluate_reference(refused, facts)
+                for facts in _FACT_SETS]
+    assert not all(outcomes), "durable no longer misreads a full list: revisit rule 11"
