@@ -129,7 +129,7 @@ class CompiledKnowledgeBase:
         message's node had a child per fact (``alpha_stack_bound``). The group count is
         about the square root of the fact count, or, if that bound is over the limit, the
         one of a few tried that gives the lowest bound."""
-        return _packed(sorted(self.read_names - self.derived_names), self._groups)
+        return _packed(self._input_names, self._groups)
 
     @property
     def chunks(self) -> int:
@@ -143,8 +143,13 @@ class CompiledKnowledgeBase:
                             key=lambda g: int(g[1:])))
 
     @cached_property
+    def _input_names(self) -> list[str]:
+        """The facts that go in the input messages, in order (``packed_keys``)."""
+        return sorted(self.read_names - self.derived_names)
+
+    @cached_property
     def _groups(self) -> int:
-        n = min(len(self.read_names - self.derived_names), _CHUNK)
+        n = min(len(self._input_names), _CHUNK)
         root = max(1, math.isqrt(n))
         if self._definition(root)[1] <= _STACK_LIMIT:
             return root
@@ -270,17 +275,17 @@ class CompiledKnowledgeBase:
         return known
 
     def _build(self, groups: int) -> tuple[dict[str, dict[str, Any]], int, int]:
-        packed = _packed(sorted(self.read_names - self.derived_names), groups)
+        packed = _packed(self._input_names, groups)
         out: dict[str, dict[str, Any]] = {}
         for ri, rule in enumerate(self.rules):
             for ti, term in enumerate(rule.terms):
                 marker = self.waits_for[ri][ti]
-                patterns = [{"ctl": {"stratum": marker}}] if marker is not None else []
-                patterns += self._term_patterns(term, packed)
+                inputs, others = self._term_patterns(term, packed)
+                ctl = [{"ctl": {"stratum": marker}}] if marker is not None else []
                 # pri: lower fires first, stored unsigned; explicit multiples of 10 (rule 8)
                 pri = 10 * (rule.stratum * 100 + rule.priority)
-                out[f"{ri}:{ti}"] = {"all": patterns, "pri": pri}
-                if sum(1 for p in patterns if next(iter(p)).startswith("in")) > 1:
+                out[f"{ri}:{ti}"] = {"all": ctl + inputs + others, "pri": pri}
+                if len(inputs) > 1:
                     # one message may match several of its patterns: durable's default
                     # (``dist`` 1) refuses a message twice in one match
                     out[f"{ri}:{ti}"]["dist"] = 0
@@ -293,7 +298,9 @@ class CompiledKnowledgeBase:
         return (out, *_alpha_limits(out))
 
     def _term_patterns(self, term: tuple[Literal, ...],
-                       packed: dict[str, tuple[int, str, str]]) -> list[dict[str, Any]]:
+                       packed: dict[str, tuple[int, str, str]]
+                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """A term's patterns on the input messages, and on derived facts."""
         keys = self.durable_keys
         chunks: dict[int, list[list[dict[str, Any]]]] = {} if term else {0: []}
         patterns: list[dict[str, Any]] = []
@@ -316,10 +323,10 @@ class CompiledKnowledgeBase:
             tests = [t for lit in lits for t in _durable_tests(lit, keys[fact][1])]
             for unit in _units(exists["$and"], tests):
                 patterns.append({f"p{len(patterns)}": {"$and": unit}})
-        for k, units in sorted(chunks.items(), reverse=True):
-            for i, tests in enumerate(reversed(_packs(units))):
-                patterns.insert(0, {f"in{k}_{i}": {"$and": [{"$ex": {f"c{k}": 1}}, *tests]}})
-        return patterns
+        inputs = [{f"in{k}_{i}": {"$and": [{"$ex": {f"c{k}": 1}}, *tests]}}
+                  for k, units in sorted(chunks.items())
+                  for i, tests in enumerate(_packs(units))]
+        return inputs, patterns
 
 
 def _cost(test: dict[str, Any]) -> int:
@@ -330,17 +337,9 @@ def _cost(test: dict[str, Any]) -> int:
 
 def _units(head: list[dict[str, Any]], tests: list[dict[str, Any]]
            ) -> list[list[dict[str, Any]]]:
-    """One fact's tests after ``head``, as few runs of them as durable takes in one pattern
-    (``_EXPRESSIONS``), each run after ``head``."""
-    runs: list[list[dict[str, Any]]] = [[*head]]
-    used = 2  # the pattern's own $and
-    for t in tests:
-        if used + _cost(t) > _EXPRESSIONS and len(runs[-1]) > len(head):
-            runs.append([*head])
-            used = 2
-        runs[-1].append(t)
-        used += _cost(t)
-    return runs
+    """One fact's tests after ``head`` (which takes no entries), as few runs of them as
+    durable takes in one pattern (``_packs``), each run after ``head``."""
+    return [head + run for run in _packs([[t] for t in tests])]
 
 
 def _packs(units: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
@@ -348,7 +347,7 @@ def _packs(units: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
     durable takes (``_EXPRESSIONS``); a term with several patterns on one message is a rule
     with ``dist`` 0 (``_build``)."""
     packs: list[list[dict[str, Any]]] = [[]]
-    used = 2
+    used = 2  # the pattern's own $and
     for unit in units:
         cost = sum(_cost(t) for t in unit)
         if packs[-1] and used + cost > _EXPRESSIONS:

@@ -43,6 +43,8 @@ import json
 import math
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from json.encoder import encode_basestring as _encode_str  # json.dumps' own, ensure_ascii=False
 from typing import Any
 
@@ -134,25 +136,8 @@ class RuleEngine:
         property test). Every evaluation has a new session, deleted when it ends (safety
         rule 3: facts are never retracted; why: the comment above ``_SIDS``).
         """
-        handle = self._handle
-        with _LOCK:
-            sid = ""
-            try:
-                # made inside the try: an exception from here on (a signal handler's
-                # KeyboardInterrupt included) ends in the ``finally`` that deletes it
-                sid = f"s{next(_SIDS)}"
-                log = FiringLog(self.compiled)
-                return self._derive(sid, facts, log)
-            except EngineError:
-                raise
-            except Exception as e:  # durable raises bare Exceptions; none may escape raw
-                raise EngineError(f"rule engine failed: {type(e).__name__}") from e
-            finally:
-                if sid:
-                    try:
-                        _c.delete_state(handle, sid)
-                    except Exception:  # nothing was asserted: durable has no such session
-                        pass
+        with _LOCK, _session(self._handle) as sid:
+            return self._derive(sid, facts, FiringLog(self.compiled))
 
     def _derive(self, sid: str, facts: list[Fact], log: FiringLog) -> EngineResult:
         """Assert the input messages (``_inputs``), then marker 0 if some term waits for
@@ -161,14 +146,13 @@ class RuleEngine:
         the last has settled."""
         handle = self._handle
         chunks, separate = self._inputs(sid, facts)
+        messages = chunks + _messages(sid, separate, self._input_heads)
         markers = self.compiled.markers
-        text = "[" + ",".join(chunks) + (_dumps(sid, separate, self._input_heads, ",", "")
-                                         if separate else "")
         rest = markers
         if markers and markers[0] == 0:
-            text += "," + _marker(sid, 0)
+            messages.append(_marker(sid, 0))
             rest = markers[1:]
-        self._settle(log, sid, _c.assert_facts(handle, text + "]"))
+        self._settle(log, sid, _c.assert_facts(handle, "[" + ",".join(messages) + "]"))
         for k in rest:
             self._settle(log, sid, _c.assert_fact(handle, _marker(sid, k)))
         # durable gives the facts back as the text they were asserted in: every input
@@ -237,7 +221,7 @@ class RuleEngine:
                 message = _c.complete_and_start_action(handle, state)
             if not new:
                 return
-            text = _dumps(sid, new, self._derived_heads)
+            text = "[" + ",".join(_messages(sid, new, self._derived_heads)) + "]"
             state = _accepted(_c.assert_facts(handle, text))
 
 
@@ -245,13 +229,33 @@ def _marker(sid: str, k: int) -> str:
     return f'{{"sid":"{sid}","id":"s:{k}","stratum":{k}}}'
 
 
-def _dumps(sid: str, facts: list[tuple[str, Any]], heads: dict[str, str],
-           start: str = "[", end: str = "]") -> str:
-    """The facts as durable-rules reads them,
-    ``[{"sid":"s1","id":"d:name","h":1,"g3":1,"f12":7},..]``: ``heads`` gives each fact's
-    text after the sid up to its value (``_heads``)."""
-    return start + ",".join(f'{{"sid":"{sid}{heads[n]}{_value_text(n, v)}}}'
-                            for n, v in facts) + end
+@contextmanager
+def _session(handle: int) -> Iterator[str]:
+    """A new session's id (safety rule 3): the session is deleted however the block ends,
+    and a bare exception from durable leaves it as an ``EngineError``."""
+    sid = ""
+    try:
+        # made inside the try: an exception from here on (a signal handler's
+        # KeyboardInterrupt included) ends in the ``finally`` that deletes it
+        sid = f"s{next(_SIDS)}"
+        yield sid
+    except EngineError:
+        raise
+    except Exception as e:  # durable raises bare Exceptions; none may escape raw
+        raise EngineError(f"rule engine failed: {type(e).__name__}") from e
+    finally:
+        if sid:
+            try:
+                _c.delete_state(handle, sid)
+            except Exception:  # nothing was asserted: durable has no such session
+                pass
+
+
+def _messages(sid: str, facts: list[tuple[str, Any]], heads: dict[str, str]) -> list[str]:
+    """The facts as durable-rules reads them, one message each,
+    ``{"sid":"s1","id":"d:name","h":1,"g3":1,"f12":7}``: ``heads`` gives each fact's text
+    after the sid up to its value (``_heads``)."""
+    return [f'{{"sid":"{sid}{heads[n]}{_value_text(n, v)}}}' for n, v in facts]
 
 
 def _heads(keys: dict[str, tuple[str, str]], kind: str) -> dict[str, str]:
@@ -308,23 +312,13 @@ def _warm_up(handle: int) -> None:
     after this every session has a slot whose action context a firing has set and cleared.
     The rule is one no fact can match (``_WARM_UP_RULE``): it fires for every knowledge
     base, whatever its rules are."""
-    sid = f"s{next(_SIDS)}"
-    try:
+    with _session(handle) as sid:
         state = _accepted(_c.assert_fact(handle, f'{{"sid":"{sid}","id":"w","{_WARM_UP}":1}}'))
         started = _c.start_action_for_state(handle, state)
         if not started or not started[1].startswith(f'{{"{_WARM_UP}":'):
             raise EngineError("the rule engine did not fire its warm-up rule")
-        while _c.complete_and_start_action(handle, state):
+        if _c.complete_and_start_action(handle, state):
             raise EngineError("the rule engine fired more than its warm-up rule")
-    except EngineError:
-        raise
-    except Exception as e:  # durable raises bare Exceptions
-        raise EngineError(f"rule engine failed: {type(e).__name__}") from e
-    finally:
-        try:
-            _c.delete_state(handle, sid)
-        except Exception:  # the assert failed: durable has no such session
-            pass
 
 
 def _create(name: str, definition: dict[str, Any]) -> int:
