@@ -43,6 +43,9 @@ _STACK_LIMIT = 56  # durable-rules' alpha stack holds 64 nodes; 8 kept spare
 _EXPRESSIONS = 30
 # patterns ending at one alpha node: durable's list of them holds 255 and a 0; 5 spare
 _SHARED_LIMIT = 250
+# a durable-rules definition, the bound of its alpha stack, the most patterns ending at one
+# alpha node, and the rules that stand for several terms (``alternatives``)
+_Definition = tuple[dict[str, dict[str, Any]], int, int, dict[str, tuple[int, tuple[int, ...]]]]
 
 
 @dataclass(frozen=True)
@@ -237,10 +240,12 @@ class CompiledKnowledgeBase:
 
         A term is one pattern per input message it tests (``packed_keys``: every test on
         those facts in it), one per derived fact it reads, and its stratum marker if it
-        waits for one (``waits_for``). A knowledge base whose definition could overflow
-        durable's alpha stack (``alpha_stack_bound``) is refused here, at load time, not
-        by a failed evaluation."""
-        definition, bound, shared = self._definition(self._groups)
+        waits for one (``waits_for``); a rule's terms that are one pattern on the input
+        message and nothing else share patterns, as alternatives (``alternatives``). A
+        knowledge base whose definition could overflow durable's alpha stack
+        (``alpha_stack_bound``) is refused here, at load time, not by a failed
+        evaluation."""
+        definition, bound, shared, _ = self._definition(self._groups)
         if bound > _STACK_LIMIT:
             raise KnowledgeBaseError([KnowledgeBaseProblem(
                 "rules/", None, None,
@@ -258,8 +263,19 @@ class CompiledKnowledgeBase:
         return definition
 
     @cached_property
-    def _definitions(self) -> dict[int, tuple[dict[str, dict[str, Any]], int, int]]:
+    def _definitions(self) -> dict[int, _Definition]:
         return {}  # group count -> (definition, alpha stack bound, patterns at one node)
+
+    @property
+    def alternatives(self) -> dict[str, tuple[int, tuple[int, ...]]]:
+        """The durable rules that stand for several terms of one rule (safety rule 13): by
+        durable rule name, the rule's index and those terms' indexes. Each is one pattern
+        on the input message, an ``$or`` with one alternative per term, for terms that
+        test nothing else (no derived fact, no stratum marker): one pattern instead of one
+        per term, and durable allocates every pattern's state in every new session. It
+        fires once for each alternative that holds; ``_engine`` records the terms that
+        hold and checks durable fired as many times."""
+        return self._definition(self._groups)[3]
 
     @property
     def alpha_patterns_per_node(self) -> int:
@@ -268,34 +284,50 @@ class CompiledKnowledgeBase:
         full one (safety rule 11)."""
         return self._definition(self._groups)[2]
 
-    def _definition(self, groups: int) -> tuple[dict[str, dict[str, Any]], int, int]:
+    def _definition(self, groups: int) -> _Definition:
         known = self._definitions.get(groups)
         if known is None:
             known = self._definitions[groups] = self._build(groups)
         return known
 
-    def _build(self, groups: int) -> tuple[dict[str, dict[str, Any]], int, int]:
+    def _build(self, groups: int) -> _Definition:
         packed = _packed(self._input_names, groups)
         out: dict[str, dict[str, Any]] = {}
+        alternatives: dict[str, tuple[int, tuple[int, ...]]] = {}
         for ri, rule in enumerate(self.rules):
+            # pri: lower fires first, stored unsigned; explicit multiples of 10 (rule 8)
+            pri = 10 * (rule.stratum * 100 + rule.priority)
+            alone: dict[int, list[tuple[int, list[dict[str, Any]]]]] = {}
             for ti, term in enumerate(rule.terms):
                 marker = self.waits_for[ri][ti]
                 inputs, others = self._term_patterns(term, packed)
+                if marker is None and not others and len(inputs) == 1:
+                    (alias, tested), = inputs[0].items()
+                    alone.setdefault(int(alias[2:].partition("_")[0]), []).append(
+                        (ti, tested["$and"][1:]))  # its tests after "the chunk's message"
+                    continue
                 ctl = [{"ctl": {"stratum": marker}}] if marker is not None else []
-                # pri: lower fires first, stored unsigned; explicit multiples of 10 (rule 8)
-                pri = 10 * (rule.stratum * 100 + rule.priority)
                 out[f"{ri}:{ti}"] = {"all": ctl + inputs + others, "pri": pri}
                 if len(inputs) > 1:
                     # one message may match several of its patterns: durable's default
                     # (``dist`` 1) refuses a message twice in one match
                     out[f"{ri}:{ti}"]["dist"] = 0
+            for chunk, terms in sorted(alone.items()):
+                for pack in _alternative_packs(terms):
+                    name = f"{ri}:{pack[0][0]}"
+                    either = (pack[0][1] if len(pack) == 1
+                              else [{"$or": [{"$and": tests} for _, tests in pack]}])
+                    out[name] = {"all": [{f"in{chunk}_0": {
+                        "$and": [{"$ex": {f"c{chunk}": 1}}, *either]}}], "pri": pri}
+                    if len(pack) > 1:
+                        alternatives[name] = (ri, tuple(ti for ti, _ in pack))
         # the sink: every fact message has ``"h":1`` and is handled whatever its values (a
         # stratum marker is sent only when some term waits for it); it never completes its
         # join, so it never fires
         out["sink"] = {"all": [{"m": {"$ex": {"h": 1}}},
                                {"never": {"$ex": {"never-asserted": 1}}}],
                        "pri": 10 * 10_000}
-        return (out, *_alpha_limits(out))
+        return (out, *_alpha_limits(out), alternatives)
 
     def _term_patterns(self, term: tuple[Literal, ...],
                        packed: dict[str, tuple[int, str, str]]
@@ -356,6 +388,32 @@ def _packs(units: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
         packs[-1].extend(unit)
         used += cost
     return packs
+
+
+def _alternative_packs(terms: list[tuple[int, list[dict[str, Any]]]]
+                       ) -> list[list[tuple[int, list[dict[str, Any]]]]]:
+    """One rule's terms that each test only the input message (a term index and its tests
+    there), in order, packed into as few ``$or`` patterns as durable takes (its expression
+    list: the pattern's ``$and``, the ``$or`` and each alternative's ``$and`` take two
+    entries each, plus its tests' own, ``_cost``). A term with no test, one too wide to be
+    an alternative, or with the same tests as a term before it (durable would share their
+    alpha node and might not fire twice) gets a pattern of its own."""
+    packs: list[list[tuple[int, list[dict[str, Any]]]]] = []
+    current: list[tuple[int, list[dict[str, Any]]]] = []
+    used = 4  # the pattern's $and and the $or
+    seen: list[list[dict[str, Any]]] = []
+    for ti, tests in terms:
+        cost = 2 + sum(_cost(t) for t in tests)
+        if not tests or 4 + cost > _EXPRESSIONS or tests in seen:
+            packs.append([(ti, tests)])
+            continue
+        seen.append(tests)
+        if current and used + cost > _EXPRESSIONS:
+            packs.append(current)
+            current, used = [], 4
+        current.append((ti, tests))
+        used += cost
+    return packs + ([current] if current else [])
 
 
 def _packed(names: list[str], groups: int) -> dict[str, tuple[int, str, str]]:

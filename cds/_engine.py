@@ -33,7 +33,11 @@ The safety rules (docs/architecture.md) this module enforces:
    base that could overflow its matcher's stack or its list of the patterns ending at one
    node (``CompiledKnowledgeBase.alpha_stack_bound``, ``alpha_patterns_per_node``);
 12. every pattern fits durable's expression list: the compiler splits a term's tests on
-   the input message over several patterns when needed (``_compiler._packs``).
+   the input message over several patterns when needed (``_compiler._packs``);
+13. a durable rule that stands for several terms of one rule (their tests on the input
+   message as the alternatives of one ``$or``: ``CompiledKnowledgeBase.alternatives``)
+   records, when it fires, each of those terms whose literals hold for the input facts,
+   and fails the evaluation unless durable fired it once for each (``_Alternatives``).
 """
 
 from __future__ import annotations
@@ -50,10 +54,11 @@ from typing import Any
 
 import durable_rules_engine as _c
 
-from cds._compiler import CompiledKnowledgeBase
+from cds._compiler import CompiledKnowledgeBase, Literal
 from cds._engine_result import EngineResult, FiringLog
 from cds._errors import EngineError, KnowledgeBaseError, KnowledgeBaseProblem
 from cds._facts import Fact
+from cds._reference import literal_holds
 
 __all__ = ["RuleEngine"]
 
@@ -105,10 +110,12 @@ class RuleEngine:
             for k in range(compiled.chunks)]
         self._input_heads = _heads(self._keys, "f")
         self._derived_heads = _heads(self._keys, "d")
-        # an action message starts '{"ri:ti":': the term it is for, by that name
+        definition = compiled.durable_definition() | {_WARM_UP: _WARM_UP_RULE}
+        # an action message starts '{"ri:ti":': the term it is for, by that name (a rule
+        # that stands for several terms is named after its first: ``_Alternatives``)
         self._terms = {f"{ri}:{ti}": (ri, ti) for ri, r in enumerate(compiled.rules)
                        for ti in range(len(r.terms))}
-        definition = compiled.durable_definition() | {_WARM_UP: _WARM_UP_RULE}
+        self._alternatives = compiled.alternatives
         canonical = json.dumps(definition, sort_keys=True)
         with _LOCK:
             known = _REGISTERED.get(self.name)
@@ -137,9 +144,9 @@ class RuleEngine:
         rule 3: facts are never retracted; why: the comment above ``_SIDS``).
         """
         with _LOCK, _session(self._handle) as sid:
-            return self._derive(sid, facts, FiringLog(self.compiled))
+            return self._derive(sid, facts, _Firings(self.compiled, facts))
 
-    def _derive(self, sid: str, facts: list[Fact], log: FiringLog) -> EngineResult:
+    def _derive(self, sid: str, facts: list[Fact], log: _Firings) -> EngineResult:
         """Assert the input messages (``_inputs``), then marker 0 if some term waits for
         it (one batch: durable reads a batch's messages in order, and runs no action
         until asked), then every other marker some term waits for, in order, each after
@@ -166,6 +173,7 @@ class RuleEngine:
             found = set(_INPUT_ID.findall(present))
             lost += [f"f:{n}" for n, _ in separate if n not in found]
             raise EngineError("input facts lost inside the engine", sorted(lost))
+        log.check_alternatives()
         return log.result()
 
     def _inputs(self, sid: str, facts: list[Fact]) -> tuple[list[str], list[tuple[str, Any]]]:
@@ -197,13 +205,14 @@ class RuleEngine:
             raise EngineError("the rule engine saw a fact twice in one evaluation")
         return ["".join(p) + "}" for p in parts], separate
 
-    def _settle(self, log: FiringLog, sid: str, asserted: tuple[int, int]) -> None:
+    def _settle(self, log: _Firings, sid: str, asserted: tuple[int, int]) -> None:
         """Run every action the last assert made ready, until none is left (what durable's
         ``Host`` does, without a JSON state round trip per action). The facts the firings
         derive are asserted in one batch when no action is left, then the actions that
         batch made ready run, until nothing new is derived: a fact only ever adds matches,
         so when it arrives changes no result."""
         handle, keys, terms, fire = self._handle, self._keys, self._terms, log.fire
+        alternatives = self._alternatives
         state = _accepted(asserted)
         while True:
             started = _c.start_action_for_state(handle, state)
@@ -211,10 +220,14 @@ class RuleEngine:
             new: list[tuple[str, Any]] = []
             while message:
                 try:
-                    term = terms.get(message[2:message.find('"', 2)]) or _message_rule(message)
+                    name = message[2:message.find('"', 2)]
+                    several = alternatives.get(name)
                     # only what some rule reads goes into the session: no other fact can
                     # fire anything (the result is the firing log's, not the session's)
-                    new += [nv for nv in fire(*term) if nv[0] in keys]
+                    new += [nv for nv in (log.fire_alternatives(name, *several) if several
+                                          else fire(*(terms.get(name)
+                                                      or _message_rule(message))))
+                            if nv[0] in keys]
                 except BaseException:
                     _c.abandon_action(handle, state)
                     raise
@@ -223,6 +236,57 @@ class RuleEngine:
                 return
             text = "[" + ",".join(_messages(sid, new, self._derived_heads)) + "]"
             state = _accepted(_c.assert_facts(handle, text))
+
+
+class _Firings(FiringLog):
+    """One evaluation's firing log, which also records the firings of the rules that stand
+    for several terms (safety rule 13, ``CompiledKnowledgeBase.alternatives``).
+
+    durable fires such a rule once for each alternative of its ``$or`` that the input
+    message satisfies (it reaches the pattern once through each). Its first firing
+    records every one of those terms whose literals hold for the input facts (as the
+    reference evaluator reads a literal: ``literal_holds``), the later ones nothing; the
+    terms test nothing but input facts, so what holds is known from them alone. Firings
+    without a term that holds fail the evaluation at once, and at the end
+    (``check_alternatives``) durable must have fired each such rule once per term that
+    holds: so which alternatives hold is durable's finding as well as the reference's."""
+
+    def __init__(self, compiled: CompiledKnowledgeBase, facts: list[Fact]) -> None:
+        super().__init__(compiled)
+        self._rules = compiled.rules
+        self._facts = facts
+        self._given: dict[str, Any] | None = None  # the input facts' values, by name
+        self._held: dict[str, list[int]] = {}  # durable rule name -> [terms held, firings]
+
+    def fire_alternatives(self, name: str, rule_index: int,
+                          term_indexes: tuple[int, ...]) -> list[tuple[str, Any]]:
+        known = self._held.get(name)
+        if known is not None:
+            known[1] += 1
+            return []
+        if self._given is None:
+            self._given = {f.name: f.value for f in self._facts}
+        given, terms = self._given, self._rules[rule_index].terms
+        held = [ti for ti in term_indexes if _holds(terms[ti], given)]
+        if not held:
+            raise EngineError(f"the rule engine fired rule {self._rules[rule_index].rule_id} "
+                              "although none of its conditions holds")
+        self._held[name] = [len(held), 1]
+        return [nv for ti in held for nv in self.fire(rule_index, ti)]
+
+    def check_alternatives(self) -> None:
+        wrong = sorted(name for name, (held, fired) in self._held.items() if held != fired)
+        if wrong:
+            raise EngineError("the rule engine and the input facts disagree on which "
+                              "conditions of a rule hold",
+                              [self._rules[int(n.partition(":")[0])].rule_id for n in wrong])
+
+
+def _holds(term: tuple[Literal, ...], given: dict[str, Any]) -> bool:
+    for lit in term:
+        if not literal_holds(lit, given):
+            return False
+    return True
 
 
 def _marker(sid: str, k: int) -> str:

@@ -48,6 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ENGINE_TESTS = [
     "tests/test_engine.py",
     "tests/test_engine_markers.py",
+    "tests/test_engine_alternatives.py",
+    "tests/test_engine_input_message.py",
     "tests/test_review_engine.py",
     "tests/test_review_engine2.py",
     "tests/test_followup_properties.py",

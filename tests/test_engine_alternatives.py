@@ -1,0 +1,142 @@
+"""Safety rule 13 (docs/architecture.md): a rule's terms that test only the input message
+are the alternatives of one ``$or`` pattern (``CompiledKnowledgeBase.alternatives``), and
+the runner records the terms that hold, checked against how often durable fired."""
+
+from __future__ import annotations
+
+import json
+
+import durable_rules_engine
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cds import CompiledKnowledgeBase, EngineError, Fact, evaluate_reference
+from cds._compiler import CompiledRule, Literal
+from cds._engine import RuleEngine
+
+_NAMES = ("a", "b", "c", "d", "e")
+
+
+def _wide_rule_kb() -> CompiledKnowledgeBase:
+    """A rule of 40 input-only terms (several patterns' worth), with prefixes of each
+    other, ``in`` and absence tests; beside it, terms that cannot be alternatives: one on
+    a derived fact and one that waits for a stratum marker."""
+    terms: list[tuple[Literal, ...]] = []
+    for i, n in enumerate(_NAMES):
+        for v in range(4):
+            terms.append((Literal(n, "is", v),))
+            terms.append((Literal(n, "is", v), Literal(_NAMES[(i + 1) % 5], "in", [v, v + 1])))
+    terms[7] = (Literal("a", "missing"), Literal("b", "ge", 2))
+    rules = (
+        CompiledRule("WIDE", 0, 0, tuple(terms), (("x", True),)),
+        CompiledRule("MIXED", 0, 1, ((Literal("c", "is", 1),), (Literal("x", "is", True),
+                                                                 Literal("d", "le", 1))),
+                     (("y", True),)),
+        CompiledRule("LATE", 1, 0, ((Literal("e", "is", 3),), (Literal("y", "missing"),
+                                                               Literal("e", "lt", 2))),
+                     (("z", True),)),
+    )
+    return CompiledKnowledgeBase("alternatives-wide@1.0", ("s0", "s1"), rules,
+                                 frozenset(_NAMES) | {"x", "y", "z"})
+
+
+_WIDE = _wide_rule_kb()
+
+
+def test_a_rules_input_only_terms_share_patterns_within_durables_limits() -> None:
+    """The 40 terms of WIDE are a few ``$or`` patterns, each of which durable accepts (it
+    refuses a pattern of more than 31 expression entries); MIXED's term on a derived fact
+    and LATE's term that waits for a marker keep patterns of their own."""
+    definition = _WIDE.durable_definition()
+    wide = {n: t for n, (ri, t) in _WIDE.alternatives.items() if ri == 0}
+    assert sorted(ti for ts in wide.values() for ti in ts) == list(range(40))
+    assert 3 <= len(wide) <= 8
+    assert all(len(definition[n]["all"]) == 1 for n in wide)
+    assert "1:1" in definition and len(definition["1:1"]["all"]) == 2
+    assert "2:1" in definition and definition["2:1"]["all"][0] == {"ctl": {"stratum": 1}}
+    assert not any(ri == 2 for ri, _ in _WIDE.alternatives.values())
+    RuleEngine(_WIDE)  # durable accepts the ruleset
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(_NAMES), st.integers(min_value=0, max_value=4)))
+def test_alternatives_give_the_reference_evaluators_results(values: dict[str, int]) -> None:
+    """Any values of the five facts (none, one or several alternatives holding, in one
+    pattern or several): durable's result, firings and the facts each names included, is
+    the reference evaluator's, and no check fails."""
+    facts = [Fact(n, v) for n, v in sorted(values.items())]
+    assert RuleEngine(_WIDE).evaluate(facts) == evaluate_reference(_WIDE, facts)
+
+
+def test_several_alternatives_holding_are_each_recorded() -> None:
+    """a = 1 and b = 2 satisfy three terms of WIDE, in two of its patterns: each is a
+    firing of its own, naming the facts it read, as in the reference."""
+    facts = [Fact("a", 1), Fact("b", 2)]
+    result = RuleEngine(_WIDE).evaluate(facts)
+    wide = [f for f in result.firings if f.rule_id == "WIDE"]
+    assert sorted(f.used for f in wide) == [("a",), ("a", "b"), ("b",)]
+    packs = {n for n, (_, ts) in _WIDE.alternatives.items() if {2, 3, 12} & set(ts)}
+    assert len(packs) == 2
+    assert result == evaluate_reference(_WIDE, facts)
+
+
+def _two_terms() -> RuleEngine:
+    rules = (CompiledRule("R", 0, 0, ((Literal("a", "is", True),), (Literal("b", "is", 5),)),
+                          (("x", True),)),)
+    compiled = CompiledKnowledgeBase("alternatives-two@1.0", ("s0",), rules,
+                                     frozenset({"a", "b", "x"}))
+    assert compiled.alternatives == {"0:0": (0, (0, 1))}
+    return RuleEngine(compiled)
+
+
+def test_an_alternative_durable_reads_otherwise_fails_the_evaluation() -> None:
+    """durable reads 1 as true; the reference does not (``Evaluator.derive`` refuses such a
+    value before either runs; here the runner gets it directly). With a = 1 alone durable
+    fires R while none of its terms holds; with b = 5 as well it fires R twice while one
+    term holds: both fail the evaluation, naming the rule, instead of a result that
+    differs from the reference's."""
+    run = _two_terms()
+    with pytest.raises(EngineError, match="none of its conditions holds"):
+        run.evaluate([Fact("a", 1)])
+    with pytest.raises(EngineError, match="disagree") as caught:
+        run.evaluate([Fact("a", 1), Fact("b", 5)])
+    assert caught.value.details == ["R"]
+    for facts in ([Fact("a", True)], [Fact("a", True), Fact("b", 5)], [Fact("b", 4)]):
+        assert run.evaluate(facts) == evaluate_reference(run.compiled, facts)
+
+
+def test_packing_alternatives_is_needed_for_durables_expression_list() -> None:
+    """30 terms with an ``in`` test each (an ``$or`` of two entries) are five patterns of
+    six alternatives; as one pattern durable refuses the ruleset (error 113)."""
+    terms = tuple((Literal(f"v{i:02d}", "in", [1, 2]),) for i in range(30))
+    rules = (CompiledRule("IN", 0, 0, terms, (("x", True),)),)
+    compiled = CompiledKnowledgeBase("alternatives-in@1.0", ("s0",), rules,
+                                     frozenset({f"v{i:02d}" for i in range(30)} | {"x"}))
+    definition = compiled.durable_definition()
+    assert len(compiled.alternatives) == 5
+    run = RuleEngine(compiled)
+    for k in (0, 7, 29):
+        facts = [Fact(f"v{k:02d}", 2), Fact("v03", 3)]
+        assert run.evaluate(facts) == evaluate_reference(compiled, facts)
+    alternatives = [alt for rule in definition.values() if "in0_0" in rule["all"][0]
+                    for alt in rule["all"][0]["in0_0"]["$and"][1]["$or"]]
+    one = {"all": [{"in0_0": {"$and": [{"$ex": {"c0": 1}}, {"$or": alternatives}]}}]}
+    with pytest.raises(Exception, match="113"):
+        durable_rules_engine.create_ruleset("alternatives-in-one@1.0", json.dumps({"r": one}))
+
+
+def test_the_bundled_knowledge_base_has_fewer_patterns() -> None:
+    """What the alternatives are for: durable allocates every pattern's state (~10 KB) in
+    every new session. The bundled knowledge base's 439 terms are fewer than 350 patterns
+    (588 with a pattern per term)."""
+    from cds import load_knowledge_base
+    from cds._compiler import compile_knowledge_base
+    from knowledge_base import bundled_path
+
+    compiled = compile_knowledge_base(load_knowledge_base(bundled_path()))
+    definition = compiled.durable_definition()
+    patterns = sum(len(r["all"]) for r in definition.values())
+    terms = sum(len(r.terms) for r in compiled.rules)
+    assert terms > 400 and patterns < 350, (terms, patterns)
+    assert compiled.alternatives
