@@ -45,7 +45,7 @@ _EXPRESSIONS = 30
 _SHARED_LIMIT = 250
 # a durable-rules definition, the bound of its alpha stack, the most patterns ending at one
 # alpha node, and the rules that stand for several terms (``alternatives``)
-_Definition = tuple[dict[str, dict[str, Any]], int, int, dict[str, tuple[int, tuple[int, ...]]]]
+_Definition = tuple[dict[str, dict[str, Any]], int, int, dict[str, tuple[tuple[int, int], ...]]]
 
 
 @dataclass(frozen=True)
@@ -267,14 +267,16 @@ class CompiledKnowledgeBase:
         return {}  # group count -> (definition, alpha stack bound, patterns at one node)
 
     @property
-    def alternatives(self) -> dict[str, tuple[int, tuple[int, ...]]]:
-        """The durable rules that stand for several terms of one rule (safety rule 13): by
-        durable rule name, the rule's index and those terms' indexes. Each is one pattern
-        on the input message, an ``$or`` with one alternative per term, for terms that
-        test nothing else (no derived fact, no stratum marker): one pattern instead of one
-        per term, and durable allocates every pattern's state in every new session. It
-        fires once for each alternative that holds; ``_engine`` records the terms that
-        hold and checks durable fired as many times."""
+    def alternatives(self) -> dict[str, tuple[tuple[int, int], ...]]:
+        """The durable rules that stand for several terms (safety rule 13): by durable rule
+        name, those terms as (rule index, term index). Each is one pattern on an input
+        message, an ``$or`` with one alternative per term, for terms that test nothing
+        else (no derived fact, no stratum marker), of one rule or several: one pattern
+        instead of one per term, as durable allocates every pattern's state in every new
+        session. Such terms need no order among them: each fires when the input message
+        arrives, and a fact they derive is asserted once every action ready has run. durable
+        fires the rule at least once per alternative that holds; ``_engine`` records the
+        terms whose literals hold (``_Firings``)."""
         return self._definition(self._groups)[3]
 
     @property
@@ -293,34 +295,39 @@ class CompiledKnowledgeBase:
     def _build(self, groups: int) -> _Definition:
         packed = _packed(self._input_names, groups)
         out: dict[str, dict[str, Any]] = {}
-        alternatives: dict[str, tuple[int, tuple[int, ...]]] = {}
+        # per input message: the terms that test it and nothing else (their tests after
+        # "the chunk's message"), in rule order, to be alternatives (``alternatives``)
+        alone: dict[int, list[tuple[tuple[int, int], list[dict[str, Any]]]]] = {}
         for ri, rule in enumerate(self.rules):
-            # pri: lower fires first, stored unsigned; explicit multiples of 10 (rule 8)
-            pri = 10 * (rule.stratum * 100 + rule.priority)
-            alone: dict[int, list[tuple[int, list[dict[str, Any]]]]] = {}
             for ti, term in enumerate(rule.terms):
                 marker = self.waits_for[ri][ti]
                 inputs, others = self._term_patterns(term, packed)
                 if marker is None and not others and len(inputs) == 1:
                     (alias, tested), = inputs[0].items()
                     alone.setdefault(int(alias[2:].partition("_")[0]), []).append(
-                        (ti, tested["$and"][1:]))  # its tests after "the chunk's message"
+                        ((ri, ti), tested["$and"][1:]))
                     continue
                 ctl = [{"ctl": {"stratum": marker}}] if marker is not None else []
-                out[f"{ri}:{ti}"] = {"all": ctl + inputs + others, "pri": pri}
+                out[f"{ri}:{ti}"] = {"all": ctl + inputs + others, "pri": self._pri(ri)}
                 if len(inputs) > 1:
                     # one message may match several of its patterns: durable's default
                     # (``dist`` 1) refuses a message twice in one match
                     out[f"{ri}:{ti}"]["dist"] = 0
-            for chunk, terms in sorted(alone.items()):
-                for pack in _alternative_packs(terms):
-                    name = f"{ri}:{pack[0][0]}"
-                    either = (pack[0][1] if len(pack) == 1
-                              else [{"$or": [{"$and": tests} for _, tests in pack]}])
-                    out[name] = {"all": [{f"in{chunk}_0": {
-                        "$and": [{"$ex": {f"c{chunk}": 1}}, *either]}}], "pri": pri}
-                    if len(pack) > 1:
-                        alternatives[name] = (ri, tuple(ti for ti, _ in pack))
+        alternatives: dict[str, tuple[tuple[int, int], ...]] = {}
+        for chunk, terms in sorted(alone.items()):
+            for pack in _alternative_packs(terms):
+                (ri, ti), tests = pack[0]
+                name = f"{ri}:{ti}"
+                either = tests if len(pack) == 1 else [
+                    {"$or": [{"$and": tests} for _, tests in pack]}]
+                out[name] = {"all": [{f"in{chunk}_0": {
+                    "$and": [{"$ex": {f"c{chunk}": 1}}, *either]}}],
+                    "pri": min(self._pri(ri) for (ri, _), _ in pack)}
+                if len(pack) > 1:
+                    alternatives[name] = tuple(term for term, _ in pack)
+        # every durable rule in term order, as each term was once a rule of its own (durable
+        # lays out its network in the order it reads the rules)
+        out = dict(sorted(out.items(), key=lambda item: _order(item[0])))
         # the sink: every fact message has ``"h":1`` and is handled whatever its values (a
         # stratum marker is sent only when some term waits for it); it never completes its
         # join, so it never fires
@@ -328,6 +335,12 @@ class CompiledKnowledgeBase:
                                {"never": {"$ex": {"never-asserted": 1}}}],
                        "pri": 10 * 10_000}
         return (out, *_alpha_limits(out), alternatives)
+
+    def _pri(self, rule_index: int) -> int:
+        """A rule's durable ``pri``: lower fires first, stored unsigned; explicit multiples
+        of 10 (safety rule 8)."""
+        rule = self.rules[rule_index]
+        return 10 * (rule.stratum * 100 + rule.priority)
 
     def _term_patterns(self, term: tuple[Literal, ...],
                        packed: dict[str, tuple[int, str, str]]
@@ -390,28 +403,33 @@ def _packs(units: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
     return packs
 
 
-def _alternative_packs(terms: list[tuple[int, list[dict[str, Any]]]]
-                       ) -> list[list[tuple[int, list[dict[str, Any]]]]]:
-    """One rule's terms that each test only the input message (a term index and its tests
-    there), in order, packed into as few ``$or`` patterns as durable takes (its expression
-    list: the pattern's ``$and``, the ``$or`` and each alternative's ``$and`` take two
-    entries each, plus its tests' own, ``_cost``). A term with no test, one too wide to be
-    an alternative, or with the same tests as a term before it (durable would share their
-    alpha node and might not fire twice) gets a pattern of its own."""
-    packs: list[list[tuple[int, list[dict[str, Any]]]]] = []
-    current: list[tuple[int, list[dict[str, Any]]]] = []
+def _order(name: str) -> tuple[int, int]:
+    ri, _, ti = name.partition(":")
+    return int(ri), int(ti)
+
+
+def _alternative_packs(terms: list[tuple[tuple[int, int], list[dict[str, Any]]]]
+                       ) -> list[list[tuple[tuple[int, int], list[dict[str, Any]]]]]:
+    """Terms that each test only one input message (rule and term index, and the tests),
+    in order, packed into as few ``$or`` patterns as durable takes: its expression list
+    holds the pattern's ``$and``, the ``$or`` and each alternative's ``$and`` (two entries
+    each) and their tests' own (``_cost``). A term with no test, or one too wide to be an
+    alternative, is a pack of its own; a term with the same tests as one in the pack being
+    filled starts the next pack (durable would share the two alternatives' last alpha node:
+    one pack never relies on how it counts such a pair)."""
+    packs: list[list[tuple[tuple[int, int], list[dict[str, Any]]]]] = []
+    current: list[tuple[tuple[int, int], list[dict[str, Any]]]] = []
     used = 4  # the pattern's $and and the $or
-    seen: list[list[dict[str, Any]]] = []
-    for ti, tests in terms:
+    for term, tests in terms:
         cost = 2 + sum(_cost(t) for t in tests)
-        if not tests or 4 + cost > _EXPRESSIONS or tests in seen:
-            packs.append([(ti, tests)])
+        if not tests or 4 + cost > _EXPRESSIONS:
+            packs.append([(term, tests)])
             continue
-        seen.append(tests)
-        if current and used + cost > _EXPRESSIONS:
+        if current and (used + cost > _EXPRESSIONS
+                        or any(tests == other for _, other in current)):
             packs.append(current)
             current, used = [], 4
-        current.append((ti, tests))
+        current.append((term, tests))
         used += cost
     return packs + ([current] if current else [])
 

@@ -37,7 +37,8 @@ The safety rules (docs/architecture.md) this module enforces:
 13. a durable rule that stands for several terms of one rule (their tests on the input
    message as the alternatives of one ``$or``: ``CompiledKnowledgeBase.alternatives``)
    records, when it fires, each of those terms whose literals hold for the input facts,
-   and fails the evaluation unless durable fired it once for each (``_Alternatives``).
+   and fails the evaluation if none holds or durable fired it fewer times than terms
+   hold (``_Firings``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from typing import Any
 
 import durable_rules_engine as _c
 
-from cds._compiler import CompiledKnowledgeBase, Literal
+from cds._compiler import CompiledKnowledgeBase, CompiledRule, Literal
 from cds._engine_result import EngineResult, FiringLog
 from cds._errors import EngineError, KnowledgeBaseError, KnowledgeBaseProblem
 from cds._facts import Fact
@@ -112,11 +113,13 @@ class RuleEngine:
         self._derived_heads = _heads(self._keys, "d")
         definition = compiled.durable_definition() | {_WARM_UP: _WARM_UP_RULE}
         # an action message starts '{"ri:ti":': the term it is for, by that name (a rule
-        # that stands for several terms is named after its first: ``_Alternatives``)
+        # that stands for several terms is named after its first: ``_Firings``)
         self._terms = {f"{ri}:{ti}": (ri, ti) for ri, r in enumerate(compiled.rules)
                        for ti in range(len(r.terms))}
         self._alternatives = compiled.alternatives
-        canonical = json.dumps(definition, sort_keys=True)
+        # the ruleset and what its firings mean: several knowledge bases can give one
+        # definition (a term's priority is not in a pattern that stands for several)
+        canonical = json.dumps(definition, sort_keys=True) + repr(compiled.rules)
         with _LOCK:
             known = _REGISTERED.get(self.name)
             if known is None:
@@ -224,7 +227,7 @@ class RuleEngine:
                     several = alternatives.get(name)
                     # only what some rule reads goes into the session: no other fact can
                     # fire anything (the result is the firing log's, not the session's)
-                    new += [nv for nv in (log.fire_alternatives(name, *several) if several
+                    new += [nv for nv in (log.fire_alternatives(name, several) if several
                                           else fire(*(terms.get(name)
                                                       or _message_rule(message))))
                             if nv[0] in keys]
@@ -242,44 +245,51 @@ class _Firings(FiringLog):
     """One evaluation's firing log, which also records the firings of the rules that stand
     for several terms (safety rule 13, ``CompiledKnowledgeBase.alternatives``).
 
-    durable fires such a rule once for each alternative of its ``$or`` that the input
-    message satisfies (it reaches the pattern once through each). Its first firing
-    records every one of those terms whose literals hold for the input facts (as the
-    reference evaluator reads a literal: ``literal_holds``), the later ones nothing; the
-    terms test nothing but input facts, so what holds is known from them alone. Firings
-    without a term that holds fail the evaluation at once, and at the end
-    (``check_alternatives``) durable must have fired each such rule once per term that
-    holds: so which alternatives hold is durable's finding as well as the reference's."""
+    durable fires such a rule at least once for each alternative of its ``$or`` that the
+    input message satisfies: once per way through its alpha network to the pattern (an
+    ``in`` test two of whose values match makes two). Its first firing records every one
+    of those terms whose literals hold for the input facts (as the reference evaluator
+    reads a literal: ``literal_holds``), the later ones nothing; the terms test nothing
+    but input facts, so what holds is known from them alone. A firing without a term that
+    holds fails the evaluation at once, and at the end (``check_alternatives``) so does a
+    rule durable fired fewer times than it has terms that hold: it missed one."""
 
     def __init__(self, compiled: CompiledKnowledgeBase, facts: list[Fact]) -> None:
         super().__init__(compiled)
         self._rules = compiled.rules
+        self._alternatives = compiled.alternatives
         self._facts = facts
         self._given: dict[str, Any] | None = None  # the input facts' values, by name
         self._held: dict[str, list[int]] = {}  # durable rule name -> [terms held, firings]
 
-    def fire_alternatives(self, name: str, rule_index: int,
-                          term_indexes: tuple[int, ...]) -> list[tuple[str, Any]]:
+    def fire_alternatives(self, name: str,
+                          terms: tuple[tuple[int, int], ...]) -> list[tuple[str, Any]]:
         known = self._held.get(name)
         if known is not None:
             known[1] += 1
             return []
         if self._given is None:
             self._given = {f.name: f.value for f in self._facts}
-        given, terms = self._given, self._rules[rule_index].terms
-        held = [ti for ti in term_indexes if _holds(terms[ti], given)]
+        given, rules = self._given, self._rules
+        held = [(ri, ti) for ri, ti in terms if _holds(rules[ri].terms[ti], given)]
         if not held:
-            raise EngineError(f"the rule engine fired rule {self._rules[rule_index].rule_id} "
-                              "although none of its conditions holds")
+            raise EngineError("the rule engine fired one of the rules "
+                              f"{_rule_ids(rules, terms)} although none of their "
+                              "conditions holds")
         self._held[name] = [len(held), 1]
-        return [nv for ti in held for nv in self.fire(rule_index, ti)]
+        return [nv for ri, ti in held for nv in self.fire(ri, ti)]
 
     def check_alternatives(self) -> None:
-        wrong = sorted(name for name, (held, fired) in self._held.items() if held != fired)
+        wrong = [name for name, (held, fired) in self._held.items() if fired < held]
         if wrong:
             raise EngineError("the rule engine and the input facts disagree on which "
                               "conditions of a rule hold",
-                              [self._rules[int(n.partition(":")[0])].rule_id for n in wrong])
+                              _rule_ids(self._rules, [t for n in wrong
+                                                      for t in self._alternatives[n]]))
+
+
+def _rule_ids(rules: tuple[CompiledRule, ...], terms: Any) -> list[str]:
+    return sorted({rules[ri].rule_id for ri, _ in terms})
 
 
 def _holds(term: tuple[Literal, ...], given: dict[str, Any]) -> bool:
