@@ -250,15 +250,17 @@ _DIGEST_TEXT: Final = encoder(sort_keys=True, separators=(",", ":"), ensure_asci
                               default=_json_default)
 
 
-_ORJSON_DIGEST: Final = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
-                         | orjson.OPT_PASSTHROUGH_DATETIME)
+# dataclasses and instants by orjson itself: a dataclass as an object of its fields in the
+# order they are declared (not sorted: one text per content all the same), an instant as
+# RFC 3339 (``isoformat``'s text for the aware instants of a plan)
+_ORJSON_DIGEST: Final = orjson.OPT_SORT_KEYS
 
 
 def _digest_text(content: dict[str, object]) -> bytes:
-    """Canonical JSON of the digest content, as UTF-8: by orjson (several times faster
-    than json), which writes the same text as ``_DIGEST_TEXT`` except for floats below
-    1e-4 in magnitude (``0.000025``, not ``2.5e-05``: still one text per value, so ids
-    stay unique and deterministic). What orjson refuses (a lone surrogate) goes to json."""
+    """Canonical JSON of the digest content, as UTF-8, by orjson: one text per content, so
+    ids are unique and deterministic (for one version of this library: the text is not
+    ``json``'s, and changed when orjson came to write the dataclasses itself). What orjson
+    refuses (a lone surrogate) goes to json (``_DIGEST_TEXT``)."""
     try:
         text = orjson.dumps(content, default=_json_default, option=_ORJSON_DIGEST)
     except TypeError:
