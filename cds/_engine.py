@@ -48,18 +48,18 @@ import json
 import math
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from json.encoder import encode_basestring as _encode_str  # json.dumps' own, ensure_ascii=False
 from typing import Any
 
 import durable_rules_engine as _c
 
-from cds._compiler import CompiledKnowledgeBase, CompiledRule, Literal
+from cds._compiler import CompiledKnowledgeBase, CompiledRule
 from cds._engine_result import EngineResult, FiringLog
 from cds._errors import EngineError, KnowledgeBaseError, KnowledgeBaseProblem
 from cds._facts import Fact
-from cds._reference import literal_holds
+from cds._reference import literal_test
 
 __all__ = ["RuleEngine"]
 
@@ -117,6 +117,7 @@ class RuleEngine:
         self._terms = {f"{ri}:{ti}": (ri, ti) for ri, r in enumerate(compiled.rules)
                        for ti in range(len(r.terms))}
         self._alternatives = compiled.alternatives
+        self._tests = _alternative_tests(compiled)
         # the ruleset and what its firings mean: several knowledge bases can give one
         # definition (a term's priority is not in a pattern that stands for several)
         canonical = json.dumps(definition, sort_keys=True) + repr(compiled.rules)
@@ -147,7 +148,7 @@ class RuleEngine:
         rule 3: facts are never retracted; why: the comment above ``_SIDS``).
         """
         with _LOCK, _session(self._handle) as sid:
-            return self._derive(sid, facts, _Firings(self.compiled, facts))
+            return self._derive(sid, facts, _Firings(self.compiled, self._tests, facts))
 
     def _derive(self, sid: str, facts: list[Fact], log: _Firings) -> EngineResult:
         """Assert the input messages (``_inputs``), then marker 0 if some term waits for
@@ -254,10 +255,12 @@ class _Firings(FiringLog):
     holds fails the evaluation at once, and at the end (``check_alternatives``) so does a
     rule durable fired fewer times than it has terms that hold: it missed one."""
 
-    def __init__(self, compiled: CompiledKnowledgeBase, facts: list[Fact]) -> None:
+    def __init__(self, compiled: CompiledKnowledgeBase, tests: _Tests,
+                 facts: list[Fact]) -> None:
         super().__init__(compiled)
         self._rules = compiled.rules
         self._alternatives = compiled.alternatives
+        self._tests = tests
         self._facts = facts
         self._given: dict[str, Any] | None = None  # the input facts' values, by name
         self._held: dict[str, list[int]] = {}  # durable rule name -> [terms held, firings]
@@ -270,11 +273,11 @@ class _Firings(FiringLog):
             return []
         if self._given is None:
             self._given = {f.name: f.value for f in self._facts}
-        given, rules = self._given, self._rules
-        held = [(ri, ti) for ri, ti in terms if _holds(rules[ri].terms[ti], given)]
+        given = self._given
+        held = [term for term, holds in self._tests[name] if holds(given)]
         if not held:
             raise EngineError("the rule engine fired one of the rules "
-                              f"{_rule_ids(rules, terms)} although none of their "
+                              f"{_rule_ids(self._rules, terms)} although none of their "
                               "conditions holds")
         self._held[name] = [len(held), 1]
         return [nv for ri, ti in held for nv in self.fire(ri, ti)]
@@ -292,11 +295,27 @@ def _rule_ids(rules: tuple[CompiledRule, ...], terms: Any) -> list[str]:
     return sorted({rules[ri].rule_id for ri, _ in terms})
 
 
-def _holds(term: tuple[Literal, ...], given: dict[str, Any]) -> bool:
-    for lit in term:
-        if not literal_holds(lit, given):
-            return False
-    return True
+_Test = Callable[[dict[str, Any]], bool]
+_Tests = dict[str, tuple[tuple[tuple[int, int], _Test], ...]]
+
+
+def _alternative_tests(compiled: CompiledKnowledgeBase) -> _Tests:
+    """Per durable rule that stands for several terms: each term, and the test of all its
+    literals at once (``literal_test``)."""
+    rules = compiled.rules
+    return {name: tuple((term, _all_of(tuple(literal_test(lit)
+                                               for lit in rules[term[0]].terms[term[1]])))
+                        for term in terms)
+            for name, terms in compiled.alternatives.items()}
+
+
+def _all_of(tests: tuple[_Test, ...]) -> _Test:
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda given: first(given) and second(given)
+    return lambda given: all(test(given) for test in tests)
 
 
 def _marker(sid: str, k: int) -> str:

@@ -7,13 +7,15 @@ fire every term whose literals all hold until nothing new is derived.
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from typing import Any
 
 from cds._compiler import CompiledKnowledgeBase, Literal
 from cds._engine_result import EngineResult, FiringLog
 from cds._facts import Fact
 
-__all__ = ["evaluate_reference", "literal_holds"]
+__all__ = ["evaluate_reference", "literal_holds", "literal_test"]
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -57,6 +59,33 @@ def literal_holds(lit: Literal, values: dict[str, Any]) -> bool:
         case "ge":
             return bool(v >= lit.value)
     raise AssertionError(lit.op)
+
+
+def literal_test(lit: Literal) -> Callable[[dict[str, Any]], bool]:
+    """``literal_holds`` for one literal as a function of the values alone: the common
+    forms (an absence or presence, ``is`` a boolean, a text or a number) written out, any
+    other by ``literal_holds`` (tests/test_engine_alternatives.py checks both agree)."""
+    fact, op, value = lit.fact, lit.op, lit.value
+    if op == "missing":
+        return lambda values: fact not in values
+    if op == "present":
+        return lambda values: fact in values
+    if op == "is" and isinstance(value, bool):  # _same: both booleans, equal
+        return lambda values: values.get(fact) is value
+    if op == "is" and isinstance(value, str):  # _same: both texts, equal
+        return lambda values: isinstance(v := values.get(fact), str) and v == value
+    if op == "is" and _num(value):  # _same: neither a boolean nor a text, equal
+        return lambda values: (fact in values and not isinstance(v := values[fact], bool | str)
+                               and bool(v == value))
+    compare = _COMPARE.get(op)
+    if compare is not None and _num(value):  # both numbers (a boolean is not one), compared
+        return lambda values: (isinstance(v := values.get(fact), int | float)
+                               and not isinstance(v, bool) and bool(compare(v, value)))
+    return lambda values: literal_holds(lit, values)
+
+
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge}
 
 
 def evaluate_reference(compiled: CompiledKnowledgeBase, facts: list[Fact]) -> EngineResult:

@@ -159,3 +159,29 @@ def test_the_bundled_knowledge_base_has_fewer_patterns() -> None:
     terms = sum(len(r.terms) for r in compiled.rules)
     assert terms > 400 and patterns < 350, (terms, patterns)
     assert compiled.alternatives
+
+
+# values that one reading or another might take for each other: 1, 1.0 and True; 0, -0.0
+# and False; "1" and 1; a list and its item; NaN
+_TRICKY = (True, False, 1, 0, 1.0, 0.0, -0.0, 2, 2.5, -1, "1", "a", "", None, [1],
+           float("nan"), float("inf"))
+_VALUES = st.sampled_from(_TRICKY) | st.integers(-3, 3) | st.floats(allow_nan=True)
+_LITERAL_VALUES = st.sampled_from([v for v in _TRICKY if v == v and v != [1]]) | st.floats(
+    allow_nan=False)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(op=st.sampled_from(["missing", "present", "is", "is-not", "lt", "le", "gt", "ge",
+                           "in", "not-in"]),
+       scalar=_LITERAL_VALUES, listed=st.lists(_LITERAL_VALUES, min_size=1, max_size=3),
+       given_values=st.dictionaries(st.sampled_from(["f", "g"]), _VALUES, min_size=1,
+                                    max_size=2))
+def test_a_literals_test_is_the_reference_evaluators_reading(
+        op: str, scalar: object, listed: list[object], given_values: dict[str, object]) -> None:
+    """``literal_test`` (the runner's test of an alternative's literal, written out for the
+    common forms) holds exactly where ``literal_holds`` does, for any value of the fact
+    (absent, a boolean, an integer, a float (NaN too), a text, a list) and any literal."""
+    from cds._reference import literal_holds, literal_test
+
+    lit = Literal("f", op, listed if op in ("in", "not-in") else scalar)
+    assert literal_test(lit)(given_values) == literal_holds(lit, given_values)
