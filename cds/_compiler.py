@@ -413,20 +413,24 @@ def _alternative_packs(terms: list[tuple[tuple[int, int], list[dict[str, Any]]]]
     """Terms that each test only one input message (rule and term index, and the tests),
     in order, packed into as few ``$or`` patterns as durable takes: its expression list
     holds the pattern's ``$and``, the ``$or`` and each alternative's ``$and`` (two entries
-    each) and their tests' own (``_cost``). A term with no test, or one too wide to be an
-    alternative, is a pack of its own; a term with the same tests as one in the pack being
-    filled starts the next pack (durable would share the two alternatives' last alpha node:
-    one pack never relies on how it counts such a pair)."""
+    each) and their tests' own (``_cost``), so about 13 terms a pack. A term with no test,
+    one too wide to be an alternative, or with the same tests as a term packed before it
+    is a pack of its own: an alternative's last alpha node leads to its pack's ``$or``
+    node, and durable's matcher pushes each such link, so the same tests in many packs
+    would hang many links on one node (safety rule 11's stack bound; found by review)
+    where patterns of their own end there as before (rule 11's list of patterns)."""
     packs: list[list[tuple[tuple[int, int], list[dict[str, Any]]]]] = []
     current: list[tuple[tuple[int, int], list[dict[str, Any]]]] = []
     used = 4  # the pattern's $and and the $or
+    packed: set[str] = set()
     for term, tests in terms:
         cost = 2 + sum(_cost(t) for t in tests)
-        if not tests or 4 + cost > _EXPRESSIONS:
+        key = repr(tests)  # the compiler writes each test one way (``_durable_tests``)
+        if not tests or 4 + cost > _EXPRESSIONS or key in packed:
             packs.append([(term, tests)])
             continue
-        if current and (used + cost > _EXPRESSIONS
-                        or any(tests == other for _, other in current)):
+        packed.add(key)
+        if current and used + cost > _EXPRESSIONS:
             packs.append(current)
             current, used = [], 4
         current.append((term, tests))

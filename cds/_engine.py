@@ -34,11 +34,11 @@ The safety rules (docs/architecture.md) this module enforces:
    node (``CompiledKnowledgeBase.alpha_stack_bound``, ``alpha_patterns_per_node``);
 12. every pattern fits durable's expression list: the compiler splits a term's tests on
    the input message over several patterns when needed (``_compiler._packs``);
-13. a durable rule that stands for several terms of one rule (their tests on the input
-   message as the alternatives of one ``$or``: ``CompiledKnowledgeBase.alternatives``)
-   records, when it fires, each of those terms whose literals hold for the input facts,
-   and fails the evaluation if none holds or durable fired it fewer times than terms
-   hold (``_Firings``).
+13. a durable rule that stands for several terms, of one rule or several (their tests on
+   the input message as the alternatives of one ``$or``:
+   ``CompiledKnowledgeBase.alternatives``), records, when it fires, each of those terms
+   whose literals hold for the input facts, and fails the evaluation if none holds or
+   durable fired it fewer times than terms hold (``_Firings``).
 """
 
 from __future__ import annotations
@@ -253,7 +253,10 @@ class _Firings(FiringLog):
     reads a literal: ``literal_holds``), the later ones nothing; the terms test nothing
     but input facts, so what holds is known from them alone. A firing without a term that
     holds fails the evaluation at once, and at the end (``check_alternatives``) so does a
-    rule durable fired fewer times than it has terms that hold: it missed one."""
+    rule durable fired fewer times than it has terms that hold: it missed one. A pack
+    durable did not fire at all is not looked at (that would be the reference's work on
+    every term): as for any rule, a firing durable misses is found by the tests that
+    compare it with the reference, not at run time."""
 
     def __init__(self, compiled: CompiledKnowledgeBase, tests: _Tests,
                  facts: list[Fact]) -> None:

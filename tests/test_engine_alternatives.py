@@ -56,7 +56,9 @@ def test_a_rules_input_only_terms_share_patterns_within_durables_limits() -> Non
     assert all(len(definition[n]["all"]) == 1 for n in packs)
     assert "1:1" in definition and len(definition["1:1"]["all"]) == 2
     assert "2:1" in definition and definition["2:1"]["all"][0] == {"ctl": {"stratum": 1}}
-    assert (1, 0) in {t for terms in packs.values() for t in terms}  # MIXED's other term
+    # MIXED's other term, "c is 1", is also one of WIDE's: packed once, then its own
+    assert (1, 0) not in {t for terms in packs.values() for t in terms}
+    assert len(definition["1:0"]["all"]) == 1
     assert not any(ri == 2 for terms in packs.values() for ri, _ in terms)
     RuleEngine(_WIDE)  # durable accepts the ruleset
 
@@ -185,3 +187,27 @@ def test_a_literals_test_is_the_reference_evaluators_reading(
 
     lit = Literal("f", op, listed if op in ("in", "not-in") else scalar)
     assert literal_test(lit)(given_values) == literal_holds(lit, given_values)
+
+
+@pytest.mark.parametrize("shared", [1, 2])
+def test_a_term_many_rules_share_is_packed_once(shared: int) -> None:
+    """Found by review: 60 rules that each have the same term (one condition shared by
+    many rules: "pregnant", or the two terms "a is 1" / "b is 1") besides one of their own.
+    Were each copy an alternative in another pack, each pack's ``$or`` node would hang off
+    the one alpha node those tests end at, and durable's matcher pushes every such link:
+    the stack bound reached 63 and the knowledge base was refused. Packed once, the other
+    copies are patterns of their own that end at that node, as before alternatives; the
+    bound stays low and durable equals the reference."""
+    common = [(Literal("pregnant", "is", True),), (Literal("b", "is", 1),)][:shared]
+    rules = tuple(CompiledRule(f"R{k}", 0, 0, (*common, (Literal(f"f{k:02d}", "gt", 5),)),
+                               ((f"x{k}", True),)) for k in range(60))
+    names = {"pregnant", "b"} | {f"f{k:02d}" for k in range(60)} | {f"x{k}" for k in range(60)}
+    compiled = CompiledKnowledgeBase(f"alternatives-shared@1.{shared}", ("s0",), rules,
+                                     frozenset(names))
+    packed = [t for terms in compiled.alternatives.values() for t in terms]
+    assert sum(1 for ri, ti in packed if ti < shared) == shared  # each common term once
+    assert compiled.alpha_stack_bound <= 20
+    run = RuleEngine(compiled)
+    for facts in ([Fact("pregnant", True), Fact("f01", 7)], [Fact("b", 1)], [Fact("f59", 6)],
+                  [Fact("pregnant", False), Fact("b", 2), Fact("f00", 5)]):
+        assert run.evaluate(facts) == evaluate_reference(compiled, facts), facts
