@@ -10,6 +10,7 @@ to durable-rules negation, which is gated on a stratum marker (engine safety rul
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -295,17 +296,23 @@ class CompiledKnowledgeBase:
     def _build(self, groups: int) -> _Definition:
         packed = _packed(self._input_names, groups)
         out: dict[str, dict[str, Any]] = {}
-        # per input message: the terms that test it and nothing else (their tests after
-        # "the chunk's message"), in rule order, to be alternatives (``alternatives``)
-        alone: dict[int, list[tuple[tuple[int, int], list[dict[str, Any]]]]] = {}
+        # terms whose tests on the input facts are one pattern, by what else they have (no
+        # marker and no other pattern: any rule's; else the same marker and the same other
+        # patterns of one rule), each with its tests after "the chunk's message": the
+        # alternatives of one ``$or`` pattern in one durable rule (``alternatives``)
+        alike: dict[tuple[Any, ...], list[tuple[tuple[int, int], list[dict[str, Any]]]]] = {}
+        rest: dict[tuple[Any, ...], tuple[int | None, list[dict[str, Any]]]] = {}
         for ri, rule in enumerate(self.rules):
             for ti, term in enumerate(rule.terms):
                 marker = self.waits_for[ri][ti]
                 inputs, others = self._term_patterns(term, packed)
-                if marker is None and not others and len(inputs) == 1:
+                if len(inputs) == 1:
                     (alias, tested), = inputs[0].items()
-                    alone.setdefault(int(alias[2:].partition("_")[0]), []).append(
-                        ((ri, ti), tested["$and"][1:]))
+                    chunk = int(alias[2:].partition("_")[0])
+                    key = ((chunk,) if marker is None and not others
+                           else (chunk, ri, marker, json.dumps(others, sort_keys=True)))
+                    alike.setdefault(key, []).append(((ri, ti), tested["$and"][1:]))
+                    rest[key] = (marker, others)
                     continue
                 ctl = [{"ctl": {"stratum": marker}}] if marker is not None else []
                 out[f"{ri}:{ti}"] = {"all": ctl + inputs + others, "pri": self._pri(ri)}
@@ -314,14 +321,17 @@ class CompiledKnowledgeBase:
                     # (``dist`` 1) refuses a message twice in one match
                     out[f"{ri}:{ti}"]["dist"] = 0
         alternatives: dict[str, tuple[tuple[int, int], ...]] = {}
-        for chunk, terms in sorted(alone.items()):
-            for pack in _alternative_packs(terms):
+        seen: set[str] = set()  # the tests of every alternative so far (_alternative_packs)
+        for key, terms in sorted(alike.items(), key=lambda item: item[1][0][0]):
+            marker, others = rest[key]
+            ctl = [{"ctl": {"stratum": marker}}] if marker is not None else []
+            for pack in _alternative_packs(terms, seen):
                 (ri, ti), tests = pack[0]
                 name = f"{ri}:{ti}"
                 either = tests if len(pack) == 1 else [
                     {"$or": [{"$and": tests} for _, tests in pack]}]
-                out[name] = {"all": [{f"in{chunk}_0": {
-                    "$and": [{"$ex": {f"c{chunk}": 1}}, *either]}}],
+                out[name] = {"all": [*ctl, {f"in{key[0]}_0": {
+                    "$and": [{"$ex": {f"c{key[0]}": 1}}, *either]}}, *others],
                     "pri": min(self._pri(ri) for (ri, _), _ in pack)}
                 if len(pack) > 1:
                     alternatives[name] = tuple(term for term, _ in pack)
@@ -408,28 +418,28 @@ def _order(name: str) -> tuple[int, int]:
     return int(ri), int(ti)
 
 
-def _alternative_packs(terms: list[tuple[tuple[int, int], list[dict[str, Any]]]]
-                       ) -> list[list[tuple[tuple[int, int], list[dict[str, Any]]]]]:
-    """Terms that each test only one input message (rule and term index, and the tests),
-    in order, packed into as few ``$or`` patterns as durable takes: its expression list
-    holds the pattern's ``$and``, the ``$or`` and each alternative's ``$and`` (two entries
-    each) and their tests' own (``_cost``), so about 13 terms a pack. A term with no test,
-    one too wide to be an alternative, or with the same tests as a term packed before it
-    is a pack of its own: an alternative's last alpha node leads to its pack's ``$or``
-    node, and durable's matcher pushes each such link, so the same tests in many packs
-    would hang many links on one node (safety rule 11's stack bound; found by review)
-    where patterns of their own end there as before (rule 11's list of patterns)."""
+def _alternative_packs(terms: list[tuple[tuple[int, int], list[dict[str, Any]]]],
+                       seen: set[str]) -> list[list[tuple[tuple[int, int], list[dict[str, Any]]]]]:
+    """Terms alike but for their tests on one input message (rule and term index, and
+    those tests), in order, packed into as few ``$or`` patterns as durable takes: its
+    expression list holds the pattern's ``$and``, the ``$or`` and each alternative's
+    ``$and`` (two entries each) and their tests' own (``_cost``), so about 13 terms a pack.
+    A term with no test, one too wide to be an alternative, or with the same tests as an
+    alternative before it (in ``seen``, shared by every call) is a pack of its own: an
+    alternative's last alpha node leads to its pack's ``$or`` node, and durable's matcher
+    pushes each such link, so the same tests in many packs would hang many links on one
+    node (safety rule 11's stack bound; found by review) where patterns of their own end
+    there as before (rule 11's list of patterns)."""
     packs: list[list[tuple[tuple[int, int], list[dict[str, Any]]]]] = []
     current: list[tuple[tuple[int, int], list[dict[str, Any]]]] = []
     used = 4  # the pattern's $and and the $or
-    packed: set[str] = set()
     for term, tests in terms:
         cost = 2 + sum(_cost(t) for t in tests)
         key = repr(tests)  # the compiler writes each test one way (``_durable_tests``)
-        if not tests or 4 + cost > _EXPRESSIONS or key in packed:
+        if not tests or 4 + cost > _EXPRESSIONS or key in seen:
             packs.append([(term, tests)])
             continue
-        packed.add(key)
+        seen.add(key)
         if current and used + cost > _EXPRESSIONS:
             packs.append(current)
             current, used = [], 4

@@ -34,11 +34,11 @@ The safety rules (docs/architecture.md) this module enforces:
    node (``CompiledKnowledgeBase.alpha_stack_bound``, ``alpha_patterns_per_node``);
 12. every pattern fits durable's expression list: the compiler splits a term's tests on
    the input message over several patterns when needed (``_compiler._packs``);
-13. a durable rule that stands for several terms, of one rule or several (their tests on
-   the input message as the alternatives of one ``$or``:
-   ``CompiledKnowledgeBase.alternatives``), records, when it fires, each of those terms
-   whose literals hold for the input facts, and fails the evaluation if none holds or
-   durable fired it fewer times than terms hold (``_Firings``).
+13. a durable rule that stands for several terms (their tests on the input message as the
+   alternatives of one ``$or``, the rest of them alike: ``CompiledKnowledgeBase.
+   alternatives``) records, when it fires, each of those terms whose literals on input
+   facts hold, and fails the evaluation if none holds or, for a rule of that one pattern,
+   if durable fired it fewer times than terms hold (``_Firings``).
 """
 
 from __future__ import annotations
@@ -118,6 +118,10 @@ class RuleEngine:
                        for ti in range(len(r.terms))}
         self._alternatives = compiled.alternatives
         self._tests = _alternative_tests(compiled)
+        # the packs durable fires once per alternative that holds: those with no other
+        # pattern (a join keeps one frame per set of messages, however they came)
+        self._counted = frozenset(n for n in self._alternatives
+                                  if len(definition[n]["all"]) == 1)
         # the ruleset and what its firings mean: several knowledge bases can give one
         # definition (a term's priority is not in a pattern that stands for several)
         canonical = json.dumps(definition, sort_keys=True) + repr(compiled.rules)
@@ -148,7 +152,8 @@ class RuleEngine:
         rule 3: facts are never retracted; why: the comment above ``_SIDS``).
         """
         with _LOCK, _session(self._handle) as sid:
-            return self._derive(sid, facts, _Firings(self.compiled, self._tests, facts))
+            return self._derive(sid, facts, _Firings(self.compiled, self._tests, self._counted,
+                                                        facts))
 
     def _derive(self, sid: str, facts: list[Fact], log: _Firings) -> EngineResult:
         """Assert the input messages (``_inputs``), then marker 0 if some term waits for
@@ -246,24 +251,29 @@ class _Firings(FiringLog):
     """One evaluation's firing log, which also records the firings of the rules that stand
     for several terms (safety rule 13, ``CompiledKnowledgeBase.alternatives``).
 
-    durable fires such a rule at least once for each alternative of its ``$or`` that the
-    input message satisfies: once per way through its alpha network to the pattern (an
-    ``in`` test two of whose values match makes two). Its first firing records every one
-    of those terms whose literals hold for the input facts (as the reference evaluator
-    reads a literal: ``literal_holds``), the later ones nothing; the terms test nothing
-    but input facts, so what holds is known from them alone. A firing without a term that
-    holds fails the evaluation at once, and at the end (``check_alternatives``) so does a
-    rule durable fired fewer times than it has terms that hold: it missed one. A pack
-    durable did not fire at all is not looked at (that would be the reference's work on
-    every term): as for any rule, a firing durable misses is found by the tests that
-    compare it with the reference, not at run time."""
+    Such a rule's terms differ only in their tests on input facts, the alternatives of its
+    ``$or`` pattern on the input message; anything else they test (derived facts, a
+    marker) is in its other patterns, the same for each. Its first firing records every
+    one of those terms whose literals on input facts hold (as the reference evaluator
+    reads a literal: ``literal_test``), the later ones nothing: the rest durable has found
+    to hold by firing it, and the input facts do not change. A firing without a term that
+    holds fails the evaluation at once. A rule with no other pattern durable fires at least
+    once for each alternative that holds (once per way through its alpha network: an
+    ``in`` test two of whose values match makes two), so at the end
+    (``check_alternatives``) such a rule fired fewer times than it has terms that hold
+    fails it too: durable missed one. (Joined with other patterns, durable keeps one frame
+    per set of messages, so several alternatives may make one firing.) A pack durable did
+    not fire at all is not looked at (that would be the reference's work on every term):
+    as for any rule, a firing durable misses is found by the tests that compare it with
+    the reference, not at run time."""
 
     def __init__(self, compiled: CompiledKnowledgeBase, tests: _Tests,
-                 facts: list[Fact]) -> None:
+                 counted: frozenset[str], facts: list[Fact]) -> None:
         super().__init__(compiled)
         self._rules = compiled.rules
         self._alternatives = compiled.alternatives
         self._tests = tests
+        self._counted = counted
         self._facts = facts
         self._given: dict[str, Any] | None = None  # the input facts' values, by name
         self._held: dict[str, list[int]] = {}  # durable rule name -> [terms held, firings]
@@ -286,7 +296,8 @@ class _Firings(FiringLog):
         return [nv for ri, ti in held for nv in self.fire(ri, ti)]
 
     def check_alternatives(self) -> None:
-        wrong = [name for name, (held, fired) in self._held.items() if fired < held]
+        wrong = [name for name, (held, fired) in self._held.items()
+                 if fired < held and name in self._counted]
         if wrong:
             raise EngineError("the rule engine and the input facts disagree on which "
                               "conditions of a rule hold",
@@ -304,10 +315,13 @@ _Tests = dict[str, tuple[tuple[tuple[int, int], _Test], ...]]
 
 def _alternative_tests(compiled: CompiledKnowledgeBase) -> _Tests:
     """Per durable rule that stands for several terms: each term, and the test of all its
-    literals at once (``literal_test``)."""
-    rules = compiled.rules
+    literals on input facts at once (``literal_test``). Its other literals (on derived
+    facts, and the marker it waits for) are the same for every term of the rule, in
+    patterns of their own: durable has found them to hold when it fires the rule."""
+    rules, inputs = compiled.rules, compiled.packed_keys
     return {name: tuple((term, _all_of(tuple(literal_test(lit)
-                                               for lit in rules[term[0]].terms[term[1]])))
+                                               for lit in rules[term[0]].terms[term[1]]
+                                               if lit.fact in inputs)))
                         for term in terms)
             for name, terms in compiled.alternatives.items()}
 

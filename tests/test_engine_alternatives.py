@@ -211,3 +211,66 @@ def test_a_term_many_rules_share_is_packed_once(shared: int) -> None:
     for facts in ([Fact("pregnant", True), Fact("f01", 7)], [Fact("b", 1)], [Fact("f59", 6)],
                   [Fact("pregnant", False), Fact("b", 2), Fact("f00", 5)]):
         assert run.evaluate(facts) == evaluate_reference(compiled, facts), facts
+
+
+def _shared_part_kb() -> CompiledKnowledgeBase:
+    """Terms of one rule alike but for their tests on input facts: G's read the derived
+    fact d (and so join its message), N's wait for marker 1 and need z absent."""
+    rules = (
+        CompiledRule("D", 0, 0, ((Literal("x", "is", 1),),), (("d", True),)),
+        CompiledRule("Z", 0, 1, ((Literal("y", "is", 1),),), (("z", True),)),
+        CompiledRule("G", 1, 0, ((Literal("d", "is", True), Literal("a", "is", 1)),
+                                 (Literal("d", "is", True), Literal("b", "gt", 2)),
+                                 (Literal("d", "is", True), Literal("c", "in", [1, 2])),
+                                 (Literal("d", "is", True), Literal("a", "missing"))),
+                     (("g", True),)),
+        CompiledRule("N", 1, 1, ((Literal("z", "missing"), Literal("a", "is", 2)),
+                                 (Literal("z", "missing"), Literal("b", "le", 1)),
+                                 (Literal("z", "missing"), Literal("c", "is", 3))),
+                     (("n", True),)),
+    )
+    return CompiledKnowledgeBase("alternatives-shared-part@1.0", ("s0", "s1"), rules,
+                                 frozenset({"x", "y", "a", "b", "c", "d", "z", "g", "n"}))
+
+
+_SHARED_PART = _shared_part_kb()
+
+
+def test_terms_alike_but_for_their_input_tests_share_one_rule() -> None:
+    """G's four terms are one durable rule: the derived fact's pattern once, the input
+    message's as four alternatives; N's three likewise, after their marker and the
+    absence of z."""
+    definition = _SHARED_PART.durable_definition()
+    packs = {n: terms for n, terms in _SHARED_PART.alternatives.items()}
+    assert packs["2:0"] == ((2, 0), (2, 1), (2, 2), (2, 3))
+    assert packs["3:0"] == ((3, 0), (3, 1), (3, 2))
+    assert [next(iter(p)) for p in definition["2:0"]["all"]] == ["in0_0", "p0"]
+    assert [next(iter(p)) for p in definition["3:0"]["all"]] == ["ctl", "in0_0", "a0$not"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({}, optional={n: st.integers(0, 4) for n in "xyabc"}))
+def test_alternatives_with_a_shared_part_give_the_reference_evaluators_results(
+        values: dict[str, int]) -> None:
+    """Any values of the input facts (d derived or not, z derived or not, none, one or
+    several input alternatives holding): durable's result is the reference's."""
+    facts = [Fact(n, v) for n, v in sorted(values.items())]
+    result = RuleEngine(_SHARED_PART).evaluate(facts)
+    assert result == evaluate_reference(_SHARED_PART, facts)
+
+
+def test_a_shared_part_that_does_not_hold_fires_no_alternative() -> None:
+    """a = 1, b = 3 and c = 1 satisfy three of G's input alternatives, and G fires for
+    each only when d is derived (x = 1); N's fire only while z is absent (y is not 1)."""
+    run = RuleEngine(_SHARED_PART)
+    with_d = run.evaluate([Fact("a", 1), Fact("b", 3), Fact("c", 1), Fact("x", 1)])
+    assert sorted(f.used for f in with_d.firings if f.rule_id == "G") == [
+        ("a", "d"), ("b", "d"), ("c", "d")]
+    without_d = run.evaluate([Fact("a", 1), Fact("b", 3), Fact("c", 1), Fact("x", 2)])
+    assert not [f for f in without_d.firings if f.rule_id == "G"]
+    assert not [f for f in without_d.firings if f.rule_id == "N"]
+    several = run.evaluate([Fact("a", 2), Fact("b", 0), Fact("c", 3)])
+    assert sorted(f.used for f in several.firings if f.rule_id == "N") == [
+        ("a",), ("b",), ("c",)]
+    with_z = run.evaluate([Fact("a", 2), Fact("y", 1)])
+    assert not [f for f in with_z.firings if f.rule_id == "N"]
