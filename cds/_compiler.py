@@ -46,6 +46,10 @@ _EXPRESSIONS = 30
 _SHARED_LIMIT = 250
 # a durable-rules definition, the bound of its alpha stack, the most patterns ending at one
 # alpha node, and the rules that stand for several terms (``alternatives``)
+# terms alike but for their tests on one input message: the marker they wait for, their
+# other patterns, and each term (rule and term index) with its tests on that message
+_Alike = tuple[int | None, list[dict[str, Any]],
+               list[tuple[tuple[int, int], list[dict[str, Any]]]]]
 _Definition = tuple[dict[str, dict[str, Any]], int, int, dict[str, tuple[tuple[int, int], ...]]]
 
 
@@ -300,8 +304,7 @@ class CompiledKnowledgeBase:
         # marker and no other pattern: any rule's; else the same marker and the same other
         # patterns of one rule), each with its tests after "the chunk's message": the
         # alternatives of one ``$or`` pattern in one durable rule (``alternatives``)
-        alike: dict[tuple[Any, ...], list[tuple[tuple[int, int], list[dict[str, Any]]]]] = {}
-        rest: dict[tuple[Any, ...], tuple[int | None, list[dict[str, Any]]]] = {}
+        alike: dict[tuple[Any, ...], _Alike] = {}
         for ri, rule in enumerate(self.rules):
             for ti, term in enumerate(rule.terms):
                 marker = self.waits_for[ri][ti]
@@ -311,8 +314,8 @@ class CompiledKnowledgeBase:
                     chunk = int(alias[2:].partition("_")[0])
                     key = ((chunk,) if marker is None and not others
                            else (chunk, ri, marker, json.dumps(others, sort_keys=True)))
-                    alike.setdefault(key, []).append(((ri, ti), tested["$and"][1:]))
-                    rest[key] = (marker, others)
+                    alike.setdefault(key, (marker, others, []))[2].append(
+                        ((ri, ti), tested["$and"][1:]))
                     continue
                 ctl = [{"ctl": {"stratum": marker}}] if marker is not None else []
                 out[f"{ri}:{ti}"] = {"all": ctl + inputs + others, "pri": self._pri(ri)}
@@ -322,8 +325,8 @@ class CompiledKnowledgeBase:
                     out[f"{ri}:{ti}"]["dist"] = 0
         alternatives: dict[str, tuple[tuple[int, int], ...]] = {}
         seen: set[str] = set()  # the tests of every alternative so far (_alternative_packs)
-        for key, terms in sorted(alike.items(), key=lambda item: item[1][0][0]):
-            marker, others = rest[key]
+        for key, (marker, others, terms) in sorted(alike.items(),
+                                                   key=lambda item: item[1][2][0][0]):
             ctl = [{"ctl": {"stratum": marker}}] if marker is not None else []
             for pack in _alternative_packs(terms, seen):
                 (ri, ti), tests = pack[0]

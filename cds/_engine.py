@@ -50,6 +50,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from json.encoder import encode_basestring as _encode_str  # json.dumps' own, ensure_ascii=False
 from typing import Any
 
@@ -116,12 +117,7 @@ class RuleEngine:
         # that stands for several terms is named after its first: ``_Firings``)
         self._terms = {f"{ri}:{ti}": (ri, ti) for ri, r in enumerate(compiled.rules)
                        for ti in range(len(r.terms))}
-        self._alternatives = compiled.alternatives
-        self._tests = _alternative_tests(compiled)
-        # the packs durable fires once per alternative that holds: those with no other
-        # pattern (a join keeps one frame per set of messages, however they came)
-        self._counted = frozenset(n for n in self._alternatives
-                                  if len(definition[n]["all"]) == 1)
+        self._packs = _packs(compiled, definition)
         # the ruleset and what its firings mean: several knowledge bases can give one
         # definition (a term's priority is not in a pattern that stands for several)
         canonical = json.dumps(definition, sort_keys=True) + repr(compiled.rules)
@@ -152,8 +148,7 @@ class RuleEngine:
         rule 3: facts are never retracted; why: the comment above ``_SIDS``).
         """
         with _LOCK, _session(self._handle) as sid:
-            return self._derive(sid, facts, _Firings(self.compiled, self._tests, self._counted,
-                                                        facts))
+            return self._derive(sid, facts, _Firings(self.compiled, self._packs, facts))
 
     def _derive(self, sid: str, facts: list[Fact], log: _Firings) -> EngineResult:
         """Assert the input messages (``_inputs``), then marker 0 if some term waits for
@@ -220,8 +215,8 @@ class RuleEngine:
         derive are asserted in one batch when no action is left, then the actions that
         batch made ready run, until nothing new is derived: a fact only ever adds matches,
         so when it arrives changes no result."""
-        handle, keys, terms, fire = self._handle, self._keys, self._terms, log.fire
-        alternatives = self._alternatives
+        handle, keys, terms, packs, fire = (self._handle, self._keys, self._terms,
+                                            self._packs, log.fire)
         state = _accepted(asserted)
         while True:
             started = _c.start_action_for_state(handle, state)
@@ -230,10 +225,10 @@ class RuleEngine:
             while message:
                 try:
                     name = message[2:message.find('"', 2)]
-                    several = alternatives.get(name)
+                    pack = packs.get(name)
                     # only what some rule reads goes into the session: no other fact can
                     # fire anything (the result is the firing log's, not the session's)
-                    new += [nv for nv in (log.fire_alternatives(name, several) if several
+                    new += [nv for nv in (log.fire_pack(name, pack) if pack
                                           else fire(*(terms.get(name)
                                                       or _message_rule(message))))
                             if nv[0] in keys]
@@ -267,19 +262,16 @@ class _Firings(FiringLog):
     as for any rule, a firing durable misses is found by the tests that compare it with
     the reference, not at run time."""
 
-    def __init__(self, compiled: CompiledKnowledgeBase, tests: _Tests,
-                 counted: frozenset[str], facts: list[Fact]) -> None:
+    def __init__(self, compiled: CompiledKnowledgeBase, packs: dict[str, _Pack],
+                 facts: list[Fact]) -> None:
         super().__init__(compiled)
         self._rules = compiled.rules
-        self._alternatives = compiled.alternatives
-        self._tests = tests
-        self._counted = counted
+        self._packs = packs
         self._facts = facts
         self._given: dict[str, Any] | None = None  # the input facts' values, by name
         self._held: dict[str, list[int]] = {}  # durable rule name -> [terms held, firings]
 
-    def fire_alternatives(self, name: str,
-                          terms: tuple[tuple[int, int], ...]) -> list[tuple[str, Any]]:
+    def fire_pack(self, name: str, pack: _Pack) -> list[tuple[str, Any]]:
         known = self._held.get(name)
         if known is not None:
             known[1] += 1
@@ -287,51 +279,59 @@ class _Firings(FiringLog):
         if self._given is None:
             self._given = {f.name: f.value for f in self._facts}
         given = self._given
-        held = [term for term, holds in self._tests[name] if holds(given)]
+        held = [term for term, holds in pack.tests if holds(given)]
         if not held:
             raise EngineError("the rule engine fired one of the rules "
-                              f"{_rule_ids(self._rules, terms)} although none of their "
+                              f"{pack.rule_ids(self._rules)} although none of their "
                               "conditions holds")
         self._held[name] = [len(held), 1]
         return [nv for ri, ti in held for nv in self.fire(ri, ti)]
 
     def check_alternatives(self) -> None:
-        wrong = [name for name, (held, fired) in self._held.items()
-                 if fired < held and name in self._counted]
+        wrong = [self._packs[name] for name, (held, fired) in self._held.items()
+                 if fired < held and self._packs[name].counted]
         if wrong:
             raise EngineError("the rule engine and the input facts disagree on which "
                               "conditions of a rule hold",
-                              _rule_ids(self._rules, [t for n in wrong
-                                                      for t in self._alternatives[n]]))
-
-
-def _rule_ids(rules: tuple[CompiledRule, ...], terms: Any) -> list[str]:
-    return sorted({rules[ri].rule_id for ri, _ in terms})
+                              sorted({r for pack in wrong for r in pack.rule_ids(self._rules)}))
 
 
 _Test = Callable[[dict[str, Any]], bool]
-_Tests = dict[str, tuple[tuple[tuple[int, int], _Test], ...]]
 
 
-def _alternative_tests(compiled: CompiledKnowledgeBase) -> _Tests:
-    """Per durable rule that stands for several terms: each term, and the test of all its
-    literals on input facts at once (``literal_test``). Its other literals (on derived
-    facts, and the marker it waits for) are the same for every term of the rule, in
-    patterns of their own: durable has found them to hold when it fires the rule."""
+@dataclass(frozen=True)
+class _Pack:
+    """A durable rule that stands for several terms (safety rule 13)."""
+
+    # each term (rule index, term index) and the test of its literals on input facts
+    tests: tuple[tuple[tuple[int, int], _Test], ...]
+    # a rule of that one pattern, which durable fires at least once per alternative that
+    # holds (joined with other patterns it keeps one frame per set of messages, however
+    # they came: several alternatives may make one firing)
+    counted: bool
+
+    def rule_ids(self, rules: tuple[CompiledRule, ...]) -> list[str]:
+        return sorted({rules[ri].rule_id for (ri, _), _ in self.tests})
+
+
+def _packs(compiled: CompiledKnowledgeBase,
+           definition: dict[str, dict[str, Any]]) -> dict[str, _Pack]:
+    """Per durable rule that stands for several terms: its ``_Pack``. A term's test is of
+    its literals on input facts (``literal_test``); its other literals (on derived facts,
+    and the marker it waits for) are the same for every term of the rule, in patterns of
+    their own: durable has found them to hold when it fires the rule."""
     rules, inputs = compiled.rules, compiled.packed_keys
-    return {name: tuple((term, _all_of(tuple(literal_test(lit)
-                                               for lit in rules[term[0]].terms[term[1]]
-                                               if lit.fact in inputs)))
-                        for term in terms)
+    return {name: _Pack(tuple((term, _all_of([literal_test(lit)
+                                              for lit in rules[term[0]].terms[term[1]]
+                                              if lit.fact in inputs]))
+                              for term in terms),
+                        len(definition[name]["all"]) == 1)
             for name, terms in compiled.alternatives.items()}
 
 
-def _all_of(tests: tuple[_Test, ...]) -> _Test:
+def _all_of(tests: list[_Test]) -> _Test:
     if len(tests) == 1:
         return tests[0]
-    if len(tests) == 2:
-        first, second = tests
-        return lambda given: first(given) and second(given)
 
     def every(given: dict[str, Any]) -> bool:  # a loop, not all(): no generator to close
         for test in tests:
