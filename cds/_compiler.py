@@ -221,9 +221,11 @@ class CompiledKnowledgeBase:
             for fact in {lit.fact for t in rule.terms for lit in t}:
                 read_in.setdefault(fact, []).append(rule.stratum)
 
-        def marker(rule: CompiledRule, term: tuple[Literal, ...]) -> int | None:
+        def marker(ri: int, ti: int) -> int | None:
+            rule, term = self.rules[ri], self.rules[ri].terms[ti]
             s = rule.stratum
-            if (any(lit.op != "missing" and max(produced_in.get(lit.fact, [0])) > s
+            if ((ri, ti) in self.folded
+                    or any(lit.op != "missing" and max(produced_in.get(lit.fact, [0])) > s
                     for lit in term)
                     or any(min(read_in.get(n, [s])) < s for n, _ in rule.derives)):
                 return s
@@ -233,7 +235,50 @@ class CompiledKnowledgeBase:
                      for lit in term if lit.op == "missing" and lit.fact in produced_in]
             return max(final) if final else None
 
-        return tuple(tuple(marker(r, t) for t in r.terms) for r in self.rules)
+        return tuple(tuple(marker(ri, ti) for ti in range(len(r.terms)))
+                     for ri, r in enumerate(self.rules))
+
+    @cached_property
+    def folded(self) -> frozenset[tuple[int, int]]:
+        """The terms tested on their stratum marker's message (rule and term index): each
+        reads a derived fact, and every derived fact it reads is derived only in earlier
+        strata. It waits for its own stratum's marker (``waits_for``), after which those
+        facts are final, and the runner sends that marker with their values and those of
+        the input facts such terms read (``marker_keys``): one pattern on one message
+        instead of a join of one pattern per derived fact (and of the marker), as durable
+        allocates every pattern's state in every new session. A marker's terms that are one
+        pattern each share patterns as alternatives, as the input message's do."""
+        produced_in: dict[str, list[int]] = {}
+        for rule in self.rules:
+            for name, _ in rule.derives:
+                produced_in.setdefault(name, []).append(rule.stratum)
+        folded: dict[int, list[tuple[int, int]]] = {}
+        read: dict[int, set[str]] = {}
+        for ri, r in enumerate(self.rules):
+            for ti, t in enumerate(r.terms):
+                if _reads_only_earlier(t, r.stratum, produced_in):
+                    folded.setdefault(r.stratum, []).append((ri, ti))
+                    read.setdefault(r.stratum, set()).update(lit.fact for lit in t)
+        # a marker's message holds at most as many facts as an input message (``_CHUNK``);
+        # past that its terms are joins, as before
+        return frozenset(term for k, terms in folded.items() if len(read[k]) <= _CHUNK
+                         for term in terms)
+
+    @cached_property
+    def marker_keys(self) -> dict[int, dict[str, tuple[str, str]]]:
+        """Per stratum marker that folded terms wait for (``folded``): each fact they read,
+        with the group property and its own property it has in that marker's message
+        (``{"sid":..,"id":"s:2","stratum":2,"h":1,"u0":1,"u1":1,"v3":true}``), named apart
+        from every other message's properties."""
+        read: dict[int, set[str]] = {}
+        for ri, ti in self.folded:
+            read.setdefault(self.rules[ri].stratum, set()).update(
+                lit.fact for lit in self.rules[ri].terms[ti])
+        out: dict[int, dict[str, tuple[str, str]]] = {}
+        for k, names in sorted(read.items()):
+            groups = max(1, math.isqrt(len(names)))
+            out[k] = {n: (f"u{i % groups}", f"v{i}") for i, n in enumerate(sorted(names))}
+        return out
 
     @cached_property
     def markers(self) -> tuple[int, ...]:
@@ -304,18 +349,26 @@ class CompiledKnowledgeBase:
         # marker and no other pattern: any rule's; else the same marker and the same other
         # patterns of one rule), each with its tests after "the chunk's message": the
         # alternatives of one ``$or`` pattern in one durable rule (``alternatives``)
+        # (a folded term's tests are all on its marker's message, which the pattern's
+        # first test names: any rule's folded terms of one marker are alike)
         alike: dict[tuple[Any, ...], _Alike] = {}
         for ri, rule in enumerate(self.rules):
             for ti, term in enumerate(rule.terms):
                 marker = self.waits_for[ri][ti]
-                inputs, others = self._term_patterns(term, packed)
+                if (ri, ti) in self.folded:  # waits for its own stratum's marker
+                    inputs, others = self._term_patterns(term, {
+                        n: (0, g, k)
+                        for n, (g, k) in self.marker_keys[rule.stratum].items()},
+                        rule.stratum)
+                    marker = None  # the pattern's own first test (``_term_patterns``)
+                else:
+                    inputs, others = self._term_patterns(term, packed)
                 if len(inputs) == 1:
                     (alias, tested), = inputs[0].items()
-                    chunk = int(alias[2:].partition("_")[0])
-                    key = ((chunk,) if marker is None and not others
-                           else (chunk, ri, marker, json.dumps(others, sort_keys=True)))
-                    alike.setdefault(key, (marker, others, []))[2].append(
-                        ((ri, ti), tested["$and"][1:]))
+                    head, *tests = tested["$and"]
+                    key = ((alias,) if marker is None and not others
+                           else (alias, ri, marker, json.dumps(others, sort_keys=True)))
+                    alike.setdefault(key, (marker, others, []))[2].append(((ri, ti), tests))
                     continue
                 ctl = [{"ctl": {"stratum": marker}}] if marker is not None else []
                 out[f"{ri}:{ti}"] = {"all": ctl + inputs + others, "pri": self._pri(ri)}
@@ -328,14 +381,15 @@ class CompiledKnowledgeBase:
         for key, (marker, others, terms) in sorted(alike.items(),
                                                    key=lambda item: item[1][2][0][0]):
             ctl = [{"ctl": {"stratum": marker}}] if marker is not None else []
-            for pack in _alternative_packs(terms, seen):
+            alias = key[0]
+            head = _message_head(alias)
+            for pack in _alternative_packs(terms, seen, alias):
                 (ri, ti), tests = pack[0]
                 name = f"{ri}:{ti}"
                 either = tests if len(pack) == 1 else [
                     {"$or": [{"$and": tests} for _, tests in pack]}]
-                out[name] = {"all": [*ctl, {f"in{key[0]}_0": {
-                    "$and": [{"$ex": {f"c{key[0]}": 1}}, *either]}}, *others],
-                    "pri": min(self._pri(ri) for (ri, _), _ in pack)}
+                out[name] = {"all": [*ctl, {alias: {"$and": [head, *either]}}, *others],
+                             "pri": min(self._pri(ri) for (ri, _), _ in pack)}
                 if len(pack) > 1:
                     alternatives[name] = tuple(term for term, _ in pack)
         # every durable rule in term order, as each term was once a rule of its own (durable
@@ -356,9 +410,10 @@ class CompiledKnowledgeBase:
         return 10 * (rule.stratum * 100 + rule.priority)
 
     def _term_patterns(self, term: tuple[Literal, ...],
-                       packed: dict[str, tuple[int, str, str]]
+                       packed: dict[str, tuple[int, str, str]], marker: int | None = None
                        ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """A term's patterns on the input messages, and on derived facts."""
+        """A term's patterns on the input messages, and on derived facts; with ``marker``
+        (a folded term: every fact it reads is in ``packed``), on that marker's message."""
         keys = self.durable_keys
         chunks: dict[int, list[list[dict[str, Any]]]] = {} if term else {0: []}
         patterns: list[dict[str, Any]] = []
@@ -381,8 +436,10 @@ class CompiledKnowledgeBase:
             tests = [t for lit in lits for t in _durable_tests(lit, keys[fact][1])]
             for unit in _units(exists["$and"], tests):
                 patterns.append({f"p{len(patterns)}": {"$and": unit}})
-        inputs = [{f"in{k}_{i}": {"$and": [{"$ex": {f"c{k}": 1}}, *tests]}}
-                  for k, units in sorted(chunks.items())
+        aliases = [f"in{k}_" if marker is None else f"mk{marker}_" for k in sorted(chunks)]
+        inputs = [{f"{alias}{i}": {"$and": [_message_head(f"{alias}{i}"), *tests]}}
+                  for alias, units in zip(aliases, [chunks[k] for k in sorted(chunks)],
+                                          strict=True)
                   for i, tests in enumerate(_packs(units))]
         return inputs, patterns
 
@@ -421,8 +478,16 @@ def _order(name: str) -> tuple[int, int]:
     return int(ri), int(ti)
 
 
+def _message_head(alias: str) -> dict[str, Any]:
+    """A pattern's first test, naming the message it is on (its alias ``in{chunk}_{i}``:
+    that input message; ``mk{marker}_{i}``: that stratum marker's)."""
+    number = int(alias[2:].partition("_")[0])
+    return {"$ex": {f"c{number}": 1}} if alias.startswith("in") else {"stratum": number}
+
+
 def _alternative_packs(terms: list[tuple[tuple[int, int], list[dict[str, Any]]]],
-                       seen: set[str]) -> list[list[tuple[tuple[int, int], list[dict[str, Any]]]]]:
+                       seen: set[str], alias: str
+                       ) -> list[list[tuple[tuple[int, int], list[dict[str, Any]]]]]:
     """Terms alike but for their tests on one input message (rule and term index, and
     those tests), in order, packed into as few ``$or`` patterns as durable takes: its
     expression list holds the pattern's ``$and``, the ``$or`` and each alternative's
@@ -438,7 +503,8 @@ def _alternative_packs(terms: list[tuple[tuple[int, int], list[dict[str, Any]]]]
     used = 4  # the pattern's $and and the $or
     for term, tests in terms:
         cost = 2 + sum(_cost(t) for t in tests)
-        key = repr(tests)  # the compiler writes each test one way (``_durable_tests``)
+        # the compiler writes each test one way (``_durable_tests``); on one message
+        key = alias.partition("_")[0] + repr(tests)
         if not tests or 4 + cost > _EXPRESSIONS or key in seen:
             packs.append([(term, tests)])
             continue
@@ -512,6 +578,13 @@ def _alpha_limits(definition: dict[str, dict[str, Any]]) -> tuple[int, int]:
             end.ends += 1
             ends.append(end)
     return max(1, root.worst(0)), max(e.ends for e in ends)
+
+
+def _reads_only_earlier(term: tuple[Literal, ...], stratum: int,
+                        produced_in: dict[str, list[int]]) -> bool:
+    """The term reads a derived fact, and only derived facts final before ``stratum``."""
+    derived = [lit.fact for lit in term if lit.fact in produced_in]
+    return bool(derived) and all(max(produced_in[f]) < stratum for f in derived)
 
 
 def _exists(group: str, key: str) -> dict[str, Any]:

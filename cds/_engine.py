@@ -12,7 +12,8 @@ The safety rules (docs/architecture.md) this module enforces:
    the comment above ``_SIDS``);
 4. negation is gated: a term that tests the absence of an input fact tests it on the
    input message, complete when it arrives; one that tests the absence of a derived fact
-   waits for the stratum marker after which every such fact is final; markers go in
+   waits for the stratum marker after which every such fact is final (a folded term for
+   its own stratum's: rule 14); markers go in
    order, each after the last has settled; a term with value tests only needs none when
    its facts never arrive after its stratum's turn (``CompiledKnowledgeBase.waits_for``
    gives the argument);
@@ -38,7 +39,13 @@ The safety rules (docs/architecture.md) this module enforces:
    alternatives of one ``$or``, the rest of them alike: ``CompiledKnowledgeBase.
    alternatives``) records, when it fires, each of those terms whose literals on input
    facts hold, and fails the evaluation if none holds or, for a rule of that one pattern,
-   if durable fired it fewer times than terms hold (``_Firings``).
+   if durable fired it fewer times than terms hold (``_Firings``);
+14. a stratum marker's message carries final values only: a term folded onto it
+   (``CompiledKnowledgeBase.folded``: it reads derived facts, each derived only in earlier
+   strata) is tested on the values of the facts it reads there, which the runner writes
+   when it sends the marker (``RuleEngine._marker``), once everything before it has
+   settled, so that no fact of an earlier stratum can come later; the runner tests the
+   alternatives of such a pack on the same values.
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ from cds._compiler import CompiledKnowledgeBase, CompiledRule
 from cds._engine_result import EngineResult, FiringLog
 from cds._errors import EngineError, KnowledgeBaseError, KnowledgeBaseProblem
 from cds._facts import Fact
-from cds._reference import literal_test
+from cds._reference import holding
 
 __all__ = ["RuleEngine"]
 
@@ -110,6 +117,12 @@ class RuleEngine:
             f'","id":"f:c{k}","h":1,"c{k}":1' + "".join(f',"{g}":1'
                                                       for g in compiled.chunk_groups(k))
             for k in range(compiled.chunks)]
+        # per stratum marker whose message carries facts (``CompiledKnowledgeBase.folded``):
+        # its group properties' text, and each fact's property text
+        self._marker_keys = {k: ("".join(f',"{g}":1' for g in sorted(set(
+            g for g, _ in keys.values()), key=lambda g: int(g[1:]))),
+            {n: f',"{key}":' for n, (_, key) in keys.items()})
+            for k, keys in compiled.marker_keys.items()}
         self._input_heads = _heads(self._keys, "f")
         self._derived_heads = _heads(self._keys, "d")
         definition = compiled.durable_definition() | {_WARM_UP: _WARM_UP_RULE}
@@ -161,11 +174,11 @@ class RuleEngine:
         markers = self.compiled.markers
         rest = markers
         if markers and markers[0] == 0:
-            messages.append(_marker(sid, 0))
+            messages.append(self._marker(sid, 0, log))
             rest = markers[1:]
         self._settle(log, sid, _c.assert_facts(handle, "[" + ",".join(messages) + "]"))
         for k in rest:
-            self._settle(log, sid, _c.assert_fact(handle, _marker(sid, k)))
+            self._settle(log, sid, _c.assert_fact(handle, self._marker(sid, k, log)))
         # durable gives the facts back as the text they were asserted in: every input
         # message must be there as it was sent. The session is new (``evaluate``) and
         # durable refuses an id twice, so the separate input facts are all there iff their
@@ -209,6 +222,20 @@ class RuleEngine:
             raise EngineError("the rule engine saw a fact twice in one evaluation")
         return ["".join(p) + "}" for p in parts], separate
 
+    def _marker(self, sid: str, k: int, log: _Firings) -> str:
+        """Stratum marker ``k``'s message (``{"sid":..,"id":"s:2","stratum":2,"h":1}``);
+        if folded terms wait for it (``CompiledKnowledgeBase.folded``), with every group
+        property of its facts and the value of each of them there is: by now final (safety
+        rule 14). The runner tests those terms on the same values (``_Firings``)."""
+        head = f'{{"sid":"{sid}","id":"s:{k}","stratum":{k},"h":1'
+        known = self._marker_keys.get(k)
+        if known is None:
+            return head + "}"
+        groups, keys = known
+        values = log.at_marker(k, keys)
+        return head + groups + "".join(keys[n] + _value_text(n, v)
+                                       for n, v in values.items()) + "}"
+
     def _settle(self, log: _Firings, sid: str, asserted: tuple[int, int]) -> None:
         """Run every action the last assert made ready, until none is left (what durable's
         ``Host`` does, without a JSON state round trip per action). The facts the firings
@@ -248,10 +275,12 @@ class _Firings(FiringLog):
 
     Such a rule's terms differ only in their tests on input facts, the alternatives of its
     ``$or`` pattern on the input message; anything else they test (derived facts, a
-    marker) is in its other patterns, the same for each. Its first firing records every
-    one of those terms whose literals on input facts hold (as the reference evaluator
-    reads a literal: ``literal_test``), the later ones nothing: the rest durable has found
-    to hold by firing it, and the input facts do not change. A firing without a term that
+    marker) is in its other patterns, the same for each. (Folded terms, safety rule 14,
+    have every test in the alternatives of a pattern on their marker's message.) Its first
+    firing records every one of those terms whose literals on that message's facts hold
+    (as the reference evaluator reads a literal: ``holding``), on the values the message
+    carries (the input facts, or ``at_marker``), the later ones nothing: the rest durable
+    has found to hold by firing it, and those values do not change. A firing without a term that
     holds fails the evaluation at once. A rule with no other pattern durable fires at least
     once for each alternative that holds (once per way through its alpha network: an
     ``in`` test two of whose values match makes two), so at the end
@@ -269,17 +298,31 @@ class _Firings(FiringLog):
         self._packs = packs
         self._facts = facts
         self._given: dict[str, Any] | None = None  # the input facts' values, by name
+        self._at_marker: dict[int, dict[str, Any]] = {}  # a marker message's values
         self._held: dict[str, list[int]] = {}  # durable rule name -> [terms held, firings]
+
+    def given(self) -> dict[str, Any]:
+        if self._given is None:
+            self._given = {f.name: f.value for f in self._facts}
+        return self._given
+
+    def at_marker(self, k: int, names: dict[str, str]) -> dict[str, Any]:
+        """The values marker ``k``'s message carries: of the facts in ``names`` there are,
+        each derived one's as derived, else as given (a fact both given and derived is
+        refused after the evaluation: ``Evaluator.derive``)."""
+        given, derived = self.given(), self._values
+        values = {n: derived[n] if n in derived else given[n]
+                  for n in names if n in derived or n in given}
+        self._at_marker[k] = values
+        return values
 
     def fire_pack(self, name: str, pack: _Pack) -> list[tuple[str, Any]]:
         known = self._held.get(name)
         if known is not None:
             known[1] += 1
             return []
-        if self._given is None:
-            self._given = {f.name: f.value for f in self._facts}
-        given = self._given
-        held = [term for term, holds in pack.tests if holds(given)]
+        held = pack.holding(self.given() if pack.marker is None
+                            else self._at_marker[pack.marker])
         if not held:
             raise EngineError("the rule engine fired one of the rules "
                               f"{pack.rule_ids(self._rules)} although none of their "
@@ -296,54 +339,44 @@ class _Firings(FiringLog):
                               sorted({r for pack in wrong for r in pack.rule_ids(self._rules)}))
 
 
-_Test = Callable[[dict[str, Any]], bool]
-
-
 @dataclass(frozen=True)
 class _Pack:
     """A durable rule that stands for several terms (safety rule 13)."""
 
-    # each term (rule index, term index) and the test of its literals on input facts
-    tests: tuple[tuple[tuple[int, int], _Test], ...]
+    # each term (rule index, term index)
+    terms: tuple[tuple[int, int], ...]
+    # the stratum marker whose message the pack is on (None: an input message)
+    marker: int | None
+    # the input facts' values -> the terms whose literals on input facts hold
+    holding: Callable[[dict[str, Any]], list[tuple[int, int]]]
     # a rule of that one pattern, which durable fires at least once per alternative that
     # holds (joined with other patterns it keeps one frame per set of messages, however
     # they came: several alternatives may make one firing)
     counted: bool
 
     def rule_ids(self, rules: tuple[CompiledRule, ...]) -> list[str]:
-        return sorted({rules[ri].rule_id for (ri, _), _ in self.tests})
+        return sorted({rules[ri].rule_id for ri, _ in self.terms})
 
 
 def _packs(compiled: CompiledKnowledgeBase,
            definition: dict[str, dict[str, Any]]) -> dict[str, _Pack]:
     """Per durable rule that stands for several terms: its ``_Pack``. A term's test is of
-    its literals on input facts (``literal_test``); its other literals (on derived facts,
-    and the marker it waits for) are the same for every term of the rule, in patterns of
-    their own: durable has found them to hold when it fires the rule."""
-    rules, inputs = compiled.rules, compiled.packed_keys
-    return {name: _Pack(tuple((term, _all_of([literal_test(lit)
-                                              for lit in rules[term[0]].terms[term[1]]
-                                              if lit.fact in inputs]))
-                              for term in terms),
-                        len(definition[name]["all"]) == 1)
-            for name, terms in compiled.alternatives.items()}
-
-
-def _all_of(tests: list[_Test]) -> _Test:
-    if len(tests) == 1:
-        return tests[0]
-
-    def every(given: dict[str, Any]) -> bool:  # a loop, not all(): no generator to close
-        for test in tests:
-            if not test(given):
-                return False
-        return True
-
-    return every
-
-
-def _marker(sid: str, k: int) -> str:
-    return f'{{"sid":"{sid}","id":"s:{k}","stratum":{k}}}'
+    its literals on input facts (``holding``); its other literals (on derived facts, and
+    the marker it waits for) are the same for every term of the rule, in patterns of their
+    own: durable has found them to hold when it fires the rule."""
+    rules = compiled.rules
+    packs = {}
+    for name, terms in compiled.alternatives.items():
+        patterns = definition[name]["all"]
+        marker = next((int(alias[2:].partition("_")[0]) for p in patterns for alias in p
+                       if alias.startswith("mk")), None)
+        # the facts on the message the pack's ``$or`` is on
+        on = compiled.packed_keys if marker is None else compiled.marker_keys[marker]
+        packs[name] = _Pack(terms, marker,
+                            holding([(term, [lit for lit in rules[term[0]].terms[term[1]]
+                                             if lit.fact in on]) for term in terms]),
+                            len(patterns) == 1)
+    return packs
 
 
 @contextmanager

@@ -107,18 +107,21 @@ def test_kb_validate_reports_a_knowledge_base_over_the_bound(kb_copy: Path) -> N
 
 
 def _waiting_for_one_marker(n: int) -> CompiledKnowledgeBase:
-    """n rules in stratum 1, each testing that d (derived in stratum 0) is missing: all n
+    """n rules in stratum 1, each testing that d (derived in stratum 0) is missing and e
+    (derived in stratum 1: not folded, ``CompiledKnowledgeBase.folded``) is there: all n
     wait for marker 1, so n patterns end at the one alpha node of ``stratum = 1``."""
-    rules = [CompiledRule("D", 0, 0, ((Literal("x", "is", 1),),), (("d", True),))]
-    rules += [CompiledRule(f"R{k}", 1, 0, ((Literal("d", "missing"),
+    rules = [CompiledRule("D", 0, 0, ((Literal("x", "is", 1),),), (("d", True),)),
+             CompiledRule("E", 1, 0, ((Literal("z", "is", 1),),), (("e", True),))]
+    rules += [CompiledRule(f"R{k}", 1, 1, ((Literal("d", "missing"), Literal("e", "present"),
                                              Literal(f"y{k % 3}", "present")),),
                            ((f"a{k}", True),)) for k in range(n)]
-    names = {"x", "d", "y0", "y1", "y2"} | {f"a{k}" for k in range(n)}
+    names = {"x", "d", "z", "e", "y0", "y1", "y2"} | {f"a{k}" for k in range(n)}
     return CompiledKnowledgeBase(f"shared-node@0.{next(_VERSION)}", ("s0", "s1"),
                                  tuple(rules), frozenset(names))
 
 
-_FACT_SETS = ([Fact("x", 1)], [Fact("y0", 1)], [Fact("x", 0), Fact("y1", 1)], [])
+_FACT_SETS = ([Fact("x", 1), Fact("z", 1)], [Fact("y0", 1), Fact("z", 1)],
+              [Fact("x", 0), Fact("y1", 1), Fact("z", 1)], [Fact("z", 1)], [])
 
 
 def test_more_patterns_at_one_node_than_durable_lists_are_refused(

@@ -47,7 +47,7 @@ _WIDE = _wide_rule_kb()
 def test_a_rules_input_only_terms_share_patterns_within_durables_limits() -> None:
     """The 40 terms of WIDE are a few ``$or`` patterns, each of which durable accepts (it
     refuses a pattern of more than 31 expression entries); MIXED's term on a derived fact
-    and LATE's term that waits for a marker keep patterns of their own."""
+    and LATE's term that waits for a marker (on its message) keep patterns of their own."""
     definition = _WIDE.durable_definition()
     packs = _WIDE.alternatives
     wide = sorted(ti for terms in packs.values() for ri, ti in terms if ri == 0)
@@ -55,7 +55,9 @@ def test_a_rules_input_only_terms_share_patterns_within_durables_limits() -> Non
     assert 3 <= len(packs) <= 8
     assert all(len(definition[n]["all"]) == 1 for n in packs)
     assert "1:1" in definition and len(definition["1:1"]["all"]) == 2
-    assert "2:1" in definition and definition["2:1"]["all"][0] == {"ctl": {"stratum": 1}}
+    # LATE's second term reads y (derived a stratum before): one pattern on marker 1's
+    # message (``CompiledKnowledgeBase.folded``)
+    assert (2, 1) in _WIDE.folded and list(definition["2:1"]["all"][0]) == ["mk1_0"]
     # MIXED's other term, "c is 1", is also one of WIDE's: packed once, then its own
     assert (1, 0) not in {t for terms in packs.values() for t in terms}
     assert len(definition["1:0"]["all"]) == 1
@@ -189,6 +191,38 @@ def test_a_literals_test_is_the_reference_evaluators_reading(
     assert literal_test(lit)(given_values) == literal_holds(lit, given_values)
 
 
+_LITERALS = st.builds(
+    lambda fact, op, scalar, listed: Literal(fact, op, listed if op in ("in", "not-in")
+                                             else scalar),
+    st.sampled_from(["f", "g", "h"]),
+    st.sampled_from(["missing", "present", "is", "is-not", "lt", "le", "gt", "ge", "in",
+                     "not-in"]),
+    _LITERAL_VALUES, st.lists(_LITERAL_VALUES, min_size=1, max_size=3))
+
+
+@settings(max_examples=600, deadline=None)
+@given(terms=st.lists(st.lists(_LITERALS, max_size=4), min_size=1, max_size=14),
+       given_values=st.dictionaries(st.sampled_from(["f", "g", "h"]), _VALUES, max_size=3),
+       data=st.data())
+def test_the_terms_holding_are_the_reference_evaluators(
+        terms: list[list[Literal]], given_values: dict[str, object],
+        data: st.DataObject) -> None:
+    """``holding`` (one function written for a pack's terms, each distinct literal tested
+    once) gives, in order, exactly the terms all of whose literals ``literal_holds`` reads
+    as holding; terms repeat literals of other terms (drawn again from the ones before),
+    and a term with no literal always holds."""
+    from cds._reference import holding, literal_holds
+
+    seen = [lit for term in terms for lit in term]
+    if seen:  # literals shared between terms, as the at-least-N expansions share them
+        terms = [term + data.draw(st.lists(st.sampled_from(seen), max_size=2))
+                 for term in terms]
+    named = [(f"t{k}", term) for k, term in enumerate(terms)]
+    want = [name for name, term in named
+            if all(literal_holds(lit, given_values) for lit in term)]
+    assert holding(named)(given_values) == want
+
+
 @pytest.mark.parametrize("shared", [1, 2])
 def test_a_term_many_rules_share_is_packed_once(shared: int) -> None:
     """Found by review: 60 rules that each have the same term (one condition shared by
@@ -215,22 +249,37 @@ def test_a_term_many_rules_share_is_packed_once(shared: int) -> None:
 
 def _shared_part_kb() -> CompiledKnowledgeBase:
     """Terms of one rule alike but for their tests on input facts: G's read the derived
-    fact d (and so join its message), N's wait for marker 1 and need z absent."""
+    fact d of their own stratum (and so join its message); N's also wait for marker 1 and
+    need z (derived a stratum before) absent. F's read only facts derived in earlier
+    strata: folded, they are tested on marker 2's message, any rule's as alternatives."""
     rules = (
-        CompiledRule("D", 0, 0, ((Literal("x", "is", 1),),), (("d", True),)),
         CompiledRule("Z", 0, 1, ((Literal("y", "is", 1),),), (("z", True),)),
-        CompiledRule("G", 1, 0, ((Literal("d", "is", True), Literal("a", "is", 1)),
+        CompiledRule("D", 1, 0, ((Literal("x", "is", 1),),), (("d", True),)),
+        CompiledRule("G", 1, 1, ((Literal("d", "is", True), Literal("a", "is", 1)),
                                  (Literal("d", "is", True), Literal("b", "gt", 2)),
                                  (Literal("d", "is", True), Literal("c", "in", [1, 2])),
                                  (Literal("d", "is", True), Literal("a", "missing"))),
                      (("g", True),)),
-        CompiledRule("N", 1, 1, ((Literal("z", "missing"), Literal("a", "is", 2)),
-                                 (Literal("z", "missing"), Literal("b", "le", 1)),
-                                 (Literal("z", "missing"), Literal("c", "is", 3))),
+        CompiledRule("N", 1, 2, ((Literal("z", "missing"), Literal("d", "is", True),
+                                  Literal("a", "is", 2)),
+                                 (Literal("z", "missing"), Literal("d", "is", True),
+                                  Literal("b", "le", 1)),
+                                 (Literal("z", "missing"), Literal("d", "is", True),
+                                  Literal("c", "is", 3))),
                      (("n", True),)),
+        CompiledRule("F", 2, 0, ((Literal("d", "is", True), Literal("a", "is", 1)),
+                                 (Literal("z", "missing"), Literal("b", "gt", 2)),
+                                 (Literal("d", "is", True), Literal("z", "missing"),
+                                  Literal("c", "in", [1, 2])),
+                                 (Literal("g", "is", True), Literal("a", "missing")),
+                                 (Literal("n", "missing"), Literal("d", "is", True))),
+                     (("f", True),)),
+        CompiledRule("E", 2, 1, ((Literal("g", "is", True), Literal("n", "missing"),
+                                  Literal("b", "ge", 1)),), (("e", True),)),
     )
-    return CompiledKnowledgeBase("alternatives-shared-part@1.0", ("s0", "s1"), rules,
-                                 frozenset({"x", "y", "a", "b", "c", "d", "z", "g", "n"}))
+    return CompiledKnowledgeBase("alternatives-shared-part@1.1", ("s0", "s1", "s2"), rules,
+                                 frozenset({"x", "y", "a", "b", "c", "d", "z", "g", "n",
+                                            "f", "e"}))
 
 
 _SHARED_PART = _shared_part_kb()
@@ -238,30 +287,50 @@ _SHARED_PART = _shared_part_kb()
 
 def test_terms_alike_but_for_their_input_tests_share_one_rule() -> None:
     """G's four terms are one durable rule: the derived fact's pattern once, the input
-    message's as four alternatives; N's three likewise, after their marker and the
-    absence of z."""
+    message's as four alternatives; N's three likewise, after their marker, with d's
+    pattern and the absence of z. F's five terms and E's one (another rule's) are folded:
+    the alternatives of one ``$or`` pattern on marker 2's message."""
     definition = _SHARED_PART.durable_definition()
     packs = {n: terms for n, terms in _SHARED_PART.alternatives.items()}
     assert packs["2:0"] == ((2, 0), (2, 1), (2, 2), (2, 3))
     assert packs["3:0"] == ((3, 0), (3, 1), (3, 2))
     assert [next(iter(p)) for p in definition["2:0"]["all"]] == ["in0_0", "p0"]
-    assert [next(iter(p)) for p in definition["3:0"]["all"]] == ["ctl", "in0_0", "a0$not"]
+    assert [next(iter(p)) for p in definition["3:0"]["all"]] == ["ctl", "in0_0", "p0",
+                                                                 "a1$not"]
+    assert _SHARED_PART.folded == {(4, t) for t in range(5)} | {(5, 0)}
+    assert packs["4:0"] == ((4, 0), (4, 1), (4, 2), (4, 3), (4, 4), (5, 0))
+    assert [next(iter(p)) for p in definition["4:0"]["all"]] == ["mk2_0"]
+    assert _SHARED_PART.markers == (1, 2)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.fixed_dictionaries({}, optional={n: st.integers(0, 4) for n in "xyabc"}))
 def test_alternatives_with_a_shared_part_give_the_reference_evaluators_results(
         values: dict[str, int]) -> None:
-    """Any values of the input facts (d derived or not, z derived or not, none, one or
-    several input alternatives holding): durable's result is the reference's."""
+    """Any values of the input facts (d, z, g and n derived or not, none, one or several
+    alternatives holding, on the input message or marker 2's): durable's result is the
+    reference's."""
     facts = [Fact(n, v) for n, v in sorted(values.items())]
     result = RuleEngine(_SHARED_PART).evaluate(facts)
     assert result == evaluate_reference(_SHARED_PART, facts)
 
 
+@pytest.mark.parametrize("given", [
+    {"d": True, "a": 1}, {"d": True, "z": True, "c": 2}, {"g": True, "b": 1},
+    {"n": True, "d": True, "x": 2}, {"d": "yes", "a": 1}])
+def test_a_folded_term_reads_a_derived_fact_given_as_an_input(given: dict[str, object]
+                                                             ) -> None:
+    """A derived fact no rule derives for this patient may be given as an input (the
+    scenarios' way to test later rules alone): marker 2's message carries the given value,
+    and durable's result is the reference's (of another type than the rules derive too)."""
+    facts = [Fact(n, v) for n, v in sorted(given.items())]
+    assert RuleEngine(_SHARED_PART).evaluate(facts) == evaluate_reference(_SHARED_PART, facts)
+
+
 def test_a_shared_part_that_does_not_hold_fires_no_alternative() -> None:
     """a = 1, b = 3 and c = 1 satisfy three of G's input alternatives, and G fires for
-    each only when d is derived (x = 1); N's fire only while z is absent (y is not 1)."""
+    each only when d is derived (x = 1); N's fire only while z is absent (y is not 1);
+    F's folded terms fire for each alternative that holds on marker 2's message."""
     run = RuleEngine(_SHARED_PART)
     with_d = run.evaluate([Fact("a", 1), Fact("b", 3), Fact("c", 1), Fact("x", 1)])
     assert sorted(f.used for f in with_d.firings if f.rule_id == "G") == [
@@ -269,8 +338,13 @@ def test_a_shared_part_that_does_not_hold_fires_no_alternative() -> None:
     without_d = run.evaluate([Fact("a", 1), Fact("b", 3), Fact("c", 1), Fact("x", 2)])
     assert not [f for f in without_d.firings if f.rule_id == "G"]
     assert not [f for f in without_d.firings if f.rule_id == "N"]
-    several = run.evaluate([Fact("a", 2), Fact("b", 0), Fact("c", 3)])
+    several = run.evaluate([Fact("a", 2), Fact("b", 0), Fact("c", 3), Fact("x", 1)])
     assert sorted(f.used for f in several.firings if f.rule_id == "N") == [
-        ("a",), ("b",), ("c",)]
-    with_z = run.evaluate([Fact("a", 2), Fact("y", 1)])
+        ("a", "d"), ("b", "d"), ("c", "d")]
+    with_z = run.evaluate([Fact("a", 2), Fact("x", 1), Fact("y", 1)])
     assert not [f for f in with_z.firings if f.rule_id == "N"]
+    # F's folded alternatives on marker 2's message, each recorded with what it read
+    assert sorted((f.used, f.absent) for f in with_d.firings if f.rule_id == "F") == [
+        (("a", "d"), ()), (("b",), ("z",)), (("c", "d"), ("z",)), (("d",), ("n",))]
+    assert [(f.used, f.absent) for f in with_z.firings if f.rule_id == "F"] == [
+        (("d",), ("n",))]  # z there: only the term without z's absence (n's absence)

@@ -59,15 +59,33 @@ def test_each_term_waits_for_the_marker_after_which_its_absent_facts_are_final()
     assert waits == {
         "R0": (None,),  # value tests only: fires whenever its facts are there
         "R0B": (None,),  # absence of an input fact: a test on the input message
+        # the terms reading derived facts, all of earlier strata, are folded: each waits
+        # for its own stratum's marker and is tested on its message
         "R1": (1,),  # absence of x, derived in stratum 0: final after stratum 0
-        "R1B": (None,),
+        "R1B": (1,),
         "R1C": (None, None, None),
         "R2": (2,),  # z is derived in stratum 1
-        "R2B": (None,),
-        "R2C": (1,),  # y is derived in stratum 0: marker 1, before its own stratum's
-        "R2D": (None,),  # k is derived in its own stratum, b is an input fact
+        "R2B": (2,),
+        "R2C": (2,),  # y is derived in stratum 0; folded, its own stratum's marker
+        "R2D": (2,),  # k is derived in stratum 1, b is an input fact
     }
+    assert COMPILED.folded == {(2, 0), (3, 0), (5, 0), (6, 0), (7, 0), (8, 0)}
     assert COMPILED.markers == (1, 2)
+
+
+def test_a_term_reading_a_fact_of_its_own_stratum_is_not_folded() -> None:
+    """A term that reads a fact derived in its own stratum (or both before and in it)
+    cannot be tested on its marker's message, which is sent before that fact may come:
+    it keeps its join, and its marker only if an absence needs one."""
+    rules = (
+        CompiledRule("A0", 0, 0, ((L("c", "ge", 5),),), (("m", True),)),
+        CompiledRule("A1", 1, 0, ((L("d", "is", True),),), (("p", True),)),
+        CompiledRule("B1", 1, 1, ((L("p", "is", True), L("m", "missing")),), (("q", True),)),
+        CompiledRule("C1", 1, 2, ((L("p", "is", True), L("m", "is", True)),), (("r", True),)),
+    )
+    compiled = _compiled(rules)
+    assert compiled.folded == frozenset()
+    assert compiled.waits_for == ((None,), (None,), (1,), (None,))
 
 
 def test_a_fact_derived_in_two_strata_keeps_its_readers_and_producers_on_their_own_markers(
