@@ -50,7 +50,8 @@ _SHARED_LIMIT = 250
 # other patterns, and each term (rule and term index) with its tests on that message
 _Alike = tuple[int | None, list[dict[str, Any]],
                list[tuple[tuple[int, int], list[dict[str, Any]]]]]
-_Definition = tuple[dict[str, dict[str, Any]], int, int, dict[str, tuple[tuple[int, int], ...]]]
+_Definition = tuple[dict[str, dict[str, Any]], int, int,
+                    dict[str, tuple[tuple[tuple[int, int], ...], ...]]]
 
 
 @dataclass(frozen=True)
@@ -157,18 +158,21 @@ class CompiledKnowledgeBase:
 
     @cached_property
     def _groups(self) -> int:
+        return self._groups_for(self.folded)
+
+    def _groups_for(self, folded: frozenset[tuple[int, int]]) -> int:
         n = min(len(self._input_names), _CHUNK)
         root = max(1, math.isqrt(n))
-        if self._definition(root)[1] <= _STACK_LIMIT:
+        if self._definition(root, folded)[1] <= _STACK_LIMIT:
             return root
         tried = sorted({max(1, root // 2), root, 2 * root})
-        return min(tried, key=lambda g: (self._definition(g)[1], g))
+        return min(tried, key=lambda g: (self._definition(g, folded)[1], g))
 
     @property
     def alpha_stack_bound(self) -> int:
         """The most alpha nodes durable's matcher can have on its stack for this ruleset
         (every test assumed to hold; ``_alpha_stack``); durable fails an assert past 64."""
-        return self._definition(self._groups)[1]
+        return self._definition(self._groups, self.folded)[1]
 
     @cached_property
     def durable_keys(self) -> dict[str, tuple[str, str]]:
@@ -191,6 +195,10 @@ class CompiledKnowledgeBase:
 
     @cached_property
     def waits_for(self) -> tuple[tuple[int | None, ...], ...]:
+        return self._waits(self.folded)
+
+    def _waits(self, folded: frozenset[tuple[int, int]]
+               ) -> tuple[tuple[int | None, ...], ...]:
         """Per rule, per term: the stratum marker the term waits for in durable-rules (None:
         no marker; safety rule 4 in docs/architecture.md).
 
@@ -224,7 +232,7 @@ class CompiledKnowledgeBase:
         def marker(ri: int, ti: int) -> int | None:
             rule, term = self.rules[ri], self.rules[ri].terms[ti]
             s = rule.stratum
-            if ((ri, ti) in self.folded
+            if ((ri, ti) in folded
                     or any(lit.op != "missing" and max(produced_in.get(lit.fact, [0])) > s
                     for lit in term)
                     or any(min(read_in.get(n, [s])) < s for n, _ in rule.derives)):
@@ -247,7 +255,21 @@ class CompiledKnowledgeBase:
         the input facts such terms read (``marker_keys``): one pattern on one message
         instead of a join of one pattern per derived fact (and of the marker), as durable
         allocates every pattern's state in every new session. A marker's terms that are one
-        pattern each share patterns as alternatives, as the input message's do."""
+        pattern each share patterns as alternatives, as the input message's do.
+
+        A knowledge base whose folded tests would take durable's alpha stack past its bound
+        (rule 11: tests on several facts in one pattern count as one chain, where a join
+        had one per fact; found by review), and whose joins would not, is not folded."""
+        candidates = self._fold_candidates
+        if (candidates and self._definition(self._groups_for(candidates), candidates)[1]
+                > _STACK_LIMIT
+                and self._definition(self._groups_for(frozenset()), frozenset())[1]
+                <= _STACK_LIMIT):
+            return frozenset()
+        return candidates
+
+    @cached_property
+    def _fold_candidates(self) -> frozenset[tuple[int, int]]:
         produced_in: dict[str, list[int]] = {}
         for rule in self.rules:
             for name, _ in rule.derives:
@@ -270,8 +292,12 @@ class CompiledKnowledgeBase:
         with the group property and its own property it has in that marker's message
         (``{"sid":..,"id":"s:2","stratum":2,"h":1,"u0":1,"u1":1,"v3":true}``), named apart
         from every other message's properties."""
+        return self._marker_keys_of(self.folded)
+
+    def _marker_keys_of(self, folded: frozenset[tuple[int, int]]
+                        ) -> dict[int, dict[str, tuple[str, str]]]:
         read: dict[int, set[str]] = {}
-        for ri, ti in self.folded:
+        for ri, ti in folded:
             read.setdefault(self.rules[ri].stratum, set()).update(
                 lit.fact for lit in self.rules[ri].terms[ti])
         out: dict[int, dict[str, tuple[str, str]]] = {}
@@ -295,7 +321,7 @@ class CompiledKnowledgeBase:
         knowledge base whose definition could overflow durable's alpha stack
         (``alpha_stack_bound``) is refused here, at load time, not by a failed
         evaluation."""
-        definition, bound, shared, _ = self._definition(self._groups)
+        definition, bound, shared, _ = self._definition(self._groups, self.folded)
         if bound > _STACK_LIMIT:
             raise KnowledgeBaseError([KnowledgeBaseProblem(
                 "rules/", None, None,
@@ -313,37 +339,49 @@ class CompiledKnowledgeBase:
         return definition
 
     @cached_property
-    def _definitions(self) -> dict[int, _Definition]:
-        return {}  # group count -> (definition, alpha stack bound, patterns at one node)
+    def _definitions(self) -> dict[tuple[int, frozenset[tuple[int, int]]], _Definition]:
+        # (group count, folded terms) -> (definition, alpha stack bound, patterns at one
+        # node, alternatives)
+        return {}
 
     @property
     def alternatives(self) -> dict[str, tuple[tuple[int, int], ...]]:
         """The durable rules that stand for several terms (safety rule 13): by durable rule
-        name, those terms as (rule index, term index). Each is one pattern on an input
-        message, an ``$or`` with one alternative per term, for terms that test nothing
-        else (no derived fact, no stratum marker), of one rule or several: one pattern
-        instead of one per term, as durable allocates every pattern's state in every new
-        session. Such terms need no order among them: each fires when the input message
-        arrives, and a fact they derive is asserted once every action ready has run. durable
-        fires the rule at least once per alternative that holds; ``_engine`` records the
-        terms whose literals hold (``_Firings``)."""
-        return self._definition(self._groups)[3]
+        name, those terms as (rule index, term index), in the order of ``alternative_groups``
+        (which says which terms are one alternative)."""
+        return {name: tuple(t for terms in groups for t in terms)
+                for name, groups in self.alternative_groups.items()}
+
+    @property
+    def alternative_groups(self) -> dict[str, tuple[tuple[tuple[int, int], ...], ...]]:
+        """The durable rules that stand for several terms, by name: per alternative of its
+        ``$or`` (or its one pattern), the terms whose tests on that message it is. Each is
+        one pattern on a message (an input message, or a stratum marker's), for terms that
+        test nothing else, of one rule or several, or for terms of one rule whose other
+        patterns (on derived facts, the marker) are the same: one pattern instead of one
+        per term, as durable allocates every pattern's state in every new session. Such
+        terms need no order among them: each fires when the message arrives, and a fact
+        they derive is asserted once every action ready has run. durable fires the rule at
+        least once per alternative that holds, if it is the rule's one pattern;
+        ``_engine`` records the terms whose literals hold (``_Firings``)."""
+        return self._definition(self._groups, self.folded)[3]
 
     @property
     def alpha_patterns_per_node(self) -> int:
         """The most patterns that end at one node of durable's alpha network (``_Alpha``):
         durable holds them in a list of 256 entries that must end in a 0, and reads past a
         full one (safety rule 11)."""
-        return self._definition(self._groups)[2]
+        return self._definition(self._groups, self.folded)[2]
 
-    def _definition(self, groups: int) -> _Definition:
-        known = self._definitions.get(groups)
+    def _definition(self, groups: int, folded: frozenset[tuple[int, int]]) -> _Definition:
+        known = self._definitions.get((groups, folded))
         if known is None:
-            known = self._definitions[groups] = self._build(groups)
+            known = self._definitions[groups, folded] = self._build(groups, folded)
         return known
 
-    def _build(self, groups: int) -> _Definition:
+    def _build(self, groups: int, folded: frozenset[tuple[int, int]]) -> _Definition:
         packed = _packed(self._input_names, groups)
+        waits, marker_keys = self._waits(folded), self._marker_keys_of(folded)
         out: dict[str, dict[str, Any]] = {}
         # terms whose tests on the input facts are one pattern, by what else they have (no
         # marker and no other pattern: any rule's; else the same marker and the same other
@@ -354,11 +392,10 @@ class CompiledKnowledgeBase:
         alike: dict[tuple[Any, ...], _Alike] = {}
         for ri, rule in enumerate(self.rules):
             for ti, term in enumerate(rule.terms):
-                marker = self.waits_for[ri][ti]
-                if (ri, ti) in self.folded:  # waits for its own stratum's marker
+                marker = waits[ri][ti]
+                if (ri, ti) in folded:  # waits for its own stratum's marker
                     inputs, others = self._term_patterns(term, {
-                        n: (0, g, k)
-                        for n, (g, k) in self.marker_keys[rule.stratum].items()},
+                        n: (0, g, k) for n, (g, k) in marker_keys[rule.stratum].items()},
                         rule.stratum)
                     marker = None  # the pattern's own first test (``_term_patterns``)
                 else:
@@ -376,7 +413,7 @@ class CompiledKnowledgeBase:
                     # one message may match several of its patterns: durable's default
                     # (``dist`` 1) refuses a message twice in one match
                     out[f"{ri}:{ti}"]["dist"] = 0
-        alternatives: dict[str, tuple[tuple[int, int], ...]] = {}
+        alternatives: dict[str, tuple[tuple[tuple[int, int], ...], ...]] = {}
         seen: set[str] = set()  # the tests of every alternative so far (_alternative_packs)
         for key, (marker, others, terms) in sorted(alike.items(),
                                                    key=lambda item: item[1][2][0][0]):
@@ -384,14 +421,15 @@ class CompiledKnowledgeBase:
             alias = key[0]
             head = _message_head(alias)
             for pack in _alternative_packs(terms, seen, alias):
-                (ri, ti), tests = pack[0]
+                (ri, ti), tests = pack[0][0][0], pack[0][1]
                 name = f"{ri}:{ti}"
                 either = tests if len(pack) == 1 else [
                     {"$or": [{"$and": tests} for _, tests in pack]}]
                 out[name] = {"all": [*ctl, {alias: {"$and": [head, *either]}}, *others],
-                             "pri": min(self._pri(ri) for (ri, _), _ in pack)}
-                if len(pack) > 1:
-                    alternatives[name] = tuple(term for term, _ in pack)
+                             "pri": min(self._pri(ri) for terms, _ in pack
+                                        for ri, _ in terms)}
+                if len(pack) > 1 or len(pack[0][0]) > 1:
+                    alternatives[name] = tuple(tuple(terms) for terms, _ in pack)
         # every durable rule in term order, as each term was once a rule of its own (durable
         # lays out its network in the order it reads the rules)
         out = dict(sorted(out.items(), key=lambda item: _order(item[0])))
@@ -485,34 +523,43 @@ def _message_head(alias: str) -> dict[str, Any]:
     return {"$ex": {f"c{number}": 1}} if alias.startswith("in") else {"stratum": number}
 
 
+# one alternative of a pack: the terms whose tests on the message are these tests
+_Alternative = tuple[list[tuple[int, int]], list[dict[str, Any]]]
+
+
 def _alternative_packs(terms: list[tuple[tuple[int, int], list[dict[str, Any]]]],
-                       seen: set[str], alias: str
-                       ) -> list[list[tuple[tuple[int, int], list[dict[str, Any]]]]]:
-    """Terms alike but for their tests on one input message (rule and term index, and
-    those tests), in order, packed into as few ``$or`` patterns as durable takes: its
-    expression list holds the pattern's ``$and``, the ``$or`` and each alternative's
-    ``$and`` (two entries each) and their tests' own (``_cost``), so about 13 terms a pack.
-    A term with no test, one too wide to be an alternative, or with the same tests as an
-    alternative before it (in ``seen``, shared by every call) is a pack of its own: an
-    alternative's last alpha node leads to its pack's ``$or`` node, and durable's matcher
-    pushes each such link, so the same tests in many packs would hang many links on one
-    node (safety rule 11's stack bound; found by review) where patterns of their own end
-    there as before (rule 11's list of patterns)."""
-    packs: list[list[tuple[tuple[int, int], list[dict[str, Any]]]]] = []
-    current: list[tuple[tuple[int, int], list[dict[str, Any]]]] = []
+                       seen: set[str], alias: str) -> list[list[_Alternative]]:
+    """Terms alike but for their tests on one message (rule and term index, and those
+    tests), in order, packed into as few ``$or`` patterns as durable takes: its expression
+    list holds the pattern's ``$and``, the ``$or`` and each alternative's ``$and`` (two
+    entries each) and their tests' own (``_cost``), so about 13 alternatives a pack. Terms
+    with the same tests are one alternative (the compiler writes each test one way,
+    ``_durable_tests``): its terms hold together. A term with no test, or one too wide to
+    be an alternative, is a pack of its own (with the terms that have the same tests), and
+    so is a term with the same tests as an alternative of another call's packs (in
+    ``seen``, shared by every call: alike terms with other patterns besides, or on another
+    message): an alternative's last alpha node leads to its pack's ``$or`` node, and
+    durable's matcher pushes each such link, so the same tests in many packs would hang
+    many links on one node (safety rule 11's stack bound; found by review) where patterns
+    of their own end there as before (rule 11's list of patterns)."""
+    packs: list[list[_Alternative]] = []
+    current: list[_Alternative] = []
+    mine: dict[str, _Alternative] = {}  # this call's alternatives, by their tests
     used = 4  # the pattern's $and and the $or
     for term, tests in terms:
         cost = 2 + sum(_cost(t) for t in tests)
-        # the compiler writes each test one way (``_durable_tests``); on one message
-        key = alias.partition("_")[0] + repr(tests)
+        key = alias.partition("_")[0] + repr(tests)  # on one message
+        if key in mine:
+            mine[key][0].append(term)
+            continue
         if not tests or 4 + cost > _EXPRESSIONS or key in seen:
-            packs.append([(term, tests)])
+            packs.append([mine.setdefault(key, ([term], tests))])
             continue
         seen.add(key)
         if current and used + cost > _EXPRESSIONS:
             packs.append(current)
             current, used = [], 4
-        current.append((term, tests))
+        current.append(mine.setdefault(key, ([term], tests)))
         used += cost
     return packs + ([current] if current else [])
 
@@ -527,12 +574,13 @@ def _packed(names: list[str], groups: int) -> dict[str, tuple[int, str, str]]:
 class _Alpha:
     """A node of durable's alpha network, as far as its matcher's stack depends on it."""
 
-    __slots__ = ("ends", "forward", "next")
+    __slots__ = ("depth", "ends", "forward", "next")
 
     def __init__(self) -> None:
         self.next: dict[str, _Alpha] = {}  # a test under this node: one node per test
         self.forward: list[_Alpha] = []  # an ``$or``'s join node, after each alternative
         self.ends = 0  # patterns whose tests end here (durable's beta list of the node)
+        self.depth: int | None = None  # ``worst`` below this node, once worked out
 
     def add(self, test: dict[str, Any]) -> _Alpha:
         """The node after ``test`` under this one (durable's ``createAlpha``: a test
@@ -556,12 +604,15 @@ class _Alpha:
     def worst(self, pending: int) -> int:
         """The largest stack below this node: durable pops a node, then pushes every child
         whose test holds (here: every child), so a node's children wait while each
-        sibling's subtree before them is walked."""
-        children = [*self.next.values(), *self.forward]
-        deepest = pending + len(children)
-        for child in children:
-            deepest = max(deepest, child.worst(pending + len(children) - 1))
-        return deepest
+        sibling's subtree before them is walked. That is ``pending`` plus a depth of the
+        node's own, worked out once per node: an ``$or``'s join node is reached through
+        each alternative, and a chain of them had as many ways through as the products of
+        their lengths (found by review: seconds, then minutes, to load)."""
+        if self.depth is None:
+            children = [*self.next.values(), *self.forward]
+            self.depth = max([len(children)]
+                             + [len(children) - 1 + child.worst(0) for child in children])
+        return pending + self.depth
 
 
 def _alpha_limits(definition: dict[str, dict[str, Any]]) -> tuple[int, int]:

@@ -39,7 +39,7 @@ The safety rules (docs/architecture.md) this module enforces:
    alternatives of one ``$or``, the rest of them alike: ``CompiledKnowledgeBase.
    alternatives``) records, when it fires, each of those terms whose literals on input
    facts hold, and fails the evaluation if none holds or, for a rule of that one pattern,
-   if durable fired it fewer times than terms hold (``_Firings``);
+   if durable fired it fewer times than alternatives hold (``_Firings``);
 14. a stratum marker's message carries final values only: a term folded onto it
    (``CompiledKnowledgeBase.folded``: it reads derived facts, each derived only in earlier
    strata) is tested on the values of the facts it reads there, which the runner writes
@@ -280,16 +280,16 @@ class _Firings(FiringLog):
     firing records every one of those terms whose literals on that message's facts hold
     (as the reference evaluator reads a literal: ``holding``), on the values the message
     carries (the input facts, or ``at_marker``), the later ones nothing: the rest durable
-    has found to hold by firing it, and those values do not change. A firing without a term that
-    holds fails the evaluation at once. A rule with no other pattern durable fires at least
-    once for each alternative that holds (once per way through its alpha network: an
-    ``in`` test two of whose values match makes two), so at the end
-    (``check_alternatives``) such a rule fired fewer times than it has terms that hold
-    fails it too: durable missed one. (Joined with other patterns, durable keeps one frame
-    per set of messages, so several alternatives may make one firing.) A pack durable did
-    not fire at all is not looked at (that would be the reference's work on every term):
-    as for any rule, a firing durable misses is found by the tests that compare it with
-    the reference, not at run time."""
+    has found to hold by firing it, and those values do not change. A firing without a
+    term that holds fails the evaluation at once. A rule with no other pattern durable
+    fires at least once for each alternative that holds (once per way through its alpha
+    network: an ``in`` test two of whose values match makes two), so at the end
+    (``check_alternatives``) such a rule fired fewer times than it has alternatives that
+    hold (terms with the same tests are one alternative) fails it too: durable missed one.
+    (Joined with other patterns, durable keeps one frame per set of messages, so several
+    alternatives may make one firing.) A pack durable did not fire at all is not looked at
+    (that would be the reference's work on every term): as for any rule, a firing durable
+    misses is found by the tests that compare it with the reference, not at run time."""
 
     def __init__(self, compiled: CompiledKnowledgeBase, packs: dict[str, _Pack],
                  facts: list[Fact]) -> None:
@@ -327,7 +327,8 @@ class _Firings(FiringLog):
             raise EngineError("the rule engine fired one of the rules "
                               f"{pack.rule_ids(self._rules)} although none of their "
                               "conditions holds")
-        self._held[name] = [len(held), 1]
+        # (terms of one alternative hold together: durable fires once for them)
+        self._held[name] = [len({pack.alternative[term] for term in held}), 1]
         return [nv for ri, ti in held for nv in self.fire(ri, ti)]
 
     def check_alternatives(self) -> None:
@@ -345,6 +346,8 @@ class _Pack:
 
     # each term (rule index, term index)
     terms: tuple[tuple[int, int], ...]
+    # each term's alternative (terms with the same tests on the message are one)
+    alternative: dict[tuple[int, int], int]
     # the stratum marker whose message the pack is on (None: an input message)
     marker: int | None
     # the input facts' values -> the terms whose literals on input facts hold
@@ -366,13 +369,15 @@ def _packs(compiled: CompiledKnowledgeBase,
     own: durable has found them to hold when it fires the rule."""
     rules = compiled.rules
     packs = {}
-    for name, terms in compiled.alternatives.items():
+    for name, groups in compiled.alternative_groups.items():
+        terms = tuple(t for group in groups for t in group)
         patterns = definition[name]["all"]
         marker = next((int(alias[2:].partition("_")[0]) for p in patterns for alias in p
                        if alias.startswith("mk")), None)
         # the facts on the message the pack's ``$or`` is on
         on = compiled.packed_keys if marker is None else compiled.marker_keys[marker]
-        packs[name] = _Pack(terms, marker,
+        packs[name] = _Pack(terms, {t: k for k, group in enumerate(groups) for t in group},
+                            marker,
                             holding([(term, [lit for lit in rules[term[0]].terms[term[1]]
                                              if lit.fact in on]) for term in terms]),
                             len(patterns) == 1)

@@ -72,9 +72,11 @@ class Evaluator:
                                   if engine == "durable" and self.compiled_follow_up.rules
                                   else None)
         self._bilateral = {n for n, d in kb.facts.items() if d.bilateral}
-        # the value type of each input fact the catalog declares (and of its sides)
+        # the value type of each fact the catalog declares (and of its sides): a derived
+        # fact given as an input too (durable read `1` as a "yes" there as well; found by
+        # review)
         self._types = {f"{n}{side}": _KIND[d.type] for n, d in kb.facts.items()
-                       if not d.derived and d.type in _KIND
+                       if d.type in _KIND
                        for side in (("", ".left", ".right") if d.bilateral else ("",))}
 
     def prepare(self, patient: PatientFacts) -> PatientFacts:

@@ -61,7 +61,8 @@ def test_a_knowledge_base_over_the_bound_is_refused_at_load_time() -> None:
 def _asserts(compiled: CompiledKnowledgeBase) -> str:
     """Assert to durable, with the limit unchecked, the input message of a pain above every
     threshold: "ok" or durable's error."""
-    definition = compiled._definition(compiled._groups)[0] | {_WARM_UP: _WARM_UP_RULE}
+    unchecked = compiled._definition(compiled._groups, compiled.folded)[0]
+    definition = unchecked | {_WARM_UP: _WARM_UP_RULE}
     handle = durable_rules_engine.create_ruleset(compiled.name, json.dumps(definition))
     _warm_up(handle)  # safety rule 9, as the engine does
     key = compiled.packed_keys["pain"][2]
@@ -145,3 +146,34 @@ def test_more_patterns_at_one_node_than_durable_lists_are_refused(
     outcomes = [unchecked.evaluate(facts) == evaluate_reference(refused, facts)
                 for facts in _FACT_SETS]
     assert not all(outcomes), "durable no longer misreads a full list: revisit rule 11"
+
+
+def _in_chain(k: int, v: int, tag: str) -> CompiledKnowledgeBase:
+    """One rule reading k facts derived a stratum before, each ``in`` v codes: folded, its
+    tests are one chain on the marker's message (the ``$or`` of each ``in`` after the last),
+    where unfolded each fact had a pattern of its own."""
+    codes = [f"c{j}" for j in range(v)]
+    rules = [CompiledRule(f"D{i}", 0, 0, ((Literal(f"x{i}", "in", codes),),),
+                          ((f"d{i}", "c0"),)) for i in range(k)]
+    rules.append(CompiledRule("ALL", 1, 0, (tuple(Literal(f"d{i}", "in", codes)
+                                                  for i in range(k)),), (("alert", True),)))
+    names = ({f"x{i}" for i in range(k)} | {f"d{i}" for i in range(k)} | {"alert"})
+    return CompiledKnowledgeBase(f"in-chain-{tag}@{k}.{v}", ("s0", "s1"), tuple(rules),
+                                 frozenset(names))
+
+
+def test_folding_that_would_overflow_the_bound_keeps_the_joins() -> None:
+    """Found by review: four derived facts each ``in`` 16 codes, folded, bound 64 (every
+    ``$or`` counted as holding whole), and the knowledge base, taken before folding (bound
+    22), was refused. Now such a knowledge base is not folded: it loads as before and equals
+    the reference. A chain that fits stays folded; and the bound of a long chain of ``$or``
+    joins is worked out once per node (before: 3**13 ways, seconds; 6**20 never ended)."""
+    wide = _in_chain(4, 16, "wide")
+    assert wide._fold_candidates and not wide.folded
+    assert wide.alpha_stack_bound <= 56
+    engine = RuleEngine(wide)
+    for codes in (("c1", "c0", "c0", "c0"), ("c1", "c5", "c0", "c0"), ("c1", "c0", "c0")):
+        facts = [Fact(f"x{i}", c) for i, c in enumerate(codes)]
+        assert engine.evaluate(facts) == evaluate_reference(wide, facts), facts
+    assert _in_chain(13, 3, "long").folded  # fits: folded
+    assert not _in_chain(20, 6, "longer").folded  # over the bound folded: joins

@@ -58,10 +58,15 @@ def test_a_rules_input_only_terms_share_patterns_within_durables_limits() -> Non
     # LATE's second term reads y (derived a stratum before): one pattern on marker 1's
     # message (``CompiledKnowledgeBase.folded``)
     assert (2, 1) in _WIDE.folded and list(definition["2:1"]["all"][0]) == ["mk1_0"]
-    # MIXED's other term, "c is 1", is also one of WIDE's: packed once, then its own
-    assert (1, 0) not in {t for terms in packs.values() for t in terms}
-    assert len(definition["1:0"]["all"]) == 1
-    assert not any(ri == 2 for terms in packs.values() for ri, _ in terms)
+    # MIXED's other term, "c is 1", is also one of WIDE's: the same alternative
+    shared = [group for groups in _WIDE.alternative_groups.values() for group in groups
+              if (1, 0) in group]
+    assert len(shared) == 1 and len(shared[0]) == 2 and shared[0][0][0] == 0
+    assert "1:0" not in definition
+    # LATE's first term, "e is 3", is one of WIDE's too; its second is folded, alone
+    assert any((2, 0) in group and group[0][0] == 0 for groups in
+               _WIDE.alternative_groups.values() for group in groups)
+    assert (2, 1) not in {t for terms in packs.values() for t in terms}
     RuleEngine(_WIDE)  # durable accepts the ruleset
 
 
@@ -150,9 +155,10 @@ def test_packing_alternatives_is_needed_for_durables_expression_list() -> None:
 
 
 def test_the_bundled_knowledge_base_has_fewer_patterns() -> None:
-    """What the alternatives are for: durable allocates every pattern's state (~10 KB) in
-    every new session. The bundled knowledge base's 439 terms are fewer than 350 patterns
-    (588 with a pattern per term)."""
+    """What the alternatives and the folded terms are for: durable allocates every
+    pattern's state (~10 KB) in every new session. The bundled knowledge base's 439 terms
+    are fewer than 150 patterns (588 with a pattern per term; 212 without folded terms),
+    and some folded terms are alternatives of one pattern on a marker's message."""
     from cds import load_knowledge_base
     from cds._compiler import compile_knowledge_base
     from knowledge_base import bundled_path
@@ -161,8 +167,10 @@ def test_the_bundled_knowledge_base_has_fewer_patterns() -> None:
     definition = compiled.durable_definition()
     patterns = sum(len(r["all"]) for r in definition.values())
     terms = sum(len(r.terms) for r in compiled.rules)
-    assert terms > 400 and patterns < 350, (terms, patterns)
-    assert compiled.alternatives
+    assert terms > 400 and patterns < 150, (terms, patterns)
+    assert compiled.alternatives and len(compiled.folded) > 40
+    assert any(any(alias.startswith("mk") for p in definition[name]["all"] for alias in p)
+               for name in compiled.alternatives)
 
 
 # values that one reading or another might take for each other: 1, 1.0 and True; 0, -0.0
@@ -229,8 +237,8 @@ def test_a_term_many_rules_share_is_packed_once(shared: int) -> None:
     many rules: "pregnant", or the two terms "a is 1" / "b is 1") besides one of their own.
     Were each copy an alternative in another pack, each pack's ``$or`` node would hang off
     the one alpha node those tests end at, and durable's matcher pushes every such link:
-    the stack bound reached 63 and the knowledge base was refused. Packed once, the other
-    copies are patterns of their own that end at that node, as before alternatives; the
+    the stack bound reached 63 and the knowledge base was refused. Now the 60 copies are
+    one alternative of one pack (they hold together; durable fires it once for all); the
     bound stays low and durable equals the reference."""
     common = [(Literal("pregnant", "is", True),), (Literal("b", "is", 1),)][:shared]
     rules = tuple(CompiledRule(f"R{k}", 0, 0, (*common, (Literal(f"f{k:02d}", "gt", 5),)),
@@ -238,8 +246,10 @@ def test_a_term_many_rules_share_is_packed_once(shared: int) -> None:
     names = {"pregnant", "b"} | {f"f{k:02d}" for k in range(60)} | {f"x{k}" for k in range(60)}
     compiled = CompiledKnowledgeBase(f"alternatives-shared@1.{shared}", ("s0",), rules,
                                      frozenset(names))
-    packed = [t for terms in compiled.alternatives.values() for t in terms]
-    assert sum(1 for ri, ti in packed if ti < shared) == shared  # each common term once
+    groups = [group for gs in compiled.alternative_groups.values() for group in gs
+              if group[0][1] < shared]
+    assert sorted(len(group) for group in groups) == [60] * shared  # each common term once
+    assert all(len({ti for _, ti in group}) == 1 for group in groups)
     assert compiled.alpha_stack_bound <= 20
     run = RuleEngine(compiled)
     for facts in ([Fact("pregnant", True), Fact("f01", 7)], [Fact("b", 1)], [Fact("f59", 6)],

@@ -104,6 +104,16 @@ def test_code_value_not_in_catalog(kb_copy: Path) -> None:
     assert "has no code ['peripheralises']" in msg
 
 
+def test_a_value_test_of_another_type_than_the_facts_is_refused(kb_copy: Path) -> None:
+    """Found by review of issue 15: ``aberrant-movement is 1`` (a boolean fact) was taken;
+    durable reads true as equal to 1 and the reference does not. Refused by name, like an
+    input value of another type."""
+    _replace(kb_copy / "rules" / "movement-screen.yaml", "{fact: aberrant-movement, is: true}",
+             "{fact: aberrant-movement, is: 1}")
+    (msg,) = _problems(kb_copy)
+    assert "'aberrant-movement' is a boolean; it is never [1]" in msg
+
+
 def test_absence_of_a_fact_derived_in_same_stratum_is_refused(kb_copy: Path) -> None:
     p = kb_copy / "rules" / "movement-screen.yaml"
     p.write_text(p.read_text() + """

@@ -238,6 +238,9 @@ def _bundled() -> tuple[Evaluator, Evaluator]:
 @pytest.mark.parametrize(("name", "value"), [
     ("rf-fever", 1), ("rf-fever", "true"), ("rf-saddle-anaesthesia", 1.0), ("pain-now", "9"),
     ("age", "70"), ("age", True), ("fms-hurdle-step.left", "0"),
+    # a derived fact given as an input (found by review of issue 15's folded terms: durable
+    # read 1 as a "yes" and raised the cauda equina warning the reference did not)
+    ("finding.bilateral-leg-symptoms", 1), ("finding.bilateral-leg-symptoms", "true"),
 ])
 def test_a_value_of_the_wrong_type_is_refused_by_name(name: str, value: Any) -> None:
     """finding 5 (high): ``Evaluator.evaluate`` took a value of another type than the
