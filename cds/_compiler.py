@@ -259,12 +259,11 @@ class CompiledKnowledgeBase:
 
         A knowledge base whose folded tests would take durable's alpha stack past its bound
         (rule 11: tests on several facts in one pattern count as one chain, where a join
-        had one per fact; found by review), and whose joins would not, is not folded."""
+        had one per fact; found by review) is not folded: it is laid out, and loads or is
+        refused, as before folding."""
         candidates = self._fold_candidates
         if (candidates and self._definition(self._groups_for(candidates), candidates)[1]
-                > _STACK_LIMIT
-                and self._definition(self._groups_for(frozenset()), frozenset())[1]
-                <= _STACK_LIMIT):
+                > _STACK_LIMIT):
             return frozenset()
         return candidates
 
