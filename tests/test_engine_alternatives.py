@@ -208,7 +208,7 @@ _LITERALS = st.builds(
     _LITERAL_VALUES, st.lists(_LITERAL_VALUES, min_size=1, max_size=3))
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(terms=st.lists(st.lists(_LITERALS, max_size=4), min_size=1, max_size=14),
        given_values=st.dictionaries(st.sampled_from(["f", "g", "h"]), _VALUES, max_size=3),
        data=st.data())
