@@ -299,7 +299,8 @@ class _Firings(FiringLog):
         self._facts = facts
         self._given: dict[str, Any] | None = None  # the input facts' values, by name
         self._at_marker: dict[int, dict[str, Any]] = {}  # a marker message's values
-        self._held: dict[str, list[int]] = {}  # durable rule name -> [terms held, firings]
+        # durable rule name -> [alternatives held, firings]
+        self._held: dict[str, list[int]] = {}
 
     def given(self) -> dict[str, Any]:
         if self._given is None:
@@ -350,7 +351,8 @@ class _Pack:
     alternative: dict[tuple[int, int], int]
     # the stratum marker whose message the pack is on (None: an input message)
     marker: int | None
-    # the input facts' values -> the terms whose literals on input facts hold
+    # the values of the facts on the pack's message (the input facts, or the marker's)
+    # -> the terms whose literals on those facts hold
     holding: Callable[[dict[str, Any]], list[tuple[int, int]]]
     # a rule of that one pattern, which durable fires at least once per alternative that
     # holds (joined with other patterns it keeps one frame per set of messages, however
