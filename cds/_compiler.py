@@ -221,11 +221,9 @@ class CompiledKnowledgeBase:
         stratum is the one case where durable and the reference can differ: the reader
         fires when the later producer's fact arrives. The loader refuses it;
         ``tests/test_engine_markers.py`` pins the markers such terms get.)"""
-        produced_in: dict[str, list[int]] = {}
+        produced_in = self._produced_in
         read_in: dict[str, list[int]] = {}
         for rule in self.rules:
-            for name, _ in rule.derives:
-                produced_in.setdefault(name, []).append(rule.stratum)
             for fact in {lit.fact for t in rule.terms for lit in t}:
                 read_in.setdefault(fact, []).append(rule.stratum)
 
@@ -268,11 +266,17 @@ class CompiledKnowledgeBase:
         return candidates
 
     @cached_property
-    def _fold_candidates(self) -> frozenset[tuple[int, int]]:
+    def _produced_in(self) -> dict[str, list[int]]:
+        """Per derived fact, the strata of the rules that derive it."""
         produced_in: dict[str, list[int]] = {}
         for rule in self.rules:
             for name, _ in rule.derives:
                 produced_in.setdefault(name, []).append(rule.stratum)
+        return produced_in
+
+    @cached_property
+    def _fold_candidates(self) -> frozenset[tuple[int, int]]:
+        produced_in = self._produced_in
         folded: dict[int, list[tuple[int, int]]] = {}
         read: dict[int, set[str]] = {}
         for ri, r in enumerate(self.rules):
@@ -401,7 +405,7 @@ class CompiledKnowledgeBase:
                     inputs, others = self._term_patterns(term, packed)
                 if len(inputs) == 1:
                     (alias, tested), = inputs[0].items()
-                    head, *tests = tested["$and"]
+                    tests = tested["$and"][1:]  # after the message's head
                     key = ((alias,) if marker is None and not others
                            else (alias, ri, marker, json.dumps(others, sort_keys=True)))
                     alike.setdefault(key, (marker, others, []))[2].append(((ri, ti), tests))
