@@ -593,7 +593,8 @@ def _open_store(config: ServiceConfig) -> Any:
         # writes go through a queue and a writer thread: a locked database never holds up
         # advice, and nothing is lost (see QueuedFeedbackStore)
         return mod.QueuedFeedbackStore(mod.open_store(config.database),
-                                       spill_path=config.spill_file)
+                                       spill_path=config.spill_file,
+                                       drain_seconds=config.drain_seconds)
     except Exception as e:  # a bad database URL stops the service at start
         raise StartupError(f"[service] database: cannot open ({type(e).__name__}: {e})"
                            ) from None

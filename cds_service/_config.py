@@ -15,6 +15,10 @@ Every key (``docs/integrators/cds-hooks.md`` has the annotated example)::
     spill_file = "/var/lib/movement-cds/spill.jsonl"  # writes the database could not take
                                            # yet (default: beside an SQLite file, else next
                                            # to this file)
+    drain_seconds = 60                     # on SIGTERM: how long queued writes are retried
+                                           # against a busy database before they are
+                                           # spilled (default 60; keep it under your
+                                           # supervisor's stop timeout)
     knowledge_base = "/etc/movement-cds/kb" # knowledge-base directory (default: bundled)
     max_body_bytes = 1048576               # larger request bodies get 413 (default 1 MiB)
     fhir_timeout_seconds = 3.0             # per HTTP call to the EHR's fhirServer
@@ -145,6 +149,7 @@ class ServiceConfig:
     # None: a private in-memory cache (no issuers); a str: a postgresql:// URL
     replay_database: Path | str | None = None
     spill_file: Path | None = None  # None: beside the SQLite database file
+    drain_seconds: float = 60.0  # SIGTERM: retries of queued writes, then spilled
     audit_store_inputs: bool = True
     audit_required: bool = False
     handouts_enabled: bool = True
@@ -248,6 +253,7 @@ class _ServiceTable(_Table):
     balance_connections: bool = True
     reuse_port: bool = False
     spill_file: NonEmpty | None = None
+    drain_seconds: float = Field(60.0, gt=0, le=3600)
 
     @field_validator("spill_file")
     @classmethod
@@ -509,6 +515,7 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path | None = None,
         metrics_allow_from=tuple(ipaddress.ip_network(n) for n in raw.metrics.allow_from),
         call_log=raw.logging.call_log,
         spill_file=spill,
+        drain_seconds=float(s.drain_seconds),
         audit_store_inputs=raw.audit.store_inputs,
         audit_required=raw.audit.required,
     )

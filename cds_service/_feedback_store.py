@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from cds_service._errors import StoreError, StoreUnavailable
 from cds_service._schema import SQLITE_SCHEMA
@@ -502,6 +502,12 @@ def open_store(database_url: str, *, create: bool = True) -> Any:
 _log = logging.getLogger("movement_cds.service")
 
 
+#: How long past ``drain_seconds`` ``QueuedFeedbackStore.close`` waits for a writer that
+#: is inside a database call before it abandons it (a busy database's retries end at the
+#: deadline; one call past it means the call itself does not return).
+STUCK_MARGIN: Final = 5.0
+
+
 class QueuedFeedbackStore:
     """A :class:`FeedbackStore` whose writes never wait for the database.
 
@@ -519,9 +525,13 @@ class QueuedFeedbackStore:
 
     ``close`` drains the queue (SIGTERM: uvicorn's shutdown runs the app's lifespan end):
     it keeps retrying for up to ``drain_seconds``, then spills what is left, so a clean
-    shutdown loses nothing. A crash (SIGKILL, power loss) loses what was queued and not yet
-    written (normally milliseconds' worth; the whole lock's worth while the database is
-    locked).
+    shutdown loses nothing. A writer stuck inside one database call (a server or proxy that
+    holds the connection open and never answers, a network partition) is abandoned once
+    ``drain_seconds`` and ``STUCK_MARGIN`` have passed: the write it was making and the queue
+    are spilled, and ``close`` returns (if the database takes that write in the same
+    instant, it is written twice: never lost). A crash (SIGKILL, power loss) loses what was
+    queued and not yet written (normally milliseconds' worth; the whole lock's worth while
+    the database is locked).
     """
 
     def __init__(self, inner: JobStore, *, max_queued: int = 10_000,
@@ -539,6 +549,9 @@ class QueuedFeedbackStore:
         self._deadline = float("inf")
         self._last_warning = 0.0
         self._spill_lock = threading.Lock()
+        self._state = threading.Lock()  # guards the two below, between writer and close
+        self._writing: list[Job] = []  # the jobs of the database call in progress
+        self._abandoned = False  # close gave up on a writer stuck in a database call
         inner.set_busy_timeout(attempt_seconds)  # short waits: the writer retries itself
         self._writer = threading.Thread(target=self._run, name="feedback-writer",
                                         daemon=True)
@@ -601,8 +614,23 @@ class QueuedFeedbackStore:
             return
         self._deadline = time.monotonic() + self.drain_seconds
         self._stop.set()
-        self._writer.join()
+        self._writer.join(self.drain_seconds + STUCK_MARGIN)
+        if self._writer.is_alive():
+            self._abandon()
         self.inner.close()
+
+    def _abandon(self) -> None:
+        """Spill the stuck writer's jobs and the queue; the writer, if its call ever
+        returns, does nothing more."""
+        with self._state:
+            self._abandoned = True
+            jobs = self._writing + self._take_all()
+            self._writing = []
+        _log.warning("feedback writer stuck in one database call for over %g s: %d "
+                     "write(s) spilled, written at the next start", self.drain_seconds
+                     + STUCK_MARGIN, len(jobs))
+        if jobs:
+            self._spill(jobs)
 
     def __enter__(self) -> QueuedFeedbackStore:
         return self
@@ -652,7 +680,17 @@ class QueuedFeedbackStore:
         while True:
             jobs = self._take()
             if jobs:
-                if not self._write(jobs):
+                with self._state:
+                    if self._abandoned:
+                        self._spill(jobs)  # taken just as close gave up: never lost
+                        return
+                    self._writing = jobs
+                written = self._write(jobs)
+                with self._state:
+                    self._writing = []
+                    if self._abandoned:  # close spilled these jobs already
+                        return
+                if not written:
                     self._spill(jobs + self._take_all())
                     return
                 if self._spill_waiting():
@@ -701,9 +739,11 @@ class QueuedFeedbackStore:
                 delay = min(delay * 2, 0.5)
                 continue
             except (sqlite3.Error, StoreError) as e:  # not a lock: retrying will not help
-                _log.error("feedback database write failed (%s); spilling %d write(s)",
-                           type(e).__name__, len(jobs))
-                self._spill(jobs)
+                with self._state:
+                    if not self._abandoned:  # else close spilled them already
+                        _log.error("feedback database write failed (%s); spilling %d "
+                                   "write(s)", type(e).__name__, len(jobs))
+                        self._spill(jobs)
                 return True
             if since is not None:
                 _log.info("feedback database writable again after %.1f s",

@@ -67,6 +67,9 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
      'tenants = [""]\n', "[[auth.issuers]] #1 tenants[0]: must not be empty"),
     ('[service]\nbase_url = "http://x"\n[auth]\nreplay_database = 3\n',
      "[auth] replay_database: must be a string"),
+    ('[service]\nbase_url = "http://x"\ndrain_seconds = 0\n',
+     "[service] drain_seconds: must be greater than 0"),
+    ('[service]\nbase_url = "http://x"\ndrain_seconds = 7200\n', "[service] drain_seconds"),
 ])
 def test_bad_config(tmp_path: Path, text: str, message: str) -> None:
     p = tmp_path / "c.toml"

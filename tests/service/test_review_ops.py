@@ -8,7 +8,9 @@ the mark."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -132,6 +134,68 @@ def test_a_hung_postgresql_gives_an_answer_not_a_hang(
         # an error answer (the token cannot be checked against the used-token cache) in
         # bounded time, as for a database that is down
         assert status in (401, 503), (status, time.monotonic() - started)
+
+
+@pytest.mark.slow
+def test_sigterm_with_a_hung_postgresql_exits_in_bounded_time_and_loses_no_write(
+        postgres_server: str, tmp_path: Path) -> None:
+    """SIGTERM while the feedback writer is stuck in a call to a PostgreSQL that never
+    answers (the relay frozen: the connection stays open, nothing comes back). Before, the
+    lifespan's drain joined that writer without end and the process never exited (the
+    harness killed it after 15 s), and the queued writes were neither written nor spilled.
+    Now: the writer is abandoned after ``drain_seconds`` + ``STUCK_MARGIN``, its write and
+    the queue go to the spill file, the process exits, and the next start (here: a store
+    opened on the same database) moves them into the database."""
+    from cds_service._feedback_store import STUCK_MARGIN, QueuedFeedbackStore, open_store
+
+    url = new_database(postgres_server)
+    port_pg = int(postgres_server.rsplit(":", 1)[1])
+    relay = Relay(port_pg)
+    relayed = url.replace(f":{port_pg}/", f":{relay.port}/")
+    key = SigningKey("ES384")
+    keys = tmp_path / "jwks.json"
+    keys.write_text(json.dumps(jwks(key)))
+    cfg = host_config(tmp_path / "host", relayed, keys)
+    spill = tmp_path / "host" / "spill.jsonl"
+    text = cfg.read_text().replace(  # the used-token cache off the frozen database
+        "[auth]\n", f'drain_seconds = 2\nspill_file = "{spill}"\n\n'
+        '[handouts]\nenabled = false\n\n[auth]\n'
+        f'replay_database = "{tmp_path / "host" / "replay.sqlite3"}"\n')
+    cfg.write_text(text)
+    port = free_port()
+    proc = start_service(["--config", str(cfg)], port, timeout=120, any_answer=True)
+    try:
+        relay.freeze()
+        body = call()
+        with httpx.Client(timeout=30, trust_env=False) as http:
+            r = http.post(f"http://127.0.0.1:{port}{PV}", json=body, headers=bearer(key, PV))
+            assert r.status_code == 200, r.text  # its audit record is queued, not written
+            # a 503 in 2 s; its ping's thread stays stuck on the frozen connection
+            assert http.get(f"http://127.0.0.1:{port}/readyz").status_code == 503
+        started = time.monotonic()
+        proc.terminate()
+        bound = 2 + STUCK_MARGIN + 20  # 20: slack for a busy machine
+        try:
+            status = proc.wait(bound)
+        except subprocess.TimeoutExpired:
+            status = None
+        took = time.monotonic() - started
+        out = proc.stdout.read().decode() if proc.stdout and status is not None else ""
+    finally:
+        relay.close()  # the frozen connections end: PostgreSQL rolls their work back
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    # uvicorn raises the signal again once it has stopped: the default action ends the
+    # process, the /readyz ping's stuck thread with it
+    assert status == -signal.SIGTERM, f"no exit {took:.0f} s after SIGTERM"
+    assert took < bound
+    assert "feedback writer stuck in one database call" in out, out[-3000:]
+    assert spill.exists() and body["hookInstance"] in spill.read_text()
+    with QueuedFeedbackStore(open_store(url), spill_path=spill):
+        pass  # its writer moves the spilled jobs into the database first, then it closes
+    records = open_store(url).audit_records(body["hookInstance"])
+    assert len(records) == 1, records
 
 
 # --- finding 2: the handout capability id in the access log ----------------------------------
