@@ -93,7 +93,8 @@ class Relay:
 @pytest.fixture
 def relayed_host(postgres_server: str, tmp_path: Path
                  ) -> Iterator[tuple[str, SigningKey, Relay]]:
-    """One service host whose PostgreSQL (store and used-token cache) is behind a relay."""
+    """One service host whose PostgreSQL (store and used-token cache) is behind a relay;
+    on SIGTERM it retries queued writes for 1 s (``drain_seconds``), then spills them."""
     url = new_database(postgres_server)
     port_pg = int(postgres_server.rsplit(":", 1)[1])
     relay = Relay(port_pg)
@@ -101,14 +102,17 @@ def relayed_host(postgres_server: str, tmp_path: Path
     key = SigningKey("ES384")
     keys = tmp_path / "jwks.json"
     keys.write_text(json.dumps(jwks(key)))
+    cfg = host_config(tmp_path / "host", relayed, keys)
+    cfg.write_text(cfg.read_text().replace("[auth]\n", "drain_seconds = 1\n\n[auth]\n"))
     port = free_port()
-    proc = start_service(["--config", str(host_config(tmp_path / "host", relayed, keys))],
-                         port, timeout=120, any_answer=True)
+    proc = start_service(["--config", str(cfg)], port, timeout=120, any_answer=True)
     try:
         yield f"http://127.0.0.1:{port}", key, relay
     finally:
         relay.close()  # first: a call stuck on the database gets its error and ends
         stop_service(proc)
+        # ended by SIGTERM, not killed: after drain_seconds the unwritten records are spilled
+        assert proc.returncode == -signal.SIGTERM, proc.returncode
 
 
 def bearer(key: SigningKey, path: str) -> dict[str, str]:
