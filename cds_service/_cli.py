@@ -14,7 +14,7 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
 
 import typer
 
@@ -92,6 +92,11 @@ def _log_config(level: str) -> dict[str, Any]:
     return cfg
 
 
+#: On SIGTERM, how long calls in flight may go on before uvicorn cancels them and the app
+#: shuts down (a call stuck on a database that never answers must not hold the stop).
+GRACEFUL_SHUTDOWN_SECONDS: Final = 10
+
+
 def serve(
     config: Annotated[
         Path | None,
@@ -148,7 +153,8 @@ def serve(
 
         _serve_one(configure(uvicorn.Config(
             application, host=host, port=port, log_level=log_level.value,
-            log_config=_log_config(log_level.value)), read_timeout))
+            log_config=_log_config(log_level.value),
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS), read_timeout))
         return
     if config is None:
         fail("--workers above 1 needs --config FILE")
@@ -211,7 +217,8 @@ def _serve_workers(cfg: ServiceConfig, config: Path, release: str, *, host: str,
     options: dict[str, Any] = {
         "factory": True, "host": host, "port": port, "workers": workers,
         "log_level": log_level.value, "timeout_worker_healthcheck": 60,
-        "log_config": _log_config(log_level.value)}
+        "log_config": _log_config(log_level.value),
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS}
     if cfg.reuse_port and reuseport_supported():
         run, uv = _serve_reuseport, uvicorn.Config(APP_FACTORY, loop=REUSEPORT_LOOP, **options)
     elif cfg.balance_connections and balancer_supported():

@@ -17,8 +17,9 @@ Every key (``docs/integrators/cds-hooks.md`` has the annotated example)::
                                            # to this file)
     drain_seconds = 60                     # on SIGTERM: how long queued writes are retried
                                            # against a busy database before they are
-                                           # spilled (default 60; keep it under your
-                                           # supervisor's stop timeout)
+                                           # spilled (default 60). A stop takes at most
+                                           # 10 s (calls in flight) + this + 5 s: give
+                                           # your supervisor's stop timeout more
     knowledge_base = "/etc/movement-cds/kb" # knowledge-base directory (default: bundled)
     max_body_bytes = 1048576               # larger request bodies get 413 (default 1 MiB)
     fhir_timeout_seconds = 3.0             # per HTTP call to the EHR's fhirServer
@@ -253,7 +254,7 @@ class _ServiceTable(_Table):
     balance_connections: bool = True
     reuse_port: bool = False
     spill_file: NonEmpty | None = None
-    drain_seconds: float = Field(60.0, gt=0, le=3600)
+    drain_seconds: float = Field(60.0, gt=0, le=3600, allow_inf_nan=False)
 
     @field_validator("spill_file")
     @classmethod
@@ -407,7 +408,8 @@ def _message(err: Any) -> str:
     return str(err["msg"])
 
 
-_BOUNDS: Final = {"engine_cache_size": "0 (off) to 1000000",
+_BOUNDS: Final = {"drain_seconds": "0 (not included) to 3600",
+                  "engine_cache_size": "0 (off) to 1000000",
                   "reload_check_seconds": "0 (off) to 86400",
                   "ttl_seconds": "1 to 2592000"}
 

@@ -528,8 +528,11 @@ class QueuedFeedbackStore:
     shutdown loses nothing. A writer stuck inside one database call (a server or proxy that
     holds the connection open and never answers, a network partition) is abandoned once
     ``drain_seconds`` and ``STUCK_MARGIN`` have passed: the write it was making and the queue
-    are spilled, and ``close`` returns (if the database takes that write in the same
-    instant, it is written twice: never lost). A crash (SIGKILL, power loss) loses what was
+    are spilled, and ``close`` returns. If that write commits after all (its COMMIT reached
+    the server before the connection hung, or it lands before the process exits), its rows
+    are written again from the spill file at the next start: counted twice, never lost. A
+    writer that stops on an unexpected error spills what it holds, and ``close`` spills
+    the queue it leaves. A crash (SIGKILL, power loss) loses what was
     queued and not yet written (normally milliseconds' worth; the whole lock's worth while
     the database is locked).
     """
@@ -609,14 +612,21 @@ class QueuedFeedbackStore:
         self.inner.ping()
 
     def close(self) -> None:
-        """Drain the queue (up to ``drain_seconds`` of retries, then spill), then close."""
+        """Drain the queue (up to ``drain_seconds`` of retries, then spill), then close;
+        a writer stuck in a call is abandoned (its writes spilled) and the store left open:
+        the call holds it."""
         if self._stop.is_set():
             return
-        self._deadline = time.monotonic() + self.drain_seconds
-        self._stop.set()
+        with self._state:  # from here on, _put spills: nothing enters the queue
+            self._deadline = time.monotonic() + self.drain_seconds
+            self._stop.set()
         self._writer.join(self.drain_seconds + STUCK_MARGIN)
         if self._writer.is_alive():
             self._abandon()
+            return  # the stuck call holds the store (its lock): both go with the process
+        left = self._take_all()  # queued as the writer ended, or after it died
+        if left:
+            self._spill(left)
         self.inner.close()
 
     def _abandon(self) -> None:
@@ -640,13 +650,14 @@ class QueuedFeedbackStore:
 
     # callers' side
     def _put(self, job: Job) -> None:
-        if self._stop.is_set():
-            self._spill([job])  # after close: nothing is written any more
-            return
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            self._spill([job])
+        with self._state:  # not between close's check of the queue and its stop
+            if not self._stop.is_set():
+                try:
+                    self._queue.put_nowait(job)
+                    return
+                except queue.Full:
+                    pass
+        self._spill([job])  # queue full, or after close: nothing is written any more
 
     def _spill(self, jobs: list[Job]) -> None:
         rows = sum(_job_size(j) for j in jobs)
@@ -676,6 +687,17 @@ class QueuedFeedbackStore:
 
     # the writer thread
     def _run(self) -> None:
+        try:
+            self._drain()
+        except Exception as e:  # a bug or an unreadable spill line: spill, never lose
+            with self._state:
+                jobs, self._writing = self._writing, []
+                if not self._abandoned:
+                    _log.error("feedback writer stopped (%s); %d write(s) spilled, the "
+                               "rest spilled at shutdown", type(e).__name__, len(jobs))
+                    self._spill(jobs)
+
+    def _drain(self) -> None:
         self._replay_spill()
         while True:
             jobs = self._take()
@@ -685,14 +707,16 @@ class QueuedFeedbackStore:
                         self._spill(jobs)  # taken just as close gave up: never lost
                         return
                     self._writing = jobs
-                written = self._write(jobs)
-                with self._state:
+                outcome = self._write(jobs)
+                with self._state:  # the jobs' fate decided in one step with close's
                     self._writing = []
                     if self._abandoned:  # close spilled these jobs already
                         return
-                if not written:
-                    self._spill(jobs + self._take_all())
-                    return
+                    if outcome is None:  # failed, and retrying will not help
+                        self._spill(jobs)
+                    elif not outcome:  # close's deadline passed, the database still busy
+                        self._spill(jobs + self._take_all())
+                        return
                 if self._spill_waiting():
                     self._replay_spill()
             elif self._stop.is_set():
@@ -720,9 +744,10 @@ class QueuedFeedbackStore:
                 break
         return out
 
-    def _write(self, jobs: list[Job]) -> bool:
-        """Write, retrying while the database is busy; False once a draining close has
-        waited ``drain_seconds`` (the caller then spills)."""
+    def _write(self, jobs: list[Job]) -> bool | None:
+        """Write, retrying while the database is busy: True once written, False once a
+        draining close has waited ``drain_seconds``, None if the write failed for another
+        reason (retrying will not help). The caller spills the jobs it did not write."""
         delay, since = 0.01, None
         while True:
             try:
@@ -739,12 +764,9 @@ class QueuedFeedbackStore:
                 delay = min(delay * 2, 0.5)
                 continue
             except (sqlite3.Error, StoreError) as e:  # not a lock: retrying will not help
-                with self._state:
-                    if not self._abandoned:  # else close spilled them already
-                        _log.error("feedback database write failed (%s); spilling %d "
-                                   "write(s)", type(e).__name__, len(jobs))
-                        self._spill(jobs)
-                return True
+                _log.error("feedback database write failed (%s); spilling %d write(s)",
+                           type(e).__name__, len(jobs))
+                return None
             if since is not None:
                 _log.info("feedback database writable again after %.1f s",
                           time.monotonic() - since)

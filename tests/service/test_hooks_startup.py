@@ -69,7 +69,10 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
      "[auth] replay_database: must be a string"),
     ('[service]\nbase_url = "http://x"\ndrain_seconds = 0\n',
      "[service] drain_seconds: must be greater than 0"),
-    ('[service]\nbase_url = "http://x"\ndrain_seconds = 7200\n', "[service] drain_seconds"),
+    ('[service]\nbase_url = "http://x"\ndrain_seconds = 7200\n',
+     "[service] drain_seconds: must be a number from 0 (not included) to 3600"),
+    ('[service]\nbase_url = "http://x"\ndrain_seconds = nan\n',
+     "[service] drain_seconds: Input should be a finite number"),
 ])
 def test_bad_config(tmp_path: Path, text: str, message: str) -> None:
     p = tmp_path / "c.toml"

@@ -202,6 +202,64 @@ def test_sigterm_with_a_hung_postgresql_exits_in_bounded_time_and_loses_no_write
     assert len(records) == 1, records
 
 
+@pytest.mark.slow
+def test_sigterm_with_a_hung_postgresql_and_audit_required_exits_in_bounded_time(
+        postgres_server: str, tmp_path: Path) -> None:
+    """With ``[audit] required = true`` the call writes its audit record in the request,
+    and on a frozen connection that call never ends: uvicorn's graceful shutdown used to
+    wait for it without end (found by review). Now calls in flight are cut after
+    ``GRACEFUL_SHUTDOWN_SECONDS``, the lifespan ends and the service exits."""
+    from cds_service._cli import GRACEFUL_SHUTDOWN_SECONDS
+    from cds_service._feedback_store import STUCK_MARGIN
+
+    url = new_database(postgres_server)
+    port_pg = int(postgres_server.rsplit(":", 1)[1])
+    relay = Relay(port_pg)
+    relayed = url.replace(f":{port_pg}/", f":{relay.port}/")
+    key = SigningKey("ES384")
+    keys = tmp_path / "jwks.json"
+    keys.write_text(json.dumps(jwks(key)))
+    cfg = host_config(tmp_path / "host", relayed, keys)
+    spill = tmp_path / "host" / "spill.jsonl"
+    cfg.write_text(cfg.read_text().replace(
+        "[auth]\n", f'drain_seconds = 2\nspill_file = "{spill}"\n\n'
+        '[handouts]\nenabled = false\n\n[audit]\nrequired = true\n\n[auth]\n'
+        f'replay_database = "{tmp_path / "host" / "replay.sqlite3"}"\n'))
+    port = free_port()
+    proc = start_service(["--config", str(cfg)], port, timeout=120, any_answer=True)
+    answers: list[object] = []
+    try:
+        relay.freeze()
+
+        def post() -> None:
+            try:
+                with httpx.Client(timeout=60, trust_env=False) as http:
+                    answers.append(http.post(f"http://127.0.0.1:{port}{PV}", json=call(),
+                                             headers=bearer(key, PV)).status_code)
+            except Exception as e:
+                answers.append(type(e).__name__)
+
+        t = threading.Thread(target=post, daemon=True)
+        t.start()
+        time.sleep(3)  # the call is inside write_now on the frozen connection
+        started = time.monotonic()
+        proc.terminate()
+        bound = GRACEFUL_SHUTDOWN_SECONDS + 2 + STUCK_MARGIN + 20  # 20: a busy machine
+        try:
+            status = proc.wait(bound)
+        except subprocess.TimeoutExpired:
+            status = None
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        relay.close()
+    assert status == -signal.SIGTERM, (f"no exit {took:.0f} s after SIGTERM (answers "
+                                       f"{answers})", out[-2000:])
+
+
 # --- finding 2: the handout capability id in the access log ----------------------------------
 
 
