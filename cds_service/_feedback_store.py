@@ -552,6 +552,7 @@ class QueuedFeedbackStore:
         self._deadline = float("inf")
         self._last_warning = 0.0
         self._spill_lock = threading.Lock()
+        self._gate = threading.Lock()  # _put's enqueue vs close's stop (never held over I/O)
         self._state = threading.Lock()  # guards the two below, between writer and close
         self._writing: list[Job] = []  # the jobs of the database call in progress
         self._abandoned = False  # close gave up on a writer stuck in a database call
@@ -617,7 +618,7 @@ class QueuedFeedbackStore:
         the call holds it."""
         if self._stop.is_set():
             return
-        with self._state:  # from here on, _put spills: nothing enters the queue
+        with self._gate:  # from here on, _put spills: nothing enters the queue
             self._deadline = time.monotonic() + self.drain_seconds
             self._stop.set()
         self._writer.join(self.drain_seconds + STUCK_MARGIN)
@@ -650,7 +651,7 @@ class QueuedFeedbackStore:
 
     # callers' side
     def _put(self, job: Job) -> None:
-        with self._state:  # not between close's check of the queue and its stop
+        with self._gate:  # not between close's check of the queue and its stop
             if not self._stop.is_set():
                 try:
                     self._queue.put_nowait(job)

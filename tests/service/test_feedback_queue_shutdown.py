@@ -12,6 +12,7 @@ abandoned call, if it commits after all: documented).
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -269,3 +270,39 @@ def test_a_write_failing_hard_just_before_the_abandon_is_spilled_once(
     store._writer.join(5)
     text = spill.read_text()
     assert text.count('"d1"') == 1, text
+
+
+def test_a_put_does_not_wait_for_the_writers_spill(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request's write only queues: it never waits for the writer's spill file (found by
+    a second review: the put once took the lock the writer holds while it spills and
+    fsyncs; here the write fails for good, by a trigger, and the writer's fsync takes 3 s)."""
+    path = tmp_path / "feedback.db"
+    open_store(f"sqlite:///{path}").close()
+    with contextlib.closing(sqlite3.connect(path)) as c:
+        c.execute("CREATE TRIGGER no_cards BEFORE INSERT ON cards "
+                  "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        c.commit()
+    real_fsync = os.fsync
+    in_fsync, release = threading.Event(), threading.Event()
+
+    def fsync(fd: int) -> None:
+        if threading.current_thread().name == "feedback-writer":
+            in_fsync.set()
+            release.wait(3.0)  # a slow spill volume
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store = QueuedFeedbackStore(open_store(f"sqlite:///{path}"),
+                                spill_path=tmp_path / "spill.jsonl")
+    try:
+        store.record_cards([("a1", ["R"], KB)], NOW)  # fails for good: the writer spills
+        assert in_fsync.wait(5)
+        started = time.monotonic()
+        store.record_cards([("a2", ["R"], KB)], NOW)
+        took = time.monotonic() - started
+    finally:
+        release.set()
+        store.close()
+    assert took < 0.5, f"a put waited {took:.2f} s for the writer's spill"
+    assert (tmp_path / "spill.jsonl").read_text().count('"a2"') == 1  # refused too: spilled
