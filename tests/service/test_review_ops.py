@@ -90,11 +90,10 @@ class Relay:
         self.thread.join(5)
 
 
-@pytest.fixture
-def relayed_host(postgres_server: str, tmp_path: Path
-                 ) -> Iterator[tuple[str, SigningKey, Relay]]:
-    """One service host whose PostgreSQL (store and used-token cache) is behind a relay;
-    on SIGTERM it retries queued writes for 1 s (``drain_seconds``), then spills them."""
+def relayed_config(postgres_server: str, tmp_path: Path
+                   ) -> tuple[str, Relay, Path, SigningKey]:
+    """A fresh database behind a relay, and a host's config using it through the relay:
+    (database URL, relay, config file, signing key)."""
     url = new_database(postgres_server)
     port_pg = int(postgres_server.rsplit(":", 1)[1])
     relay = Relay(port_pg)
@@ -103,6 +102,15 @@ def relayed_host(postgres_server: str, tmp_path: Path
     keys = tmp_path / "jwks.json"
     keys.write_text(json.dumps(jwks(key)))
     cfg = host_config(tmp_path / "host", relayed, keys)
+    return url, relay, cfg, key
+
+
+@pytest.fixture
+def relayed_host(postgres_server: str, tmp_path: Path
+                 ) -> Iterator[tuple[str, SigningKey, Relay]]:
+    """One service host whose PostgreSQL (store and used-token cache) is behind a relay;
+    on SIGTERM it retries queued writes for 1 s (``drain_seconds``), then spills them."""
+    _, relay, cfg, key = relayed_config(postgres_server, tmp_path)
     cfg.write_text(cfg.read_text().replace("[auth]\n", "drain_seconds = 1\n\n[auth]\n"))
     port = free_port()
     proc = start_service(["--config", str(cfg)], port, timeout=120, any_answer=True)
@@ -140,6 +148,20 @@ def test_a_hung_postgresql_gives_an_answer_not_a_hang(
         assert status in (401, 503), (status, time.monotonic() - started)
 
 
+def frozen_db_host(postgres_server: str, tmp_path: Path, tables: str = ""
+                   ) -> tuple[str, Relay, Path, SigningKey, Path]:
+    """A host config whose database is behind a relay (the used-token cache and handouts
+    off it, ``drain_seconds = 2``, ``tables`` added): (database URL, relay, config file,
+    signing key, spill file)."""
+    url, relay, cfg, key = relayed_config(postgres_server, tmp_path)
+    spill = tmp_path / "host" / "spill.jsonl"
+    cfg.write_text(cfg.read_text().replace(
+        "[auth]\n", f'drain_seconds = 2\nspill_file = "{spill}"\n\n'
+        f'[handouts]\nenabled = false\n\n{tables}[auth]\n'
+        f'replay_database = "{tmp_path / "host" / "replay.sqlite3"}"\n'))
+    return url, relay, cfg, key, spill
+
+
 @pytest.mark.slow
 def test_sigterm_with_a_hung_postgresql_exits_in_bounded_time_and_loses_no_write(
         postgres_server: str, tmp_path: Path) -> None:
@@ -152,20 +174,7 @@ def test_sigterm_with_a_hung_postgresql_exits_in_bounded_time_and_loses_no_write
     opened on the same database) moves them into the database."""
     from cds_service._feedback_store import STUCK_MARGIN, QueuedFeedbackStore, open_store
 
-    url = new_database(postgres_server)
-    port_pg = int(postgres_server.rsplit(":", 1)[1])
-    relay = Relay(port_pg)
-    relayed = url.replace(f":{port_pg}/", f":{relay.port}/")
-    key = SigningKey("ES384")
-    keys = tmp_path / "jwks.json"
-    keys.write_text(json.dumps(jwks(key)))
-    cfg = host_config(tmp_path / "host", relayed, keys)
-    spill = tmp_path / "host" / "spill.jsonl"
-    text = cfg.read_text().replace(  # the used-token cache off the frozen database
-        "[auth]\n", f'drain_seconds = 2\nspill_file = "{spill}"\n\n'
-        '[handouts]\nenabled = false\n\n[auth]\n'
-        f'replay_database = "{tmp_path / "host" / "replay.sqlite3"}"\n')
-    cfg.write_text(text)
+    url, relay, cfg, key, spill = frozen_db_host(postgres_server, tmp_path)
     port = free_port()
     proc = start_service(["--config", str(cfg)], port, timeout=120, any_answer=True)
     try:
@@ -212,19 +221,8 @@ def test_sigterm_with_a_hung_postgresql_and_audit_required_exits_in_bounded_time
     from cds_service._cli import GRACEFUL_SHUTDOWN_SECONDS
     from cds_service._feedback_store import STUCK_MARGIN
 
-    url = new_database(postgres_server)
-    port_pg = int(postgres_server.rsplit(":", 1)[1])
-    relay = Relay(port_pg)
-    relayed = url.replace(f":{port_pg}/", f":{relay.port}/")
-    key = SigningKey("ES384")
-    keys = tmp_path / "jwks.json"
-    keys.write_text(json.dumps(jwks(key)))
-    cfg = host_config(tmp_path / "host", relayed, keys)
-    spill = tmp_path / "host" / "spill.jsonl"
-    cfg.write_text(cfg.read_text().replace(
-        "[auth]\n", f'drain_seconds = 2\nspill_file = "{spill}"\n\n'
-        '[handouts]\nenabled = false\n\n[audit]\nrequired = true\n\n[auth]\n'
-        f'replay_database = "{tmp_path / "host" / "replay.sqlite3"}"\n'))
+    _, relay, cfg, key, _ = frozen_db_host(postgres_server, tmp_path,
+                                           "[audit]\nrequired = true\n\n")
     port = free_port()
     proc = start_service(["--config", str(cfg)], port, timeout=120, any_answer=True)
     answers: list[object] = []
