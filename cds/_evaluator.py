@@ -11,7 +11,7 @@ from cds._compiler import CompiledKnowledgeBase, compile_knowledge_base
 from cds._engine import RuleEngine
 from cds._engine_result import EngineResult
 from cds._errors import InputIssue, InvalidInputError
-from cds._facts import Fact, PatientFacts, Scalar
+from cds._facts import VALUE_KINDS, Fact, PatientFacts, Scalar, of_kind
 from cds._knowledge_base import KnowledgeBase
 from cds._plan import Plan, resolve_plan
 from cds._reference import evaluate_reference
@@ -25,18 +25,6 @@ from cds._revision import (
 from cds._scores import derive_scores
 
 __all__ = ["Evaluator"]
-
-
-_KIND = {"boolean": "a boolean", "integer": "a number", "decimal": "a number",
-         "code": "a code (text)"}
-
-
-def _typed(value: object, want: str) -> bool:
-    if isinstance(value, bool):
-        return want == "a boolean"
-    if isinstance(value, int | float):
-        return want == "a number"
-    return isinstance(value, str) and want == "a code (text)"
 
 
 class Evaluator:
@@ -75,8 +63,8 @@ class Evaluator:
         # the value type of each fact the catalog declares (and of its sides): a derived
         # fact given as an input too (durable read `1` as a "yes" there as well; found by
         # review)
-        self._types = {f"{n}{side}": _KIND[d.type] for n, d in kb.facts.items()
-                       if d.type in _KIND
+        self._types = {f"{n}{side}": VALUE_KINDS[d.type] for n, d in kb.facts.items()
+                       if d.type in VALUE_KINDS
                        for side in (("", ".left", ".right") if d.bilateral else ("",))}
 
     def prepare(self, patient: PatientFacts) -> PatientFacts:
@@ -100,7 +88,7 @@ class Evaluator:
             )
         mistyped = [f"fact '{f.name}' must be {want}, not {type(f.value).__name__}"
                     for f in patient.facts
-                    if (want := self._types.get(f.name)) and not _typed(f.value, want)]
+                    if (want := self._types.get(f.name)) and not of_kind(f.value, want)]
         if mistyped:
             # durable and the reference read a value of another type differently (durable:
             # rf-fever = 1 is true, "9" > 5; the reference: neither): refuse it, by name

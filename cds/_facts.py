@@ -20,6 +20,20 @@ __all__ = ["AnswerNote", "Derivation", "DerivedFact", "Fact", "PatientFacts", "S
 
 Scalar = bool | int | float | str
 
+#: What a value of each catalog type is, in the words of the errors that name it
+VALUE_KINDS = {"boolean": "a boolean", "integer": "a number", "decimal": "a number",
+               "code": "a code (text)"}
+
+
+def of_kind(value: object, kind: str) -> bool:
+    """Whether ``value`` is ``kind`` (a ``VALUE_KINDS`` value): a bool is a boolean and
+    never a number; an int or a float a number; a str a code."""
+    if isinstance(value, bool):
+        return kind == "a boolean"
+    if isinstance(value, int | float):
+        return kind == "a number"
+    return isinstance(value, str) and kind == "a code (text)"
+
 
 @dataclass(frozen=True, order=True)
 class Fact:

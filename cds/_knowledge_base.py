@@ -26,6 +26,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
 from cds._errors import KnowledgeBaseError, KnowledgeBaseProblem
+from cds._facts import VALUE_KINDS, of_kind
 from cds._kb_cache import cache_dir, cache_key, read_cached, write_cached
 from cds._kb_schema import (
     AlertDefinition,
@@ -57,12 +58,8 @@ __all__ = [
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger("movement_cds.kb")
 _VALUE_OPS = ("is", "is-not", "in", "not-in")
-# the operands a value test on a boolean or a number may have, and the type's name
-_OPERAND_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
-    "boolean": (lambda v: type(v) is bool, "a boolean"),
-    "integer": (lambda v: type(v) in (int, float), "a number"),
-    "decimal": (lambda v: type(v) in (int, float), "a number"),
-}
+# the fact types whose value tests must have operands of the fact's kind (codes: above)
+_TYPED_OPERANDS = frozenset({"boolean", "integer", "decimal"})
 
 
 @dataclass(frozen=True)
@@ -656,13 +653,13 @@ def _condition_checks(
             bad = [v for v in values if v not in (defn.codes or [])]
             if bad:
                 out.rule(r, f"'{test.fact}' has no code {bad}; allowed: {defn.codes}")
-        elif defn is not None and defn.type in _OPERAND_TYPES and op in _VALUE_OPS:
+        elif defn is not None and defn.type in _TYPED_OPERANDS and op in _VALUE_OPS:
             # durable and the reference read a value of another type differently (durable:
             # true equals 1): refuse it here, as an input value of another type is refused
             # (found by review of issue 15)
             values = operand if isinstance(operand, list) else [operand]
-            want, kind = _OPERAND_TYPES[defn.type]
-            bad = [v for v in values if not want(v)]
+            kind = VALUE_KINDS[defn.type]
+            bad = [v for v in values if not of_kind(v, kind)]
             if bad:
                 out.rule(r, f"'{test.fact}' is {kind}; it is never {bad}")
         if test.fact in producers:

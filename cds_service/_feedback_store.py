@@ -532,9 +532,9 @@ class QueuedFeedbackStore:
     the server before the connection hung, or it lands before the process exits), its rows
     are written again from the spill file at the next start: counted twice, never lost. A
     writer that stops on an unexpected error spills what it holds, and ``close`` spills
-    the queue it leaves. A crash (SIGKILL, power loss) loses what was
-    queued and not yet written (normally milliseconds' worth; the whole lock's worth while
-    the database is locked).
+    the queue it leaves. A crash (SIGKILL, power loss) loses what was queued and not yet
+    written (normally milliseconds' worth; the whole lock's worth while the database is
+    locked).
     """
 
     def __init__(self, inner: JobStore, *, max_queued: int = 10_000,

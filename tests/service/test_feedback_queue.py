@@ -140,54 +140,6 @@ def test_close_while_locked_spills_then_next_start_writes_it(db: Path) -> None:
     assert store.spill_path.read_text() == ""
 
 
-class HungStore:
-    """The real SQLite store, but its next ``write_jobs`` hangs until ``answer`` is set, as
-    a call to a database server that holds the connection open and never answers."""
-
-    def __init__(self, db: Path) -> None:
-        self.store = open_store(f"sqlite:///{db}")
-        self.inside, self.answer = threading.Event(), threading.Event()
-
-    def write_jobs(self, jobs: Any) -> None:
-        if not self.answer.is_set():
-            self.inside.set()
-            self.answer.wait()
-        self.store.write_jobs(jobs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
-
-
-def test_a_writer_stuck_in_one_call_is_abandoned_and_its_writes_spilled_once(
-        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``close`` gives up on a writer inside a call that does not return (after
-    ``drain_seconds`` + ``STUCK_MARGIN``), spills that call's writes and the queue, and
-    returns, leaving the store open (the stuck call holds it). When the call returns after
-    all and commits (the documented case of a write counted twice, never lost), the writer
-    writes and spills nothing more: each write is in the spill file once."""
-    from cds_service import _feedback_store
-
-    monkeypatch.setattr(_feedback_store, "STUCK_MARGIN", 0.3)
-    hung = HungStore(db)
-    store = QueuedFeedbackStore(hung, spill_path=db.parent / "spill.jsonl",  # type: ignore[arg-type]
-                                drain_seconds=0.2)
-    store.record_cards([("a1", ["R"], KB)], NOW)
-    assert hung.inside.wait(5)  # the writer is inside the call with a1
-    store.record_cards([("b1", ["R"], KB)], NOW)  # queued behind it
-    started = time.monotonic()
-    store.close()
-    assert time.monotonic() - started < 3
-    spilled = store.spill_path.read_text() if store.spill_path else ""
-    assert spilled.count('"a1"') == 1 and spilled.count('"b1"') == 1, spilled
-    store.record_cards([("c1", ["R"], KB)], NOW)  # after close: to the spill file
-    hung.answer.set()  # the stuck call returns
-    store._writer.join(5)
-    assert not store._writer.is_alive()
-    assert card_uuids(db) == {"a1"}  # the stuck call's own write, nothing after it
-    text = store.spill_path.read_text() if store.spill_path else ""
-    assert [text.count(f'"{c}"') for c in ("a1", "b1", "c1")] == [1, 1, 1], text
-
-
 def test_nothing_writable_at_all_is_counted_as_lost(tmp_path: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     """In-memory database (no spill file) and a full queue: counted and logged, not hidden."""

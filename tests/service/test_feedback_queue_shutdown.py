@@ -160,6 +160,34 @@ class HungUntil:
         return getattr(self.real, name)
 
 
+def test_a_writer_stuck_in_one_call_is_abandoned_and_its_writes_spilled_once(
+        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``close`` gives up on a writer inside a call that does not return (after
+    ``drain_seconds`` + ``STUCK_MARGIN``), spills that call's writes and the queue, and
+    returns, leaving the store open (the stuck call holds it). When the call returns after
+    all and commits (the documented case of a write counted twice, never lost), the writer
+    writes and spills nothing more: each write is in the spill file once."""
+    monkeypatch.setattr(_feedback_store, "STUCK_MARGIN", 0.3)
+    hung = HungUntil(open_store(f"sqlite:///{db}"))
+    store = QueuedFeedbackStore(hung, spill_path=db.parent / "spill.jsonl",  # type: ignore[arg-type]
+                                drain_seconds=0.2)
+    store.record_cards([("a1", ["R"], KB)], NOW)
+    assert hung.inside.wait(5)  # the writer is inside the call with a1
+    store.record_cards([("b1", ["R"], KB)], NOW)  # queued behind it
+    started = time.monotonic()
+    store.close()
+    assert time.monotonic() - started < 3
+    spilled = store.spill_path.read_text() if store.spill_path else ""
+    assert spilled.count('"a1"') == 1 and spilled.count('"b1"') == 1, spilled
+    store.record_cards([("c1", ["R"], KB)], NOW)  # after close: to the spill file
+    hung.answer.set()  # the stuck call returns
+    store._writer.join(5)
+    assert not store._writer.is_alive()
+    assert card_uuids(db) == {"a1"}  # the stuck call's own write, nothing after it
+    text = store.spill_path.read_text() if store.spill_path else ""
+    assert [text.count(f'"{c}"') for c in ("a1", "b1", "c1")] == [1, 1, 1], text
+
+
 def one_round(d: Path, i: int) -> None:
     """Thirty writes, the first one's call hanging; ``close`` while the rest arrive; the
     hung call released at a moment around the abandon that varies with ``i``."""
