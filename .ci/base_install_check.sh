@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The library as an EHR integrator installs it: build the wheel, install it WITHOUT extras in
+# The library as an EHR integrator installs it: build the sdist and the wheel from it (the hot
+# modules compiled, setup.py), install it WITHOUT extras in
 # a fresh venv, then import every library module, run the README's Python example,
 # `movement-cds evaluate` on the bundled example and `movement-cds kb validate --strict`, write
 # the patient handout as HTML, and check that `serve`, a PDF handout and `population run` say
@@ -16,9 +17,15 @@ started=$(date +%s)
 
 # build from a copy: setuptools would leave build/ in the working tree
 mkdir -p "$WORK/src"
-tar --exclude=./.venv --exclude=./.git --exclude=./build --exclude=./out -cf - . | tar -xf - -C "$WORK/src"
-"$PY" -m pip wheel --quiet --no-deps --wheel-dir "$WORK/dist" "$WORK/src" 2>&1 \
-  | grep -v "Warning\|^ \|!!" || true
+tar --exclude=./.venv --exclude=./.git --exclude=./build --exclude=./out --exclude='*.so' \
+  -cf - . | tar -xf - -C "$WORK/src"
+# the sdist, then the wheel built from it (as `pip install movement-cds` builds an sdist):
+# the sdist must hold all the build needs (setup.py, mypyc.ini), and the wheel's hot modules
+# are compiled (checked below)
+"$PY" -m venv "$WORK/build-venv"
+"$WORK/build-venv/bin/python" -m pip install --quiet build 2>&1 | grep -v "^WARNING: Location" || true
+"$WORK/build-venv/bin/python" -m build --outdir "$WORK/dist" "$WORK/src" >"$WORK/build.log" 2>&1 \
+  || { tail -n 30 "$WORK/build.log"; echo "base-install-check: the build failed" >&2; exit 1; }
 wheel=$(ls "$WORK"/dist/movement_cds-*.whl)
 "$PY" -m venv "$WORK/venv"
 "$WORK/venv/bin/python" -m pip install --quiet "$wheel" 2>&1 | grep -v "^WARNING: Location" || true
@@ -49,6 +56,15 @@ for pkg in ("cds", "fhir_adapters", "movement_cds", "cds_service", "knowledge_ba
         if name not in service and name != "movement_cds.__main__":
             mod = importlib.import_module(name)
             assert not mod.__file__.startswith(str(root)), f"{name} came from the source tree"
+# the modules setup.py compiles run compiled (an extension module, not the .py beside it)
+setup = ast.parse((root / "setup.py").read_text())
+compiled = next(ast.literal_eval(node.value) for node in setup.body
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COMPILED")
+assert compiled, "setup.py compiles nothing"
+for path in compiled:
+    name = path.removesuffix(".py").replace("/", ".")
+    mod = importlib.import_module(name)
+    assert not mod.__file__.endswith(".py"), f"{name} is not compiled in the wheel: {mod.__file__}"
 # the README's first Python example, on the bundled example patient
 readme = (root / "README.md").read_text()
 code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)

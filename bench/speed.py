@@ -283,6 +283,17 @@ def serve_rows(env: dict[str, str], n: int, kb_dir: Path | None, import_cpu: flo
           f"import   goal <= 5 s", flush=True)
 
 
+def _compiled() -> str:
+    """Which of the modules setup.py compiles (mypyc) run compiled here."""
+    import importlib
+
+    from tests.compiled import compiled_sources, module_name
+
+    names = [module_name(s) for s in compiled_sources()]
+    done = [n for n in names if not str(importlib.import_module(n).__file__).endswith(".py")]
+    return ("compiled: " + ", ".join(done)) if done else "nothing compiled (pure Python)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
@@ -297,7 +308,7 @@ def main() -> None:
     args = ap.parse_args()
     kb = load_knowledge_base(args.kb or bundled_path())
     print(f"movement-cds speed table (issue 15): Python {sys.version.split()[0]}, knowledge base "
-          f"{kb.ruleset_name}, load average {os.getloadavg()[0]:.1f}")
+          f"{kb.ruleset_name}, load average {os.getloadavg()[0]:.1f}, {_compiled()}")
     print(f"{'figure':<58} {'median':>6}  [p10-p90]  medians A/B")
     if args.only != "processes":
         in_process(args.kb, args.pairs, whole=args.only != "engine",

@@ -2042,7 +2042,7 @@ def input_codes(kb: KnowledgeBase) -> InputCodes:
 
 
 def read_bundle(
-    data: dict[str, Any] | str | bytes | bytearray,
+    data: object,  # a dict, str, bytes or bytearray; anything else is refused as invalid
     *,
     kb: KnowledgeBase,
     as_of: datetime | None = None,

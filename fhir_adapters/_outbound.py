@@ -853,5 +853,8 @@ def write_bundle(
     cards carry only these) leaves out the OperationOutcome and the Provenance: the same
     Bundle id and the same CarePlan, ServiceRequests and DetectedIssues, byte for byte.
     """
-    return checked_bundle(_Writer(plan, kb, previous).bundle(advice_only),
-                          full_validation=full_validation)
+    try:
+        raw = _Writer(plan, kb, previous).bundle(advice_only)
+    except TypeError as e:  # plan content of a type its field does not take (compiled: here)
+        raise OutputValidationError(f"output Bundle could not be written: {e}") from e
+    return checked_bundle(raw, full_validation=full_validation)

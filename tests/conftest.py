@@ -9,6 +9,18 @@ import pytest
 
 from cds import Evaluator, KnowledgeBase, load_knowledge_base
 from knowledge_base import bundled_path
+from tests.compiled import stale
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to test compiled modules older than their source (setup.py compiles them when
+    the package is installed): the tests would run the code as it was."""
+    old = stale()
+    if old:
+        raise pytest.UsageError(
+            f"compiled before their source last changed: {', '.join(old)}. `make test` "
+            "compiles them again (or `.venv/bin/pip install --no-deps -e .`); deleting their "
+            ".so files runs the source as it is.")
 
 
 @pytest.fixture(scope="session")

@@ -700,15 +700,17 @@ def test_the_checked_bundle_is_the_pruned_one_byte_for_byte(
 # must be refused on the fast path, after the cache has seen the valid version
 
 
-def _wrap(monkeypatch: pytest.MonkeyPatch, name: str, change: Any) -> None:
-    original = getattr(_outbound._Writer, name)
-
-    def wrapped(self: Any, *args: Any) -> Any:
-        out = original(self, *args)
-        change(out)
-        return out
-
-    monkeypatch.setattr(_outbound._Writer, name, wrapped)
+def _written(plan: Plan, kb: KnowledgeBase, part: str, change: Any) -> dict[str, Any]:
+    """The Bundle ``write_bundle`` would check (the writer's own, before the check), with
+    ``change`` made to one part of it: the CarePlan, the Provenance or the first exercise
+    activity. (The writer's methods are not wrapped: its module is compiled.)"""
+    raw = _outbound._Writer(plan, kb, None).bundle(False)
+    resources = {e["resource"]["resourceType"]: e["resource"] for e in raw["entry"]}
+    if part == "exercise_activity":
+        change(next(a for a in resources["CarePlan"]["activity"] if "detail" in a))
+    else:
+        change(resources[{"careplan": "CarePlan", "provenance": "Provenance"}[part]])
+    return raw
 
 
 def _first_detail(cp: dict[str, Any]) -> dict[str, Any]:
@@ -747,19 +749,17 @@ PER_CALL_MUTATIONS: dict[str, tuple[str, Any]] = {
 
 @pytest.mark.parametrize("name", sorted(PER_CALL_MUTATIONS))
 def test_an_invalid_part_is_refused_after_the_valid_one_was_cached(
-    durable: Evaluator, monkeypatch: pytest.MonkeyPatch, name: str
+    durable: Evaluator, name: str
 ) -> None:
     text = (EXAMPLES / "example-patient.json").read_text()
     plan = durable.evaluate(read_bundle(json.loads(text), kb=durable.kb, as_of=AS_OF))
     assert plan.exercises
     write_bundle(plan, durable.kb)  # warm: every shape of the valid Bundle is cached
-    method, change = PER_CALL_MUTATIONS[name]
-    _wrap(monkeypatch, method, change)
-    with pytest.raises(OutputValidationError):
-        write_bundle(plan, durable.kb)
-    with pytest.raises(OutputValidationError):
-        write_bundle(plan, durable.kb, full_validation=True)
-    monkeypatch.undo()
+    part, change = PER_CALL_MUTATIONS[name]
+    for full in (False, True):
+        with pytest.raises(OutputValidationError):
+            _output_check.checked_bundle(_written(plan, durable.kb, part, change),
+                                         full_validation=full)
     write_bundle(plan, durable.kb)  # and the valid one still passes
 
 
@@ -784,17 +784,23 @@ def test_an_invalid_knowledge_base_dose_is_refused_after_the_valid_one_was_cache
 
 
 def test_the_shape_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    small = _output_check._ShapeCache(8)
-    monkeypatch.setattr(_output_check, "_SHAPES", small)
+    # the module's own cache, made small for the test (the module may be compiled: it reads
+    # the cache object, not the module attribute), emptied before and after
+    small = _output_check._SHAPES
+    small.clear()
+    monkeypatch.setattr(small, "maxsize", 8)
 
     def bundle(i: int) -> dict[str, Any]:  # a new shape each time (a verbatim comment)
         return {"resourceType": "Bundle", "type": "collection", "fhir_comments": [f"c{i}"]}
 
-    for i in range(30):
-        _output_check._check_fast(bundle(i))
-        assert len(small) == min(i + 1, 8)
-    assert (Bundle, (("resourceType", '"Bundle"'), "type", ("fhir_comments", '["c29"]'))) \
-        in small.seen
+    try:
+        for i in range(30):
+            _output_check._check_fast(bundle(i))
+            assert len(small) == min(i + 1, 8)
+        assert (Bundle, (("resourceType", '"Bundle"'), "type", ("fhir_comments", '["c29"]'))) \
+            in small.seen
+    finally:
+        small.clear()
     full = _output_check._ShapeCache(_output_check._SHAPE_CACHE_SIZE)
     for i in range(_output_check._SHAPE_CACHE_SIZE + 500):
         full.add((Bundle, (i,)))

@@ -1,0 +1,53 @@
+"""The modules mypyc compiles (``setup.py``'s ``COMPILED``), as the tests see them.
+
+``stale()`` names a compiled module whose source, or a module of cds or fhir_adapters it was
+compiled with, changed after it was compiled: the tests would run the old code, so
+``tests/conftest.py`` stops before any test runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.machinery
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compiled_sources(root: Path = ROOT) -> list[Path]:
+    """``setup.py``'s ``COMPILED`` list, read without running the build."""
+    tree = ast.parse((root / "setup.py").read_text())
+    listed = next(node.value for node in tree.body if isinstance(node, ast.Assign)
+                  and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "COMPILED")
+    return [root / p for p in ast.literal_eval(listed)]
+
+
+def module_name(source: Path) -> str:
+    return ".".join(source.relative_to(ROOT).with_suffix("").parts)
+
+
+def extension_of(source: Path) -> Path | None:
+    """The compiled extension next to ``source`` (``_inbound.cpython-311-...so``), if any."""
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = source.with_name(source.stem + suffix)
+        if candidate.exists():
+            return candidate
+    return None
+
+
+# the packages whose modules the compiled ones import (their constants and types are
+# compiled in): a compiled module is stale once any of their sources is newer
+READ_BY_COMPILED = ("cds", "fhir_adapters")
+
+
+def stale(root: Path = ROOT) -> list[str]:
+    """Compiled modules older than a source they were compiled with (edited since the last
+    install): their own, or any module of ``READ_BY_COMPILED``."""
+    sources = [p for pkg in READ_BY_COMPILED for p in (root / pkg).glob("*.py")]
+    newest = max((p.stat().st_mtime for p in sources), default=0.0)
+    out = []
+    for source in compiled_sources(root):
+        ext = extension_of(source)
+        if ext is not None and ext.stat().st_mtime < max(newest, source.stat().st_mtime):
+            out.append(source.relative_to(root).as_posix())
+    return out

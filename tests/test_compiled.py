@@ -1,0 +1,107 @@
+"""The modules mypyc compiles (setup.py) run compiled here, and give what their source gives.
+
+The speed table (docs/performance.md) is measured with them compiled, and an installed wheel
+runs them compiled, so the suite does too; ``MOVEMENT_CDS_PURE_PYTHON=1`` at install time
+builds nothing and runs the source (the first test is then skipped). The last test runs the
+source itself in another process, on a copy of the packages without the extensions, and
+compares every output and every refusal with the compiled modules' here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.compiled import ROOT, compiled_sources, extension_of, module_name, stale
+
+# every bundled input, and inputs refused in different ways, evaluated as of one instant;
+# prints {name: output Bundle or OperationOutcome} as JSON, and where each module came from
+_EVALUATE = r'''
+import importlib, json, sys
+from pathlib import Path
+from movement_cds import DecisionSupport, InvalidBundleError
+root = Path(sys.argv[1])
+inputs = {str(p.relative_to(root)): p.read_bytes() for pattern in (
+    "examples/*.json", "examples/follow-up/visit-?.json",
+    "knowledge_base/scenarios/vignettes/*.json") for p in sorted(root.glob(pattern))}
+inputs |= {"junk": b"\x00\xff{", "not a bundle": b"[]", "a key twice": b'{"a":1,"a":2}',
+           "odd values": json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+               {"resource": {"resourceType": "Observation", "status": 5, "code": []}},
+               {"resource": {"resourceType": "Patient", "id": "p", "birthDate": "19x"}}]})}
+support, out = DecisionSupport(), {}
+for name, data in inputs.items():
+    try:
+        out[name] = support.evaluate(data, as_of="2026-11-02T09:00:00Z").bundle
+    except InvalidBundleError as e:
+        out[name] = e.operation_outcome
+modules = {m: importlib.import_module(m).__file__ for m in sys.argv[2:]}
+print(json.dumps({"outputs": out, "modules": modules}, sort_keys=True))
+'''
+
+
+def _run(cwd: Path, modules: list[str]) -> dict[str, dict[str, object]]:
+    done = subprocess.run([sys.executable, "-c", _EVALUATE, str(ROOT), *modules], cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(cwd)}, capture_output=True,
+                          text=True, timeout=300, check=True)
+    result: dict[str, dict[str, object]] = json.loads(done.stdout)
+    return result
+
+
+def test_the_hot_modules_run_compiled() -> None:
+    if os.environ.get("MOVEMENT_CDS_PURE_PYTHON") == "1":
+        pytest.skip("installed with MOVEMENT_CDS_PURE_PYTHON=1: nothing compiled")
+    import importlib
+
+    for source in compiled_sources():
+        loaded = importlib.import_module(module_name(source)).__file__
+        assert loaded is not None and loaded == str(extension_of(source)), (
+            f"{module_name(source)} runs from {loaded}: `make test` compiles it")
+
+
+def test_a_module_edited_after_it_was_compiled_is_found(tmp_path: Path) -> None:
+    """The guard ``tests/conftest.py`` runs before the suite (the tests would run old code):
+    the compiled module's own source, or a module of cds it read, edited since."""
+    (tmp_path / "setup.py").write_text('COMPILED = ["pkg/_hot.py"]\n')
+    (tmp_path / "pkg").mkdir()
+    source = tmp_path / "pkg" / "_hot.py"
+    source.write_text("x = 1\n")
+    import importlib.machinery
+
+    ext = source.with_name("_hot" + importlib.machinery.EXTENSION_SUFFIXES[0])
+    ext.write_bytes(b"")
+    (tmp_path / "cds").mkdir()  # a package the compiled modules read (constants, types)
+    other = tmp_path / "cds" / "_facts.py"
+    other.write_text("y = 2\n")
+    now = time.time()
+    os.utime(ext, (now, now))
+    assert stale(tmp_path) == []
+    os.utime(source, (now + 5, now + 5))
+    assert stale(tmp_path) == ["pkg/_hot.py"]
+    os.utime(source, (now - 5, now - 5))
+    os.utime(other, (now + 5, now + 5))
+    assert stale(tmp_path) == ["pkg/_hot.py"]
+    ext.unlink()  # nothing compiled: the source runs as it is
+    assert stale(tmp_path) == []
+
+
+def test_the_source_gives_what_the_compiled_modules_give(tmp_path: Path) -> None:
+    modules = [module_name(s) for s in compiled_sources()]
+    for package in ("cds", "fhir_adapters", "movement_cds", "knowledge_base"):
+        shutil.copytree(ROOT / package, tmp_path / package,
+                        ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    here = tmp_path / "here"
+    here.mkdir()
+    source, compiled = _run(tmp_path, modules), _run(here, modules)
+    assert all(str(f).startswith(str(tmp_path)) and str(f).endswith(".py")
+               for f in source["modules"].values()), source["modules"]
+    assert not any(str(f).startswith(str(tmp_path)) for f in compiled["modules"].values())
+    assert len(source["outputs"]) >= 50
+    differ = [n for n in source["outputs"] if source["outputs"][n] != compiled["outputs"][n]]
+    assert not differ, f"the source and the compiled modules differ on {differ}"
