@@ -1,6 +1,6 @@
 """Build: the metadata is pyproject.toml's; this file only compiles the modules that every
-evaluation spends most of its Python time in (reading the FHIR input, writing the output
-Bundle, the output check) to C extensions with mypyc, which compiles the typed Python as it
+evaluation spends most of its Python time in (reading the FHIR input, the scores computed
+before the rules, writing the output Bundle, the output check) to C extensions with mypyc, which compiles the typed Python as it
 is (docs/performance.md, "Compiled modules").
 
 The same source runs as plain Python when nothing is compiled: ``MOVEMENT_CDS_PURE_PYTHON=1``
@@ -21,6 +21,7 @@ COMPILED = [
     "fhir_adapters/_inbound.py",
     "fhir_adapters/_outbound.py",
     "fhir_adapters/_output_check.py",
+    "cds/_scores.py",
 ]
 
 

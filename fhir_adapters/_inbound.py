@@ -350,7 +350,7 @@ class InputMap:
     # Condition facts that count whatever their clinicalStatus (a history, e.g. cancer)
     history: frozenset[str] = frozenset()
     clock_skew: timedelta = timedelta(0)
-    discordance_days: float = 30.0
+    discordance_days: int | float = 30.0
     # QuestionnaireResponse items: by linkId = the fact's name, or by a code of one fact
     link_ids: Mapping[str, Question] = dataclasses.field(default_factory=dict)
     question_codes: Mapping[str, Question] = dataclasses.field(default_factory=dict)
@@ -411,7 +411,7 @@ class InputMap:
         )
 
 
-def _parameter(kb: KnowledgeBase, name: str, default: float) -> float:
+def _parameter(kb: KnowledgeBase, name: str, default: int | float) -> int | float:
     """A numeric parameter of the knowledge base, or ``default`` when it has none."""
     return float(kb.parameter(name)) if name in kb.parameters else default
 
@@ -1850,7 +1850,7 @@ def _age(birth: object, as_of: datetime, oldest: bool = False) -> tuple[int | No
     return age, d is None
 
 
-def _in_range(spec: _Spec, x: float) -> bool:
+def _in_range(spec: _Spec, x: int | float) -> bool:
     return (spec.minimum is None or x >= spec.minimum) and (
         spec.maximum is None or x <= spec.maximum
     )
