@@ -1,7 +1,8 @@
 """Build: the metadata is pyproject.toml's; this file only compiles the modules that every
-evaluation spends most of its Python time in (reading the FHIR input, the scores computed
-before the rules, writing the output Bundle, the output check) to C extensions with mypyc, which compiles the typed Python as it
-is (docs/performance.md, "Compiled modules").
+evaluation spends most of its Python time in (reading the FHIR input, writing the output
+Bundle, the output check) to C extensions with mypyc, which compiles the typed Python as it
+is (docs/performance.md, "Compiled modules"; what compiling changes: docs/architecture.md,
+"Packages and the direction of dependencies").
 
 The same source runs as plain Python when nothing is compiled: ``MOVEMENT_CDS_PURE_PYTHON=1``
 at build or install time, or no extension next to a module. The build reads third-party
@@ -21,7 +22,6 @@ COMPILED = [
     "fhir_adapters/_inbound.py",
     "fhir_adapters/_outbound.py",
     "fhir_adapters/_output_check.py",
-    "cds/_scores.py",
 ]
 
 

@@ -36,7 +36,6 @@ from all nine items.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from cds._facts import Fact, Scalar
@@ -145,10 +144,7 @@ class _Scoring:
         lowest = min(values)
         self.put(name, lowest, *sides, top)
         if left is not None and right is not None and name not in self.no_asymmetry:
-            gap = _num(left) - _num(right)
-            # abs(gap), but compiled (mypyc) abs gives an int as a float: 1 -> 1.0
-            size = (gap if gap >= 0 else -gap) if isinstance(gap, int) else math.fabs(gap)
-            self.put(name + ".asymmetry", size, left, right)
+            self.put(name + ".asymmetry", abs(_num(left) - _num(right)), left, right)
         if len(sides) == 2 or top is not None or lowest == 0:
             self.final_known.add(name)  # 0 is the floor: one side at 0 settles the lower side
 

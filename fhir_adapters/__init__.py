@@ -52,6 +52,13 @@ from fhir_adapters._bundle_builder import (
     side_component,
     value_x,
 )
+from fhir_adapters._bundles import (
+    InputCodes,
+    input_codes,
+    own_careplan,
+    read_bundle,
+    write_bundle,
+)
 from fhir_adapters._code_systems import code_systems, export_terminology
 from fhir_adapters._errors import (
     FactCatalogError,
@@ -61,10 +68,8 @@ from fhir_adapters._errors import (
     UndocumentedRedFlagError,
     operation_outcome,
 )
-from fhir_adapters._inbound import InputCodes, input_codes, own_careplan, read_bundle
 from fhir_adapters._json_text import JSONTextError, parse_json
 from fhir_adapters._kb_export import export_knowledge_base
-from fhir_adapters._outbound import write_bundle
 from fhir_adapters._population import (
     RedFlagItem,
     primary_care_bundle,

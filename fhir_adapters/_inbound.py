@@ -235,7 +235,7 @@ from fhir_adapters._terminology import (
 )
 from fhir_adapters._terminology import SCREEN_SYSTEM as SCREEN
 
-__all__ = ["InputCodes", "input_codes", "own_careplan", "read_bundle"]
+__all__ = ["FOLLOW_UP_CODES", "InputMap", "own_careplan", "read_patient_facts"]
 
 LEFT: Final = (SNOMED, "7771000")
 RIGHT: Final = (SNOMED, "24028007")
@@ -2020,42 +2020,12 @@ def _got(key: str, raw: object) -> str:
 _SIDES: Final = (("left", LEFT), ("right", RIGHT))
 
 
-# --- public entry point --------------------------------------------------------------------
+# --- the reader's entry point (``read_bundle`` in ``_bundles.py`` calls it) ---------------------
 
 
-
-@dataclass(frozen=True)
-class InputCodes:
-    """The codes ``read_bundle`` reads for one knowledge base, as (system, code) pairs:
-    a client that fetches a patient's record (e.g. CDS Hooks prefetch) asks for these."""
-
-    observations: frozenset[tuple[str, str]]  # every coded fact, follow-up responses too
-    conditions: frozenset[tuple[str, str]]
-
-
-def input_codes(kb: KnowledgeBase) -> InputCodes:
-    """Which Observation and Condition codes carry the facts of ``kb`` (and the follow-up
-    responses, read against the previous plan)."""
-    imap = InputMap.from_knowledge_base(kb)
-    return InputCodes(frozenset((*imap.observations, *FOLLOW_UP_CODES)),
-                      frozenset(imap.conditions))
-
-
-def read_bundle(
-    data: object,  # a dict, str, bytes or bytearray; anything else is refused as invalid
-    *,
-    kb: KnowledgeBase,
-    as_of: datetime | None = None,
-    strict_fhir: bool = False,
-) -> PatientFacts:
-    """Map a FHIR R4 Bundle to ``PatientFacts`` (see the module docstring for every rule).
-
-    ``as_of`` is the evaluation instant (default: now, UTC; a naive datetime is taken as
-    UTC). ``strict_fhir=True`` also validates every resource with its ``fhir.resources.R4B``
-    model (see "R4 validation" above). Raises
-    ``InvalidBundleError`` (and nothing else, whatever ``data`` holds) when the input cannot
-    be evaluated.
-    """
+def read_patient_facts(data: object, kb: KnowledgeBase, as_of: datetime | None,
+                       strict_fhir: bool) -> PatientFacts:
+    """``read_bundle`` (``_bundles.py``, which documents it)."""
     imap = _input_map(kb)
     if as_of is None:
         when = datetime.now(UTC)

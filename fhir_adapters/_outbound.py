@@ -162,7 +162,7 @@ from fhir_adapters._terminology import (
 if TYPE_CHECKING:
     from cds.authoring import DoseSpec
 
-__all__ = ["OutputValidationError", "write_bundle"]
+__all__ = ["OutputValidationError", "dose_extension", "written_bundle"]
 
 _NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, CANONICAL_BASE)
 # SHA-1 of the namespace's bytes, the common start of every resource id's hash (uuid5)
@@ -835,26 +835,8 @@ class _Writer:
 # --- public ---------------------------------------------------------------------------------
 
 
-def write_bundle(
-    plan: Plan, kb: KnowledgeBase, *, previous: PreviousPlan | None = None,
-    full_validation: bool = False, advice_only: bool = False,
-) -> dict[str, Any]:
-    """The output Bundle (type ``collection``) for one plan, as a JSON-ready dict.
-
-    ``kb`` is the knowledge base that produced the plan (for fact codes and parameters).
-    ``previous`` is the plan a follow-up revises (``PatientFacts.follow_up.previous``): the
-    ``since`` of exercises that stay the same is carried over from it (without it, ``since``
-    is the as-of instant).
-    Deterministic: the same plan gives a byte-identical ``json.dumps(..., sort_keys=True)``.
-    Raises ``ValueError`` if ``plan.as_of`` has no time zone and ``OutputValidationError`` if
-    the result is not valid FHIR R4 (a bug). ``full_validation`` (internal, for cross-checks)
-    validates the Bundle with ``Bundle.model_validate`` as a whole instead of shape by shape;
-    both accept exactly the same Bundles. ``advice_only`` (the CDS Hooks service, whose
-    cards carry only these) leaves out the OperationOutcome and the Provenance: the same
-    Bundle id and the same CarePlan, ServiceRequests and DetectedIssues, byte for byte.
-    """
-    try:
-        raw = _Writer(plan, kb, previous).bundle(advice_only)
-    except TypeError as e:  # plan content of a type its field does not take (compiled: here)
-        raise OutputValidationError(f"output Bundle could not be written: {e}") from e
-    return checked_bundle(raw, full_validation=full_validation)
+def written_bundle(plan: Plan, kb: KnowledgeBase, previous: PreviousPlan | None,
+                   full_validation: bool, advice_only: bool) -> dict[str, Any]:
+    """``write_bundle`` (``_bundles.py``, which documents it)."""
+    return checked_bundle(_Writer(plan, kb, previous).bundle(advice_only),
+                          full_validation=full_validation)

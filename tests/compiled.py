@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ast
 import importlib.machinery
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,3 +54,16 @@ def stale(root: Path = ROOT) -> list[str]:
         if ext is not None and ext.stat().st_mtime < max(newest, source.stat().st_mtime):
             out.append(source.relative_to(root).as_posix())
     return out
+
+
+def source_module(name: str) -> ModuleType:
+    """A fresh module run from the ``.py`` source of module ``name`` (compiled or not), under
+    another name: a test can change its functions and classes, and its own calls see the
+    change (a compiled module's calls inside it do not look them up)."""
+    path = ROOT / (name.replace(".", "/") + ".py")
+    spec = importlib.util.spec_from_file_location(f"_source_of_{name.replace('.', '_')}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

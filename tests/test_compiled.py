@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,11 @@ root = Path(sys.argv[1])
 inputs = {str(p.relative_to(root)): p.read_bytes() for pattern in (
     "examples/*.json", "examples/follow-up/visit-?.json",
     "knowledge_base/scenarios/vignettes/*.json") for p in sorted(root.glob(pattern))}
-inputs |= {"junk": b"\x00\xff{", "not a bundle": b"[]", "a key twice": b'{"a":1,"a":2}',
+example = json.loads((root / "examples/example-patient.json").read_text())
+big = next(e["resource"] for e in example["entry"] if "valueInteger" in e["resource"])
+big["valueInteger"] = 10 ** 400  # no C double holds it
+inputs |= {"a huge integer": json.dumps(example),
+           "junk": b"\x00\xff{", "not a bundle": b"[]", "a key twice": b'{"a":1,"a":2}',
            "odd values": json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
                {"resource": {"resourceType": "Observation", "status": 5, "code": []}},
                {"resource": {"resourceType": "Patient", "id": "p", "birthDate": "19x"}}]})}
@@ -141,3 +146,39 @@ def test_no_compiled_module_can_turn_an_int_into_a_float() -> None:
     planted = ast.parse("def f(x: float, y: int | float) -> float:\n    return abs(y)\n")
     assert _plain_floats_and_abs(planted) == [
         "line 1: f(x) is float", "line 1: f return is float", "line 2: abs()"]
+
+
+def test_no_public_name_comes_from_a_compiled_module() -> None:
+    """What callers reach is plain Python: its docstring and signature for ``help()``, its
+    classes copied and pickled as dataclasses are, its flags taken as Python takes them
+    (``fhir_adapters/_bundles.py`` holds the reader's and writer's entry points)."""
+    import pickle
+
+    import cds
+    import fhir_adapters
+    import movement_cds
+    from fhir_adapters import input_codes, read_bundle
+
+    compiled = {module_name(s) for s in compiled_sources()}
+    for package in (cds, fhir_adapters, movement_cds):
+        for name in package.__all__:
+            home = getattr(getattr(package, name), "__module__", None)
+            assert home not in compiled, f"{package.__name__}.{name} is defined in {home}"
+    support = movement_cds.DecisionSupport()
+    codes = input_codes(support.kb)
+    assert pickle.loads(pickle.dumps(codes)) == codes and codes.observations
+    assert read_bundle.__doc__ and "InvalidBundleError" in read_bundle.__doc__
+    text = (ROOT / "examples" / "no-red-flags.json").read_text()
+    when = datetime(2026, 11, 2, 9, tzinfo=UTC)
+    assert repr(read_bundle(text, kb=support.kb, as_of=when, strict_fhir=1)) == repr(
+        read_bundle(text, kb=support.kb, as_of=when, strict_fhir=True))
+
+
+def test_the_image_build_context_holds_what_the_build_compiles_with() -> None:
+    """The Dockerfile installs the package from its build context, which .dockerignore
+    narrows to a list: without setup.py and mypyc.ini the image would run uncompiled (found
+    by review; tests/test_container.py checks the built image where Docker runs)."""
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    allowed = {line[1:] for line in lines if line.startswith("!")}
+    assert {"pyproject.toml", "setup.py", "mypyc.ini", "MANIFEST.in"} <= allowed
+    assert "*" in lines and "**/*.so" in lines  # nothing else; no extension from a checkout

@@ -100,6 +100,11 @@ def test_the_image_starts_answers_and_is_healthy(image: str, tmp_path: Path) -> 
                        timeout=30)
         assert r.status_code == 200 and r.json()["cards"], r.text
         assert docker("exec", name, "id", "-u").stdout.strip() == "10001"
+        # the image runs the modules setup.py compiles as extensions (its build context
+        # holds setup.py and mypyc.ini: .dockerignore)
+        where = docker("exec", name, "python3", "-c", "import fhir_adapters._inbound as m; "
+                       "print(m.__file__)").stdout.strip()
+        assert where.endswith(".so"), where
         inspect = json.loads(docker("inspect", name).stdout)[0]
         assert inspect["Config"]["User"] == "10001:10001"
         assert inspect["Config"]["Entrypoint"] == ["movement-cds", "serve"]

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cds import InputIssue, KnowledgeBase, PatientFacts
+from fhir_adapters import read_bundle
 from fhir_adapters._errors import InvalidBundleError
-from fhir_adapters._inbound import read_bundle
 from tests import fhir_factory as ff
 from tests.fhir_factory import (
     AS_OF,

@@ -25,8 +25,14 @@ from hypothesis import strategies as st
 from pydantic import model_validator
 
 from cds import Evaluator, Fact, InputIssue, KnowledgeBase, PatientFacts, Plan
-from fhir_adapters import InvalidBundleError, _outbound, _output_check, read_bundle
-from fhir_adapters._outbound import OutputValidationError, write_bundle
+from fhir_adapters import (
+    InvalidBundleError,
+    OutputValidationError,
+    _outbound,
+    _output_check,
+    read_bundle,
+    write_bundle,
+)
 from fhir_adapters._terminology import (
     ALERT_SYSTEM,
     EXERCISE_SYSTEM,

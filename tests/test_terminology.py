@@ -13,8 +13,8 @@ import pytest
 from fhir.resources.R4B.codesystem import CodeSystem
 
 from cds import Evaluator, Fact, KnowledgeBase, PatientFacts, load_knowledge_base
+from fhir_adapters import write_bundle
 from fhir_adapters._code_systems import code_systems, export_terminology
-from fhir_adapters._outbound import write_bundle
 
 SCREEN = "http://movement-cds.org/fhir/CodeSystem/screen"
 EXERCISE = "http://movement-cds.org/fhir/CodeSystem/exercise"
