@@ -84,4 +84,5 @@ bench-speed: $(STAMP)
 	$(BIN)/python bench/speed.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache build
+	find . -name '*.so' -not -path './tools/*' -delete  # the extensions compiled in place

@@ -50,8 +50,10 @@ def write_bundle(plan: Plan, kb: KnowledgeBase, *, previous: PreviousPlan | None
     is the as-of instant).
     Deterministic: the same plan gives a byte-identical ``json.dumps(..., sort_keys=True)``.
     Raises ``ValueError`` if ``plan.as_of`` has no time zone, and ``OutputValidationError``
-    if the result is not valid FHIR R4 (a bug) or the plan holds a value of another type
-    than its fields declare (a list where a ``Plan`` holds a tuple, a number for a text).
+    if the result is not valid FHIR R4 (a bug). A plan holding a value of another type than
+    its fields declare (a list where a ``Plan`` holds a tuple, a number for a text) is not
+    supported: the compiled writer refuses it as an ``OutputValidationError`` that says so;
+    the source (``MOVEMENT_CDS_PURE_PYTHON=1``) may write it as given.
     ``full_validation`` (internal, for cross-checks) validates the Bundle with
     ``Bundle.model_validate`` as a whole instead of shape by shape; both accept exactly the
     same Bundles. ``advice_only`` (the CDS Hooks service, whose cards carry only these)

@@ -1,8 +1,9 @@
 """The modules mypyc compiles (``setup.py``'s ``COMPILED``), as the tests see them.
 
 ``stale()`` names a compiled module whose source, or a module of cds or fhir_adapters it was
-compiled with, changed after it was compiled: the tests would run the old code, so
-``tests/conftest.py`` stops before any test runs.
+compiled with, changed after it was compiled, and an extension left beside a module that is
+no longer compiled: the tests would run old code, so ``tests/conftest.py`` stops before any
+test runs.
 """
 
 from __future__ import annotations
@@ -45,14 +46,19 @@ READ_BY_COMPILED = ("cds", "fhir_adapters")
 
 def stale(root: Path = ROOT) -> list[str]:
     """Compiled modules older than a source they were compiled with (edited since the last
-    install): their own, or any module of ``READ_BY_COMPILED``."""
+    install): their own, or any module of ``READ_BY_COMPILED``; and extensions of modules
+    no longer compiled (left by an earlier install: they would not load with the new build)."""
     sources = [p for pkg in READ_BY_COMPILED for p in (root / pkg).glob("*.py")]
     newest = max((p.stat().st_mtime for p in sources), default=0.0)
+    listed = compiled_sources(root)
     out = []
-    for source in compiled_sources(root):
+    for source in listed:
         ext = extension_of(source)
         if ext is not None and ext.stat().st_mtime < max(newest, source.stat().st_mtime):
             out.append(source.relative_to(root).as_posix())
+    for source in sources:
+        if source not in listed and extension_of(source) is not None:
+            out.append(f"{source.relative_to(root).as_posix()} (no longer compiled)")
     return out
 
 

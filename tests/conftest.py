@@ -19,8 +19,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if old:
         raise pytest.UsageError(
             f"compiled before their source last changed: {', '.join(old)}. `make test` "
-            "compiles them again (or `.venv/bin/pip install --no-deps -e .`); deleting their "
-            ".so files runs the source as it is.")
+            "compiles them again (or `.venv/bin/pip install --no-deps -e .`); to test the "
+            "source as it is, delete the .so files and set MOVEMENT_CDS_PURE_PYTHON=1.")
 
 
 @pytest.fixture(scope="session")
