@@ -285,12 +285,9 @@ def serve_rows(env: dict[str, str], n: int, kb_dir: Path | None, import_cpu: flo
 
 def _compiled() -> str:
     """Which of the modules setup.py compiles (mypyc) run compiled here."""
-    import importlib
+    from tests.compiled import running_compiled
 
-    from tests.compiled import compiled_sources, module_name
-
-    names = [module_name(s) for s in compiled_sources()]
-    done = [n for n in names if not str(importlib.import_module(n).__file__).endswith(".py")]
+    done = running_compiled()
     return ("compiled: " + ", ".join(done)) if done else "nothing compiled (pure Python)"
 
 

@@ -9,6 +9,7 @@ test runs.
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.machinery
 import importlib.util
 import sys
@@ -37,6 +38,12 @@ def extension_of(source: Path) -> Path | None:
         if candidate.exists():
             return candidate
     return None
+
+
+def running_compiled() -> list[str]:
+    """The modules of ``COMPILED`` this process runs from their extension (imports them)."""
+    return [module_name(s) for s in compiled_sources()
+            if importlib.import_module(module_name(s)).__file__ == str(extension_of(s))]
 
 
 # the packages whose modules the compiled ones import (their constants and types are
